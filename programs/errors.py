@@ -1,0 +1,69 @@
+"""Errors a user can act on, each with the exit code the CLI returns for it.
+
+Every error here prints as one clear message (no traceback): where the problem is,
+what is wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_USAGE = 2  # broken spec, template, seed file or option
+EXIT_REPLAY_MISS = 3  # replay needed a call the cache does not hold
+EXIT_RUN_FAILED = 1  # the run could not produce what was asked
+
+
+class CodecError(Exception):
+    """Base class: an error the CLI reports as a message and an exit code."""
+
+    exit_code = EXIT_RUN_FAILED
+
+
+@dataclass
+class SpecError(CodecError):
+    """A problem in a spec, a template or a seed file, located by file and line."""
+
+    file: str
+    message: str
+    line: int | None = None
+    hint: str | None = None
+
+    exit_code = EXIT_USAGE
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        text = f"{where}: {self.message}"
+        return f"{text}\n  fix: {self.hint}" if self.hint else text
+
+
+class SpecErrors(CodecError):
+    """Several spec problems reported together, so one run of `validate` shows them all."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, errors: list[SpecError]):
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+
+
+class ReplayMiss(CodecError):
+    """Replay (read-only cache) needed a model call that was never recorded."""
+
+    exit_code = EXIT_REPLAY_MISS
+
+    def __init__(self, stage: str, item: str, model: str, reason: str):
+        super().__init__(
+            f"replay: no cached completion for stage '{stage}', item '{item}' (model {model}).\n"
+            f"  what changed: {reason}\n"
+            "  fix: run without --replay to make the missing calls, or import the run's cache bundle"
+        )
+        self.stage, self.item, self.model, self.reason = stage, item, model, reason
+
+
+class ModelCallError(CodecError):
+    """A model call failed for good (retries exhausted, or an error retrying cannot fix)."""
+
+    def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after

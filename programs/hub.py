@@ -1,0 +1,213 @@
+"""The model hub: every model call of a run goes through `ModelHub.complete`.
+
+In order: identity -> cache -> (replay: a miss stops the run) -> in-flight dedup ->
+concurrency and rate limits -> the backend, with retries, backoff and a timeout ->
+cache -> accounting. DSPy reaches the hub through `HubEngine`, a dspy.LM engine object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends import Backend, CallParams, build_backend
+from .cache import CallCache, CallIdentity
+from .errors import CodecError, ModelCallError, ReplayMiss
+from .pricing import cost_of
+from .spec import ModelSpec
+
+STAT_KEYS = ("calls", "cache_hits", "failures", "retries", "truncated", "prompt_tokens", "completion_tokens")
+
+
+@dataclass
+class CallContext:
+    """Who is calling: set by a stage around its DSPy call, read by the hub."""
+
+    stage: str
+    item: str
+    slot: int = 0
+    calls: list[dict[str, Any]] = field(default_factory=list)  # provenance: the calls behind this step
+    raw: str | None = None  # the last raw completion, kept for failure records
+    parse_error: str | None = None  # why the parser refused it
+
+
+CURRENT_CALL: ContextVar[CallContext | None] = ContextVar("codeclm_call", default=None)
+
+
+class DryRunMiss(CodecError):
+    """Raised in a dry run where a call is not cached: the item's path stops there."""
+
+
+class _LoopState:
+    """asyncio primitives belong to one event loop; the hub keeps one set per loop."""
+
+    def __init__(self, models: dict[str, ModelSpec], concurrency: int | None):
+        self.semaphores = {role: asyncio.Semaphore(concurrency or spec.concurrency) for role, spec in models.items()}
+        self.inflight: dict[str, asyncio.Future] = {}
+        self.next_slot_at: dict[str, float] = defaultdict(float)
+
+
+class ModelHub:
+    def __init__(self, models: dict[str, ModelSpec], cache: CallCache, *, concurrency: int | None = None,
+                 dry_run: bool = False, backends: dict[str, Backend] | None = None):
+        self.models, self.cache, self.concurrency, self.dry_run = models, cache, concurrency, dry_run
+        self._backends: dict[str, Backend] = dict(backends or {})
+        self._loops: dict[int, _LoopState] = {}
+        self._lock = threading.Lock()
+        self.stats: dict[tuple[str, str], Counter] = defaultdict(Counter)
+        self.cost: dict[tuple[str, str], float] = defaultdict(float)
+        self.saved: dict[tuple[str, str], float] = defaultdict(float)
+        self.fatal: CodecError | None = None  # a replay miss: the runner stops on it
+        self.backoff_base = 0.5
+
+    # -- the call --------------------------------------------------------------------------
+
+    def backend(self, role: str) -> Backend:
+        with self._lock:
+            if role not in self._backends:
+                self._backends[role] = build_backend(self.models[role])
+            return self._backends[role]
+
+    async def complete(self, role: str, messages: list[dict[str, str]], params: dict[str, Any],
+                       ctx: CallContext) -> dict[str, Any]:
+        backend = self.backend(role)
+        identity = CallIdentity.of(backend.name, messages, params, ctx.slot)
+        key = identity.key
+        ctx.calls.append({"stage": ctx.stage, "model": backend.name, "key": key})
+        stat = (ctx.stage, role)
+        entry = self.cache.get(key)
+        if entry is not None:
+            self._count(stat, "cache_hits")
+            saved = cost_of(backend.name, **entry["usage"])
+            if saved:
+                self.saved[stat] += saved
+            ctx.raw = entry["text"]
+            return entry
+        if self.cache.mode == "replay":
+            self.fatal = self.fatal or ReplayMiss(ctx.stage, ctx.item, backend.name,
+                                                  self._what_changed(identity))
+            raise self.fatal
+        if self.dry_run:
+            raise DryRunMiss(f"{ctx.stage} {ctx.item}")
+        entry = await self._deduplicated(role, backend, identity, messages, params, stat)
+        ctx.raw = entry["text"]
+        return entry
+
+    async def _deduplicated(self, role: str, backend: Backend, identity: CallIdentity,
+                            messages: list[dict[str, str]], params: dict[str, Any],
+                            stat: tuple[str, str]) -> dict[str, Any]:
+        """Identical calls in flight at once reach the model once; the others wait for it."""
+        state = self._state()
+        key = identity.key
+        if key in state.inflight:
+            self._count(stat, "cache_hits")
+            return await asyncio.shield(state.inflight[key])
+        future = asyncio.get_running_loop().create_future()
+        state.inflight[key] = future
+        try:
+            completion = await self._with_retries(role, backend, messages, CallParams(params, identity.seed()), stat)
+            entry = completion.to_entry()
+            self.cache.put(key, backend.name, entry)
+            future.set_result(entry)
+            return entry
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters, if any, get it; none is fine too
+            raise
+        finally:
+            del state.inflight[key]
+
+    async def _with_retries(self, role: str, backend: Backend, messages: list[dict[str, str]],
+                            params: CallParams, stat: tuple[str, str]) -> Any:
+        spec = self.models[role]
+        state = self._state()
+        for attempt in range(spec.retries + 1):
+            async with state.semaphores[role]:
+                await self._respect_rpm(role, spec, state)
+                try:
+                    completion = await self._attempt(backend, spec, messages, params)
+                    self._account(stat, backend.name, completion)
+                    return completion
+                except ModelCallError as exc:
+                    error = exc
+            if not error.retryable or attempt == spec.retries:
+                self._count(stat, "failures")
+                raise error
+            self._count(stat, "retries")
+            delay = error.retry_after if error.retry_after is not None else self.backoff_base * 2**attempt
+            await asyncio.sleep(min(60.0, delay) * (1 + 0.25 * random.random()))  # jitter spreads retries
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, backend: Backend, spec: ModelSpec, messages: list[dict[str, str]],
+                       params: CallParams) -> Any:
+        if spec.is_local:  # generation in a thread cannot be cancelled; a timeout would only leak it
+            completion = await backend.complete(messages, params)
+        else:
+            try:
+                completion = await asyncio.wait_for(backend.complete(messages, params), spec.timeout)
+            except asyncio.TimeoutError:
+                raise ModelCallError(f"{backend.name}: no answer within {spec.timeout}s", retryable=True) from None
+        if backend.retry_empty and not completion.text.strip():
+            raise ModelCallError(f"{backend.name}: empty completion", retryable=True)
+        return completion
+
+    async def _respect_rpm(self, role: str, spec: ModelSpec, state: _LoopState) -> None:
+        if not spec.rpm:
+            return
+        now = time.monotonic()
+        start = max(now, state.next_slot_at[role])
+        state.next_slot_at[role] = start + 60.0 / spec.rpm
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _state(self) -> _LoopState:
+        loop_id = id(asyncio.get_running_loop())
+        with self._lock:
+            if loop_id not in self._loops:
+                self._loops[loop_id] = _LoopState(self.models, self.concurrency)
+            return self._loops[loop_id]
+
+    def _count(self, stat: tuple[str, str], name: str, amount: int = 1) -> None:
+        with self._lock:
+            self.stats[stat][name] += amount
+
+    def _account(self, stat: tuple[str, str], model: str, completion: Any) -> None:
+        with self._lock:
+            counter = self.stats[stat]
+            counter["calls"] += 1
+            counter["prompt_tokens"] += completion.prompt_tokens
+            counter["completion_tokens"] += completion.completion_tokens
+            counter["truncated"] += completion.finish_reason == "length"
+            cost = cost_of(model, completion.prompt_tokens, completion.completion_tokens)
+            if cost:
+                self.cost[stat] += cost
+
+    def _what_changed(self, identity: CallIdentity) -> str:
+        if not len(self.cache.store):
+            return "the cache is empty: nothing was recorded in this cache folder"
+        return ("this exact call was never made: the rendered prompt (a template, an input upstream, "
+                f"the spec's instructions), the model ({identity.model}) or the decoding parameters "
+                f"{dict(identity.params)} differ from the recorded run")
+
+    def summary(self) -> dict[str, Any]:
+        """Per stage and role: the counters, dollars spent and dollars the cache saved."""
+        rows = {}
+        for (stage, role), counter in sorted(self.stats.items()):
+            row = {k: counter.get(k, 0) for k in STAT_KEYS}
+            row["model"] = self.models[role].model
+            row["cost_usd"] = round(self.cost.get((stage, role), 0.0), 6)
+            row["saved_usd"] = round(self.saved.get((stage, role), 0.0), 6)
+            rows[f"{stage}/{role}"] = row
+        return rows
+
+    async def aclose(self) -> None:
+        for backend in self._backends.values():
+            await backend.aclose()

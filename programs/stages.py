@@ -1,0 +1,152 @@
+"""One DSPy module per kind of model call. Each wraps a `dspy.Predict` whose signature
+carries the template's instructions (and whose demos the template renders), so DSPy
+optimizers can tune them; `module.save()` / `module.load()` keep the result.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from .adapter import TemplateAdapter, hub_lm
+from .hub import CURRENT_CALL, CallContext, ModelHub
+from .method import Judgement
+from .parsers import (
+    parse_answer,
+    parse_instruction,
+    parse_list,
+    parse_metadata,
+    parse_rubrics,
+    parse_scores,
+)
+from .spec import Spec, StageSpec
+from .templates import StageTemplate, TemplateStore
+
+# dspy.LM warns on every truncated completion; the hub counts them in the manifest instead.
+logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
+
+# kind -> (input fields, output fields): the template's variables and the parser's result
+SIGNATURES: dict[str, tuple[list[str], list[str]]] = {
+    "encode": (["instruction"], ["use_case", "skills"]),
+    "decode": (["use_case", "skills", "count"], ["items"]),
+    "rubrics": (["use_case", "skills", "count"], ["rubrics", "actions"]),
+    "improve": (["instruction", "action", "use_case", "skills"], ["improved"]),
+    "respond": (["instruction"], ["answer"]),
+    "judge": (["instruction", "answer_1", "answer_2", "scale_low", "scale_high"], ["score_1", "score_2"]),
+}
+SAMPLE_INPUTS: dict[str, Any] = {  # used by `validate` to render every template once
+    "instruction": "Write a haiku about the sea.", "use_case": "creative writing", "skills": ["poetry", "imagery"],
+    "count": 3, "action": "Add a constraint on the rhyme scheme.", "answer_1": "Answer one.",
+    "answer_2": "Answer two.", "scale_low": 1, "scale_high": 10,
+}
+
+
+@dataclass
+class StepResult:
+    """One stage's outcome for one item: parsed values, or a failure with the raw text."""
+
+    ok: bool
+    values: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    raw: str | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def failure(self, stage: str) -> dict[str, Any]:
+        return {"stage": stage, "error": self.error, "raw": self.raw}
+
+
+def _parser(kind: str, spec: Spec):
+    params = spec.params
+    scale = tuple(params["score_scale"])
+    return {
+        "encode": lambda text: parse_metadata(text),
+        "decode": lambda text: {"items": parse_list(text)},
+        "rubrics": lambda text: parse_rubrics(text, params["rubrics"]),
+        "improve": lambda text: {"improved": parse_instruction(text)},
+        "respond": lambda text: {"answer": parse_answer(text)},
+        "judge": lambda text: dict(zip(("score_1", "score_2"), parse_scores(text, scale), strict=True)),
+    }[kind]
+
+
+def make_signature(kind: str, instructions: str) -> type[dspy.Signature]:
+    inputs, outputs = SIGNATURES[kind]
+    fields = {name: (Any, dspy.InputField()) for name in inputs}
+    fields.update({name: (Any, dspy.OutputField()) for name in outputs})
+    return dspy.Signature(fields, instructions or f"CodecLM {kind} step.")
+
+
+class LLMStage(dspy.Module):
+    """A stage that makes one model call per item: render, call through the hub, parse."""
+
+    def __init__(self, stage: StageSpec, template: StageTemplate, spec: Spec, hub: ModelHub):
+        super().__init__()
+        model = spec.models[stage.model]
+        self.name, self.kind, self.hub = stage.name, stage.kind, hub
+        self.predict = dspy.Predict(make_signature(stage.kind, template.default_instructions))
+        self.predict.set_lm(hub_lm(hub, stage.model, stage.temperature if stage.temperature is not None
+                                   else model.temperature, stage.max_tokens or model.max_tokens))
+        self.adapter = TemplateAdapter(template, _parser(stage.kind, spec))
+
+    async def aforward(self, item: str, slot: int = 0, **inputs: Any) -> StepResult:
+        ctx = CallContext(stage=self.name, item=item, slot=slot)
+        token = CURRENT_CALL.set(ctx)
+        try:
+            with dspy.context(adapter=self.adapter, disable_history=True):
+                prediction = await self.predict.acall(**inputs)
+            return StepResult(ok=True, values=dict(prediction.items()), raw=ctx.raw, calls=ctx.calls)
+        except Exception as exc:  # failure is data: recorded on the item, the run goes on
+            if self.hub.fatal is not None:
+                raise self.hub.fatal from None
+            error = f"unparsable completion: {ctx.parse_error}" if ctx.parse_error else _describe(exc)
+            return StepResult(ok=False, error=error, raw=ctx.raw, calls=ctx.calls)
+        finally:
+            CURRENT_CALL.reset(token)
+
+
+class JudgeStage(LLMStage):
+    """The pairwise judge, asked in both orders (against position bias); scores averaged."""
+
+    async def judge(self, item: str, instruction: str, strong: str, target: str, scale: list[float],
+                    both_orders: bool) -> tuple[Judgement | None, list[StepResult]]:
+        import asyncio
+
+        common = {"instruction": instruction, "scale_low": scale[0], "scale_high": scale[1]}
+        orders = [self.acall(item=item, answer_1=strong, answer_2=target, **common)]
+        if both_orders:
+            orders.append(self.acall(item=item, answer_1=target, answer_2=strong, **common))
+        results = await asyncio.gather(*orders)
+        pairs = [(r.values["score_1"], r.values["score_2"]) if r.ok else None for r in results]
+        if any(p is None for p in pairs):
+            return None, results
+        return Judgement(strong_first=pairs[0], target_first=pairs[1] if both_orders else None), results
+
+
+def _describe(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    text = f"{type(exc).__name__}: {exc}"
+    return f"{text} (caused by {type(cause).__name__}: {cause})" if cause and str(cause) not in text else text
+
+
+def build_stages(spec: Spec, hub: ModelHub) -> dict[str, LLMStage]:
+    """One module per model-calling stage of the spec, keyed by stage name."""
+    store = TemplateStore(spec.prompts_dir)
+    modules: dict[str, LLMStage] = {}
+    for stage in spec.stages.values():
+        if stage.kind in SIGNATURES:
+            cls = JudgeStage if stage.kind == "judge" else LLMStage
+            modules[stage.name] = cls(stage, store.get(stage.template), spec, hub)
+    return modules
+
+
+def check_templates(spec: Spec) -> None:
+    """Render every stage's template once with sample inputs (undefined variables, bad roles)."""
+    store = TemplateStore(spec.prompts_dir)
+    for stage in spec.stages.values():
+        if stage.kind in SIGNATURES:
+            template = store.get(stage.template)
+            names = SIGNATURES[stage.kind][0]
+            template.render({**{n: SAMPLE_INPUTS[n] for n in names},
+                             "instructions": template.default_instructions, "demos": []})

@@ -1,0 +1,107 @@
+"""Jinja templates that render a stage's chat messages, in a sandbox.
+
+A template emits messages with call blocks, so text from seeds or models is never
+split or re-parsed as markup:
+
+    {% call message("user") %}Hello {{ name }}{% endcall %}
+
+The optimizable instructions live in `{% block instructions %}`: the block's text is
+the default, and a stage renders `{{ instructions }}` when DSPy changed them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import SpecError
+
+ROLES = ("system", "user", "assistant")
+
+
+class TemplateStore:
+    """Loads templates from one folder and reports problems with file and line."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.env = ImmutableSandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(str(self.folder)),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            autoescape=False,
+        )
+
+    def get(self, name: str) -> StageTemplate:
+        return _load(self, name)
+
+    def path_of(self, name: str) -> Path:
+        return self.folder / name
+
+
+@lru_cache(maxsize=256)
+def _load(store: TemplateStore, name: str) -> StageTemplate:
+    try:
+        return StageTemplate(name, store.env.get_template(name), store.path_of(name))
+    except jinja2.TemplateNotFound:
+        available = sorted(p.name for p in store.folder.glob("*.jinja"))
+        raise SpecError(str(store.path_of(name)), f"template '{name}' not found",
+                        hint=f"templates in {store.folder}: {', '.join(available) or 'none'}") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise SpecError(exc.filename or str(store.path_of(name)), f"template syntax error: {exc.message}",
+                        line=exc.lineno, hint="check the {% %} and {{ }} tags on this line") from None
+
+
+class StageTemplate:
+    """One compiled template: renders messages and knows its default instructions."""
+
+    def __init__(self, name: str, template: jinja2.Template, path: Path):
+        self.name, self.template, self.path = name, template, path
+        self.source = path.read_text(encoding="utf-8")
+
+    @property
+    def default_instructions(self) -> str:
+        block = self.template.blocks.get("instructions")
+        if block is None:
+            return ""
+        return "".join(block(self.template.new_context({}))).strip()
+
+    def render(self, variables: dict[str, Any]) -> list[dict[str, str]]:
+        """Render to chat messages. Variables are data: their text is never evaluated as Jinja."""
+        messages: list[dict[str, str]] = []
+
+        def message(role: str, caller: Any) -> str:
+            if role not in ROLES:
+                raise SpecError(str(self.path), f"message role {role!r} is not one of {ROLES}")
+            content = caller().strip()
+            if content:
+                messages.append({"role": role, "content": content})
+            return ""
+
+        try:
+            self.template.render({**variables, "message": message})
+        except jinja2.UndefinedError as exc:
+            raise SpecError(str(self.path), f"template uses an undefined variable: {exc.message}",
+                            line=_template_line(exc),
+                            hint=f"variables given: {', '.join(sorted(variables))}") from None
+        except jinja2.TemplateError as exc:
+            raise SpecError(str(self.path), f"template failed to render: {exc}", line=_template_line(exc)) from None
+        if not messages:
+            raise SpecError(str(self.path), "template rendered no messages",
+                            hint='wrap the prompt in {% call message("user") %}...{% endcall %}')
+        return messages
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The template line of a render error, read from the traceback Jinja rewrites."""
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(".jinja"):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
