@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+from .hub import ModelHub
 from .runner import RunOptions, run_spec
 from .seeds import read_seeds
 from .spec import Spec
@@ -48,14 +49,16 @@ def upper_bounds(spec: Spec, seeds: int) -> Counter:
     return bounds
 
 
-def dry_run(spec: Spec, options: RunOptions) -> dict[str, dict[str, int]]:
+def dry_run(spec: Spec, options: RunOptions, hub: ModelHub | None = None) -> dict[str, dict[str, int]]:
     seeds = 0
     if any(s.input == "seeds" for s in spec.stages.values()):
         path = options.seeds or spec.seeds.path
         seeds = len(read_seeds(path, spec.seeds.field, spec.seeds.id_field, options.limit))
     bounds = upper_bounds(spec, seeds)
     options.dry_run = True
-    result = run_spec(spec, options)
+    if hub is not None:
+        hub.dry_run = True
+    result = run_spec(spec, options, hub)
     rows = {}
     for (stage, role), bound in bounds.items():
         cached = result.calls.get(f"{stage}/{role}", {}).get("cache_hits", 0)

@@ -146,7 +146,7 @@ class Runner:
 
     def augment(self, name: str, metadata: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pool = augment(metadata, self.params["pool_size"], tuple(self.params["skills_per_entry"]), self.spec.seed)
-        if not pool:
+        if not pool and not self.options.dry_run:  # a dry run stops where the cache ends
             raise CodecError(f"stage '{name}': no metadata to augment (every encode failed?)")
         if self.store:
             self.store.write_jsonl("pool", pool)

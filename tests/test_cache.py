@@ -1,0 +1,140 @@
+"""The call cache: replay bit for bit, re-use after a parameter change, dedup, dry runs, bundles."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, ScriptedBackend, base_spec, write_spec
+
+from programs.bundle import export_bundle, import_bundle
+from programs.cache import CallCache
+from programs.dryrun import dry_run
+from programs.errors import ReplayMiss
+from programs.hub import CallContext, ModelHub
+from programs.runner import RunOptions
+from programs.spec import load_spec
+
+ARTIFACTS = ("dataset.jsonl", "instructions.jsonl", "metadata.jsonl", "pool.jsonl", "rubrics.jsonl")
+
+
+class Unreachable(ScriptedBackend):
+    async def complete(self, messages, params):
+        raise AssertionError("replay must not contact a model")
+
+
+def test_replay_is_byte_identical_with_no_model(tmp_path, seeds_file, scripted):
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    first = scripted(spec, out="live")
+    scripted.backends = {role: Unreachable(b.name) for role, b in scripted.backends.items()}
+    second = scripted(spec, out="replay", mode="replay")
+    for name in ARTIFACTS:
+        assert (first.out / name).read_bytes() == (second.out / name).read_bytes(), name
+    assert second.manifest["totals"]["calls"] == 0
+    assert second.manifest["totals"]["cache_hits"] == first.manifest["totals"]["calls"]
+
+
+def test_replay_miss_names_stage_and_item(tmp_path, seeds_file, scripted):
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    with pytest.raises(ReplayMiss) as caught:
+        scripted(spec, mode="replay")
+    assert caught.value.stage == "encode" and caught.value.item.startswith("s")
+    assert "cache is empty" in str(caught.value)
+
+
+def test_replay_miss_exits_3_from_the_cli(tmp_path, seeds_file):
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    done = subprocess.run([sys.executable, str(REPO / "cli.py"), "run", str(spec), "--replay", "-q",
+                           "--cache-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert "stage 'encode'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_lower_threshold_needs_no_model_call(tmp_path, seeds_file, scripted):
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    scripted(spec, out="theta3")
+    before = scripted.calls()
+    result = scripted(spec, out="theta2", overrides=["params.threshold=2"])
+    assert scripted.calls() == before
+    assert result.manifest["totals"]["calls"] == 0
+
+
+def test_changed_improve_template_recalls_only_improve_and_after(tmp_path, seeds_file, scripted):
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "prompts", prompts)
+    data = base_spec(seeds_file)
+    data["prompts"] = str(prompts)
+    spec = write_spec(tmp_path, data)
+    scripted(spec, out="first")
+    improve = prompts / "improve.jinja"
+    improve.write_text(improve.read_text().replace("Answer with the improved instruction only.",
+                                                   "Answer with the new instruction only."))
+    result = scripted(spec, out="second")
+    calls = result.manifest["calls"]
+    for stage in ("encode", "decode", "rubrics"):
+        assert calls[f"{stage}/strong"]["calls"] == 0, stage
+    assert calls["improve/strong"]["calls"] > 0
+
+
+def test_identical_calls_in_flight_reach_the_model_once(tmp_path):
+    spec = load_spec(write_spec(tmp_path, base_spec(tmp_path / "unused.jsonl")))
+    backend = ScriptedBackend("scripted/strong", answer=lambda m: "hello", delay=0.05)
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": backend})
+    messages = [{"role": "user", "content": "same question"}]
+    params = {"temperature": 0.7, "max_tokens": 8}
+
+    async def ask_five():
+        return await asyncio.gather(*(hub.complete("strong", messages, params, CallContext("t", str(i)))
+                                      for i in range(5)))
+
+    entries = asyncio.run(ask_five())
+    assert len(backend.calls) == 1
+    assert {e["text"] for e in entries} == {"hello"}
+
+
+def test_sample_slots_keep_identical_pool_entries_distinct(tmp_path, scripted):
+    """Two identical metadata entries must not share one decode sample."""
+    data = base_spec(tmp_path / "unused.jsonl")
+    del data["seeds"], data["stages"]["encode"], data["stages"]["augment"]
+    data["metadata"] = [{"use_case": "code generation", "skills": ["python"]}] * 2
+    for stage in ("rubrics", "decode"):
+        data["stages"][stage]["input"] = "metadata"
+    result = scripted(write_spec(tmp_path, data))
+    assert result.manifest["calls"]["decode/strong"]["calls"] == 2
+
+
+def test_dry_run_counts_bound_the_real_run(tmp_path, seeds_file, scripted):
+    spec_path = write_spec(tmp_path, base_spec(seeds_file))
+
+    def dry():
+        spec = load_spec(spec_path)
+        hub = ModelHub(spec.models, CallCache(scripted.cache_dir), backends=scripted.backends)
+        return dry_run(spec, RunOptions(cache_dir=scripted.cache_dir), hub)
+
+    before = dry()
+    assert all(row["cached"] == 0 for row in before.values())
+    assert before["encode/strong"]["upper_bound"] == 4
+    assert scripted.calls() == 0
+    real = scripted(spec_path).manifest["calls"]
+    after = dry()
+    for name, row in after.items():
+        made = real.get(name, {}).get("calls", 0)
+        assert made <= row["upper_bound"], name
+        assert row["cached"] == made, name
+
+
+def test_export_import_bundle_replays_elsewhere(tmp_path, seeds_file, scripted):
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    first = scripted(spec, out="live")
+    bundle = tmp_path / "bundle.jsonl.gz"
+    exported = export_bundle(first.out, bundle)
+    assert exported == first.manifest["totals"]["calls"]
+    scripted.cache_dir = tmp_path / "colleague-cache"
+    assert import_bundle(bundle, scripted.cache_dir) == exported
+    scripted.backends = {role: Unreachable(b.name) for role, b in scripted.backends.items()}
+    second = scripted(spec, out="colleague", mode="replay")
+    assert (first.out / "dataset.jsonl").read_bytes() == (second.out / "dataset.jsonl").read_bytes()

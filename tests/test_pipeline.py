@@ -1,0 +1,82 @@
+"""The whole pipeline on scripted models: the paper's algorithm, outputs and provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import base_spec, write_spec
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_paper_graph_runs_and_records_provenance(tmp_path, seeds_file, scripted):
+    result = scripted(write_spec(tmp_path, base_spec(seeds_file)))
+    out = result.out
+    histories = read_jsonl(out / "instructions.jsonl")
+    assert len(histories) == 3 * 2  # pool of 3, 2 instructions each
+    dataset = read_jsonl(out / "dataset.jsonl")
+    assert dataset, "the scripted judge prefers the strong answer often enough to keep pairs"
+    for record in dataset:
+        user, assistant = record["messages"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        prov = record["provenance"]
+        assert set(prov) >= {"seed_ids", "metadata", "actions", "iteration", "answers", "scores", "gap",
+                             "decision", "calls"}
+        assert prov["seed_ids"] and prov["metadata"]["use_case"]
+        assert prov["scores"]["strong_first"] and prov["scores"]["target_first"]
+        assert len(prov["actions"]) == prov["iteration"] - 1  # one action per iteration after the basic one
+        assert assistant["content"] == prov["answers"]["answer_strong" if prov["decision"] == "keep_strong"
+                                                       else "answer_target"]
+    for name in ("metadata.jsonl", "pool.jsonl", "rubrics.jsonl", "manifest.json"):
+        assert (out / name).is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"]["calls"] == scripted.calls()
+    assert manifest["calls"]["judge/strong"]["calls"] > 0
+
+
+def test_iterations_are_bounded_and_each_is_filtered(tmp_path, seeds_file, scripted):
+    """Every iteration, the basic one included, is answered by both models and judged in both orders;
+    at most max_iterations iterations; an instruction still within theta after the last is dropped."""
+    result = scripted(write_spec(tmp_path, base_spec(seeds_file, max_iterations=3)))
+    histories = read_jsonl(result.out / "instructions.jsonl")
+    statuses = {h["status"] for h in histories}
+    assert statuses <= {"kept", "dropped"}
+    for history in histories:
+        steps = history["iterations"]
+        assert 1 <= len(steps) <= 3
+        for step in steps:
+            assert set(step["answers"]) == {"answer_strong", "answer_target"}
+            assert step["scores"]["strong_first"] is not None and step["scores"]["target_first"] is not None
+        *earlier, last = steps
+        assert all(s["decision"] == "improve" for s in earlier)
+        if history["status"] == "dropped":
+            assert len(steps) == 3 and last["decision"] == "drop" and abs(last["scores"]["gap"]) <= 3
+        else:
+            assert abs(last["scores"]["gap"]) > 3
+
+
+def test_jinja_in_a_seed_reaches_the_model_literally(tmp_path, scripted):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("Compute {{ 7*7 }} and explain {% raw %} blocks\n")
+    scripted(write_spec(tmp_path, base_spec(seeds)))
+    encode_prompts = [m[-1]["content"] for m in scripted.backends["strong"].calls if "analyzer" in m[0]["content"]]
+    assert encode_prompts == ["Instruction: Compute {{ 7*7 }} and explain {% raw %} blocks"]
+
+
+def test_malformed_model_output_becomes_recorded_failures(tmp_path, seeds_file, scripted):
+    """A model that answers nonsense to every stage: the run finishes, every failure is recorded."""
+    for backend in scripted.backends.values():
+        backend.answer = lambda messages: "I'm ready to assist. What's your question?"
+    spec = base_spec(seeds_file)
+    spec["metadata"] = [{"use_case": "code generation", "skills": ["python"]}]
+    spec["stages"]["augment"]["input"] = "metadata"  # encode fails anyway: let decode see an entry
+    del spec["stages"]["encode"]
+    result = scripted(write_spec(tmp_path, spec))
+    histories = read_jsonl(result.out / "instructions.jsonl")
+    assert histories and all(h["status"] == "failed" for h in histories)
+    failure = histories[0].get("failure") or histories[0]
+    assert "raw" in json.dumps(failure)
+    assert result.counts == {"failed": len(histories)}

@@ -1,0 +1,98 @@
+"""The whole pipeline on real models: the embedded SmolLM2 in process, and the same GGUF served
+by llama.cpp's OpenAI-compatible server on loopback, reached as hosted_vllm/ (the vLLM path)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import base_spec, write_spec
+
+from programs.backends import local_model_path
+from programs.runner import RunOptions, run_spec
+from programs.spec import load_spec
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_real_spec(tmp_path, seeds_file, models=None):
+    """Two seeds' worth of work: enough to pass through every stage, quick on 2 cores."""
+    data = base_spec(seeds_file, pool_size=2, instructions_per_entry=1, max_iterations=2, threshold=1,
+                     unparsable_score="drop")
+    data["models"] = models or {"strong": {"model": "local", "max_tokens": 48, "concurrency": 1},
+                                "target": {"model": "local", "max_tokens": 16, "concurrency": 1}}
+    data["stages"]["judge"]["max_tokens"] = 8
+    return write_spec(tmp_path, data)
+
+
+def run(spec_path, tmp_path, name):
+    options = RunOptions(out=tmp_path / name, cache_dir=tmp_path / f"cache-{name}", limit=2)
+    return run_spec(load_spec(spec_path), options)
+
+
+def check_outputs(result):
+    histories = [json.loads(line) for line in (result.out / "instructions.jsonl").read_text().splitlines()]
+    assert histories, "decode produced no instruction"
+    for history in histories:
+        assert history["status"] in ("kept", "dropped", "failed")
+        for step in history.get("iterations", []):
+            assert "instruction" in step
+    manifest = json.loads((result.out / "manifest.json").read_text())
+    assert manifest["totals"]["calls"] > 0 and manifest["totals"]["completion_tokens"] > 0
+
+
+def test_embedded_model_runs_every_stage_deterministically(tmp_path, seeds_file):
+    spec = tiny_real_spec(tmp_path, seeds_file)
+    first = run(spec, tmp_path, "first")
+    check_outputs(first)
+    second = run(spec, tmp_path, "second")  # a fresh cache: every call is made again
+    assert second.manifest["totals"]["cache_hits"] <= first.manifest["totals"]["cache_hits"]
+    for name in ("dataset.jsonl", "instructions.jsonl", "metadata.jsonl"):
+        assert (first.out / name).read_bytes() == (second.out / name).read_bytes(), name
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    port = free_port()
+    log = (tmp_path_factory.mktemp("llama") / "server.log").open("w+")  # a pipe would fill up and block it
+    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(local_model_path()),
+                                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"llama_cpp.server exited: {log.read()[-2000:]}")
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("llama_cpp.server did not answer within 60 s")
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+def test_pipeline_through_a_real_openai_compatible_server(tmp_path, seeds_file, llama_server):
+    models = {role: {"model": f"hosted_vllm/smollm2-{role}", "api_base": llama_server, "concurrency": 1,
+                     "max_tokens": 48 if role == "strong" else 16, "timeout": 60}
+              for role in ("strong", "target")}
+    spec = tiny_real_spec(tmp_path, seeds_file, models)
+    result = run(spec, tmp_path, "server")
+    check_outputs(result)
+    assert result.manifest["calls"]["encode/strong"]["calls"] == 2
