@@ -95,8 +95,9 @@ def _content_text(content: Any) -> str:
 
 
 def _between(text: str, start: str, end: str) -> str:
-    """The stripped text between ``start`` and ``end`` (or to the end of ``text``)."""
-    i = text.find(start)
+    """The stripped text between the last ``start`` and ``end`` (or to the end of ``text``):
+    the last occurrence, since worked examples in a prompt come before the real question."""
+    i = text.rfind(start)
     if i < 0:
         return ""
     i += len(start)

@@ -80,3 +80,38 @@ def test_malformed_model_output_becomes_recorded_failures(tmp_path, seeds_file, 
     failure = histories[0].get("failure") or histories[0]
     assert "raw" in json.dumps(failure)
     assert result.counts == {"failed": len(histories)}
+
+
+SMALL = ["params.pool_size=3", "params.dataset_size=6"]
+
+
+def test_every_shipped_spec_runs_unchanged_on_scripted_models(scripted):
+    from conftest import REPO
+
+    for spec in sorted((REPO / "specs").glob("*.yaml")):
+        result = scripted(spec, out=spec.stem, overrides=SMALL + ["params.max_iterations=2"]
+                          if "metadata" not in spec.stem else SMALL)
+        assert (result.out / "dataset.jsonl").read_text(), spec.name
+
+
+def test_ablation_without_filter_improves_every_iteration_then_answers(scripted):
+    from conftest import REPO
+
+    result = scripted(REPO / "specs" / "ablation_rubrics.yaml", overrides=SMALL)
+    histories = read_jsonl(result.out / "instructions.jsonl")
+    assert all(h["status"] == "kept" and len(h["actions"]) == 3 for h in histories)
+    calls = result.manifest["calls"]
+    assert "judge/strong" not in calls
+    assert calls["answer/strong"]["calls"] == len(histories)  # only the final instruction is answered
+
+
+def test_rewired_graph_without_augment_runs(tmp_path, seeds_file, scripted):
+    """Decode straight from the encoded seeds: a wiring change in YAML alone."""
+    data = base_spec(seeds_file)
+    del data["stages"]["augment"]
+    data["stages"]["decode"]["input"] = "encode"
+    data["stages"]["rubrics"]["input"] = "encode"
+    result = scripted(write_spec(tmp_path, data))
+    histories = read_jsonl(result.out / "instructions.jsonl")
+    assert len(histories) == len(read_jsonl(result.out / "metadata.jsonl")) * 2
+    assert not (result.out / "pool.jsonl").exists()
