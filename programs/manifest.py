@@ -41,7 +41,7 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
               for key in ("calls", "cache_hits", "failures", "retries", "truncated", "prompt_tokens",
                           "completion_tokens", "cost_usd", "saved_usd")}
     return {
-        "spec": {"path": str(spec.path), "name": spec.name, "sha256": _sha(spec.path.read_bytes()),
+        "spec": {"path": str(spec.path.resolve()), "name": spec.name, "sha256": _sha(spec.path.read_bytes()),
                  "resolved": spec.raw},
         "templates": templates,
         "versions": versions(),

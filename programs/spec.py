@@ -87,6 +87,7 @@ class StageSpec:
     actions: str | None = None  # improve: the rubrics stage whose actions it samples
     temperature: float | None = None  # per-stage override of the model's temperature
     max_tokens: int | None = None
+    program: Path | None = None  # a DSPy-optimized state (module.save) with tuned instructions and demos
 
 
 @dataclass
@@ -303,7 +304,8 @@ class _Validator:
         stages = {}
         if not raw:
             self.error(("stages",), "no stages declared", "copy the stages of specs/codeclm.yaml")
-        allowed = {"kind", "model", "template", "input", "answers", "actions", "temperature", "max_tokens"}
+        allowed = {"kind", "model", "template", "input", "answers", "actions", "temperature", "max_tokens",
+                   "program"}
         for name, conf in raw.items():
             where = ("stages", name)
             conf = self.mapping(where, conf, f"stage '{name}'")
@@ -315,7 +317,13 @@ class _Validator:
                 continue
             if name in SOURCES:
                 self.error(where, f"'{name}' is a built-in input and cannot name a stage")
-            stage = StageSpec(name=name, kind=kind, **{k: v for k, v in conf.items() if k in allowed - {"kind"}})
+            stage = StageSpec(name=name, kind=kind,
+                              **{k: v for k, v in conf.items() if k in allowed - {"kind", "program"}})
+            if conf.get("program"):
+                stage.program = self.relative(str(conf["program"]))
+                if not stage.program.is_file():
+                    self.error((*where, "program"), f"optimized program {stage.program} not found",
+                               "save one with module.save(PATH) after a DSPy optimizer, or drop 'program:'")
             if STAGE_KINDS[kind]["llm"]:
                 if stage.model not in models:
                     self.error((*where, "model"), f"stage '{name}' uses model {stage.model!r}, which is not declared",

@@ -6,6 +6,8 @@ optimizers can tune them; `module.save()` / `module.load()` keep the result.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,20 +92,57 @@ class LLMStage(dspy.Module):
                                    else model.temperature, stage.max_tokens or model.max_tokens))
         self.adapter = TemplateAdapter(template, _parser(stage.kind, spec))
 
+    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
+        """Instructions and demos only: the model belongs to the spec, not to a saved program."""
+        lm, self.predict.lm = self.predict.lm, None
+        try:
+            return super().dump_state(json_mode)
+        finally:
+            self.predict.lm = lm
+
+    def load_state(self, state: dict[str, Any], **kwargs: Any) -> LLMStage:
+        lm = self.predict.lm
+        super().load_state(state, **kwargs)
+        self.predict.lm = lm
+        return self
+
     async def aforward(self, item: str, slot: int = 0, **inputs: Any) -> StepResult:
-        ctx = CallContext(stage=self.name, item=item, slot=slot)
-        token = CURRENT_CALL.set(ctx)
+        """The runner's path: many items at once on one event loop."""
+        with self._call(item, slot) as call:
+            call.prediction = await self.predict.acall(**inputs)
+        return call.result
+
+    def forward(self, item: str, slot: int = 0, **inputs: Any) -> StepResult:
+        """Synchronous path, for DSPy optimizers and scripts."""
+        with self._call(item, slot) as call:
+            call.prediction = self.predict(**inputs)
+        return call.result
+
+    @contextmanager
+    def _call(self, item: str, slot: int) -> Iterator[_Call]:
+        """Set the call context the hub reads, and turn any failure into a StepResult."""
+        call = _Call(CallContext(stage=self.name, item=item, slot=slot))
+        token = CURRENT_CALL.set(call.ctx)
         try:
             with dspy.context(adapter=self.adapter, disable_history=True):
-                prediction = await self.predict.acall(**inputs)
-            return StepResult(ok=True, values=dict(prediction.items()), raw=ctx.raw, calls=ctx.calls)
+                yield call
+            call.result = StepResult(ok=True, values=dict(call.prediction.items()), raw=call.ctx.raw,
+                                     calls=call.ctx.calls)
         except Exception as exc:  # failure is data: recorded on the item, the run goes on
             if self.hub.fatal is not None:
                 raise self.hub.fatal from None
+            ctx = call.ctx
             error = f"unparsable completion: {ctx.parse_error}" if ctx.parse_error else _describe(exc)
-            return StepResult(ok=False, error=error, raw=ctx.raw, calls=ctx.calls)
+            call.result = StepResult(ok=False, error=error, raw=ctx.raw, calls=ctx.calls)
         finally:
             CURRENT_CALL.reset(token)
+
+
+@dataclass
+class _Call:
+    ctx: CallContext
+    prediction: Any = None
+    result: StepResult | None = None
 
 
 class JudgeStage(LLMStage):
@@ -138,6 +177,8 @@ def build_stages(spec: Spec, hub: ModelHub) -> dict[str, LLMStage]:
         if stage.kind in SIGNATURES:
             cls = JudgeStage if stage.kind == "judge" else LLMStage
             modules[stage.name] = cls(stage, store.get(stage.template), spec, hub)
+            if stage.program:
+                modules[stage.name].load(str(stage.program))
     return modules
 
 
