@@ -73,7 +73,8 @@ def _load(spec_path: str, overrides: tuple[str, ...]) -> Any:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--seeds", type=click.Path(dir_okay=False, path_type=Path), help="Seed file (JSONL, CSV or text); "
               "overrides the spec's seeds.path.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/NAME].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory [default: runs/NAME; with --replay, runs/NAME-replay].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any spec field, e.g. --set params.threshold=2 --set models.strong.model=openai/gpt-4o.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N seeds.")
@@ -96,9 +97,12 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
     from programs.runner import RunOptions, run_spec
 
     loaded = _load(spec, overrides)
+    if mode == "replay" and out is None:  # never overwrite the run being replayed
+        out = Path("runs") / f"{loaded.name}-replay"
     options = RunOptions(out=out, cache_dir=cache_dir, cache_mode=mode or "live", seeds=seeds, limit=limit,
                          concurrency=concurrency, dry_run=dry_run, overrides=list(overrides),
-                         progress=Progress(stream=None if quiet else sys.stderr))
+                         progress=Progress(stream=None if quiet else sys.stderr),
+                         recorded_run=Path("runs") / loaded.name if mode == "replay" else None)
     if dry_run:
         _dry_run(loaded, options)
         return
@@ -132,7 +136,7 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
     out = out or run_dir.with_name(run_dir.name + "-replay")
     options = RunOptions(out=out, cache_dir=cache_dir or Path(recorded["cache_dir"]), cache_mode="replay",
                          seeds=Path(recorded["seeds"]) if recorded["seeds"] else None, limit=recorded["limit"],
-                         overrides=list(recorded["overrides"]), progress=Progress())
+                         overrides=list(recorded["overrides"]), progress=Progress(), recorded_run=run_dir)
     result = run_spec(loaded, options)
     options.progress.close()
     _summary(result)

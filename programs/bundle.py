@@ -26,6 +26,20 @@ def run_call_keys(run_dir: Path) -> list[str]:
     return list(keys)
 
 
+def recorded_calls(run_dir: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """A run's calls by (stage, item), to explain a replay miss against it."""
+    index: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for artifact in ("metadata", "rubrics", "instructions"):
+        path = run_dir / ARTIFACTS[artifact]
+        if path.is_file():
+            with path.open(encoding="utf-8") as handle:
+                for line in handle:
+                    for call in _calls(json.loads(line)):
+                        if "item" in call:
+                            index.setdefault((call["stage"], call["item"]), []).append(call)
+    return index
+
+
 def _calls(value: Any) -> Iterator[dict[str, Any]]:
     if isinstance(value, dict):
         if "key" in value and "model" in value and "stage" in value:

@@ -64,6 +64,7 @@ class ModelHub:
         self.cost: dict[tuple[str, str], float] = defaultdict(float)
         self.saved: dict[tuple[str, str], float] = defaultdict(float)
         self.fatal: CodecError | None = None  # a replay miss: the runner stops on it
+        self.recorded: dict[tuple[str, str], list[dict[str, Any]]] = {}  # a recorded run's calls, for misses
         self.backoff_base = 0.5
 
     # -- the call --------------------------------------------------------------------------
@@ -79,7 +80,8 @@ class ModelHub:
         backend = self.backend(role)
         identity = CallIdentity.of(backend.name, messages, params, ctx.slot)
         key = identity.key
-        ctx.calls.append({"stage": ctx.stage, "model": backend.name, "key": key})
+        ctx.calls.append({"stage": ctx.stage, "item": ctx.item, "model": backend.name, "key": key,
+                          "params": dict(identity.params), "messages_sha": identity.parts["messages"]})
         stat = (ctx.stage, role)
         entry = self.cache.get(key)
         if entry is not None:
@@ -91,7 +93,7 @@ class ModelHub:
             return entry
         if self.cache.mode == "replay":
             self.fatal = self.fatal or ReplayMiss(ctx.stage, ctx.item, backend.name,
-                                                  self._what_changed(identity))
+                                                  self._what_changed(identity, ctx))
             raise self.fatal
         if self.dry_run:
             raise DryRunMiss(f"{ctx.stage} {ctx.item}")
@@ -190,12 +192,24 @@ class ModelHub:
             if cost:
                 self.cost[stat] += cost
 
-    def _what_changed(self, identity: CallIdentity) -> str:
+    def _what_changed(self, identity: CallIdentity, ctx: CallContext) -> str:
+        """Compare a missed call with what the recorded run called for the same stage and item."""
         if not len(self.cache.store):
             return "the cache is empty: nothing was recorded in this cache folder"
-        return ("this exact call was never made: the rendered prompt (a template, an input upstream, "
-                f"the spec's instructions), the model ({identity.model}) or the decoding parameters "
-                f"{dict(identity.params)} differ from the recorded run")
+        recorded = self.recorded.get((ctx.stage, ctx.item), [])
+        if not recorded:
+            return (f"the recorded run made no '{ctx.stage}' call for item '{ctx.item}': an input upstream "
+                    "changed (a seed, a parameter, or a parse) or the stage is new")
+        before, now = recorded[0], {"model": identity.model, "params": dict(identity.params),
+                                    "messages_sha": identity.parts["messages"]}
+        changes = []
+        if before["model"] != now["model"]:
+            changes.append(f"model {before['model']} -> {now['model']}")
+        if before["params"] != now["params"]:
+            changes.append(f"decoding parameters {before['params']} -> {now['params']}")
+        if before["messages_sha"] != now["messages_sha"]:
+            changes.append("the rendered prompt (its template, the stage's instructions or demos, or its inputs)")
+        return "; ".join(changes) or "the sample slot (identical metadata entries) differs"
 
     def summary(self) -> dict[str, Any]:
         """Per stage and role: the counters, dollars spent and dollars the cache saved."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bundle import recorded_calls
 from .cache import CallCache, default_cache_dir
 from .errors import CodecError
 from .hub import ModelHub
@@ -37,6 +38,7 @@ class RunOptions:
     dry_run: bool = False
     overrides: list[str] = field(default_factory=list)
     progress: Progress | None = None
+    recorded_run: Path | None = None  # in replay, a run to compare a cache miss with
 
 
 @dataclass
@@ -57,6 +59,8 @@ async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None) -> RunResu
     if hub is None:
         cache = CallCache(options.cache_dir or spec.cache_dir or default_cache_dir(), options.cache_mode)
         hub = ModelHub(spec.models, cache, concurrency=options.concurrency, dry_run=options.dry_run)
+    if options.recorded_run and (options.recorded_run / "manifest.json").is_file():
+        hub.recorded = recorded_calls(options.recorded_run)
     runner = Runner(spec, options, hub)
     try:
         return await runner.run()

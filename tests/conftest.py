@@ -103,14 +103,14 @@ class ScriptedRun:
         return sum(len(b.calls) for b in self.backends.values())
 
     def __call__(self, spec: Spec | Path, out: str = "run", mode: str = "live", overrides: list[str] | None = None,
-                 concurrency: int | None = None) -> RunResult:
+                 concurrency: int | None = None, recorded_run: Path | None = None) -> RunResult:
         if not isinstance(spec, Spec):
             spec = load_spec(spec, overrides or [])
         cache = CallCache(self.cache_dir, mode)
         hub = ModelHub(spec.models, cache, backends=self.backends, concurrency=concurrency)
         hub.backoff_base = 0.01
         options = RunOptions(out=self.tmp_path / out, cache_dir=self.cache_dir, cache_mode=mode,
-                             overrides=overrides or [])
+                             overrides=overrides or [], recorded_run=recorded_run)
         try:
             return run_spec(spec, options, hub)
         finally:

@@ -45,6 +45,18 @@ def test_replay_miss_names_stage_and_item(tmp_path, seeds_file, scripted):
     assert "cache is empty" in str(caught.value)
 
 
+def test_replay_miss_says_what_changed(tmp_path, seeds_file, scripted):
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    first = scripted(spec, out="live")
+    with pytest.raises(ReplayMiss) as caught:
+        scripted(spec, out="replay", mode="replay", overrides=["models.strong.max_tokens=65"],
+                 recorded_run=first.out)
+    assert "decoding parameters" in caught.value.reason and "65" in caught.value.reason
+    with pytest.raises(ReplayMiss) as caught:
+        scripted(spec, out="replay", mode="replay", overrides=["params.rubrics=3"], recorded_run=first.out)
+    assert caught.value.stage == "rubrics" and "rendered prompt" in caught.value.reason
+
+
 def test_replay_miss_exits_3_from_the_cli(tmp_path, seeds_file):
     spec = write_spec(tmp_path, base_spec(seeds_file))
     done = subprocess.run([sys.executable, str(REPO / "cli.py"), "run", str(spec), "--replay", "-q",
