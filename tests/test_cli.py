@@ -1,0 +1,67 @@
+"""The command line: fast help, render, validate, cache commands; sandboxed templates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from conftest import REPO, base_spec, write_spec
+
+import cli
+from programs.errors import SpecError
+from programs.templates import TemplateStore
+
+
+def test_help_does_not_import_dspy():
+    code = "import sys, cli; from click.testing import CliRunner; CliRunner().invoke(cli.main, ['--help']); " \
+           "print('dspy' in sys.modules, 'llama_cpp' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False False", done.stderr
+
+
+def test_render_prints_the_exact_messages_with_a_seed_taken_literally():
+    result = CliRunner().invoke(cli.main, ["render", str(REPO / "specs" / "codeclm.yaml"), "encode",
+                                           "--input", json.dumps({"instruction": "Say {{ 7*7 }} {% raw %}"})])
+    assert result.exit_code == 0, result.output
+    messages = json.loads(result.output)
+    assert messages[0]["role"] == "system" and "instruction analyzer" in messages[0]["content"]
+    assert messages[-1] == {"role": "user", "content": "Instruction: Say {{ 7*7 }} {% raw %}"}
+
+
+def test_render_unknown_stage_exits_2():
+    result = CliRunner().invoke(cli.main, ["render", str(REPO / "specs" / "codeclm.yaml"), "nope"])
+    assert result.exit_code == 2 and "stages:" in result.output
+
+
+def test_validate_every_shipped_spec():
+    for spec in (REPO / "specs").glob("*.yaml"):
+        result = CliRunner().invoke(cli.main, ["validate", str(spec)])
+        assert result.exit_code == 0, (spec, result.output)
+
+
+def test_cache_stats_clear(tmp_path, seeds_file, scripted):
+    scripted(write_spec(tmp_path, base_spec(seeds_file)))
+    cache_dir = str(scripted.cache_dir)
+    stats = CliRunner().invoke(cli.main, ["cache", "stats", "--cache-dir", cache_dir])
+    assert "scripted/strong" in stats.output and "scripted/target" in stats.output
+    cleared = CliRunner().invoke(cli.main, ["cache", "clear", "--model", "scripted/target", "--yes",
+                                            "--cache-dir", cache_dir])
+    assert cleared.exit_code == 0
+    stats = CliRunner().invoke(cli.main, ["cache", "stats", "--cache-dir", cache_dir])
+    assert "scripted/target" not in stats.output and "scripted/strong" in stats.output
+
+
+def test_templates_render_in_a_sandbox(tmp_path):
+    (tmp_path / "evil.jinja").write_text('{% call message("user") %}{{ "".__class__.__mro__ }}{% endcall %}')
+    with pytest.raises(SpecError) as caught:
+        TemplateStore(tmp_path).get("evil.jinja").render({})
+    assert "evil.jinja" in str(caught.value)
+
+
+def test_template_with_an_unknown_role_is_an_error(tmp_path):
+    (tmp_path / "role.jinja").write_text('{% call message("robot") %}hi{% endcall %}')
+    with pytest.raises(SpecError, match="robot"):
+        TemplateStore(tmp_path).get("role.jinja").render({})
