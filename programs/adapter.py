@@ -125,8 +125,8 @@ class HubEngine:
         return None
 
 
-def hub_lm(hub: ModelHub, role: str, temperature: float, max_tokens: int) -> dspy.LM:
+def hub_lm(hub: ModelHub, role: str, decoding: dict[str, Any]) -> dspy.LM:
     """A dspy.LM whose calls go through the hub. DSPy's own cache and retries are off:
     the hub's cache is content-addressed, strict in replay, and shared across runs."""
     return dspy.LM(f"openai/codeclm-{role}", engine=HubEngine(hub, role), async_engine=AsyncHubEngine(hub, role),
-                   cache=False, num_retries=0, temperature=temperature, max_tokens=max_tokens)
+                   cache=False, num_retries=0, **decoding)

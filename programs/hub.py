@@ -75,29 +75,36 @@ class ModelHub:
                 self._backends[role] = build_backend(self.models[role])
             return self._backends[role]
 
-    async def complete(self, role: str, messages: list[dict[str, str]], params: dict[str, Any],
-                       ctx: CallContext) -> dict[str, Any]:
+    def lookup(self, role: str, messages: list[dict[str, str]], params: dict[str, Any],
+               ctx: CallContext) -> tuple[CallIdentity, dict[str, Any] | None]:
+        """Record the call on the item and read the cache; the entry, or None on a miss."""
         backend = self.backend(role)
         identity = CallIdentity.of(backend.name, messages, params, ctx.slot)
-        key = identity.key
-        ctx.calls.append({"stage": ctx.stage, "item": ctx.item, "model": backend.name, "key": key,
+        ctx.calls.append({"stage": ctx.stage, "item": ctx.item, "model": backend.name, "key": identity.key,
                           "params": dict(identity.params), "messages_sha": identity.parts["messages"]})
-        stat = (ctx.stage, role)
-        entry = self.cache.get(key)
+        entry = self.cache.get(identity.key)
         if entry is not None:
+            stat = (ctx.stage, role)
             self._count(stat, "cache_hits")
             saved = cost_of(backend.name, **entry["usage"])
             if saved:
                 self.saved[stat] += saved
             ctx.raw = entry["text"]
+        return identity, entry
+
+    async def complete(self, role: str, messages: list[dict[str, str]], params: dict[str, Any],
+                       ctx: CallContext) -> dict[str, Any]:
+        identity, entry = self.lookup(role, messages, params, ctx)
+        if entry is not None:
             return entry
+        backend = self.backend(role)
         if self.cache.mode == "replay":
             self.fatal = self.fatal or ReplayMiss(ctx.stage, ctx.item, backend.name,
                                                   self._what_changed(identity, ctx))
             raise self.fatal
         if self.dry_run:
             raise DryRunMiss(f"{ctx.stage} {ctx.item}")
-        entry = await self._deduplicated(role, backend, identity, messages, params, stat)
+        entry = await self._deduplicated(role, backend, identity, messages, params, (ctx.stage, role))
         ctx.raw = entry["text"]
         return entry
 

@@ -150,3 +150,18 @@ def test_export_import_bundle_replays_elsewhere(tmp_path, seeds_file, scripted):
     scripted.backends = {role: Unreachable(b.name) for role, b in scripted.backends.items()}
     second = scripted(spec, out="colleague", mode="replay")
     assert (first.out / "dataset.jsonl").read_bytes() == (second.out / "dataset.jsonl").read_bytes()
+
+
+def test_cache_hits_skip_dspy_with_the_same_identity(tmp_path, seeds_file, scripted, monkeypatch):
+    """The replay fast path must compute exactly the identity the DSPy path computed live."""
+    import dspy
+
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    first = scripted(spec, out="live")
+
+    async def no_dspy(self, **kwargs):
+        raise AssertionError("a cached call went through dspy.Predict")
+
+    monkeypatch.setattr(dspy.Predict, "acall", no_dspy)
+    second = scripted(spec, out="replay", mode="replay")
+    assert (first.out / "dataset.jsonl").read_bytes() == (second.out / "dataset.jsonl").read_bytes()
