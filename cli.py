@@ -262,8 +262,15 @@ def _summary(result: Any) -> None:
     click.echo(f"model calls {totals['calls']}, cache hits {totals['cache_hits']}{cost}; "
                f"{result.manifest['wall_seconds']:.1f}s")
     click.echo(f"output: {result.out / 'dataset.jsonl'} ({kept} pairs)")
-    if kept == 0:
-        click.secho("no pairs kept: see instructions.jsonl for every decision and failure", fg="yellow", err=True)
+    reasons = result.manifest["counts"]["failure_reasons"]
+    if reasons:
+        click.echo("most common failures:")
+        for reason, count in list(reasons.items())[:3]:
+            click.echo(f"  {count:>4} x {reason}")
+    if kept == 0 and (counts.get("failed") or counts.get("dropped")):
+        click.secho("no pairs kept: every instruction was dropped or failed; see instructions.jsonl for each "
+                    "decision and failure", fg="red", err=True)
+        sys.exit(1)
 
 
 def _dry_run(spec: Any, options: Any) -> None:

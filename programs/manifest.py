@@ -33,7 +33,7 @@ def versions() -> dict[str, str | None]:
 
 
 def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[str, int], wall: float,
-                   progress: Progress) -> dict[str, Any]:
+                   progress: Progress, failure_reasons: dict[str, int] | None = None) -> dict[str, Any]:
     store = TemplateStore(spec.prompts_dir)
     templates = {s.template: _sha(store.get(s.template).source) for s in spec.stages.values() if s.template}
     calls = hub.summary()
@@ -50,7 +50,8 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
                     "cache_dir": str(hub.cache.folder)},
         "counts": {"instructions": counts, "stages": {s: {"done": progress.done[s], "failed": progress.failed[s]}
                                                       for s in progress.total},
-                   "decisions": dict(progress.decisions)},
+                   "decisions": dict(progress.decisions),
+                   "failure_reasons": dict(sorted((failure_reasons or {}).items(), key=lambda kv: -kv[1])[:10])},
         "calls": calls,
         "totals": totals,
         "wall_seconds": round(wall, 3),

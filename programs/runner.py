@@ -95,7 +95,7 @@ class Runner:
             raise self.hub.fatal
         counts = self.finish(metadata) if self.store else {}
         manifest = build_manifest(self.spec, self.options, self.hub, counts, time.time() - started,
-                                  self.progress)
+                                  self.progress, self.store.failure_reasons if self.store else None)
         if self.store:
             self.store.write_json("manifest", manifest)
         return RunResult(self.store.folder if self.store else None, counts, manifest, self.hub.summary())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
@@ -42,6 +43,7 @@ class RunStore:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._journal: TextIO | None = None
+        self.failure_reasons: Counter = Counter()  # "stage: error" -> instructions that failed so
 
     def path(self, artifact: str) -> Path:
         return self.folder / ARTIFACTS[artifact]
@@ -88,6 +90,9 @@ class RunStore:
                 if status == "kept" and keep_limit is not None and kept >= keep_limit:
                     history["status"] = status = "over_limit"
                 counts[status] = counts.get(status, 0) + 1
+                if status == "failed" and history.get("failure"):
+                    failure = history["failure"]
+                    self.failure_reasons[f"{failure['stage']}: {failure['error']}"[:160]] += 1
                 histories.write(dumps(history) + "\n")
                 if status == "kept":
                     kept += 1
