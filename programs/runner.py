@@ -78,6 +78,10 @@ class Runner:
         self.progress = options.progress or Progress(stream=None)
         self.store = None if options.dry_run else RunStore(options.out or Path("runs") / spec.name)
         self._rubric_tasks: dict[tuple[str, str], asyncio.Task] = {}
+        # Instructions in the refine loop at once: enough to keep every model busy, few enough that
+        # memory does not grow with the dataset (finished items go straight to the journal on disk).
+        in_flight = sum(options.concurrency or m.concurrency for m in spec.models.values())
+        self._admission = asyncio.Semaphore(max(64, 4 * in_flight))
         self.rubrics: dict[str, list[dict[str, Any]]] = {}
 
     # -- the whole run ---------------------------------------------------------------------
@@ -185,7 +189,11 @@ class Runner:
                               "metadata": entry, "calls": inst["calls"]})
             return
         self.progress.expect("refine", len(instructions))
-        await asyncio.gather(*(self.refine(inst) for inst in instructions))
+        await asyncio.gather(*(self.admitted(inst) for inst in instructions))
+
+    async def admitted(self, inst: dict[str, Any]) -> None:
+        async with self._admission:
+            await self.refine(inst)
 
     async def rubrics_for(self, stage: str, entry: dict[str, Any], slot: int) -> StepResult:
         """Self-Rubrics for one metadata entry, made once, on first need."""
