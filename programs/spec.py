@@ -68,13 +68,6 @@ class ModelSpec:
     def is_local(self) -> bool:
         return self.model == "local" or self.model.startswith("local/")
 
-    def decoding(self) -> dict[str, Any]:
-        """The parameters that change a completion, and so belong to a call's identity."""
-        params = {"temperature": self.temperature, "max_tokens": self.max_tokens}
-        if self.top_p is not None:
-            params["top_p"] = self.top_p
-        return {**params, **self.extra}
-
 
 @dataclass
 class StageSpec:
@@ -126,9 +119,6 @@ class Spec:
 
     def stages_of(self, kind: str) -> list[StageSpec]:
         return [s for s in self.stages.values() if s.kind == kind]
-
-    def output_of(self, name: str) -> str:
-        return SOURCES[name] if name in SOURCES else STAGE_KINDS[self.stages[name].kind]["makes"]
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:

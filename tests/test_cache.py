@@ -165,3 +165,23 @@ def test_cache_hits_skip_dspy_with_the_same_identity(tmp_path, seeds_file, scrip
     monkeypatch.setattr(dspy.Predict, "acall", no_dspy)
     second = scripted(spec, out="replay", mode="replay")
     assert (first.out / "dataset.jsonl").read_bytes() == (second.out / "dataset.jsonl").read_bytes()
+
+
+def test_requests_per_minute_spaces_calls(tmp_path):
+    import time
+
+    data = base_spec(tmp_path / "unused.jsonl")
+    data["models"]["strong"]["rpm"] = 600  # one call every 0.1 s
+    spec = load_spec(write_spec(tmp_path, data))
+    backend = ScriptedBackend("scripted/strong", answer=lambda m: "ok")
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": backend})
+
+    async def ask(n):
+        return await asyncio.gather(*(hub.complete("strong", [{"role": "user", "content": f"q{i}"}],
+                                                   {"temperature": 0.7}, CallContext("t", str(i)))
+                                      for i in range(n)))
+
+    started = time.monotonic()
+    asyncio.run(ask(5))
+    assert time.monotonic() - started >= 0.39
+    assert len(backend.calls) == 5
