@@ -271,7 +271,7 @@ class Runner:
             step["failure"] = bad.failure(refine.judge)
             if params["unparsable_score"] == "fail":
                 return None
-            step["scores"] = None  # unparsable_score: drop -> treated as a tie at this iteration
+            step["scores"] = None  # unparsable_score: tie -> a gap of 0 at this iteration
             return decide(0.0, params["threshold"], iteration, params["max_iterations"])
         step["scores"] = judgement.to_dict()
         return decide(judgement.gap, params["threshold"], iteration, params["max_iterations"])

@@ -43,7 +43,7 @@ PARAM_DEFAULTS: dict[str, Any] = {
     "threshold": 3.0,  # theta on the score scale (paper: 3 on 1-10)
     "score_scale": [1, 10],
     "both_orders": True,  # judge each pair in both orders and average (paper: yes)
-    "unparsable_score": "fail",  # fail: the item is a recorded failure | drop: dropped like a tie
+    "unparsable_score": "fail",  # fail: the item is a recorded failure | tie: scored as a gap of 0
     "keep_limit": None,  # cap the dataset at this many pairs (stable order); None keeps all
 }
 
@@ -284,8 +284,8 @@ class _Validator:
             self.error(("params", "score_scale"), f"score_scale must be [low, high], got {scale!r}")
         if not isinstance(params["threshold"], (int, float)) or params["threshold"] < 0:
             self.error(("params", "threshold"), "threshold must be a non-negative number")
-        if params["unparsable_score"] not in ("fail", "drop"):
-            self.error(("params", "unparsable_score"), "unparsable_score must be 'fail' or 'drop'")
+        if params["unparsable_score"] not in ("fail", "tie"):
+            self.error(("params", "unparsable_score"), "unparsable_score must be 'fail' or 'tie'")
         if not isinstance(params["both_orders"], bool):
             self.error(("params", "both_orders"), "both_orders must be true or false")
         return params

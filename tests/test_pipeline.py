@@ -115,3 +115,23 @@ def test_rewired_graph_without_augment_runs(tmp_path, seeds_file, scripted):
     histories = read_jsonl(result.out / "instructions.jsonl")
     assert len(histories) == len(read_jsonl(result.out / "metadata.jsonl")) * 2
     assert not (result.out / "pool.jsonl").exists()
+
+
+def judge_without_scores(messages):
+    from fake_openai_server import answer_text
+
+    if "[The Start of Assistant 1's Answer]" in messages[-1]["content"]:
+        return "Both answers are fine."
+    return answer_text(messages, "scripted/strong")
+
+
+def test_unparsable_scores_fail_the_item_or_count_as_a_tie(tmp_path, seeds_file, scripted):
+    scripted.backends["strong"].answer = judge_without_scores
+    failed = scripted(write_spec(tmp_path, base_spec(seeds_file, max_iterations=2)), out="fail")
+    histories = read_jsonl(failed.out / "instructions.jsonl")
+    assert {h["status"] for h in histories} == {"failed"}
+    assert histories[0]["failure"]["stage"] == "judge" and histories[0]["failure"]["raw"] == "Both answers are fine."
+    tied = scripted(write_spec(tmp_path, base_spec(seeds_file, max_iterations=2, unparsable_score="tie")), out="tie")
+    histories = read_jsonl(tied.out / "instructions.jsonl")
+    assert {h["status"] for h in histories} == {"dropped"}
+    assert [s["decision"] for s in histories[0]["iterations"]] == ["improve", "drop"]

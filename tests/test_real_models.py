@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def tiny_real_spec(tmp_path, seeds_file, models=None):
     """Two seeds' worth of work: enough to pass through every stage, quick on 2 cores."""
     data = base_spec(seeds_file, pool_size=2, instructions_per_entry=1, max_iterations=2, threshold=1,
-                     unparsable_score="drop")
+                     unparsable_score="tie")
     data["models"] = models or {"strong": {"model": "local", "max_tokens": 48, "concurrency": 1},
                                 "target": {"model": "local", "max_tokens": 16, "concurrency": 1}}
     data["stages"]["judge"]["max_tokens"] = 8
