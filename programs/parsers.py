@@ -14,7 +14,7 @@ class ParseError(ValueError):
 
 
 _BULLET = re.compile(r"^\s*(?:\(?\d{1,3}[.):\]]|[-*•]|#{1,4}\s*\d{1,3}[.):]?)\s+(.*\S)\s*$")
-_LABEL = re.compile(r"^\s*[*#_\s]*(use\s*case|task|skills?)[*_\s]*[:：\-]\s*(.*)$", re.IGNORECASE)
+_LABEL = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])?[*#_\s]*(use\s*case|task|skills?)[*_\s]*[:：\-]\s*(.*)$", re.IGNORECASE)
 _NUMBER = r"(\d+(?:\.\d+)?)"
 
 
