@@ -14,12 +14,20 @@ class ParseError(ValueError):
 
 
 _BULLET = re.compile(r"^\s*(?:\(?\d{1,3}[.):\]]|[-*•]|#{1,4}\s*\d{1,3}[.):]?)\s+(.*\S)\s*$")
-_LABEL = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])?[*#_\s]*(use\s*case|task|skills?)[*_\s]*[:：\-]\s*(.*)$", re.IGNORECASE)
-_NUMBER = r"(\d+(?:\.\d+)?)"
+_LABEL = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])?[*#_\s]*(use\s*case|task|skills?)[*_\s]*[:：\-][*_\s]*(.*)$", re.IGNORECASE)
+_NUMBER = r"((?<![\w.])-?\d+(?:\.\d+)?)"  # a sign only where it cannot be a dash between numbers
+_LABEL_WORDS = r"(?:assistant|system|answer|response)"
+_WRAPPERS = ("**", "__", "*", "_", "`", '"', "'")
 
 
 def _clean(text: str) -> str:
-    return text.strip().strip("*_`\"' ").strip()
+    """Strip whitespace and markup that wraps the whole text (never half of a pair)."""
+    text = text.strip()
+    for mark in _WRAPPERS:
+        if len(text) > 2 * len(mark) and text.startswith(mark) and text.endswith(mark) \
+                and mark not in text[len(mark):-len(mark)]:
+            text = text[len(mark):-len(mark)].strip()
+    return text
 
 
 def parse_metadata(text: str, max_skills: int = 3) -> dict[str, object]:
@@ -42,13 +50,18 @@ def parse_metadata(text: str, max_skills: int = 3) -> dict[str, object]:
 
 
 def parse_list(text: str) -> list[str]:
-    """Numbered or bulleted lines -> their texts (continuation lines are joined)."""
+    """Numbered or bulleted lines -> their texts. A line right under an item continues it;
+    text after a blank line (closing chatter) does not."""
     items: list[str] = []
+    continues = False
     for line in text.splitlines():
         match = _BULLET.match(line)
         if match:
             items.append(_clean(match.group(1)))
-        elif items and line.strip() and not line.rstrip().endswith(":"):
+            continues = True
+        elif not line.strip() or line.rstrip().endswith(":"):
+            continues = False
+        elif items and continues:
             items[-1] = f"{items[-1]} {line.strip()}"
     items = [item for item in items if item]
     if not items:
@@ -94,18 +107,31 @@ def parse_scores(text: str, scale: tuple[float, float] = (1, 10)) -> tuple[float
     """Two scores: `7 3`, `7, 3`, `7/10 and 3/10`, or `Assistant 1: 7` / `Assistant 2: 3`
     (small models also write `System 1:` or `Answer 1:`)."""
     low, high = scale
-    label = rf"(?:assistant|system|answer|response)\s*([12])\W{{0,4}}(?:score\W{{0,3}})?{_NUMBER}"
-    labelled = {int(m.group(1)): float(m.group(2)) for m in re.finditer(label, text, re.IGNORECASE)}
-    if 1 in labelled and 2 in labelled:
-        scores = (labelled[1], labelled[2])
-    else:
-        lines = [line for line in text.splitlines() if line.strip()]
-        numbers = re.findall(rf"{_NUMBER}(?:\s*/\s*\d+)?", lines[0] if lines else "")
-        if len(numbers) == 1 and len(lines) > 1:  # "7\n3": one score per line
-            numbers += re.findall(rf"^\s*{_NUMBER}\W*$", lines[1])
-        if len(numbers) < 2:
-            raise ParseError("the first line does not hold two scores")
-        scores = (float(numbers[0]), float(numbers[1]))
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and re.search(_LABEL_WORDS + r"\s*[12]", lines[0], re.IGNORECASE):
+        scores = _labelled_scores("\n".join(lines[:2]))  # `Assistant 1: 7` / `Assistant 2: 3`
+    else:  # the paper's format; labels later on are the explanation's, unless nothing else is found
+        scores = _leading_scores(lines) or _labelled_scores(text)
+    if scores is None:
+        raise ParseError("the first line does not hold two scores")
     if not all(low <= s <= high for s in scores):
         raise ParseError(f"scores {scores} outside the scale {low}-{high}")
     return scores
+
+
+def _labelled_scores(text: str) -> tuple[float, float] | None:
+    """`Assistant 1: 7` ... `Assistant 2: 3` (also `scores 7`, `System 1`, `Answer 1`)."""
+    label = (rf"{_LABEL_WORDS}\s*([12])\W{{0,4}}"
+             rf"(?:(?:scores?|gets|receives|rated|rating)\W{{0,3}})?{_NUMBER}")
+    found: dict[int, float] = {}
+    for match in re.finditer(label, text, re.IGNORECASE):
+        found.setdefault(int(match.group(1)), float(match.group(2)))
+    return (found[1], found[2]) if 1 in found and 2 in found else None
+
+
+def _leading_scores(lines: list[str]) -> tuple[float, float] | None:
+    """`7 3`, `7, 3`, `7/10 3/10` on the first line, or `7` and `3` on the first two lines."""
+    numbers = re.findall(rf"{_NUMBER}(?:\s*/\s*\d+)?", lines[0]) if lines else []
+    if len(numbers) == 1 and len(lines) > 1:
+        numbers += re.findall(rf"^\s*{_NUMBER}\W*$", lines[1])
+    return (float(numbers[0]), float(numbers[1])) if len(numbers) >= 2 else None
