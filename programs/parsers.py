@@ -14,7 +14,8 @@ class ParseError(ValueError):
 
 
 _BULLET = re.compile(r"^\s*(?:\(?\d{1,3}[.):\]]|[-*•]|#{1,4}\s*\d{1,3}[.):]?)\s+(.*\S)\s*$")
-_LABEL = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])?[*#_\s]*(use\s*case|task|skills?)[*_\s]*[:：\-][*_\s]*(.*)$", re.IGNORECASE)
+_LABEL = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])?[*#_\s]*(use\s*case|task|skills?)[*_\s]*[:：\-][*_\s]*(.*)$",
+                    re.IGNORECASE)
 _NUMBER = r"((?<![\w.])-?\d+(?:\.\d+)?)"  # a sign only where it cannot be a dash between numbers
 _LABEL_WORDS = r"(?:assistant|system|answer|response)"
 _WRAPPERS = ("**", "__", "*", "_", "`", '"', "'")

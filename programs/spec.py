@@ -280,7 +280,8 @@ class _Validator:
             self.error(("params", "skills_per_entry"), f"skills_per_entry must be [min, max], got {skills!r}",
                        "e.g. [1, 3]")
         scale = params["score_scale"]
-        if not (isinstance(scale, list) and len(scale) == 2 and scale[0] < scale[1]):
+        if not (isinstance(scale, list) and len(scale) == 2 and all(_number(v) for v in scale)
+                and scale[0] < scale[1]):
             self.error(("params", "score_scale"), f"score_scale must be [low, high], got {scale!r}")
         if not isinstance(params["threshold"], (int, float)) or params["threshold"] < 0:
             self.error(("params", "threshold"), "threshold must be a non-negative number")
@@ -300,6 +301,8 @@ class _Validator:
             where = ("stages", name)
             conf = self.mapping(where, conf, f"stage '{name}'")
             self.check_keys(where, conf, allowed)
+            if not self.stage_types(where, conf):
+                continue
             kind = conf.get("kind")
             if kind not in STAGE_KINDS:
                 self.error((*where, "kind"), f"stage '{name}' has unknown kind {kind!r}",
@@ -322,6 +325,28 @@ class _Validator:
                     self.error(where, f"stage '{name}' needs a template", f"e.g. template: {kind}.jinja")
             stages[name] = stage
         return stages
+
+    def stage_types(self, where: Path_, conf: dict[str, Any]) -> bool:
+        """Each stage field has the type it needs; False (with errors) when one does not."""
+        ok = True
+        expected = {"kind": (str, "a kind name"), "model": (str, "a model role"), "template": (str, "a file name"),
+                    "input": (str, "a stage or built-in input"), "actions": (str, "a rubrics stage"),
+                    "program": (str, "a file path")}
+        for key, (kind, what) in expected.items():
+            if key in conf and not isinstance(conf[key], kind):
+                self.error((*where, key), f"{key} must be {what}, got {conf[key]!r}")
+                ok = False
+        answers = conf.get("answers", [])
+        if not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
+            self.error((*where, "answers"), f"answers must be a list of two respond stages, got {answers!r}")
+            ok = False
+        if "temperature" in conf and not _number(conf["temperature"], 0, 2):
+            self.error((*where, "temperature"), f"temperature must be from 0 to 2, got {conf['temperature']!r}")
+            ok = False
+        if "max_tokens" in conf and not (_number(conf["max_tokens"], 1) and isinstance(conf["max_tokens"], int)):
+            self.error((*where, "max_tokens"), f"max_tokens must be a positive integer, got {conf['max_tokens']!r}")
+            ok = False
+        return ok
 
     def wiring(self, stages: dict[str, StageSpec], seeds: SeedsSpec | None, metadata: Any) -> None:
         provided = {"seeds": seeds is not None, "metadata": metadata is not None}
@@ -365,6 +390,9 @@ class _Validator:
         if "path" not in raw:
             self.error(("seeds",), "seeds needs a path", "e.g. seeds: {path: ../seeds/example.jsonl}")
             return None
+        for key in ("field", "id_field"):
+            if key in raw and raw[key] is not None and not isinstance(raw[key], str):
+                self.error(("seeds", key), f"seeds.{key} must be a field name, got {raw[key]!r}")
         return SeedsSpec(path=self.relative(str(raw["path"])), field=raw.get("field", "instruction"),
                          id_field=raw.get("id_field", "id"))
 
@@ -382,7 +410,10 @@ class _Validator:
                            "e.g. - {use_case: code generation, skills: [python, debugging]}")
                 continue
             skills = entry.get("skills", [])
-            skills = [s.strip() for s in skills.split(",")] if isinstance(skills, str) else list(skills)
+            if not isinstance(skills, (str, list)):
+                self.error((*where, "skills"), f"skills must be a list or a comma-separated string, got {skills!r}")
+                continue
+            skills = [s.strip() for s in skills.split(",")] if isinstance(skills, str) else skills
             entries.append({"use_case": entry["use_case"], "skills": [str(s) for s in skills if str(s).strip()]})
         return entries
 
@@ -399,6 +430,9 @@ class _Validator:
                 if required:
                     self.error(where, f"refine needs '{key}' (a {kind} stage)")
                 return None
+            if not isinstance(name, str):
+                self.error((*where, key), f"refine.{key} must name a {kind} stage, got {name!r}")
+                return None
             if name not in stages or stages[name].kind != kind:
                 options = [s.name for s in stages.values() if s.kind == kind]
                 self.error((*where, key), f"refine.{key} must name a {kind} stage, got {name!r}",
@@ -407,7 +441,10 @@ class _Validator:
 
         instructions = stage_ref("instructions", "decode", True)
         respond = raw.get("respond") or []
-        respond = [respond] if isinstance(respond, str) else list(respond)
+        respond = [respond] if isinstance(respond, str) else respond
+        if not (isinstance(respond, list) and all(isinstance(n, str) for n in respond)):
+            self.error((*where, "respond"), f"refine.respond must list respond stages, got {respond!r}")
+            respond = []
         for name in respond:
             if name not in stages or stages[name].kind != "respond":
                 self.error((*where, "respond"), f"refine.respond lists {name!r}, which is not a respond stage")
@@ -433,13 +470,20 @@ class _Validator:
                           improve=improve, keep_answer=keep_answer)
 
     def templates(self, spec: Spec) -> None:
-        from .templates import TemplateStore  # jinja import kept off the CLI's fast path
+        from .templates import TemplateMissing, TemplateStore  # jinja import kept off the CLI's fast path
 
         store = TemplateStore(spec.prompts_dir)
         for stage in spec.stages.values():
             if stage.template:
                 try:
                     store.get(stage.template)
-                except SpecError as exc:
-                    exc.hint = exc.hint or f"used by stage '{stage.name}'"
+                except TemplateMissing as exc:  # the spec's line is where to fix it
+                    self.error(("stages", stage.name, "template"), f"stage '{stage.name}': {exc.message}", exc.hint)
+                except SpecError as exc:  # a broken template: its own file and line
                     self.errors.append(exc)
+
+
+def _number(value: Any, low: float | None = None, high: float | None = None) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return (low is None or value >= low) and (high is None or value <= high)

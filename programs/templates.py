@@ -23,6 +23,10 @@ from .errors import SpecError
 ROLES = ("system", "user", "assistant")
 
 
+class TemplateMissing(SpecError):
+    """A stage names a template the prompts folder does not hold."""
+
+
 class TemplateStore:
     """Loads templates from one folder and reports problems with file and line."""
 
@@ -49,7 +53,7 @@ def _load(store: TemplateStore, name: str) -> StageTemplate:
         return StageTemplate(name, store.env.get_template(name), store.path_of(name))
     except jinja2.TemplateNotFound:
         available = sorted(p.name for p in store.folder.glob("*.jinja"))
-        raise SpecError(str(store.path_of(name)), f"template '{name}' not found",
+        raise TemplateMissing(str(store.path_of(name)), f"template '{name}' not found in {store.folder}",
                         hint=f"templates in {store.folder}: {', '.join(available) or 'none'}") from None
     except jinja2.TemplateSyntaxError as exc:
         raise SpecError(exc.filename or str(store.path_of(name)), f"template syntax error: {exc.message}",

@@ -1,0 +1,435 @@
+"""Broken specs, templates, seed files and options: each is reported with its file and line,
+through programs.spec.load_spec and through the CLI (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, SEEDS, base_spec, write_spec
+
+from programs.errors import SpecError, SpecErrors
+from programs.spec import load_spec
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "cli.py"), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def line_of(path: Path, text: str, after: int = 0) -> int:
+    """The 1-based number of the first line after line `after` that contains `text`."""
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if number > after and text in line:
+            return number
+    raise AssertionError(f"{text!r} not in {path}")
+
+
+def errors_of(path: Path, overrides: list[str] | None = None) -> list[SpecError]:
+    """The errors load_spec reports for a spec, one list whether it raised one or several."""
+    with pytest.raises((SpecError, SpecErrors)) as caught:
+        load_spec(path, overrides)
+    return caught.value.errors if isinstance(caught.value, SpecErrors) else [caught.value]
+
+
+def only_error(path: Path) -> SpecError:
+    errors = errors_of(path)
+    assert len(errors) == 1, [str(e) for e in errors]
+    return errors[0]
+
+
+def assert_cli_reports(done: subprocess.CompletedProcess, where: str, *texts: str) -> None:
+    """Exit 2, a message naming `where` (FILE:LINE), each text in it, and no traceback."""
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert where in done.stderr, done.stderr
+    for text in texts:
+        assert text in done.stderr, done.stderr
+
+
+@pytest.fixture
+def spec_data(seeds_file: Path) -> dict[str, Any]:
+    return base_spec(seeds_file)
+
+
+def test_the_base_spec_is_valid(tmp_path, spec_data):
+    """The specs the other tests break start out valid (through the CLI too)."""
+    path = write_spec(tmp_path, spec_data)
+    assert load_spec(path).name == "tiny"
+    done = cli("validate", str(path))
+    assert done.returncode == 0, done.stderr
+
+
+# -- YAML ----------------------------------------------------------------------------------
+
+BAD_INDENT = """\
+name: broken
+seed: 0
+models:
+  strong:
+    model: local
+    temperature: 0.7
+   target: local
+stages: {}
+"""
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(BAD_INDENT)
+    error = only_error(path)
+    assert error.file == str(path)
+    assert error.line == 7  # the mis-indented 'target:'
+    assert "invalid YAML" in error.message
+    assert_cli_reports(cli("validate", str(path)), f"{path}:7", "invalid YAML", "indentation")
+
+
+def test_unclosed_flow_mapping_names_a_line(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: x\nmodels:\n  strong: {model: local\nstages: {}\n")
+    error = only_error(path)
+    assert "invalid YAML" in error.message and error.line in (3, 4)
+
+
+def test_a_spec_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("- just\n- a list\n")
+    error = only_error(path)
+    assert error.line == 1 and "mapping" in error.message
+
+
+def test_missing_spec_file(tmp_path):
+    done = cli("validate", str(tmp_path / "nope.yaml"))
+    assert_cli_reports(done, "nope.yaml", "cannot read")
+
+
+# -- keys, kinds, wiring -------------------------------------------------------------------
+
+
+def test_unknown_param_suggests_the_close_key(tmp_path, spec_data):
+    spec_data["params"]["treshold"] = 2
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert error.line == line_of(path, "treshold:")
+    assert "treshold" in error.message and error.hint == "did you mean 'threshold'?"
+    assert_cli_reports(cli("validate", str(path)), f"spec.yaml:{error.line}", "did you mean 'threshold'")
+
+
+def test_unknown_top_level_key(tmp_path, spec_data):
+    spec_data["modles"] = {}
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert error.line == line_of(path, "modles:") and "did you mean 'models'" in error.hint
+
+
+def test_unknown_stage_kind_lists_the_kinds(tmp_path, spec_data):
+    spec_data["stages"]["answer_target"]["kind"] = "answer"
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path)
+    kind_error = next(e for e in errors if "unknown kind" in e.message)
+    assert kind_error.line == line_of(path, "kind: answer")
+    for kind in ("encode", "augment", "rubrics", "decode", "respond", "judge", "improve"):
+        assert kind in kind_error.hint
+    assert_cli_reports(cli("validate", str(path)), f"spec.yaml:{kind_error.line}", "unknown kind 'answer'",
+                       "allowed kinds: encode, augment")
+
+
+def test_stage_with_an_undeclared_model(tmp_path, spec_data):
+    spec_data["stages"]["decode"]["model"] = "huge"
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert error.line == line_of(path, "model: huge")
+    assert "'huge'" in error.message and "not declared" in error.message
+    assert "strong, target" in error.hint
+    assert_cli_reports(cli("validate", str(path)), f"spec.yaml:{error.line}", "'huge'", "declared models")
+
+
+def test_judge_without_answers(tmp_path, spec_data):
+    del spec_data["stages"]["judge"]["answers"]
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    judge_line = line_of(path, "judge:", after=line_of(path, "stages:"))
+    assert error.line == judge_line  # no 'answers:' line: the stage's line
+    assert "needs answers" in error.message
+    assert_cli_reports(cli("validate", str(path)), f"spec.yaml:{judge_line}", "needs answers: [strong, target]")
+
+
+@pytest.mark.parametrize("answers", [["answer_strong"], ["answer_strong", "decode"], ["answer_strong", "nope"]],
+                         ids=["one", "not-respond", "unknown"])
+def test_judge_with_bad_answers(tmp_path, spec_data, answers):
+    spec_data["stages"]["judge"]["answers"] = answers
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path)
+    assert any("needs answers" in e.message and e.line == line_of(path, "answers:") for e in errors)
+
+
+def test_refine_without_improve_needs_one_iteration(tmp_path, spec_data):
+    del spec_data["refine"]["improve"]
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert error.line == line_of(path, "max_iterations:")
+    assert "max_iterations > 1 needs refine.improve" in error.message
+    assert_cli_reports(cli("validate", str(path)), f"spec.yaml:{error.line}", "refine.improve")
+    # and with a single iteration the same spec is fine
+    assert load_spec(path, ["params.max_iterations=1"]).refine.improve is None
+
+
+def test_api_key_in_a_model_is_refused(tmp_path, spec_data):
+    spec_data["models"]["strong"]["api_key"] = "sk-SECRET-123"
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path)
+    key_line = line_of(path, "api_key:")
+    refusal = next(e for e in errors if "API keys never go in a spec" in e.message)
+    assert refusal.line == key_line and "api_key_env" in refusal.hint
+    assert all("SECRET" not in str(e) for e in errors)
+    done = cli("validate", str(path))
+    assert_cli_reports(done, f"spec.yaml:{key_line}", "API keys never go in a spec")
+    assert "SECRET" not in done.stderr + done.stdout
+
+
+def test_several_problems_are_reported_together(tmp_path, spec_data):
+    spec_data["params"]["treshold"] = 2
+    spec_data["stages"]["decode"]["model"] = "huge"
+    spec_data["models"]["target"]["temperature"] = -1
+    path = write_spec(tmp_path, spec_data)
+    lines = sorted(e.line for e in errors_of(path))
+    assert lines == sorted([line_of(path, "treshold:"), line_of(path, "model: huge"),
+                            line_of(path, "temperature: -1")])
+
+
+@pytest.mark.parametrize(("section", "key", "value", "message"), [
+    ("params", "pool_size", 0, "pool_size must be a positive integer"),
+    ("params", "skills_per_entry", [3, 1], "skills_per_entry must be [min, max]"),
+    ("params", "score_scale", [10, 1], "score_scale must be [low, high]"),
+    ("params", "threshold", -1, "threshold must be a non-negative number"),
+    ("params", "both_orders", "yes", "both_orders must be true or false"),
+    ("params", "unparsable_score", "ignore", "unparsable_score must be"),
+], ids=["pool-size", "skills-range", "scale", "threshold", "both-orders", "unparsable"])
+def test_bad_param_values(tmp_path, spec_data, section, key, value, message):
+    spec_data[section][key] = value
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert message in error.message and error.line == line_of(path, f"{key}:")
+
+
+# -- templates -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def prompts(tmp_path: Path) -> Path:
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    for template in (REPO / "prompts").glob("*.jinja"):
+        shutil.copy(template, folder)
+    return folder
+
+
+def break_template(folder: Path, name: str, line: int, text: str) -> Path:
+    """Insert `text` as line `line` of a template."""
+    path = folder / name
+    lines = path.read_text().splitlines()
+    lines.insert(line - 1, text)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_template_syntax_error_names_template_and_line(tmp_path, spec_data, prompts):
+    broken = break_template(prompts, "decode.jinja", 7, "{% if %}")
+    spec_data["prompts"] = str(prompts)
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert Path(error.file) == broken and error.line == 7
+    assert "template syntax error" in error.message
+    assert_cli_reports(cli("validate", str(path)), f"{broken}:7", "template syntax error")
+
+
+def test_unclosed_if_in_a_template(tmp_path, spec_data, prompts):
+    broken = break_template(prompts, "respond.jinja", 3, "{% if instruction %}")
+    spec_data["prompts"] = str(prompts)
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path)
+    assert errors and all(Path(e.file) == broken for e in errors)  # both respond stages use it
+    assert all(e.line and e.line >= 3 for e in errors)
+    assert_cli_reports(cli("validate", str(path)), f"{broken}:", "template syntax error")
+
+
+def test_prompts_folder_given_relative_to_the_spec(tmp_path, spec_data, prompts):
+    spec_data["prompts"] = "prompts"  # tmp_path/prompts, next to the spec
+    assert load_spec(write_spec(tmp_path, spec_data)).prompts_dir == prompts
+
+
+def test_missing_prompts_folder(tmp_path, spec_data):
+    spec_data["prompts"] = "no_such_folder"
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert error.line == line_of(path, "prompts:") and "does not exist" in error.message
+
+
+def test_missing_template_lists_the_available_ones(tmp_path, spec_data):
+    spec_data["stages"]["decode"]["template"] = "decoder.jinja"
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert "template 'decoder.jinja' not found" in error.message
+    for name in ("decode.jinja", "encode.jinja", "improve.jinja", "judge.jinja", "respond.jinja", "rubrics.jinja"):
+        assert name in error.hint
+    done = cli("validate", str(path))
+    assert_cli_reports(done, "decoder.jinja", "not found", "decode.jinja, encode.jinja")
+
+
+def test_missing_template_points_at_the_spec_line(tmp_path, spec_data):
+    spec_data["stages"]["decode"]["template"] = "decoder.jinja"
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert (error.file, error.line) == (str(path), line_of(path, "template: decoder.jinja"))
+
+
+# -- seed files, through `codeclm run` ----------------------------------------------------
+
+
+def run_fast(tmp_path: Path, spec: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`codeclm run` on a spec with local models; it must fail before any model loads."""
+    started = time.monotonic()
+    done = cli("run", str(spec), "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "-q",
+               *extra, timeout=60)
+    assert time.monotonic() - started < 10, "the error came after a model loaded"
+    return done
+
+
+def test_run_with_invalid_json_on_line_3(tmp_path, spec_data):
+    seeds = tmp_path / "bad_seeds.jsonl"
+    seeds.write_text(json.dumps({"id": "a", "instruction": SEEDS[0]}) + "\n"
+                     + json.dumps({"id": "b", "instruction": SEEDS[1]}) + "\n"
+                     + '{"id": "c", "instruction": "unterminated}\n'
+                     + json.dumps({"id": "d", "instruction": SEEDS[2]}) + "\n")
+    spec_data["seeds"]["path"] = str(seeds)
+    assert all(m["model"] == "local" for m in spec_data["models"].values())
+    done = run_fast(tmp_path, write_spec(tmp_path, spec_data))
+    assert_cli_reports(done, f"{seeds}:3", "invalid JSON")
+
+
+def test_run_with_seeds_option_pointing_at_bad_json(tmp_path, spec_data):
+    seeds = tmp_path / "other.jsonl"
+    seeds.write_text('{"instruction": "a"}\n\n{"instruction": \n')
+    done = run_fast(tmp_path, write_spec(tmp_path, spec_data), "--seeds", str(seeds))
+    assert_cli_reports(done, f"{seeds}:3", "invalid JSON")
+
+
+def test_run_with_csv_seeds_lacking_the_column(tmp_path, spec_data):
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text("id,text\n1,Write a haiku.\n2,Explain DNS.\n")
+    spec_data["seeds"] = {"path": str(seeds), "field": "instruction"}
+    done = run_fast(tmp_path, write_spec(tmp_path, spec_data))
+    assert_cli_reports(done, f"{seeds}:1", "no column 'instruction'", "id, text")
+
+
+@pytest.mark.parametrize(("content", "line", "message"), [
+    ('{"instruction": "a"}\n["not", "an", "object"]\n', 2, "must be an object"),
+    ('{"instruction": "a"}\n{"prompt": "b"}\n', 2, "no text in field 'instruction'"),
+    ('{"id": "x", "instruction": "a"}\n{"id": "x", "instruction": "b"}\n', 2, "duplicate seed id"),
+], ids=["not-object", "no-field", "duplicate-id"])
+def test_read_seeds_errors_have_lines(tmp_path, content, line, message):
+    from programs.seeds import read_seeds
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(content)
+    with pytest.raises(SpecError) as caught:
+        read_seeds(seeds)
+    assert caught.value.line == line and message in caught.value.message
+
+
+def test_read_seeds_missing_and_empty(tmp_path):
+    from programs.seeds import read_seeds
+
+    with pytest.raises(SpecError, match="not found"):
+        read_seeds(tmp_path / "nope.jsonl")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(SpecError, match="no seed instructions"):
+        read_seeds(tmp_path / "empty.txt")
+
+
+# -- --set overrides -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override", ["params.threshold", "=3"], ids=["no-equals", "no-key"])
+def test_set_that_is_not_key_value(tmp_path, spec_data, override):
+    path = write_spec(tmp_path, spec_data)
+    with pytest.raises(SpecError, match="is not key=value"):
+        load_spec(path, [override])
+    assert_cli_reports(cli("validate", str(path), "--set", override), "spec.yaml", "is not key=value")
+
+
+def test_set_not_key_value_on_run(tmp_path, spec_data):
+    done = run_fast(tmp_path, write_spec(tmp_path, spec_data), "--set", "params.threshold")
+    assert_cli_reports(done, "spec.yaml", "is not key=value")
+
+
+def test_set_values_are_validated(tmp_path, spec_data):
+    path = write_spec(tmp_path, spec_data)
+    assert load_spec(path, ["params.threshold=2"]).params["threshold"] == 2
+    errors = errors_of(path, ["params.threshold=-2"])
+    assert [e.line for e in errors] == [line_of(path, "threshold:")]
+
+
+# -- wrongly typed values: still a message, never a traceback ------------------------------
+
+
+def _set(*keys: str, value: Any):
+    def change(data: dict[str, Any]) -> None:
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return change
+
+
+WRONG_TYPES = [
+    pytest.param(_set("stages", "decode", "kind", value=["decode"]), TypeError,
+                 id="stage-kind-list"),  # spec.py _Validator.stages: `kind not in STAGE_KINDS`
+    pytest.param(_set("stages", "decode", "model", value=["strong"]), TypeError,
+                 id="stage-model-list"),  # _Validator.stages: `stage.model not in models`
+    pytest.param(_set("stages", "decode", "input", value=["augment"]), TypeError,
+                 id="stage-input-list"),  # _Validator.wiring: `source in SOURCES`
+    pytest.param(_set("stages", "decode", "template", value=5), AttributeError,
+                 id="stage-template-int"),  # templates: jinja split_template_path on an int
+    pytest.param(_set("stages", "judge", "answers", value=5), TypeError,
+                 id="judge-answers-int"),  # _Validator.refine: set(stages[judge].answers)
+    pytest.param(_set("stages", "improve", "actions", value=["rubrics"]), TypeError,
+                 id="improve-actions-list"),  # _Validator.refine: stages.get(stages[improve].actions)
+    pytest.param(_set("refine", "respond", value=5), TypeError,
+                 id="refine-respond-int"),  # _Validator.refine: list(respond)
+    pytest.param(_set("refine", "improve", value=["improve"]), TypeError,
+                 id="refine-improve-list"),  # _Validator.refine.stage_ref: `name not in stages`
+    pytest.param(_set("params", "score_scale", value=[1, "ten"]), TypeError,
+                 id="score-scale-str"),  # _Validator.params: scale[0] < scale[1]
+    pytest.param(_set("metadata", value=[{"use_case": "u", "skills": 5}]), TypeError,
+                 id="metadata-skills-int"),  # _Validator.metadata: list(skills)
+]
+
+
+@pytest.mark.parametrize(("change", "crash"), WRONG_TYPES)
+def test_wrongly_typed_value_is_a_spec_error(tmp_path, spec_data, change, crash):
+    """Each of these used to crash with `crash`; now each is a located spec error."""
+    change(spec_data)
+    path = write_spec(tmp_path, spec_data)
+    assert all(e.line for e in errors_of(path))
+
+
+def test_wrongly_typed_kind_through_the_cli(tmp_path, spec_data):
+    spec_data["stages"]["decode"]["kind"] = ["decode"]
+    path = write_spec(tmp_path, spec_data)
+    assert_cli_reports(cli("validate", str(path)), "spec.yaml:", "kind")
+
+
+@pytest.mark.parametrize(("key", "value"), [("temperature", "hot"), ("max_tokens", -5)])
+def test_stage_overrides_are_validated(tmp_path, spec_data, key, value):
+    spec_data["stages"]["decode"][key] = value
+    path = write_spec(tmp_path, spec_data)
+    assert any(e.line == line_of(path, f"{key}: {value}") for e in errors_of(path))
