@@ -40,7 +40,7 @@ def parse_metadata(text: str, max_skills: int = 3) -> dict[str, object]:
             continue
         label, value = match.group(1).lower(), _clean(match.group(2))
         if label.startswith("skill") and skills is None:
-            skills = [s for s in (_clean(p) for p in re.split(r",|;|\band\b", value)) if s]
+            skills = [s for s in (_clean(p) for p in _split_skills(value)) if s]
         elif not label.startswith("skill") and use_case is None and value:
             use_case = value
     if not use_case:
@@ -48,6 +48,14 @@ def parse_metadata(text: str, max_skills: int = 3) -> dict[str, object]:
     if not skills:
         raise ParseError("no 'Skills:' line with at least one skill")
     return {"use_case": use_case.rstrip("."), "skills": [s.rstrip(".") for s in skills[:max_skills]]}
+
+
+def _split_skills(value: str) -> list[str]:
+    """`a, b and c` or `a; b` -> parts. A lone `x and y` stays one skill ("compare and contrast")."""
+    parts = re.split(r"[,;]", value)
+    if len(parts) > 1:
+        parts[-1:] = re.split(r"^\s*and\s+|\s+and\s+", parts[-1])
+    return parts
 
 
 def parse_list(text: str) -> list[str]:
@@ -72,7 +80,8 @@ def parse_list(text: str) -> list[str]:
 
 def parse_rubrics(text: str, count: int) -> dict[str, list[str]]:
     """`Rubrics:` list then `Actions:` list -> {rubrics, actions}, at most `count` each."""
-    parts = re.split(r"^\s*[*#_\s]*actions?[*_\s]*:?[*_\s]*$", text, maxsplit=1, flags=re.IGNORECASE | re.MULTILINE)
+    header = r"^\s*[*#_\s]*actions?[*_\s]*(?::[*_\s]*|$)"  # `Actions:` alone, or `Actions: 1. ...` on one line
+    parts = re.split(header, text, maxsplit=1, flags=re.IGNORECASE | re.MULTILINE)
     if len(parts) != 2:
         raise ParseError("no 'Actions:' section")
     rubric_text = re.sub(r"^\s*[*#_\s]*rubrics?[*_\s]*:?[*_\s]*$", "", parts[0], flags=re.IGNORECASE | re.MULTILINE)

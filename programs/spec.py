@@ -231,7 +231,7 @@ class _Validator:
             if isinstance(conf, str):
                 conf = {"model": conf}
             conf = self.mapping(where, conf, f"model '{role}'")
-            self.check_keys(where, conf, MODEL_KEYS)
+            self.check_keys(where, conf, MODEL_KEYS | {"api_key"})  # api_key gets its own message below
             if "api_key" in conf:
                 self.error((*where, "api_key"), "API keys never go in a spec",
                            "export the key in the environment; name the variable with api_key_env")

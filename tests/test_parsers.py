@@ -27,11 +27,13 @@ from programs.parsers import (
     ("Skills: a, b\nUse case: x", "x", ["a", "b"]),  # order does not matter
     ("Sure! Here is my analysis.\nUse case: creative writing.\nSkills: role-play, sports.\nHope it helps.",
      "creative writing", ["role-play", "sports"]),  # chatter around the labels, trailing dots stripped
-    ("Use case: data analysis\nSkills: python and sql", "data analysis", ["python", "sql"]),
+    ("Use case: data analysis\nSkills: python, pandas and sql", "data analysis", ["python", "pandas", "sql"]),
+    ("Use case: data analysis\nSkills: python, and sql", "data analysis", ["python", "sql"]),
+    ("Use case: essay\nSkills: compare and contrast", "essay", ["compare and contrast"]),  # one 3-word skill
     ("Use case: x\nSkills: understanding, branding", "x", ["understanding", "branding"]),  # 'and' inside words
     ("Use case: x\nSkills: a, b\nTask: y\nSkills: c", "x", ["a", "b"]),  # the first of each label wins
 ], ids=["plain", "task-label", "bold-labels", "bold-before-colon", "upper-semicolons", "singular-skill",
-        "reversed", "chatter", "and-joined", "and-in-word", "first-wins"])
+        "reversed", "chatter", "and-joined", "oxford-and", "and-in-skill", "and-in-word", "first-wins"])
 def test_parse_metadata_good(text, use_case, skills):
     assert parse_metadata(text) == {"use_case": use_case, "skills": skills}
 
