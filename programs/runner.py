@@ -97,7 +97,7 @@ class Runner:
         await asyncio.gather(*self._rubric_tasks.values())
         if self.hub.fatal:
             raise self.hub.fatal
-        counts = self.finish(metadata) if self.store else {}
+        counts = self.finish() if self.store else {}
         manifest = build_manifest(self.spec, self.options, self.hub, counts, time.time() - started,
                                   self.progress, self.store.failure_reasons if self.store else None)
         if self.store:
@@ -334,7 +334,7 @@ class Runner:
         if self.store:
             self.store.append(history)
 
-    def finish(self, metadata: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    def finish(self) -> dict[str, int]:
         for records in self.rubrics.values():
             records.sort(key=lambda r: (r["id"], r["stage"]))
         self.store.write_jsonl("rubrics", [r for records in self.rubrics.values() for r in records])
