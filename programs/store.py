@@ -42,6 +42,8 @@ class RunStore:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        for name in ("manifest", *(a for a in ARTIFACTS if a != "manifest")):  # the manifest first:
+            self.path(name).unlink(missing_ok=True)  # a folder without one is never taken as finished
         self._journal: TextIO | None = None
         self.failure_reasons: Counter = Counter()  # "stage: error" -> instructions that failed so
 
