@@ -101,7 +101,7 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
         out = Path("runs") / f"{loaded.name}-replay"
     options = RunOptions(out=out, cache_dir=cache_dir, cache_mode=mode or "live", seeds=seeds, limit=limit,
                          concurrency=concurrency, dry_run=dry_run, overrides=list(overrides),
-                         progress=Progress(stream=None if quiet else sys.stderr),
+                         progress=Progress(stream=None if quiet or dry_run else sys.stderr),
                          recorded_run=Path("runs") / loaded.name if mode == "replay" else None)
     if dry_run:
         _dry_run(loaded, options)
