@@ -1,0 +1,115 @@
+"""Whole pipeline runs against the fault-injecting OpenAI-compatible server on loopback.
+
+These exercise the real transport path (OpenAICompatibleBackend over httpx, the hub's retries,
+timeouts and semaphores), which the scripted in-process backend of the other tests bypasses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import fake_openai_server
+import pytest
+from conftest import base_spec, write_spec
+from fake_openai_server import FakeOpenAIServer, FaultPlan
+
+from programs.cache import CallCache
+from programs.hub import ModelHub
+from programs.runner import RunOptions, RunResult, run_spec
+from programs.spec import load_spec
+
+# Every transport fault the hub must absorb. "length" is not one: a truncated completion is data.
+TRANSPORT_FAULTS = ("429", "500", "hang", "malformed_json", "empty")
+
+
+@pytest.fixture(autouse=True)
+def responsive_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """http.server defaults that real model servers do not share: a listen backlog of 5 (a burst
+    of connections gets dropped SYNs, i.e. 1 s stalls, or resets, i.e. retries nobody injected,
+    which would break the retry count below) and Nagle's algorithm (about 40 ms per response)."""
+    monkeypatch.setattr(fake_openai_server._HTTPServer, "request_queue_size", 128)
+    monkeypatch.setattr(fake_openai_server._Handler, "disable_nagle_algorithm", True)
+
+
+def model_section(url: str, concurrency: int = 4) -> dict[str, Any]:
+    """Both roles on the fake server; a short timeout so an injected hang costs half a second."""
+    common = {"api_base": url, "timeout": 0.5, "retries": 6, "concurrency": concurrency, "max_tokens": 64}
+    return {"strong": {"model": "hosted_vllm/strong", **common},
+            "target": {"model": "hosted_vllm/target", **common}}
+
+
+def run_on(server: FakeOpenAIServer, seeds_file: Path, folder: Path, concurrency: int = 4) -> RunResult:
+    """One run with its own cache and run folder, and a backoff small enough for a unit test."""
+    folder.mkdir(parents=True)
+    data = base_spec(seeds_file)
+    data["models"] = model_section(server.url, concurrency)
+    spec = load_spec(write_spec(folder, data))
+    cache = CallCache(folder / "cache", "live")
+    hub = ModelHub(spec.models, cache)
+    hub.backoff_base = 0.01
+    try:
+        return run_spec(spec, RunOptions(out=folder / "run", cache_dir=folder / "cache"), hub)
+    finally:
+        cache.close()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def instruction_ids(result: RunResult) -> list[str]:
+    return [h["id"] for h in read_jsonl(result.out / "instructions.jsonl")]
+
+
+def test_transport_faults_are_retried_without_changing_the_dataset(tmp_path: Path, seeds_file: Path) -> None:
+    """Faults cost retries, never records: the faulty run writes the fault-free run's bytes."""
+    with FakeOpenAIServer() as clean_server:
+        clean = run_on(clean_server, seeds_file, tmp_path / "clean")
+    plan = FaultPlan(rate=0.2, kinds=TRANSPORT_FAULTS, retry_after=0.01, hang_seconds=2.0)
+    with FakeOpenAIServer(faults=plan) as faulty_server:
+        faulty = run_on(faulty_server, seeds_file, tmp_path / "faulty")
+        injected = sum(faulty_server.faults.values())
+
+    assert (faulty.out / "dataset.jsonl").read_bytes() == (clean.out / "dataset.jsonl").read_bytes()
+    assert (clean.out / "dataset.jsonl").read_bytes(), "the fault-free run keeps some pairs"
+    ids = instruction_ids(faulty)
+    assert ids == instruction_ids(clean)
+    assert len(ids) == len(set(ids)) == 3 * 2
+    totals = faulty.manifest["totals"]
+    assert injected > 0
+    assert totals["retries"] == injected  # each fault hits a first attempt only: one retry each
+    assert totals["failures"] == 0
+    assert totals["calls"] == clean.manifest["totals"]["calls"]
+
+
+def test_truncated_completions_are_counted_not_retried(tmp_path: Path, seeds_file: Path) -> None:
+    """finish_reason=length is an answer (possibly unparsable), recorded in the manifest's totals."""
+    with FakeOpenAIServer(faults=FaultPlan(rate=1.0, kinds=("length",))) as server:
+        result = run_on(server, seeds_file, tmp_path / "truncated")
+    totals = result.manifest["totals"]
+    assert totals["truncated"] == totals["calls"] > 0  # every completion was cut, none retried
+    assert totals["retries"] == 0
+    assert (result.out / "manifest.json").is_file()
+
+
+def test_a_call_that_always_fails_becomes_a_failure_record(tmp_path: Path, seeds_file: Path) -> None:
+    """Every improve call gets HTTP 500: those instructions fail at improve, the rest still finish."""
+    with FakeOpenAIServer(always_fail="instruction improver") as server:
+        result = run_on(server, seeds_file, tmp_path / "improve_fails")
+    histories = read_jsonl(result.out / "instructions.jsonl")
+    failed = [h for h in histories if h["status"] == "failed"]
+    kept = [h for h in histories if h["status"] == "kept"]
+    assert failed, "some instruction needs an improve step"
+    assert all(h["failure"]["stage"] == "improve" and "500" in h["failure"]["error"] for h in failed)
+    assert kept and all(len(h["iterations"]) == 1 for h in kept)
+    assert result.manifest["totals"]["failures"] == len(failed)
+
+
+def test_concurrency_limit_per_model_is_respected(tmp_path: Path, seeds_file: Path) -> None:
+    """Two roles with two slots each: never more than four requests at the server at once."""
+    with FakeOpenAIServer(latency=0.05) as server:
+        run_on(server, seeds_file, tmp_path / "limited", concurrency=2)
+        peak = server.max_in_flight
+    assert 2 <= peak <= 4
