@@ -148,7 +148,8 @@ class LLMStage(dspy.Module):
         call = _Call(CallContext(stage=self.name, item=item, slot=slot))
         token = CURRENT_CALL.set(call.ctx)
         try:
-            with dspy.context(adapter=self.adapter, disable_history=True):
+            # No history and no trace: a long run must not keep every prediction in memory.
+            with dspy.context(adapter=self.adapter, disable_history=True, trace=None):
                 yield call
             call.result = StepResult(ok=True, values=dict(call.prediction.items()), raw=call.ctx.raw,
                                      calls=call.ctx.calls)

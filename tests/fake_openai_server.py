@@ -191,6 +191,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False  # do not wait for idle keep-alive connections on close
+    request_queue_size = 128  # http.server's backlog of 5 drops bursts of connections
     fake: FakeOpenAIServer
 
 
@@ -198,6 +199,7 @@ class _Handler(BaseHTTPRequestHandler):
     """Serves ``GET /v1/models`` and ``POST /v1/chat/completions``."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # Nagle adds ~40 ms to every response
     timeout = 60  # idle keep-alive connections are closed after this many seconds
     server: _HTTPServer
 
