@@ -13,6 +13,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,11 @@ class CallIdentity:
     def of(cls, model: str, messages: list[dict[str, str]], params: dict[str, Any], slot: int = 0) -> CallIdentity:
         return cls(model, tuple((m["role"], m["content"]) for m in messages), tuple(sorted(params.items())), slot)
 
-    @property
+    @cached_property  # read several times per call on the hot path: hash once
     def key(self) -> str:
         return _digest({"model": self.model, "messages": self.messages, "params": self.params, "slot": self.slot})
 
-    @property
+    @cached_property
     def parts(self) -> dict[str, str]:
         """Short hashes of each component, to tell a user what changed on a replay miss."""
         return {"model": self.model, "messages": _digest(self.messages)[:12], "params": _digest(self.params)[:12],
