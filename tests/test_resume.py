@@ -26,6 +26,13 @@ def codeclm_run(spec, out, cache) -> subprocess.Popen:
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
+def wait_for_calls(server: FakeOpenAIServer, total: float, process: subprocess.Popen) -> None:
+    """Until the server has answered `total` calls since it started, or the process has ended."""
+    deadline = time.monotonic() + 60
+    while server.completions < total and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def test_sigkill_then_resume_gives_the_uninterrupted_dataset(tmp_path, seeds_file):
     with FakeOpenAIServer(latency=0.03) as server:
         spec = http_spec(tmp_path, seeds_file, server.url)
@@ -33,11 +40,13 @@ def test_sigkill_then_resume_gives_the_uninterrupted_dataset(tmp_path, seeds_fil
         assert reference.wait(120) == 0, reference.stderr.read().decode()
         uninterrupted_calls = server.completions
 
+        # Kill at random points of progress (not of time, which depends on the machine): once the
+        # server has answered a random share of the calls the whole run needs.
         rng = random.Random(7)
         kills = 0
-        for _ in range(3):
+        for share in sorted(rng.uniform(0.1, 0.9) for _ in range(3)):
             process = codeclm_run(spec, tmp_path / "resumed", tmp_path / "cache-resumed")
-            time.sleep(rng.uniform(1.0, 3.0))
+            wait_for_calls(server, uninterrupted_calls * (1 + share), process)
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 kills += 1
@@ -46,7 +55,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_dataset(tmp_path, seeds_fil
         assert final.wait(120) == 0, final.stderr.read().decode()
         resumed_calls = server.completions - uninterrupted_calls
 
-    assert kills >= 1, "the run finished before any kill: raise the latency"
+    assert kills == 3, "a run finished before its kill point"
     expected = (tmp_path / "reference" / "dataset.jsonl").read_bytes()
     assert (tmp_path / "resumed" / "dataset.jsonl").read_bytes() == expected
     assert (tmp_path / "resumed" / "instructions.jsonl").read_bytes() == \
