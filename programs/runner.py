@@ -78,10 +78,10 @@ class Runner:
         self.progress = options.progress or Progress(stream=None)
         self.store = None if options.dry_run else RunStore(options.out or Path("runs") / spec.name)
         self._rubric_tasks: dict[tuple[str, str], asyncio.Task] = {}
-        # Instructions in the refine loop at once: enough to keep every model busy, few enough that
-        # memory does not grow with the dataset (finished items go straight to the journal on disk).
+        # Instructions alive at once: enough to keep every model busy, few enough that memory does
+        # not grow with the dataset (finished items go straight to the journal on disk).
         in_flight = sum(options.concurrency or m.concurrency for m in spec.models.values())
-        self._admission = asyncio.Semaphore(max(64, 4 * in_flight))
+        self._admission = Admission(max(64, 4 * in_flight))
         self.rubrics: dict[str, list[dict[str, Any]]] = {}
 
     # -- the whole run ---------------------------------------------------------------------
@@ -166,20 +166,51 @@ class Runner:
         return self.params["instructions_per_entry"] or math.ceil(self.params["dataset_size"] / max(1, entries))
 
     async def decode_all(self, name: str, entries: list[dict[str, Any]]) -> None:
+        """Decode entry by entry as room frees up: an entry is admitted with room for all its
+        instructions, so neither pending tasks nor decoded texts pile up as the dataset grows."""
         count = self.per_entry(len(entries))
-        slots = sample_slot(entries)
         self.progress.expect(name, len(entries))
-        await asyncio.gather(*(self.decode(name, entry, slot, count) for entry, slot in zip(entries, slots,
-                                                                                            strict=True)))
+        running: set[asyncio.Task] = set()
+        crashed: list[BaseException] = []
+
+        def forget(task: asyncio.Task) -> None:
+            running.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                crashed.append(task.exception())
+
+        for entry, slot in zip(entries, sample_slot(entries), strict=True):
+            await self._admission.enter(count)
+            if crashed:
+                raise crashed[0]
+            task = asyncio.ensure_future(self.decode(name, entry, slot, count))
+            running.add(task)
+            task.add_done_callback(forget)
+        await asyncio.gather(*running)
+        if crashed:
+            raise crashed[0]
 
     async def decode(self, name: str, entry: dict[str, Any], slot: int, count: int) -> None:
+        """One entry's decode call, then the refine loop of each of its instructions. Holds
+        `count` admission places; each instruction hands its place back when it finishes."""
+        instructions: list[dict[str, Any]] = []
+        try:
+            instructions = await self.decoded_instructions(name, entry, slot, count)
+        finally:
+            await self._admission.leave(count - len(instructions))
+        self.progress.expect("refine", len(instructions))
+        await asyncio.gather(*(self.refine_then_leave(inst) for inst in instructions))
+
+    async def decoded_instructions(self, name: str, entry: dict[str, Any], slot: int,
+                                   count: int) -> list[dict[str, Any]]:
+        """The instructions to refine: none when the decode failed or the spec has no refine loop
+        (then the journal has them already)."""
         result = await self.modules[name].acall(item=entry["id"], slot=slot, use_case=entry["use_case"],
                                                 skills=entry["skills"], count=count)
         self.progress.advance(name, result.ok)
         if not result.ok:
             self.journal({"id": f"{entry['id']}.decode", "status": "failed", "metadata": entry,
                           "failure": result.failure(name), "calls": result.calls})
-            return
+            return []
         texts = result.values["items"][:count]
         instructions = [{"id": f"{entry['id']}.i{j:02d}", "text": text, "metadata": entry, "slot": slot,
                          "calls": result.calls} for j, text in enumerate(texts)]
@@ -187,13 +218,14 @@ class Runner:
             for inst in instructions:
                 self.journal({"id": inst["id"], "status": "decoded", "instruction": inst["text"],
                               "metadata": entry, "calls": inst["calls"]})
-            return
-        self.progress.expect("refine", len(instructions))
-        await asyncio.gather(*(self.admitted(inst) for inst in instructions))
+            return []
+        return instructions
 
-    async def admitted(self, inst: dict[str, Any]) -> None:
-        async with self._admission:
+    async def refine_then_leave(self, inst: dict[str, Any]) -> None:
+        try:
             await self.refine(inst)
+        finally:
+            await self._admission.leave(1)
 
     async def rubrics_for(self, stage: str, entry: dict[str, Any], slot: int) -> StepResult:
         """Self-Rubrics for one metadata entry, made once, on first need."""
@@ -339,6 +371,27 @@ class Runner:
             records.sort(key=lambda r: (r["id"], r["stage"]))
         self.store.write_jsonl("rubrics", [r for records in self.rubrics.values() for r in records])
         return self.store.finish_journal(self.params["keep_limit"])
+
+
+class Admission:
+    """A count of instructions alive (decoded or about to be, not yet finished), capped at
+    `room`. A group larger than the room is let in alone, so no entry waits forever."""
+
+    def __init__(self, room: int):
+        self.room = room
+        self.alive = 0
+        self._changed = asyncio.Condition()
+
+    async def enter(self, places: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.alive == 0 or self.alive + places <= self.room)
+            self.alive += places
+
+    async def leave(self, places: int) -> None:
+        if places:
+            async with self._changed:
+                self.alive -= places
+                self._changed.notify_all()
 
 
 def _public(entry: dict[str, Any]) -> dict[str, Any]:
