@@ -64,3 +64,29 @@ def test_sigkill_then_resume_gives_the_uninterrupted_dataset(tmp_path, seeds_fil
     # (4 per model) per kill. Everything that had come back was in the cache.
     assert resumed_calls <= uninterrupted_calls + kills * 8
     assert not list((tmp_path / "resumed").glob("*.tmp")) and not list((tmp_path / "resumed").glob(".*.tmp"))
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path, seeds_file):
+    with FakeOpenAIServer(latency=0.03) as server:
+        spec = http_spec(tmp_path, seeds_file, server.url)
+        reference = codeclm_run(spec, tmp_path / "reference", tmp_path / "cache-reference")
+        assert reference.wait(120) == 0, reference.stderr.read().decode()
+        uninterrupted_calls = server.completions
+
+        process = codeclm_run(spec, tmp_path / "resumed", tmp_path / "cache-resumed")
+        wait_for_calls(server, uninterrupted_calls * 1.5, process)
+        assert process.poll() is None, "the run finished before Ctrl-C"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 130
+        stderr = process.stderr.read().decode()
+        before_resume = server.completions
+        final = codeclm_run(spec, tmp_path / "resumed", tmp_path / "cache-resumed")
+        assert final.wait(120) == 0, final.stderr.read().decode()
+        resumed_calls = server.completions - uninterrupted_calls
+
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+    # What finished before Ctrl-C is cached: the rerun makes only the rest (plus what was in flight).
+    assert server.completions - before_resume < uninterrupted_calls * 0.6
+    assert resumed_calls <= uninterrupted_calls + 8
+    assert (tmp_path / "resumed" / "dataset.jsonl").read_bytes() == \
+        (tmp_path / "reference" / "dataset.jsonl").read_bytes()
