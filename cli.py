@@ -59,6 +59,7 @@ def main() -> None:
       codeclm render specs/demo.yaml encode --input '{"instruction": "Hi"}'
       codeclm run specs/demo.yaml --dry-run      count calls before spending
       codeclm replay runs/demo                   re-run from the cache, no model
+      codeclm evaluate specs/demo.yaml BENCH.jsonl   CRR of the target vs the strong model
       codeclm cache stats                        what the cache holds
     """
 
@@ -145,6 +146,55 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
                 fg="green" if same else "red")
     if not same:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("benchmarks", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--candidate", default="target", show_default=True,
+              help="Model role under test: a key of the spec's models (add one with --set).")
+@click.option("--reference", default="strong", show_default=True, help="Model role to compare with.")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N items of each benchmark.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write eval.jsonl and eval.json [default: runs/NAME-eval].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight per model (overrides the spec).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("--replay", "mode", flag_value="replay", help="Cache read-only, no model contacted; a miss exits 3.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@reports_errors
+def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference: str, limit: int | None,
+             out: Path | None, overrides: tuple[str, ...], concurrency: int | None, cache_dir: Path | None,
+             mode: str | None, quiet: bool) -> None:
+    """Measure the Capacity Recovery Ratio (CRR) of a model on BENCHMARKS (JSONL files
+    with an 'instruction' field), as the paper does.
+
+    Both models answer every instruction; the spec's judge scores the pair at
+    temperature 0 in both orders. The candidate wins only if it wins both times, loses
+    only if it loses both times; otherwise it is a tie. CRR = (wins + ties) / judged.
+
+    \b
+    Compare a fine-tuned model served by vLLM with the strong model:
+      codeclm evaluate specs/codeclm.yaml bench/vicuna.jsonl --candidate tuned \\
+        --set models.tuned.model=hosted_vllm/my-model \\
+        --set models.tuned.api_base=http://127.0.0.1:8000/v1
+    """
+    from programs.evaluate import EvalOptions
+    from programs.evaluate import evaluate as run_evaluation
+    from programs.progress import Progress
+
+    options = EvalOptions(benchmarks=list(benchmarks), candidate=candidate, reference=reference, limit=limit,
+                          out=out, cache_dir=cache_dir, cache_mode=mode or "live", concurrency=concurrency,
+                          progress=Progress(stream=None if quiet else sys.stderr))
+    result = run_evaluation(_load(spec, overrides), options)
+    options.progress.close()
+    click.echo(f"{candidate} vs {reference}")
+    click.echo(f"{'benchmark':<20} {'items':>6} {'wins':>6} {'ties':>6} {'losses':>6} {'failed':>6} {'CRR':>8}")
+    for name, row in result.summary.items():
+        crr = f"{100 * row['crr']:7.2f}%" if row["crr"] is not None else "       -"
+        click.echo(f"{name:<20} {row['items']:>6} {row['win']:>6} {row['tie']:>6} {row['loss']:>6} "
+                   f"{row['failed']:>6} {crr}")
+    click.echo(f"output: {result.out / 'eval.jsonl'}")
 
 
 @main.command()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,15 +57,23 @@ def run_spec(spec: Spec, options: RunOptions, hub: ModelHub | None = None) -> Ru
 
 
 async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None) -> RunResult:
+    async with opened_hub(spec, options.cache_dir, options.cache_mode, options.concurrency, hub,
+                          dry_run=options.dry_run) as live_hub:
+        if options.recorded_run and (options.recorded_run / "manifest.json").is_file():
+            live_hub.recorded = recorded_calls(options.recorded_run)
+        return await Runner(spec, options, live_hub).run()
+
+
+@asynccontextmanager
+async def opened_hub(spec: Spec, cache_dir: Path | None, cache_mode: str, concurrency: int | None,
+                     hub: ModelHub | None = None, dry_run: bool = False) -> AsyncIterator[ModelHub]:
+    """The given hub, or one on the spec's cache; closed (connections, cache) at the end."""
     cache = None
     if hub is None:
-        cache = CallCache(options.cache_dir or spec.cache_dir or default_cache_dir(), options.cache_mode)
-        hub = ModelHub(spec.models, cache, concurrency=options.concurrency, dry_run=options.dry_run)
-    if options.recorded_run and (options.recorded_run / "manifest.json").is_file():
-        hub.recorded = recorded_calls(options.recorded_run)
-    runner = Runner(spec, options, hub)
+        cache = CallCache(cache_dir or spec.cache_dir or default_cache_dir(), cache_mode)
+        hub = ModelHub(spec.models, cache, concurrency=concurrency, dry_run=dry_run)
     try:
-        return await runner.run()
+        yield hub
     finally:
         await hub.aclose()
         if cache is not None:

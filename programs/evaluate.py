@@ -1,0 +1,161 @@
+"""The paper's evaluation: Capacity Recovery Ratio (CRR) on benchmark instruction sets.
+
+A candidate model (the target, or the target after fine-tuning on codeclm's data) and a
+reference model (the strong one) answer each benchmark instruction. The spec's judge scores
+the two answers at temperature 0, once in each order. The candidate wins only if it scores
+higher both times and loses only if it scores lower both times; anything else is a tie.
+CRR = (wins + ties) / judged. Items whose calls failed are counted apart, not judged.
+
+Calls go through the same hub and cache as a run: an evaluation resumes, and replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CodecError, SpecError
+from .hub import ModelHub
+from .progress import Progress
+from .runner import opened_hub
+from .seeds import read_seeds
+from .spec import Spec, StageSpec
+from .stages import JudgeStage, LLMStage
+from .store import dumps, write_atomic
+from .templates import TemplateStore
+
+WIN, TIE, LOSS, FAILED = "win", "tie", "loss", "failed"
+
+
+@dataclass
+class EvalOptions:
+    benchmarks: list[Path]
+    candidate: str = "target"
+    reference: str = "strong"
+    limit: int | None = None  # items per benchmark
+    out: Path | None = None
+    cache_dir: Path | None = None
+    cache_mode: str = "live"
+    concurrency: int | None = None
+    progress: Progress | None = None
+
+
+@dataclass
+class EvalResult:
+    out: Path
+    summary: dict[str, dict[str, Any]]  # benchmark (and "all") -> counts and crr
+    calls: dict[str, Any] = field(default_factory=dict)
+
+
+def verdict(candidate_first: tuple[float, float], reference_first: tuple[float, float]) -> str:
+    """candidate_first = (candidate, reference) scores with the candidate shown first;
+    reference_first = (reference, candidate) with the order swapped."""
+    wins = candidate_first[0] > candidate_first[1], reference_first[1] > reference_first[0]
+    losses = candidate_first[0] < candidate_first[1], reference_first[1] < reference_first[0]
+    return WIN if all(wins) else LOSS if all(losses) else TIE
+
+
+def tally(verdicts: list[str]) -> dict[str, Any]:
+    counts = {kind: verdicts.count(kind) for kind in (WIN, TIE, LOSS, FAILED)}
+    judged = counts[WIN] + counts[TIE] + counts[LOSS]
+    return {"items": len(verdicts), **counts, "crr": (counts[WIN] + counts[TIE]) / judged if judged else None}
+
+
+def evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None = None) -> EvalResult:
+    """Answer, judge and tally every benchmark item; write eval.jsonl and eval.json."""
+    for role in (options.candidate, options.reference):
+        if role not in spec.models:
+            raise SpecError(str(spec.path), f"no model role '{role}' to evaluate",
+                            hint=f"roles in models: {', '.join(spec.models)}; add one with "
+                                 f"--set models.{role}.model=...")
+    return asyncio.run(_evaluate(spec, options, hub))
+
+
+async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> EvalResult:
+    started = time.time()
+    items = [{**item, "benchmark": path.stem} for path in options.benchmarks
+             for item in read_seeds(path, "instruction", "id", limit=options.limit)]
+    progress = options.progress or Progress(stream=None)
+    progress.expect("evaluate", len(items))
+    async with opened_hub(spec, options.cache_dir, options.cache_mode, options.concurrency, hub) as live_hub:
+        evaluator = Evaluator(spec, options, live_hub)
+        window = asyncio.Semaphore(4 * sum(options.concurrency or m.concurrency for m in spec.models.values()))
+
+        async def one(item: dict[str, Any]) -> dict[str, Any]:
+            async with window:
+                record = await evaluator.item(item)
+            progress.advance("evaluate", record["verdict"] != FAILED)
+            return record
+
+        records = await asyncio.gather(*(one(item) for item in items))
+        if live_hub.fatal:
+            raise live_hub.fatal
+        calls = live_hub.summary()
+    records.sort(key=lambda r: (r["benchmark"], r["id"]))
+    summary = {name: tally([r["verdict"] for r in records if r["benchmark"] == name])
+               for name in dict.fromkeys(r["benchmark"] for r in records)}
+    summary["all"] = tally([r["verdict"] for r in records])
+    out = options.out or Path("runs") / f"{spec.name}-eval"
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "eval.jsonl", "".join(dumps(r) + "\n" for r in records))
+    report = {"candidate": evaluator.describe(options.candidate), "reference": evaluator.describe(options.reference),
+              "judge": evaluator.judge_stage.name, "benchmarks": [str(p) for p in options.benchmarks],
+              "limit": options.limit, "summary": summary, "calls": calls, "wall_seconds": time.time() - started}
+    write_atomic(out / "eval.json", dumps(report) + "\n")
+    if summary["all"]["crr"] is None:
+        raise CodecError(f"no item could be judged: every one failed; see {out / 'eval.jsonl'}")
+    return EvalResult(out, summary, calls)
+
+
+class Evaluator:
+    """The three stages of one comparison, built from the spec: its respond template for both
+    answers, its judge (template and model) at temperature 0, as the paper's protocol says."""
+
+    def __init__(self, spec: Spec, options: EvalOptions, hub: ModelHub):
+        self.spec, self.hub = spec, hub
+        judges = [s for s in spec.stages.values() if s.kind == "judge"]
+        responders = [s for s in spec.stages.values() if s.kind == "respond"]
+        if not judges or not responders:
+            raise SpecError(str(spec.path), "evaluation needs a judge stage and a respond stage in the spec",
+                            hint="evaluate with specs/codeclm.yaml, overriding its models with --set")
+        preferred = spec.refine.judge if spec.refine and spec.refine.judge else judges[0].name
+        self.judge_stage = spec.stages[preferred]
+        store = TemplateStore(spec.prompts_dir)
+        respond_template = store.get(responders[0].template)
+        self.answer = {
+            side: LLMStage(StageSpec(name=f"answer_{side}", kind="respond", model=role,
+                                     template=responders[0].template), respond_template, spec, hub)
+            for side, role in (("candidate", options.candidate), ("reference", options.reference))}
+        self.judge = JudgeStage(dataclasses.replace(self.judge_stage, temperature=0.0),
+                                store.get(self.judge_stage.template), spec, hub)
+
+    def describe(self, role: str) -> dict[str, Any]:
+        return {"role": role, "model": self.spec.models[role].model}
+
+    async def item(self, item: dict[str, Any]) -> dict[str, Any]:
+        key = f"{item['benchmark']}/{item['id']}"
+        record: dict[str, Any] = {"benchmark": item["benchmark"], "id": item["id"],
+                                  "instruction": item["instruction"]}
+        sides = ("candidate", "reference")
+        results = await asyncio.gather(*(self.answer[s].acall(item=key, instruction=item["instruction"])
+                                         for s in sides))
+        record["answers"] = {s: r.values.get("answer") for s, r in zip(sides, results, strict=True)}
+        record["calls"] = [c for r in results for c in r.calls]
+        failed = next((r.failure(f"answer_{s}") for s, r in zip(sides, results, strict=True) if not r.ok), None)
+        if failed:
+            return {**record, "verdict": FAILED, "failure": failed}
+        scale = self.spec.params["score_scale"]
+        judgement, judged = await self.judge.judge(key, item["instruction"], record["answers"]["candidate"],
+                                                    record["answers"]["reference"], scale, both_orders=True)
+        record["calls"] += [c for r in judged for c in r.calls]
+        if judgement is None:
+            bad = next(r for r in judged if not r.ok)
+            return {**record, "verdict": FAILED, "failure": bad.failure(self.judge_stage.name)}
+        record["scores"] = {"candidate_first": list(judgement.strong_first),
+                            "reference_first": list(judgement.target_first)}
+        record["verdict"] = verdict(judgement.strong_first, judgement.target_first)
+        return record

@@ -1,0 +1,156 @@
+"""CRR evaluation: the paper's protocol (both orders, a win only if won both times) on scripted
+judges, the real benchmark files, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import REPO, ScriptedBackend, base_spec, write_spec
+
+from programs.cache import CallCache
+from programs.evaluate import LOSS, TIE, WIN, EvalOptions, evaluate, tally, verdict
+from programs.hub import ModelHub
+from programs.spec import load_spec
+
+BENCHMARKS = REPO.parent / "shared" / "benchmarks"
+CANDIDATE, REFERENCE = "CANDIDATE ANSWER", "REFERENCE ANSWER"
+
+
+@pytest.mark.parametrize(("candidate_first", "reference_first", "expected"), [
+    ((8, 5), (5, 8), WIN),  # better in both orders
+    ((5, 8), (8, 5), LOSS),  # worse in both orders
+    ((9, 2), (9, 2), TIE),  # a pure position bias: each wins once
+    ((7, 7), (6, 7), TIE),  # equal once
+])
+def test_a_win_needs_both_orders(candidate_first, reference_first, expected):
+    assert verdict(candidate_first, reference_first) == expected
+
+
+def test_crr_counts_ties_and_leaves_failures_out():
+    row = tally([WIN, TIE, TIE, LOSS, "failed"])
+    assert row == {"items": 5, "win": 1, "tie": 2, "loss": 1, "failed": 1, "crr": 0.75}
+    assert tally(["failed"])["crr"] is None
+
+
+def judge_by(rule):
+    """A strong-role backend: answers as the reference, and judges with `rule(first, second)`,
+    which sees which side's answer stands in each position."""
+
+    def answer(messages):
+        text = messages[-1]["content"]
+        if "[The Start of Assistant 1's Answer]" not in text:
+            return REFERENCE
+        first = re.search(r"Assistant 1's Answer\]\s*(.*?)\s*\[The End", text, re.S).group(1)
+        second = re.search(r"Assistant 2's Answer\]\s*(.*?)\s*\[The End", text, re.S).group(1)
+        return "{} {}\nExplanation.".format(*rule(first, second))
+
+    return answer
+
+
+def run_eval(tmp_path: Path, rule, items: int = 5, mode: str = "live"):
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Question {i}?"}) + "\n"
+                             for i in range(items)))
+    spec = load_spec(write_spec(tmp_path, base_spec(bench)))
+    backends = {"strong": ScriptedBackend("scripted/strong", judge_by(rule)),
+                "target": ScriptedBackend("scripted/target", lambda messages: CANDIDATE)}
+    cache = CallCache(tmp_path / "cache", mode)
+    try:
+        result = evaluate(spec, EvalOptions(benchmarks=[bench], out=tmp_path / "eval"),
+                          ModelHub(spec.models, cache, backends=backends))
+    finally:
+        cache.close()
+    return result, backends
+
+
+def better(side):
+    return lambda first, second: (8, 4) if first == side else (4, 8)
+
+
+def test_a_candidate_better_in_both_orders_wins_every_item(tmp_path):
+    result, _ = run_eval(tmp_path, better(CANDIDATE))
+    assert result.summary["bench"] == {"items": 5, "win": 5, "tie": 0, "loss": 0, "failed": 0, "crr": 1.0}
+
+
+def test_a_reference_better_in_both_orders_gives_crr_zero(tmp_path):
+    result, _ = run_eval(tmp_path, better(REFERENCE))
+    assert result.summary["all"]["loss"] == 5 and result.summary["all"]["crr"] == 0.0
+
+
+def test_position_bias_alone_is_a_tie(tmp_path):
+    result, backends = run_eval(tmp_path, lambda first, second: (9, 2))
+    assert result.summary["all"]["tie"] == 5
+    judge_calls = [m for m in backends["strong"].calls if "Assistant 1" in m[-1]["content"]]
+    assert len(judge_calls) == 10  # every item judged in both orders
+
+
+def test_records_carry_answers_scores_and_calls(tmp_path):
+    result, _ = run_eval(tmp_path, better(CANDIDATE), items=2)
+    records = [json.loads(line) for line in (result.out / "eval.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["q0", "q1"]
+    assert records[0]["answers"] == {"candidate": CANDIDATE, "reference": REFERENCE}
+    assert records[0]["scores"] == {"candidate_first": [8, 4], "reference_first": [4, 8]}
+    assert len(records[0]["calls"]) == 4  # two answers, two judgements
+    report = json.loads((result.out / "eval.json").read_text())
+    assert report["candidate"]["role"] == "target" and report["summary"]["all"]["crr"] == 1.0
+
+
+def test_the_judge_runs_at_temperature_zero(tmp_path):
+    result, _ = run_eval(tmp_path, better(CANDIDATE), items=1)
+    record = json.loads((result.out / "eval.jsonl").read_text())
+    judge_calls = [c for c in record["calls"] if c["stage"] == "judge"]
+    assert judge_calls and all(c["params"]["temperature"] == 0.0 for c in judge_calls)
+
+
+def test_unparsable_judgements_are_failed_items_and_all_failed_is_an_error(tmp_path):
+    from programs.errors import CodecError
+
+    with pytest.raises(CodecError, match="no item could be judged"):
+        run_eval(tmp_path, lambda first, second: ("great", "fine"), items=3)
+    records = [json.loads(line) for line in (tmp_path / "eval" / "eval.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    assert all(r["verdict"] == "failed" and r["failure"]["stage"] == "judge" for r in records)
+
+
+def test_a_second_evaluation_comes_from_the_cache(tmp_path):
+    first, _ = run_eval(tmp_path, better(CANDIDATE))
+    again, backends = run_eval(tmp_path, better(CANDIDATE), mode="replay")
+    assert again.summary == first.summary
+    assert not backends["strong"].calls and not backends["target"].calls
+
+
+def test_unknown_role_is_a_spec_error(tmp_path, seeds_file):
+    from programs.errors import SpecError
+
+    spec = load_spec(write_spec(tmp_path, base_spec(seeds_file)))
+    with pytest.raises(SpecError, match="no model role 'tuned'"):
+        evaluate(spec, EvalOptions(benchmarks=[seeds_file], candidate="tuned"))
+
+
+@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="the paper's benchmark sets are not beside the repo")
+def test_cli_on_the_paper_benchmarks_through_the_fake_server(tmp_path):
+    """The four evaluation sets as shipped, two items each, over real HTTP."""
+    from click.testing import CliRunner
+    from fake_openai_server import FakeOpenAIServer
+
+    from cli import main
+
+    sets = sorted(BENCHMARKS.glob("*.jsonl"))
+    assert len(sets) == 4
+    with FakeOpenAIServer() as server:
+        overrides = [arg for role in ("strong", "target") for arg in (
+            "--set", f"models.{role}.model=hosted_vllm/{role}", "--set", f"models.{role}.api_base={server.url}")]
+        result = CliRunner().invoke(main, ["evaluate", str(REPO / "specs" / "codeclm.yaml"), *map(str, sets),
+                                           "--limit", "2", "--out", str(tmp_path / "eval"), "-q",
+                                           "--cache-dir", str(tmp_path / "cache"), *overrides])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "target vs strong"
+    rows = {line.split()[0]: line.split() for line in lines[2:7]}
+    assert set(rows) == {*(p.stem for p in sets), "all"}
+    assert rows["all"][1] == "8"
+    summary = json.loads((tmp_path / "eval" / "eval.json").read_text())["summary"]
+    assert summary["all"]["items"] == 8 and summary["all"]["failed"] == 0
