@@ -59,6 +59,7 @@ def main() -> None:
       codeclm render specs/demo.yaml encode --input '{"instruction": "Hi"}'
       codeclm run specs/demo.yaml --dry-run      count calls before spending
       codeclm replay runs/demo                   re-run from the cache, no model
+      codeclm optimize specs/demo.yaml encode    tune a stage's demos with DSPy
       codeclm evaluate specs/demo.yaml BENCH.jsonl   CRR of the target vs the strong model
       codeclm cache stats                        what the cache holds
     """
@@ -195,6 +196,49 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
         click.echo(f"{name:<20} {row['items']:>6} {row['win']:>6} {row['tie']:>6} {row['loss']:>6} "
                    f"{row['failed']:>6} {crr}")
     click.echo(f"output: {result.out / 'eval.jsonl'}")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("stage")
+@click.option("--from", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A finished run whose records give the stage's inputs (every stage but encode).")
+@click.option("--seeds", type=click.Path(dir_okay=False, path_type=Path),
+              help="Seed file for tuning encode [default: the spec's seeds].")
+@click.option("--examples", type=click.IntRange(min=2), default=20, show_default=True,
+              help="Inputs to use: half bootstrap the demos, half check them.")
+@click.option("--demos", type=click.IntRange(min=1), default=4, show_default=True, help="Demos to keep at most.")
+@click.option("--teacher", metavar="ROLE", help="A model role that writes the demos [default: the stage's model].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to save the tuned stage [default: runs/NAME-optimize/STAGE.json].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@reports_errors
+def optimize(spec: str, stage: str, run_dir: Path | None, seeds: Path | None, examples: int, demos: int,
+             teacher: str | None, out: Path | None, overrides: tuple[str, ...], cache_dir: Path | None) -> None:
+    """Tune STAGE's prompt with DSPy's BootstrapFewShot and save it for `program:`.
+
+    The stage (or a --teacher model) runs on example inputs; outputs that the stage's
+    parser accepts become few-shot demos, which the template renders. Held-out inputs
+    are checked before and after, so you see whether the demos help.
+
+    \b
+    Tune the demo's encoder on its seeds, then use it:
+      codeclm optimize specs/demo.yaml encode
+      codeclm run specs/demo.yaml --set stages.encode.program=$PWD/runs/demo-optimize/encode.json
+    \b
+    Tune the target's answers with demos written by the strong model:
+      codeclm optimize specs/demo.yaml answer_target --from runs/demo --teacher strong
+    """
+    from programs.optimize import OptimizeOptions
+    from programs.optimize import optimize as run_optimizer
+
+    options = OptimizeOptions(stage=stage, run_dir=run_dir, seeds=seeds, examples=examples, demos=demos,
+                              teacher=teacher, out=out, cache_dir=cache_dir)
+    result = run_optimizer(_load(spec, overrides), options)
+    click.echo(f"{stage}: {result.demos} demos; parsed on {result.checked} held-out inputs: "
+               f"{result.parsed_before} before, {result.parsed_after} after")
+    click.echo(f"saved {result.path}; use it with --set stages.{stage}.program={result.path.resolve()}")
 
 
 @main.command()

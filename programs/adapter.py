@@ -114,7 +114,7 @@ class HubEngine:
             CURRENT_CALL.set(ctx)
             return await self.async_engine.complete(request)
 
-        return asyncio.run_coroutine_threadsafe(call(), self._background_loop()).result()
+        return run_on_hub_loop(call())
 
     def stream(self, request: Any):  # noqa: ANN201 - DSPy's engine protocol
         from dspy.lm15 import response_to_events
@@ -123,6 +123,12 @@ class HubEngine:
 
     def close(self) -> None:
         return None
+
+
+def run_on_hub_loop(coroutine: Any) -> Any:
+    """Run a coroutine on the loop that serves synchronous DSPy calls (and owns their
+    connections), e.g. to close the hub after an optimizer is done."""
+    return asyncio.run_coroutine_threadsafe(coroutine, HubEngine._background_loop()).result()
 
 
 def hub_lm(hub: ModelHub, role: str, decoding: dict[str, Any]) -> dspy.LM:

@@ -67,6 +67,9 @@ class ModelHub:
         self.recorded: dict[tuple[str, str], list[dict[str, Any]]] = {}  # a recorded run's calls, for misses
         self.backoff_base = 0.5
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> ModelHub:
+        return self  # a shared service (one cache, one set of limits), not state: DSPy copies modules
+
     # -- the call --------------------------------------------------------------------------
 
     def backend(self, role: str) -> Backend:

@@ -40,10 +40,15 @@ SIGNATURES: dict[str, tuple[list[str], list[str]]] = {
     "respond": (["instruction"], ["answer"]),
     "judge": (["instruction", "answer_1", "answer_2", "scale_low", "scale_high"], ["score_1", "score_2"]),
 }
-SAMPLE_INPUTS: dict[str, Any] = {  # used by `validate` to render every template once
+SAMPLE_INPUTS: dict[str, Any] = {  # used by `validate` and `render` to render every template
     "instruction": "Write a haiku about the sea.", "use_case": "creative writing", "skills": ["poetry", "imagery"],
     "count": 3, "action": "Add a constraint on the rhyme scheme.", "answer_1": "Answer one.",
     "answer_2": "Answer two.", "scale_low": 1, "scale_high": 10,
+}
+SAMPLE_OUTPUTS: dict[str, Any] = {  # with SAMPLE_INPUTS, a sample demo
+    "use_case": "creative writing", "skills": ["poetry"], "items": ["Write a limerick about a cat."],
+    "rubrics": ["Depth of imagery."], "actions": ["Ask for a volta."],
+    "improved": "Write a haiku about the sea at dawn.", "answer": "Waves fold into foam.", "score_1": 8, "score_2": 4,
 }
 
 
@@ -117,12 +122,13 @@ class LLMStage(dspy.Module):
         cached = self._from_cache(item, slot, inputs)
         if cached is not None:
             return cached
-        with self._call(item, slot) as call:
+        # No trace: a long run must not keep every prediction in memory.
+        with self._call(item, slot, trace=None) as call:
             call.prediction = await self.predict.acall(**inputs)
         return call.result
 
-    def forward(self, item: str, slot: int = 0, **inputs: Any) -> StepResult:
-        """Synchronous path, for DSPy optimizers and scripts."""
+    def forward(self, item: str = "-", slot: int = 0, **inputs: Any) -> StepResult:
+        """Synchronous path, for DSPy optimizers (which read the trace) and scripts."""
         with self._call(item, slot) as call:
             call.prediction = self.predict(**inputs)
         return call.result
@@ -143,13 +149,13 @@ class LLMStage(dspy.Module):
         return StepResult(ok=True, values=values, raw=ctx.raw, calls=ctx.calls)
 
     @contextmanager
-    def _call(self, item: str, slot: int) -> Iterator[_Call]:
+    def _call(self, item: str, slot: int, **settings: Any) -> Iterator[_Call]:
         """Set the call context the hub reads, and turn any failure into a StepResult."""
         call = _Call(CallContext(stage=self.name, item=item, slot=slot))
         token = CURRENT_CALL.set(call.ctx)
         try:
-            # No history and no trace: a long run must not keep every prediction in memory.
-            with dspy.context(adapter=self.adapter, disable_history=True, trace=None):
+            # No LM history: the hub's accounting and the cache keep what a run needs.
+            with dspy.context(adapter=self.adapter, disable_history=True, **settings):
                 yield call
             call.result = StepResult(ok=True, values=dict(call.prediction.items()), raw=call.ctx.raw,
                                      calls=call.ctx.calls)
@@ -208,11 +214,20 @@ def build_stages(spec: Spec, hub: ModelHub) -> dict[str, LLMStage]:
 
 
 def check_templates(spec: Spec) -> None:
-    """Render every stage's template once with sample inputs (undefined variables, bad roles)."""
+    """Render every stage's template with sample inputs, without and with a demo (undefined
+    variables, bad roles)."""
     store = TemplateStore(spec.prompts_dir)
     for stage in spec.stages.values():
         if stage.kind in SIGNATURES:
             template = store.get(stage.template)
-            names = SIGNATURES[stage.kind][0]
-            template.render({**{n: SAMPLE_INPUTS[n] for n in names},
-                             "instructions": template.default_instructions, "demos": []})
+            for demos in ([], [sample_demo(stage.kind)]):
+                template.render({**sample_inputs(stage.kind), "instructions": template.default_instructions,
+                                 "demos": demos})
+
+
+def sample_inputs(kind: str) -> dict[str, Any]:
+    return {name: SAMPLE_INPUTS[name] for name in SIGNATURES[kind][0]}
+
+
+def sample_demo(kind: str) -> dict[str, Any]:
+    return {**sample_inputs(kind), **{name: SAMPLE_OUTPUTS[name] for name in SIGNATURES[kind][1]}}

@@ -67,6 +67,9 @@ class StageTemplate:
         self.name, self.template, self.path = name, template, path
         self.source = path.read_text(encoding="utf-8")
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> StageTemplate:
+        return self  # compiled and never changed; DSPy deep-copies modules that hold one
+
     @property
     def default_instructions(self) -> str:
         block = self.template.blocks.get("instructions")

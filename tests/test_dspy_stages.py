@@ -3,8 +3,12 @@ template renders; programs save and load; modules also work when called synchron
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import dspy
-from conftest import ScriptedBackend, base_spec, write_spec
+import pytest
+from conftest import REPO, ScriptedBackend, base_spec, write_spec
 
 from programs.cache import CallCache
 from programs.hub import ModelHub
@@ -55,3 +59,109 @@ def test_a_spec_stage_loads_an_optimized_program(tmp_path):
     spec = load_spec(write_spec(tmp_path, data))
     hub = ModelHub(spec.models, CallCache(tmp_path / "cache2"), backends={"strong": backend, "target": backend})
     assert build_stages(spec, hub)["encode"].predict.signature.instructions == "Tuned by an optimizer."
+
+
+# -- codeclm optimize: BootstrapFewShot with "the completion parses" as the metric ---------------
+
+FORMAT_SEEDS = [f"Seed instruction number {i}: write something useful." for i in range(8)]
+
+
+def format_learner(messages):
+    """A model that keeps the format only once it has seen more examples than the template's
+    three, or for even-numbered seeds: what few-shot demos are for."""
+    shown = sum(m["role"] == "assistant" for m in messages)
+    number = int(messages[-1]["content"].split("number ")[1].split(":")[0])
+    if shown > 3 or number % 2 == 0:
+        return "Use case: writing\nSkills: clarity"
+    return "I think this is about writing."
+
+
+def optimize_spec(tmp_path):
+    from programs.optimize import OptimizeOptions
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(f'{{"id": "s{i}", "instruction": "{s}"}}\n' for i, s in enumerate(FORMAT_SEEDS)))
+    spec = load_spec(write_spec(tmp_path, base_spec(seeds)))
+    return spec, OptimizeOptions(stage="encode", examples=8, out=tmp_path / "encode.json")
+
+
+def test_optimize_bootstraps_demos_that_parse_and_checks_them(tmp_path):
+    from programs.optimize import optimize
+
+    spec, options = optimize_spec(tmp_path)
+    backend = ScriptedBackend("scripted/strong", answer=format_learner)
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": backend, "target": backend})
+    result = optimize(spec, options, hub)
+    assert (result.checked, result.parsed_before, result.parsed_after) == (4, 2, 4)
+    assert result.demos == 2  # the two training seeds whose answers parsed
+    saved = json.loads(result.path.read_text())
+    demos = saved["predict"]["demos"]
+    assert [d["instruction"] for d in demos] == [FORMAT_SEEDS[0], FORMAT_SEEDS[2]]
+    assert all(d["use_case"] == "writing" for d in demos)
+    # The spec loads it, and the stage then sends the demos as few-shot turns.
+    data = base_spec(tmp_path / "seeds.jsonl")
+    data["stages"]["encode"]["program"] = str(result.path)
+    tuned = build_stages(load_spec(write_spec(tmp_path, data, "tuned.yaml")), hub)["encode"]
+    assert tuned(instruction=FORMAT_SEEDS[7]).ok
+
+
+def test_optimize_with_a_teacher_role(tmp_path):
+    from programs.optimize import optimize
+
+    spec, options = optimize_spec(tmp_path)
+    options.teacher = "target"
+    student = ScriptedBackend("scripted/strong", answer=format_learner)
+    teacher = ScriptedBackend("scripted/target", answer=lambda m: "Use case: teaching\nSkills: patience")
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": student, "target": teacher})
+    result = optimize(spec, options, hub)
+    assert result.demos == 4 and result.parsed_after == 4
+    assert all(d["use_case"] == "teaching" for d in json.loads(result.path.read_text())["predict"]["demos"])
+
+
+def test_optimize_later_stages_needs_a_run(tmp_path, scripted, seeds_file):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    result = CliRunner().invoke(main, ["optimize", str(spec), "judge", "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "needs the inputs of a finished run" in result.output
+    assert "--from runs/NAME" in result.output
+    result = CliRunner().invoke(main, ["optimize", str(spec), "augment"])
+    assert result.exit_code == 2 and "no model-calling stage named 'augment'" in result.output
+
+
+def test_optimize_judge_from_a_finished_run(tmp_path, scripted, seeds_file):
+    from programs.optimize import OptimizeOptions, optimize
+
+    spec = load_spec(write_spec(tmp_path, base_spec(seeds_file)))
+    run = scripted(spec)
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends=scripted.backends)
+    result = optimize(spec, OptimizeOptions(stage="judge", run_dir=run.out, examples=6,
+                                            out=tmp_path / "judge.json"), hub)
+    assert result.checked == 3 and result.parsed_after == 3 and result.demos >= 1
+    demo = json.loads(result.path.read_text())["predict"]["demos"][0]
+    assert {"answer_1", "answer_2", "score_1", "score_2"} <= set(demo)
+    # Loaded into the stage, the demo reaches the judge's prompt as a scored example.
+    judge = build_stages(spec, hub)["judge"]
+    judge.load(str(result.path))
+    judge(instruction="Q?", answer_1="a", answer_2="b", scale_low=1, scale_high=10)
+    sent = scripted.backends["strong"].calls[-1]
+    assert any(demo["answer_1"] in m["content"] for m in sent if m["role"] == "user")
+    assert {"role": "assistant", "content": f"{demo['score_1']} {demo['score_2']}"} in sent
+
+
+def test_optimize_refuses_a_template_without_demos(tmp_path):
+    from programs.errors import SpecError
+    from programs.optimize import optimize
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "prompts", prompts)
+    (prompts / "encode.jinja").write_text('{% call message("user") %}{{ instruction }}{% endcall %}\n')
+    spec, options = optimize_spec(tmp_path)
+    spec.prompts_dir = prompts
+    backend = ScriptedBackend("scripted/strong", answer=format_learner)
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": backend, "target": backend})
+    with pytest.raises(SpecError, match="does not render demos"):
+        optimize(spec, options, hub)
+    assert not backend.calls
