@@ -380,6 +380,7 @@ class Runner:
         for records in self.rubrics.values():
             records.sort(key=lambda r: (r["id"], r["stage"]))
         self.store.write_jsonl("rubrics", [r for records in self.rubrics.values() for r in records])
+        self.store.write_dataset_info(self.spec.name)
         return self.store.finish_journal(self.params["keep_limit"])
 
 

@@ -21,6 +21,7 @@ ARTIFACTS = {
     "pool": "pool.jsonl",  # the augmented metadata pool
     "rubrics": "rubrics.jsonl",  # rubrics and actions per metadata entry
     "instructions": "instructions.jsonl",  # every instruction's history: kept, dropped, failed
+    "dataset_info": "dataset_info.json",  # LLaMA-Factory's description of dataset.jsonl
     "manifest": "manifest.json",
 }
 
@@ -52,6 +53,12 @@ class RunStore:
 
     def write_jsonl(self, artifact: str, records: Iterable[dict[str, Any]]) -> None:
         write_atomic(self.path(artifact), "".join(dumps(r) + "\n" for r in records))
+
+    def write_dataset_info(self, name: str) -> None:
+        """Lets LLaMA-Factory train on the run folder as it is: `dataset_dir: RUN_DIR`, `dataset: NAME`."""
+        tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
+        self.write_json("dataset_info", {name: {"file_name": ARTIFACTS["dataset"], "formatting": "sharegpt",
+                                                "columns": {"messages": "messages"}, "tags": tags}})
 
     def write_json(self, artifact: str, value: Any) -> None:
         write_atomic(self.path(artifact), json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True) + "\n")

@@ -35,6 +35,10 @@ def test_paper_graph_runs_and_records_provenance(tmp_path, seeds_file, scripted)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"]["calls"] == scripted.calls()
     assert manifest["calls"]["judge/strong"]["calls"] > 0
+    # LLaMA-Factory reads the folder as is: sharegpt formatting with OpenAI-style role tags.
+    info = json.loads((out / "dataset_info.json").read_text())["tiny"]
+    assert info["file_name"] == "dataset.jsonl" and info["columns"] == {"messages": "messages"}
+    assert info["tags"]["role_tag"] == "role" and info["tags"]["assistant_tag"] == "assistant"
 
 
 def test_iterations_are_bounded_and_each_is_filtered(tmp_path, seeds_file, scripted):
