@@ -65,6 +65,7 @@ class ModelHub:
         self.saved: dict[tuple[str, str], float] = defaultdict(float)
         self.fatal: CodecError | None = None  # a replay miss: the runner stops on it
         self.recorded: dict[tuple[str, str], list[dict[str, Any]]] = {}  # a recorded run's calls, for misses
+        self.recorded_code: str | None = None  # the code_sha256 of that run's manifest
         self.backoff_base = 0.5
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelHub:
@@ -209,7 +210,7 @@ class ModelHub:
         recorded = self.recorded.get((ctx.stage, ctx.item), [])
         if not recorded:
             return (f"the recorded run made no '{ctx.stage}' call for item '{ctx.item}': an input upstream "
-                    "changed (a seed, a parameter, or a parse) or the stage is new")
+                    "changed (a seed, a parameter, or a parse) or the stage is new" + self._code_changed())
         before, now = recorded[0], {"model": identity.model, "params": dict(identity.params),
                                     "messages_sha": identity.parts["messages"]}
         changes = []
@@ -219,7 +220,15 @@ class ModelHub:
             changes.append(f"decoding parameters {before['params']} -> {now['params']}")
         if before["messages_sha"] != now["messages_sha"]:
             changes.append("the rendered prompt (its template, the stage's instructions or demos, or its inputs)")
-        return "; ".join(changes) or "the sample slot (identical metadata entries) differs"
+        return ("; ".join(changes) or "the sample slot (identical metadata entries) differs") + self._code_changed()
+
+    def _code_changed(self) -> str:
+        from .manifest import code_sha
+
+        if self.recorded_code is None or self.recorded_code == code_sha():
+            return ""
+        return ("; and codeclm's code changed since that run (its parsers read the cached text anew, "
+                "so their output and what follows can differ)")
 
     def summary(self) -> dict[str, Any]:
         """Per stage and role: the counters, dollars spent and dollars the cache saved."""

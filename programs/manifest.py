@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import platform
 from importlib import metadata as package_metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .templates import TemplateStore
@@ -20,6 +21,15 @@ PACKAGES = ("codeclm", "dspy", "jinja2", "diskcache", "llama_cpp_python", "llm-s
 
 def _sha(text: str | bytes) -> str:
     return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+def code_sha() -> str:
+    """A hash of codeclm's own sources. Parsing happens after the cache, so a changed parser can
+    change what a replay asks for; a replay miss then says that the code changed."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def versions() -> dict[str, str | None]:
@@ -45,6 +55,7 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
                  "resolved": spec.raw},
         "templates": templates,
         "versions": versions(),
+        "code_sha256": code_sha(),
         "options": {"overrides": options.overrides, "seeds": str(options.seeds) if options.seeds else None,
                     "limit": options.limit, "concurrency": options.concurrency, "cache_mode": options.cache_mode,
                     "cache_dir": str(hub.cache.folder)},

@@ -8,6 +8,7 @@ Everything else moves as soon as its inputs are ready; the hub bounds calls per 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections.abc import AsyncIterator
@@ -59,8 +60,10 @@ def run_spec(spec: Spec, options: RunOptions, hub: ModelHub | None = None) -> Ru
 async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None) -> RunResult:
     async with opened_hub(spec, options.cache_dir, options.cache_mode, options.concurrency, hub,
                           dry_run=options.dry_run) as live_hub:
-        if options.recorded_run and (options.recorded_run / "manifest.json").is_file():
+        manifest = options.recorded_run / "manifest.json" if options.recorded_run else None
+        if manifest and manifest.is_file():
             live_hub.recorded = recorded_calls(options.recorded_run)
+            live_hub.recorded_code = json.loads(manifest.read_text()).get("code_sha256")
         return await Runner(spec, options, live_hub).run()
 
 

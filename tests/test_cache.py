@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,20 @@ def test_replay_miss_says_what_changed(tmp_path, seeds_file, scripted):
     with pytest.raises(ReplayMiss) as caught:
         scripted(spec, out="replay", mode="replay", overrides=["params.rubrics=3"], recorded_run=first.out)
     assert caught.value.stage == "rubrics" and "rendered prompt" in caught.value.reason
+    assert "code changed" not in caught.value.reason
+
+
+def test_replay_miss_after_a_code_change_says_so(tmp_path, seeds_file, scripted):
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    first = scripted(spec, out="live")
+    manifest_path = first.out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert len(manifest["code_sha256"]) == 64
+    manifest["code_sha256"] = "0" * 64  # as if the run had been made by other code
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ReplayMiss) as caught:
+        scripted(spec, out="replay", mode="replay", overrides=["params.rubrics=3"], recorded_run=first.out)
+    assert "codeclm's code changed since that run" in caught.value.reason
 
 
 def test_replay_miss_exits_3_from_the_cli(tmp_path, seeds_file):
