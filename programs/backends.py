@@ -94,11 +94,9 @@ class LocalBackend:
         llama = self._load()
         llama.reset()  # evaluate every prompt from scratch: the same call gives the same tokens
         values = params.values
-        prompt_tokens = len(llama.tokenize(str(messages).encode(), add_bos=False))
-        room = max(16, self.n_ctx - prompt_tokens - 8)
-        result = llama.create_chat_completion(
+        result = llama.create_chat_completion(  # llama.cpp caps max_tokens to the room left in the context
             messages=messages, temperature=values.get("temperature", 0.7), top_p=values.get("top_p", 0.95),
-            max_tokens=min(int(values.get("max_tokens", 512)), room), seed=params.seed,
+            max_tokens=int(values.get("max_tokens", 512)), seed=params.seed,
         )
         choice, usage = result["choices"][0], result.get("usage", {})
         return Completion(choice["message"].get("content") or "", choice.get("finish_reason") or "stop",

@@ -115,7 +115,7 @@ class Runner:
                                   self.progress, self.store.failure_reasons if self.store else None)
         if self.store:
             self.store.write_json("manifest", manifest)
-        return RunResult(self.store.folder if self.store else None, counts, manifest, self.hub.summary())
+        return RunResult(self.store.folder if self.store else None, counts, manifest, manifest["calls"])
 
     async def corpus_stages(self) -> dict[str, list[dict[str, Any]]]:
         """Seeds and hand-written metadata, then encode and augment stages in dependency order."""
