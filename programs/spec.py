@@ -316,7 +316,7 @@ class _Validator:
                 stage.program = self.relative(str(conf["program"]))
                 if not stage.program.is_file():
                     self.error((*where, "program"), f"optimized program {stage.program} not found",
-                               "save one with module.save(PATH) after a DSPy optimizer, or drop 'program:'")
+                               "make one with codeclm optimize SPEC STAGE, or drop 'program:'")
             if STAGE_KINDS[kind]["llm"]:
                 if stage.model not in models:
                     self.error((*where, "model"), f"stage '{name}' uses model {stage.model!r}, which is not declared",

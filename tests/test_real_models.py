@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import base_spec, write_spec
+from conftest import REPO, base_spec, write_spec
 
 from programs.backends import local_model_path
 from programs.runner import RunOptions, run_spec
@@ -96,3 +96,21 @@ def test_pipeline_through_a_real_openai_compatible_server(tmp_path, seeds_file, 
     result = run(spec, tmp_path, "server")
     check_outputs(result)
     assert result.manifest["calls"]["encode/strong"]["calls"] == 2
+
+
+def test_optimize_the_encoder_on_the_embedded_model(tmp_path):
+    """DSPy's BootstrapFewShot through the synchronous path (the hub's own event loop thread)
+    and llama.cpp: demos come from the model's own parsable answers and reach its prompt."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    out = tmp_path / "encode.json"
+    result = CliRunner().invoke(main, ["optimize", str(REPO / "specs" / "demo.yaml"), "encode", "--examples", "6",
+                                       "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert "parsed on 3 held-out inputs" in result.output
+    demos = json.loads(out.read_text())["predict"]["demos"]
+    assert demos and all(d["use_case"] and d["skills"] for d in demos)
+    spec = load_spec(REPO / "specs" / "demo.yaml", [f"stages.encode.program={out}"])
+    assert spec.stages["encode"].program == out
