@@ -200,19 +200,32 @@ class DSPyBackend:
         turns = [Message.user(m["content"]) if m["role"] == "user" else Message.assistant(m["content"])
                  for m in messages if m["role"] != "system"]
         config = Config(temperature=params.values.get("temperature"), max_tokens=params.values.get("max_tokens"),
-                        top_p=params.values.get("top_p"))
+                        top_p=params.values.get("top_p"), seed=params.seed)
+        request = Request(model=self.lm.model, messages=tuple(turns), system=system, config=config)
         try:
-            response = await self.lm.acall(Request(messages=tuple(turns), system=system, config=config))
-        except Exception as exc:  # provider errors arrive as many types; classify by name
-            name = type(exc).__name__.lower()
-            retryable = any(word in name for word in ("ratelimit", "timeout", "server", "connection", "unavailable"))
-            raise ModelCallError(f"{self.name}: {type(exc).__name__}: {exc}", retryable=retryable) from None
+            response = await self.lm.acall(request)
+        except Exception as exc:
+            raise _classify_dspy_error(self.name, exc) from None
         usage = response.usage
         return Completion(response.text or "", str(response.finish_reason or "stop"),
                           usage.input_tokens or 0, usage.output_tokens or 0)
 
     async def aclose(self) -> None:
         return None
+
+
+def _classify_dspy_error(model: str, exc: Exception) -> ModelCallError:
+    """DSPy's LM errors, as the hub needs them: worth retrying or not, and how long to wait.
+    A request the provider refuses as such (auth, billing, an invalid request) fails at once;
+    transport, rate-limit, timeout, server and unclassified provider errors are retried."""
+    from dspy.utils import exceptions as lm_errors
+
+    final = (lm_errors.LMAuthError, lm_errors.LMBillingError, lm_errors.LMInvalidRequestError,
+             lm_errors.LMConfigurationError, lm_errors.LMUnsupportedFeatureError)
+    retryable = isinstance(exc, lm_errors.LMError) and not isinstance(exc, final)
+    first_line = (str(exc).splitlines() or [""])[0]  # DSPy appends a multi-line "To fix" advice
+    return ModelCallError(f"{model}: {type(exc).__name__}: {first_line}", retryable=retryable,
+                          retry_after=getattr(exc, "retry_after", None))
 
 
 def build_backend(spec: ModelSpec) -> Backend:

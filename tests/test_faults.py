@@ -6,17 +6,21 @@ timeouts and semaphores), which the scripted in-process backend of the other tes
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import base_spec, write_spec
 from fake_openai_server import FakeOpenAIServer, FaultPlan
 
+from programs.backends import CallParams, DSPyBackend
 from programs.cache import CallCache
+from programs.errors import ModelCallError
 from programs.hub import ModelHub
 from programs.runner import RunOptions, RunResult, run_spec
-from programs.spec import load_spec
+from programs.spec import ModelSpec, load_spec
 
 # Every transport fault the hub must absorb. "length" is not one: a truncated completion is data.
 TRANSPORT_FAULTS = ("429", "500", "hang", "malformed_json", "empty")
@@ -29,14 +33,18 @@ def model_section(url: str, concurrency: int = 4) -> dict[str, Any]:
             "target": {"model": "hosted_vllm/target", **common}}
 
 
-def run_on(server: FakeOpenAIServer, seeds_file: Path, folder: Path, concurrency: int = 4) -> RunResult:
-    """One run with its own cache and run folder, and a backoff small enough for a unit test."""
+def run_on(server: FakeOpenAIServer, seeds_file: Path, folder: Path, concurrency: int = 4,
+           through_dspy: bool = False) -> RunResult:
+    """One run with its own cache and run folder, and a backoff small enough for a unit test.
+    `through_dspy` sends the calls through dspy.LM's own HTTP client (the path Gemini and
+    Anthropic take) instead of codeclm's OpenAI-compatible one."""
     folder.mkdir(parents=True)
     data = base_spec(seeds_file)
     data["models"] = model_section(server.url, concurrency)
     spec = load_spec(write_spec(folder, data))
     cache = CallCache(folder / "cache", "live")
-    hub = ModelHub(spec.models, cache)
+    backends = {role: DSPyBackend(model) for role, model in spec.models.items()} if through_dspy else None
+    hub = ModelHub(spec.models, cache, backends=backends)
     hub.backoff_base = 0.01
     try:
         return run_spec(spec, RunOptions(out=folder / "run", cache_dir=folder / "cache"), hub)
@@ -71,6 +79,40 @@ def test_transport_faults_are_retried_without_changing_the_dataset(tmp_path: Pat
     assert totals["retries"] == injected  # each fault hits a first attempt only: one retry each
     assert totals["failures"] == 0
     assert totals["calls"] == clean.manifest["totals"]["calls"]
+
+
+def test_the_dspy_backend_absorbs_the_same_faults(tmp_path: Path, seeds_file: Path) -> None:
+    """dspy.LM's client with 20% faults gives the bytes codeclm's own client gives without any."""
+    with FakeOpenAIServer() as clean_server:
+        clean = run_on(clean_server, seeds_file, tmp_path / "clean")
+    plan = FaultPlan(rate=0.2, kinds=TRANSPORT_FAULTS, retry_after=0.01, hang_seconds=2.0)
+    with FakeOpenAIServer(faults=plan) as faulty_server:
+        faulty = run_on(faulty_server, seeds_file, tmp_path / "faulty", through_dspy=True)
+        injected = sum(faulty_server.faults.values())
+    assert (faulty.out / "dataset.jsonl").read_bytes() == (clean.out / "dataset.jsonl").read_bytes()
+    assert injected > 0 and faulty.manifest["totals"]["retries"] == injected
+    assert faulty.manifest["totals"]["failures"] == 0
+
+
+@pytest.mark.parametrize(("kind", "retryable"), [("500", True), ("429", True), ("malformed_json", True)])
+def test_dspy_backend_classifies_provider_errors(kind: str, retryable: bool) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}]
+    with FakeOpenAIServer(faults=FaultPlan(rate=1.0, kinds=(kind,), retry_after=0.25)) as server:
+        backend = DSPyBackend(ModelSpec(role="strong", model="hosted_vllm/strong", api_base=server.url))
+        with pytest.raises(ModelCallError) as caught:
+            asyncio.run(backend.complete(messages, CallParams({"temperature": 0.0, "max_tokens": 20})))
+    assert caught.value.retryable is retryable
+    assert "\n" not in str(caught.value)
+    if kind == "429":
+        assert caught.value.retry_after == 0.25
+
+
+def test_dspy_backend_reads_answers_and_truncation() -> None:
+    messages = [{"role": "user", "content": "Say hi."}]
+    with FakeOpenAIServer(faults=FaultPlan(rate=1.0, kinds=("length",))) as server:
+        backend = DSPyBackend(ModelSpec(role="strong", model="hosted_vllm/strong", api_base=server.url))
+        completion = asyncio.run(backend.complete(messages, CallParams({"temperature": 0.0, "max_tokens": 20})))
+    assert completion.text and completion.finish_reason == "length" and completion.completion_tokens > 0
 
 
 def test_truncated_completions_are_counted_not_retried(tmp_path: Path, seeds_file: Path) -> None:
