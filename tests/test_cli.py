@@ -65,3 +65,38 @@ def test_template_with_an_unknown_role_is_an_error(tmp_path):
     (tmp_path / "role.jinja").write_text('{% call message("robot") %}hi{% endcall %}')
     with pytest.raises(SpecError, match="robot"):
         TemplateStore(tmp_path).get("role.jinja").render({})
+
+
+def test_run_dry_run_replay_and_bundle_from_the_command_line(tmp_path, seeds_file):
+    """The user's round trip over HTTP: run, count, replay, export, import elsewhere, replay."""
+    from fake_openai_server import FakeOpenAIServer
+
+    invoke = CliRunner().invoke
+    with FakeOpenAIServer() as server:
+        data = base_spec(seeds_file)
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
+                          for role in ("strong", "target")}
+        spec = str(write_spec(tmp_path, data))
+        cache, out = str(tmp_path / "cache"), str(tmp_path / "run")
+        ran = invoke(cli.main, ["run", spec, "-q", "--out", out, "--cache-dir", cache])
+        assert ran.exit_code == 0, ran.output
+        calls_made = server.completions
+        dry = invoke(cli.main, ["run", spec, "--dry-run", "--cache-dir", cache])
+    assert "kept" in ran.output and f"output: {out}/dataset.jsonl" in ran.output
+    assert dry.exit_code == 0, dry.output
+    total = dry.output.splitlines()[-1].split()
+    assert total[0] == "total" and int(total[2]) >= calls_made  # every call is cached now
+
+    replayed = invoke(cli.main, ["replay", out, "--out", str(tmp_path / "replay"), "--cache-dir", cache])
+    assert replayed.exit_code == 0, replayed.output
+    assert "dataset.jsonl identical to the recorded run" in replayed.output
+
+    bundle = str(tmp_path / "bundle.jsonl.gz")
+    exported = invoke(cli.main, ["cache", "export", out, bundle, "--cache-dir", cache])
+    assert exported.exit_code == 0 and exported.output.startswith("exported ")
+    elsewhere = str(tmp_path / "other-cache")
+    imported = invoke(cli.main, ["cache", "import", bundle, "--cache-dir", elsewhere])
+    assert imported.exit_code == 0 and imported.output.split()[1] == exported.output.split()[1]
+    offline = invoke(cli.main, ["replay", out, "--out", str(tmp_path / "offline"), "--cache-dir", elsewhere])
+    assert offline.exit_code == 0, offline.output
+    assert "identical" in offline.output
