@@ -157,7 +157,7 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
 @click.option("--reference", default="strong", show_default=True, help="Model role to compare with.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N items of each benchmark.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Where to write eval.jsonl and eval.json [default: runs/NAME-eval].")
+              help="Where to write eval.jsonl and eval.json [default: runs/NAME-eval-CANDIDATE].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight per model (overrides the spec).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)

@@ -99,7 +99,7 @@ async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> E
     summary = {name: tally([r["verdict"] for r in records if r["benchmark"] == name])
                for name in dict.fromkeys(r["benchmark"] for r in records)}
     summary["all"] = tally([r["verdict"] for r in records])
-    out = options.out or Path("runs") / f"{spec.name}-eval"
+    out = options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}"
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "eval.jsonl", "".join(dumps(r) + "\n" for r in records))
     report = {"candidate": evaluator.describe(options.candidate), "reference": evaluator.describe(options.reference),
