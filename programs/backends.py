@@ -145,6 +145,7 @@ class OpenAICompatibleBackend:
             self._sessions[loop_id] = aiohttp.ClientSession(
                 headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout),
                 connector=aiohttp.TCPConnector(limit=0),  # the hub's semaphore is the concurrency limit
+                trust_env=True,  # HTTPS_PROXY / NO_PROXY, as the OpenAI SDK and httpx read them
             )
         return self._sessions[loop_id]
 

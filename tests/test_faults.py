@@ -144,3 +144,24 @@ def test_concurrency_limit_per_model_is_respected(tmp_path: Path, seeds_file: Pa
         run_on(server, seeds_file, tmp_path / "limited", concurrency=2)
         peak = server.max_in_flight
     assert 2 <= peak <= 4
+
+
+def test_openai_compatible_backend_honours_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY routes calls through a proxy (here a closed port), NO_PROXY exempts a host."""
+    from programs.backends import OpenAICompatibleBackend
+
+    async def ask(spec: ModelSpec) -> Any:
+        backend = OpenAICompatibleBackend(spec)
+        try:
+            return await backend.complete([{"role": "user", "content": "Say hi."}], CallParams({"max_tokens": 8}))
+        finally:
+            await backend.aclose()
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    with FakeOpenAIServer() as server:
+        spec = ModelSpec(role="strong", model="hosted_vllm/strong", api_base=server.url, timeout=5)
+        with pytest.raises(ModelCallError):
+            asyncio.run(ask(spec))
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        completion = asyncio.run(ask(spec))
+    assert completion.text and server.completions == 1
