@@ -139,3 +139,47 @@ def test_unparsable_scores_fail_the_item_or_count_as_a_tie(tmp_path, seeds_file,
     histories = read_jsonl(tied.out / "instructions.jsonl")
     assert {h["status"] for h in histories} == {"dropped"}
     assert [s["decision"] for s in histories[0]["iterations"]] == ["improve", "drop"]
+
+
+def test_admission_bounds_the_instructions_alive():
+    """Entries wait for room; a group larger than the room gets in alone, never forever stuck."""
+    import asyncio
+
+    from programs.runner import Admission
+
+    async def scenario():
+        admission = Admission(room=10)
+        await admission.enter(6)
+        second = asyncio.ensure_future(admission.enter(6))  # 12 > 10: waits
+        await asyncio.sleep(0.01)
+        assert not second.done() and admission.alive == 6
+        await admission.leave(6)
+        await asyncio.wait_for(second, 1)
+        assert admission.alive == 6
+        await admission.leave(6)
+        await asyncio.wait_for(admission.enter(25), 1)  # larger than the room, nothing alive: admitted
+        late = asyncio.ensure_future(admission.enter(1))
+        await asyncio.sleep(0.01)
+        assert not late.done()
+        await admission.leave(25)
+        await asyncio.wait_for(late, 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_large_run_keeps_its_window_of_instructions(tmp_path, seeds_file, scripted, monkeypatch):
+    """With 12 entries of 10 instructions and room for 64, never more than 64 are alive."""
+    from programs.runner import Admission
+
+    peak = 0
+    enter = Admission.enter
+
+    async def counting_enter(self, places):
+        nonlocal peak
+        await enter(self, places)
+        peak = max(peak, self.alive)
+
+    monkeypatch.setattr(Admission, "enter", counting_enter)
+    result = scripted(write_spec(tmp_path, base_spec(seeds_file, pool_size=12, instructions_per_entry=10)))
+    assert len(read_jsonl(result.out / "instructions.jsonl")) == 120
+    assert 50 <= peak <= 64, peak
