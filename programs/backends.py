@@ -134,6 +134,8 @@ class OpenAICompatibleBackend:
         if key_env and not self.api_key and provider == "openai" and not spec.api_base:
             raise ModelCallError(f"model '{spec.role}' ({spec.model}) needs the {key_env} environment variable")
         self.timeout = spec.timeout
+        # Read once: aiohttp's trust_env would look proxies and netrc up in threads on every request.
+        self.proxy = _env_proxy(self.url)
         self._sessions: dict[int, Any] = {}  # one per event loop: a session is bound to the loop that made it
 
     def _session(self) -> Any:
@@ -145,7 +147,6 @@ class OpenAICompatibleBackend:
             self._sessions[loop_id] = aiohttp.ClientSession(
                 headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout),
                 connector=aiohttp.TCPConnector(limit=0),  # the hub's semaphore is the concurrency limit
-                trust_env=True,  # HTTPS_PROXY / NO_PROXY, as the OpenAI SDK and httpx read them
             )
         return self._sessions[loop_id]
 
@@ -154,7 +155,7 @@ class OpenAICompatibleBackend:
 
         body = {"model": self.model, "messages": messages, **params.values, "seed": params.seed, **params.extra}
         try:
-            async with self._session().post(self.url, json=body) as response:
+            async with self._session().post(self.url, json=body, proxy=self.proxy) as response:
                 status, raw = response.status, await response.read()
                 retry_after = _retry_after(response.headers.get("retry-after"))
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
@@ -236,6 +237,18 @@ def build_backend(spec: ModelSpec) -> Backend:
     if provider in OPENAI_COMPATIBLE:
         return OpenAICompatibleBackend(spec)
     return DSPyBackend(spec)
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy HTTP(S)_PROXY names for `url`, unless NO_PROXY exempts its host (as the OpenAI
+    SDK and httpx read them)."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def _retry_after(value: str | None) -> float | None:
