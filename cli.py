@@ -59,6 +59,7 @@ def main() -> None:
       codeclm render specs/demo.yaml encode --input '{"instruction": "Hi"}'
       codeclm run specs/demo.yaml --dry-run      count calls before spending
       codeclm replay runs/demo                   re-run from the cache, no model
+      codeclm inspect runs/demo                  what was kept, from which iteration
       codeclm optimize specs/demo.yaml encode    tune a stage's demos with DSPy
       codeclm evaluate specs/demo.yaml BENCH.jsonl   CRR of the target vs the strong model
       codeclm cache stats                        what the cache holds
@@ -239,6 +240,19 @@ def optimize(spec: str, stage: str, run_dir: Path | None, seeds: Path | None, ex
     click.echo(f"{stage}: {result.demos} demos; parsed on {result.checked} held-out inputs: "
                f"{result.parsed_before} before, {result.parsed_after} after")
     click.echo(f"saved {result.path}; use it with --set stages.{stage}.program={result.path.resolve()}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@reports_errors
+def inspect(run_dir: Path, as_json: bool) -> None:
+    """Summarize a finished run: what was kept, from which iteration and model,
+    the judge's gaps, and the most common failures."""
+    from programs.report import format_report, run_report
+
+    report = run_report(run_dir)
+    click.echo(json.dumps(report, indent=2, ensure_ascii=False) if as_json else format_report(report))
 
 
 @main.command()

@@ -29,6 +29,7 @@ from .hub import ModelHub
 from .seeds import read_seeds
 from .spec import Spec, StageSpec
 from .stages import SIGNATURES, JudgeStage, LLMStage, sample_demo, sample_inputs
+from .store import read_artifact
 from .templates import TemplateStore
 
 
@@ -140,12 +141,12 @@ def stage_inputs(spec: Spec, stage: StageSpec, options: OptimizeOptions) -> Iter
                         hint="run the spec first, then pass --from runs/NAME")
     params = spec.params
     if stage.kind in ("decode", "rubrics"):
-        pool = _records(options.run_dir / "pool.jsonl")
+        pool = read_artifact(options.run_dir, "pool")
         count = params["rubrics"] if stage.kind == "rubrics" else \
             params["instructions_per_entry"] or math.ceil(params["dataset_size"] / max(1, len(pool)))
         yield from ({"use_case": e["use_case"], "skills": e["skills"], "count": count} for e in pool)
         return
-    for history in _records(options.run_dir / "instructions.jsonl"):
+    for history in read_artifact(options.run_dir, "instructions"):
         meta = history.get("metadata") or {}
         for step in history.get("iterations", []):
             yield from _step_inputs(spec, stage, step, meta)
@@ -163,11 +164,3 @@ def _step_inputs(spec: Spec, stage: StageSpec, step: dict[str, Any], meta: dict[
         return [{"instruction": step["instruction"], "answer_1": answers[stage.answers[0]],
                  "answer_2": answers[stage.answers[1]], "scale_low": low, "scale_high": high}]
     return []
-
-
-def _records(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise SpecError(str(path), "not found: is this a finished run directory?",
-                        hint="pass the folder `codeclm run` wrote, e.g. --from runs/demo")
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import SpecError
+
 ARTIFACTS = {
     "dataset": "dataset.jsonl",  # kept (instruction, response) pairs in chat format, with provenance
     "metadata": "metadata.jsonl",  # encoded seeds (or hand-written metadata)
@@ -24,6 +26,16 @@ ARTIFACTS = {
     "dataset_info": "dataset_info.json",  # LLaMA-Factory's description of dataset.jsonl
     "manifest": "manifest.json",
 }
+
+
+def read_artifact(run_dir: Path, artifact: str) -> list[dict[str, Any]]:
+    """The records of a finished run's JSONL artifact."""
+    path = Path(run_dir) / ARTIFACTS[artifact]
+    if not path.is_file():
+        raise SpecError(str(path), "not found: is this a finished run directory?",
+                        hint="pass the folder `codeclm run` wrote, e.g. runs/demo")
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
 
 
 def dumps(record: Any) -> str:

@@ -100,3 +100,20 @@ def test_run_dry_run_replay_and_bundle_from_the_command_line(tmp_path, seeds_fil
     offline = invoke(cli.main, ["replay", out, "--out", str(tmp_path / "offline"), "--cache-dir", elsewhere])
     assert offline.exit_code == 0, offline.output
     assert "identical" in offline.output
+
+
+def test_inspect_summarizes_a_run(tmp_path, seeds_file, scripted):
+    result = scripted(write_spec(tmp_path, base_spec(seeds_file)))
+    histories = [json.loads(line) for line in (result.out / "instructions.jsonl").read_text().splitlines()]
+    kept = [h for h in histories if h["status"] == "kept"]
+    shown = CliRunner().invoke(cli.main, ["inspect", str(result.out), "--json"])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.output)
+    assert report["instructions"] == len(histories) and report["status"]["kept"] == len(kept)
+    assert sum(report["kept_by_iteration"].values()) == len(kept)
+    assert report["kept_by_iteration"] == {str(i): sum(len(h["iterations"]) == i for h in kept)
+                                           for i in sorted({len(h["iterations"]) for h in kept})}
+    text = CliRunner().invoke(cli.main, ["inspect", str(result.out)])
+    assert text.exit_code == 0 and "kept by iteration" in text.output
+    missing = CliRunner().invoke(cli.main, ["inspect", str(tmp_path)])
+    assert missing.exit_code == 2 and "is this a finished run directory?" in missing.output

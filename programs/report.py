@@ -1,0 +1,72 @@
+"""What a finished run made, read back from its run directory: where the kept pairs came from
+(iteration, which model's answer, use case), how large the judge's gaps were, what failed.
+
+The paper reports that over 70% of kept pairs come from the first iteration; this is the
+place to see whether a run of yours looks like that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from .store import ARTIFACTS, read_artifact
+
+
+def run_report(run_dir: Path) -> dict[str, Any]:
+    histories = read_artifact(run_dir, "instructions")
+    manifest_path = run_dir / ARTIFACTS["manifest"]
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    status = Counter(h["status"] for h in histories)
+    kept = [h["record"]["provenance"] for h in histories if h["status"] == "kept"]
+    finals = [h["iterations"][-1] for h in histories if h.get("iterations")]
+    gaps = [step["scores"]["gap"] for step in finals if step.get("scores")]
+    return {
+        "run": str(run_dir),
+        "instructions": len(histories),
+        "status": dict(status.most_common()),
+        "kept_by_iteration": dict(sorted(Counter(p["iteration"] for p in kept).items())),
+        "kept_answer_from": dict(Counter(p["response_from"] for p in kept).most_common()),
+        "kept_use_cases": dict(Counter(p["metadata"]["use_case"] for p in kept).most_common(10)),
+        "mean_abs_gap_of_kept": _mean(abs(p["gap"]) for p in kept if p.get("gap") is not None),
+        "mean_gap_at_last_iteration": _mean(gaps),
+        "actions_per_kept_pair": _mean(len(p["actions"]) for p in kept),
+        "failure_reasons": manifest.get("counts", {}).get("failure_reasons", {}),
+        "calls": manifest.get("totals", {}),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    kept = report["status"].get("kept", 0)
+    lines = [f"{report['run']}: {report['instructions']} instructions: "
+             + ", ".join(f"{count} {status}" for status, count in report["status"].items())]
+    if kept:
+        by_iteration = ", ".join(f"{it}: {n} ({100 * n / kept:.0f}%)" for it, n in report["kept_by_iteration"].items())
+        lines += [f"kept by iteration   {by_iteration}",
+                  "answer kept from    " + ", ".join(f"{k} {v}" for k, v in report["kept_answer_from"].items()),
+                  f"mean |gap| of kept  {_figure(report['mean_abs_gap_of_kept'])}   "
+                  f"actions per kept pair {report['actions_per_kept_pair']:.2f}",
+                  "top use cases       " + ", ".join(f"{k} ({v})" for k, v in report["kept_use_cases"].items())]
+    if report["mean_gap_at_last_iteration"] is not None:
+        lines.append("mean gap (strong - target) at each instruction's last iteration "
+                     f"{report['mean_gap_at_last_iteration']:.2f}")
+    calls = report["calls"]
+    if calls:
+        lines.append(f"model calls {calls.get('calls', 0)}, cache hits {calls.get('cache_hits', 0)}, "
+                     f"retries {calls.get('retries', 0)}, failures {calls.get('failures', 0)}, "
+                     f"truncated {calls.get('truncated', 0)}")
+    for reason, count in list(report["failure_reasons"].items())[:5]:
+        lines.append(f"  {count:>4} x {reason}")
+    return "\n".join(lines)
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _mean(values: Any) -> float | None:
+    values = list(values)
+    return mean(values) if values else None
