@@ -30,7 +30,7 @@ from .seeds import read_seeds
 from .spec import Spec, StageSpec
 from .stages import SIGNATURES, JudgeStage, LLMStage, sample_demo, sample_inputs
 from .store import read_artifact
-from .templates import TemplateStore
+from .templates import StageTemplate, TemplateStore
 
 
 @dataclass
@@ -101,17 +101,22 @@ def _modules(spec: Spec, stage: StageSpec, teacher_role: str | None, hub: ModelH
     """The stage as the spec builds it (with its `program:` if any), and a teacher on another role."""
     cls = JudgeStage if stage.kind == "judge" else LLMStage
     template = TemplateStore(spec.prompts_dir).get(stage.template)
-    variables = {**sample_inputs(stage.kind), "instructions": template.default_instructions}
-    if template.render({**variables, "demos": []}) == template.render({**variables,
-                                                                        "demos": [sample_demo(stage.kind)]}):
-        raise SpecError(str(template.path), f"the template does not render demos, so tuning '{stage.name}' "
-                        "could not change its prompt",
-                        hint="loop over them: {% for demo in demos %}...{% endfor %}, as prompts/encode.jinja does")
+    _check_renders_demos(stage, template)
     student = cls(stage, template, spec, hub)
     if stage.program:
         student.load(str(stage.program))
     teacher = cls(dataclasses.replace(stage, model=teacher_role), template, spec, hub) if teacher_role else None
     return student, teacher
+
+
+def _check_renders_demos(stage: StageSpec, template: StageTemplate) -> None:
+    """Demos are what BootstrapFewShot tunes: a template that ignores them cannot be tuned."""
+    variables = {**sample_inputs(stage.kind), "instructions": template.default_instructions}
+    with_demo = template.render({**variables, "demos": [sample_demo(stage.kind)]})
+    if template.render({**variables, "demos": []}) == with_demo:
+        raise SpecError(str(template.path), f"the template does not render demos, so tuning '{stage.name}' "
+                        "could not change its prompt",
+                        hint="loop over them: {% for demo in demos %}...{% endfor %}, as prompts/encode.jinja does")
 
 
 def _parsed(module: LLMStage, inputs: list[dict[str, Any]]) -> int:
