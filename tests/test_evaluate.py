@@ -132,7 +132,8 @@ def test_unknown_role_is_a_spec_error(tmp_path, seeds_file):
         evaluate(spec, EvalOptions(benchmarks=[seeds_file], candidate="tuned"))
 
 
-@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="the paper's benchmark sets are not beside the repo (set CODECLM_BENCHMARKS)")
+@pytest.mark.skipif(not BENCHMARKS.is_dir(),
+                    reason="the paper's benchmark sets are not beside the repo (set CODECLM_BENCHMARKS)")
 def test_cli_on_the_paper_benchmarks_through_the_fake_server(tmp_path):
     """The four evaluation sets as shipped, two items each, over real HTTP."""
     from click.testing import CliRunner
