@@ -163,7 +163,11 @@ class Runner:
         records = await asyncio.gather(*(encode(seed) for seed in seeds))
         if self.store:
             self.store.write_jsonl("metadata", records)
-        return [r for r in records if r["status"] == "ok"]
+        encoded = [r for r in records if r["status"] == "ok"]
+        if records and not encoded and not self.options.dry_run:  # a dry run stops where the cache ends
+            raise CodecError(f"stage '{name}': all {len(records)} calls failed, the first with: {records[0]['error']}"
+                             + (f"; each failure is in {self.store.path('metadata')}" if self.store else ""))
+        return encoded
 
     def augment(self, name: str, metadata: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pool = augment(metadata, self.params["pool_size"], tuple(self.params["skills_per_entry"]), self.spec.seed)

@@ -14,6 +14,7 @@ from typing import Any
 import dspy
 
 from .adapter import TemplateAdapter, hub_lm
+from .errors import ModelCallError
 from .hub import CURRENT_CALL, CallContext, ModelHub
 from .method import Judgement
 from .parsers import (
@@ -195,6 +196,14 @@ class JudgeStage(LLMStage):
 
 
 def _describe(exc: BaseException) -> str:
+    """The error a failed call records: the model call's own, when DSPy wrapped it in its own."""
+    link: BaseException | None = exc
+    for _ in range(8):  # exception chains are short; never loop on a cycle
+        if link is None:
+            break
+        if isinstance(link, ModelCallError):
+            return str(link)
+        link = link.__cause__ or link.__context__
     cause = exc.__cause__ or exc.__context__
     text = f"{type(exc).__name__}: {exc}"
     return f"{text} (caused by {type(cause).__name__}: {cause})" if cause and str(cause) not in text else text

@@ -165,3 +165,24 @@ def test_openai_compatible_backend_honours_proxy_variables(monkeypatch: pytest.M
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         completion = asyncio.run(ask(spec))
     assert completion.text and server.completions == 1
+
+
+def test_a_model_nobody_serves_fails_the_run_with_the_reason(tmp_path: Path, seeds_file: Path) -> None:
+    """Refused connections are retried, then recorded; when every encode failed the run stops
+    and says why, naming the file with each failure (exit 1, no traceback)."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    data = base_spec(seeds_file)
+    data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": "http://127.0.0.1:9/v1", "retries": 1}
+                      for role in ("strong", "target")}
+    spec = write_spec(tmp_path, data)
+    result = CliRunner().invoke(main, ["run", str(spec), "-q", "--out", str(tmp_path / "run"),
+                                       "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 1, result.output
+    assert "stage 'encode': all 4 calls failed" in result.output and "Cannot connect" in result.output
+    assert "Traceback" not in result.output
+    records = read_jsonl(tmp_path / "run" / "metadata.jsonl")
+    assert len(records) == 4 and all(r["status"] == "failed" for r in records)
+    assert all(r["error"].startswith("hosted_vllm/strong: ClientConnectorError") for r in records)
