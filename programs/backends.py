@@ -129,6 +129,9 @@ class OpenAICompatibleBackend:
         self.name = spec.model
         self.model = model
         self.url = (spec.api_base or default_base or "").rstrip("/") + "/chat/completions"
+        # OpenAI's own API wants max_completion_tokens (its reasoning models refuse max_tokens);
+        # servers (vLLM, llama.cpp, Ollama) read max_tokens, and llama.cpp ignores the other name.
+        self.max_tokens_field = "max_completion_tokens" if provider == "openai" else "max_tokens"
         key_env = spec.api_key_env or default_key_env
         self.api_key = os.environ.get(key_env) if key_env else None
         if key_env and not self.api_key and provider == "openai" and not spec.api_base:
@@ -153,7 +156,7 @@ class OpenAICompatibleBackend:
     async def complete(self, messages: list[dict[str, str]], params: CallParams) -> Completion:
         import aiohttp
 
-        body = {"model": self.model, "messages": messages, **params.values, "seed": params.seed, **params.extra}
+        body = self.request_body(messages, params)
         try:
             async with self._session().post(self.url, json=body, proxy=self.proxy) as response:
                 status, raw = response.status, await response.read()
@@ -172,6 +175,12 @@ class OpenAICompatibleBackend:
             raise ModelCallError(f"{self.name}: malformed response body {text[:120]!r}", retryable=True) from None
         return Completion(choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
                           usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+
+    def request_body(self, messages: list[dict[str, str]], params: CallParams) -> dict[str, Any]:
+        values = dict(params.values)
+        if "max_tokens" in values:
+            values[self.max_tokens_field] = values.pop("max_tokens")
+        return {"model": self.model, "messages": messages, **values, "seed": params.seed, **params.extra}
 
     async def aclose(self) -> None:
         for session in self._sessions.values():

@@ -186,3 +186,17 @@ def test_a_model_nobody_serves_fails_the_run_with_the_reason(tmp_path: Path, see
     records = read_jsonl(tmp_path / "run" / "metadata.jsonl")
     assert len(records) == 4 and all(r["status"] == "failed" for r in records)
     assert all(r["error"].startswith("hosted_vllm/strong: ClientConnectorError") for r in records)
+
+
+def test_openai_gets_max_completion_tokens_and_servers_get_max_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    from programs.backends import OpenAICompatibleBackend
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    params = CallParams({"temperature": 0.2, "max_tokens": 64}, seed=7)
+    messages = [{"role": "user", "content": "Hi"}]
+    openai = OpenAICompatibleBackend(ModelSpec(role="strong", model="openai/gpt-4o-mini")).request_body(messages,
+                                                                                                        params)
+    assert openai["max_completion_tokens"] == 64 and "max_tokens" not in openai and openai["model"] == "gpt-4o-mini"
+    server = OpenAICompatibleBackend(ModelSpec(role="strong", model="hosted_vllm/m", api_base="http://h/v1"))
+    body = server.request_body(messages, params)
+    assert body["max_tokens"] == 64 and body["seed"] == 7 and body["temperature"] == 0.2
