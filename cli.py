@@ -284,20 +284,17 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
 def render(spec: str, stage: str, input_json: str, overrides: tuple[str, ...]) -> None:
     """Print the exact messages STAGE of SPEC would send, as JSON."""
     from programs.errors import SpecError
-    from programs.stages import SAMPLE_INPUTS, SIGNATURES
+    from programs.stages import model_stage, sample_inputs
     from programs.templates import TemplateStore
 
     loaded = _load(spec, overrides)
-    if stage not in loaded.stages or loaded.stages[stage].kind not in SIGNATURES:
-        names = [s.name for s in loaded.stages.values() if s.kind in SIGNATURES]
-        raise SpecError(spec, f"no model-calling stage named '{stage}'", hint=f"stages: {', '.join(names)}")
+    stage_spec = model_stage(loaded, stage)
     try:
         given = json.loads(input_json)
     except json.JSONDecodeError as exc:
         raise SpecError("--input", f"not JSON: {exc.msg}", hint='e.g. --input \'{"instruction": "..."}\'') from None
-    kind = loaded.stages[stage].kind
-    template = TemplateStore(loaded.prompts_dir).get(loaded.stages[stage].template)
-    variables = {name: given.get(name, SAMPLE_INPUTS[name]) for name in SIGNATURES[kind][0]}
+    template = TemplateStore(loaded.prompts_dir).get(stage_spec.template)
+    variables = {name: given.get(name, sample) for name, sample in sample_inputs(stage_spec.kind).items()}
     variables.update(instructions=template.default_instructions, demos=given.get("demos", []))
     click.echo(json.dumps(template.render(variables), indent=2, ensure_ascii=False))
 

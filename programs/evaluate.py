@@ -21,7 +21,7 @@ from typing import Any
 from .errors import CodecError, SpecError
 from .hub import ModelHub
 from .progress import Progress
-from .runner import opened_hub
+from .runner import item_window, opened_hub
 from .seeds import read_seeds
 from .spec import Spec, StageSpec
 from .stages import JudgeStage, LLMStage
@@ -83,7 +83,7 @@ async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> E
     progress.expect("evaluate", len(items))
     async with opened_hub(spec, options.cache_dir, options.cache_mode, options.concurrency, hub) as live_hub:
         evaluator = Evaluator(spec, options, live_hub)
-        window = asyncio.Semaphore(4 * sum(options.concurrency or m.concurrency for m in spec.models.values()))
+        window = asyncio.Semaphore(item_window(spec, options.concurrency))
 
         async def one(item: dict[str, Any]) -> dict[str, Any]:
             async with window:

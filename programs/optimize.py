@@ -28,7 +28,7 @@ from .errors import SpecError
 from .hub import ModelHub
 from .seeds import read_seeds
 from .spec import Spec, StageSpec
-from .stages import SIGNATURES, JudgeStage, LLMStage, sample_demo, sample_inputs
+from .stages import LLMStage, build_stage, model_stage, sample_demo, sample_inputs
 from .store import read_artifact
 from .templates import StageTemplate, TemplateStore
 
@@ -56,7 +56,7 @@ class OptimizeResult:
 
 
 def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) -> OptimizeResult:
-    stage = _stage(spec, options.stage)
+    stage = model_stage(spec, options.stage)
     if options.teacher and options.teacher not in spec.models:
         raise SpecError(str(spec.path), f"no model role '{options.teacher}' to teach with",
                         hint=f"roles in models: {', '.join(spec.models)}")
@@ -89,24 +89,14 @@ def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) 
     return OptimizeResult(path, len(tuned.predict.demos), before, after, len(checkset))
 
 
-def _stage(spec: Spec, name: str) -> StageSpec:
-    stage = spec.stages.get(name)
-    if stage is None or stage.kind not in SIGNATURES:
-        names = [s.name for s in spec.stages.values() if s.kind in SIGNATURES]
-        raise SpecError(str(spec.path), f"no model-calling stage named '{name}'", hint=f"stages: {', '.join(names)}")
-    return stage
-
-
 def _modules(spec: Spec, stage: StageSpec, teacher_role: str | None, hub: ModelHub) -> tuple[LLMStage, Any]:
     """The stage as the spec builds it (with its `program:` if any), and a teacher on another role."""
-    cls = JudgeStage if stage.kind == "judge" else LLMStage
     template = TemplateStore(spec.prompts_dir).get(stage.template)
     _check_renders_demos(stage, template)
-    student = cls(stage, template, spec, hub)
-    if stage.program:
-        student.load(str(stage.program))
-    teacher = cls(dataclasses.replace(stage, model=teacher_role), template, spec, hub) if teacher_role else None
-    return student, teacher
+    student = build_stage(stage, template, spec, hub)
+    if teacher_role is None:
+        return student, None
+    return student, build_stage(dataclasses.replace(stage, model=teacher_role, program=None), template, spec, hub)
 
 
 def _check_renders_demos(stage: StageSpec, template: StageTemplate) -> None:

@@ -91,10 +91,7 @@ class Runner:
         self.progress = options.progress or Progress(stream=None)
         self.store = None if options.dry_run else RunStore(options.out or Path("runs") / spec.name)
         self._rubric_tasks: dict[tuple[str, str], asyncio.Task] = {}
-        # Instructions alive at once: enough to keep every model busy, few enough that memory does
-        # not grow with the dataset (finished items go straight to the journal on disk).
-        in_flight = sum(options.concurrency or m.concurrency for m in spec.models.values())
-        self._admission = Admission(max(64, 4 * in_flight))
+        self._admission = Admission(item_window(spec, options.concurrency))
         self.rubrics: dict[str, list[dict[str, Any]]] = {}
 
     # -- the whole run ---------------------------------------------------------------------
@@ -389,6 +386,13 @@ class Runner:
         self.store.write_jsonl("rubrics", [r for records in self.rubrics.values() for r in records])
         self.store.write_dataset_info(self.spec.name)
         return self.store.finish_journal(self.params["keep_limit"])
+
+
+def item_window(spec: Spec, concurrency: int | None) -> int:
+    """Items worked on at once: enough to keep every model busy, few enough that memory does
+    not grow with the dataset (finished items go straight to disk)."""
+    calls_in_flight = sum(concurrency or m.concurrency for m in spec.models.values())
+    return max(64, 4 * calls_in_flight)
 
 
 class Admission:

@@ -14,7 +14,7 @@ from typing import Any
 import dspy
 
 from .adapter import TemplateAdapter, hub_lm
-from .errors import ModelCallError
+from .errors import ModelCallError, SpecError
 from .hub import CURRENT_CALL, CallContext, ModelHub
 from .method import Judgement
 from .parsers import (
@@ -212,14 +212,25 @@ def _describe(exc: BaseException) -> str:
 def build_stages(spec: Spec, hub: ModelHub) -> dict[str, LLMStage]:
     """One module per model-calling stage of the spec, keyed by stage name."""
     store = TemplateStore(spec.prompts_dir)
-    modules: dict[str, LLMStage] = {}
-    for stage in spec.stages.values():
-        if stage.kind in SIGNATURES:
-            cls = JudgeStage if stage.kind == "judge" else LLMStage
-            modules[stage.name] = cls(stage, store.get(stage.template), spec, hub)
-            if stage.program:
-                modules[stage.name].load(str(stage.program))
-    return modules
+    return {stage.name: build_stage(stage, store.get(stage.template), spec, hub)
+            for stage in spec.stages.values() if stage.kind in SIGNATURES}
+
+
+def build_stage(stage: StageSpec, template: StageTemplate, spec: Spec, hub: ModelHub) -> LLMStage:
+    """A stage's module, with its tuned `program:` loaded when it names one."""
+    module = (JudgeStage if stage.kind == "judge" else LLMStage)(stage, template, spec, hub)
+    if stage.program:
+        module.load(str(stage.program))
+    return module
+
+
+def model_stage(spec: Spec, name: str) -> StageSpec:
+    """The model-calling stage `name`, or a SpecError listing the ones there are."""
+    stage = spec.stages.get(name)
+    if stage is None or stage.kind not in SIGNATURES:
+        names = [s.name for s in spec.stages.values() if s.kind in SIGNATURES]
+        raise SpecError(str(spec.path), f"no model-calling stage named '{name}'", hint=f"stages: {', '.join(names)}")
+    return stage
 
 
 def check_templates(spec: Spec) -> None:

@@ -26,6 +26,13 @@ def codeclm_run(spec, out, cache) -> subprocess.Popen:
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
+def reference_run(spec, tmp_path, server: FakeOpenAIServer) -> int:
+    """The uninterrupted run the resumed ones must equal; returns the calls it made."""
+    reference = codeclm_run(spec, tmp_path / "reference", tmp_path / "cache-reference")
+    assert reference.wait(120) == 0, reference.stderr.read().decode()
+    return server.completions
+
+
 def wait_for_calls(server: FakeOpenAIServer, total: float, process: subprocess.Popen) -> None:
     """Until the server has answered `total` calls since it started, or the process has ended."""
     deadline = time.monotonic() + 60
@@ -36,9 +43,7 @@ def wait_for_calls(server: FakeOpenAIServer, total: float, process: subprocess.P
 def test_sigkill_then_resume_gives_the_uninterrupted_dataset(tmp_path, seeds_file):
     with FakeOpenAIServer(latency=0.03) as server:
         spec = http_spec(tmp_path, seeds_file, server.url)
-        reference = codeclm_run(spec, tmp_path / "reference", tmp_path / "cache-reference")
-        assert reference.wait(120) == 0, reference.stderr.read().decode()
-        uninterrupted_calls = server.completions
+        uninterrupted_calls = reference_run(spec, tmp_path, server)
 
         # Kill at random points of progress (not of time, which depends on the machine): once the
         # server has answered a random share of the calls the whole run needs.
@@ -69,9 +74,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_dataset(tmp_path, seeds_fil
 def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path, seeds_file):
     with FakeOpenAIServer(latency=0.03) as server:
         spec = http_spec(tmp_path, seeds_file, server.url)
-        reference = codeclm_run(spec, tmp_path / "reference", tmp_path / "cache-reference")
-        assert reference.wait(120) == 0, reference.stderr.read().decode()
-        uninterrupted_calls = server.completions
+        uninterrupted_calls = reference_run(spec, tmp_path, server)
 
         process = codeclm_run(spec, tmp_path / "resumed", tmp_path / "cache-resumed")
         wait_for_calls(server, uninterrupted_calls * 1.5, process)
