@@ -101,6 +101,12 @@ class ModelHub:
         identity, entry = self.lookup(role, messages, params, ctx)
         if entry is not None:
             return entry
+        return await self.fetch(role, identity, messages, params, ctx)
+
+    async def fetch(self, role: str, identity: CallIdentity, messages: list[dict[str, str]], params: dict[str, Any],
+                    ctx: CallContext) -> dict[str, Any]:
+        """A call `lookup` missed: stop in replay (and dry runs), else call the model once and cache it.
+        Separate from `lookup` so the engine renders and hashes each call once."""
         backend = self.backend(role)
         if self.cache.mode == "replay":
             self.fatal = self.fatal or ReplayMiss(ctx.stage, ctx.item, backend.name,

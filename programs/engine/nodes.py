@@ -1,0 +1,419 @@
+"""What each node type does to a record. `NodeRunner.run(node, record)` returns the records the
+node makes from one input record: none (filtered), one, or several (an explode).
+
+Failure is data: a node that fails on a record returns that record marked failed, with the
+error and the raw model text; the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import jinja2
+
+from ..errors import CodecError
+from ..hub import ModelHub
+from ..lang.expressions import Expression, evaluate_value
+from ..lang.nodes import (
+    DedupNode,
+    FilterNode,
+    JudgeNode,
+    LLMNode,
+    LoopNode,
+    MixNode,
+    Node,
+    PickNode,
+    SourceNode,
+    SwitchNode,
+)
+from ..lang.rouge import rouge_l, tokens
+from ..progress import Progress
+from ..seeds import read_records
+from ..spec import Spec
+from .llm import NodeModule, StepResult
+from .records import Record, View, lineage_scope, rng_for, view
+
+Join = Callable[[str, Record], Awaitable[Record]]
+
+
+class NodeFailed(Exception):
+    """A node could not run on a record (an input had no value, a join failed): becomes its failure."""
+
+    def __init__(self, failure: dict[str, Any]):
+        super().__init__(failure.get("error"))
+        self.failure = failure
+
+
+class NodeRunner:
+    def __init__(self, spec: Spec, hub: ModelHub, modules: dict[str, NodeModule], progress: Progress,
+                 options: Any, observe: Any, join: Join):
+        self.spec, self.graph, self.hub, self.modules = spec, spec.graph, hub, modules
+        self.progress, self.options, self.observe, self.join = progress, options, observe, join
+        self.params = View(dict(spec.params))
+        self.join_targets = {j for joins in self.graph.joins.values() for j in joins}
+
+    # -- scopes ---------------------------------------------------------------------------------
+
+    async def scope(self, node_name: str, record: Record | None, extra: dict[str, Any] | None = None) -> dict:
+        """Everything a node's expressions may read for a record: params, the lineage, its joins."""
+        scope = {"params": self.params, **lineage_scope(record), **(extra or {})}
+        for joined, anchor_node in self.graph.joins.get(node_name, {}).items():
+            anchor = record.find(anchor_node) if record else None
+            if anchor is None:
+                continue
+            made = await self.join(joined, anchor)
+            if not made.ok:
+                raise NodeFailed(made.failure or {})
+            scope[joined] = view(made)
+        return scope
+
+    async def output_joins(self, output: str, record: Record) -> dict[str, Any]:
+        return await self.scope(f"output:{output}", record)
+
+    @staticmethod
+    def value(expression: Any, scope: dict[str, Any], what: str) -> Any:
+        try:
+            return evaluate_value(expression, scope)
+        except jinja2.UndefinedError as exc:
+            raise NodeFailed({"error": f"{what}: {exc.message}", "raw": None}) from None
+        except (TypeError, ValueError, ZeroDivisionError, jinja2.TemplateError) as exc:
+            raise NodeFailed({"error": f"{what}: {type(exc).__name__}: {exc}", "raw": None}) from None
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    async def run(self, node: Node, record: Record, extra: dict[str, Any] | None = None,
+                  item: str | None = None) -> list[Record]:
+        """The records `node` makes from `record` (in a loop body, `extra` holds state, loop and siblings)."""
+        self.progress.expect(node.name, 1) if not node.loop else None
+        try:
+            scope = await self.scope(node.name, record, extra)
+            if node.when is not None and not self.value(node.when, scope, "when"):
+                made = [] if not node.loop else [record.child(node.name, {}, status="skipped")]
+            else:
+                made = await self._run(node, record, scope, item or record.id)
+        except NodeFailed as failed:
+            made = [record.child(node.name, {}, failure={"stage": node.name, **failed.failure}, status="failed")]
+        if not node.loop:
+            self.progress.advance(node.name, all(r.ok for r in made))
+        return made
+
+    async def _run(self, node: Node, record: Record, scope: dict[str, Any], item: str) -> list[Record]:
+        if isinstance(node, JudgeNode):
+            return [await self.judge(node, record, scope, item)]
+        if isinstance(node, LLMNode):
+            return await self.llm(node, record, scope, item)
+        if isinstance(node, PickNode):
+            return [self.pick(node, record, scope)]
+        if isinstance(node, FilterNode):
+            return [record.child(node.name, {})] if self.value(node.where_, scope, "where") else []
+        if isinstance(node, SwitchNode):
+            return [self.switch(node, record, scope)]
+        if isinstance(node, LoopNode):
+            return await LoopRun(self, node, record, scope).run()
+        raise CodecError(f"node '{node.name}' of type {node.type} cannot run per record")
+
+    # -- model calls ----------------------------------------------------------------------------
+
+    def inputs(self, node: LLMNode, scope: dict[str, Any]) -> dict[str, Any]:
+        values = {name: self.value(expr, scope, f"input '{name}'") for name, expr in node.inputs.items()}
+        if self.observe:
+            self.observe(node.name, values)
+        return values
+
+    async def llm(self, node: LLMNode, record: Record, scope: dict[str, Any], item: str) -> list[Record]:
+        result = await self.modules[node.name].run(item, record.slot, self.inputs(node, scope))
+        if not result.ok:
+            return [_failed(record, node.name, result)]
+        if node.explode is None:
+            return [record.child(node.name, result.values, calls=result.calls)]
+        items = result.values[node.explode.field]
+        if not isinstance(items, list):
+            return [_failed(record, node.name, StepResult(False, error=f"{node.explode.field} is not a list",
+                                                          raw=result.raw, calls=result.calls))]
+        if node.explode.limit is not None:
+            items = items[: self.value(node.explode.limit, scope, "explode.limit")]
+        # Exploded records are new texts: their calls need no slot of their own.
+        return [record.child(node.name, {node.explode.as_: text}, id=f"{record.id}.i{j:02d}",
+                             order=(*record.order, j), slot=0, calls=result.calls)
+                for j, text in enumerate(items)]
+
+    async def judge(self, node: JudgeNode, record: Record, scope: dict[str, Any], item: str) -> Record:
+        """Pointwise: one score. Pairwise: the pair scored in each order, the scores averaged, and
+        gap = a - b; `unparsable: tie` turns an unparsable judgement into a gap of 0."""
+        low, high = self.graph.static(node.scale)
+        inputs = {**self.inputs(node, scope), "scale_low": low, "scale_high": high}
+        module = self.modules[node.name]
+        if not node.pair:
+            result = await module.run(item, record.slot, inputs)
+            return record.child(node.name, result.values, calls=result.calls) if result.ok else \
+                _failed(record, node.name, result)
+        a, b = (self.value(p, scope, "pair") for p in node.pair)
+        orders = [module.run(item, record.slot, {**inputs, "answer_1": a, "answer_2": b})]
+        if self.graph.static(node.both_orders):
+            orders.append(module.run(item, record.slot, {**inputs, "answer_1": b, "answer_2": a}))
+        results = await asyncio.gather(*orders)
+        calls = [c for r in results for c in r.calls]
+        bad = next((r for r in results if not r.ok), None)
+        if bad is not None:
+            if self.graph.static(node.unparsable) == "tie":
+                values = {"a": None, "b": None, "gap": 0.0, "a_first": None, "b_first": None}
+                return record.child(node.name, values, calls=calls)
+            return _failed(record, node.name, StepResult(False, error=bad.error, raw=bad.raw, calls=calls))
+        pairs = [(r.values["score_1"], r.values["score_2"]) for r in results]
+        a_scores = [pairs[0][0], *([pairs[1][1]] if len(pairs) > 1 else [])]
+        b_scores = [pairs[0][1], *([pairs[1][0]] if len(pairs) > 1 else [])]
+        a_mean, b_mean = sum(a_scores) / len(a_scores), sum(b_scores) / len(b_scores)
+        values = {"a": a_mean, "b": b_mean, "gap": a_mean - b_mean, "a_first": list(pairs[0]),
+                  "b_first": list(pairs[1]) if len(pairs) > 1 else None}
+        return record.child(node.name, values, calls=calls)
+
+    # -- seeded draws and checks ----------------------------------------------------------------
+
+    def pick(self, node: PickNode, record: Record, scope: dict[str, Any]) -> Record:
+        choices = self.value(node.choices, scope, "from")
+        if not choices:
+            raise NodeFailed({"error": "nothing to pick from", "raw": None})
+        loop = scope.get("loop")
+        purpose = f"{node.name}/{loop['index']}" if loop is not None else node.name
+        return record.child(node.name, {"value": rng_for(self.spec.seed, record.id, purpose).choice(list(choices))})
+
+    def switch(self, node: SwitchNode, record: Record, scope: dict[str, Any]) -> Record:
+        """The first case whose `when` holds (a case without `when` always does)."""
+        for case in node.cases:
+            if case.when is None or self.value(case.when, scope, f"case {case.name}"):
+                values = {"case": case.name,
+                          **{k: self.value(v, scope, f"case {case.name} set.{k}") for k, v in case.set.items()}}
+                return record.child(node.name, values, status=case.exit or "ok")
+        raise NodeFailed({"error": "no case matched", "raw": None})
+
+    def source(self, node: SourceNode, options: Any) -> list[Record]:
+        """A file's records (ids from id_field, else their position), or the spec's inline records."""
+        if node.records is not None:
+            rows = [{"id": str(r.get("id", f"r{i:04d}")), **{k: r.get(k) for k in node.fields}}
+                    for i, r in enumerate(node.records)]
+            sourced = False
+        else:
+            path = options.seeds or node.path
+            rows = read_records(path, node.fields, node.id_field, options.limit)
+            sourced = True
+        self.progress.expect(node.name, len(rows))
+        records = []
+        for i, row in enumerate(rows):
+            values = {k: row[k] for k in node.fields}
+            records.append(Record(row["id"], node.name, values, order=(i,), sources=(row["id"],) if sourced else ()))
+            self.progress.advance(node.name)
+        return records
+
+    def mix(self, node: MixNode, collections: dict[str, list[Record]],
+            explain_empty: Callable[[str], str | None]) -> list[Record]:
+        """`count` records, each drawn with its own RNG (seed, record id, node): first each sample's
+        size, then each field in order; identical records get distinct sample slots."""
+        pools = {name: _sample_pool(collections[d.node], d) for name, d in node.draws.items() if d.kind == "sample"}
+        empty = [d.node for name, d in node.draws.items()
+                 if not collections[d.node] or (d.kind == "sample" and not pools[name])]
+        if empty:
+            if self.options.dry_run:  # a dry run stops where the cache ends
+                return []
+            raise CodecError(explain_empty(empty[0]) or
+                             f"node '{node.name}': nothing to draw from '{empty[0]}'")
+        count = self.graph.static(node.count)
+        seen: dict[tuple, int] = {}
+        records = []
+        for index in range(count):
+            record_id = f"{node.id_prefix}{index:04d}"
+            rng = rng_for(self.spec.seed, record_id, node.name)
+            sizes = {}
+            for name, draw in node.draws.items():
+                if draw.kind == "sample":
+                    low, high = _range(self.graph.static(draw.k))
+                    sizes[name] = min(rng.randint(low, high), len(pools[name]))
+            values: dict[str, Any] = {}
+            sources: list[str] = []
+            for name, draw in node.draws.items():
+                if draw.kind == "choice":
+                    chosen = rng.choice(collections[draw.node])
+                    values[name] = chosen.values[draw.field]
+                    sources += chosen.sources
+                else:
+                    picked = rng.sample(pools[name], sizes[name])
+                    values[name] = [value for value, _ in picked]
+                    sources += [s for _, origin in picked for s in origin]
+            key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items())
+            slot = seen.get(key, 0)
+            seen[key] = slot + 1
+            records.append(Record(record_id, node.name, values, order=(index,),
+                                  sources=tuple(dict.fromkeys(sources)), slot=slot))
+        return records
+
+    def dedup(self, node: DedupNode, records: list[Record], collections: dict[str, list[Record]]) -> list[Record]:
+        """Keep a record when its text's ROUGE-L against every earlier kept text (and the `against`
+        collections) stays below the threshold; stable order, so the result never depends on timing."""
+        threshold = self.graph.static(node.threshold)
+        pool = [tokens(str(r.values[f])) for other, f in node.against for r in collections[other]]
+        kept = []
+        for record in records:
+            scope = {"params": self.params, **lineage_scope(record)}
+            try:
+                text = str(self.value(node.key, scope, "field"))
+            except NodeFailed:
+                continue
+            mine = tokens(text)
+            similarity = max((rouge_l(mine, other) for other in pool), default=0.0)
+            if similarity < threshold:
+                pool.append(mine)
+                kept.append(record.child(node.name, {"similarity": similarity}))
+        self.progress.expect(node.name, len(records))
+        for _ in records:
+            self.progress.advance(node.name)
+        return kept
+
+
+class LoopRun:
+    """One loop record: iterations of the body until an exit case, a failure or `max`."""
+
+    def __init__(self, runner: NodeRunner, node: LoopNode, record: Record, scope: dict[str, Any]):
+        self.runner, self.node, self.record, self.scope = runner, node, record, scope
+        self.trace: list[dict[str, Any]] = []
+        self.calls: list[dict[str, Any]] = []
+
+    async def run(self) -> list[Record]:
+        node, runner = self.node, self.runner
+        maximum = runner.graph.static(node.max)
+        state = {k: runner.value(v, self.scope, f"state.{k}") for k, v in node.state.items()}
+        emitted: list[Record] = []
+        exit_name, failure, body = None, None, {}
+        for index in range(1, maximum + 1):
+            loop = {"index": index, "first": index == 1, "last": index == maximum, "max": maximum}
+            body, exit_name, failure, calls = await self.iteration(state, loop)
+            self.calls += calls
+            views = {**{k: view(r) for k, r in body.items() if r.ok and r.status != "skipped"}, "state": View(state)}
+            loop_view = View({**loop, "calls": calls, **({"failure": failure} if failure else {})})
+            self.trace.append(_evaluate_present(node.trace, {**self.scope, **views, "loop": loop_view}))
+            if node.emit == "each":
+                emitted.append(self.emit(index, exit_name, failure, views, each=True))
+            if exit_name or failure:
+                break
+            state = {**state, **{k: runner.value(v, {**self.scope, **views, "loop": loop_view}, f"next.{k}")
+                                 for k, v in node.next.items()}}
+        else:
+            exit_name = node.exhausted
+        if node.emit == "each":
+            return emitted
+        views = {**{k: view(r) for k, r in body.items() if r.ok and r.status != "skipped"}, "state": View(state)}
+        return [self.emit(len(self.trace), exit_name, failure, views)]
+
+    def emit(self, iteration: int, exit_name: str | None, failure: dict | None, views: dict[str, Any],
+             each: bool = False) -> Record:
+        values = {"exit": exit_name if not failure else "failed", "iteration": iteration,
+                  "iterations": list(self.trace)}
+        changes: dict[str, Any] = {"calls": list(self.calls), "below": views,
+                                   "status": "failed" if failure else exit_name or "ok", "failure": failure}
+        if each:
+            changes.update(id=f"{self.record.id}@{iteration}", order=(*self.record.order, iteration))
+        return self.record.child(self.node.name, values, **changes)
+
+    async def iteration(self, state: dict[str, Any], loop: dict[str, Any]):
+        """One pass of the body: nodes between checkpoints run concurrently as their inputs allow;
+        a switch runs after everything declared before it, and its exit ends the iteration."""
+        node, runner = self.node, self.runner
+        done: dict[str, Record] = {}
+        item = f"{self.record.id}@{loop['index']}"
+        extra = {"state": View(state), "loop": View(loop)}
+        segment: list[Node] = []
+        exit_name = None
+        for body_node in [*node.body.values(), None]:
+            if body_node is not None and not isinstance(body_node, SwitchNode):
+                segment.append(body_node)
+                continue
+            await self.run_segment(segment, done, extra, item)
+            segment = []
+            failure = _first_failure(node, done)
+            if failure or body_node is None:
+                return done, None, failure, _calls(node, done)
+            (decided,) = await runner.run(body_node, self.record, {**extra, **_views(done)}, item)
+            done[body_node.name] = decided
+            if not decided.ok:
+                return done, None, decided.failure, _calls(node, done)
+            runner.progress.decide(decided.values["case"] if decided.status != "ok"
+                                   else f"{decided.values['case']}@{loop['index']}")
+            if decided.status != "ok":
+                exit_name = decided.status
+                return done, exit_name, None, _calls(node, done)
+        return done, exit_name, None, _calls(node, done)
+
+    async def run_segment(self, segment: list[Node], done: dict[str, Record], extra: dict[str, Any],
+                          item: str) -> None:
+        finished = {n.name: asyncio.get_running_loop().create_future() for n in segment}
+
+        async def one(body_node: Node) -> None:
+            needs = {r.root for _, r in body_node.references()} & set(finished)
+            for name in needs:
+                await finished[name]
+            if any(done[name].status in ("failed", "blocked") for name in needs):
+                done[body_node.name] = self.record.child(body_node.name, {}, status="blocked")
+            else:
+                (done[body_node.name],) = await self.runner.run(body_node, self.record,
+                                                                {**extra, **_views(done)}, item)
+            finished[body_node.name].set_result(None)
+
+        await asyncio.gather(*(one(n) for n in segment))
+
+
+def _views(done: dict[str, Record]) -> dict[str, View]:
+    return {k: view(r) for k, r in done.items() if r.ok and r.status not in ("skipped", "blocked")}
+
+
+def _first_failure(node: LoopNode, done: dict[str, Record]) -> dict[str, Any] | None:
+    """The failure of the first body node, in declared order, that failed."""
+    for name in node.body:
+        record = done.get(name)
+        if record is not None and record.failure is not None:
+            return record.failure
+    return None
+
+
+def _calls(node: LoopNode, done: dict[str, Record]) -> list[dict[str, Any]]:
+    """This iteration's calls, in the body's declared order."""
+    return [c for name in node.body if name in done for c in done[name].calls]
+
+
+def _evaluate_present(tree: dict[str, Any], scope: dict[str, Any]) -> dict[str, Any]:
+    """A mapping of expressions, leaving out each key whose value does not exist (a skipped node)."""
+    result = {}
+    for key, value in tree.items():
+        try:
+            result[key] = evaluate_value(value, scope)
+        except jinja2.UndefinedError:
+            continue
+        if isinstance(result[key], jinja2.Undefined):
+            del result[key]
+    return result
+
+
+def _failed(record: Record, node: str, result: StepResult) -> Record:
+    return record.child(node, {}, calls=result.calls, failure=result.failure(node), status="failed")
+
+
+def _range(k: Any) -> tuple[int, int]:
+    return (k, k) if isinstance(k, int) else (k[0], k[1])
+
+
+def _sample_pool(records: list[Record], draw: Any) -> list[tuple[Any, tuple[str, ...]]]:
+    """(value, sources) to sample from: list fields flattened, each value once when unique (its
+    sources those of the first record that has it)."""
+    pool: dict[Any, tuple[str, ...]] = {}
+    values: list[tuple[Any, tuple[str, ...]]] = []
+    for record in records:
+        field_value = record.values[draw.field]
+        items = field_value if draw.flatten and isinstance(field_value, list) else [field_value]
+        for item in items:
+            if draw.unique:
+                pool.setdefault(item, record.sources)
+            else:
+                values.append((item, record.sources))
+    return list(pool.items()) if draw.unique else values
+
+
+__all__ = ["Expression", "NodeRunner"]

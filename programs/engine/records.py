@@ -1,0 +1,91 @@
+"""Records: what flows along the graph. Each has a structural id derived from its parent's
+(`m0003.i01`), a sort position, the seeds it comes from, and its node's values or failure.
+
+Ids are structural, never row positions, so a step that changes how many records exist (a
+filter, an explode) cannot shift another record's identity, its draws, or its cached calls.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def rng_for(seed: int, item: str, purpose: str) -> random.Random:
+    """An RNG for one draw, seeded by the spec's seed, a stable record id and the draw's purpose,
+    so concurrency, resume and replay cannot change what is drawn (str seeds hash with SHA-512)."""
+    return random.Random(f"{seed}:{item}:{purpose}")
+
+
+@dataclass
+class Record:
+    id: str
+    node: str
+    values: dict[str, Any]
+    parent: Record | None = None
+    order: tuple[int, ...] = ()  # sort position: outputs are written in this order, whatever finished first
+    sources: tuple[str, ...] = ()  # ids of the source records it derives from (a dataset line's seed_ids)
+    slot: int = 0  # identical mix records get distinct slots, so their calls are distinct samples
+    calls: list[dict[str, Any]] = field(default_factory=list)  # the model calls its node made for it
+    failure: dict[str, Any] | None = None  # {node, error, raw} when its node failed on it
+    status: str = "ok"  # ok | failed | a loop's exit name
+    below: dict[str, Any] = field(default_factory=dict)  # names a loop record shows its descendants (state, body)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def child(self, node: str, values: dict[str, Any], **changes: Any) -> Record:
+        """A record of `node` made from this one: same id, order, sources and slot unless changed."""
+        fields = {"id": self.id, "order": self.order, "sources": self.sources, "slot": self.slot, **changes}
+        return Record(node=node, values=values, parent=self, **fields)
+
+    def lineage(self) -> list[Record]:
+        chain, record = [], self
+        while record is not None:
+            chain.append(record)
+            record = record.parent
+        return chain
+
+    def find(self, node: str) -> Record | None:
+        return next((r for r in self.lineage() if r.node == node), None)
+
+
+class View:
+    """A record's values as expressions see them: `encode.use_case`, `encode.id`, `encode.calls`.
+    Only item access, so a field named `items` or `keys` is the field, never a dict method."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, Any]):
+        self._values = values
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+
+def view(record: Record) -> View:
+    return View({**record.values, "id": record.id, "calls": record.calls})
+
+
+def record_view(record: Record) -> View:
+    """`record.*` in outputs: the record's own id, status, failure and source ids."""
+    values = {"id": record.id, "status": record.status, "sources": list(record.sources)}
+    if record.failure is not None:
+        values["failure"] = record.failure
+    return View(values)
+
+
+def lineage_scope(record: Record | None) -> dict[str, Any]:
+    """Every name a record's lineage shows: each ancestor's values, and what loops left below them."""
+    scope: dict[str, Any] = {}
+    for ancestor in (record.lineage() if record else []):
+        for name, value in ancestor.below.items():
+            scope.setdefault(name, value)
+        if ancestor.ok or ancestor.values:
+            scope.setdefault(ancestor.node, view(ancestor))
+    return scope

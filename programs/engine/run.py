@@ -1,0 +1,233 @@
+"""Run a checked graph: records stream from node to node, concurrently, on one event loop.
+
+A record moves on as soon as its node is done with it. The only waits are the ones the
+spec asks for: a node that reads a whole collection (a mix's `from`, a dedup) starts when
+every record of that collection exists, and a join (CodecLM's rubrics, per pool entry) is
+made on first need and shared. The hub bounds the calls per model; a window bounds the
+records being worked on at once, so memory stays flat as the dataset grows.
+
+The executor is this one class on asyncio; records are independent units of work (per-record
+seeds, a content-addressed cache), so another executor can spread them over processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..bundle import recorded_calls
+from ..cache import CallCache, default_cache_dir
+from ..errors import CodecError
+from ..hub import ModelHub
+from ..lang.nodes import DedupNode, LLMNode, LoopNode, MixNode, Node, SourceNode
+from ..manifest import build_manifest
+from ..progress import Progress
+from ..spec import Spec
+from ..store import RunStore
+from .llm import build_modules
+from .nodes import NodeRunner
+from .outputs import OutputWriter
+from .records import Record
+
+
+@dataclass
+class RunOptions:
+    out: Path | None = None
+    cache_dir: Path | None = None
+    cache_mode: str = "live"  # live | replay | refresh
+    seeds: Path | None = None  # replaces the path of the spec's file source
+    limit: int | None = None  # records read per file source
+    concurrency: int | None = None
+    dry_run: bool = False
+    overrides: list[str] = field(default_factory=list)
+    progress: Progress | None = None
+    recorded_run: Path | None = None  # in replay, a run to compare a cache miss with
+
+
+@dataclass
+class RunResult:
+    out: Path | None
+    counts: dict[str, int]
+    manifest: dict[str, Any]
+    calls: dict[str, Any]
+
+
+def run_spec(spec: Spec, options: RunOptions, hub: ModelHub | None = None,
+             observe: Any = None) -> RunResult:
+    """Run a spec to completion and write its run directory (or, dry, count its calls).
+    `observe(node, inputs)`, if given, sees every llm node's inputs (optimize collects them so)."""
+    return asyncio.run(_run(spec, options, hub, observe))
+
+
+async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: Any) -> RunResult:
+    async with opened_hub(spec, options.cache_dir, options.cache_mode, options.concurrency, hub,
+                          dry_run=options.dry_run) as live_hub:
+        manifest = options.recorded_run / "manifest.json" if options.recorded_run else None
+        if manifest and manifest.is_file():
+            live_hub.recorded = recorded_calls(options.recorded_run)
+            live_hub.recorded_code = json.loads(manifest.read_text()).get("code_sha256")
+        return await Engine(spec, options, live_hub, observe).run()
+
+
+@asynccontextmanager
+async def opened_hub(spec: Spec, cache_dir: Path | None, cache_mode: str, concurrency: int | None,
+                     hub: ModelHub | None = None, dry_run: bool = False) -> AsyncIterator[ModelHub]:
+    """The given hub, or one on the spec's cache; closed (connections, cache) at the end."""
+    cache = None
+    if hub is None:
+        cache = CallCache(cache_dir or spec.cache_dir or default_cache_dir(), cache_mode)
+        hub = ModelHub(spec.models, cache, concurrency=concurrency, dry_run=dry_run)
+    try:
+        yield hub
+    finally:
+        await hub.aclose()
+        if cache is not None:
+            cache.close()
+
+
+def item_window(spec: Spec, concurrency: int | None) -> int:
+    """Records worked on at once: enough to keep every model busy, few enough that memory does
+    not grow with the dataset (finished records go straight to disk)."""
+    calls_in_flight = sum(concurrency or m.concurrency for m in spec.models.values())
+    return max(64, 4 * calls_in_flight)
+
+
+class Engine:
+    def __init__(self, spec: Spec, options: RunOptions, hub: ModelHub, observe: Any = None):
+        self.spec, self.options, self.hub, self.graph = spec, options, hub, spec.graph
+        self.progress = options.progress or Progress(stream=None)
+        store = None if options.dry_run else RunStore(options.out or Path("runs") / spec.name)
+        self.outputs = OutputWriter(spec, store)
+        self.nodes = NodeRunner(spec, hub, build_modules(spec, hub), self.progress, options, observe, self.join)
+        self.collections = {c for n in self.graph.every.values() for c in n.collections}
+        self.collected: dict[str, list[Record]] = {name: [] for name in self.collections}
+        self.failed: Counter = Counter()
+        self.first_failure: dict[str, str] = {}
+        self.done = {name: asyncio.Event() for name in self.graph.nodes}
+        self.pending: Counter = Counter()
+        self.joined: dict[tuple[str, str], asyncio.Task] = {}
+        self.window = asyncio.Semaphore(item_window(spec, options.concurrency))
+        self.group: asyncio.TaskGroup | None = None
+
+    async def run(self) -> RunResult:
+        started = time.time()
+        try:
+            async with asyncio.TaskGroup() as group:
+                self.group = group
+                for node in self.graph.nodes.values():
+                    if node.for_each is None or isinstance(node, DedupNode):
+                        group.create_task(self.start(node))
+        except BaseExceptionGroup as errors:  # the first real error, as the run's error
+            raise _first(errors) from None
+        if self.hub.fatal:
+            raise self.hub.fatal
+        counts = self.outputs.finish()
+        manifest = build_manifest(self.spec, self.options, self.hub, counts, time.time() - started, self.progress,
+                                  self.outputs.failure_reasons)
+        self.outputs.write_manifest(manifest)
+        return RunResult(self.outputs.folder, counts, manifest, manifest["calls"])
+
+    # -- roots and barriers --------------------------------------------------------------------
+
+    async def start(self, node: Node) -> None:
+        """A node with no for_each (a source, a mix) or a dedup: waits for its collections, then emits."""
+        for name in node.collections:
+            if name:
+                await self.done[name].wait()
+        if isinstance(node, SourceNode):
+            records = self.nodes.source(node, self.options)
+        elif isinstance(node, MixNode):
+            records = self.nodes.mix(node, {n: self.sorted(n) for n in node.collections}, self.explain_empty)
+        else:
+            records = self.nodes.dedup(node, self.sorted(node.for_each), {n: self.sorted(n)
+                                                                          for n in node.collections if n})
+        for record in records:
+            await self.emit(node, record)
+        self.done[node.name].set()
+        self.settle_children(node.name)
+
+    def sorted(self, name: str) -> list[Record]:
+        return sorted(self.collected[name], key=lambda r: r.order)
+
+    def explain_empty(self, name: str) -> str | None:
+        """Why a collection is empty: its node's failures (the run stops with the first of them)."""
+        if not self.failed[name]:
+            return None
+        where = self.outputs.file_of(name)
+        return (f"node '{name}': all {self.failed[name]} records failed, the first with: {self.first_failure[name]}"
+                + (f"; each failure is in {where}" if where else ""))
+
+    # -- records flowing ------------------------------------------------------------------------
+
+    async def emit(self, node: Node, record: Record) -> None:
+        """A record a node finished: to the outputs, to collections, and on to the nodes per its records."""
+        await self.outputs.write(node.name, record, self.nodes.output_joins)
+        if not record.ok:
+            self.failed[node.name] += 1
+            self.first_failure.setdefault(node.name, str((record.failure or {}).get("error")))
+            return
+        if node.name in self.collections:
+            self.collected[node.name].append(record)
+        for child in self.graph.children.get(node.name, []):
+            target = self.graph.every[child]
+            if isinstance(target, DedupNode) or (isinstance(target, LLMNode) and target.lazy):
+                continue
+            self.pending[child] += 1
+            self.group.create_task(self.process(target, record))
+
+    async def process(self, node: Node, record: Record) -> None:
+        try:
+            if node.name in self.nodes.join_targets:
+                results = [await self.join(node.name, record)]
+            else:
+                async with self.window:
+                    results = await self.nodes.run(node, record)
+            for result in results:
+                await self.emit(node, result)
+        finally:
+            self.pending[node.name] -= 1
+            self.settle(node.name)
+
+    async def join(self, name: str, anchor: Record) -> Record:
+        """The record of per-record node `name` for `anchor`: made once, on first need, then shared."""
+        key = (name, anchor.id)
+        if key not in self.joined:
+            node = self.graph.every[name]
+            self.joined[key] = asyncio.ensure_future(self._made_join(node, anchor))
+        return await asyncio.shield(self.joined[key])
+
+    async def _made_join(self, node: Node, anchor: Record) -> Record:
+        (record,) = await self.nodes.run(node, anchor)
+        if isinstance(node, LLMNode) and node.lazy:  # an eager join is emitted by `process`
+            await self.outputs.write(node.name, record, self.nodes.output_joins)
+        return record
+
+    def settle(self, name: str) -> None:
+        node = self.graph.every[name]
+        if node.for_each and self.done[node.for_each].is_set() and self.pending[name] == 0 \
+                and not self.done[name].is_set() and not isinstance(node, DedupNode):
+            self.done[name].set()
+            self.settle_children(name)
+
+    def settle_children(self, name: str) -> None:
+        for child in self.graph.children.get(name, []):
+            self.settle(child)
+
+
+def _first(errors: BaseExceptionGroup) -> BaseException:
+    for error in errors.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _first(error)
+        if isinstance(error, CodecError):
+            return error
+    return errors.exceptions[0]
+
+
+__all__ = ["Engine", "LoopNode", "RunOptions", "RunResult", "item_window", "opened_hub", "run_spec"]

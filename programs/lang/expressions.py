@@ -1,0 +1,141 @@
+"""Expressions: the YAML values that compute (conditions, counts, fields, messages).
+
+An expression is Jinja expression syntax without braces (`judge.gap > params.threshold`),
+compiled once in Jinja's immutable sandbox with strict undefined, and evaluated to a native
+value. It is never Python `eval`. Before anything runs, `Expression.references()` lists the
+names it reads (`judge.gap` -> ("judge", "gap")) so the graph can check every reference, and
+`check_sandbox` refuses what reaches for Python internals or mutates data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .rouge import rouge_l
+
+# Functions every expression may call, besides Jinja's own filters and tests.
+HELPERS: dict[str, Any] = {
+    "ceil": math.ceil, "floor": math.floor, "min": min, "max": max, "len": len, "abs": abs, "round": round,
+    "sum": sum, "sorted": sorted, "range": range, "words": lambda text: len(str(text).split()),
+    "rouge_l": rouge_l,
+}
+_MUTATORS = {"append", "extend", "insert", "pop", "remove", "clear", "update", "setdefault", "popitem", "sort",
+             "reverse", "add", "discard", "format", "format_map", "mro"}
+_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
+_ENV.globals.update(HELPERS)
+
+
+class ExpressionError(ValueError):
+    """An expression that does not compile, or reaches outside the sandbox (message says which)."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A name an expression reads: `judge.gap` is Reference("judge", "gap"); `state` alone has field None."""
+
+    root: str
+    field: str | None
+
+
+class Expression:
+    """One compiled expression; `source` is the YAML text, kept for messages and `graph`."""
+
+    def __init__(self, source: str):
+        self.source = source
+        try:
+            tree = _ENV.parse(f"{{{{ ({source}) }}}}")
+        except jinja2.TemplateSyntaxError as exc:
+            raise ExpressionError(f"expression {source!r} does not parse: {exc.message}") from None
+        check_sandbox(tree, f"expression {source!r}")
+        self._references = _references(tree)
+        self._compiled = _ENV.compile_expression(source, undefined_to_none=False)
+
+    def references(self) -> list[Reference]:
+        return self._references
+
+    def roots(self) -> set[str]:
+        return {ref.root for ref in self._references}
+
+    def evaluate(self, scope: dict[str, Any]) -> Any:
+        """The value in `scope`; raises jinja2.UndefinedError when a name or field has no value."""
+        return self._compiled(**scope)
+
+    def __repr__(self) -> str:
+        return f"Expression({self.source!r})"
+
+
+def compile_value(value: Any) -> Expression | Any:
+    """A YAML value as the spec reference defines it: strings compute, everything else is literal.
+    A literal string is quoted inside the YAML string: `"'answer_strong'"`."""
+    return Expression(value) if isinstance(value, str) else value
+
+
+def evaluate_value(value: Any, scope: dict[str, Any]) -> Any:
+    """Evaluate an expression, or walk a literal list or mapping evaluating the expressions in it."""
+    if isinstance(value, Expression):
+        return value.evaluate(scope)
+    if isinstance(value, list):
+        return [evaluate_value(v, scope) for v in value]
+    if isinstance(value, dict):
+        return {k: evaluate_value(v, scope) for k, v in value.items()}
+    return value
+
+
+def compile_tree(value: Any) -> Any:
+    """Compile every string inside a literal list or mapping (message lists, provenance fields)."""
+    if isinstance(value, list):
+        return [compile_tree(v) for v in value]
+    if isinstance(value, dict):
+        return {k: compile_tree(v) for k, v in value.items()}
+    return compile_value(value)
+
+
+def tree_references(value: Any) -> list[Reference]:
+    if isinstance(value, Expression):
+        return value.references()
+    if isinstance(value, list):
+        return [r for v in value for r in tree_references(v)]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in tree_references(v)]
+    return []
+
+
+def check_sandbox(tree: nodes.Node, what: str) -> None:
+    """Refuse, before anything runs, what the sandbox would only stop at run time: names and
+    attributes that start with `_` (`__class__`, `__globals__`), `mro`, and calls of methods
+    that mutate (`x.append(...)`, `d.update(...)`)."""
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name, nodes.Call)):
+        name = None
+        if isinstance(node, nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            name = node.arg.value
+        elif isinstance(node, nodes.Name):
+            name = node.name
+        if name is not None and (name.startswith("_") or name == "mro"):
+            raise ExpressionError(f"{what} reaches for {name!r}, which the sandbox refuses")
+        if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr) and node.node.attr in _MUTATORS:
+            raise ExpressionError(f"{what} calls .{node.node.attr}(), which would change data; "
+                                  "build a new value instead (e.g. `state.items + [x]`)")
+
+
+def _references(tree: nodes.Node) -> list[Reference]:
+    """Names read from the scope, with the first attribute read on each (`a.b.c` -> a.b)."""
+    found: list[Reference] = []
+    local = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    attributed: set[int] = set()
+    for node in tree.find_all(nodes.Getattr):
+        if isinstance(node.node, nodes.Name) and node.node.ctx == "load" and node.node.name not in local:
+            found.append(Reference(node.node.name, node.attr))
+            attributed.add(id(node.node))
+    for node in tree.find_all(nodes.Name):
+        if node.ctx == "load" and id(node) not in attributed and node.name not in local \
+                and node.name not in HELPERS and node.name not in _ENV.globals:
+            found.append(Reference(node.name, None))
+    return found

@@ -1,0 +1,452 @@
+"""The graph of a spec, checked before anything runs.
+
+Edges come from what nodes say: `for_each` (one run per record of another node), the names
+their expressions read (`judge.gap`), whole collections (`mix from:`, `dedup against:`) and
+outputs' `from`. Checked here: every reference resolves to a node this one can see (an
+ancestor on its records' lineage, an earlier node of the same loop body, or a per-record node
+hanging off an ancestor: a *join*, such as CodecLM's rubrics per pool entry), no cycles,
+every node feeds an output, every template variable is provided, static values (counts,
+scales) have the right type. Each problem is one SpecError with the YAML line and a fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from jinja2 import meta
+
+from ..errors import SpecError
+from ..templates import TemplateMissing, TemplateStore
+from .expressions import Expression, ExpressionError, check_sandbox, evaluate_value, tree_references
+from .nodes import (
+    LOOP_FIELDS,
+    RECORD_FIELDS,
+    VIRTUAL_FIELDS,
+    DedupNode,
+    JudgeNode,
+    LLMNode,
+    LoopNode,
+    MixNode,
+    Node,
+    NodeReader,
+    Output,
+    SwitchNode,
+)
+from .parsing import PARSERS
+
+if TYPE_CHECKING:
+    from ..spec import Checker, ModelSpec
+
+TEMPLATE_BUILTINS = {"message", "instructions", "demos"}  # given to every template by the engine
+
+
+@dataclass
+class Graph:
+    nodes: dict[str, Node]  # top-level nodes, in spec order
+    outputs: dict[str, Output]
+    params: dict[str, Any]
+    every: dict[str, Node] = field(default_factory=dict)  # every node, loop bodies included
+    children: dict[str, list[str]] = field(default_factory=dict)  # node -> nodes that run per its record
+    joins: dict[str, dict[str, str]] = field(default_factory=dict)  # node or output -> {join node: anchor}
+
+    def lineage(self, name: str) -> list[str]:
+        """The nodes whose records a record of `name` descends from, nearest first (itself included)."""
+        chain = []
+        node: str | None = name
+        while node:
+            chain.append(node)
+            current = self.every[node]
+            node = current.loop if current.loop else current.for_each
+        return chain
+
+    def loops_on(self, name: str) -> list[LoopNode]:
+        """The loops on a node's lineage: their state and last iteration are visible below them."""
+        return [n for n in (self.every[x] for x in self.lineage(name)) if isinstance(n, LoopNode)]
+
+    def model_nodes(self) -> list[LLMNode]:
+        return [n for n in self.every.values() if isinstance(n, LLMNode)]
+
+    def static(self, value: Any) -> Any:
+        """The value of an expression that reads only params (counts, scales); raises otherwise."""
+        return evaluate_value(value, {"params": self.params})
+
+
+def build_graph(checker: Checker, models: dict[str, ModelSpec], params: dict[str, Any], prompts: Path) -> Graph:
+    reader = NodeReader(checker)
+    raw_nodes = checker.mapping(("nodes",), checker.data.get("nodes"), "nodes")
+    if not raw_nodes:
+        checker.error(("nodes",), "no nodes declared", "start from specs/codeclm.yaml or docs/spec.md")
+    nodes = {}
+    for name, raw in raw_nodes.items():
+        node = reader.read(str(name), raw, ("nodes", name))
+        if node:
+            nodes[str(name)] = node
+    raw_outputs = checker.mapping(("outputs",), checker.data.get("outputs"), "outputs")
+    if not raw_outputs:
+        checker.error(("outputs",), "no outputs declared", "e.g. outputs: {dataset: {from: NODE, fields: {...}}}")
+    outputs = {str(k): o for k, v in raw_outputs.items() if (o := reader.read_output(str(k), v, ("outputs", k)))}
+    graph = Graph(nodes, outputs, params)
+    checker.raise_errors()  # the checks below need well-formed nodes
+    _GraphCheck(checker, graph, models, prompts).run()
+    return graph
+
+
+class _GraphCheck:
+    def __init__(self, checker: Checker, graph: Graph, models: dict[str, ModelSpec], prompts: Path):
+        self.checker, self.graph, self.models, self.prompts = checker, graph, models, prompts
+        self.error = checker.error
+
+    def run(self) -> None:
+        self.index()
+        self.checker.raise_errors()
+        for node in self.graph.every.values():
+            self.check_node(node)
+        for output in self.graph.outputs.values():
+            self.check_output(output)
+        self.checker.raise_errors()
+        self.check_cycles()
+        self.check_used()
+
+    # -- names and structure ---------------------------------------------------------------------
+
+    def index(self) -> None:
+        graph = self.graph
+        for node in _walk(graph.nodes.values()):
+            if node.name in graph.every:
+                self.error(node.where, f"two nodes are named '{node.name}'", "names are unique, loop bodies included")
+            if node.name in ("params", "state", "loop", "record") or node.name in VIRTUAL_FIELDS:
+                self.error(node.where, f"'{node.name}' is a reserved name", "rename the node")
+            graph.every[node.name] = node
+        for node in graph.every.values():
+            if node.for_each is None:
+                needs = node.type in ("llm", "judge", "filter", "dedup", "loop") and not node.loop
+                if needs:
+                    self.error(node.where, f"node '{node.name}' needs for_each: (the node whose records it runs on)")
+                continue
+            parent = graph.every.get(node.for_each)
+            if parent is None or parent.loop:
+                self.error((*node.where, "for_each"), f"for_each names {node.for_each!r}, which is not a top-level node",
+                           f"nodes: {', '.join(graph.nodes)}")
+                continue
+            graph.children.setdefault(node.for_each, []).append(node.name)
+
+    def visible(self, node: Node, upto_self: bool = False) -> dict[str, str]:
+        """Names a node's expressions can read -> how (ancestor, body, join, self)."""
+        graph = self.graph
+        seen: dict[str, str] = {}
+        start = node.name if upto_self else (node.loop or node.for_each)
+        if node.loop and not upto_self:
+            loop = graph.every[node.loop]
+            for sibling in loop.body:
+                if sibling == node.name:
+                    break
+                seen[sibling] = "body"
+        if start:
+            for ancestor in graph.lineage(start):
+                seen.setdefault(ancestor, "ancestor")
+            for loop in graph.loops_on(start):
+                if loop.name != node.loop or upto_self:
+                    for name in loop.body:
+                        seen.setdefault(name, "body")
+        ancestors = [a for a, how in seen.items() if how == "ancestor"]
+        for other in graph.nodes.values():
+            if other.for_each in ancestors and other.name not in seen and other.name != node.name \
+                    and node.name not in graph.lineage(other.name):
+                seen[other.name] = "join"
+        return seen
+
+    def scope_roots(self, node: Node | None, in_loop: bool, with_record: bool) -> set[str]:
+        roots = {"params"}
+        if in_loop:
+            roots |= {"state", "loop"}
+        if with_record:
+            roots.add("record")
+        return roots
+
+    def check_reference(self, where: tuple, context: str, ref: Any, visible: dict[str, str], roots: set[str],
+                        state_keys: set[str], joins: dict[str, str], owner: str) -> None:
+        graph = self.graph
+        if ref.root == "params":
+            if ref.field is not None and ref.field not in graph.params:
+                self.error(where, f"{context} reads params.{ref.field}, which params does not declare",
+                           f"params: {', '.join(graph.params) or 'none'}")
+            return
+        if ref.root in roots:
+            allowed = {"state": state_keys, "loop": set(LOOP_FIELDS), "record": set(RECORD_FIELDS)}.get(ref.root)
+            if allowed is not None and ref.field is not None and ref.field not in allowed:
+                self.error(where, f"{context} reads {ref.root}.{ref.field}, which does not exist",
+                           f"{ref.root} has: {', '.join(sorted(allowed))}")
+            return
+        if ref.root in ("state", "loop"):
+            self.error(where, f"{context} reads '{ref.root}', which exists only in a loop body", None)
+            return
+        if ref.root not in graph.every:
+            self.error(where, f"{context} reads '{ref.root}', which is not a node nor params/state/loop/record",
+                       f"visible here: {', '.join(sorted(visible)) or 'params only'}")
+            return
+        if ref.root not in visible:
+            self.error(where, f"{context} reads '{ref.root}', which is not an ancestor of '{owner}' "
+                       "(nor an earlier node of its loop body, nor a node per record of an ancestor)",
+                       f"visible here: {', '.join(sorted(visible)) or 'params only'}")
+            return
+        target = graph.every[ref.root]
+        if ref.field is not None and ref.field not in (*target.outputs(), *VIRTUAL_FIELDS):
+            self.error(where, f"{context} reads {ref.root}.{ref.field}, but '{ref.root}' makes "
+                       f"{', '.join(target.outputs()) or 'no fields'}",
+                       f"fields of {ref.root}: {', '.join([*target.outputs(), *VIRTUAL_FIELDS])}")
+        if visible[ref.root] == "join":
+            joins[ref.root] = target.for_each or ""
+
+    def state_keys(self, node: Node) -> set[str]:
+        loops = [self.graph.every[node.loop]] if node.loop else self.graph.loops_on(node.name)
+        return {k for loop in loops for k in loop.state}
+
+    def check_node(self, node: Node) -> None:
+        graph = self.graph
+        visible = self.visible(node)
+        in_loop = node.loop is not None
+        joins: dict[str, str] = {}
+        for key, ref in node.references():
+            where = (*node.where, *key.split(".")[:1])
+            loop_own = isinstance(node, LoopNode) and key.split(".")[0] in ("next", "trace")
+            if loop_own:
+                scope = {**visible, **{b: "body" for b in node.body}}
+                self.check_reference(where, f"node '{node.name}' {key}", ref, scope, {"params", "state", "loop"},
+                                     set(node.state), joins, node.name)
+            elif isinstance(node, LoopNode) and key.startswith(("state.", "max")):
+                self.check_reference(where, f"node '{node.name}' {key}", ref, visible, {"params"}, set(), joins,
+                                     node.name)
+            else:
+                self.check_reference(where, f"node '{node.name}' {key}", ref, visible,
+                                     self.scope_roots(node, in_loop, False), self.state_keys(node), joins, node.name)
+        for collection in node.collections:
+            self.check_collection(node, collection)
+        if isinstance(node, MixNode):
+            for name, draw in node.draws.items():
+                target = graph.every.get(draw.node)
+                if target and draw.field not in target.outputs():
+                    self.error((*node.where, "fields", name), f"mix field '{name}' draws {draw.node}.{draw.field}, "
+                               f"but '{draw.node}' makes {', '.join(target.outputs()) or 'no fields'}")
+        if isinstance(node, DedupNode):
+            for other, field_name in node.against:
+                target = graph.every.get(other)
+                if target and field_name not in target.outputs():
+                    self.error((*node.where, "against"), f"dedup compares against {other}.{field_name}, but "
+                               f"'{other}' makes {', '.join(target.outputs())}")
+        if isinstance(node, LLMNode):
+            self.check_llm(node)
+        self.check_static(node)
+        graph.joins[node.name] = joins
+
+    def check_collection(self, node: Node, collection: str) -> None:
+        graph = self.graph
+        target = graph.every.get(collection)
+        if target is None:
+            self.error(node.where, f"node '{node.name}' reads all of {collection!r}, which is not a node",
+                       f"nodes: {', '.join(graph.nodes)}")
+        elif target.loop:
+            self.error(node.where, f"node '{node.name}' reads all of '{collection}', which is inside a loop body")
+        elif node.name in graph.lineage(collection):
+            self.error(node.where, f"node '{node.name}' reads all of '{collection}', which descends from it: a cycle")
+
+    def check_output(self, output: Output) -> None:
+        graph = self.graph
+        source = graph.every.get(output.source)
+        if source is None or source.loop:
+            self.error((*output.where_path, "from"), f"output '{output.name}' reads {output.source!r}, which is not "
+                       "a top-level node", f"nodes: {', '.join(graph.nodes)}")
+            return
+        visible = self.visible(source, upto_self=True)
+        joins: dict[str, str] = {}
+        in_loop = bool(graph.loops_on(source.name))
+        for key, ref in output.references():
+            self.check_reference((*output.where_path, *key.split(".")[:1]), f"output '{output.name}' {key}", ref,
+                                 visible, self.scope_roots(None, in_loop, True), self.state_keys(source), joins,
+                                 output.source)
+        graph.joins[f"output:{output.name}"] = joins
+
+    # -- per-type details -------------------------------------------------------------------------
+
+    def check_llm(self, node: LLMNode) -> None:
+        if node.model not in self.models:
+            self.error((*node.where, "model"), f"node '{node.name}' uses model {node.model!r}, which is not declared",
+                       f"declared models: {', '.join(self.models) or 'none'}")
+        parser = PARSERS[node.parse.name]
+        if parser.fixed_outputs and not set(node.declared) <= set(parser.fixed_outputs):
+            self.error((*node.where, "outputs"), f"parser '{parser.name}' makes {', '.join(parser.fixed_outputs)}",
+                       f"declare outputs among: {', '.join(parser.fixed_outputs)}")
+        if not parser.maps and len(node.declared) != 1:
+            self.error((*node.where, "outputs"), f"parser '{parser.name}' makes one value: declare one output name")
+        missing_args = [a for a in parser.args if a not in node.parse.args and a != "scale"]
+        if missing_args:
+            self.error((*node.where, "parse"), f"parser '{parser.name}' needs {', '.join(missing_args)}",
+                       f"parse: {{name: {parser.name}, {missing_args[0]}: ...}}")
+        if node.explode and node.explode.field not in node.declared:
+            self.error((*node.where, "explode"), f"explode reads '{node.explode.field}', which is not an output",
+                       f"outputs: {', '.join(node.declared)}")
+        if isinstance(node, JudgeNode) and node.pair is None and node.parse.name == "text":
+            node.parse.name = "score"  # a pointwise judge reads one score within its scale
+        self.check_template(node)
+
+    def check_template(self, node: LLMNode) -> None:
+        store = TemplateStore(self.prompts)
+        try:
+            template = store.get(node.template)
+        except TemplateMissing as exc:
+            self.error((*node.where, "template"), f"node '{node.name}': {exc.message}", exc.hint)
+            return
+        except SpecError as exc:
+            self.checker.errors.append(exc)
+            return
+        tree = store.env.parse(template.source)
+        try:
+            check_sandbox(tree, f"template {node.template}")
+        except ExpressionError as exc:
+            self.checker.errors.append(SpecError(str(template.path), str(exc),
+                                                 hint="templates read their variables; they never reach Python"))
+        for name in meta.find_referenced_templates(tree):
+            if name is None or ".." in name or name.startswith("/"):
+                self.checker.errors.append(SpecError(str(template.path), f"template includes {name!r}",
+                                                     hint="include only templates of the prompts folder, by name"))
+        needed = meta.find_undeclared_variables(tree) - TEMPLATE_BUILTINS - set(jinja2.Environment().globals)
+        missing = sorted(needed - node.template_variables())
+        if missing:
+            self.error((*node.where, "inputs"), f"template {node.template} uses {', '.join(missing)}, which node "
+                       f"'{node.name}' does not provide", f"add to inputs: {missing[0]}: <expression>")
+
+    def check_static(self, node: Node) -> None:
+        """Counts, scales and other values that read only params are computed now, and checked."""
+        wanted: list[tuple[str, Any, str]] = []
+        if isinstance(node, MixNode):
+            wanted.append(("count", node.count, "count"))
+            wanted += [(f"fields.{n}.k", d.k, "k") for n, d in node.draws.items()]
+        if isinstance(node, LoopNode):
+            wanted.append(("max", node.max, "count"))
+        if isinstance(node, JudgeNode):
+            wanted += [("scale", node.scale, "scale"), ("unparsable", node.unparsable, "unparsable"),
+                       ("both_orders", node.both_orders, "bool")]
+        if isinstance(node, LLMNode) and node.explode and node.explode.limit is not None:
+            wanted.append(("explode.limit", node.explode.limit, "count"))
+        for key, value, kind in wanted:
+            if any(r.root != "params" for r in tree_references(value)):
+                if kind != "k":
+                    self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key} may read only params")
+                continue
+            try:
+                result = self.graph.static(value)
+            except (jinja2.UndefinedError, TypeError, ValueError, ZeroDivisionError) as exc:
+                self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key}: {exc}")
+                continue
+            problem = _static_problem(kind, result)
+            if problem:
+                self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key} {problem}, got {result!r}")
+
+    # -- whole-graph checks -----------------------------------------------------------------------
+
+    def dependencies(self, node: Node) -> set[str]:
+        deps = {r.root for _, r in node.references() if r.root in self.graph.every}
+        deps |= set(node.collections) - {""}
+        if node.for_each:
+            deps.add(node.for_each)
+        if isinstance(node, LoopNode):
+            deps |= set(node.body)
+        return deps - {node.name}
+
+    def check_cycles(self) -> None:
+        state: dict[str, int] = {}
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = path[path.index(name):] + [name]
+                node = self.graph.every[name]
+                self.error(node.where, f"the graph has a cycle: {' -> '.join(cycle)}",
+                           "a node may read only what runs before it")
+                raise _Stop
+            state[name] = 1
+            node = self.graph.every[name]
+            for dep in sorted(self.dependencies(node)):
+                if not (node.loop and self.graph.every.get(dep) and self.graph.every[dep].name == node.loop):
+                    visit(dep, [*path, name])
+            state[name] = 2
+
+        try:
+            for name in self.graph.every:
+                visit(name, [])
+        except _Stop:
+            pass
+        self.checker.raise_errors()
+
+    def check_used(self) -> None:
+        """Every node feeds an output (switches steer their loop, so they count as used)."""
+        graph = self.graph
+        used: set[str] = set()
+        todo = [o.source for o in graph.outputs.values()]
+        todo += [r.root for o in graph.outputs.values() for _, r in o.references() if r.root in graph.every]
+        while todo:
+            name = todo.pop()
+            if name in used or name not in graph.every:
+                continue
+            used.add(name)
+            node = graph.every[name]
+            todo += list(self.dependencies(node))
+            todo += list(graph.joins.get(name, {}))
+            if isinstance(node, LoopNode):
+                todo += [b for b, n in node.body.items() if isinstance(n, SwitchNode)]
+        for name, node in graph.every.items():
+            if name not in used:
+                self.error(node.where, f"node '{name}' feeds no output: it would run for nothing",
+                           "read its values in an output or a later node, or delete it")
+        self.checker.raise_errors()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _static_problem(kind: str, value: Any) -> str | None:
+    if kind == "count":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        return None if ok else "must be a positive integer"
+    if kind == "k":
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return None
+        ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value) \
+            and 1 <= value[0] <= value[1]
+        return None if ok else "must be a positive integer or a range [low, high]"
+    if kind == "scale":
+        ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value) \
+            and value[0] < value[1]
+        return None if ok else "must be [low, high]"
+    if kind == "unparsable":
+        return None if value in ("fail", "tie") else "must be 'fail' or 'tie'"
+    if kind == "bool":
+        return None if isinstance(value, bool) else "must be true or false"
+    return None
+
+
+def _walk(nodes: Any) -> Iterator[Node]:
+    for node in nodes:
+        yield node
+        if isinstance(node, LoopNode):
+            yield from _walk(node.body.values())
+
+
+def per_record_ceiling(value: Any, graph: Graph) -> int:
+    """An int for bounds: the static value of `value`, or 1 when it depends on records."""
+    try:
+        result = graph.static(value)
+    except (jinja2.UndefinedError, TypeError, ValueError):
+        return 1
+    if isinstance(result, list):
+        return int(max(result))
+    return int(math.ceil(result)) if isinstance(result, (int, float)) else 1
+
+
+__all__ = ["Graph", "build_graph", "Expression", "per_record_ceiling"]

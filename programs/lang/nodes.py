@@ -1,0 +1,507 @@
+"""The node types of the spec language: each one's YAML keys, read into a typed config.
+
+This module knows what a node *says*; `programs/lang/graph.py` checks how nodes connect and
+`programs/engine/` runs them. No DSPy and no model here, so `validate` and `graph` stay light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..yaml_lines import Path_
+from .expressions import Expression, ExpressionError, Reference, compile_tree, compile_value, tree_references
+from .parsing import PARSERS
+
+if TYPE_CHECKING:
+    from ..spec import Checker
+
+VIRTUAL_FIELDS = ("id", "calls")  # every node's records have them: NODE.id, NODE.calls
+LOOP_FIELDS = ("index", "first", "last", "max", "calls", "failure")
+LOOP_OUTPUTS = ("exit", "iteration", "iterations")
+RECORD_FIELDS = ("id", "status", "failure", "sources")
+
+
+@dataclass
+class Node:
+    """What every node has: a name, where it is in the YAML, what it runs once per, and a guard."""
+
+    name: str
+    type: str
+    where: Path_
+    for_each: str | None = None  # one run per record of this node (a loop's body runs per loop record)
+    when: Expression | None = None  # run only where true; otherwise the record passes with no values
+    loop: str | None = None  # the loop whose body holds this node
+
+    def expressions(self) -> dict[str, Any]:
+        """key -> expression tree, for the reference checks (each node adds its own)."""
+        return {"when": self.when} if self.when is not None else {}
+
+    def outputs(self) -> list[str]:
+        return []
+
+    def references(self) -> list[tuple[str, Reference]]:
+        return [(key, ref) for key, tree in self.expressions().items() for ref in tree_references(tree)]
+
+    @property
+    def calls_model(self) -> bool:
+        return False
+
+    @property
+    def collections(self) -> list[str]:
+        """Nodes read as a whole collection: the barriers (all their records must exist first)."""
+        return []
+
+
+@dataclass
+class SourceNode(Node):
+    path: Path | None = None
+    records: list[dict[str, Any]] | None = None
+    fields: dict[str, str] = field(default_factory=dict)  # record field -> file field
+    id_field: str | None = "id"
+
+    def outputs(self) -> list[str]:
+        return list(self.fields)
+
+
+@dataclass
+class ParseSpec:
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)  # argument -> expression tree
+
+
+@dataclass
+class Explode:
+    field: str  # an output holding a list
+    as_: str  # each item's name in the child records
+    limit: Any = None  # expression: at most this many items
+
+
+@dataclass
+class LLMNode(Node):
+    model: str = ""
+    template: str = ""
+    inputs: dict[str, Any] = field(default_factory=dict)  # template variable -> expression tree
+    parse: ParseSpec = field(default_factory=lambda: ParseSpec("text"))
+    declared: list[str] = field(default_factory=list)  # the `outputs:` list
+    explode: Explode | None = None
+    lazy: bool = False
+    temperature: float | None = None
+    max_tokens: int | None = None
+    program: Path | None = None
+
+    def expressions(self) -> dict[str, Any]:
+        found = {**super().expressions(), **{f"inputs.{k}": v for k, v in self.inputs.items()},
+                 **{f"parse.{k}": v for k, v in self.parse.args.items()}}
+        if self.explode and self.explode.limit is not None:
+            found["explode.limit"] = self.explode.limit
+        return found
+
+    def outputs(self) -> list[str]:
+        return [self.explode.as_] if self.explode else list(self.declared)
+
+    def template_variables(self) -> set[str]:
+        return set(self.inputs)
+
+    @property
+    def calls_model(self) -> bool:
+        return True
+
+
+@dataclass
+class JudgeNode(LLMNode):
+    pair: list[Any] | None = None  # two expressions: the answers compared (pairwise), or None (pointwise)
+    both_orders: Any = True
+    scale: Any = field(default_factory=lambda: [1, 10])
+    unparsable: Any = "fail"  # fail | tie (pairwise: an unparsable judgement counts as a gap of 0)
+
+    def expressions(self) -> dict[str, Any]:
+        found = {**super().expressions(), "scale": self.scale, "both_orders": self.both_orders,
+                 "unparsable": self.unparsable}
+        if self.pair:
+            found["pair"] = self.pair
+        return found
+
+    def outputs(self) -> list[str]:
+        return ["a", "b", "gap", "a_first", "b_first"] if self.pair else ["score"]
+
+    def template_variables(self) -> set[str]:
+        pair_vars = {"answer_1", "answer_2"} if self.pair else set()
+        return set(self.inputs) | pair_vars | {"scale_low", "scale_high"}
+
+
+@dataclass
+class Draw:
+    kind: str  # choice | sample
+    node: str  # the collection drawn from
+    field: str
+    k: Any = 1  # sample: how many (an int, or [low, high] drawn per record)
+    flatten: bool = False  # sample: draw from the items of list fields
+    unique: bool = False  # sample: each distinct value once (the first record that has it is its source)
+
+
+@dataclass
+class MixNode(Node):
+    sources: list[str] = field(default_factory=list)  # `from:`
+    count: Any = 1
+    draws: dict[str, Draw] = field(default_factory=dict)
+    id_prefix: str = "m"
+
+    def expressions(self) -> dict[str, Any]:
+        found = {**super().expressions(), "count": self.count}
+        found.update({f"fields.{name}.k": d.k for name, d in self.draws.items()})
+        return found
+
+    def outputs(self) -> list[str]:
+        return list(self.draws)
+
+    @property
+    def collections(self) -> list[str]:
+        return list(dict.fromkeys([*self.sources, *(d.node for d in self.draws.values())]))
+
+
+@dataclass
+class PickNode(Node):
+    choices: Any = None  # `from:` an expression giving a list
+
+    def expressions(self) -> dict[str, Any]:
+        return {**super().expressions(), "from": self.choices}
+
+    def outputs(self) -> list[str]:
+        return ["value"]
+
+
+@dataclass
+class FilterNode(Node):
+    where_: Any = None
+
+    def expressions(self) -> dict[str, Any]:
+        return {**super().expressions(), "where": self.where_}
+
+
+@dataclass
+class DedupNode(Node):
+    key: Any = None  # expression: the text compared
+    against: list[tuple[str, str]] = field(default_factory=list)  # (node, field) collections in the pool
+    threshold: Any = 0.7
+
+    def expressions(self) -> dict[str, Any]:
+        return {**super().expressions(), "field": self.key, "threshold": self.threshold}
+
+    def outputs(self) -> list[str]:
+        return ["similarity"]
+
+    @property
+    def collections(self) -> list[str]:
+        return [self.for_each or "", *(node for node, _ in self.against)]
+
+
+@dataclass
+class Case:
+    name: str
+    when: Expression | None
+    exit: str | None
+    set: dict[str, Any]
+
+
+@dataclass
+class SwitchNode(Node):
+    cases: list[Case] = field(default_factory=list)
+
+    def expressions(self) -> dict[str, Any]:
+        found = super().expressions()
+        for i, case in enumerate(self.cases):
+            if case.when is not None:
+                found[f"cases.{i}.when"] = case.when
+            found.update({f"cases.{i}.set.{k}": v for k, v in case.set.items()})
+        return found
+
+    def outputs(self) -> list[str]:
+        return ["case", *dict.fromkeys(k for case in self.cases for k in case.set)]
+
+
+@dataclass
+class LoopNode(Node):
+    max: Any = 1
+    state: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Node] = field(default_factory=dict)
+    next: dict[str, Any] = field(default_factory=dict)
+    trace: dict[str, Any] = field(default_factory=dict)
+    exhausted: str = "dropped"  # the exit of a record that ran `max` iterations without an exit case
+    emit: str = "last"  # last: one record per loop record | each: one per iteration
+
+    def expressions(self) -> dict[str, Any]:
+        return {**super().expressions(), "max": self.max, **{f"state.{k}": v for k, v in self.state.items()},
+                **{f"next.{k}": v for k, v in self.next.items()}, **{f"trace.{k}": v for k, v in self.trace.items()}}
+
+    def outputs(self) -> list[str]:
+        return list(LOOP_OUTPUTS)
+
+
+@dataclass
+class Output:
+    """One file of the run directory: `NAME.jsonl`, a record per record of `from` that `where` keeps."""
+
+    name: str
+    where_path: Path_
+    source: str
+    where: Expression | None
+    fields: dict[str, Any]
+    limit: Any = None
+
+    def references(self) -> list[tuple[str, Reference]]:
+        found = [(f"fields.{k}", r) for k, v in self.fields.items() for r in tree_references(v)]
+        if self.where is not None:
+            found += [("where", r) for r in self.where.references()]
+        if self.limit is not None:
+            found += [("limit", r) for r in tree_references(self.limit)]
+        return found
+
+
+COMMON_KEYS = {"type", "for_each", "when", "description"}
+NODE_KEYS: dict[str, set[str]] = {
+    "source": {"path", "records", "fields", "id_field"},
+    "llm": {"model", "template", "inputs", "parse", "outputs", "explode", "lazy", "temperature", "max_tokens",
+            "program"},
+    "judge": {"model", "template", "inputs", "pair", "both_orders", "scale", "unparsable", "temperature",
+              "max_tokens", "program", "lazy"},
+    "mix": {"from", "count", "fields", "id_prefix"},
+    "pick": {"from"},
+    "filter": {"where"},
+    "dedup": {"field", "against", "threshold"},
+    "switch": {"cases"},
+    "loop": {"max", "state", "body", "next", "trace", "exhausted", "emit"},
+}
+
+
+class NodeReader:
+    """Reads one node's YAML mapping into its config, reporting every problem to the Checker."""
+
+    def __init__(self, checker: Checker):
+        self.checker = checker
+
+    def expr(self, where: Path_, value: Any, tree: bool = False) -> Any:
+        """A compiled expression (or literal tree); None, with an error, when it does not compile."""
+        try:
+            return compile_tree(value) if tree else compile_value(value)
+        except ExpressionError as exc:
+            self.checker.error(where, str(exc), "expressions are Jinja without braces; quote literal strings: "
+                                                "\"'text'\"")
+            return None
+
+    def read(self, name: str, raw: Any, where: Path_, loop: str | None = None) -> Node | None:
+        raw = self.checker.mapping(where, raw, f"node '{name}'")
+        kind = raw.get("type")
+        if kind not in NODE_KEYS:
+            self.checker.error((*where, "type") if "type" in raw else where,
+                               f"node '{name}' has unknown type {kind!r}" if kind else f"node '{name}' needs a type",
+                               f"types: {', '.join(NODE_KEYS)} (docs/spec.md)")
+            return None
+        self.checker.check_keys(where, raw, COMMON_KEYS | NODE_KEYS[kind], f"node '{name}' ({kind})")
+        common = {"name": name, "type": kind, "where": where, "loop": loop, "for_each": raw.get("for_each"),
+                  "when": self.expr((*where, "when"), raw["when"]) if "when" in raw else None}
+        if loop and common["for_each"]:
+            self.checker.error((*where, "for_each"), f"'{name}' is in the body of loop '{loop}', which runs it "
+                               "once per loop record", "delete for_each here")
+        if common["for_each"] is not None and not isinstance(common["for_each"], str):
+            self.checker.error((*where, "for_each"), "for_each must name a node")
+            common["for_each"] = None
+        return getattr(self, f"read_{kind}")(raw, where, common)
+
+    # -- one reader per type -------------------------------------------------------------------
+
+    def read_source(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
+        fields = raw.get("fields", ["instruction"])
+        if isinstance(fields, list):
+            fields = {str(f): str(f) for f in fields}
+        if not isinstance(fields, dict) or not fields:
+            self.checker.error((*where, "fields"), "fields must list field names, or map names to file fields")
+            fields = {}
+        records = raw.get("records")
+        if ("path" in raw) == (records is not None):
+            self.checker.error(where, f"source '{common['name']}' needs either path: (a file) or records: (a list)")
+        if records is not None:
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records) or not records:
+                self.checker.error((*where, "records"), "records must be a non-empty list of mappings")
+                records = []
+            fields = {k: k for r in records for k in r if k != "id"}
+        path = self.checker.relative(str(raw["path"])) if "path" in raw else None
+        return SourceNode(**common, path=path, records=records, fields={str(k): str(v) for k, v in fields.items()},
+                          id_field=raw.get("id_field", "id"))
+
+    def read_llm(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
+        return LLMNode(**common, **self._llm_keys(raw, where))
+
+    def read_judge(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
+        keys = self._llm_keys({**raw, "parse": "text"}, where)
+        pair = raw.get("pair")
+        if pair is not None and not (isinstance(pair, list) and len(pair) == 2):
+            self.checker.error((*where, "pair"), "pair must list two expressions: the answers compared",
+                               "e.g. pair: [answer_strong.answer, answer_target.answer]")
+            pair = None
+        return JudgeNode(**common, **keys, pair=[self.expr((*where, "pair"), p) for p in pair] if pair else None,
+                         both_orders=self.expr((*where, "both_orders"), raw.get("both_orders", True)),
+                         scale=self.expr((*where, "scale"), raw.get("scale", [1, 10])),
+                         unparsable=self.expr((*where, "unparsable"), raw.get("unparsable", "'fail'")))
+
+    def _llm_keys(self, raw: dict[str, Any], where: Path_) -> dict[str, Any]:
+        for key in ("model", "template"):
+            if not isinstance(raw.get(key), str):
+                self.checker.error(where, f"an llm node needs {key}: (a {'model role' if key == 'model' else 'file'})")
+        inputs = self.checker.mapping((*where, "inputs"), raw.get("inputs"), "inputs")
+        parse = self._parse(raw.get("parse", "text"), (*where, "parse"))
+        declared = raw.get("outputs", [])
+        declared = [declared] if isinstance(declared, str) else declared
+        if not isinstance(declared, list) or not all(isinstance(d, str) for d in declared):
+            self.checker.error((*where, "outputs"), "outputs must list names")
+            declared = []
+        declared = declared or list(PARSERS[parse.name].fixed_outputs or ["text"]) if parse else declared
+        program = self.checker.relative(str(raw["program"])) if raw.get("program") else None
+        if program and not program.is_file():
+            self.checker.error((*where, "program"), f"optimized program {program} not found",
+                               "make one with codeclm optimize SPEC NODE, or drop 'program:'")
+        for key, low, high in (("temperature", 0, 2), ("max_tokens", 1, None)):
+            value = raw.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or value < low or (high is not None and value > high)):
+                self.checker.error((*where, key), f"{key} must be a number from {low}" + (f" to {high}" if high else
+                                                                                          ""), )
+        return {"model": str(raw.get("model", "")), "template": str(raw.get("template", "")),
+                "inputs": {str(k): self.expr((*where, "inputs", k), v, tree=True) for k, v in inputs.items()},
+                "parse": parse or ParseSpec("text"), "declared": declared,
+                "explode": self._explode(raw.get("explode"), (*where, "explode")), "lazy": bool(raw.get("lazy")),
+                "temperature": raw.get("temperature"), "max_tokens": raw.get("max_tokens"), "program": program}
+
+    def _parse(self, raw: Any, where: Path_) -> ParseSpec | None:
+        args = {}
+        if isinstance(raw, dict):
+            args = {k: v for k, v in raw.items() if k != "name"}
+            raw = raw.get("name")
+        if raw not in PARSERS:
+            self.checker.error(where, f"unknown parser {raw!r}", f"parsers: {', '.join(PARSERS)}")
+            return None
+        parser = PARSERS[raw]
+        for key in args:
+            if key not in parser.args:
+                self.checker.error((*where, key), f"parser '{raw}' takes no argument '{key}'",
+                                   f"its arguments: {', '.join(parser.args) or 'none'}")
+        return ParseSpec(raw, {k: self.expr((*where, k), v) for k, v in args.items()})
+
+    def _explode(self, raw: Any, where: Path_) -> Explode | None:
+        if raw is None:
+            return None
+        raw = self.checker.mapping(where, raw, "explode")
+        self.checker.check_keys(where, raw, {"field", "as", "limit"})
+        if not isinstance(raw.get("field"), str) or not isinstance(raw.get("as"), str):
+            self.checker.error(where, "explode needs field: (the list output) and as: (each item's name)")
+            return None
+        limit = self.expr((*where, "limit"), raw["limit"]) if "limit" in raw else None
+        return Explode(raw["field"], raw["as"], limit)
+
+    def read_mix(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
+        sources = raw.get("from", [])
+        sources = [sources] if isinstance(sources, str) else sources
+        draws = {}
+        for name, conf in self.checker.mapping((*where, "fields"), raw.get("fields"), "fields").items():
+            draw = self._draw(conf, (*where, "fields", name))
+            if draw:
+                draws[str(name)] = draw
+        if not draws:
+            self.checker.error(where, "a mix needs fields: each one a choice: or a sample: of NODE.FIELD")
+        return MixNode(**common, sources=[str(s) for s in sources],
+                       count=self.expr((*where, "count"), raw.get("count", 1)), draws=draws,
+                       id_prefix=str(raw.get("id_prefix", "m")))
+
+    def _draw(self, conf: Any, where: Path_) -> Draw | None:
+        conf = self.checker.mapping(where, conf, "a mix field")
+        self.checker.check_keys(where, conf, {"choice", "sample", "k", "flatten", "unique"})
+        kind = "choice" if "choice" in conf else "sample" if "sample" in conf else None
+        path = conf.get(kind) if kind else None
+        if not isinstance(path, str) or path.count(".") != 1:
+            self.checker.error(where, "a mix field needs choice: NODE.FIELD or sample: NODE.FIELD",
+                               "e.g. use_case: {choice: encode.use_case}")
+            return None
+        node, field_name = path.split(".")
+        return Draw(kind, node, field_name, self.expr((*where, "k"), conf.get("k", 1)), bool(conf.get("flatten")),
+                    bool(conf.get("unique")))
+
+    def read_pick(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
+        if "from" not in raw:
+            self.checker.error(where, "a pick needs from: (an expression giving a list)")
+        return PickNode(**common, choices=self.expr((*where, "from"), raw.get("from", "[]")))
+
+    def read_filter(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
+        if "where" not in raw:
+            self.checker.error(where, "a filter needs where: (an expression; records where it is false are dropped)")
+        return FilterNode(**common, where_=self.expr((*where, "where"), raw.get("where", "true")))
+
+    def read_dedup(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
+        against = raw.get("against", [])
+        against = [against] if isinstance(against, str) else against
+        pairs = []
+        for path in against:
+            if not isinstance(path, str) or path.count(".") != 1:
+                self.checker.error((*where, "against"), f"against lists NODE.FIELD collections, got {path!r}")
+                continue
+            node, field_name = path.split(".")
+            pairs.append((node, field_name))
+        if "field" not in raw:
+            self.checker.error(where, "a dedup needs field: (an expression giving the text compared)")
+        return DedupNode(**common, key=self.expr((*where, "field"), raw.get("field", "''")), against=pairs,
+                         threshold=self.expr((*where, "threshold"), raw.get("threshold", 0.7)))
+
+    def read_switch(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
+        cases = []
+        raw_cases = raw.get("cases")
+        if not isinstance(raw_cases, list) or not raw_cases:
+            self.checker.error(where, "a switch needs cases: a list of {name, when, exit, set}")
+            raw_cases = []
+        for i, case in enumerate(raw_cases):
+            at = (*where, "cases", i)
+            case = self.checker.mapping(at, case, "a case")
+            self.checker.check_keys(at, case, {"name", "when", "exit", "set"})
+            if not isinstance(case.get("name"), str):
+                self.checker.error(at, "each case needs a name (it is recorded as NODE.case)")
+            if case.get("exit") is not None and (not isinstance(case["exit"], str) or case["exit"] == "failed"):
+                self.checker.error((*at, "exit"), "exit names how the loop ends (e.g. kept, dropped), not 'failed'")
+            sets = self.checker.mapping((*at, "set"), case.get("set"), "set")
+            cases.append(Case(str(case.get("name", f"case{i}")),
+                              self.expr((*at, "when"), case["when"]) if "when" in case else None,
+                              case.get("exit"), {str(k): self.expr((*at, "set", k), v, tree=True)
+                                                 for k, v in sets.items()}))
+        return SwitchNode(**common, cases=cases)
+
+    def read_loop(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
+        body = {}
+        for name, conf in self.checker.mapping((*where, "body"), raw.get("body"), "body").items():
+            node = self.read(str(name), conf, (*where, "body", name), loop=common["name"])
+            if node:
+                if node.type in ("source", "mix", "dedup", "loop"):
+                    self.checker.error(node.where, f"a {node.type} node cannot run inside a loop body")
+                body[str(name)] = node
+        if not body:
+            self.checker.error(where, "a loop needs a body: the nodes each iteration runs")
+        if raw.get("emit", "last") not in ("last", "each"):
+            self.checker.error((*where, "emit"), "emit must be last or each")
+
+        def exprs(key: str) -> dict[str, Any]:
+            mapping = self.checker.mapping((*where, key), raw.get(key), key)
+            return {str(k): self.expr((*where, key, k), v, tree=True) for k, v in mapping.items()}
+
+        return LoopNode(**common, max=self.expr((*where, "max"), raw.get("max", 1)), state=exprs("state"),
+                        body=body, next=exprs("next"), trace=exprs("trace"),
+                        exhausted=str(raw.get("exhausted", "dropped")), emit=raw.get("emit", "last"))
+
+    def read_output(self, name: str, raw: Any, where: Path_) -> Output | None:
+        raw = self.checker.mapping(where, raw, f"output '{name}'")
+        self.checker.check_keys(where, raw, {"from", "where", "fields", "limit", "description"})
+        if not isinstance(raw.get("from"), str):
+            self.checker.error(where, f"output '{name}' needs from: (the node whose records it writes)")
+            return None
+        fields = self.checker.mapping((*where, "fields"), raw.get("fields"), "fields")
+        if not fields:
+            self.checker.error(where, f"output '{name}' needs fields: (what each line holds)")
+        return Output(name, where, raw["from"], self.expr((*where, "where"), raw["where"]) if "where" in raw else None,
+                      {str(k): self.expr((*where, "fields", k), v, tree=True) for k, v in fields.items()},
+                      self.expr((*where, "limit"), raw["limit"]) if raw.get("limit") is not None else None)

@@ -1,0 +1,96 @@
+"""Named parsers: what an llm node's `parse:` can name, and what each one returns.
+
+A parser reads a raw completion and returns either one value (given to the node's single
+declared output) or a mapping (whose keys are the node's declared outputs). It raises
+ParseError with the reason; the engine records the failure with the raw text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..parsers import ParseError, parse_answer, parse_instruction, parse_list, parse_metadata, parse_rubrics
+
+
+@dataclass(frozen=True)
+class Parser:
+    name: str
+    read: Callable[..., Any]  # (text, outputs, **args) -> value or mapping
+    fixed_outputs: tuple[str, ...] | None  # the mapping's keys, or None: one value, or the declared names
+    args: tuple[str, ...] = ()  # arguments the parser takes (`parse: {name: rubrics, count: ...}`)
+    doc: str = ""
+
+    @property
+    def maps(self) -> bool:
+        """True when the parser returns a mapping over several outputs."""
+        return self.fixed_outputs is not None or self.name in ("fields", "json")
+
+
+def _fields(text: str, outputs: list[str]) -> dict[str, str]:
+    """`Name: value` lines; names compare without case, spaces as underscores."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        match = re.match(r"^\s*[*#_\s-]*([A-Za-z][\w \-]{0,40}?)[*_\s]*:[*_\s]*(.*\S)?\s*$", line)
+        if match:
+            key = re.sub(r"[\s\-]+", "_", match.group(1).strip().lower())
+            if key in outputs and key not in found and match.group(2):
+                found[key] = match.group(2).strip()
+    missing = [name for name in outputs if name not in found]
+    if missing:
+        raise ParseError(f"no '{missing[0]}:' line")
+    return found
+
+
+def _json(text: str, outputs: list[str]) -> dict[str, Any]:
+    """A JSON object, bare or in a ``` fence, holding every declared output."""
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
+    body = fenced.group(1) if fenced else text[text.find("{"): text.rfind("}") + 1]
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"not a JSON object: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise ParseError("not a JSON object")
+    missing = [name for name in outputs if name not in value]
+    if missing:
+        raise ParseError(f"the JSON object has no '{missing[0]}'")
+    return {name: value[name] for name in outputs}
+
+
+def _score(text: str, outputs: list[str], scale: list[float] | None = None) -> float:
+    """The first number of the completion, within the scale when one is given."""
+    match = re.search(r"(?<![\w.])-?\d+(?:\.\d+)?", text)
+    if not match:
+        raise ParseError("no score")
+    score = float(match.group(0))
+    if scale and not scale[0] <= score <= scale[1]:
+        raise ParseError(f"score {score} outside the scale {scale[0]}-{scale[1]}")
+    return score
+
+
+def _yes_no(text: str, outputs: list[str]) -> bool:
+    """`yes` or `no` (also true/false), the first such word of the completion."""
+    match = re.search(r"\b(yes|no|true|false)\b", text, re.IGNORECASE)
+    if not match:
+        raise ParseError("neither yes nor no")
+    return match.group(1).lower() in ("yes", "true")
+
+
+PARSERS: dict[str, Parser] = {p.name: p for p in (
+    Parser("text", lambda text, outputs: parse_answer(text), None, doc="the whole completion, stripped"),
+    Parser("list", lambda text, outputs: parse_list(text), None, doc="numbered or bulleted items, as a list"),
+    Parser("instruction", lambda text, outputs: parse_instruction(text), None,
+           doc="one instruction, an echoed label ('Improved instruction:') removed"),
+    Parser("fields", _fields, None, doc="`Name: value` lines, one per declared output"),
+    Parser("json", _json, None, doc="a JSON object holding every declared output"),
+    Parser("score", _score, None, ("scale",), doc="the first number, checked against `scale` when given"),
+    Parser("yes_no", _yes_no, None, doc="true for yes/true, false for no/false"),
+    Parser("metadata", lambda text, outputs: parse_metadata(text), ("use_case", "skills"),
+           doc="CodecLM's `Use case:` / `Skills:` lines"),
+    Parser("rubrics", lambda text, outputs, count: parse_rubrics(text, count), ("rubrics", "actions"), ("count",),
+           doc="CodecLM's `Rubrics:` and `Actions:` lists, at most `count` of each"),
+)}
