@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import ModelCallError
+from .redact import register_key_env, safe_url
 from .spec import ModelSpec
 
 LOCAL_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -129,10 +130,12 @@ class OpenAICompatibleBackend:
         self.name = spec.model
         self.model = model
         self.url = (spec.api_base or default_base or "").rstrip("/") + "/chat/completions"
+        self.endpoint = safe_url(self.url)  # for messages: never a credential
         # OpenAI's own API wants max_completion_tokens (its reasoning models refuse max_tokens);
         # servers (vLLM, llama.cpp, Ollama) read max_tokens, and llama.cpp ignores the other name.
         self.max_tokens_field = "max_completion_tokens" if provider == "openai" else "max_tokens"
         key_env = spec.api_key_env or default_key_env
+        register_key_env(key_env)  # its value is masked in everything codeclm writes
         self.api_key = os.environ.get(key_env) if key_env else None
         if key_env and not self.api_key and provider == "openai" and not spec.api_base:
             raise ModelCallError(f"model '{spec.role}' ({spec.model}) needs the {key_env} environment variable")
@@ -148,7 +151,8 @@ class OpenAICompatibleBackend:
         if loop_id not in self._sessions:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             self._sessions[loop_id] = aiohttp.ClientSession(
-                headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                # The hub times each attempt out (and bounds the call); this is only a backstop.
+                headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout + 5),
                 connector=aiohttp.TCPConnector(limit=0),  # the hub's semaphore is the concurrency limit
             )
         return self._sessions[loop_id]
@@ -161,7 +165,10 @@ class OpenAICompatibleBackend:
             async with self._session().post(self.url, json=body, proxy=self.proxy) as response:
                 status, raw = response.status, await response.read()
                 retry_after = _retry_after(response.headers.get("retry-after"))
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except asyncio.TimeoutError:  # str() of aiohttp's timeout is empty: say what timed out
+            raise ModelCallError(f"{self.name} at {self.endpoint}: no answer within {self.timeout + 5:g}s",
+                                 retryable=True) from None
+        except aiohttp.ClientError as exc:
             raise ModelCallError(f"{self.name}: {type(exc).__name__} {exc}", retryable=True) from None
         text = raw.decode("utf-8", errors="replace")
         if status != 200:
@@ -197,9 +204,11 @@ class DSPyBackend:
         import dspy
 
         self.name = spec.model
+        self.endpoint = safe_url(spec.api_base) or f"{spec.model.partition('/')[0]}'s API"
         kwargs: dict[str, Any] = {"cache": False, "num_retries": 0}
         if spec.api_base:
             kwargs["api_base"] = spec.api_base
+        register_key_env(spec.api_key_env)
         if spec.api_key_env:
             kwargs["api_key"] = os.environ.get(spec.api_key_env)
         self.lm = dspy.LM(spec.model, **kwargs)
