@@ -270,7 +270,7 @@ class _Validator:
         credential, any value shaped like a key, however deep) or in api_base (user:password@,
         a key in the query). Refused, not stripped: stripping would change what the server gets,
         and the key would stay in a file that gets shared. Messages never repeat the value."""
-        from .redact import credential_keys, url_credentials
+        from .redact import credential_keys, register_key_env, url_credentials
 
         fix = "export the key in the environment and name its variable with api_key_env (sent as a Bearer token)"
         for path, why in credential_keys(conf.get("extra"), (*where, "extra")):
@@ -283,6 +283,8 @@ class _Validator:
         if env is not None and not (isinstance(env, str) and env.isidentifier() and env.isascii()):
             self.error((*where, "api_key_env"), "api_key_env names the environment variable holding the key "
                        "(it is not the key itself)", "e.g. api_key_env: OPENAI_API_KEY")
+        else:
+            register_key_env(env)  # its value is masked in everything codeclm writes
 
     def params(self, raw: dict[str, Any]) -> dict[str, Any]:
         self.check_keys(("params",), raw, set(PARAM_DEFAULTS))
