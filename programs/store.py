@@ -86,7 +86,11 @@ def check_out_folder(folder: Path, protect: Path | None = None) -> Path:
     fix = "choose another --out (a new or empty folder)"
     if resolved == Path(resolved.anchor):
         raise SpecError(where, "refusing to write a run into the filesystem root", hint=f"{fix}, e.g. runs/NAME")
-    if resolved == Path.home().resolve():
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no password entry: no home folder to protect
+        home = None
+    if resolved == home:
         raise SpecError(where, "refusing to write a run into your home folder", hint=f"{fix}, e.g. runs/NAME")
     if protect is not None and Path(protect).expanduser().is_dir() \
             and resolved == Path(protect).expanduser().resolve():
