@@ -18,7 +18,7 @@ from typing import Any
 
 from .backends import Backend, CallParams, build_backend
 from .cache import CallCache, CallIdentity
-from .errors import CodecError, ModelCallError, ReplayMiss
+from .errors import CodecError, ModelCallError, ModelCrashed, ReplayMiss
 from .pricing import cost_of
 from .spec import ModelSpec
 
@@ -71,6 +71,8 @@ class ModelHub:
         self.recorded: dict[tuple[str, str], list[dict[str, Any]]] = {}  # a recorded run's calls, for misses
         self.recorded_code: str | None = None  # the code_sha256 of that run's manifest
         self.backoff_base = 0.5
+        self.answered: set[str] = set()  # roles whose model has answered a call in this run
+        self.unresponsive: dict[str, str] = {}  # role -> why: its calls time out and none was ever answered
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelHub:
         return self  # a shared service (one cache, one set of limits), not state: DSPy copies modules
@@ -112,7 +114,11 @@ class ModelHub:
             raise self.fatal
         if self.dry_run:
             raise DryRunMiss(f"{ctx.stage} {ctx.item}")
-        entry = await self._deduplicated(role, backend, identity, messages, params, (ctx.stage, role))
+        try:
+            entry = await self._deduplicated(role, backend, identity, messages, params, (ctx.stage, role))
+        except ModelCrashed as exc:  # no later call can succeed: stop the run, keep what is cached
+            self.fatal = self.fatal or exc
+            raise self.fatal from None
         ctx.raw = entry["text"]
         return entry
 
@@ -148,12 +154,17 @@ class ModelHub:
         spent, timeouts, timed_out = 0.0, 0, False
         for attempt in range(spec.retries + 1):
             async with state.semaphores[role]:
+                if role in self.unresponsive and role not in self.answered:  # do not wait out the budget again
+                    self._count(stat, "failures")
+                    raise ModelCallError(f"{self.unresponsive[role]} (not tried: no call to this model has been "
+                                         "answered in this run)")
                 await self._respect_rpm(role, spec, state)
                 started, timed_out = time.monotonic(), False
                 try:
                     timeout = spec.timeout if budget is None else min(spec.timeout, budget - spent)
                     completion = await self._attempt(backend, spec, messages, params, timeout)
                     self._account(stat, backend.name, completion)
+                    self.answered.add(role)
                     return completion
                 except asyncio.TimeoutError:
                     timeouts, timed_out = timeouts + 1, True
@@ -167,6 +178,7 @@ class ModelHub:
                 self._count(stat, "failures")
                 if timed_out:  # say which model and endpoint, and what to change
                     error = ModelCallError(self._timeout_message(role, backend, attempt + 1, timeouts, spent))
+                    self.unresponsive.setdefault(role, str(error))
                 raise error
             self._count(stat, "retries")
             delay = error.retry_after if error.retry_after is not None else self.backoff_base * 2**attempt
