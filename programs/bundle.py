@@ -4,40 +4,51 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from .cache import CallCache, default_cache_dir
+from .cache import CallCache, default_cache_dir, entry_problem, warn
 from .errors import SpecError
 from .store import ARTIFACTS
+from .yaml_lines import has_surrogate
 
 
 def run_call_keys(run_dir: Path) -> list[str]:
     """Every call key recorded in a run's artifacts (each record lists the calls behind it)."""
     keys: dict[str, None] = {}
     for artifact in ("metadata", "pool", "rubrics", "instructions"):
-        path = run_dir / ARTIFACTS[artifact]
-        if path.is_file():
-            with path.open(encoding="utf-8") as handle:
-                for line in handle:
-                    for call in _calls(json.loads(line)):
-                        keys.setdefault(call["key"])
+        for record in _records(run_dir / ARTIFACTS[artifact], strict=True):
+            for call in _calls(record):
+                keys.setdefault(call["key"])
     return list(keys)
 
 
 def recorded_calls(run_dir: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """A run's calls by (stage, item), to explain a replay miss against it."""
+    """A run's calls by (stage, item), to explain a replay miss against it (damaged lines skipped)."""
     index: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for artifact in ("metadata", "rubrics", "instructions"):
-        path = run_dir / ARTIFACTS[artifact]
-        if path.is_file():
-            with path.open(encoding="utf-8") as handle:
-                for line in handle:
-                    for call in _calls(json.loads(line)):
-                        if "item" in call:
-                            index.setdefault((call["stage"], call["item"]), []).append(call)
+        for record in _records(run_dir / ARTIFACTS[artifact], strict=False):
+            for call in _calls(record):
+                if "item" in call:
+                    index.setdefault((call["stage"], call["item"]), []).append(call)
     return index
+
+
+def _records(path: Path, strict: bool) -> Iterator[Any]:
+    """The JSON lines of a run artifact; a line that is not JSON is a SpecError (strict) or skipped."""
+    if not path.is_file():
+        return
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield json.loads(raw.decode("utf-8"))
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                if strict:
+                    raise SpecError(str(path), f"not a JSON line ({exc})", line=number,
+                                    hint="the run folder is damaged: run the spec again to rewrite it") from None
 
 
 def _calls(value: Any) -> Iterator[dict[str, Any]]:
@@ -51,37 +62,118 @@ def _calls(value: Any) -> Iterator[dict[str, Any]]:
             yield from _calls(child)
 
 
-def _open(path: Path, mode: str) -> IO[str]:
-    return gzip.open(path, mode + "t", encoding="utf-8") if path.suffix == ".gz" else path.open(mode, encoding="utf-8")
+GZIP_MAGIC = b"\x1f\x8b"
+KEY_CHARS = set("0123456789abcdef")
+
+
+def _read_lines(bundle: Path) -> Iterator[tuple[int, str]]:
+    """A bundle's lines (gzip by its .gz suffix), each located; any unreadable byte is a SpecError."""
+    try:
+        with bundle.open("rb") as handle:
+            head = handle.read(2)
+    except OSError as exc:
+        raise SpecError(str(bundle), f"cannot read the bundle: {exc.strerror or exc}") from None
+    compressed = bundle.suffix == ".gz"
+    if compressed and head != GZIP_MAGIC:
+        raise SpecError(str(bundle), "not gzip-compressed, though its name ends in .gz",
+                        hint="pass the file `codeclm cache export RUN_DIR FILE.gz` wrote, or rename a plain "
+                             "JSONL bundle to .jsonl")
+    number = 0
+    try:
+        with (gzip.open(bundle, "rb") if compressed else bundle.open("rb")) as handle:
+            for number, raw in enumerate(handle, start=1):
+                yield number, raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(bundle), f"not a codeclm cache bundle: byte {exc.start} of this line is not UTF-8",
+                        line=number, hint="pass a file written by `codeclm cache export`") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise SpecError(str(bundle), f"the gzip stream is truncated or damaged ({exc})", line=number or None,
+                        hint="copy the bundle again, or export it again with `codeclm cache export`") from None
+    except OSError as exc:
+        raise SpecError(str(bundle), f"cannot read the bundle: {exc.strerror or exc}", line=number or None) from None
+
+
+def _record(bundle: Path, number: int, line: str) -> tuple[str, dict[str, Any]]:
+    """One bundle line as (key, entry), or a SpecError saying what is wrong with it."""
+    def bad(why: str) -> SpecError:
+        return SpecError(str(bundle), f"not a codeclm cache bundle line: {why}", line=number,
+                         hint="pass a file written by `codeclm cache export`")
+
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise bad(f"invalid JSON ({exc.msg}{'; the file may be truncated' if not line.endswith(chr(10)) else ''})") \
+            from None
+    except RecursionError:
+        raise bad("JSON nested too deeply") from None
+    if not isinstance(record, dict) or set(record) != {"key", "entry"}:
+        raise bad('expected {"key": ..., "entry": ...}')
+    key, entry = record["key"], record["entry"]
+    if not isinstance(key, str) or len(key) != 64 or not set(key) <= KEY_CHARS:
+        raise bad("the key is not a call key (64 hex digits)")
+    problem = entry_problem(entry)
+    if problem:
+        raise bad(f"the entry has {problem}" if problem.startswith("no ") else f"the entry is {problem}")
+    if has_surrogate(json.dumps(entry, ensure_ascii=False)):
+        raise bad("the entry holds a lone surrogate (a \\ud800-\\udfff escape), not valid Unicode")
+    return key, entry
+
+
+def _json_of(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpecError(str(path), f"cannot read the run's manifest ({exc})",
+                        hint="pass a run folder `codeclm run` finished") from None
 
 
 def export_bundle(run_dir: Path, bundle: Path, cache_dir: Path | None = None) -> int:
     if not (run_dir / ARTIFACTS["manifest"]).is_file():
         raise SpecError(str(run_dir), "not a finished run directory (no manifest.json)")
-    manifest = json.loads((run_dir / ARTIFACTS["manifest"]).read_text())
-    cache = CallCache(cache_dir or Path(manifest["options"]["cache_dir"]))
-    count = 0
-    with _open(bundle, "w") as out:
-        for key in run_call_keys(run_dir):
+    manifest = _json_of(run_dir / ARTIFACTS["manifest"])
+    recorded = manifest.get("options", {}).get("cache_dir") if isinstance(manifest, dict) else None
+    if cache_dir is None and not isinstance(recorded, str):
+        raise SpecError(str(run_dir / ARTIFACTS["manifest"]), "the manifest names no cache folder",
+                        hint="pass --cache-dir DIR")
+    keys = run_call_keys(run_dir)
+    cache = CallCache(cache_dir or Path(recorded), "read")  # read-only: an export never writes the cache
+    count = skipped = 0
+    try:
+        lines = []
+        for key in keys:
             entry = cache.peek(key)
-            if entry is not None:
-                out.write(json.dumps({"key": key, "entry": entry}, ensure_ascii=False) + "\n")
-                count += 1
-    cache.close()
+            if entry is None:
+                continue
+            line = json.dumps({"key": key, "entry": entry}, ensure_ascii=False) + "\n"
+            if has_surrogate(line):
+                skipped += 1
+                continue
+            lines.append(line)
+            count += 1
+    finally:
+        cache.close()
+    if skipped:
+        warn(f"{skipped} entries hold text that is not valid Unicode; left out of the bundle")
+    tmp = bundle.with_name(f".{bundle.name}.tmp")
+    try:
+        with (gzip.open(tmp, "wt", encoding="utf-8") if bundle.suffix == ".gz"
+              else tmp.open("w", encoding="utf-8")) as out:
+            out.writelines(lines)
+        os.replace(tmp, bundle)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SpecError(str(bundle), f"cannot write the bundle: {exc.strerror or exc}",
+                        hint="pass a path in a writable folder") from None
     return count
 
 
 def import_bundle(bundle: Path, cache_dir: Path | None = None) -> int:
+    """Check every line first, then store them: a damaged bundle imports nothing."""
+    records = [_record(bundle, number, line) for number, line in _read_lines(bundle) if line.strip()]
     cache = CallCache(cache_dir or default_cache_dir())
-    count = 0
-    with _open(bundle, "r") as source:
-        for number, line in enumerate(source, start=1):
-            try:
-                record = json.loads(line)
-                entry = record["entry"]
-                cache.put(record["key"], entry.get("model", "?"), entry)
-            except (ValueError, KeyError, TypeError):
-                raise SpecError(str(bundle), "not a codeclm cache bundle line", line=number) from None
-            count += 1
-    cache.close()
-    return count
+    try:
+        for key, entry in records:
+            cache.put(key, str(entry.get("model") or "?"), entry, strict=True)
+    finally:
+        cache.close()
+    return len(records)

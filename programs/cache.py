@@ -11,13 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
+import sys
 import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-MODES = ("live", "replay", "refresh")  # read+write | read only, a miss is an error | write only
+from .errors import CodecError, SpecError
+
+# live: read and write | replay: read only, a miss is an error (the hub's) | refresh: write only
+# | read: read only, a miss is a miss (dry runs, stats, export)
+MODES = ("live", "replay", "refresh", "read")
+READ_ONLY_MODES = ("replay", "read")
+DB_NAME = "cache.db"  # diskcache's database file in the cache folder
 
 
 def default_cache_dir() -> Path:
@@ -58,47 +66,282 @@ class CallIdentity:
 
 
 def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    # surrogatepass: a lone surrogate (which inputs are checked for) can never crash the hash;
+    # valid text hashes exactly as before
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False)
+                          .encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def entry_problem(entry: Any) -> str | None:
+    """Why a cached value is not a completion entry (None if it is): such a value is damage,
+    treated as a miss, never as data."""
+    if not isinstance(entry, dict):
+        return f"a {type(entry).__name__}, not a completion entry"
+    if not isinstance(entry.get("text"), str):
+        return "no completion text"
+    usage = entry.get("usage")
+    if not isinstance(usage, dict) or set(usage) != {"prompt_tokens", "completion_tokens"} \
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in usage.values()):
+        return "no valid token usage"
+    return None
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class CacheWriteError(CodecError):
+    """The cache could not store an entry (disk full, folder made read-only, damaged database)."""
 
 
 class CallCache:
-    """diskcache.Cache of {key: completion entry}, tagged by model for per-model stats and clearing."""
+    """The one way into the cache folder: every command (run, replay, evaluate, optimize, dry run,
+    `cache stats|clear|export|import`) opens it through this class, so for all of them:
+
+    - a cache path that is a file, a folder that cannot be created or written, or a database
+      file that is not one (garbage, truncated) is a SpecError naming the path (exit 2);
+    - an entry that does not deserialize, or is not a completion entry, is a miss with a
+      warning (a live run calls again and overwrites it), never data;
+    - the read-only modes (`replay`, `read`) open the SQLite database read-only (immutable
+      when no write-ahead log is pending) and never create, lock or write anything, so a
+      read-only cache folder replays; a missing folder is an empty cache.
+
+    Entries are diskcache's {key: entry}, tagged by model for per-model stats and clearing.
+    """
 
     def __init__(self, folder: Path, mode: str = "live"):
-        import diskcache
-
         if mode not in MODES:
             raise ValueError(f"cache mode must be one of {MODES}")
-        self.folder = Path(folder)
+        self.folder = Path(folder).expanduser()
         self.mode = mode
-        self.store = diskcache.Cache(str(self.folder), size_limit=2**40, eviction_policy="none")
+        self.read_only = mode in READ_ONLY_MODES
+        if self.folder.exists() and not self.folder.is_dir():
+            raise SpecError(str(self.folder), "the cache path is a file, not a folder",
+                            hint="pass --cache-dir DIR (a folder), or move the file away")
+        self.store: _ReadOnlyStore | _WritableStore = \
+            _ReadOnlyStore(self.folder) if self.read_only else _WritableStore(self.folder)
+        self.damaged = 0  # entries treated as misses
+        self._write_failed = False
 
     def get(self, key: str) -> dict[str, Any] | None:
         if self.mode == "refresh":
             return None
-        return self.store.get(key)
+        return self.peek(key)
 
-    def put(self, key: str, model: str, entry: dict[str, Any]) -> None:
-        if self.mode != "replay":
+    def put(self, key: str, model: str, entry: dict[str, Any], *, strict: bool = False) -> bool:
+        """Store an entry (not in the read-only modes). A failed write warns once and the run goes
+        on uncached (its result is still used); with strict, it raises CacheWriteError."""
+        if self.read_only:
+            return False
+        try:
             self.store.set(key, {**entry, "model": model, "stored_at": time.time()}, tag=model)
+            return True
+        except CacheWriteError as exc:
+            if strict:
+                raise
+            if not self._write_failed:
+                self._write_failed = True
+                warn(f"{exc}; calls from here on are not cached (results are still used)")
+            return False
 
     def peek(self, key: str) -> dict[str, Any] | None:
-        """Read regardless of mode (dry runs, exports)."""
-        return self.store.get(key)
+        """Read regardless of mode (dry runs, exports); damage reads as a miss, with a warning."""
+        try:
+            entry = self.store.get(key)
+            problem = None if entry is None else entry_problem(entry)
+        except _Damaged as exc:
+            entry, problem = None, str(exc)
+        if problem is None:
+            return entry
+        self.damaged += 1
+        if self.damaged == 1:
+            warn(f"cache {self.folder}: entry {key[:12]} is damaged ({problem}); treated as a miss"
+                 + ("" if self.read_only else ", and called again"))
+        return None
+
+    def __len__(self) -> int:
+        return len(self.store)
 
     def stats(self) -> dict[str, Any]:
-        per_model: dict[str, int] = {}
-        for key in self.store.iterkeys():
-            entry = self.store.get(key)
-            if entry:
-                per_model[entry.get("model", "?")] = per_model.get(entry.get("model", "?"), 0) + 1
-        return {"folder": str(self.folder), "entries": len(self.store), "bytes": self.store.volume(),
+        per_model = self.store.per_model()
+        return {"folder": str(self.folder), "entries": sum(per_model.values()), "bytes": self.store.volume(),
                 "per_model": per_model}
 
     def clear(self, model: str | None = None) -> int:
-        if model is None:
-            return self.store.clear()
-        return self.store.evict(model)
+        if self.read_only:
+            raise ValueError("clear needs a writable cache")
+        return self.store.clear(model)
 
     def close(self) -> None:
+        if self.damaged > 1:
+            warn(f"cache {self.folder}: {self.damaged} damaged entries were treated as misses")
         self.store.close()
+
+
+class _Damaged(Exception):
+    """One entry (or the page holding it) cannot be read."""
+
+
+def _damaged_db(db: Path, exc: BaseException) -> SpecError:
+    return SpecError(str(db), f"the cache database is damaged and cannot be read ({exc})",
+                     hint=f"it holds only cached completions: move {db.parent} aside (calls are made again) "
+                          "or pass --cache-dir DIR")
+
+
+def _not_writable(folder: Path, reason: str) -> SpecError:
+    return SpecError(str(folder), f"the cache folder cannot be written ({reason})",
+                     hint="pass --cache-dir DIR (a writable folder), or replay it read-only with --replay")
+
+
+class _WritableStore:
+    """diskcache.Cache, with its failures turned into the errors CallCache promises."""
+
+    def __init__(self, folder: Path):
+        import diskcache
+
+        self.folder, self.db = folder, folder / DB_NAME
+        try:
+            self.cache = diskcache.Cache(str(folder), size_limit=2**40, eviction_policy="none")
+        except sqlite3.OperationalError as exc:  # a locked, read-only or unopenable database
+            if not os.access(folder, os.W_OK) or "readonly" in str(exc) or "unable to open" in str(exc):
+                raise _not_writable(folder, str(exc)) from None
+            raise _damaged_db(self.db, exc) from None
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
+            raise _damaged_db(self.db, exc) from None
+        except OSError as exc:
+            raise _not_writable(folder, exc.strerror or str(exc)) from None
+
+    def get(self, key: str) -> Any:
+        try:
+            return self.cache.get(key)
+        except Exception as exc:  # noqa: BLE001 - unpickling runs arbitrary code paths; all are damage
+            raise _Damaged(f"{type(exc).__name__}: {exc}") from None
+
+    def set(self, key: str, value: Any, tag: str) -> None:
+        try:
+            self.cache.set(key, value, tag=tag)
+        except (sqlite3.Error, OSError) as exc:
+            raise CacheWriteError(f"cannot write to the cache {self.folder}: {exc}") from None
+
+    def __len__(self) -> int:
+        try:
+            return len(self.cache)
+        except sqlite3.Error:
+            return 0
+
+    def per_model(self) -> dict[str, int]:
+        try:
+            rows = self.cache._sql("SELECT tag, COUNT(*) FROM Cache GROUP BY tag").fetchall()
+        except sqlite3.Error as exc:
+            raise _damaged_db(self.db, exc) from None
+        return {str(tag) if tag is not None else "?": count for tag, count in rows}
+
+    def volume(self) -> int:
+        try:
+            return self.cache.volume()
+        except sqlite3.Error as exc:
+            raise _damaged_db(self.db, exc) from None
+
+    def clear(self, model: str | None) -> int:
+        try:
+            return self.cache.clear() if model is None else self.cache.evict(model)
+        except sqlite3.Error as exc:
+            raise _damaged_db(self.db, exc) from None
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+class _ReadOnlyStore:
+    """The cache database opened read-only through SQLite's URI (`mode=ro`, and `immutable=1`
+    when no write-ahead log is pending, so not even a lock or a -shm file is written); values
+    are read with diskcache's own Disk. No folder, or no database, is an empty cache."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.db = folder, folder / DB_NAME
+        self.con: sqlite3.Connection | None = None
+        if not self.db.is_file():
+            return
+        import diskcache
+
+        self.disk = diskcache.Disk(str(folder))
+        wal = folder / (DB_NAME + "-wal")
+        pending = wal.is_file() and wal.stat().st_size > 0
+        uri = self.db.resolve().as_uri()
+        for query in (("mode=ro",) if pending else ()) + ("mode=ro&immutable=1",):
+            try:
+                con = sqlite3.connect(f"{uri}?{query}", uri=True, check_same_thread=False)
+                con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError as exc:
+                if query.endswith("immutable=1"):
+                    raise SpecError(str(self.db), f"cannot open the cache database read-only ({exc})",
+                                    hint="check the folder's permissions, or pass --cache-dir DIR") from None
+                warn(f"cache {folder}: a write-ahead log is pending but cannot be read here ({exc}); "
+                     "reading the database without it")
+                continue
+            except sqlite3.DatabaseError as exc:
+                raise _damaged_db(self.db, exc) from None
+            self.con = con
+            break
+        try:
+            self.con.execute("SELECT rowid, key, raw, mode, filename, value, tag FROM Cache LIMIT 1").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise _damaged_db(self.db, exc) from None
+            self.con.close()  # an empty database: no entries
+            self.con = None
+        except sqlite3.DatabaseError as exc:
+            raise _damaged_db(self.db, exc) from None
+
+    def get(self, key: str) -> Any:
+        if self.con is None:
+            return None
+        try:
+            row = self.con.execute("SELECT mode, filename, value, expire_time FROM Cache WHERE key = ? AND raw = 1",
+                                   (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise _Damaged(f"database: {exc}") from None
+        if row is None or (row[3] is not None and row[3] < time.time()):
+            return None
+        try:
+            return self.disk.fetch(row[0], row[1], row[2], False)
+        except Exception as exc:  # noqa: BLE001 - unpickling runs arbitrary code paths; all are damage
+            raise _Damaged(f"{type(exc).__name__}: {exc}") from None
+
+    def set(self, key: str, value: Any, tag: str) -> None:
+        raise CacheWriteError(f"the cache {self.folder} is open read-only")
+
+    def __len__(self) -> int:
+        if self.con is None:
+            return 0
+        try:
+            return self.con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    def per_model(self) -> dict[str, int]:
+        if self.con is None:
+            return {}
+        try:
+            rows = self.con.execute("SELECT tag, COUNT(*) FROM Cache GROUP BY tag").fetchall()
+        except sqlite3.Error as exc:
+            raise _damaged_db(self.db, exc) from None
+        return {str(tag) if tag is not None else "?": count for tag, count in rows}
+
+    def volume(self) -> int:
+        if self.con is None:
+            return 0
+        try:
+            (pages,), (page_size,) = (self.con.execute(f"PRAGMA {p}").fetchone() for p in ("page_count", "page_size"))
+            (files,) = self.con.execute("SELECT COALESCE(SUM(size), 0) FROM Cache").fetchone()
+        except sqlite3.Error as exc:
+            raise _damaged_db(self.db, exc) from None
+        return pages * page_size + files
+
+    def clear(self, model: str | None) -> int:
+        raise CacheWriteError(f"the cache {self.folder} is open read-only")
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None

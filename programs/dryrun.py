@@ -56,6 +56,8 @@ def dry_run(spec: Spec, options: RunOptions, hub: ModelHub | None = None) -> dic
         seeds = len(read_seeds(path, spec.seeds.field, spec.seeds.id_field, options.limit))
     bounds = upper_bounds(spec, seeds)
     options.dry_run = True
+    if options.cache_mode == "live":  # a dry run only reads: it works on a read-only cache, writes nothing
+        options.cache_mode = "read"
     if hub is not None:
         hub.dry_run = True
     result = run_spec(spec, options, hub)

@@ -60,6 +60,11 @@ class ReplayMiss(CodecError):
         self.stage, self.item, self.model, self.reason = stage, item, model, reason
 
 
+class ModelCrashed(CodecError):
+    """A model's process died (the embedded model): no later call can succeed, so the run stops
+    with the cause; every finished call is cached, so rerunning resumes."""
+
+
 class ModelCallError(CodecError):
     """A model call failed for good (retries exhausted, or an error retrying cannot fix)."""
 

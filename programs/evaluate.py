@@ -25,7 +25,7 @@ from .runner import item_window, opened_hub
 from .seeds import read_seeds
 from .spec import Spec, StageSpec
 from .stages import JudgeStage, LLMStage
-from .store import dumps, write_atomic
+from .store import check_out_folder, claim_folder, dumps, write_atomic
 from .templates import TemplateStore
 
 WIN, TIE, LOSS, FAILED = "win", "tie", "loss", "failed"
@@ -72,6 +72,7 @@ def evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None = None) -> E
             raise SpecError(str(spec.path), f"no model role '{role}' to evaluate",
                             hint=f"roles in models: {', '.join(spec.models)}; add one with "
                                  f"--set models.{role}.model=...")
+    check_out_folder(options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}")  # before any call
     return asyncio.run(_evaluate(spec, options, hub))
 
 
@@ -99,8 +100,7 @@ async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> E
     summary = {name: tally([r["verdict"] for r in records if r["benchmark"] == name])
                for name in dict.fromkeys(r["benchmark"] for r in records)}
     summary["all"] = tally([r["verdict"] for r in records])
-    out = options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}")
     write_atomic(out / "eval.jsonl", "".join(dumps(r) + "\n" for r in records))
     report = {"candidate": evaluator.describe(options.candidate), "reference": evaluator.describe(options.reference),
               "judge": evaluator.judge_stage.name, "benchmarks": [str(p) for p in options.benchmarks],

@@ -18,11 +18,15 @@ from typing import Any
 
 from .backends import Backend, CallParams, build_backend
 from .cache import CallCache, CallIdentity
-from .errors import CodecError, ModelCallError, ReplayMiss
+from .errors import CodecError, ModelCallError, ModelCrashed, ReplayMiss
 from .pricing import cost_of
 from .spec import ModelSpec
 
 STAT_KEYS = ("calls", "cache_hits", "failures", "retries", "truncated", "prompt_tokens", "completion_tokens")
+# A remote call may spend at most this many times its model's `timeout` waiting on the model, over
+# all its attempts (queueing for a slot, the rpm limit and backoff sleeps do not count): a server
+# that accepts and never answers fails a call after two timeouts, not after `retries` + 1 of them.
+CALL_BUDGET = 2
 
 
 @dataclass
@@ -67,6 +71,8 @@ class ModelHub:
         self.recorded: dict[tuple[str, str], list[dict[str, Any]]] = {}  # a recorded run's calls, for misses
         self.recorded_code: str | None = None  # the code_sha256 of that run's manifest
         self.backoff_base = 0.5
+        self.answered: set[str] = set()  # roles whose model has answered a call in this run
+        self.unresponsive: dict[str, str] = {}  # role -> why: its calls time out and none was ever answered
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelHub:
         return self  # a shared service (one cache, one set of limits), not state: DSPy copies modules
@@ -114,7 +120,11 @@ class ModelHub:
             raise self.fatal
         if self.dry_run:
             raise DryRunMiss(f"{ctx.stage} {ctx.item}")
-        entry = await self._deduplicated(role, backend, identity, messages, params, (ctx.stage, role))
+        try:
+            entry = await self._deduplicated(role, backend, identity, messages, params, (ctx.stage, role))
+        except ModelCrashed as exc:  # no later call can succeed: stop the run, keep what is cached
+            self.fatal = self.fatal or exc
+            raise self.fatal from None
         ctx.raw = entry["text"]
         return entry
 
@@ -146,32 +156,56 @@ class ModelHub:
                             params: CallParams, stat: tuple[str, str]) -> Any:
         spec = self.models[role]
         state = self._state()
+        budget = None if spec.is_local else CALL_BUDGET * spec.timeout  # seconds waiting on the model
+        spent, timeouts, timed_out = 0.0, 0, False
         for attempt in range(spec.retries + 1):
             async with state.semaphores[role]:
+                if role in self.unresponsive and role not in self.answered:  # do not wait out the budget again
+                    self._count(stat, "failures")
+                    raise ModelCallError(f"{self.unresponsive[role]} (not tried: no call to this model has been "
+                                         "answered in this run)")
                 await self._respect_rpm(role, spec, state)
+                started, timed_out = time.monotonic(), False
                 try:
-                    completion = await self._attempt(backend, spec, messages, params)
+                    timeout = spec.timeout if budget is None else min(spec.timeout, budget - spent)
+                    completion = await self._attempt(backend, spec, messages, params, timeout)
                     self._account(stat, backend.name, completion)
+                    self.answered.add(role)
                     return completion
+                except asyncio.TimeoutError:
+                    timeouts, timed_out = timeouts + 1, True
+                    error = ModelCallError(f"{backend.name}: no answer within {timeout:g}s", retryable=True)
                 except ModelCallError as exc:
                     error = exc
-            if not error.retryable or attempt == spec.retries:
+                finally:
+                    spent += time.monotonic() - started
+            out_of_time = budget is not None and spent >= budget - 0.05 * spec.timeout
+            if not error.retryable or attempt == spec.retries or out_of_time:
                 self._count(stat, "failures")
+                if timed_out:  # say which model and endpoint, and what to change
+                    error = ModelCallError(self._timeout_message(role, backend, attempt + 1, timeouts, spent))
+                    self.unresponsive.setdefault(role, str(error))
                 raise error
             self._count(stat, "retries")
             delay = error.retry_after if error.retry_after is not None else self.backoff_base * 2**attempt
             await asyncio.sleep(min(60.0, delay) * (1 + 0.25 * random.random()))  # jitter spreads retries
         raise AssertionError("unreachable")
 
+    def _timeout_message(self, role: str, backend: Backend, attempts: int, timeouts: int, spent: float) -> str:
+        spec = self.models[role]
+        endpoint = getattr(backend, "endpoint", None)
+        where = f"{backend.name} (model '{role}')" + (f" at {endpoint}" if endpoint else "")
+        return (f"{where}: no answer within the {spec.timeout:g}s timeout ({timeouts} of {attempts} attempts "
+                f"timed out, {spent:.1f}s waiting in all; a call waits at most {CALL_BUDGET} x timeout). "
+                f"If the server is up but slow, raise models.{role}.timeout")
+
     async def _attempt(self, backend: Backend, spec: ModelSpec, messages: list[dict[str, str]],
-                       params: CallParams) -> Any:
+                       params: CallParams, timeout: float) -> Any:
+        """One attempt; asyncio.TimeoutError when a remote model gives no answer within `timeout`."""
         if spec.is_local:  # generation in a thread cannot be cancelled; a timeout would only leak it
             completion = await backend.complete(messages, params)
         else:
-            try:
-                completion = await asyncio.wait_for(backend.complete(messages, params), spec.timeout)
-            except asyncio.TimeoutError:
-                raise ModelCallError(f"{backend.name}: no answer within {spec.timeout}s", retryable=True) from None
+            completion = await asyncio.wait_for(backend.complete(messages, params), max(timeout, 0.001))
         if backend.retry_empty and not completion.text.strip():
             raise ModelCallError(f"{backend.name}: empty completion", retryable=True)
         return completion

@@ -8,6 +8,7 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .redact import redact, register_key_env
 from .templates import TemplateStore
 
 if TYPE_CHECKING:
@@ -50,7 +51,9 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
     totals = {key: sum(row[key] for row in calls.values())
               for key in ("calls", "cache_hits", "failures", "retries", "truncated", "prompt_tokens",
                           "completion_tokens", "cost_usd", "saved_usd")}
-    return {
+    for model in spec.models.values():
+        register_key_env(model.api_key_env)
+    return redact({  # keys never reach the manifest, however they got into the spec or options
         "spec": {"path": str(spec.path.resolve()), "name": spec.name, "sha256": _sha(spec.path.read_bytes()),
                  "resolved": spec.raw},
         "templates": templates,
@@ -66,4 +69,4 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
         "calls": calls,
         "totals": totals,
         "wall_seconds": round(wall, 3),
-    }
+    })

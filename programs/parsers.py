@@ -78,21 +78,78 @@ def parse_list(text: str) -> list[str]:
     return items
 
 
+# A line that starts with a rubric/action label: `1. Rubric: ...`, `**Action 2:** ...`, `- Rubrics`,
+# `## Actions`, `Improving action - ...`. Group `label`, then `rest` (what follows the separator).
+_RUBRIC_LABEL = re.compile(
+    r"^\s*(?:(?:\(?\d{1,3}[.):\]]|[-*•])\s+)?[*_#\s]*"
+    r"(?P<label>rubrics?|(?:(?:corresponding|improving|improvement|suggested)\s+)?actions?)"
+    r"(?P<number>\s*#?\d{1,3})?[*_]*"
+    r"(?:\s*[:：][*_]*|\s+[-–—]\s|(?<=\d)[.)][*_]*\s|[*_\s]*$)"
+    r"(?P<rest>.*)$",
+    re.IGNORECASE)
+# `... Action: ...` inside a rubric's line (the pair on one line), after the end of a sentence, a
+# separator or bold markup: `Depth. Action: ...`, `Depth | **Action:** ...` (not `call to action: ...`).
+_INLINE_ACTION = re.compile(r"(?:(?<=[.!?)])\s+|\s*[|;–—]\s*|\s+-\s+|\s*(?=\*\*|__))"
+                            r"[*_]*action(?:\s*#?\d{1,3})?[*_]*\s*[:：][*_]*\s*", re.IGNORECASE)
+
+
 def parse_rubrics(text: str, count: int) -> dict[str, list[str]]:
-    """`Rubrics:` list then `Actions:` list -> {rubrics, actions}, at most `count` each."""
-    header = r"^\s*[*#_\s]*actions?[*_\s]*(?::[*_\s]*|$)"  # `Actions:` alone, or `Actions: 1. ...` on one line
-    parts = re.split(header, text, maxsplit=1, flags=re.IGNORECASE | re.MULTILINE)
-    if len(parts) != 2:
-        raise ParseError("no 'Actions:' section")
-    rubric_text = re.sub(r"^\s*[*#_\s]*rubrics?[*_\s]*:?[*_\s]*$", "", parts[0], flags=re.IGNORECASE | re.MULTILINE)
-    try:
-        rubrics = parse_list(rubric_text)
-    except ParseError:
-        raise ParseError("no rubrics listed before 'Actions:'") from None
-    try:
-        actions = parse_list(parts[1])
-    except ParseError:
-        raise ParseError("no actions listed after 'Actions:'") from None
+    """Rubrics and their improving actions -> {rubrics, actions}, at most `count` each.
+
+    Two layouts, as models write them:
+    - sections: `Rubrics:` then a list, `Actions:` then a list (the prompt's format; the
+      `Rubrics:` header may be missing, items before `Actions:` are rubrics);
+    - interleaved pairs: `1. Rubric: ...` then `Action: ...`, once per rubric (numbered or not,
+      labels in bold or with a number, `Rubric 1:` alone with its text on the next line).
+    Anything else (an action before any rubric, pairs mixed with sections, a rubric left
+    without its action in the pairs layout) is refused: reading it would turn rubric text into
+    actions."""
+    items: list[list[str]] = []  # [kind, text]
+    section: str | None = None  # set by a header line (`Actions:`), for unlabelled list items
+    continues = False  # the line below an item (or a bare label) continues it
+    for line in text.splitlines():
+        label = _RUBRIC_LABEL.match(line)
+        bullet = _BULLET.match(line)
+        if label:
+            kind = "action" if "action" in label.group("label").lower() else "rubric"
+            rest = label.group("rest").strip()
+            inner = _BULLET.match(rest)
+            if not rest or _clean(rest) in ("", ":"):  # `Actions:` or `Rubric 1:` alone: a header
+                section = kind
+                single = label.group("number") or not label.group("label").lower().endswith("s")
+                if single:  # `Rubric 1:` alone: its text is on the lines below (unless a list follows)
+                    items.append([kind, ""])
+                continues = bool(single)
+            elif inner and label.group("label").lower().endswith("s"):  # `Actions: 1. a1`
+                section = kind
+                items.append([kind, _clean(inner.group(1))])
+                continues = True
+            else:  # `Rubric: text`, maybe with `Action: text` on the same line
+                parts = _INLINE_ACTION.split(rest, maxsplit=1) if kind == "rubric" else [rest]
+                items.append([kind, _clean(parts[0])])
+                if len(parts) == 2:
+                    items.append(["action", _clean(parts[1])])
+                continues = True
+        elif bullet:
+            items.append([section or "rubric", _clean(bullet.group(1))])
+            continues = True
+        elif not line.strip() or line.rstrip().endswith(":"):
+            continues = False
+        elif items and continues:
+            items[-1][1] = f"{items[-1][1]} {line.strip()}".strip()
+    items = [item for item in items if item[1]]
+    kinds = "".join("r" if kind == "rubric" else "a" for kind, _ in items)
+    rubrics = [value for kind, value in items if kind == "rubric"]
+    actions = [value for kind, value in items if kind == "action"]
+    if not actions:
+        if section == "action":
+            raise ParseError("no actions listed after 'Actions:'")
+        raise ParseError("no 'Actions:' section (nor `Rubric: ...` / `Action: ...` pairs)")
+    if not rubrics:
+        raise ParseError("no rubrics listed before 'Actions:'")
+    if not (re.fullmatch(r"r+a+", kinds) or re.fullmatch(r"(?:ra)+", kinds)):
+        raise ParseError(f"rubrics and actions are mixed ({kinds.upper()}): neither all rubrics then all "
+                         "actions, nor rubric/action pairs")
     return {"rubrics": rubrics[:count], "actions": actions[:count]}
 
 

@@ -89,7 +89,9 @@ class Runner:
         self.params = spec.params
         self.modules = build_stages(spec, hub)
         self.progress = options.progress or Progress(stream=None)
-        self.store = None if options.dry_run else RunStore(options.out or Path("runs") / spec.name)
+        # checked here, before any call; made and claimed only at the first write (after the seeds are read)
+        self.store = None if options.dry_run else RunStore(options.out or Path("runs") / spec.name,
+                                                           protect=options.recorded_run)
         self._rubric_tasks: dict[tuple[str, str], asyncio.Task] = {}
         self._admission = Admission(item_window(spec, options.concurrency))
         self.rubrics: dict[str, list[dict[str, Any]]] = {}

@@ -1,13 +1,24 @@
-"""Read seed instructions: JSONL, CSV or plain text (one instruction per line)."""
+"""Read seed instructions: JSONL, CSV or plain text (one instruction per line).
+
+Seed and benchmark files must be UTF-8 text (a leading BOM is fine). A byte that is not
+UTF-8, or a JSON string escape that makes a lone surrogate (`"\\ud800"`), stops the
+read with a SpecError naming the file, the line and the byte offset (exit 2): the whole file
+is refused rather than the one seed, so what a run reads never depends on how a broken
+byte happened to fall. Nothing downstream (cache keys, JSONL artifacts, HTTP bodies) ever
+sees text that is not valid Unicode.
+"""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
+from .yaml_lines import has_surrogate
 
 
 def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "id",
@@ -16,6 +27,10 @@ def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "i
     path = Path(path)
     if not path.is_file():
         raise SpecError(str(path), "seed file not found", hint="set seeds.path in the spec or pass --seeds")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise SpecError(str(path), f"cannot read file: {exc.strerror}", hint="check its permissions") from None
     suffix = path.suffix.lower()
     reader = _jsonl if suffix in (".jsonl", ".json") else _csv if suffix == ".csv" else _text
     seeds = []
@@ -33,34 +48,53 @@ def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "i
     return seeds
 
 
-def _jsonl(path: Path, field: str, id_field: str | None):
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
+def _lines(path: Path) -> Iterator[str]:
+    """The file's lines, each decoded as strict UTF-8 (ends kept); a bad byte is a located SpecError."""
+    offset = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw, offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
             try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise SpecError(str(path), f"invalid JSON: {exc.msg}", line=number,
-                                hint="one JSON object per line") from None
-            yield number, _pick(record, field, id_field, path, number)
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SpecError(str(path), f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset "
+                                           f"{offset + exc.start} (column {exc.start + 1})", line=number,
+                                hint="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+            offset += len(raw)
+
+
+def _jsonl(path: Path, field: str, id_field: str | None):
+    for number, text in enumerate(_lines(path), start=1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(str(path), f"invalid JSON: {exc.msg}", line=number,
+                            hint="one JSON object per line") from None
+        except RecursionError:
+            raise SpecError(str(path), "JSON nested too deeply", line=number, hint="one flat object per line") from None
+        yield number, _pick(record, field, id_field, path, number)
 
 
 def _csv(path: Path, field: str, id_field: str | None):
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = csv.DictReader(handle)
+    rows = csv.DictReader(_lines(path))
+    try:
         if rows.fieldnames is None or field not in rows.fieldnames:
             raise SpecError(str(path), f"CSV header has no column '{field}'", line=1,
                             hint=f"columns: {', '.join(rows.fieldnames or [])}; set seeds.field")
         for row in rows:
             yield rows.line_num, _pick(row, field, id_field, path, rows.line_num)
+    except csv.Error as exc:
+        raise SpecError(str(path), f"invalid CSV: {exc}", line=rows.line_num or None,
+                        hint="check the quotes on this line") from None
 
 
 def _text(path: Path, field: str, id_field: str | None):
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if text.strip():
-                yield number, {"instruction": text.strip()}
+    for number, text in enumerate(_lines(path), start=1):
+        if text.strip():
+            yield number, {"instruction": text.strip()}
 
 
 def _pick(record: Any, field: str, id_field: str | None, path: Path, line: int) -> dict[str, Any]:
@@ -69,5 +103,10 @@ def _pick(record: Any, field: str, id_field: str | None, path: Path, line: int) 
     value = record.get(field)
     if not isinstance(value, str) or not value.strip():
         raise SpecError(str(path), f"record has no text in field '{field}'", line=line,
-                        hint=f"fields here: {', '.join(record)}; set seeds.field in the spec")
-    return {"instruction": value.strip(), "id": record.get(id_field) if id_field else None}
+                        hint=f"fields here: {', '.join(map(str, record))}; set seeds.field in the spec")
+    seed_id = record.get(id_field) if id_field else None
+    for what, text in ((f"field '{field}'", value), (f"id field '{id_field}'", seed_id)):
+        if isinstance(text, str) and has_surrogate(text):
+            raise SpecError(str(path), f"{what} holds a lone surrogate (a \\ud800-\\udfff escape), not valid "
+                                       "Unicode", line=line, hint="remove the escape, or write the character itself")
+    return {"instruction": value.strip(), "id": seed_id}

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import SpecError, SpecErrors
-from .yaml_lines import Path_, load_with_lines
+from .yaml_lines import Path_, has_surrogate, load_value, load_with_lines
 
 TOP_KEYS = {"name", "seed", "prompts", "cache", "models", "params", "nodes", "outputs", "description"}
 MODEL_KEYS = {"model", "api_base", "api_key_env", "temperature", "max_tokens", "top_p", "concurrency",
@@ -69,21 +67,26 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
-    """Apply `--set a.b.c=value` overrides; values are parsed as YAML (numbers, lists, null)."""
+    """Apply `--set a.b.c=value` overrides; values are parsed as YAML (numbers, lists, null),
+    with the checks a spec file gets (no duplicate keys, no alias bombs, Unicode text)."""
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw_value = item.partition("=")
         if not sep or not key:
             raise SpecError(file, f"--set {item!r} is not key=value", hint="e.g. --set params.threshold=2")
-        try:
-            value = yaml.safe_load(raw_value)
-        except yaml.YAMLError:
-            value = raw_value
-        node = data
         parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
+        if has_surrogate(item) or not all(part.strip() for part in parts):
+            what = "is not valid text" if has_surrogate(item) else "has an empty key part"
+            raise SpecError(file, f"--set {item!r} {what}", hint="e.g. --set params.threshold=2")
+        value = load_value(raw_value, file, f"--set {key}")
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            if node.get(part) is None:
                 node[part] = {}
+            elif not isinstance(node[part], dict):
+                where = ".".join(parts[: depth + 1])
+                raise SpecError(file, f"--set {key}: '{where}' is a {type(node[part]).__name__}, not a mapping",
+                                hint=f"set '{where}' itself, e.g. --set {where}=VALUE")
             node = node[part]
         node[parts[-1]] = value
     return data
@@ -149,6 +152,10 @@ class Checker:
                        "set 'prompts:' to the folder of templates, relative to the spec")
         if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
             self.error(("seed",), "seed must be an integer")
+        name = str(data.get("name", self.path.stem))
+        if name.strip() in ("", ".") or ".." in name or "/" in name or "\\" in name or not name.isprintable():
+            self.error(("name",), f"name must be a plain name (it names the run folder runs/NAME), got {name!r}",
+                       "a name is not a path: no '/', '\\' or '..'; pass --out DIR to write elsewhere")
         self.raise_errors()
         graph = build_graph(self, models, params, prompts_dir)
         self.raise_errors()
@@ -170,6 +177,7 @@ class Checker:
             if "api_key" in conf:
                 self.error((*where, "api_key"), "API keys never go in a spec",
                            "export the key in the environment; name the variable with api_key_env")
+            self.credentials(where, conf)
             model = conf.get("model")
             if not isinstance(model, str) or not model:
                 self.error(where, f"model '{role}' needs a 'model' string",
@@ -191,3 +199,24 @@ class Checker:
                 self.error((*where, "concurrency"), "concurrency must be at least 1")
             models[role] = spec
         return models
+
+    def credentials(self, where: Path_, conf: dict[str, Any]) -> None:
+        """Keys come from the environment only: refuse one in `extra:` (any key named like a
+        credential, any value shaped like a key, however deep) or in api_base (user:password@,
+        a key in the query). Refused, not stripped: stripping would change what the server gets,
+        and the key would stay in a file that gets shared. Messages never repeat the value."""
+        from .redact import credential_keys, register_key_env, url_credentials
+
+        fix = "export the key in the environment and name its variable with api_key_env (sent as a Bearer token)"
+        for path, why in credential_keys(conf.get("extra"), (*where, "extra")):
+            self.error(path, f"{'.'.join(map(str, path))}: {why}; API keys never go in a spec", fix)
+        problem = url_credentials(conf.get("api_base"))
+        if problem:
+            self.error((*where, "api_base"), f"{'.'.join(map(str, where))}.api_base: {problem}; "
+                       "API keys never go in a spec", fix + ", and keep api_base to scheme://host:port/path")
+        env = conf.get("api_key_env")
+        if env is not None and not (isinstance(env, str) and env.isidentifier() and env.isascii()):
+            self.error((*where, "api_key_env"), "api_key_env names the environment variable holding the key "
+                       "(it is not the key itself)", "e.g. api_key_env: OPENAI_API_KEY")
+        else:
+            register_key_env(env)  # its value is masked in everything codeclm writes

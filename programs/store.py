@@ -4,6 +4,10 @@ Finished files are written to a temporary name and renamed into place (atomic). 
 run is going, instruction histories stream to a `.partial` journal, so memory stays flat;
 the journal is sorted into the final files at the end, giving the same bytes whatever
 order items finished in.
+
+A run writes only into a folder that is new, empty or one of codeclm's own runs (marked by
+`.codeclm-run`, or a codeclm manifest), never into the root, the home folder or the run a
+replay checks; and it touches the folder only once it has something to write.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import SpecError
+from .redact import redact_text
 
 ARTIFACTS = {
     "dataset": "dataset.jsonl",  # kept (instruction, response) pairs in chat format, with provenance
@@ -39,7 +44,8 @@ def read_artifact(run_dir: Path, artifact: str) -> list[dict[str, Any]]:
 
 
 def dumps(record: Any) -> str:
-    return json.dumps(record, ensure_ascii=False, sort_keys=True)
+    """One JSON line of an artifact, with keys masked (redact.py: the last line of defence)."""
+    return redact_text(json.dumps(record, ensure_ascii=False, sort_keys=True))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -51,19 +57,98 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+MARKER = ".codeclm-run"  # written first into every run folder: what makes a folder codeclm's own
+
+
+def is_own_run(folder: Path) -> bool:
+    """A folder codeclm wrote: it holds the marker, or (made before the marker) a run's manifest or an
+    evaluation's eval.json."""
+    if (folder / MARKER).is_file():
+        return True
+    for name, keys in ((ARTIFACTS["manifest"], {"spec", "code_sha256", "options", "calls"}),
+                       ("eval.json", {"candidate", "reference", "judge", "summary"})):  # `codeclm evaluate`'s
+        try:
+            written = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(written, dict) and keys <= written.keys():
+            return True
+    return False
+
+
+def check_out_folder(folder: Path, protect: Path | None = None) -> Path:
+    """Where a run may write, checked without touching anything: a new folder, an empty one, or one of
+    codeclm's own runs; never the filesystem root, the home folder, or `protect` (the run a replay checks).
+    Returns the folder (with ~ expanded); raises SpecError (exit 2) naming the folder and the fix."""
+    folder = Path(folder).expanduser()
+    where = str(folder)
+    resolved = folder.resolve()
+    fix = "choose another --out (a new or empty folder)"
+    if resolved == Path(resolved.anchor):
+        raise SpecError(where, "refusing to write a run into the filesystem root", hint=f"{fix}, e.g. runs/NAME")
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no password entry: no home folder to protect
+        home = None
+    if resolved == home:
+        raise SpecError(where, "refusing to write a run into your home folder", hint=f"{fix}, e.g. runs/NAME")
+    if protect is not None and Path(protect).expanduser().is_dir() \
+            and resolved == Path(protect).expanduser().resolve():
+        raise SpecError(where, "this is the run being replayed: a replay never writes over the run it checks",
+                        hint=f"{fix}; by default a replay writes RUN_DIR-replay")
+    if folder.exists() and not folder.is_dir():
+        raise SpecError(where, "the run folder is a file, not a folder", hint=fix)
+    if folder.is_dir() and not is_own_run(folder):
+        try:
+            empty = next(folder.iterdir(), None) is None
+        except OSError as exc:
+            raise SpecError(where, f"cannot read the run folder: {exc.strerror}", hint=fix) from None
+        if not empty:
+            here = " (the current folder)" if resolved == Path.cwd().resolve() else ""
+            raise SpecError(where, f"the run folder{here} is not empty and is not a codeclm run: "
+                            "a run never writes into a folder of files it did not make",
+                            hint=f"{fix}, or empty this folder")
+    return folder
+
+
+def claim_folder(folder: Path, protect: Path | None = None) -> Path:
+    """Checked again (the folder may have changed since the run started), made, and marked as codeclm's."""
+    folder = check_out_folder(folder, protect)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / MARKER).is_file():
+        write_atomic(folder / MARKER, json.dumps({"written_by": "codeclm"}) + "\n")
+    return folder
+
+
 class RunStore:
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for name in ("manifest", *(a for a in ARTIFACTS if a != "manifest")):  # the manifest first:
-            self.path(name).unlink(missing_ok=True)  # a folder without one is never taken as finished
+    """A run folder. Creating one only checks the folder (see check_out_folder); the folder is made
+    and claimed (marker written, the old manifest removed) at the first write, so a run that stops
+    on a bad input before it has anything to write leaves the folder as it was."""
+
+    def __init__(self, folder: Path, protect: Path | None = None):
+        self.folder = check_out_folder(folder, protect)
+        self.protect = protect
+        self._claimed = False
+        self._written: set[str] = set()
         self._journal: TextIO | None = None
         self.failure_reasons: Counter = Counter()  # "stage: error" -> instructions that failed so
+
+    def claim(self) -> None:
+        """Make the folder ours before the first write: checked again (it may have changed since),
+        marked, and the previous run's manifest removed, so a folder whose run is not finished is
+        never taken as finished. The previous run's other artifacts are replaced one by one."""
+        if self._claimed:
+            return
+        claim_folder(self.folder, self.protect)
+        self.path("manifest").unlink(missing_ok=True)
+        self._claimed = True
 
     def path(self, artifact: str) -> Path:
         return self.folder / ARTIFACTS[artifact]
 
     def write_jsonl(self, artifact: str, records: Iterable[dict[str, Any]]) -> None:
+        self.claim()
+        self._written.add(artifact)
         write_atomic(self.path(artifact), "".join(dumps(r) + "\n" for r in records))
 
     def write_dataset_info(self, name: str) -> None:
@@ -73,6 +158,11 @@ class RunStore:
                                                 "columns": {"messages": "messages"}, "tags": tags}})
 
     def write_json(self, artifact: str, value: Any) -> None:
+        self.claim()
+        if artifact == "manifest":  # the run is complete: artifacts of an earlier run it did not rewrite go
+            for stale in set(ARTIFACTS) - self._written - {"manifest"}:
+                self.path(stale).unlink(missing_ok=True)
+        self._written.add(artifact)
         write_atomic(self.path(artifact), json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
 
     # -- the instruction journal -----------------------------------------------------------
@@ -82,6 +172,7 @@ class RunStore:
         return self.folder / "instructions.jsonl.partial"
 
     def open_journal(self) -> None:
+        self.claim()
         self._journal = self.journal_path.open("w", encoding="utf-8")  # a rerun rebuilds it from the cache
 
     def append(self, history: dict[str, Any]) -> None:
@@ -122,6 +213,8 @@ class RunStore:
         return counts
 
     def _atomic_lines(self, artifact: str) -> _AtomicFile:
+        self.claim()
+        self._written.add(artifact)
         return _AtomicFile(self.path(artifact))
 
 

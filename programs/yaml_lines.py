@@ -1,4 +1,17 @@
-"""YAML loading that remembers the line of every key, so errors can point at it."""
+"""YAML loading that remembers the line of every key, so errors can point at it.
+
+Every spec goes through `load_with_lines` (and every `--set` value through `load_value`),
+which refuse, as a located SpecError, what PyYAML would accept silently or choke on:
+
+- a file that is not UTF-8 (the line and byte offset of the first bad byte);
+- a key given twice in one mapping (both lines; PyYAML would keep the last one);
+- anchors and aliases that expand past `MAX_NODES` nodes ("billion laughs"), or that
+  refer to themselves: the check walks the composed node graph once, memoized, so it
+  takes time and memory linear in the text, not in the expansion;
+- text with a lone surrogate (a `"\\ud800"` escape), which is not Unicode text and would
+  fail later when hashed, written or sent;
+- nesting too deep for the parser.
+"""
 
 from __future__ import annotations
 
@@ -11,29 +24,133 @@ from .errors import SpecError
 
 Path_ = tuple[str | int, ...]
 
+MAX_NODES = 100_000  # nodes after alias expansion: far above any real spec, far below a bomb
+YAML_HINT = "check indentation, colons and quotes on this line and the one before"
+
 
 def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
     """Parse a YAML file safely; return the data and a map from key path to 1-based line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise SpecError(str(path), f"cannot read file: {exc.strerror}", hint="check the path") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(
-            str(path),
-            f"invalid YAML: {problem}",
-            line=mark.line + 1 if mark else None,
-            hint="check indentation, colons and quotes on this line and the one before",
-        ) from None
+    text = decode_utf8(raw, str(path))
+    node, data = _compose_and_construct(text, str(path))
     lines: dict[Path_, int] = {}
     if node is not None:
         _collect(node, (), lines)
     return data, lines
+
+
+def load_value(text: str, file: str, what: str) -> Any:
+    """A single YAML value (e.g. of `--set KEY=VALUE`), with the same checks as a file."""
+    _, data = _compose_and_construct(text, file, what=what)
+    return data
+
+
+def decode_utf8(raw: bytes, file: str) -> str:
+    """Strict UTF-8 (a leading BOM is dropped); a bad byte is a SpecError at its line and offset."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError(file, f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+                              f"(column {column})", line=line,
+                        hint="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def has_surrogate(text: str) -> bool:
+    """True if `text` holds a lone surrogate, which no UTF-8 file, request or hash can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader; the composed graph is checked (duplicates, size, surrogates) before construction."""
+
+
+def _compose_and_construct(text: str, file: str, what: str = "") -> tuple[yaml.Node | None, Any]:
+    prefix = f"{what}: " if what else ""
+    loader = None
+    try:
+        loader = _Loader(text)
+        node = loader.get_single_node()
+        if node is not None:
+            _Checker(file, prefix).check(node)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        line, hint = (mark.line + 1 if mark else None), YAML_HINT
+        if isinstance(exc, yaml.reader.ReaderError):
+            line = text.count("\n", 0, exc.position) + 1
+            problem = f"control character U+{exc.character:04X} is not allowed in YAML"
+            hint = "remove it, or write it as an escape (e.g. \\x07) inside double quotes"
+        raise SpecError(file, f"{prefix}invalid YAML: {problem}", line=line, hint=hint) from None
+    except RecursionError:
+        raise SpecError(file, f"{prefix}YAML nested too deeply to read",
+                        hint="flatten the structure: a spec needs a few levels, not hundreds") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return node, data
+
+
+class _Checker:
+    """One pass over the composed node graph, each node visited once (aliases share nodes)."""
+
+    def __init__(self, file: str, prefix: str):
+        self.file, self.prefix = file, prefix
+        self.sizes: dict[int, int] = {}  # id(node) -> nodes it expands to
+        self.open: set[int] = set()  # nodes being walked: meeting one again is a cycle
+
+    def error(self, node: yaml.Node, message: str, hint: str) -> SpecError:
+        return SpecError(self.file, self.prefix + message, line=node.start_mark.line + 1, hint=hint)
+
+    def check(self, root: yaml.Node) -> None:
+        size = self.size(root)
+        if size > MAX_NODES:
+            raise self.error(root, f"anchors and aliases expand to more than {MAX_NODES:,} values",
+                             "write the values out, or use fewer nested aliases (an alias bomb?)")
+
+    def size(self, node: yaml.Node) -> int:
+        known = self.sizes.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in self.open:
+            raise self.error(node, "an alias refers to the node that contains it (a recursive structure)",
+                             "a spec is a tree: copy the values instead of referring back")
+        self.open.add(id(node))
+        total = 1
+        if isinstance(node, yaml.ScalarNode):
+            if has_surrogate(node.value):
+                raise self.error(node, "text holds a lone surrogate (a \\ud800-\\udfff escape), not valid "
+                                       "Unicode", "remove the escape, or write the character itself")
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = (key_node.tag, key_node.value)
+                    if key in seen:
+                        first = seen[key].start_mark.line + 1
+                        raise self.error(key_node, f"duplicate key '{key_node.value}' (first on line {first})",
+                                         "a key may appear once per mapping: remove or rename one of them")
+                    seen[key] = key_node
+                total += self.size(key_node) + self.size(value_node)
+                if total > MAX_NODES:  # stop early: the rest cannot make it smaller
+                    break
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                total += self.size(item)
+                if total > MAX_NODES:
+                    break
+        self.open.discard(id(node))
+        self.sizes[id(node)] = total
+        return total
 
 
 def _collect(node: yaml.Node, prefix: Path_, lines: dict[Path_, int]) -> None:

@@ -135,6 +135,68 @@ def test_parse_rubrics_bad(text, reason):
         parse_rubrics(text, 4)
 
 
+
+# The layout that used to be read as one rubric and three "actions" still holding rubric text.
+INTERLEAVED = """1. Rubric: Depth of the market analysis
+Action: Add a SWOT analysis
+2. Rubric: Awareness of the competition
+Action: Include a comparison with competitors
+3. Rubric: Use of evidence and data
+Action: Ask for figures that back each claim
+4. Rubric: Attention to risks
+Action: Require a plan for the two largest risks"""
+PAIRS = {"rubrics": ["Depth of the market analysis", "Awareness of the competition", "Use of evidence and data",
+                     "Attention to risks"],
+         "actions": ["Add a SWOT analysis", "Include a comparison with competitors",
+                     "Ask for figures that back each claim", "Require a plan for the two largest risks"]}
+TWO = {"rubrics": ["Depth", "Awareness"], "actions": ["Add a SWOT analysis", "Compare with competitors"]}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (INTERLEAVED, PAIRS),
+    (INTERLEAVED.replace("\nAction", "\n   Action"), PAIRS),
+    ("Rubric 1: Depth\nAction 1: Add a SWOT analysis\n\nRubric 2: Awareness\nAction 2: Compare with competitors", TWO),
+    ("Rubric: Depth\nAction: Add a SWOT analysis\nRubric: Awareness\nAction: Compare with competitors", TWO),
+    ("**Rubric 1:** Depth\n**Action 1:** Add a SWOT analysis\n**Rubric 2:** Awareness\n"
+     "**Action 2:** Compare with competitors", TWO),
+    ("1. **Rubric**: Depth\n   - **Action**: Add a SWOT analysis\n2. **Rubric**: Awareness\n"
+     "   - **Action**: Compare with competitors", TWO),
+    ("Rubric 1:\nDepth\nAction 1:\nAdd a SWOT analysis\nRubric 2:\nAwareness\nAction 2:\nCompare with competitors",
+     TWO),
+    ("1. Depth\n   Action: Add a SWOT analysis\n2. Awareness\n   Action: Compare with competitors", TWO),
+    ("1. Rubric: Depth. Action: Add a SWOT analysis\n2. Rubric: Awareness | Action: Compare with competitors",
+     {"rubrics": ["Depth.", "Awareness"], "actions": TWO["actions"]}),
+    ("Here are the rubrics and actions:\n\n" + INTERLEAVED + "\n\nLet me know if you need more.", PAIRS),
+], ids=["the-reported-layout", "indented-actions", "numbered-labels", "unnumbered", "bold-labels", "bold-bullets",
+        "label-alone", "unlabelled-rubrics", "one-line-pairs", "chatter-around"])
+def test_parse_rubrics_interleaved_pairs(text, expected):
+    assert parse_rubrics(text, 4) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Rubric 1: Depth\nRubric 2: Awareness\nAction 1: Add a SWOT analysis\nAction 2: Compare with competitors", TWO),
+    ("Rubrics:\n1. Rubric: Depth\n2. Rubric: Awareness\nActions:\n1. Add a SWOT analysis\n"
+     "2. Compare with competitors", TWO),
+    ("Rubrics:\n1. Depth\n2. Awareness\n\nActions:\n1. Add a SWOT analysis\n2. Compare with competitors", TWO),
+    ("Rubrics: 1. Depth\n2. Awareness\nActions: 1. Add a SWOT analysis\n2. Compare with competitors", TWO),
+    ("Rubrics:\n1. Clear call to action: present\n2. Actionable: yes\nActions:\n1. a1\n2. a2",
+     {"rubrics": ["Clear call to action: present", "Actionable: yes"], "actions": ["a1", "a2"]}),
+], ids=["labelled-sections", "labelled-items", "blank-line", "inline-headers", "action-words-in-rubrics"])
+def test_parse_rubrics_sections_with_labels(text, expected):
+    assert parse_rubrics(text, 4) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "Action: Add a SWOT analysis\nRubric: Depth",  # an action before any rubric
+    ("1. Rubric: Depth\nAction: Add a SWOT analysis\n2. Rubric: Awareness\n3. Rubric: Evidence\n"
+     "Action: Ask for figures"),
+    "Rubrics:\n1. Depth\n2. Awareness\nActions:\n1. Add a SWOT analysis\nRubric: Evidence\nAction: Ask for figures",
+    "Rubric: Depth\nAction: a\nAction: b\nRubric: Awareness\nAction: c",
+], ids=["action-first", "pair-missing-its-action", "pairs-then-sections", "two-actions-in-a-pair"])
+def test_parse_rubrics_refuses_what_is_neither_layout(text):
+    with pytest.raises(ParseError, match="mixed"):
+        parse_rubrics(text, 4)
+
 # -- parse_instruction and parse_answer ----------------------------------------------------
 
 

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from conftest import REPO, base_spec, write_spec
 
-from programs.backends import local_model_path
+from programs.local_model import local_model_path
 from programs.runner import RunOptions, run_spec
 from programs.spec import load_spec
 

@@ -1,0 +1,221 @@
+"""A run never deletes or overwrites files it did not write: it writes only into a new, empty or
+codeclm-made folder, never the root, the home folder or the run a replay checks, and only once
+its inputs are checked. A spec name is a name, not a path. SIGTERM stops a run the way Ctrl-C does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import REPO, base_spec, write_spec
+from fake_openai_server import FakeOpenAIServer
+
+import cli
+from programs.errors import SpecError, SpecErrors
+from programs.spec import load_spec
+from programs.store import ARTIFACTS, MARKER, RunStore
+
+USER_DATA = '{"mine": "a dataset I made by hand"}\n'
+
+
+def unreachable_spec(tmp_path: Path, seeds: Path, **changes) -> Path:
+    """A spec whose models nobody serves: a test that makes a call by mistake fails fast, loads nothing."""
+    data = base_spec(seeds)
+    data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": "http://127.0.0.1:9/v1", "retries": 0,
+                             "timeout": 2} for role in ("strong", "target")}
+    data.update(changes)
+    return write_spec(tmp_path, data)
+
+
+def codeclm(*args: str) -> object:
+    return CliRunner().invoke(cli.main, list(args))
+
+
+def test_a_broken_seed_file_leaves_a_foreign_folder_as_it_was(tmp_path, seeds_file):
+    """The issue's repro: a folder with the user's own dataset.jsonl, a broken seed file: exit 2, file kept."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "dataset.jsonl").write_text(USER_DATA)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "a", "instruction": "fine"}\n{not json\n')
+    spec = unreachable_spec(tmp_path, seeds_file)
+    result = codeclm("run", str(spec), "-q", "--seeds", str(broken), "--out", str(folder),
+                     "--cache-dir", str(tmp_path / "cache"))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert (folder / "dataset.jsonl").read_text() == USER_DATA
+    assert sorted(p.name for p in folder.iterdir()) == ["dataset.jsonl"]
+
+
+@pytest.mark.parametrize("state", ["new", "empty"])
+def test_a_broken_seed_file_does_not_touch_a_new_or_empty_folder(tmp_path, seeds_file, state):
+    folder = tmp_path / "out"
+    if state == "empty":
+        folder.mkdir()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    result = codeclm("run", str(unreachable_spec(tmp_path, seeds_file)), "-q", "--seeds", str(broken),
+                     "--out", str(folder), "--cache-dir", str(tmp_path / "cache"))
+    assert result.exit_code == 2 and "broken.jsonl:1" in result.output, result.output
+    assert (list(folder.iterdir()) == []) if state == "empty" else not folder.exists()
+
+
+def test_a_foreign_folder_is_refused_before_any_call(tmp_path, seeds_file, scripted):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in ARTIFACTS.values():
+        (folder / name).write_text(USER_DATA)
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    with pytest.raises(SpecError) as caught:
+        scripted(spec, out="mine")
+    assert str(folder) in str(caught.value) and "not a codeclm run" in str(caught.value)
+    assert "another --out" in str(caught.value)
+    assert scripted.calls() == 0
+    assert all((folder / name).read_text() == USER_DATA for name in ARTIFACTS.values())
+    assert not (folder / MARKER).exists()
+
+
+def test_the_root_and_the_home_folder_are_refused(tmp_path, seeds_file, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()  # even empty: a run folder is never the home folder
+    monkeypatch.setenv("HOME", str(home))
+    spec = str(unreachable_spec(tmp_path, seeds_file))
+    for out, what in (("/", "root"), (str(home), "home"), ("~", "home"), (str(home / "x" / ".."), "home")):
+        result = codeclm("run", spec, "-q", "--out", out, "--cache-dir", str(tmp_path / "cache"))
+        assert result.exit_code == 2, (out, result.output)
+        assert what in result.output and "--out" in result.output and "Traceback" not in result.output
+    assert list(home.iterdir()) == []
+
+
+def test_the_current_folder_is_refused_unless_empty(tmp_path, seeds_file, monkeypatch, scripted):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    result = codeclm("run", str(spec), "-q", "--out", ".", "--cache-dir", str(tmp_path / "cache"))
+    assert result.exit_code == 2 and "current folder" in result.output, result.output
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "a/b", "..", ".", "a\\b"])
+def test_a_spec_name_that_is_a_path_is_refused_with_its_line(tmp_path, seeds_file, name):
+    spec = write_spec(tmp_path, base_spec(seeds_file))  # name: is the first line
+    spec.write_text(spec.read_text().replace("name: tiny", f"name: {json.dumps(name)}"))
+    with pytest.raises(SpecErrors) as caught:
+        load_spec(spec, [])
+    error = next(e for e in caught.value.errors if "plain name" in e.message)
+    assert error.line == 1 and error.file == str(spec)
+    result = codeclm("validate", str(spec))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_a_spec_name_override_that_is_a_path_is_refused(tmp_path, seeds_file):
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    with pytest.raises(SpecErrors, match="plain name"):
+        load_spec(spec, ["name=../../etc"])
+
+
+def test_a_replay_never_writes_over_the_run_it_checks(tmp_path, seeds_file, scripted, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    first = scripted(spec, out="runs/tiny")
+    recorded = {name: (first.out / name).read_bytes() for name in ARTIFACTS.values()}
+    cache = str(scripted.cache_dir)
+    for out in (str(first.out), "runs/tiny", "./runs/../runs/tiny"):
+        replayed = codeclm("replay", str(first.out), "--out", out, "--cache-dir", cache)
+        assert replayed.exit_code == 2 and "replay" in replayed.output, replayed.output
+        ran = codeclm("run", str(spec), "-q", "--replay", "--out", out, "--cache-dir", cache)
+        assert ran.exit_code == 2 and "the run being replayed" in ran.output, ran.output
+    assert {name: (first.out / name).read_bytes() for name in ARTIFACTS.values()} == recorded
+    # The replay that writes elsewhere still works, and compares two different folders.
+    replayed = codeclm("replay", str(first.out), "--out", str(tmp_path / "again"), "--cache-dir", cache)
+    assert replayed.exit_code != 2 and "the run being replayed" not in replayed.output, replayed.output
+
+
+def test_a_rerun_into_its_own_run_folder_replaces_its_own_artifacts(tmp_path, seeds_file, scripted):
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    first = scripted(spec, out="run")
+    expected = (first.out / "dataset.jsonl").read_bytes()
+    assert (first.out / MARKER).is_file()
+    (first.out / "notes.txt").write_text("mine")  # the user's file next to the artifacts is left alone
+    again = scripted(spec, out="run")
+    assert (again.out / "dataset.jsonl").read_bytes() == expected
+    assert (again.out / "notes.txt").read_text() == "mine"
+    # A run folder written before the marker existed is known by its manifest.
+    (first.out / MARKER).unlink()
+    again = scripted(spec, out="run", overrides=["params.threshold=2"])
+    assert (again.out / "manifest.json").is_file() and (again.out / MARKER).is_file()
+    assert not list(first.out.glob(".*.tmp"))
+
+
+def test_a_finished_rerun_leaves_no_artifact_of_the_earlier_run(tmp_path):
+    """The manifest goes at the first write (the folder is unfinished until the end); an earlier run's
+    artifact the new run did not write goes when the new manifest is written."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / MARKER).write_text("{}")
+    (folder / "pool.jsonl").write_text("old\n")
+    (folder / "manifest.json").write_text("{}")
+    (folder / "notes.txt").write_text("mine")
+    store = RunStore(folder)
+    assert (folder / "manifest.json").exists()  # nothing is touched before the first write
+    store.write_jsonl("metadata", [{"id": "x"}])
+    assert not (folder / "manifest.json").exists() and (folder / "pool.jsonl").exists()
+    store.write_json("manifest", {"done": True})
+    assert not (folder / "pool.jsonl").exists()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MARKER, "metadata.jsonl", "manifest.json",
+                                                                "notes.txt"])
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_rerun_resumes(tmp_path, seeds_file):
+    from test_resume import codeclm_run, http_spec, reference_run, wait_for_calls
+
+    with FakeOpenAIServer(latency=0.03) as server:
+        spec = http_spec(tmp_path, seeds_file, server.url)
+        uninterrupted_calls = reference_run(spec, tmp_path, server)
+        process = codeclm_run(spec, tmp_path / "resumed", tmp_path / "cache-resumed")
+        wait_for_calls(server, uninterrupted_calls * 1.5, process)
+        assert process.poll() is None, "the run finished before SIGTERM"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 143
+        stderr = process.stderr.read().decode()
+        assert not (tmp_path / "resumed" / "manifest.json").exists()
+        final = codeclm_run(spec, tmp_path / "resumed", tmp_path / "cache-resumed")
+        assert final.wait(120) == 0, final.stderr.read().decode()
+
+    assert "interrupted" in stderr and "run the same command again to resume" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+    for name in ("dataset.jsonl", "instructions.jsonl"):
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
+
+
+def test_sigterm_outside_the_event_loop_also_exits_143(tmp_path):
+    """A SIGTERM while no run is going (here: during a slow command's own code) still prints and exits 143."""
+    code = ("import os, signal, sys, time, click, cli\n"
+            "@cli.main.command('sleepy')\n@cli.reports_errors\ndef sleepy():\n"
+            "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
+            "cli.main(['sleepy'])\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 143, done.stderr
+    assert "interrupted" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_evaluate_refuses_a_foreign_folder_before_any_call(tmp_path, seeds_file):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "eval.jsonl").write_text(USER_DATA)
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text('{"id": "b1", "instruction": "Say hi."}\n')
+    result = codeclm("evaluate", str(unreachable_spec(tmp_path, seeds_file)), str(bench), "-q", "--out", str(folder),
+                     "--cache-dir", str(tmp_path / "cache"))
+    assert result.exit_code == 2 and str(folder) in result.output, result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["eval.jsonl"]
+    assert (folder / "eval.jsonl").read_text() == USER_DATA
