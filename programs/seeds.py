@@ -110,3 +110,15 @@ def _pick(record: Any, field: str, id_field: str | None, path: Path, line: int) 
             raise SpecError(str(path), f"{what} holds a lone surrogate (a \\ud800-\\udfff escape), not valid "
                                        "Unicode", line=line, hint="remove the escape, or write the character itself")
     return {"instruction": value.strip(), "id": seed_id}
+
+
+def read_records(path: Path, fields: dict[str, str], id_field: str | None = "id",
+                 limit: int | None = None) -> list[dict[str, Any]]:
+    """Records with one or more text fields: [{id, NAME: text, ...}] for `fields` {NAME: file field},
+    each field checked as `read_seeds` checks a seed's instruction."""
+    (first, first_field), *others = fields.items()
+    rows = [{"id": s["id"], first: s["instruction"]} for s in read_seeds(path, first_field, id_field, limit)]
+    for name, file_field in others:
+        for row, other in zip(rows, read_seeds(path, file_field, id_field, limit), strict=True):
+            row[name] = other["instruction"]
+    return rows

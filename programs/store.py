@@ -1,9 +1,9 @@
 """The run directory: artifacts written so a crash never leaves a file a rerun trusts.
 
 Finished files are written to a temporary name and renamed into place (atomic). While a
-run is going, instruction histories stream to a `.partial` journal, so memory stays flat;
-the journal is sorted into the final files at the end, giving the same bytes whatever
-order items finished in.
+run is going, each output's records stream to a `.partial` journal, so memory stays flat;
+each journal is sorted into its final file at the end, giving the same bytes whatever
+order records finished in.
 
 A run writes only into a folder that is new, empty or one of codeclm's own runs (marked by
 `.codeclm-run`, or a codeclm manifest), never into the root, the home folder or the run a
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
@@ -130,8 +129,8 @@ class RunStore:
         self.protect = protect
         self._claimed = False
         self._written: set[str] = set()
-        self._journal: TextIO | None = None
-        self.failure_reasons: Counter = Counter()  # "stage: error" -> instructions that failed so
+        self._journals: dict[str, TextIO] = {}
+        self._index: dict[str, list[tuple[tuple, int]]] = {}
 
     def claim(self) -> None:
         """Make the folder ours before the first write: checked again (it may have changed since),
@@ -144,7 +143,8 @@ class RunStore:
         self._claimed = True
 
     def path(self, artifact: str) -> Path:
-        return self.folder / ARTIFACTS[artifact]
+        """A known artifact's file, else an output's: NAME.jsonl."""
+        return self.folder / ARTIFACTS.get(artifact, f"{artifact}.jsonl")
 
     def write_jsonl(self, artifact: str, records: Iterable[dict[str, Any]]) -> None:
         self.claim()
@@ -165,52 +165,36 @@ class RunStore:
         self._written.add(artifact)
         write_atomic(self.path(artifact), json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
 
-    # -- the instruction journal -----------------------------------------------------------
+    # -- journals: an output's records, streamed as they finish, sorted at the end -----------
 
-    @property
-    def journal_path(self) -> Path:
-        return self.folder / "instructions.jsonl.partial"
+    def journal_path(self, artifact: str) -> Path:
+        return self.path(artifact).with_name(self.path(artifact).name + ".partial")
 
-    def open_journal(self) -> None:
+    def open_journal(self, artifact: str) -> None:
         self.claim()
-        self._journal = self.journal_path.open("w", encoding="utf-8")  # a rerun rebuilds it from the cache
+        self._journals[artifact] = self.journal_path(artifact).open("w", encoding="utf-8")  # a rerun rebuilds it
+        self._index[artifact] = []
 
-    def append(self, history: dict[str, Any]) -> None:
-        assert self._journal is not None
-        self._journal.write(dumps(history) + "\n")
-        self._journal.flush()
+    def append(self, artifact: str, order: tuple, record: dict[str, Any]) -> None:
+        """One finished record; `order` is its place in the final file (only keys stay in memory)."""
+        handle = self._journals[artifact]
+        self._index[artifact].append((order, handle.tell()))
+        handle.write(dumps(record) + "\n")
+        handle.flush()
 
-    def finish_journal(self, keep_limit: int | None) -> dict[str, int]:
-        """Sort the journal into instructions.jsonl and dataset.jsonl; return counts by status."""
-        assert self._journal is not None
-        self._journal.close()
-        index = []  # (id, offset): only keys and offsets in memory, not the records
-        with self.journal_path.open("rb") as handle:
-            offset = 0
-            for line in handle:
-                index.append((json.loads(line)["id"], offset))
-                offset += len(line)
-        index.sort()
-        counts: dict[str, int] = {}
-        kept = 0
-        with self.journal_path.open("rb") as source, \
-                self._atomic_lines("instructions") as histories, self._atomic_lines("dataset") as dataset:
-            for _, offset in index:
-                source.seek(offset)
-                history = json.loads(source.readline())
-                status = history["status"]
-                if status == "kept" and keep_limit is not None and kept >= keep_limit:
-                    history["status"] = status = "over_limit"
-                counts[status] = counts.get(status, 0) + 1
-                if status == "failed" and history.get("failure"):
-                    failure = history["failure"]
-                    self.failure_reasons[f"{failure['stage']}: {failure['error']}"[:160]] += 1
-                histories.write(dumps(history) + "\n")
-                if status == "kept":
-                    kept += 1
-                    dataset.write(dumps(history["record"]) + "\n")
-        self.journal_path.unlink()
-        return counts
+    def finish_journals(self) -> dict[str, int]:
+        """Sort every journal into its file, whatever order records finished in; lines per file."""
+        lines = {}
+        for artifact, handle in self._journals.items():
+            handle.close()
+            index = sorted(self._index[artifact], key=lambda entry: entry[0])
+            with self.journal_path(artifact).open("rb") as source, self._atomic_lines(artifact) as target:
+                for _, offset in index:
+                    source.seek(offset)
+                    target.write(source.readline().decode("utf-8"))
+            self.journal_path(artifact).unlink()
+            lines[artifact] = len(index)
+        return lines
 
     def _atomic_lines(self, artifact: str) -> _AtomicFile:
         self.claim()

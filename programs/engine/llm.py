@@ -19,7 +19,7 @@ from typing import Any
 
 import dspy
 
-from ..adapter import TemplateAdapter, hub_lm
+from ..adapter import NO_INSTRUCTIONS, TemplateAdapter, hub_lm
 from ..errors import ModelCallError
 from ..hub import CURRENT_CALL, CallContext, ModelHub
 from ..lang.graph import Graph
@@ -72,7 +72,7 @@ def make_parser(node: LLMNode, graph: Graph) -> Callable[[str], dict[str, Any]]:
 def make_signature(node: LLMNode, instructions: str) -> type[dspy.Signature]:
     fields = {name: (Any, dspy.InputField()) for name in sorted(node.template_variables())}
     fields.update({name: (Any, dspy.OutputField()) for name in output_names(node)})
-    return dspy.Signature(fields, instructions or f"The {node.name} step.")
+    return dspy.Signature(fields, instructions or NO_INSTRUCTIONS)
 
 
 class NodeModule(dspy.Module):
@@ -83,7 +83,7 @@ class NodeModule(dspy.Module):
         self.node, self.name, self.hub = node, node.name, hub
         self.role = role or node.model
         model = spec.models[self.role]
-        self.predict = dspy.Predict(make_signature(node, template.default_instructions))
+        self.predict = dspy.Predict(make_signature(node, node.instructions or template.default_instructions))
         decoding = {"temperature": node.temperature if node.temperature is not None else model.temperature,
                     "max_tokens": node.max_tokens or model.max_tokens}
         if model.top_p is not None:

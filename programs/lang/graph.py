@@ -165,7 +165,7 @@ class _GraphCheck:
         if in_loop:
             roots |= {"state", "loop"}
         if with_record:
-            roots.add("record")
+            roots |= {"record", "outputs"}
         return roots
 
     def check_reference(self, where: tuple, context: str, ref: Any, visible: dict[str, str], roots: set[str],
@@ -177,7 +177,8 @@ class _GraphCheck:
                            f"params: {', '.join(graph.params) or 'none'}")
             return
         if ref.root in roots:
-            allowed = {"state": state_keys, "loop": set(LOOP_FIELDS), "record": set(RECORD_FIELDS)}.get(ref.root)
+            allowed = {"state": state_keys, "loop": set(LOOP_FIELDS), "record": set(RECORD_FIELDS),
+                       "outputs": set(graph.outputs)}.get(ref.root)
             if allowed is not None and ref.field is not None and ref.field not in allowed:
                 self.error(where, f"{context} reads {ref.root}.{ref.field}, which does not exist",
                            f"{ref.root} has: {', '.join(sorted(allowed))}")

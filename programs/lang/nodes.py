@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 VIRTUAL_FIELDS = ("id", "calls")  # every node's records have them: NODE.id, NODE.calls
 LOOP_FIELDS = ("index", "first", "last", "max", "calls", "failure")
 LOOP_OUTPUTS = ("exit", "iteration", "iterations")
-RECORD_FIELDS = ("id", "status", "failure", "sources")
+RECORD_FIELDS = ("id", "status", "failure", "sources")  # `record.*`, in outputs
 
 
 @dataclass
@@ -90,6 +90,7 @@ class LLMNode(Node):
     temperature: float | None = None
     max_tokens: int | None = None
     program: Path | None = None
+    instructions: str = ""  # the optimizable instructions, where the template has no instructions block
 
     def expressions(self) -> dict[str, Any]:
         found = {**super().expressions(), **{f"inputs.{k}": v for k, v in self.inputs.items()},
@@ -248,14 +249,11 @@ class Output:
     source: str
     where: Expression | None
     fields: dict[str, Any]
-    limit: Any = None
 
     def references(self) -> list[tuple[str, Reference]]:
         found = [(f"fields.{k}", r) for k, v in self.fields.items() for r in tree_references(v)]
         if self.where is not None:
             found += [("where", r) for r in self.where.references()]
-        if self.limit is not None:
-            found += [("limit", r) for r in tree_references(self.limit)]
         return found
 
 
@@ -263,9 +261,9 @@ COMMON_KEYS = {"type", "for_each", "when", "description"}
 NODE_KEYS: dict[str, set[str]] = {
     "source": {"path", "records", "fields", "id_field"},
     "llm": {"model", "template", "inputs", "parse", "outputs", "explode", "lazy", "temperature", "max_tokens",
-            "program"},
+            "program", "instructions"},
     "judge": {"model", "template", "inputs", "pair", "both_orders", "scale", "unparsable", "temperature",
-              "max_tokens", "program", "lazy"},
+              "max_tokens", "program", "lazy", "instructions"},
     "mix": {"from", "count", "fields", "id_prefix"},
     "pick": {"from"},
     "filter": {"where"},
@@ -371,7 +369,8 @@ class NodeReader:
                 "inputs": {str(k): self.expr((*where, "inputs", k), v, tree=True) for k, v in inputs.items()},
                 "parse": parse or ParseSpec("text"), "declared": declared,
                 "explode": self._explode(raw.get("explode"), (*where, "explode")), "lazy": bool(raw.get("lazy")),
-                "temperature": raw.get("temperature"), "max_tokens": raw.get("max_tokens"), "program": program}
+                "temperature": raw.get("temperature"), "max_tokens": raw.get("max_tokens"), "program": program,
+                "instructions": str(raw.get("instructions", ""))}
 
     def _parse(self, raw: Any, where: Path_) -> ParseSpec | None:
         args = {}
@@ -495,7 +494,7 @@ class NodeReader:
 
     def read_output(self, name: str, raw: Any, where: Path_) -> Output | None:
         raw = self.checker.mapping(where, raw, f"output '{name}'")
-        self.checker.check_keys(where, raw, {"from", "where", "fields", "limit", "description"})
+        self.checker.check_keys(where, raw, {"from", "where", "fields", "description"})
         if not isinstance(raw.get("from"), str):
             self.checker.error(where, f"output '{name}' needs from: (the node whose records it writes)")
             return None
@@ -503,5 +502,4 @@ class NodeReader:
         if not fields:
             self.checker.error(where, f"output '{name}' needs fields: (what each line holds)")
         return Output(name, where, raw["from"], self.expr((*where, "where"), raw["where"]) if "where" in raw else None,
-                      {str(k): self.expr((*where, "fields", k), v, tree=True) for k, v in fields.items()},
-                      self.expr((*where, "limit"), raw["limit"]) if raw.get("limit") is not None else None)
+                      {str(k): self.expr((*where, "fields", k), v, tree=True) for k, v in fields.items()})

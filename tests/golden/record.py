@@ -42,7 +42,7 @@ def overrides(spec: str, url: str) -> list[str]:
 
 def golden_run(spec: str, out: Path, cache_dir: Path, url: str, mode: str = "live"):
     """Run one shipped spec as the goldens were recorded; returns the run's result."""
-    from programs.runner import RunOptions, run_spec
+    from programs.engine.run import RunOptions, run_spec
     from programs.spec import load_spec
 
     sets = overrides(spec, url)

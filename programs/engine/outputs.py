@@ -1,0 +1,117 @@
+"""The run directory's record files, as the spec's `outputs:` declares them.
+
+Each output writes one line per record of its `from` node that its `where` keeps, holding
+its `fields` (expressions over the record's lineage; a key whose value does not exist, such
+as a node that did not run, is left out). Lines stream to journals and are sorted by the
+records' structural order at the end, so a file's bytes never depend on timing. Every failed
+record also goes to failures.jsonl, with its error and raw text.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ..lang.expressions import evaluate_value
+from ..spec import Spec
+from ..store import RunStore
+from .nodes import NodeFailed
+from .records import Record, View, lineage_scope, record_view
+
+FAILURES = "failures"
+
+
+class OutputWriter:
+    def __init__(self, spec: Spec, store: RunStore | None):
+        self.spec, self.store, self.graph = spec, store, spec.graph
+        self.by_node: dict[str, list[Any]] = {}
+        for output in self.graph.outputs.values():
+            self.by_node.setdefault(output.source, []).append(output)
+        self.failure_reasons: Counter = Counter()  # "node: error" -> records that failed so
+        main = self.graph.outputs.get("dataset") or next(iter(self.graph.outputs.values()))
+        self.counted = main.source
+        self.statuses: Counter = Counter()  # statuses of the records of the node the dataset reads
+        self.opened = False
+
+    @property
+    def folder(self) -> Path | None:
+        return self.store.folder if self.store else None
+
+    def file_of(self, node: str) -> str | None:
+        outputs = self.by_node.get(node)
+        if not self.store:
+            return None
+        return str(self.store.path(outputs[0].name if outputs else FAILURES))
+
+    def open(self) -> None:
+        """Journals open at the first record, so a run that stops before writing leaves the folder alone."""
+        if self.store and not self.opened:
+            for name in [*self.graph.outputs, FAILURES]:
+                self.store.open_journal(name)
+        self.opened = True
+
+    async def write(self, node: str, record: Record,
+                    joins: Callable[[str, Record], Awaitable[dict[str, Any]]]) -> None:
+        if node == self.counted:
+            self.statuses[record.status] += 1
+        if not record.ok:
+            failure = record.failure or {}
+            self.failure_reasons[f"{failure.get('stage')}: {failure.get('error')}"[:160]] += 1
+        if not self.store:
+            return
+        self.open()
+        if not record.ok:
+            self.store.append(FAILURES, (*record.order, node), {"id": record.id, "node": node, **(record.failure or {}),
+                                                                "calls": record.calls})
+        lines: dict[str, Any] = {}
+        for output in self.by_node.get(node, []):
+            try:
+                scope = await joins(output.name, record)
+            except NodeFailed:  # a join this record needed failed: what the lineage shows still counts
+                scope = {"params": View(dict(self.spec.params)), **lineage_scope(record)}
+            scope.update(record=record_view(record), outputs=View(lines))
+            if output.where is not None and not _holds(output.where, scope):
+                continue
+            lines[output.name] = present(output.fields, scope)
+            self.store.append(output.name, record.order, lines[output.name])
+
+    def finish(self) -> dict[str, int]:
+        """Sort the journals into their files; the dataset gets LLaMA-Factory's description."""
+        if self.store:
+            self.open()
+            self.store.finish_journals()
+            dataset = self.graph.outputs.get("dataset")
+            if dataset is not None and "messages" in dataset.fields:
+                self.store.write_dataset_info(self.spec.name)
+        return dict(self.statuses)
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        if self.store:
+            self.store.write_json("manifest", manifest)
+
+
+def _holds(expression: Any, scope: dict[str, Any]) -> bool:
+    try:
+        return bool(expression.evaluate(scope))
+    except jinja2.UndefinedError:
+        return False
+
+
+def present(tree: dict[str, Any], scope: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate a mapping of expressions, leaving out the keys whose value does not exist."""
+    result = {}
+    for key, value in tree.items():
+        try:
+            if isinstance(value, dict):
+                result[key] = present(value, scope)
+                continue
+            computed = evaluate_value(value, scope)
+        except jinja2.UndefinedError:
+            continue
+        if not isinstance(computed, jinja2.Undefined):
+            result[key] = computed
+    return result
