@@ -28,8 +28,8 @@ def code_sha() -> str:
     """A hash of codeclm's own sources. Parsing happens after the cache, so a changed parser can
     change what a replay asks for; a replay miss then says that the code changed."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(Path(__file__).parent.glob("**/*.py")):
+        digest.update(str(path.relative_to(Path(__file__).parent)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
