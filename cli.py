@@ -129,8 +129,8 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
     Ctrl-C resumes: finished calls come from the cache. Change a parameter and only
     the calls it affects are made again.
     """
+    from programs.engine.run import RunOptions, run_spec
     from programs.progress import Progress
-    from programs.runner import RunOptions, run_spec
 
     loaded = _load(spec, overrides)
     if mode == "replay" and out is None:  # never overwrite the run being replayed
@@ -159,9 +159,9 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
     Takes the spec and options RUN_DIR's manifest recorded, reads the cache read-only,
     and compares the replayed dataset with the recorded one.
     """
+    from programs.engine.run import RunOptions, run_spec
     from programs.errors import SpecError
     from programs.progress import Progress
-    from programs.runner import RunOptions, run_spec
 
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
@@ -267,7 +267,7 @@ def optimize(spec: str, stage: str, run_dir: Path | None, seeds: Path | None, ex
     \b
     Tune the demo's encoder on its seeds, then use it:
       codeclm optimize specs/demo.yaml encode
-      codeclm run specs/demo.yaml --set stages.encode.program=$PWD/runs/demo-optimize/encode.json
+      codeclm run specs/demo.yaml --set nodes.encode.program=$PWD/runs/demo-optimize/encode.json
     \b
     Tune the target's answers with demos written by the strong model:
       codeclm optimize specs/demo.yaml answer_target --from runs/demo --teacher strong
@@ -280,7 +280,7 @@ def optimize(spec: str, stage: str, run_dir: Path | None, seeds: Path | None, ex
     result = run_optimizer(_load(spec, overrides), options)
     click.echo(f"{stage}: {result.demos} demos; parsed on {result.checked} held-out inputs: "
                f"{result.parsed_before} before, {result.parsed_after} after")
-    click.echo(f"saved {result.path}; use it with --set stages.{stage}.program={result.path.resolve()}")
+    click.echo(f"saved {result.path}; use it with --set nodes.{stage}.program={result.path.resolve()}")
 
 
 @main.command()
@@ -302,17 +302,13 @@ def inspect(run_dir: Path, as_json: bool) -> None:
 @reports_errors
 def validate(spec: str, overrides: tuple[str, ...]) -> None:
     """Check SPEC and render each of its templates once; exit 2 on any problem."""
-    from programs.stages import check_templates
+    from programs.engine.llm import check_templates
+    from programs.lang.describe import words
 
     loaded = _load(spec, overrides)
     check_templates(loaded)
-    stages = ", ".join(f"{s.name} ({s.kind})" for s in loaded.stages.values())
-    click.echo(f"{spec}: valid. stages: {stages}")
-    if loaded.refine:
-        r = loaded.refine
-        click.echo(f"refine: {r.instructions} -> respond {r.respond} -> {r.decide}"
-                   f"{' by ' + r.judge if r.judge else ''}, improve: {r.improve or 'none'}, "
-                   f"max {loaded.params['max_iterations']} iterations, threshold {loaded.params['threshold']}")
+    click.echo(f"{spec}: valid.")
+    click.echo(words(loaded.graph))
 
 
 @main.command()
@@ -324,29 +320,34 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
 @reports_errors
 def render(spec: str, stage: str, input_json: str, overrides: tuple[str, ...]) -> None:
     """Print the exact messages STAGE of SPEC would send, as JSON."""
+    from programs.engine.llm import sample_inputs
     from programs.errors import SpecError
-    from programs.stages import model_stage, sample_inputs
-    from programs.templates import TemplateStore
-    from programs.yaml_lines import has_surrogate
+    from programs.optimize import model_node
 
     loaded = _load(spec, overrides)
-    stage_spec = model_stage(loaded, stage)
+    node = model_node(loaded, stage)
     try:
         given = json.loads(input_json)
     except json.JSONDecodeError as exc:
         raise SpecError("--input", f"not JSON: {exc.msg}", hint='e.g. --input \'{"instruction": "..."}\'') from None
-    except RecursionError:
-        raise SpecError("--input", "JSON nested too deeply", hint='e.g. --input \'{"instruction": "..."}\'') from None
-    if not isinstance(given, dict):
-        raise SpecError("--input", f"must be a JSON object, got {type(given).__name__}",
-                        hint='e.g. --input \'{"instruction": "..."}\'')
-    if has_surrogate(input_json) or has_surrogate(json.dumps(given, ensure_ascii=False)):
-        raise SpecError("--input", "not valid Unicode text (bytes that are not UTF-8, or a \\ud800-\\udfff escape)",
-                        hint="pass UTF-8 text, and no lone surrogate escapes")
-    template = TemplateStore(loaded.prompts_dir).get(stage_spec.template)
-    variables = {name: given.get(name, sample) for name, sample in sample_inputs(stage_spec.kind).items()}
-    variables.update(instructions=template.default_instructions, demos=given.get("demos", []))
+    template = TemplateStore(loaded.prompts_dir).get(node.template)
+    variables = {name: given.get(name, sample) for name, sample in sample_inputs(node).items()}
+    variables.update(instructions=node.instructions or template.default_instructions, demos=given.get("demos", []))
     click.echo(json.dumps(template.render(variables), indent=2, ensure_ascii=False))
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--mermaid", is_flag=True, help="Print the graph as a Mermaid flowchart instead of words.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
+@reports_errors
+def graph(spec: str, mermaid: bool, overrides: tuple[str, ...]) -> None:
+    """Print SPEC's graph: nodes, models, what each reads, loops and outputs (or Mermaid)."""
+    from programs.lang.describe import mermaid as as_mermaid
+    from programs.lang.describe import words
+
+    loaded = _load(spec, overrides)
+    click.echo(as_mermaid(loaded.graph) if mermaid else words(loaded.graph))
 
 
 @main.group()
@@ -439,10 +440,10 @@ def _summary(result: Any) -> None:
 
 
 def _dry_run(spec: Any, options: Any) -> None:
-    from programs.dryrun import dry_run
+    from programs.engine.dryrun import dry_run
 
     rows = dry_run(spec, options)
-    click.echo(f"{'stage/model':<30} {'calls (at most)':>16} {'cached':>8}")
+    click.echo(f"{'node/model':<30} {'calls (at most)':>16} {'cached':>8}")
     for name, row in rows.items():
         click.echo(f"{name:<30} {row['upper_bound']:>16} {row['cached']:>8}")
     click.echo(f"{'total':<30} {sum(r['upper_bound'] for r in rows.values()):>16} "

@@ -203,7 +203,7 @@ def measure_one(config: Config) -> dict[str, Any]:
 
 def live_run(spec: Any, config: Config, seeds: Path, work: Path) -> dict[str, Any]:
     """The live run, timed (wall and this process's CPU), traced or profiled as the config says."""
-    from programs.runner import RunOptions, run_spec
+    from programs.engine.run import RunOptions, run_spec
 
     options = RunOptions(out=work / "live", cache_dir=work / "cache", seeds=seeds)
     rss_before = rss_now_kib()
@@ -239,7 +239,7 @@ def live_figures(manifest: dict[str, Any], run_dir: Path, config: Config, wall: 
 
 def replay_figures(spec: Any, cache: Path, seeds: Path, work: Path, live_dir: Path) -> dict[str, Any]:
     """Replay the run from its cache: every call is a hit, and the dataset must come out the same."""
-    from programs.runner import RunOptions, run_spec
+    from programs.engine.run import RunOptions, run_spec
 
     options = RunOptions(out=work / "replay", cache_dir=cache, cache_mode="replay", seeds=seeds)
     wall = time.perf_counter()

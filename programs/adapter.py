@@ -20,7 +20,6 @@ from .hub import CURRENT_CALL, CallContext, ModelHub
 from .parsers import ParseError
 from .templates import StageTemplate
 
-
 # The signature's instructions when neither the template nor the node has any: DSPy needs some,
 # and the template renders none (`{% if instructions %}` is false).
 NO_INSTRUCTIONS = "(none)"

@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .engine.llm import NodeModule, StepResult, build_module
+from .engine.run import item_window, opened_hub
 from .errors import CodecError, SpecError
 from .hub import ModelHub
+from .lang.nodes import JudgeNode
 from .progress import Progress
-from .runner import item_window, opened_hub
 from .seeds import read_seeds
-from .spec import Spec, StageSpec
-from .stages import JudgeStage, LLMStage
+from .spec import Spec
 from .store import check_out_folder, claim_folder, dumps, write_atomic
-from .templates import TemplateStore
 
 WIN, TIE, LOSS, FAILED = "win", "tie", "loss", "failed"
 
@@ -112,26 +112,22 @@ async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> E
 
 
 class Evaluator:
-    """The three stages of one comparison, built from the spec: its respond template for both
-    answers, its judge (template and model) at temperature 0, as the paper's protocol says."""
+    """One comparison, built from the spec: its pairwise judge (template and model) at temperature 0,
+    as the paper's protocol says, and the node that made the judge's first answer, for both answers."""
 
     def __init__(self, spec: Spec, options: EvalOptions, hub: ModelHub):
         self.spec, self.hub = spec, hub
-        judges = [s for s in spec.stages.values() if s.kind == "judge"]
-        responders = [s for s in spec.stages.values() if s.kind == "respond"]
-        if not judges or not responders:
-            raise SpecError(str(spec.path), "evaluation needs a judge stage and a respond stage in the spec",
-                            hint="evaluate with specs/codeclm.yaml, overriding its models with --set")
-        preferred = spec.refine.judge if spec.refine and spec.refine.judge else judges[0].name
-        self.judge_stage = spec.stages[preferred]
-        store = TemplateStore(spec.prompts_dir)
-        respond_template = store.get(responders[0].template)
-        self.answer = {
-            side: LLMStage(StageSpec(name=f"answer_{side}", kind="respond", model=role,
-                                     template=responders[0].template), respond_template, spec, hub)
-            for side, role in (("candidate", options.candidate), ("reference", options.reference))}
-        self.judge = JudgeStage(dataclasses.replace(self.judge_stage, temperature=0.0),
-                                store.get(self.judge_stage.template), spec, hub)
+        judges = [n for n in spec.graph.model_nodes() if isinstance(n, JudgeNode) and n.pair]
+        answer = judges[0].pair[0].references()[0].root if judges and judges[0].pair[0].references() else None
+        if not judges or answer not in spec.graph.every:
+            raise SpecError(str(spec.path), "evaluation needs a pairwise judge node whose pair names the nodes "
+                            "that answer", hint="evaluate with specs/codeclm.yaml, overriding its models with --set")
+        self.judge_stage = judges[0]
+        answer_node = spec.graph.every[answer]
+        self.answer = {side: build_module(dataclasses.replace(answer_node, name=f"answer_{side}"), spec, hub, role)
+                       for side, role in (("candidate", options.candidate), ("reference", options.reference))}
+        self.judge = build_module(dataclasses.replace(self.judge_stage, temperature=0.0), spec, hub)
+        self.scale = spec.graph.static(self.judge_stage.scale)
 
     def describe(self, role: str) -> dict[str, Any]:
         return {"role": role, "model": self.spec.models[role].model}
@@ -141,21 +137,27 @@ class Evaluator:
         record: dict[str, Any] = {"benchmark": item["benchmark"], "id": item["id"],
                                   "instruction": item["instruction"]}
         sides = ("candidate", "reference")
-        results = await asyncio.gather(*(self.answer[s].acall(item=key, instruction=item["instruction"])
+        results = await asyncio.gather(*(self.answer[s].run(key, 0, {"instruction": item["instruction"]})
                                          for s in sides))
-        record["answers"] = {s: r.values.get("answer") for s, r in zip(sides, results, strict=True)}
+        record["answers"] = {s: next(iter(r.values.values()), None) for s, r in zip(sides, results, strict=True)}
         record["calls"] = [c for r in results for c in r.calls]
         failed = next((r.failure(f"answer_{s}") for s, r in zip(sides, results, strict=True) if not r.ok), None)
         if failed:
             return {**record, "verdict": FAILED, "failure": failed}
-        scale = self.spec.params["score_scale"]
-        judgement, judged = await self.judge.judge(key, item["instruction"], record["answers"]["candidate"],
-                                                    record["answers"]["reference"], scale, both_orders=True)
+        judged = await self.both_orders(key, item["instruction"], record["answers"]["candidate"],
+                                        record["answers"]["reference"])
         record["calls"] += [c for r in judged for c in r.calls]
-        if judgement is None:
-            bad = next(r for r in judged if not r.ok)
+        bad = next((r for r in judged if not r.ok), None)
+        if bad is not None:
             return {**record, "verdict": FAILED, "failure": bad.failure(self.judge_stage.name)}
-        record["scores"] = {"candidate_first": list(judgement.strong_first),
-                            "reference_first": list(judgement.target_first)}
-        record["verdict"] = verdict(judgement.strong_first, judgement.target_first)
+        candidate_first, reference_first = ((r.values["score_1"], r.values["score_2"]) for r in judged)
+        record["scores"] = {"candidate_first": list(candidate_first), "reference_first": list(reference_first)}
+        record["verdict"] = verdict(candidate_first, reference_first)
         return record
+
+    async def both_orders(self, key: str, instruction: str, candidate: str, reference: str) -> list[StepResult]:
+        common = {"instruction": instruction, "scale_low": self.scale[0], "scale_high": self.scale[1]}
+        module: NodeModule = self.judge
+        return list(await asyncio.gather(
+            module.run(key, 0, {**common, "answer_1": candidate, "answer_2": reference}),
+            module.run(key, 0, {**common, "answer_1": reference, "answer_2": candidate})))

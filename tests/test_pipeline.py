@@ -145,7 +145,7 @@ def test_admission_bounds_the_instructions_alive():
     """Entries wait for room; a group larger than the room gets in alone, never forever stuck."""
     import asyncio
 
-    from programs.runner import Admission
+    from programs.engine.run import Admission
 
     async def scenario():
         admission = Admission(room=10)
@@ -169,7 +169,7 @@ def test_admission_bounds_the_instructions_alive():
 
 def test_a_large_run_keeps_its_window_of_instructions(tmp_path, seeds_file, scripted, monkeypatch):
     """With 12 entries of 10 instructions and room for 64, never more than 64 are alive."""
-    from programs.runner import Admission
+    from programs.engine.run import Admission
 
     peak = 0
     enter = Admission.enter

@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 from conftest import REPO, base_spec, write_spec
 
+from programs.engine.run import RunOptions, run_spec
 from programs.local_model import local_model_path
-from programs.runner import RunOptions, run_spec
 from programs.spec import load_spec
 
 pytestmark = pytest.mark.slow

@@ -98,8 +98,8 @@ def test_no_key_value_reaches_any_file_of_a_run(tmp_path: Path, seeds_file: Path
     """Models that echo the key (and a key-shaped string in a seed and in the spec): every file under
     the run folder, the manifest included, holds the mask, never the values."""
     from programs.cache import CallCache
+    from programs.engine.run import RunOptions, run_spec
     from programs.hub import ModelHub
-    from programs.runner import RunOptions, run_spec
 
     env_key = "my-own-gateway-key-0123456789"  # no provider shape: masked because api_key_env names it
     monkeypatch.setenv("GATEWAY_CREDS_VAR", env_key)

@@ -187,3 +187,30 @@ def build_module(node: LLMNode, spec: Spec, hub: ModelHub, role: str | None = No
 def build_modules(spec: Spec, hub: ModelHub) -> dict[str, NodeModule]:
     """One module per model-calling node, keyed by node name (DSPy optimizers can take any of them)."""
     return {node.name: build_module(node, spec, hub) for node in spec.graph.model_nodes()}
+
+
+# Sample values by variable name, for `validate` and `render`; other names get "<name>".
+SAMPLE_VALUES: dict[str, Any] = {
+    "instruction": "Write a haiku about the sea.", "use_case": "creative writing", "skills": ["poetry", "imagery"],
+    "count": 3, "action": "Add a constraint on the rhyme scheme.", "answer_1": "Answer one.",
+    "answer_2": "Answer two.", "scale_low": 1, "scale_high": 10, "answer": "Waves fold into foam.",
+    "items": ["Write a limerick about a cat."], "rubrics": ["Depth of imagery."], "actions": ["Ask for a volta."],
+    "improved": "Write a haiku about the sea at dawn.", "score_1": 8, "score_2": 4,
+}
+
+
+def sample_inputs(node: LLMNode) -> dict[str, Any]:
+    return {name: SAMPLE_VALUES.get(name, f"<{name}>") for name in sorted(node.template_variables())}
+
+
+def check_templates(spec: Spec) -> None:
+    """Render every llm node's template with sample inputs, without and with a demo (a demo holds
+    the inputs and the outputs): undefined variables, bad roles, templates that render nothing."""
+    store = TemplateStore(spec.prompts_dir)
+    for node in spec.graph.model_nodes():
+        template = store.get(node.template)
+        inputs = sample_inputs(node)
+        demo = {**inputs, **{name: SAMPLE_VALUES.get(name, f"<{name}>") for name in output_names(node)}}
+        for demos in ([], [demo]):
+            template.render({**inputs, "instructions": node.instructions or template.default_instructions,
+                             "demos": demos})

@@ -24,9 +24,8 @@ from typing import Any
 
 from ..bundle import recorded_calls
 from ..cache import CallCache, default_cache_dir
-from ..errors import CodecError
 from ..hub import ModelHub
-from ..lang.nodes import DedupNode, LLMNode, LoopNode, MixNode, Node, SourceNode
+from ..lang.nodes import DedupNode, LLMNode, MixNode, Node, SourceNode
 from ..manifest import build_manifest
 from ..progress import Progress
 from ..spec import Spec
@@ -114,18 +113,21 @@ class Engine:
         self.pending: Counter = Counter()
         self.joined: dict[tuple[str, str], asyncio.Task] = {}
         self.window = asyncio.Semaphore(item_window(spec, options.concurrency))
-        self.group: asyncio.TaskGroup | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.error: BaseException | None = None
 
     async def run(self) -> RunResult:
         started = time.time()
-        try:
-            async with asyncio.TaskGroup() as group:
-                self.group = group
-                for node in self.graph.nodes.values():
-                    if node.for_each is None or isinstance(node, DedupNode):
-                        group.create_task(self.start(node))
-        except BaseExceptionGroup as errors:  # the first real error, as the run's error
-            raise _first(errors) from None
+        for node in self.graph.nodes.values():
+            if node.for_each is None or isinstance(node, DedupNode):
+                self.spawn(self.start(node))
+        while self.tasks and self.error is None:
+            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_EXCEPTION)
+        if self.error is not None:
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            raise self.hub.fatal or self.error
         if self.hub.fatal:
             raise self.hub.fatal
         counts = self.outputs.finish()
@@ -135,6 +137,16 @@ class Engine:
         return RunResult(self.outputs.folder, counts, manifest, manifest["calls"])
 
     # -- roots and barriers --------------------------------------------------------------------
+
+    def spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self.error is None:
+            self.error = task.exception()
 
     async def start(self, node: Node) -> None:
         """A node with no for_each (a source, a mix) or a dedup: waits for its collections, then emits."""
@@ -180,7 +192,7 @@ class Engine:
             if isinstance(target, DedupNode) or (isinstance(target, LLMNode) and target.lazy):
                 continue
             self.pending[child] += 1
-            self.group.create_task(self.process(target, record))
+            self.spawn(self.process(target, record))
 
     async def process(self, node: Node, record: Record) -> None:
         try:
@@ -221,13 +233,3 @@ class Engine:
             self.settle(child)
 
 
-def _first(errors: BaseExceptionGroup) -> BaseException:
-    for error in errors.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            return _first(error)
-        if isinstance(error, CodecError):
-            return error
-    return errors.exceptions[0]
-
-
-__all__ = ["Engine", "LoopNode", "RunOptions", "RunResult", "item_window", "opened_hub", "run_spec"]

@@ -11,7 +11,6 @@ scales) have the right type. Each problem is one SpecError with the YAML line an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from jinja2 import meta
 
 from ..errors import SpecError
 from ..templates import TemplateMissing, TemplateStore
-from .expressions import Expression, ExpressionError, check_sandbox, evaluate_value, tree_references
+from .expressions import ExpressionError, check_sandbox, evaluate_value, tree_references
 from .nodes import (
     LOOP_FIELDS,
     RECORD_FIELDS,
@@ -130,8 +129,8 @@ class _GraphCheck:
                 continue
             parent = graph.every.get(node.for_each)
             if parent is None or parent.loop:
-                self.error((*node.where, "for_each"), f"for_each names {node.for_each!r}, which is not a top-level node",
-                           f"nodes: {', '.join(graph.nodes)}")
+                self.error((*node.where, "for_each"), f"for_each names {node.for_each!r}, which is not a "
+                           "top-level node", f"nodes: {', '.join(graph.nodes)}")
                 continue
             graph.children.setdefault(node.for_each, []).append(node.name)
 
@@ -437,17 +436,3 @@ def _walk(nodes: Any) -> Iterator[Node]:
         yield node
         if isinstance(node, LoopNode):
             yield from _walk(node.body.values())
-
-
-def per_record_ceiling(value: Any, graph: Graph) -> int:
-    """An int for bounds: the static value of `value`, or 1 when it depends on records."""
-    try:
-        result = graph.static(value)
-    except (jinja2.UndefinedError, TypeError, ValueError):
-        return 1
-    if isinstance(result, list):
-        return int(max(result))
-    return int(math.ceil(result)) if isinstance(result, (int, float)) else 1
-
-
-__all__ = ["Graph", "build_graph", "Expression", "per_record_ceiling"]

@@ -1,0 +1,29 @@
+"""`run --dry-run`: the calls a spec implies (upper bounds from the graph) and how many of them the
+cache already holds, found by walking the run against the cache with no model: every path goes
+as far as cached calls take it, and nothing is written."""
+
+from __future__ import annotations
+
+from ..hub import ModelHub
+from ..lang.bounds import upper_bounds
+from ..lang.nodes import SourceNode
+from ..seeds import read_records
+from ..spec import Spec
+from .run import RunOptions, run_spec
+
+
+def dry_run(spec: Spec, options: RunOptions, hub: ModelHub | None = None) -> dict[str, dict[str, int]]:
+    sources = {}
+    for node in spec.graph.nodes.values():
+        if isinstance(node, SourceNode):
+            sources[node.name] = len(node.records) if node.records is not None else \
+                len(read_records(options.seeds or node.path, node.fields, node.id_field, options.limit))
+    bounds = upper_bounds(spec.graph, sources)
+    options.dry_run = True
+    if options.cache_mode == "live":  # a dry run only reads: it works on a read-only cache, writes nothing
+        options.cache_mode = "read"
+    if hub is not None:
+        hub.dry_run = True
+    result = run_spec(spec, options, hub)
+    return {f"{node}/{role}": {"upper_bound": bound, "cached": result.calls.get(f"{node}/{role}", {})
+                               .get("cache_hits", 0)} for (node, role), bound in bounds.items()}

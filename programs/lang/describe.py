@@ -1,0 +1,75 @@
+"""`codeclm graph SPEC`: the checked graph in words (nodes, models, edges, loops) and as Mermaid."""
+
+from __future__ import annotations
+
+from .graph import Graph
+from .nodes import JudgeNode, LLMNode, LoopNode, MixNode, Node, SourceNode, SwitchNode
+
+
+def _what(node: Node) -> str:
+    if isinstance(node, JudgeNode):
+        kind = "pairwise judge" if node.pair else "judge"
+        return f"{kind}, model {node.model}, template {node.template}"
+    if isinstance(node, LLMNode):
+        extra = f", explodes {node.explode.field} into {node.explode.as_}" if node.explode else ""
+        lazy = ", lazy (made on first need)" if node.lazy else ""
+        return f"llm, model {node.model}, template {node.template}, parse {node.parse.name}{extra}{lazy}"
+    if isinstance(node, SourceNode):
+        return f"source, {node.path.name if node.path else f'{len(node.records or [])} records in the spec'}"
+    if isinstance(node, MixNode):
+        return f"mix of {', '.join(node.collections)} (waits for all of them), fields {', '.join(node.draws)}"
+    if isinstance(node, SwitchNode):
+        return "switch: " + "; ".join(f"{c.name}" + (f" when {c.when.source}" if c.when else "")
+                                      + (f" -> exit {c.exit}" if c.exit else "") for c in node.cases)
+    if isinstance(node, LoopNode):
+        return f"loop, at most {node.max.source if hasattr(node.max, 'source') else node.max} iterations"
+    return node.type
+
+
+def _reads(graph: Graph, node: Node) -> list[str]:
+    names = {r.root for _, r in node.references() if r.root in graph.every and r.root != node.name}
+    return sorted(names | ({node.for_each} if node.for_each else set()) | set(node.collections) - {""})
+
+
+def words(graph: Graph) -> str:
+    lines = []
+
+    def describe(node: Node, indent: str) -> None:
+        per = f" per record of {node.for_each}" if node.for_each else ""
+        reads = _reads(graph, node)
+        lines.append(f"{indent}{node.name}: {_what(node)}{per}" + (f"; reads {', '.join(reads)}" if reads else ""))
+        if isinstance(node, LoopNode):
+            lines.append(f"{indent}  state: {', '.join(node.state)}; next: {', '.join(node.next) or '-'}")
+            for body in node.body.values():
+                describe(body, indent + "    ")
+
+    for node in graph.nodes.values():
+        describe(node, "")
+    for output in graph.outputs.values():
+        where = f" where {output.where.source}" if output.where else ""
+        lines.append(f"output {output.name}.jsonl: records of {output.source}{where}")
+    return "\n".join(lines)
+
+
+def mermaid(graph: Graph) -> str:
+    lines = ["flowchart TD"]
+
+    def shape(node: Node) -> str:
+        label = f"{node.name}<br/>{node.type}" + (f" ({node.model})" if isinstance(node, LLMNode) else "")
+        return f'{node.name}["{label}"]' if not isinstance(node, SwitchNode) else f'{node.name}{{"{label}"}}'
+
+    for node in graph.nodes.values():
+        if isinstance(node, LoopNode):
+            lines.append(f'  subgraph {node.name}["{node.name}: loop"]')
+            lines += [f"    {shape(body)}" for body in node.body.values()]
+            lines.append("  end")
+        else:
+            lines.append(f"  {shape(node)}")
+    for node in graph.every.values():
+        for source in _reads(graph, node):
+            if source != node.loop:
+                arrow = "==>" if source in node.collections else "-->"
+                lines.append(f"  {source} {arrow} {node.name}")
+    for output in graph.outputs.values():
+        lines.append(f'  {output.source} --> out_{output.name}[("{output.name}.jsonl")]')
+    return "\n".join(lines)
