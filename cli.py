@@ -323,6 +323,8 @@ def render(spec: str, stage: str, input_json: str, overrides: tuple[str, ...]) -
     from programs.engine.llm import sample_inputs
     from programs.errors import SpecError
     from programs.optimize import model_node
+    from programs.templates import TemplateStore
+    from programs.yaml_lines import has_surrogate
 
     loaded = _load(spec, overrides)
     node = model_node(loaded, stage)
@@ -330,9 +332,18 @@ def render(spec: str, stage: str, input_json: str, overrides: tuple[str, ...]) -
         given = json.loads(input_json)
     except json.JSONDecodeError as exc:
         raise SpecError("--input", f"not JSON: {exc.msg}", hint='e.g. --input \'{"instruction": "..."}\'') from None
+    except RecursionError:
+        raise SpecError("--input", "JSON nested too deeply", hint='e.g. --input \'{"instruction": "..."}\'') from None
+    if not isinstance(given, dict):
+        raise SpecError("--input", f"must be a JSON object, got {type(given).__name__}",
+                        hint='e.g. --input \'{"instruction": "..."}\'')
+    if has_surrogate(input_json) or has_surrogate(json.dumps(given, ensure_ascii=False)):
+        raise SpecError("--input", "not valid Unicode text (bytes that are not UTF-8, or a \\ud800-\\udfff escape)",
+                        hint="pass UTF-8 text, and no lone surrogate escapes")
     template = TemplateStore(loaded.prompts_dir).get(node.template)
     variables = {name: given.get(name, sample) for name, sample in sample_inputs(node).items()}
-    variables.update(instructions=node.instructions or template.default_instructions, demos=given.get("demos", []))
+    variables.update(instructions=node.instructions or template.default_instructions,
+                     demos=given.get("demos", []))
     click.echo(json.dumps(template.render(variables), indent=2, ensure_ascii=False))
 
 

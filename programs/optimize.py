@@ -66,7 +66,8 @@ def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) 
     inputs = _dedupe(node_inputs(spec, node, options, cache_dir, hub))[: options.examples]
     if len(inputs) < 2:
         raise SpecError(str(options.run_dir or spec.path), f"node '{node.name}': {len(inputs)} example input(s), "
-                        "need at least 2", hint="run the spec first (codeclm run), or pass more seeds")
+                        "need at least 2", hint="run the spec first, then pass --from runs/NAME (its cache holds the "
+                        "inputs), or pass more seeds")
     half = math.ceil(len(inputs) / 2)
     trainset = [dspy.Example(**i).with_inputs(*i) for i in inputs[:half]]
     checkset = inputs[half:]

@@ -61,7 +61,17 @@ def base_spec(seeds_path: Path, **params: Any) -> dict[str, Any]:
     data["models"] = {"strong": {"model": "local", "temperature": 0.7, "max_tokens": 64},
                       "target": {"model": "local", "temperature": 0.7, "max_tokens": 32}}
     data["nodes"]["seeds"]["path"] = str(seeds_path)
-    data["params"].update(pool_size=3, dataset_size=6, max_iterations=4, threshold=3, **params)
+    data["params"].update({"pool_size": 3, "dataset_size": 6, "max_iterations": 4, "threshold": 3, **params})
+    return data
+
+
+def hand_written(data: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The spec with its seeds and encoder replaced by hand-written metadata records (no-seed mode)."""
+    del data["nodes"]["encode"], data["outputs"]["metadata"]
+    data["nodes"]["seeds"] = {"type": "source", "records": records}
+    data["nodes"]["augment"]["from"] = "seeds"
+    data["nodes"]["augment"]["fields"] = {"use_case": {"choice": "seeds.use_case"},
+                                          "skills": {"sample": "seeds.skills", "flatten": True, "unique": True}}
     return data
 
 

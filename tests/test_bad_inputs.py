@@ -94,8 +94,8 @@ def test_duplicate_key_names_both_lines(tmp_path, seeds_file):
 
 def test_two_stages_of_the_same_name(tmp_path, seeds_file):
     text = write_spec(tmp_path, base_spec(seeds_file)).read_text()
-    second = "  decode:\n    kind: decode\n    model: target\n    template: decode.jinja\n    input: augment\n"
-    path = raw_spec(tmp_path, text.replace("  answer_strong:\n", second + "  answer_strong:\n", 1))
+    second = "  decode:\n    type: llm\n    model: target\n    template: decode.jinja\n"
+    path = raw_spec(tmp_path, text.replace("  refine:\n", second + "  refine:\n", 1))
     lines = path.read_text().splitlines()
     first, again = [n for n, line in enumerate(lines, start=1) if line == "  decode:"]
     done = cli("validate", str(path))

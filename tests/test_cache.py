@@ -9,11 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, ScriptedBackend, base_spec, write_spec
-from programs.dryrun import dry_run
+from conftest import REPO, ScriptedBackend, base_spec, hand_written, write_spec
 
 from programs.bundle import export_bundle, import_bundle
 from programs.cache import CallCache
+from programs.engine.dryrun import dry_run
 from programs.engine.run import RunOptions
 from programs.errors import ReplayMiss
 from programs.hub import CallContext, ModelHub
@@ -124,12 +124,9 @@ def test_identical_calls_in_flight_reach_the_model_once(tmp_path):
 
 
 def test_sample_slots_keep_identical_pool_entries_distinct(tmp_path, scripted):
-    """Two identical metadata entries must not share one decode sample."""
-    data = base_spec(tmp_path / "unused.jsonl")
-    del data["seeds"], data["stages"]["encode"], data["stages"]["augment"]
-    data["metadata"] = [{"use_case": "code generation", "skills": ["python"]}] * 2
-    for stage in ("rubrics", "decode"):
-        data["stages"][stage]["input"] = "metadata"
+    """Two identical pool entries must not share one decode sample."""
+    data = hand_written(base_spec(tmp_path / "unused.jsonl", pool_size=2),
+                        [{"use_case": "code generation", "skills": ["python"]}])
     result = scripted(write_spec(tmp_path, data))
     assert result.manifest["calls"]["decode/strong"]["calls"] == 2
 

@@ -33,7 +33,7 @@ def test_render_prints_the_exact_messages_with_a_seed_taken_literally():
 
 def test_render_unknown_stage_exits_2():
     result = CliRunner().invoke(cli.main, ["render", str(REPO / "specs" / "codeclm.yaml"), "nope"])
-    assert result.exit_code == 2 and "stages:" in result.output
+    assert result.exit_code == 2 and "llm nodes:" in result.output
 
 
 def test_validate_every_shipped_spec():

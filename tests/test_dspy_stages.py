@@ -9,9 +9,9 @@ import shutil
 import dspy
 import pytest
 from conftest import REPO, ScriptedBackend, base_spec, write_spec
-from programs.stages import build_stages
 
 from programs.cache import CallCache
+from programs.engine.llm import build_modules
 from programs.hub import ModelHub
 from programs.spec import load_spec
 
@@ -19,7 +19,7 @@ from programs.spec import load_spec
 def stages_for(tmp_path, backend):
     spec = load_spec(write_spec(tmp_path, base_spec(tmp_path / "unused.jsonl")))
     hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": backend, "target": backend})
-    return build_stages(spec, hub)
+    return build_modules(spec, hub)
 
 
 def test_instructions_and_demos_reach_the_prompt(tmp_path):
@@ -55,10 +55,10 @@ def test_a_spec_stage_loads_an_optimized_program(tmp_path):
     encode.predict.signature = encode.predict.signature.with_instructions("Tuned by an optimizer.")
     encode.save(str(tmp_path / "encode.json"))
     data = base_spec(tmp_path / "unused.jsonl")
-    data["stages"]["encode"]["program"] = "encode.json"
+    data["nodes"]["encode"]["program"] = "encode.json"
     spec = load_spec(write_spec(tmp_path, data))
     hub = ModelHub(spec.models, CallCache(tmp_path / "cache2"), backends={"strong": backend, "target": backend})
-    assert build_stages(spec, hub)["encode"].predict.signature.instructions == "Tuned by an optimizer."
+    assert build_modules(spec, hub)["encode"].predict.signature.instructions == "Tuned by an optimizer."
 
 
 # -- codeclm optimize: BootstrapFewShot with "the completion parses" as the metric ---------------
@@ -100,8 +100,8 @@ def test_optimize_bootstraps_demos_that_parse_and_checks_them(tmp_path):
     assert all(d["use_case"] == "writing" for d in demos)
     # The spec loads it, and the stage then sends the demos as few-shot turns.
     data = base_spec(tmp_path / "seeds.jsonl")
-    data["stages"]["encode"]["program"] = str(result.path)
-    tuned = build_stages(load_spec(write_spec(tmp_path, data, "tuned.yaml")), hub)["encode"]
+    data["nodes"]["encode"]["program"] = str(result.path)
+    tuned = build_modules(load_spec(write_spec(tmp_path, data, "tuned.yaml")), hub)["encode"]
     assert tuned(instruction=FORMAT_SEEDS[7]).ok
 
 
@@ -125,10 +125,10 @@ def test_optimize_later_stages_needs_a_run(tmp_path, scripted, seeds_file):
 
     spec = write_spec(tmp_path, base_spec(seeds_file))
     result = CliRunner().invoke(main, ["optimize", str(spec), "judge", "--cache-dir", str(tmp_path / "c")])
-    assert result.exit_code == 2 and "needs the inputs of a finished run" in result.output
+    assert result.exit_code == 2 and "0 example input(s)" in result.output
     assert "--from runs/NAME" in result.output
     result = CliRunner().invoke(main, ["optimize", str(spec), "augment"])
-    assert result.exit_code == 2 and "no model-calling stage named 'augment'" in result.output
+    assert result.exit_code == 2 and "no llm node named 'augment'" in result.output
 
 
 def test_optimize_judge_from_a_finished_run(tmp_path, scripted, seeds_file):
@@ -143,7 +143,7 @@ def test_optimize_judge_from_a_finished_run(tmp_path, scripted, seeds_file):
     demo = json.loads(result.path.read_text())["predict"]["demos"][0]
     assert {"answer_1", "answer_2", "score_1", "score_2"} <= set(demo)
     # Loaded into the stage, the demo reaches the judge's prompt as a scored example.
-    judge = build_stages(spec, hub)["judge"]
+    judge = build_modules(spec, hub)["judge"]
     judge.load(str(result.path))
     judge(instruction="Q?", answer_1="a", answer_2="b", scale_low=1, scale_high=10)
     sent = scripted.backends["strong"].calls[-1]

@@ -181,7 +181,7 @@ def test_a_model_nobody_serves_fails_the_run_with_the_reason(tmp_path: Path, see
     result = CliRunner().invoke(main, ["run", str(spec), "-q", "--out", str(tmp_path / "run"),
                                        "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 1, result.output
-    assert "stage 'encode': all 4 calls failed" in result.output and "Cannot connect" in result.output
+    assert "node 'encode': all 4 records failed" in result.output and "Cannot connect" in result.output
     assert "Traceback" not in result.output
     records = read_jsonl(tmp_path / "run" / "metadata.jsonl")
     assert len(records) == 4 and all(r["status"] == "failed" for r in records)

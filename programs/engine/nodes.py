@@ -117,13 +117,16 @@ class NodeRunner:
     # -- model calls ----------------------------------------------------------------------------
 
     def inputs(self, node: LLMNode, scope: dict[str, Any]) -> dict[str, Any]:
-        values = {name: self.value(expr, scope, f"input '{name}'") for name, expr in node.inputs.items()}
+        return {name: self.value(expr, scope, f"input '{name}'") for name, expr in node.inputs.items()}
+
+    async def call(self, node: LLMNode, item: str, slot: int, inputs: dict[str, Any]) -> StepResult:
+        """One model call of a node (an observer, such as `optimize`, sees its inputs first)."""
         if self.observe:
-            self.observe(node.name, values)
-        return values
+            self.observe(node.name, inputs)
+        return await self.modules[node.name].run(item, slot, inputs)
 
     async def llm(self, node: LLMNode, record: Record, scope: dict[str, Any], item: str) -> list[Record]:
-        result = await self.modules[node.name].run(item, record.slot, self.inputs(node, scope))
+        result = await self.call(node, item, record.slot, self.inputs(node, scope))
         if not result.ok:
             return [_failed(record, node.name, result)]
         if node.explode is None:
@@ -144,15 +147,14 @@ class NodeRunner:
         gap = a - b; `unparsable: tie` turns an unparsable judgement into a gap of 0."""
         low, high = self.graph.static(node.scale)
         inputs = {**self.inputs(node, scope), "scale_low": low, "scale_high": high}
-        module = self.modules[node.name]
         if not node.pair:
-            result = await module.run(item, record.slot, inputs)
+            result = await self.call(node, item, record.slot, inputs)
             return record.child(node.name, result.values, calls=result.calls) if result.ok else \
                 _failed(record, node.name, result)
         a, b = (self.value(p, scope, "pair") for p in node.pair)
-        orders = [module.run(item, record.slot, {**inputs, "answer_1": a, "answer_2": b})]
+        orders = [self.call(node, item, record.slot, {**inputs, "answer_1": a, "answer_2": b})]
         if self.graph.static(node.both_orders):
-            orders.append(module.run(item, record.slot, {**inputs, "answer_1": b, "answer_2": a}))
+            orders.append(self.call(node, item, record.slot, {**inputs, "answer_1": b, "answer_2": a}))
         results = await asyncio.gather(*orders)
         calls = [c for r in results for c in r.calls]
         bad = next((r for r in results if not r.ok), None)

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..bundle import recorded_calls
 from ..cache import CallCache, default_cache_dir
+from ..errors import CodecError
 from ..hub import ModelHub
 from ..lang.nodes import DedupNode, LLMNode, MixNode, Node, SourceNode
 from ..manifest import build_manifest
@@ -102,7 +103,8 @@ class Engine:
     def __init__(self, spec: Spec, options: RunOptions, hub: ModelHub, observe: Any = None):
         self.spec, self.options, self.hub, self.graph = spec, options, hub, spec.graph
         self.progress = options.progress or Progress(stream=None)
-        store = None if options.dry_run else RunStore(options.out or Path("runs") / spec.name)
+        store = None if options.dry_run else RunStore(options.out or Path("runs") / spec.name,
+                                                      protect=options.recorded_run)
         self.outputs = OutputWriter(spec, store)
         self.nodes = NodeRunner(spec, hub, build_modules(spec, hub), self.progress, options, observe, self.join)
         self.collections = {c for n in self.graph.every.values() for c in n.collections}
@@ -127,6 +129,8 @@ class Engine:
             for task in self.tasks:
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
+            if self.hub.fatal is None and isinstance(self.error, CodecError) and self.outputs.opened:
+                self.outputs.finish()  # the records that did finish (and their failures) say why it stopped
             raise self.hub.fatal or self.error
         if self.hub.fatal:
             raise self.hub.fatal
