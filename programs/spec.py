@@ -156,7 +156,8 @@ class Checker:
         if name.strip() in ("", ".") or ".." in name or "/" in name or "\\" in name or not name.isprintable():
             self.error(("name",), f"name must be a plain name (it names the run folder runs/NAME), got {name!r}",
                        "a name is not a path: no '/', '\\' or '..'; pass --out DIR to write elsewhere")
-        self.raise_errors()
+        if not prompts_dir.is_dir():
+            self.raise_errors()
         graph = build_graph(self, models, params, prompts_dir)
         self.raise_errors()
         return Spec(path=self.path, name=str(data.get("name", self.path.stem)), seed=int(data.get("seed", 0)),

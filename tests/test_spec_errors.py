@@ -78,7 +78,7 @@ models:
     model: local
     temperature: 0.7
    target: local
-stages: {}
+nodes: {}
 """
 
 
@@ -115,6 +115,7 @@ def test_missing_spec_file(tmp_path):
 
 
 def test_unknown_param_suggests_the_close_key(tmp_path, spec_data):
+    """Params are free names, so a typo is a param no expression reads: refused, with the close one."""
     spec_data["params"]["treshold"] = 2
     path = write_spec(tmp_path, spec_data)
     error = only_error(path)
@@ -130,20 +131,20 @@ def test_unknown_top_level_key(tmp_path, spec_data):
     assert error.line == line_of(path, "modles:") and "did you mean 'models'" in error.hint
 
 
-def test_unknown_stage_kind_lists_the_kinds(tmp_path, spec_data):
-    spec_data["stages"]["answer_target"]["kind"] = "answer"
+def test_unknown_node_type_lists_the_types(tmp_path, spec_data):
+    spec_data["nodes"]["refine"]["body"]["answer_target"]["type"] = "answer"
     path = write_spec(tmp_path, spec_data)
     errors = errors_of(path)
-    kind_error = next(e for e in errors if "unknown kind" in e.message)
-    assert kind_error.line == line_of(path, "kind: answer")
-    for kind in ("encode", "augment", "rubrics", "decode", "respond", "judge", "improve"):
-        assert kind in kind_error.hint
-    assert_cli_reports(cli("validate", str(path)), f"spec.yaml:{kind_error.line}", "unknown kind 'answer'",
-                       "allowed kinds: encode, augment")
+    type_error = next(e for e in errors if "unknown type" in e.message)
+    assert type_error.line == line_of(path, "type: answer")
+    for kind in ("source", "llm", "judge", "mix", "pick", "filter", "dedup", "switch", "loop"):
+        assert kind in type_error.hint
+    assert_cli_reports(cli("validate", str(path)), f"spec.yaml:{type_error.line}", "unknown type 'answer'",
+                       "types: source, llm")
 
 
-def test_stage_with_an_undeclared_model(tmp_path, spec_data):
-    spec_data["stages"]["decode"]["model"] = "huge"
+def test_node_with_an_undeclared_model(tmp_path, spec_data):
+    spec_data["nodes"]["decode"]["model"] = "huge"
     path = write_spec(tmp_path, spec_data)
     error = only_error(path)
     assert error.line == line_of(path, "model: huge")
@@ -152,34 +153,31 @@ def test_stage_with_an_undeclared_model(tmp_path, spec_data):
     assert_cli_reports(cli("validate", str(path)), f"spec.yaml:{error.line}", "'huge'", "declared models")
 
 
-def test_judge_without_answers(tmp_path, spec_data):
-    del spec_data["stages"]["judge"]["answers"]
-    path = write_spec(tmp_path, spec_data)
-    error = only_error(path)
-    judge_line = line_of(path, "judge:", after=line_of(path, "stages:"))
-    assert error.line == judge_line  # no 'answers:' line: the stage's line
-    assert "needs answers" in error.message
-    assert_cli_reports(cli("validate", str(path)), f"spec.yaml:{judge_line}", "needs answers: [strong, target]")
-
-
-@pytest.mark.parametrize("answers", [["answer_strong"], ["answer_strong", "decode"], ["answer_strong", "nope"]],
-                         ids=["one", "not-respond", "unknown"])
-def test_judge_with_bad_answers(tmp_path, spec_data, answers):
-    spec_data["stages"]["judge"]["answers"] = answers
+def test_a_judge_without_a_pair_is_pointwise_and_its_readers_are_told(tmp_path, spec_data):
+    del spec_data["nodes"]["refine"]["body"]["judge"]["pair"]
     path = write_spec(tmp_path, spec_data)
     errors = errors_of(path)
-    assert any("needs answers" in e.message and e.line == line_of(path, "answers:") for e in errors)
+    assert any("judge.gap" in e.message and "makes score" in e.message for e in errors), [str(e) for e in errors]
+    assert_cli_reports(cli("validate", str(path)), "spec.yaml:", "makes score")
 
 
-def test_refine_without_improve_needs_one_iteration(tmp_path, spec_data):
-    del spec_data["refine"]["improve"]
+@pytest.mark.parametrize("pair", [["answer_strong.answer"], 5, ["answer_strong.answer", "nope.answer"]],
+                         ids=["one", "not-a-list", "unknown"])
+def test_judge_with_a_bad_pair(tmp_path, spec_data, pair):
+    spec_data["nodes"]["refine"]["body"]["judge"]["pair"] = pair
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path)
+    assert any(("pair" in e.message or "'nope'" in e.message) and e.line == line_of(path, "pair:")
+               for e in errors), [str(e) for e in errors]
+
+
+def test_a_loop_reading_a_node_it_lacks(tmp_path, spec_data):
+    del spec_data["nodes"]["refine"]["body"]["improve"]
     path = write_spec(tmp_path, spec_data)
     error = only_error(path)
-    assert error.line == line_of(path, "max_iterations:")
-    assert "max_iterations > 1 needs refine.improve" in error.message
-    assert_cli_reports(cli("validate", str(path)), f"spec.yaml:{error.line}", "refine.improve")
-    # and with a single iteration the same spec is fine
-    assert load_spec(path, ["params.max_iterations=1"]).refine.improve is None
+    assert error.line == line_of(path, "next:")
+    assert "reads 'improve', which is not a node" in error.message
+    assert_cli_reports(cli("validate", str(path)), f"spec.yaml:{error.line}", "'improve'")
 
 
 def test_api_key_in_a_model_is_refused(tmp_path, spec_data):
@@ -197,7 +195,7 @@ def test_api_key_in_a_model_is_refused(tmp_path, spec_data):
 
 def test_several_problems_are_reported_together(tmp_path, spec_data):
     spec_data["params"]["treshold"] = 2
-    spec_data["stages"]["decode"]["model"] = "huge"
+    spec_data["nodes"]["decode"]["model"] = "huge"
     spec_data["models"]["target"]["temperature"] = -1
     path = write_spec(tmp_path, spec_data)
     lines = sorted(e.line for e in errors_of(path))
@@ -206,18 +204,19 @@ def test_several_problems_are_reported_together(tmp_path, spec_data):
 
 
 @pytest.mark.parametrize(("section", "key", "value", "message"), [
-    ("params", "pool_size", 0, "pool_size must be a positive integer"),
-    ("params", "skills_per_entry", [3, 1], "skills_per_entry must be [min, max]"),
-    ("params", "score_scale", [10, 1], "score_scale must be [low, high]"),
-    ("params", "threshold", -1, "threshold must be a non-negative number"),
-    ("params", "both_orders", "yes", "both_orders must be true or false"),
-    ("params", "unparsable_score", "ignore", "unparsable_score must be"),
-], ids=["pool-size", "skills-range", "scale", "threshold", "both-orders", "unparsable"])
+    ("params", "pool_size", 0, "params.pool_size must be a positive integer"),
+    ("params", "skills_per_entry", [3, 1], "params.skills_per_entry must be a positive integer or a range"),
+    ("params", "score_scale", [10, 1], "params.score_scale must be [low, high]"),
+    ("params", "max_iterations", "four", "params.max_iterations must be a positive integer"),
+    ("params", "both_orders", "yes", "params.both_orders must be true or false"),
+    ("params", "unparsable_score", "ignore", "params.unparsable_score must be 'fail' or 'tie'"),
+], ids=["pool-size", "skills-range", "scale", "iterations", "both-orders", "unparsable"])
 def test_bad_param_values(tmp_path, spec_data, section, key, value, message):
+    """A count, a range or a scale computed from params is checked before anything runs, at the param."""
     spec_data[section][key] = value
     path = write_spec(tmp_path, spec_data)
-    error = only_error(path)
-    assert message in error.message and error.line == line_of(path, f"{key}:")
+    errors = errors_of(path)
+    assert any(message in e.message and e.line == line_of(path, f"{key}:") for e in errors), [str(e) for e in errors]
 
 
 # -- templates -----------------------------------------------------------------------------
@@ -274,7 +273,7 @@ def test_missing_prompts_folder(tmp_path, spec_data):
 
 
 def test_missing_template_lists_the_available_ones(tmp_path, spec_data):
-    spec_data["stages"]["decode"]["template"] = "decoder.jinja"
+    spec_data["nodes"]["decode"]["template"] = "decoder.jinja"
     path = write_spec(tmp_path, spec_data)
     error = only_error(path)
     assert "template 'decoder.jinja' not found" in error.message
@@ -285,7 +284,7 @@ def test_missing_template_lists_the_available_ones(tmp_path, spec_data):
 
 
 def test_missing_template_points_at_the_spec_line(tmp_path, spec_data):
-    spec_data["stages"]["decode"]["template"] = "decoder.jinja"
+    spec_data["nodes"]["decode"]["template"] = "decoder.jinja"
     path = write_spec(tmp_path, spec_data)
     error = only_error(path)
     assert (error.file, error.line) == (str(path), line_of(path, "template: decoder.jinja"))
@@ -309,7 +308,7 @@ def test_run_with_invalid_json_on_line_3(tmp_path, spec_data):
                      + json.dumps({"id": "b", "instruction": SEEDS[1]}) + "\n"
                      + '{"id": "c", "instruction": "unterminated}\n'
                      + json.dumps({"id": "d", "instruction": SEEDS[2]}) + "\n")
-    spec_data["seeds"]["path"] = str(seeds)
+    spec_data["nodes"]["seeds"]["path"] = str(seeds)
     assert all(m["model"] == "local" for m in spec_data["models"].values())
     done = run_fast(tmp_path, write_spec(tmp_path, spec_data))
     assert_cli_reports(done, f"{seeds}:3", "invalid JSON")
@@ -325,7 +324,7 @@ def test_run_with_seeds_option_pointing_at_bad_json(tmp_path, spec_data):
 def test_run_with_csv_seeds_lacking_the_column(tmp_path, spec_data):
     seeds = tmp_path / "seeds.csv"
     seeds.write_text("id,text\n1,Write a haiku.\n2,Explain DNS.\n")
-    spec_data["seeds"] = {"path": str(seeds), "field": "instruction"}
+    spec_data["nodes"]["seeds"] = {"type": "source", "path": str(seeds), "fields": ["instruction"]}
     done = run_fast(tmp_path, write_spec(tmp_path, spec_data))
     assert_cli_reports(done, f"{seeds}:1", "no column 'instruction'", "id, text")
 
@@ -374,8 +373,8 @@ def test_set_not_key_value_on_run(tmp_path, spec_data):
 def test_set_values_are_validated(tmp_path, spec_data):
     path = write_spec(tmp_path, spec_data)
     assert load_spec(path, ["params.threshold=2"]).params["threshold"] == 2
-    errors = errors_of(path, ["params.threshold=-2"])
-    assert [e.line for e in errors] == [line_of(path, "threshold:")]
+    errors = errors_of(path, ["params.max_iterations=-2"])
+    assert [e.line for e in errors] == [line_of(path, "max_iterations:")]
 
 
 # -- wrongly typed values: still a message, never a traceback ------------------------------
@@ -391,26 +390,16 @@ def _set(*keys: str, value: Any):
 
 
 WRONG_TYPES = [
-    pytest.param(_set("stages", "decode", "kind", value=["decode"]), TypeError,
-                 id="stage-kind-list"),  # spec.py _Validator.stages: `kind not in STAGE_KINDS`
-    pytest.param(_set("stages", "decode", "model", value=["strong"]), TypeError,
-                 id="stage-model-list"),  # _Validator.stages: `stage.model not in models`
-    pytest.param(_set("stages", "decode", "input", value=["augment"]), TypeError,
-                 id="stage-input-list"),  # _Validator.wiring: `source in SOURCES`
-    pytest.param(_set("stages", "decode", "template", value=5), AttributeError,
-                 id="stage-template-int"),  # templates: jinja split_template_path on an int
-    pytest.param(_set("stages", "judge", "answers", value=5), TypeError,
-                 id="judge-answers-int"),  # _Validator.refine: set(stages[judge].answers)
-    pytest.param(_set("stages", "improve", "actions", value=["rubrics"]), TypeError,
-                 id="improve-actions-list"),  # _Validator.refine: stages.get(stages[improve].actions)
-    pytest.param(_set("refine", "respond", value=5), TypeError,
-                 id="refine-respond-int"),  # _Validator.refine: list(respond)
-    pytest.param(_set("refine", "improve", value=["improve"]), TypeError,
-                 id="refine-improve-list"),  # _Validator.refine.stage_ref: `name not in stages`
-    pytest.param(_set("params", "score_scale", value=[1, "ten"]), TypeError,
-                 id="score-scale-str"),  # _Validator.params: scale[0] < scale[1]
-    pytest.param(_set("metadata", value=[{"use_case": "u", "skills": 5}]), TypeError,
-                 id="metadata-skills-int"),  # _Validator.metadata: list(skills)
+    pytest.param(_set("nodes", "decode", "type", value=["llm"]), TypeError, id="node-type-list"),
+    pytest.param(_set("nodes", "decode", "model", value=["strong"]), TypeError, id="node-model-list"),
+    pytest.param(_set("nodes", "decode", "for_each", value=["augment"]), TypeError, id="for-each-list"),
+    pytest.param(_set("nodes", "decode", "template", value=5), AttributeError, id="template-int"),
+    pytest.param(_set("nodes", "decode", "parse", value=["list"]), TypeError, id="parse-list"),
+    pytest.param(_set("nodes", "decode", "inputs", value=["use_case"]), TypeError, id="inputs-list"),
+    pytest.param(_set("nodes", "refine", "body", "judge", "pair", value=5), TypeError, id="pair-int"),
+    pytest.param(_set("nodes", "refine", "state", value=["instruction"]), TypeError, id="state-list"),
+    pytest.param(_set("nodes", "refine", "body", "decide", "cases", value=5), TypeError, id="cases-int"),
+    pytest.param(_set("params", "score_scale", value=[1, "ten"]), TypeError, id="score-scale-str"),
 ]
 
 
@@ -422,14 +411,14 @@ def test_wrongly_typed_value_is_a_spec_error(tmp_path, spec_data, change, crash)
     assert all(e.line for e in errors_of(path))
 
 
-def test_wrongly_typed_kind_through_the_cli(tmp_path, spec_data):
-    spec_data["stages"]["decode"]["kind"] = ["decode"]
+def test_wrongly_typed_type_through_the_cli(tmp_path, spec_data):
+    spec_data["nodes"]["decode"]["type"] = ["llm"]
     path = write_spec(tmp_path, spec_data)
-    assert_cli_reports(cli("validate", str(path)), "spec.yaml:", "kind")
+    assert_cli_reports(cli("validate", str(path)), "spec.yaml:", "type")
 
 
 @pytest.mark.parametrize(("key", "value"), [("temperature", "hot"), ("max_tokens", -5)])
-def test_stage_overrides_are_validated(tmp_path, spec_data, key, value):
-    spec_data["stages"]["decode"][key] = value
+def test_node_decoding_overrides_are_validated(tmp_path, spec_data, key, value):
+    spec_data["nodes"]["decode"][key] = value
     path = write_spec(tmp_path, spec_data)
     assert any(e.line == line_of(path, f"{key}: {value}") for e in errors_of(path))

@@ -11,6 +11,7 @@ scales) have the right type. Each problem is one SpecError with the YAML line an
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from jinja2 import meta
 
 from ..errors import SpecError
 from ..templates import TemplateMissing, TemplateStore
-from .expressions import ExpressionError, check_sandbox, evaluate_value, tree_references
+from .expressions import Expression, ExpressionError, check_sandbox, evaluate_value, tree_references
 from .nodes import (
     LOOP_FIELDS,
     RECORD_FIELDS,
@@ -90,7 +91,6 @@ def build_graph(checker: Checker, models: dict[str, ModelSpec], params: dict[str
         checker.error(("outputs",), "no outputs declared", "e.g. outputs: {dataset: {from: NODE, fields: {...}}}")
     outputs = {str(k): o for k, v in raw_outputs.items() if (o := reader.read_output(str(k), v, ("outputs", k)))}
     graph = Graph(nodes, outputs, params)
-    checker.raise_errors()  # the checks below need well-formed nodes
     _GraphCheck(checker, graph, models, prompts).run()
     return graph
 
@@ -99,15 +99,23 @@ class _GraphCheck:
     def __init__(self, checker: Checker, graph: Graph, models: dict[str, ModelSpec], prompts: Path):
         self.checker, self.graph, self.models, self.prompts = checker, graph, models, prompts
         self.error = checker.error
+        self.problems_before = len(checker.errors)  # problems elsewhere (models) are reported with these
+
+    def stop_if_broken(self) -> None:
+        """The next checks need what the previous ones checked: stop, reporting everything so far."""
+        if len(self.checker.errors) > self.problems_before:
+            self.checker.raise_errors()
 
     def run(self) -> None:
+        self.stop_if_broken()  # nodes that did not read well
         self.index()
-        self.checker.raise_errors()
+        self.stop_if_broken()
         for node in self.graph.every.values():
             self.check_node(node)
         for output in self.graph.outputs.values():
             self.check_output(output)
-        self.checker.raise_errors()
+        self.check_params_read()
+        self.stop_if_broken()
         self.check_cycles()
         self.check_used()
 
@@ -333,9 +341,9 @@ class _GraphCheck:
         if isinstance(node, LLMNode) and node.explode and node.explode.limit is not None:
             wanted.append(("explode.limit", node.explode.limit, "count"))
         for key, value, kind in wanted:
-            if any(r.root != "params" for r in tree_references(value)):
-                if kind != "k":
-                    self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key} may read only params")
+            refs = tree_references(value)
+            if any(r.root != "params" for r in refs):
+                self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key} may read only params")
                 continue
             try:
                 result = self.graph.static(value)
@@ -343,10 +351,27 @@ class _GraphCheck:
                 self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key}: {exc}")
                 continue
             problem = _static_problem(kind, result)
-            if problem:
+            if not problem:
+                continue
+            if refs and isinstance(value, Expression) and value.source.strip() == f"params.{refs[0].field}":
+                self.error(("params", refs[0].field), f"params.{refs[0].field} {problem} (node '{node.name}' {key}), "
+                           f"got {result!r}")
+            else:
                 self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key} {problem}, got {result!r}")
 
     # -- whole-graph checks -----------------------------------------------------------------------
+
+    def check_params_read(self) -> None:
+        """A param no expression reads is a typo or a leftover: it would change nothing."""
+        graph = self.graph
+        read = {r.field for n in graph.every.values() for _, r in n.references() if r.root == "params"}
+        read |= {r.field for o in graph.outputs.values() for _, r in o.references() if r.root == "params"}
+        for name in graph.params:
+            if name not in read:
+                close = difflib.get_close_matches(str(name), sorted(f for f in read if f), n=1)
+                self.error(("params", name), f"params.{name} is read by no node or output: it would change nothing",
+                           f"did you mean '{close[0]}'?" if close else "read it in an expression "
+                           f"(params.{name}), or delete it")
 
     def dependencies(self, node: Node) -> set[str]:
         deps = {r.root for _, r in node.references() if r.root in self.graph.every}
@@ -381,7 +406,7 @@ class _GraphCheck:
                 visit(name, [])
         except _Stop:
             pass
-        self.checker.raise_errors()
+        self.stop_if_broken()
 
     def check_used(self) -> None:
         """Every node feeds an output (switches steer their loop, so they count as used)."""
@@ -403,7 +428,6 @@ class _GraphCheck:
             if name not in used:
                 self.error(node.where, f"node '{name}' feeds no output: it would run for nothing",
                            "read its values in an output or a later node, or delete it")
-        self.checker.raise_errors()
 
 
 class _Stop(Exception):

@@ -291,7 +291,7 @@ class NodeReader:
     def read(self, name: str, raw: Any, where: Path_, loop: str | None = None) -> Node | None:
         raw = self.checker.mapping(where, raw, f"node '{name}'")
         kind = raw.get("type")
-        if kind not in NODE_KEYS:
+        if not isinstance(kind, str) or kind not in NODE_KEYS:
             self.checker.error((*where, "type") if "type" in raw else where,
                                f"node '{name}' has unknown type {kind!r}" if kind else f"node '{name}' needs a type",
                                f"types: {', '.join(NODE_KEYS)} (docs/spec.md)")
@@ -377,7 +377,7 @@ class NodeReader:
         if isinstance(raw, dict):
             args = {k: v for k, v in raw.items() if k != "name"}
             raw = raw.get("name")
-        if raw not in PARSERS:
+        if not isinstance(raw, str) or raw not in PARSERS:
             self.checker.error(where, f"unknown parser {raw!r}", f"parsers: {', '.join(PARSERS)}")
             return None
         parser = PARSERS[raw]
