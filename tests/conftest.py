@@ -71,7 +71,8 @@ def hand_written(data: dict[str, Any], records: list[dict[str, Any]]) -> dict[st
     data["nodes"]["seeds"] = {"type": "source", "records": records}
     data["nodes"]["augment"]["from"] = "seeds"
     data["nodes"]["augment"]["fields"] = {"use_case": {"choice": "seeds.use_case"},
-                                          "skills": {"sample": "seeds.skills", "flatten": True, "unique": True}}
+                                          "skills": {"sample": "seeds.skills", "flatten": True, "unique": True,
+                                                     "k": "params.skills_per_entry"}}
     return data
 
 
