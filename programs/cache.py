@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -265,10 +266,12 @@ class _ReadOnlyStore:
         import diskcache
 
         self.disk = diskcache.Disk(str(folder))
-        wal = folder / (DB_NAME + "-wal")
-        pending = wal.is_file() and wal.stat().st_size > 0
+        self.lock = threading.Lock()  # one connection, shared by the hub's threads
+        # A -wal or -shm file means a writer is (or was, and crashed) at work: read through SQLite's
+        # locks. Without them, no connection is open: immutable reads take no lock and write nothing.
+        active = any((folder / (DB_NAME + suffix)).exists() for suffix in ("-wal", "-shm"))
         uri = self.db.resolve().as_uri()
-        for query in (("mode=ro",) if pending else ()) + ("mode=ro&immutable=1",):
+        for query in (("mode=ro",) if active else ()) + ("mode=ro&immutable=1",):
             try:
                 con = sqlite3.connect(f"{uri}?{query}", uri=True, check_same_thread=False)
                 con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
@@ -276,7 +279,7 @@ class _ReadOnlyStore:
                 if query.endswith("immutable=1"):
                     raise SpecError(str(self.db), f"cannot open the cache database read-only ({exc})",
                                     hint="check the folder's permissions, or pass --cache-dir DIR") from None
-                warn(f"cache {folder}: a write-ahead log is pending but cannot be read here ({exc}); "
+                warn(f"cache {folder}: its write-ahead log cannot be read here ({exc}); "
                      "reading the database without it")
                 continue
             except sqlite3.DatabaseError as exc:
@@ -297,8 +300,9 @@ class _ReadOnlyStore:
         if self.con is None:
             return None
         try:
-            row = self.con.execute("SELECT mode, filename, value, expire_time FROM Cache WHERE key = ? AND raw = 1",
-                                   (key,)).fetchone()
+            with self.lock:
+                row = self.con.execute("SELECT mode, filename, value, expire_time FROM Cache WHERE key = ? "
+                                       "AND raw = 1", (key,)).fetchone()
         except sqlite3.Error as exc:
             raise _Damaged(f"database: {exc}") from None
         if row is None or (row[3] is not None and row[3] < time.time()):
@@ -315,7 +319,8 @@ class _ReadOnlyStore:
         if self.con is None:
             return 0
         try:
-            return self.con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0]
+            with self.lock:
+                return self.con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0]
         except sqlite3.Error:
             return 0
 

@@ -70,7 +70,12 @@ def has_surrogate(text: str) -> bool:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader; the composed graph is checked (duplicates, size, surrogates) before construction."""
+    """SafeLoader; the composed graph is checked (duplicates, size, surrogates) before construction.
+    A date-like value stays the text it is (a spec holds no dates, and every value must go into JSON)."""
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_str)
+NOT_JSON_TAGS = {f"tag:yaml.org,2002:{name}": name for name in ("binary", "set", "omap", "pairs")}
 
 
 def _compose_and_construct(text: str, file: str, what: str = "") -> tuple[yaml.Node | None, Any]:
@@ -124,6 +129,9 @@ class _Checker:
         if id(node) in self.open:
             raise self.error(node, "an alias refers to the node that contains it (a recursive structure)",
                              "a spec is a tree: copy the values instead of referring back")
+        if node.tag in NOT_JSON_TAGS:
+            raise self.error(node, f"the YAML type !!{NOT_JSON_TAGS[node.tag]} has no place in a spec",
+                             "write a plain mapping, list or string instead")
         self.open.add(id(node))
         total = 1
         if isinstance(node, yaml.ScalarNode):

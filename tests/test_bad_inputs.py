@@ -154,6 +154,27 @@ def test_spec_with_a_lone_surrogate_or_a_control_character(tmp_path):
     assert error.line == 2 and "control character" in error.message
 
 
+def test_template_that_is_not_utf8(tmp_path, seeds_file):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for template in (REPO / "prompts").glob("*.jinja"):
+        (prompts / template.name).write_bytes(template.read_bytes())
+    (prompts / "decode.jinja").write_bytes((REPO / "prompts" / "decode.jinja").read_bytes() + b"\ncaf\xe9\n")
+    data = base_spec(seeds_file)
+    data["prompts"] = str(prompts)
+    done = cli("validate", str(write_spec(tmp_path, data)))
+    assert_reports(done, str(prompts / "decode.jinja"), "not valid UTF-8")
+
+
+def test_yaml_values_that_are_not_json(tmp_path):
+    path = raw_spec(tmp_path, "name: ok\ndescription: 2024-01-01\n")
+    from programs.yaml_lines import load_with_lines
+
+    assert load_with_lines(path)[0]["description"] == "2024-01-01"  # text, not a date the manifest cannot write
+    error = spec_error(raw_spec(tmp_path, "name: ok\ndescription: !!set {a, b}\n"))
+    assert error.line == 2 and "!!set" in error.message
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("params.threshold=[1, 2", "invalid YAML"),
     ("params.threshold={a: 1, a: 2}", "duplicate key 'a'"),
@@ -344,6 +365,34 @@ def test_replay_reads_the_cache_read_only_and_writes_nothing(tmp_path, seeds_fil
         os.chmod(folder, 0o755)
     assert (first.out / "dataset.jsonl").read_bytes() == (second.out / "dataset.jsonl").read_bytes()
     assert snapshot(folder) == before  # no byte, no mtime, no -wal or -shm file
+
+
+def test_read_only_open_while_a_writer_is_at_work(tmp_path):
+    folder = tmp_path / "cache"
+    writer = CallCache(folder)
+    writer.put(key(0), "m", ENTRY)
+    assert (folder / "cache.db-wal").exists()  # a live connection: the reader must go through SQLite's locks
+    reader = CallCache(folder, "replay")
+    assert reader.get(key(0))["text"] == "an answer"
+    writer.put(key(1), "m", ENTRY)
+    assert reader.get(key(1))["text"] == "an answer"
+    reader.close()
+    writer.close()
+
+
+def test_a_cache_folder_a_live_run_cannot_write(tmp_path, monkeypatch):
+    """As root, permissions cannot make a folder read-only: make SQLite say so."""
+    import diskcache
+
+    def refuse(*args, **kwargs):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    filled_cache(tmp_path / "cache", 1)
+    monkeypatch.setattr(diskcache, "Cache", refuse)
+    with pytest.raises(SpecError) as caught:
+        CallCache(tmp_path / "cache", "live")
+    assert "cannot be written" in caught.value.message and "--replay" in caught.value.hint
+    assert CallCache(tmp_path / "cache", "replay").get(key(0))["text"] == "an answer"
 
 
 def test_replay_of_a_missing_cache_folder_creates_nothing(tmp_path, seeds_file):
