@@ -5,7 +5,7 @@ which refuse, as a located SpecError, what PyYAML would accept silently or choke
 
 - a file that is not UTF-8 (the line and byte offset of the first bad byte);
 - a key given twice in one mapping (both lines; PyYAML would keep the last one);
-- anchors and aliases that expand past `MAX_NODES` nodes ("billion laughs"), or that
+- anchors and aliases that add more than `MAX_NODES` nodes ("billion laughs"), or that
   refer to themselves: the check walks the composed node graph once, memoized, so it
   takes time and memory linear in the text, not in the expansion;
 - text with a lone surrogate (a `"\\ud800"` escape), which is not Unicode text and would
@@ -24,7 +24,7 @@ from .errors import SpecError
 
 Path_ = tuple[str | int, ...]
 
-MAX_NODES = 100_000  # nodes after alias expansion: far above any real spec, far below a bomb
+MAX_NODES = 100_000  # nodes aliases may add to what is written: far above any real use, far below a bomb
 YAML_HINT = "check indentation, colons and quotes on this line and the one before"
 
 
@@ -112,15 +112,17 @@ class _Checker:
         self.file, self.prefix = file, prefix
         self.sizes: dict[int, int] = {}  # id(node) -> nodes it expands to
         self.open: set[int] = set()  # nodes being walked: meeting one again is a cycle
+        self.limit = MAX_NODES
 
     def error(self, node: yaml.Node, message: str, hint: str) -> SpecError:
         return SpecError(self.file, self.prefix + message, line=node.start_mark.line + 1, hint=hint)
 
     def check(self, root: yaml.Node) -> None:
-        size = self.size(root)
-        if size > MAX_NODES:
-            raise self.error(root, f"anchors and aliases expand to more than {MAX_NODES:,} values",
-                             "write the values out, or use fewer nested aliases (an alias bomb?)")
+        self.limit = _written(root) + MAX_NODES  # what the text holds, plus at most MAX_NODES from aliases
+        if self.size(root) > self.limit:
+            raise self.error(root, f"anchors and aliases expand to more than {MAX_NODES:,} values beyond "
+                                   "what is written", "write the values out, or use fewer nested aliases "
+                                                      "(an alias bomb?)")
 
     def size(self, node: yaml.Node) -> int:
         known = self.sizes.get(id(node))
@@ -149,16 +151,32 @@ class _Checker:
                                          "a key may appear once per mapping: remove or rename one of them")
                     seen[key] = key_node
                 total += self.size(key_node) + self.size(value_node)
-                if total > MAX_NODES:  # stop early: the rest cannot make it smaller
+                if total > self.limit:  # stop early: the rest cannot make it smaller
                     break
         elif isinstance(node, yaml.SequenceNode):
             for item in node.value:
                 total += self.size(item)
-                if total > MAX_NODES:
+                if total > self.limit:
                     break
         self.open.discard(id(node))
         self.sizes[id(node)] = total
         return total
+
+
+def _written(root: yaml.Node) -> int:
+    """The distinct nodes of the composed graph (each anchored node once, however often aliased)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in node.value for n in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return len(seen)
 
 
 def _collect(node: yaml.Node, prefix: Path_, lines: dict[Path_, int]) -> None:

@@ -131,6 +131,16 @@ def test_alias_bomb_is_refused_quickly_in_bounded_memory(tmp_path):
     assert time.monotonic() - started < 20
 
 
+def test_the_budget_counts_only_what_aliases_add(monkeypatch):
+    from programs import yaml_lines
+
+    monkeypatch.setattr(yaml_lines, "MAX_NODES", 1000)
+    assert len(yaml_lines.load_value("[" + "x, " * 3000 + "]", "f", "v")) == 3000  # written out: fine
+    assert len(yaml_lines.load_value("[&a [" + "x, " * 100 + "], " + "*a, " * 9 + "]", "f", "v")) == 10
+    with pytest.raises(SpecError, match="beyond what is written"):  # 100 values aliased 12 times
+        yaml_lines.load_value("[&a [" + "x, " * 100 + "], " + "*a, " * 12 + "]", "f", "v")
+
+
 def test_recursive_alias_and_deep_nesting(tmp_path):
     assert "refers to the node that contains it" in spec_error(raw_spec(tmp_path, "a: &a\n  - *a\n")).message
     assert "nested too deeply" in spec_error(raw_spec(tmp_path, "a: " + "[" * 3000 + "]" * 3000 + "\n")).message
