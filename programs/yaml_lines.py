@@ -25,15 +25,20 @@ from .errors import SpecError
 Path_ = tuple[str | int, ...]
 
 MAX_NODES = 100_000  # nodes aliases may add to what is written: far above any real use, far below a bomb
+MAX_SPEC_BYTES = 16 * 2**20
 YAML_HINT = "check indentation, colons and quotes on this line and the one before"
 
 
 def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
     """Parse a YAML file safely; return the data and a map from key path to 1-based line."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SPEC_BYTES + 1)  # bounded: a device or a huge file is not a spec
     except OSError as exc:
         raise SpecError(str(path), f"cannot read file: {exc.strerror}", hint="check the path") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(str(path), f"larger than {MAX_SPEC_BYTES // 2**20} MiB: not a spec",
+                        hint="check the path; put long data in a seeds file, not in the spec")
     text = decode_utf8(raw, str(path))
     node, data = _compose_and_construct(text, str(path))
     lines: dict[Path_, int] = {}

@@ -141,6 +141,12 @@ def test_the_budget_counts_only_what_aliases_add(monkeypatch):
         yaml_lines.load_value("[&a [" + "x, " * 100 + "], " + "*a, " * 12 + "]", "f", "v")
 
 
+def test_a_device_or_huge_file_is_not_read_as_a_spec():
+    started = time.monotonic()
+    assert_reports(cli("validate", "/dev/zero"), "/dev/zero", "not a spec")
+    assert time.monotonic() - started < 20
+
+
 def test_recursive_alias_and_deep_nesting(tmp_path):
     assert "refers to the node that contains it" in spec_error(raw_spec(tmp_path, "a: &a\n  - *a\n")).message
     assert "nested too deeply" in spec_error(raw_spec(tmp_path, "a: " + "[" * 3000 + "]" * 3000 + "\n")).message
