@@ -434,9 +434,13 @@ def test_cli_replay_and_stats_on_a_read_only_cache(tmp_path, seeds_file):
     scripted.backends = {role: ScriptedBackend(f"hosted_vllm/{role}") for role in ("strong", "target")}
     first = scripted(spec, out="live")
     before = snapshot(scripted.cache_dir)
+    home = tmp_path / "home"
+    home.mkdir()
     done = cli("run", str(spec), "--replay", "-q", "--cache-dir", str(scripted.cache_dir),
-               "--out", str(tmp_path / "replayed"), timeout=120)
+               "--out", str(tmp_path / "replayed"), env={"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")},
+               timeout=120)
     assert done.returncode == 0, done.stderr
+    assert not any(home.iterdir())  # nor any other cache (DSPy's): replay writes only its output folder
     assert (first.out / "dataset.jsonl").read_bytes() == (tmp_path / "replayed" / "dataset.jsonl").read_bytes()
     stats = cli("cache", "stats", "--cache-dir", str(scripted.cache_dir))
     assert stats.returncode == 0 and "hosted_vllm/strong" in stats.stdout, stats.stderr
