@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CodecError, SpecError
+from .yaml_lines import check_path_text
 
 # live: read and write | replay: read only, a miss is an error (the hub's) | refresh: write only
 # | read: read only, a miss is a miss (dry runs, stats, export)
@@ -114,6 +115,7 @@ class CallCache:
         if mode not in MODES:
             raise ValueError(f"cache mode must be one of {MODES}")
         self.folder = Path(folder).expanduser()
+        check_path_text(self.folder, "cache folder")
         self.mode = mode
         self.read_only = mode in READ_ONLY_MODES
         if self.folder.exists() and not self.folder.is_dir():

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
-from .yaml_lines import has_surrogate
+from .yaml_lines import check_path_text, has_surrogate
 
 
 def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "id",
                limit: int | None = None) -> list[dict[str, Any]]:
     """Seeds as [{id, instruction}], ids stable across runs (the record's id, else its position)."""
     path = Path(path)
+    check_path_text(path, "seed file")
     if not path.is_file():
         raise SpecError(str(path), "seed file not found", hint="set seeds.path in the spec or pass --seeds")
     try:

@@ -15,6 +15,7 @@ which refuse, as a located SpecError, what PyYAML would accept silently or choke
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ YAML_HINT = "check indentation, colons and quotes on this line and the one befor
 
 def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
     """Parse a YAML file safely; return the data and a map from key path to 1-based line."""
+    check_path_text(path, "spec file")
     try:
         with path.open("rb") as handle:
             raw = handle.read(MAX_SPEC_BYTES + 1)  # bounded: a device or a huge file is not a spec
@@ -72,6 +74,15 @@ def has_surrogate(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def check_path_text(path: Path, what: str) -> None:
+    """A path whose name holds bytes that are not UTF-8 cannot be recorded in a manifest or an
+    artifact (JSON text): refuse it when it is read, not after the model calls."""
+    if has_surrogate(str(path)):
+        shown = os.fsencode(path).decode("utf-8", "replace")
+        raise SpecError(shown, f"the {what}'s name is not valid UTF-8 (it could not be recorded in the run's files)",
+                        hint="rename it, or copy it to a name in UTF-8")
 
 
 class _Loader(yaml.SafeLoader):

@@ -243,6 +243,18 @@ def test_seed_file_with_invalid_utf8_through_run(tmp_path, seeds_file):
     assert_reports(done, f"{seeds}:2", "not valid UTF-8", "offset 15")
 
 
+def test_file_names_that_are_not_utf8(tmp_path, seeds_file):
+    odd = tmp_path / os.fsdecode(b"seeds\xff.jsonl")
+    odd.write_bytes(seeds_file.read_bytes())
+    with pytest.raises(SpecError, match="name is not valid UTF-8"):
+        read_seeds(odd)
+    with pytest.raises(SpecError, match="name is not valid UTF-8"):
+        CallCache(tmp_path / os.fsdecode(b"cache\xff"), "replay")
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    assert_reports(cli("run", str(spec), "--dry-run", "--seeds", os.fsencode(odd)), "seeds", "not valid UTF-8",
+                   "rename it")
+
+
 @pytest.mark.parametrize("record", [
     {"id": "a", "instruction": "bad \ud800 text"},
     {"id": "\udfff", "instruction": "fine"},
