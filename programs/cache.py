@@ -162,9 +162,6 @@ class CallCache:
                  + ("" if self.read_only else ", and called again"))
         return None
 
-    def __len__(self) -> int:
-        return len(self.store)
-
     def stats(self) -> dict[str, Any]:
         per_model = self.store.per_model()
         return {"folder": str(self.folder), "entries": sum(per_model.values()), "bytes": self.store.volume(),
