@@ -104,9 +104,10 @@ class CallCache:
       file that is not one (garbage, truncated) is a SpecError naming the path (exit 2);
     - an entry that does not deserialize, or is not a completion entry, is a miss with a
       warning (a live run calls again and overwrites it), never data;
-    - the read-only modes (`replay`, `read`) open the SQLite database read-only (immutable
-      when no write-ahead log is pending) and never create, lock or write anything, so a
-      read-only cache folder replays; a missing folder is an empty cache.
+    - the read-only modes (`replay`, `read`) open the SQLite database read-only: immutable (no
+      lock, no -shm file, nothing written) when no writer is at work, through SQLite's locks
+      when one is (a -wal or -shm file is there); a read-only cache folder replays, and a
+      missing folder is an empty cache.
 
     Entries are diskcache's {key: entry}, tagged by model for per-model stats and clearing.
     """
