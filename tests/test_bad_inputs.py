@@ -517,3 +517,15 @@ def test_export_and_import_round_trip_and_a_damaged_manifest(tmp_path, seeds_fil
     assert_reports(cli("cache", "export", str(first.out), str(tmp_path / "x.jsonl")), "manifest.json",
                    "cannot read the run's manifest")
     assert_reports(cli("replay", str(first.out)), "manifest.json", "not a codeclm run manifest")
+
+
+def test_a_completion_with_a_lone_surrogate_is_written_not_crashed_on(tmp_path, seeds_file, scripted):
+    """A server may send "\\ud800" in its JSON: the run writes U+FFFD in its place and goes on."""
+    from conftest import ScriptedBackend, base_spec, write_spec
+    from fake_openai_server import answer_text
+
+    scripted.backends["target"] = ScriptedBackend(
+        "scripted/target", lambda messages: answer_text(messages, "scripted/target") + " \ud800")
+    result = scripted(write_spec(tmp_path, base_spec(seeds_file)))
+    histories = (result.out / "instructions.jsonl").read_text(encoding="utf-8")
+    assert "\ufffd" in histories and "\\ud800" not in histories
