@@ -93,6 +93,7 @@ def main() -> None:
       codeclm run specs/demo.yaml --dry-run      count calls before spending
       codeclm replay runs/demo                   re-run from the cache, no model
       codeclm inspect runs/demo                  what was kept, from which iteration
+      codeclm export runs/demo exports/demo      a Hugging Face dataset folder with a card
       codeclm optimize specs/demo.yaml encode    tune a stage's demos with DSPy
       codeclm evaluate specs/demo.yaml BENCH.jsonl   CRR of the target vs the strong model
       codeclm cache stats                        what the cache holds
@@ -294,6 +295,60 @@ def inspect(run_dir: Path, as_json: bool) -> None:
 
     report = run_report(run_dir)
     click.echo(json.dumps(report, indent=2, ensure_ascii=False) if as_json else format_report(report))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--push-to-hub", "repo", metavar="REPO", help="Then upload DEST to the Hub dataset repo REPO "
+              "(NAME or ORG/NAME; made if missing) with huggingface_hub. Needs HF_TOKEN or `hf auth login`.")
+@click.option("--private", is_flag=True, help="With --push-to-hub: make a new repo private.")
+@click.option("--license", "license_id", default="unknown", show_default=True,
+              help="The card's license id (apache-2.0, mit, cc-by-4.0, odc-by, other, ...). Mind the models' terms.")
+@click.option("--language", "languages", multiple=True, metavar="CODE",
+              help="Language of the data, repeatable [default: en].")
+@click.option("--pretty-name", help="The card's title [default: the spec's name].")
+@click.option("--no-cache-bundle", is_flag=True, help="Leave out pipeline/calls.jsonl.gz, the run's cached calls.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the run's calls are cached [default: the folder its manifest names].")
+@reports_errors
+def export(run_dir: Path, dest: Path, repo: str | None, private: bool, license_id: str, languages: tuple[str, ...],
+           pretty_name: str | None, no_cache_bundle: bool, cache_dir: Path | None) -> None:
+    """Ship a finished run: DEST becomes a Hugging Face dataset folder.
+
+    \b
+    DEST/README.md                            dataset card: Hub metadata, method, models,
+                                              counts, quality metrics, how to train and replay
+    DEST/data/train-00000-of-00001.parquet    messages + provenance (JSON text)
+    DEST/data/train.jsonl                     the run's dataset.jsonl, byte for byte
+    DEST/pipeline/                            spec.yaml, prompts/, seeds/, manifest.json and
+                                              calls.jsonl.gz: rerun or replay it offline
+    \b
+    datasets.load_dataset("DEST") loads it as is. DEST must be new, empty, or an
+    earlier export of the same run (its files are rewritten; nothing else is touched).
+    \b
+    Examples:
+      codeclm export runs/demo exports/demo --license apache-2.0
+      codeclm export runs/demo exports/demo --push-to-hub alice/demo-codeclm --private
+    """
+    from programs.export import ExportOptions, check_repo_id, export_run, hub_token, push, require
+
+    token = None
+    if repo:  # everything a push needs is checked before any work
+        check_repo_id(repo)
+        token = hub_token()
+    require("pyarrow", "codeclm export")
+    options = ExportOptions(license=license_id, languages=list(languages) or ["en"], pretty_name=pretty_name,
+                            repo=repo, cache_bundle=not no_cache_bundle, cache_dir=cache_dir)
+    result = export_run(run_dir, dest, options)
+    for note in result.notes:
+        click.secho(f"note: {note}", fg="yellow", err=True)
+    bundle = f", {result.bundle_calls} cached calls" if result.bundle_calls else ""
+    click.echo(f"exported {result.rows} rows{bundle} to {result.dest} ({len(result.files)} files); "
+               f"load it with datasets.load_dataset({str(result.dest)!r})")
+    if repo and token:
+        url = push(result.dest, repo, result.files, private, token)
+        click.echo(f"pushed to {url}")
 
 
 @main.command()
