@@ -24,6 +24,7 @@ from .hub import ModelHub
 from .manifest import build_manifest
 from .method import DROP, IMPROVE, KEEP_STRONG, KEEP_TARGET, augment, decide, pick_action, sample_slot
 from .progress import Progress
+from .quality import quality_metrics
 from .seeds import read_seeds
 from .spec import Spec
 from .stages import JudgeStage, LLMStage, StepResult, build_stages
@@ -110,8 +111,9 @@ class Runner:
         if self.hub.fatal:
             raise self.hub.fatal
         counts = self.finish() if self.store else {}
+        quality = self.quality() if self.store else None
         manifest = build_manifest(self.spec, self.options, self.hub, counts, time.time() - started,
-                                  self.progress, self.store.failure_reasons if self.store else None)
+                                  self.progress, self.store.failure_reasons if self.store else None, quality)
         if self.store:
             self.store.write_json("manifest", manifest)
         return RunResult(self.store.folder if self.store else None, counts, manifest, manifest["calls"])
@@ -377,6 +379,13 @@ class Runner:
         return {"messages": [{"role": "user", "content": last["instruction"]},
                              {"role": "assistant", "content": last["answers"][source]}],
                 "provenance": provenance}
+
+    def quality(self) -> dict[str, Any]:
+        """The data-quality metrics of what was written (quality.py); a metric that breaks never breaks the run."""
+        try:
+            return quality_metrics(self.store.folder)
+        except Exception as exc:  # noqa: BLE001 - the data is written; the metrics are a report on it
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
     def journal(self, history: dict[str, Any]) -> None:
         if self.store:
