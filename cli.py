@@ -326,13 +326,17 @@ def export(run_dir: Path, dest: Path, repo: str | None, private: bool, license_i
     \b
     datasets.load_dataset("DEST") loads it as is. DEST must be new, empty, or an
     earlier export of the same run (its files are rewritten; nothing else is touched).
+    The seed file ships in pipeline/ (a replay renders the seeds again).
     \b
     Examples:
       codeclm export runs/demo exports/demo --license apache-2.0
       codeclm export runs/demo exports/demo --push-to-hub alice/demo-codeclm --private
     """
+    from programs.errors import SpecError
     from programs.export import ExportOptions, check_repo_id, export_run, hub_token, push, require
 
+    if private and not repo:
+        raise SpecError("--private", "--private only applies to a push", hint="add --push-to-hub REPO, or drop it")
     token = None
     if repo:  # everything a push needs is checked before any work
         check_repo_id(repo)

@@ -552,6 +552,9 @@ def export_run(run_dir: Path, dest: Path, options: ExportOptions) -> ExportResul
             raise SpecError("--language", f"not a language code: {language!r}", hint="an ISO 639 code, e.g. en, fr")
     dest = dest.expanduser()
     manifest, rows = read_run(run_dir)
+    if not rows:
+        raise CodecError(f"{run_dir}: the run kept no rows, so there is nothing to export; `codeclm inspect "
+                         f"{run_dir}` says what was dropped or failed")
     earlier = check_dest(dest, run_dir, manifest)
     spec, sources, notes = pipeline_files(manifest)
     table, columns = data_table(rows)

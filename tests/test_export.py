@@ -171,10 +171,17 @@ def test_bad_inputs_exit_2(run, tmp_path, monkeypatch):
     assert export(not_a_run, tmp_path / "a").exit_code == 2
     assert export(run["run"], tmp_path / "b", "--license", "Apache 2").exit_code == 2
     assert export(run["run"], tmp_path / "c", "--push-to-hub", "not a repo").exit_code == 2
+    assert export(run["run"], tmp_path / "e", "--private").exit_code == 2  # --private without a push
+    empty = tmp_path / "empty-run"  # a run that kept nothing has nothing to ship
+    empty.mkdir()
+    (empty / "manifest.json").write_bytes((run["run"] / "manifest.json").read_bytes())
+    (empty / "dataset.jsonl").write_text("")
+    nothing = export(empty, tmp_path / "f")
+    assert nothing.exit_code == 1 and "kept no rows" in nothing.output
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if the export extra were not installed
     missing = export(run["run"], tmp_path / "d")
     assert missing.exit_code == 2 and "pip install 'codeclm[export]'" in missing.output
-    assert not any((tmp_path / name).exists() for name in "abcd")
+    assert not any((tmp_path / name).exists() for name in "abcdef")
 
 
 class FakeHfApi:
