@@ -22,6 +22,7 @@ to make its paths local, and to describe its graph in words.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -252,7 +253,7 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
             if isinstance(conf, dict) and isinstance(conf.get("program"), str):
                 source = local(conf["program"])
                 if source.is_file():
-                    conf["program"] = f"programs/{name}.json"
+                    conf["program"] = f"programs/{re.sub(r'[^A-Za-z0-9_.-]', '_', str(name))}.json"
                     files[conf["program"]] = source
                 else:
                     notes.append(f"optimized program {source} not found (not shipped)")
@@ -670,7 +671,8 @@ def push(dest: Path, repo: str, files: list[str], private: bool, token: str) -> 
     api = hub.HfApi(token=token)
     try:
         url = api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo, folder_path=str(dest), repo_type="dataset", allow_patterns=list(files),
+        api.upload_folder(repo_id=repo, folder_path=str(dest), repo_type="dataset",
+                          allow_patterns=[glob.escape(name) for name in files],  # fnmatch patterns: [ * ? literal
                           commit_message="Upload dataset exported by codeclm")
     except Exception as exc:  # HTTP, network and auth errors of any huggingface_hub version
         raise CodecError(f"push to the Hub dataset {repo} failed: {type(exc).__name__}: {exc}\n"

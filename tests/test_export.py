@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
     from fake_openai_server import FakeOpenAIServer
 
     tmp = tmp_path_factory.mktemp("export-run")
-    seeds = tmp / "seeds.jsonl"
+    seeds = tmp / "seeds[v1].jsonl"  # brackets: an upload's allow patterns must match the name literally
     seeds.write_text("".join(json.dumps({"id": f"s{i}", "instruction": s}) + "\n" for i, s in enumerate(SEEDS)))
     with FakeOpenAIServer() as server:
         url = server.url
@@ -116,7 +117,7 @@ def test_the_pipeline_folder_replays_the_run_offline(run, tmp_path):
     dest = tmp_path / "export"
     assert export(run["run"], dest).exit_code == 0
     spec = yaml.safe_load((dest / "pipeline" / "spec.yaml").read_text())
-    assert spec["prompts"] == "prompts" and spec["seeds"]["path"] == "seeds/seeds.jsonl" and "cache" not in spec
+    assert spec["prompts"] == "prompts" and spec["seeds"]["path"] == "seeds/seeds[v1].jsonl" and "cache" not in spec
     assert sorted(p.name for p in (dest / "pipeline" / "prompts").iterdir()) == \
         sorted(json.loads((run["run"] / "manifest.json").read_text())["templates"])
     assert (dest / "pipeline" / "manifest.json").read_bytes() == (run["run"] / "manifest.json").read_bytes()
@@ -197,11 +198,11 @@ class FakeHfApi:
         FakeHfApi.made.append((repo_id, self.token, kwargs))
         return f"https://huggingface.co/datasets/{repo_id}"
 
-    def upload_folder(self, **kwargs):
+    def upload_folder(self, **kwargs):  # the files huggingface_hub would send: those an allow pattern matches
         folder = Path(kwargs["folder_path"])
-        FakeHfApi.uploads.append({**kwargs, "sent": sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                                                           if p.is_file() and str(p.relative_to(folder))
-                                                           in kwargs["allow_patterns"])})
+        names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        sent = sorted(n for n in names if any(fnmatch(n, pattern) for pattern in kwargs["allow_patterns"]))
+        FakeHfApi.uploads.append({**kwargs, "sent": sent})
 
 
 def test_push_uploads_exactly_the_export(run, tmp_path, monkeypatch):
@@ -221,8 +222,9 @@ def test_push_uploads_exactly_the_export(run, tmp_path, monkeypatch):
     assert upload["repo_id"] == "alice/tiny-codeclm" and upload["repo_type"] == "dataset"
     assert Path(upload["folder_path"]) == dest
     files = json.loads((dest / MARKER).read_text())["files"]
-    assert sorted(upload["allow_patterns"]) == sorted(files) == upload["sent"]
-    assert {"README.md", PARQUET, "data/train.jsonl", "pipeline/spec.yaml", "pipeline/manifest.json"} <= set(files)
+    assert sorted(files) == upload["sent"]
+    assert {"README.md", PARQUET, "data/train.jsonl", "pipeline/spec.yaml", "pipeline/manifest.json",
+            "pipeline/seeds/seeds[v1].jsonl"} <= set(files)
     assert "private-notes.txt" not in files and MARKER not in files
     assert 'load_dataset("alice/tiny-codeclm"' in card(dest)[1]  # the card names the repo it is pushed to
 
