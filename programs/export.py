@@ -563,7 +563,6 @@ def export_run(run_dir: Path, dest: Path, options: ExportOptions) -> ExportResul
     if note:
         notes.append(note)
 
-    written: list[str] = []
     clashes = [name for name in [PARQUET, JSONL, "README.md", f"{PIPELINE}/spec.yaml", f"{PIPELINE}/manifest.json",
                                  *(f"{PIPELINE}/{n}" for n in sources),
                                  *([BUNDLE] if options.cache_bundle else [])]
@@ -571,6 +570,17 @@ def export_run(run_dir: Path, dest: Path, options: ExportOptions) -> ExportResul
     if clashes:  # a user's file where an earlier export of this run wrote none: never overwritten
         raise SpecError(str(dest / clashes[0]), "a file export would write is already there and was not written "
                         "by codeclm export", hint="move it out of DEST, or export to a new folder")
+    try:
+        return _write(run_dir, dest, options, manifest, rows, earlier, spec, sources, notes, table, columns, metrics)
+    except OSError as exc:
+        raise SpecError(str(getattr(exc, "filename", None) or dest), f"cannot write the export: {exc.strerror or exc}",
+                        hint="free some space or choose a writable DEST; rerun the same command to finish") from None
+
+
+def _write(run_dir: Path, dest: Path, options: ExportOptions, manifest: dict[str, Any], rows: list[dict[str, Any]],
+           earlier: list[str], spec: dict[str, Any], sources: dict[str, Path], notes: list[str], table: Any,
+           columns: dict[str, str], metrics: dict[str, Any] | None) -> ExportResult:
+    written: list[str] = []
     dest.mkdir(parents=True, exist_ok=True)
     planned = sorted(set(earlier) | {PARQUET, JSONL, "README.md", f"{PIPELINE}/spec.yaml",
                                       f"{PIPELINE}/manifest.json", BUNDLE, *(f"{PIPELINE}/{n}" for n in sources)})
@@ -606,8 +616,8 @@ def export_run(run_dir: Path, dest: Path, options: ExportOptions) -> ExportResul
             notes.append(note)
         if bundle_calls:
             written.append(BUNDLE)
-    put("README.md", redact_text(render_card(run_dir, dest / PIPELINE, manifest, spec, rows, columns, options, metrics,
-                                             bundle_calls)))
+    put("README.md", redact_text(render_card(run_dir, dest / PIPELINE, manifest, spec, rows, columns, options,
+                                             metrics, bundle_calls)))
     for stale in sorted(set(earlier) - set(written)):  # codeclm's own files from the earlier export, not rewritten
         (dest / stale).unlink(missing_ok=True)
     _mark(dest, run_dir, manifest, sorted(written), complete=True)
