@@ -79,7 +79,7 @@ def render(run: RunData) -> str:
     notes = (f'<p class="muted">Not in this run folder: {escape(", ".join(missing))}.</p>' if missing else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{escape(csp)}">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>codeclm report: {escape(str(name))}</title>
 <style>{STYLE}</style></head>
