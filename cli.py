@@ -93,6 +93,8 @@ def main() -> None:
       codeclm run specs/demo.yaml --dry-run      count calls before spending
       codeclm replay runs/demo                   re-run from the cache, no model
       codeclm inspect runs/demo                  what was kept, from which iteration
+      codeclm report runs/demo --open            look at a run: one offline HTML page
+      codeclm export runs/demo exports/demo      a Hugging Face dataset folder with a card
       codeclm optimize specs/demo.yaml encode    tune a stage's demos with DSPy
       codeclm evaluate specs/demo.yaml BENCH.jsonl   CRR of the target vs the strong model
       codeclm cache stats                        what the cache holds
@@ -120,10 +122,13 @@ def _load(spec_path: str, overrides: tuple[str, ...]) -> Any:
 @click.option("--refresh", "mode", flag_value="refresh", help="Call the models again and overwrite the cache.")
 @click.option("--dry-run", is_flag=True, help="Count the calls the spec implies, and how many are cached.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.option("--no-report", is_flag=True, help="Do not write report.html into the run directory at the end.")
 @reports_errors
 def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, ...], limit: int | None,
-        concurrency: int | None, cache_dir: Path | None, mode: str | None, dry_run: bool, quiet: bool) -> None:
-    """Run SPEC and write a run directory: dataset.jsonl and its artifacts.
+        concurrency: int | None, cache_dir: Path | None, mode: str | None, dry_run: bool, quiet: bool,
+        no_report: bool) -> None:
+    """Run SPEC and write a run directory: dataset.jsonl and its artifacts, and
+    report.html to look at it (see `codeclm report --help`).
 
     Every model call is cached. Running the same command again after a crash or
     Ctrl-C resumes: finished calls come from the cache. Change a parameter and only
@@ -144,7 +149,19 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
         return
     result = run_spec(loaded, options)
     options.progress.close()
-    _summary(result)
+    _summary(result, None if no_report else _write_report(result.out))
+
+
+def _write_report(run_dir: Path) -> Path | None:
+    """The run's report.html; a report that cannot be written is a warning, never a failed run."""
+    from programs.html_report import write_report
+
+    try:
+        return write_report(run_dir)
+    except Exception as exc:  # noqa: BLE001 - the data is written; the report only shows it
+        click.secho(f"warning: report.html not written ({type(exc).__name__}: {exc}); "
+                    f"try `codeclm report {run_dir}`", fg="yellow", err=True)
+        return None
 
 
 @main.command()
@@ -297,6 +314,105 @@ def inspect(run_dir: Path, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--push-to-hub", "repo", metavar="REPO", help="Then upload DEST to the Hub dataset repo REPO "
+              "(NAME or ORG/NAME; made if missing) with huggingface_hub. Needs HF_TOKEN or `hf auth login`.")
+@click.option("--private", is_flag=True, help="With --push-to-hub: make a new repo private.")
+@click.option("--license", "license_id", default="unknown", show_default=True,
+              help="The card's license id (apache-2.0, mit, cc-by-4.0, odc-by, other, ...). Mind the models' terms.")
+@click.option("--language", "languages", multiple=True, metavar="CODE",
+              help="Language of the data, repeatable [default: en].")
+@click.option("--pretty-name", help="The card's title [default: the spec's name].")
+@click.option("--no-cache-bundle", is_flag=True, help="Leave out pipeline/calls.jsonl.gz, the run's cached calls.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the run's calls are cached [default: the folder its manifest names].")
+@reports_errors
+def export(run_dir: Path, dest: Path, repo: str | None, private: bool, license_id: str, languages: tuple[str, ...],
+           pretty_name: str | None, no_cache_bundle: bool, cache_dir: Path | None) -> None:
+    """Ship a finished run: DEST becomes a Hugging Face dataset folder.
+
+    \b
+    DEST/README.md                            dataset card: Hub metadata, method, models,
+                                              counts, quality metrics, how to train and replay
+    DEST/data/train-00000-of-00001.parquet    messages + provenance (JSON text)
+    DEST/data/train.jsonl                     the run's dataset.jsonl, byte for byte
+    DEST/pipeline/                            spec.yaml, prompts/, seeds/, manifest.json and
+                                              calls.jsonl.gz: rerun or replay it offline
+    \b
+    datasets.load_dataset("DEST") loads it as is. DEST must be new, empty, or an
+    earlier export of the same run (its files are rewritten; nothing else is touched).
+    The seed file ships in pipeline/ (a replay renders the seeds again).
+    \b
+    Examples:
+      codeclm export runs/demo exports/demo --license apache-2.0
+      codeclm export runs/demo exports/demo --push-to-hub alice/demo-codeclm --private
+    """
+    from programs.errors import SpecError
+    from programs.export import ExportOptions, check_repo_id, export_run, hub_token, push, require
+
+    if private and not repo:
+        raise SpecError("--private", "--private only applies to a push", hint="add --push-to-hub REPO, or drop it")
+    token = None
+    if repo:  # everything a push needs is checked before any work
+        check_repo_id(repo)
+        token = hub_token()
+    require("pyarrow", "codeclm export")
+    options = ExportOptions(license=license_id, languages=list(languages) or ["en"], pretty_name=pretty_name,
+                            repo=repo, cache_bundle=not no_cache_bundle, cache_dir=cache_dir)
+    result = export_run(run_dir, dest, options)
+    for note in result.notes:
+        click.secho(f"note: {note}", fg="yellow", err=True)
+    bundle = f", {result.bundle_calls} cached calls" if result.bundle_calls else ""
+    click.echo(f"exported {result.rows} rows{bundle} to {result.dest} ({len(result.files)} files); "
+               f"load it with datasets.load_dataset({str(result.dest)!r})")
+    if repo and token:
+        url = push(result.dest, repo, result.files, private, token)
+        click.echo(f"pushed to {url}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=True, path_type=Path),
+              help="Where to write the page [default: RUN_DIR/report.html]; a folder gets report.html inside.")
+@click.option("--open", "open_it", is_flag=True, help="Open the page in your web browser when written.")
+@reports_errors
+def report(run_dir: Path, out: Path | None, open_it: bool) -> None:
+    """Write RUN_DIR's report: one HTML file that opens offline, to look at a run.
+
+    \b
+    It shows:
+      funnel        seeds, metadata, pool, instructions; kept, dropped, failed
+      kept pairs    by iteration, and whose answer was kept
+      judge         gap histogram with the threshold, each answer's score shown
+                    first and second (position bias), order agreement
+      coverage      use cases and skills in the pool against the kept pairs
+      lengths       instructions and answers by iteration
+      data quality  diversity, near duplicates, closeness to seeds (quality.py)
+      calls         calls, cache hits, tokens, dollars per stage and model
+      failures      by reason, each with an example and the raw text
+      records       search, filter by status, click one for its whole history
+    \b
+    No network and no CDN: charts are inline SVG, the data is inside the file, so it
+    can be mailed or attached to a ticket. `codeclm run` writes it at the end
+    (unless --no-report). Also works on a run folder with artifacts missing.
+    \b
+    Examples:
+      codeclm report runs/demo --open
+      codeclm report runs/demo --out /tmp/demo-report.html
+    """
+    from programs.html_report import write_report
+
+    path = write_report(run_dir, out)
+    click.echo(f"report: {path}")
+    if open_it:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            click.echo("no web browser found here: open the file above in one", err=True)
+
+
+@main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
 @reports_errors
@@ -425,7 +541,7 @@ def cache_import(bundle: Path, cache_dir: Path | None) -> None:
     click.echo(f"imported {count} calls")
 
 
-def _summary(result: Any) -> None:
+def _summary(result: Any, report: Path | None = None) -> None:
     counts, totals = result.counts, result.manifest["totals"]
     kept = counts.get("kept", 0)
     click.secho(f"kept {kept} | dropped {counts.get('dropped', 0)} | failed {counts.get('failed', 0)}"
@@ -439,6 +555,8 @@ def _summary(result: Any) -> None:
     click.echo(f"model calls {totals['calls']}, cache hits {totals['cache_hits']}{cost}; "
                f"{result.manifest['wall_seconds']:.1f}s")
     click.echo(f"output: {result.out / 'dataset.jsonl'} ({kept} pairs)")
+    if report is not None:
+        click.echo(f"report: {report}")
     reasons = result.manifest["counts"]["failure_reasons"]
     if reasons:
         click.echo("most common failures:")

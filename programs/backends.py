@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +32,20 @@ OPENAI_COMPATIBLE = {
 }
 
 
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 @dataclass
 class Completion:
     text: str
     finish_reason: str = "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        # A server can send a lone surrogate ("\ud800" in its JSON): not text, and it would crash
+        # every later write. It becomes U+FFFD here, the one door completions come in through.
+        self.text = LONE_SURROGATE.sub("\ufffd", self.text)
 
     def to_entry(self) -> dict[str, Any]:
         return {"text": self.text, "finish_reason": self.finish_reason,

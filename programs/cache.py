@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CodecError, SpecError
+from .yaml_lines import check_path_text
 
 # live: read and write | replay: read only, a miss is an error (the hub's) | refresh: write only
 # | read: read only, a miss is a miss (dry runs, stats, export)
@@ -102,9 +104,10 @@ class CallCache:
       file that is not one (garbage, truncated) is a SpecError naming the path (exit 2);
     - an entry that does not deserialize, or is not a completion entry, is a miss with a
       warning (a live run calls again and overwrites it), never data;
-    - the read-only modes (`replay`, `read`) open the SQLite database read-only (immutable
-      when no write-ahead log is pending) and never create, lock or write anything, so a
-      read-only cache folder replays; a missing folder is an empty cache.
+    - the read-only modes (`replay`, `read`) open the SQLite database read-only: immutable (no
+      lock, no -shm file, nothing written) when no writer is at work, through SQLite's locks
+      when one is (a -wal or -shm file is there); a read-only cache folder replays, and a
+      missing folder is an empty cache.
 
     Entries are diskcache's {key: entry}, tagged by model for per-model stats and clearing.
     """
@@ -113,6 +116,7 @@ class CallCache:
         if mode not in MODES:
             raise ValueError(f"cache mode must be one of {MODES}")
         self.folder = Path(folder).expanduser()
+        check_path_text(self.folder, "cache folder")
         self.mode = mode
         self.read_only = mode in READ_ONLY_MODES
         if self.folder.exists() and not self.folder.is_dir():
@@ -158,9 +162,6 @@ class CallCache:
             warn(f"cache {self.folder}: entry {key[:12]} is damaged ({problem}); treated as a miss"
                  + ("" if self.read_only else ", and called again"))
         return None
-
-    def __len__(self) -> int:
-        return len(self.store)
 
     def stats(self) -> dict[str, Any]:
         per_model = self.store.per_model()
@@ -265,10 +266,12 @@ class _ReadOnlyStore:
         import diskcache
 
         self.disk = diskcache.Disk(str(folder))
-        wal = folder / (DB_NAME + "-wal")
-        pending = wal.is_file() and wal.stat().st_size > 0
+        self.lock = threading.Lock()  # one connection, shared by the hub's threads
+        # A -wal or -shm file means a writer is (or was, and crashed) at work: read through SQLite's
+        # locks. Without them, no connection is open: immutable reads take no lock and write nothing.
+        active = any((folder / (DB_NAME + suffix)).exists() for suffix in ("-wal", "-shm"))
         uri = self.db.resolve().as_uri()
-        for query in (("mode=ro",) if pending else ()) + ("mode=ro&immutable=1",):
+        for query in (("mode=ro",) if active else ()) + ("mode=ro&immutable=1",):
             try:
                 con = sqlite3.connect(f"{uri}?{query}", uri=True, check_same_thread=False)
                 con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
@@ -276,7 +279,7 @@ class _ReadOnlyStore:
                 if query.endswith("immutable=1"):
                     raise SpecError(str(self.db), f"cannot open the cache database read-only ({exc})",
                                     hint="check the folder's permissions, or pass --cache-dir DIR") from None
-                warn(f"cache {folder}: a write-ahead log is pending but cannot be read here ({exc}); "
+                warn(f"cache {folder}: its write-ahead log cannot be read here ({exc}); "
                      "reading the database without it")
                 continue
             except sqlite3.DatabaseError as exc:
@@ -297,8 +300,9 @@ class _ReadOnlyStore:
         if self.con is None:
             return None
         try:
-            row = self.con.execute("SELECT mode, filename, value, expire_time FROM Cache WHERE key = ? AND raw = 1",
-                                   (key,)).fetchone()
+            with self.lock:
+                row = self.con.execute("SELECT mode, filename, value, expire_time FROM Cache WHERE key = ? "
+                                       "AND raw = 1", (key,)).fetchone()
         except sqlite3.Error as exc:
             raise _Damaged(f"database: {exc}") from None
         if row is None or (row[3] is not None and row[3] < time.time()):
@@ -315,7 +319,8 @@ class _ReadOnlyStore:
         if self.con is None:
             return 0
         try:
-            return self.con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0]
+            with self.lock:
+                return self.con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0]
         except sqlite3.Error:
             return 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from .quality import format_quality, quality_metrics
 from .store import ARTIFACTS, read_artifact
 
 
@@ -36,6 +37,7 @@ def run_report(run_dir: Path) -> dict[str, Any]:
         "actions_per_kept_pair": _mean(len(p["actions"]) for p in kept),
         "failure_reasons": manifest.get("counts", {}).get("failure_reasons", {}),
         "calls": manifest.get("totals", {}),
+        "quality": quality_metrics(run_dir),
     }
 
 
@@ -60,6 +62,8 @@ def format_report(report: dict[str, Any]) -> str:
                      f"truncated {calls.get('truncated', 0)}")
     for reason, count in list(report["failure_reasons"].items())[:5]:
         lines.append(f"  {count:>4} x {reason}")
+    if report.get("quality"):
+        lines += format_quality(report["quality"])
     return "\n".join(lines)
 
 

@@ -13,18 +13,20 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
-from .yaml_lines import has_surrogate
+from .yaml_lines import check_path_text, has_surrogate
 
 
 def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "id",
                limit: int | None = None) -> list[dict[str, Any]]:
     """Seeds as [{id, instruction}], ids stable across runs (the record's id, else its position)."""
     path = Path(path)
+    check_path_text(path, "seed file")
     if not path.is_file():
         raise SpecError(str(path), "seed file not found", hint="set seeds.path in the spec or pass --seeds")
     try:
@@ -48,20 +50,27 @@ def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "i
     return seeds
 
 
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # universal newlines: \n, \r\n, and a lone \r end a line
+
+
 def _lines(path: Path) -> Iterator[str]:
     """The file's lines, each decoded as strict UTF-8 (ends kept); a bad byte is a located SpecError."""
-    offset = 0
+    offset, number = 0, 0
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw, offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise SpecError(str(path), f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset "
-                                           f"{offset + exc.start} (column {exc.start + 1})", line=number,
-                                hint="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-            offset += len(raw)
+        for chunk in handle:
+            if offset == 0 and chunk.startswith(codecs.BOM_UTF8):
+                chunk, offset = chunk[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
+            for raw in _LONE_CR.split(chunk) if b"\r" in chunk else (chunk,):
+                if not raw:
+                    continue
+                number += 1
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise SpecError(str(path), f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset "
+                                               f"{offset + exc.start} (column {exc.start + 1})", line=number,
+                                    hint="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+                offset += len(raw)
 
 
 def _jsonl(path: Path, field: str, id_field: str | None):

@@ -19,6 +19,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import SpecError
+from .yaml_lines import decode_utf8
 
 ROLES = ("system", "user", "assistant")
 
@@ -58,6 +59,9 @@ def _load(store: TemplateStore, name: str) -> StageTemplate:
     except jinja2.TemplateSyntaxError as exc:
         raise SpecError(exc.filename or str(store.path_of(name)), f"template syntax error: {exc.message}",
                         line=exc.lineno, hint="check the {% %} and {{ }} tags on this line") from None
+    except UnicodeDecodeError:  # a template that is not UTF-8: the same located error as a spec's
+        decode_utf8(store.path_of(name).read_bytes(), str(store.path_of(name)))
+        raise
 
 
 class StageTemplate:

@@ -5,7 +5,7 @@ which refuse, as a located SpecError, what PyYAML would accept silently or choke
 
 - a file that is not UTF-8 (the line and byte offset of the first bad byte);
 - a key given twice in one mapping (both lines; PyYAML would keep the last one);
-- anchors and aliases that expand past `MAX_NODES` nodes ("billion laughs"), or that
+- anchors and aliases that add more than `MAX_NODES` nodes ("billion laughs"), or that
   refer to themselves: the check walks the composed node graph once, memoized, so it
   takes time and memory linear in the text, not in the expansion;
 - text with a lone surrogate (a `"\\ud800"` escape), which is not Unicode text and would
@@ -15,6 +15,7 @@ which refuse, as a located SpecError, what PyYAML would accept silently or choke
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,22 @@ from .errors import SpecError
 
 Path_ = tuple[str | int, ...]
 
-MAX_NODES = 100_000  # nodes after alias expansion: far above any real spec, far below a bomb
+MAX_NODES = 100_000  # nodes aliases may add to what is written: far above any real use, far below a bomb
+MAX_SPEC_BYTES = 16 * 2**20
 YAML_HINT = "check indentation, colons and quotes on this line and the one before"
 
 
 def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
     """Parse a YAML file safely; return the data and a map from key path to 1-based line."""
+    check_path_text(path, "spec file")
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SPEC_BYTES + 1)  # bounded: a device or a huge file is not a spec
     except OSError as exc:
         raise SpecError(str(path), f"cannot read file: {exc.strerror}", hint="check the path") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(str(path), f"larger than {MAX_SPEC_BYTES // 2**20} MiB: not a spec",
+                        hint="check the path; put long data in a seeds file, not in the spec")
     text = decode_utf8(raw, str(path))
     node, data = _compose_and_construct(text, str(path))
     lines: dict[Path_, int] = {}
@@ -69,8 +76,22 @@ def has_surrogate(text: str) -> bool:
     return False
 
 
+def check_path_text(path: Path, what: str) -> None:
+    """A path whose name holds bytes that are not UTF-8 cannot be recorded in a manifest or an
+    artifact (JSON text): refuse it when it is read, not after the model calls."""
+    if has_surrogate(str(path)):
+        shown = os.fsencode(path).decode("utf-8", "replace")
+        raise SpecError(shown, f"the {what}'s name is not valid UTF-8 (it could not be recorded in the run's files)",
+                        hint="rename it, or copy it to a name in UTF-8")
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader; the composed graph is checked (duplicates, size, surrogates) before construction."""
+    """SafeLoader; the composed graph is checked (duplicates, size, surrogates) before construction.
+    A date-like value stays the text it is (a spec holds no dates, and every value must go into JSON)."""
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_str)
+NOT_JSON_TAGS = {f"tag:yaml.org,2002:{name}": name for name in ("binary", "set", "omap", "pairs")}
 
 
 def _compose_and_construct(text: str, file: str, what: str = "") -> tuple[yaml.Node | None, Any]:
@@ -107,15 +128,17 @@ class _Checker:
         self.file, self.prefix = file, prefix
         self.sizes: dict[int, int] = {}  # id(node) -> nodes it expands to
         self.open: set[int] = set()  # nodes being walked: meeting one again is a cycle
+        self.limit = MAX_NODES
 
     def error(self, node: yaml.Node, message: str, hint: str) -> SpecError:
         return SpecError(self.file, self.prefix + message, line=node.start_mark.line + 1, hint=hint)
 
     def check(self, root: yaml.Node) -> None:
-        size = self.size(root)
-        if size > MAX_NODES:
-            raise self.error(root, f"anchors and aliases expand to more than {MAX_NODES:,} values",
-                             "write the values out, or use fewer nested aliases (an alias bomb?)")
+        self.limit = _written(root) + MAX_NODES  # what the text holds, plus at most MAX_NODES from aliases
+        if self.size(root) > self.limit:
+            raise self.error(root, f"anchors and aliases expand to more than {MAX_NODES:,} values beyond "
+                                   "what is written", "write the values out, or use fewer nested aliases "
+                                                      "(an alias bomb?)")
 
     def size(self, node: yaml.Node) -> int:
         known = self.sizes.get(id(node))
@@ -124,6 +147,9 @@ class _Checker:
         if id(node) in self.open:
             raise self.error(node, "an alias refers to the node that contains it (a recursive structure)",
                              "a spec is a tree: copy the values instead of referring back")
+        if node.tag in NOT_JSON_TAGS:
+            raise self.error(node, f"the YAML type !!{NOT_JSON_TAGS[node.tag]} has no place in a spec",
+                             "write a plain mapping, list or string instead")
         self.open.add(id(node))
         total = 1
         if isinstance(node, yaml.ScalarNode):
@@ -141,16 +167,32 @@ class _Checker:
                                          "a key may appear once per mapping: remove or rename one of them")
                     seen[key] = key_node
                 total += self.size(key_node) + self.size(value_node)
-                if total > MAX_NODES:  # stop early: the rest cannot make it smaller
+                if total > self.limit:  # stop early: the rest cannot make it smaller
                     break
         elif isinstance(node, yaml.SequenceNode):
             for item in node.value:
                 total += self.size(item)
-                if total > MAX_NODES:
+                if total > self.limit:
                     break
         self.open.discard(id(node))
         self.sizes[id(node)] = total
         return total
+
+
+def _written(root: yaml.Node) -> int:
+    """The distinct nodes of the composed graph (each anchored node once, however often aliased)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in node.value for n in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return len(seen)
 
 
 def _collect(node: yaml.Node, prefix: Path_, lines: dict[Path_, int]) -> None:

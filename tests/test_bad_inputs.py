@@ -131,6 +131,22 @@ def test_alias_bomb_is_refused_quickly_in_bounded_memory(tmp_path):
     assert time.monotonic() - started < 20
 
 
+def test_the_budget_counts_only_what_aliases_add(monkeypatch):
+    from programs import yaml_lines
+
+    monkeypatch.setattr(yaml_lines, "MAX_NODES", 1000)
+    assert len(yaml_lines.load_value("[" + "x, " * 3000 + "]", "f", "v")) == 3000  # written out: fine
+    assert len(yaml_lines.load_value("[&a [" + "x, " * 100 + "], " + "*a, " * 9 + "]", "f", "v")) == 10
+    with pytest.raises(SpecError, match="beyond what is written"):  # 100 values aliased 12 times
+        yaml_lines.load_value("[&a [" + "x, " * 100 + "], " + "*a, " * 12 + "]", "f", "v")
+
+
+def test_a_device_or_huge_file_is_not_read_as_a_spec():
+    started = time.monotonic()
+    assert_reports(cli("validate", "/dev/zero"), "/dev/zero", "not a spec")
+    assert time.monotonic() - started < 20
+
+
 def test_recursive_alias_and_deep_nesting(tmp_path):
     assert "refers to the node that contains it" in spec_error(raw_spec(tmp_path, "a: &a\n  - *a\n")).message
     assert "nested too deeply" in spec_error(raw_spec(tmp_path, "a: " + "[" * 3000 + "]" * 3000 + "\n")).message
@@ -152,6 +168,27 @@ def test_spec_with_a_lone_surrogate_or_a_control_character(tmp_path):
     assert error.line == 2 and "lone surrogate" in error.message
     error = spec_error(raw_spec(tmp_path, "name: ok\ndescription: a\x07b\n"))
     assert error.line == 2 and "control character" in error.message
+
+
+def test_template_that_is_not_utf8(tmp_path, seeds_file):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for template in (REPO / "prompts").glob("*.jinja"):
+        (prompts / template.name).write_bytes(template.read_bytes())
+    (prompts / "decode.jinja").write_bytes((REPO / "prompts" / "decode.jinja").read_bytes() + b"\ncaf\xe9\n")
+    data = base_spec(seeds_file)
+    data["prompts"] = str(prompts)
+    done = cli("validate", str(write_spec(tmp_path, data)))
+    assert_reports(done, str(prompts / "decode.jinja"), "not valid UTF-8")
+
+
+def test_yaml_values_that_are_not_json(tmp_path):
+    path = raw_spec(tmp_path, "name: ok\ndescription: 2024-01-01\n")
+    from programs.yaml_lines import load_with_lines
+
+    assert load_with_lines(path)[0]["description"] == "2024-01-01"  # text, not a date the manifest cannot write
+    error = spec_error(raw_spec(tmp_path, "name: ok\ndescription: !!set {a, b}\n"))
+    assert error.line == 2 and "!!set" in error.message
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -204,6 +241,18 @@ def test_seed_file_with_invalid_utf8_through_run(tmp_path, seeds_file):
                "--cache-dir", str(tmp_path / "cache"), "-q")
     assert time.monotonic() - started < 20
     assert_reports(done, f"{seeds}:2", "not valid UTF-8", "offset 15")
+
+
+def test_file_names_that_are_not_utf8(tmp_path, seeds_file):
+    odd = tmp_path / os.fsdecode(b"seeds\xff.jsonl")
+    odd.write_bytes(seeds_file.read_bytes())
+    with pytest.raises(SpecError, match="name is not valid UTF-8"):
+        read_seeds(odd)
+    with pytest.raises(SpecError, match="name is not valid UTF-8"):
+        CallCache(tmp_path / os.fsdecode(b"cache\xff"), "replay")
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    assert_reports(cli("run", str(spec), "--dry-run", "--seeds", os.fsencode(odd)), "seeds", "not valid UTF-8",
+                   "rename it")
 
 
 @pytest.mark.parametrize("record", [
@@ -346,6 +395,34 @@ def test_replay_reads_the_cache_read_only_and_writes_nothing(tmp_path, seeds_fil
     assert snapshot(folder) == before  # no byte, no mtime, no -wal or -shm file
 
 
+def test_read_only_open_while_a_writer_is_at_work(tmp_path):
+    folder = tmp_path / "cache"
+    writer = CallCache(folder)
+    writer.put(key(0), "m", ENTRY)
+    assert (folder / "cache.db-wal").exists()  # a live connection: the reader must go through SQLite's locks
+    reader = CallCache(folder, "replay")
+    assert reader.get(key(0))["text"] == "an answer"
+    writer.put(key(1), "m", ENTRY)
+    assert reader.get(key(1))["text"] == "an answer"
+    reader.close()
+    writer.close()
+
+
+def test_a_cache_folder_a_live_run_cannot_write(tmp_path, monkeypatch):
+    """As root, permissions cannot make a folder read-only: make SQLite say so."""
+    import diskcache
+
+    def refuse(*args, **kwargs):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    filled_cache(tmp_path / "cache", 1)
+    monkeypatch.setattr(diskcache, "Cache", refuse)
+    with pytest.raises(SpecError) as caught:
+        CallCache(tmp_path / "cache", "live")
+    assert "cannot be written" in caught.value.message and "--replay" in caught.value.hint
+    assert CallCache(tmp_path / "cache", "replay").get(key(0))["text"] == "an answer"
+
+
 def test_replay_of_a_missing_cache_folder_creates_nothing(tmp_path, seeds_file):
     folder = tmp_path / "nowhere"
     cache = CallCache(folder, "replay")
@@ -369,9 +446,13 @@ def test_cli_replay_and_stats_on_a_read_only_cache(tmp_path, seeds_file):
     scripted.backends = {role: ScriptedBackend(f"hosted_vllm/{role}") for role in ("strong", "target")}
     first = scripted(spec, out="live")
     before = snapshot(scripted.cache_dir)
+    home = tmp_path / "home"
+    home.mkdir()
     done = cli("run", str(spec), "--replay", "-q", "--cache-dir", str(scripted.cache_dir),
-               "--out", str(tmp_path / "replayed"), timeout=120)
+               "--out", str(tmp_path / "replayed"), env={"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")},
+               timeout=120)
     assert done.returncode == 0, done.stderr
+    assert not any(home.iterdir())  # nor any other cache (DSPy's): replay writes only its output folder
     assert (first.out / "dataset.jsonl").read_bytes() == (tmp_path / "replayed" / "dataset.jsonl").read_bytes()
     stats = cli("cache", "stats", "--cache-dir", str(scripted.cache_dir))
     assert stats.returncode == 0 and "hosted_vllm/strong" in stats.stdout, stats.stderr
@@ -436,3 +517,15 @@ def test_export_and_import_round_trip_and_a_damaged_manifest(tmp_path, seeds_fil
     assert_reports(cli("cache", "export", str(first.out), str(tmp_path / "x.jsonl")), "manifest.json",
                    "cannot read the run's manifest")
     assert_reports(cli("replay", str(first.out)), "manifest.json", "not a codeclm run manifest")
+
+
+def test_a_completion_with_a_lone_surrogate_is_written_not_crashed_on(tmp_path, seeds_file, scripted):
+    """A server may send "\\ud800" in its JSON: the run writes U+FFFD in its place and goes on."""
+    from conftest import ScriptedBackend, base_spec, write_spec
+    from fake_openai_server import answer_text
+
+    scripted.backends["target"] = ScriptedBackend(
+        "scripted/target", lambda messages: answer_text(messages, "scripted/target") + " \ud800")
+    result = scripted(write_spec(tmp_path, base_spec(seeds_file)))
+    histories = (result.out / "instructions.jsonl").read_text(encoding="utf-8")
+    assert "\ufffd" in histories and "\\ud800" not in histories

@@ -29,6 +29,7 @@ from ..hub import ModelHub
 from ..lang.nodes import DedupNode, LLMNode, MixNode, Node, SourceNode
 from ..manifest import build_manifest
 from ..progress import Progress
+from ..quality import quality_metrics
 from ..spec import Spec
 from ..store import RunStore
 from .llm import build_modules
@@ -136,11 +137,20 @@ class Engine:
             raise self.hub.fatal
         counts = self.outputs.finish()
         manifest = build_manifest(self.spec, self.options, self.hub, counts, time.time() - started, self.progress,
-                                  self.outputs.failure_reasons)
+                                  self.outputs.failure_reasons, self.quality())
         self.outputs.write_manifest(manifest)
         return RunResult(self.outputs.folder, counts, manifest, manifest["calls"])
 
     # -- roots and barriers --------------------------------------------------------------------
+
+    def quality(self) -> dict[str, Any] | None:
+        """The data-quality metrics of what was written (quality.py); a metric that breaks never breaks the run."""
+        if self.outputs.folder is None:
+            return None
+        try:
+            return quality_metrics(self.outputs.folder)
+        except Exception as exc:  # noqa: BLE001 - the data is written; the metrics are a report on it
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
     def spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)

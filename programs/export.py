@@ -1,0 +1,691 @@
+"""`codeclm export`: a finished run as a folder that `datasets.load_dataset(DEST)` and the Hugging Face Hub
+take as it is.
+
+DEST/
+  README.md                             the dataset card: a YAML header in the Hub's conventions, then the
+                                        method, the models per role, the counts, the quality metrics, how to
+                                        train on it and how to replay it
+  data/train-00000-of-00001.parquet     what `load_dataset(DEST)` reads (the card's `configs` point at it)
+  data/train.jsonl                      the run's dataset.jsonl, byte for byte
+  pipeline/spec.yaml                    the spec as it ran (overrides applied), paths made local to pipeline/
+  pipeline/prompts/*.jinja              the templates the run used
+  pipeline/seeds/FILE                   the seed file it read (a replay renders the seeds again)
+  pipeline/programs/*.json              any optimized stage programs
+  pipeline/manifest.json                the run's manifest
+  pipeline/calls.jsonl.gz               the cache bundle of every call the run made (when the cache is there)
+  .codeclm-export                       what was exported from where, and which files are codeclm's
+
+The run is read generically: dataset.jsonl (chat `messages`, `provenance` and any other columns) and
+manifest.json (the resolved spec, templates, calls and counts); the spec's own sections are read only
+to make its paths local, and to describe its graph in words.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import CodecError, SpecError
+from .redact import redact_text
+from .store import ARTIFACTS, write_atomic
+
+MARKER = ".codeclm-export"
+PARQUET = "data/train-00000-of-00001.parquet"
+JSONL = "data/train.jsonl"
+PIPELINE = "pipeline"
+BUNDLE = f"{PIPELINE}/calls.jsonl.gz"
+INSTALL_HINT = "pip install 'codeclm[export]'"
+# The Hub's size buckets (dataset card metadata `size_categories`), by row count.
+SIZE_BUCKETS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+CITATION = """@inproceedings{wang2024codeclm,
+  title     = {CodecLM: Aligning Language Models with Tailored Synthetic Data},
+  author    = {Wang, Zifeng and Li, Chun-Liang and Perot, Vincent and Le, Long T. and Miao, Jin and
+               Zhang, Zizhao and Lee, Chen-Yu and Pfister, Tomas},
+  booktitle = {Findings of the Association for Computational Linguistics: NAACL 2024},
+  year      = {2024}
+}"""
+
+
+@dataclass
+class ExportOptions:
+    license: str = "unknown"
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    pretty_name: str | None = None
+    repo: str | None = None  # the Hub repo the card's snippets name (the one --push-to-hub uploads to)
+    cache_bundle: bool = True
+    cache_dir: Path | None = None
+
+
+@dataclass
+class ExportResult:
+    dest: Path
+    rows: int
+    files: list[str]  # every file written, relative to dest, in the order written
+    bundle_calls: int | None  # calls in pipeline/calls.jsonl.gz; None when no bundle was written
+    notes: list[str]  # what the user should know: a skipped bundle, a template changed since the run
+    metrics: dict[str, Any] | None
+
+
+def size_category(rows: int) -> str:
+    for bound, name in SIZE_BUCKETS:
+        if rows < bound:
+            return name
+    return "n>1B"
+
+
+def require(module: str, what: str) -> Any:
+    """Import an optional dependency of `export`, or a SpecError (exit 2) saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SpecError("codeclm export", f"{what} needs the Python package '{module}', which is not installed",
+                        hint=INSTALL_HINT) from None
+
+
+# -- reading the run ----------------------------------------------------------------------------
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run's manifest and dataset rows; a SpecError (exit 2) for a folder that is not a finished run."""
+    manifest_path = run_dir / ARTIFACTS["manifest"]
+    dataset_path = run_dir / ARTIFACTS["dataset"]
+    fix = "pass a folder `codeclm run` finished, e.g. runs/demo"
+    if not manifest_path.is_file():
+        raise SpecError(str(run_dir), "not a finished run (no manifest.json)", hint=fix)
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SpecError(str(manifest_path), f"cannot read the run's manifest ({exc})", hint=fix) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("spec"), dict) \
+            or not isinstance(manifest["spec"].get("resolved"), dict):
+        raise SpecError(str(manifest_path), "not a codeclm run manifest (no spec.resolved)", hint=fix)
+    if not dataset_path.is_file():
+        raise SpecError(str(run_dir), "the run has no dataset.jsonl", hint=fix)
+    rows = []
+    with dataset_path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (ValueError, RecursionError) as exc:
+                raise SpecError(str(dataset_path), f"not a JSON line ({exc})", line=number,
+                                hint="the run folder is damaged: run the spec again to rewrite it") from None
+            if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
+                raise SpecError(str(dataset_path), "a dataset line without a chat `messages` list", line=number,
+                                hint="export reads the chat format `codeclm run` writes")
+            rows.append(row)
+    return manifest, rows
+
+
+# -- where the export may write -------------------------------------------------------------------
+
+
+def run_identity(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    return {"run_dir": str(run_dir.resolve()), "spec_name": manifest["spec"].get("name")}
+
+
+def check_dest(dest: Path, run_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    """Where an export may write, checked before anything is touched: a new or empty folder, or an earlier export
+    of this same run folder. Returns the files that earlier export wrote (codeclm's to replace or remove)."""
+    dest = dest.expanduser()
+    fix = "choose a new or empty DEST, e.g. exports/NAME"
+    if dest.exists() and not dest.is_dir():
+        raise SpecError(str(dest), "DEST is a file, not a folder", hint=fix)
+    if dest.resolve() == run_dir.resolve():
+        raise SpecError(str(dest), "DEST is the run folder itself", hint=fix)
+    if not dest.is_dir():
+        return []
+    try:
+        empty = next(dest.iterdir(), None) is None
+    except OSError as exc:
+        raise SpecError(str(dest), f"cannot read DEST: {exc.strerror}", hint=fix) from None
+    if empty:
+        return []
+    try:
+        marker = json.loads((dest / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        marker = None
+    if not isinstance(marker, dict) or not isinstance(marker.get("files"), list):
+        raise SpecError(str(dest), "DEST is not empty and is not a codeclm export: export never writes into a "
+                        "folder of files it did not make", hint=f"{fix}, or empty this folder yourself")
+    mine = run_identity(run_dir, manifest)["run_dir"]
+    if marker.get("run_dir") != mine:
+        raise SpecError(str(dest), f"DEST holds the export of another run ({marker.get('run_dir')}), not of {mine}",
+                        hint=f"{fix}; an export folder is rewritten only by an export of the same run folder")
+    return [name for name in marker["files"] if isinstance(name, str) and _inside(name)]
+
+
+def _inside(name: str) -> bool:
+    """A relative path that stays inside DEST (a marker edited by hand must not reach out of it)."""
+    path = Path(name)
+    return not path.is_absolute() and ".." not in path.parts and name not in ("", ".")
+
+
+# -- the pipeline folder: spec, templates, seeds, programs, manifest ---------------------------------------------
+
+
+def _template_files(prompts_dir: Path, names: list[str]) -> dict[str, Path]:
+    """The templates the run used and any template they extend, include or import, by name."""
+    import jinja2
+    from jinja2 import meta
+
+    env = jinja2.Environment()
+    found: dict[str, Path] = {}
+    queue = list(names)
+    while queue:
+        name = queue.pop()
+        path = prompts_dir / name
+        if name in found or not _inside(name) or not path.is_file():
+            continue
+        found[name] = path
+        try:
+            parsed = env.parse(path.read_text(encoding="utf-8"))
+        except (jinja2.TemplateSyntaxError, UnicodeDecodeError, OSError):
+            continue
+        queue += [ref for ref in meta.find_referenced_templates(parsed) if isinstance(ref, str)]
+    return found
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path], list[str]]:
+    """The spec to ship (paths rewritten into pipeline/), the files it needs {relative name: source}, and notes.
+
+    Paths in the recorded spec are relative to where the spec was; the shipped spec names copies beside it:
+    `prompts: prompts`, `seeds.path: seeds/FILE`, `program: programs/STAGE.json`. `cache:` is dropped (a folder
+    of the machine that ran it)."""
+    recorded = manifest["spec"]
+    spec = json.loads(json.dumps(recorded["resolved"]))
+    spec_dir = Path(str(recorded.get("path", "."))).parent
+    options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
+    files: dict[str, Path] = {}
+    notes: list[str] = []
+
+    def local(value: Any) -> Path:
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else spec_dir / path
+
+    prompts_dir = local(spec.get("prompts", "../prompts"))
+    spec["prompts"] = "prompts"
+    spec.pop("cache", None)
+    templates = manifest.get("templates") if isinstance(manifest.get("templates"), dict) else {}
+    for name, path in sorted(_template_files(prompts_dir, list(templates)).items()):
+        files[f"prompts/{name}"] = path
+        if name in templates and _sha(path.read_bytes()) != templates[name]:
+            notes.append(f"template {name} changed since the run: the copy is the current file, so a replay "
+                         "of it may miss the cache")
+    missing = [name for name in templates if f"prompts/{name}" not in files]
+    if missing:
+        notes.append(f"templates not found in {prompts_dir}: {', '.join(missing)} (not shipped)")
+
+    seeds = spec.get("seeds")
+    if isinstance(seeds, str):
+        seeds = spec["seeds"] = {"path": seeds}
+    if isinstance(seeds, dict) and (seeds.get("path") or options.get("seeds")):
+        source = Path(options["seeds"]) if options.get("seeds") else local(seeds["path"])  # --seeds wins
+        if source.is_file():
+            seeds["path"] = f"seeds/{source.name}"
+            files[f"seeds/{source.name}"] = source
+        else:
+            notes.append(f"seed file {source} not found (not shipped): a replay needs it")
+    for section in ("stages", "nodes"):  # optimized programs (`program:`), whatever the graph calls its parts
+        parts = spec.get(section)
+        for name, conf in (parts.items() if isinstance(parts, dict) else ()):
+            if isinstance(conf, dict) and isinstance(conf.get("program"), str):
+                source = local(conf["program"])
+                if source.is_file():
+                    conf["program"] = f"programs/{re.sub(r'[^A-Za-z0-9_.-]', '_', str(name))}.json"
+                    files[conf["program"]] = source
+                else:
+                    notes.append(f"optimized program {source} not found (not shipped)")
+    return spec, files, notes
+
+
+# -- the card -------------------------------------------------------------------------------------------
+
+
+def quality(run_dir: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """The run's data-quality metrics from programs.quality (when that module is there), else the manifest's."""
+    try:
+        from .quality import quality_metrics  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        recorded = manifest.get("quality")
+        return (recorded, None) if isinstance(recorded, dict) and recorded else (None, None)
+    try:
+        metrics = quality_metrics(run_dir)
+    except Exception as exc:  # metrics are a courtesy of the card: never a reason not to ship the data
+        return None, f"quality metrics could not be computed ({type(exc).__name__}: {exc}); card made without them"
+    return (metrics if isinstance(metrics, dict) and metrics else None), None
+
+
+def _flat(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from _flat(child, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, value
+
+
+def _figure(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        if not value:
+            return "none"
+        shown = ", ".join(_figure(v) for v in value[:5])
+        return f"{shown}, ... ({len(value)})" if len(value) > 5 else shown
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _graph(spec: dict[str, Any]) -> list[str]:
+    """The spec's graph in words: each stage (or node) with its kind, model role, template and inputs."""
+    lines = []
+    for section in ("stages", "nodes"):
+        parts = spec.get(section)
+        for name, conf in (parts.items() if isinstance(parts, dict) else ()):
+            if not isinstance(conf, dict):
+                continue
+            bits = [f"`{conf['kind']}`" if conf.get("kind") else None,
+                    f"model role `{conf['model']}`" if conf.get("model") else "no model call",
+                    f"template `{conf['template']}`" if conf.get("template") else None]
+            inputs = [f"{key}: {_figure(conf[key])}" for key in ("input", "inputs", "answers", "actions")
+                      if conf.get(key)]
+            lines.append(f"- **{name}**: " + ", ".join(b for b in bits if b) + (f" ({'; '.join(inputs)})"
+                                                                                 if inputs else ""))
+    refine = spec.get("refine")
+    if isinstance(refine, dict):
+        params = spec.get("params") if isinstance(spec.get("params"), dict) else {}
+        lines.append(f"- **refine loop**, per instruction from `{refine.get('instructions')}`: respond with "
+                     f"{_figure(refine.get('respond'))}, judge with `{refine.get('judge')}`, decide "
+                     f"`{refine.get('decide', 'contrastive')}` (threshold {params.get('threshold', 3)}), improve "
+                     f"with `{refine.get('improve')}` for at most {params.get('max_iterations', 4)} iterations")
+    return lines
+
+
+def _models(spec: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    """Models per role, with the stages that called each: model names and decoding parameters only (never an
+    endpoint, a key variable or `extra`)."""
+    calls = manifest.get("calls") if isinstance(manifest.get("calls"), dict) else {}
+    stages_of: dict[str, list[str]] = {}
+    for name, row in calls.items():
+        stage, _, role = str(name).rpartition("/")
+        if stage and isinstance(row, dict):
+            stages_of.setdefault(role, []).append(f"{stage} ({row.get('calls', 0)} calls)")
+    models = spec.get("models") if isinstance(spec.get("models"), dict) else {}
+    lines = ["| role | model | decoding | used by |", "| --- | --- | --- | --- |"]
+    for role, conf in models.items():
+        conf = conf if isinstance(conf, dict) else {"model": conf}
+        decoding = ", ".join(f"{key} {conf[key]}" for key in ("temperature", "top_p", "max_tokens")
+                             if conf.get(key) is not None) or "defaults"
+        used = ", ".join(sorted(stages_of.get(role, []))) or "-"
+        lines.append(f"| {role} | `{_figure(conf.get('model'))}` | {decoding} | {used} |")
+    return lines
+
+
+def _counts(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any], rows: int) -> list[str]:
+    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    status = counts.get("instructions") if isinstance(counts.get("instructions"), dict) else {}
+    seeds = _seed_count(pipeline_dir, manifest, spec)
+    lines = ["| | count |", "| --- | --- |"]
+    if seeds is not None:
+        lines.append(f"| seeds | {seeds} |")
+    elif isinstance(spec.get("metadata"), list):
+        lines.append(f"| hand-written metadata entries (no seeds) | {len(spec['metadata'])} |")
+    if status:
+        lines.append(f"| instructions | {sum(v for v in status.values() if isinstance(v, int))} |")
+    lines.append(f"| kept (rows here) | {rows} |")
+    for name in ("dropped", "failed", "over_limit"):
+        if name in status or name != "over_limit":
+            lines.append(f"| {name.replace('_', ' ')} | {status.get(name, 0)} |")
+    totals = manifest.get("totals") if isinstance(manifest.get("totals"), dict) else {}
+    if totals:
+        lines.append(f"| model calls (cache hits) | {totals.get('calls', 0)} ({totals.get('cache_hits', 0)}) |")
+        lines.append(f"| tokens in / out | {totals.get('prompt_tokens', 0)} / {totals.get('completion_tokens', 0)} |")
+        if totals.get("cost_usd"):
+            lines.append(f"| dollars spent | {totals['cost_usd']:.4f} |")
+    if isinstance(manifest.get("wall_seconds"), (int, float)):
+        lines.append(f"| wall time | {manifest['wall_seconds']:.1f} s |")
+    reasons = counts.get("failure_reasons") if isinstance(counts.get("failure_reasons"), dict) else {}
+    if reasons:
+        lines += ["", "Most common failures:", ""]
+        lines += [f"- {count} x {_figure(reason)}" for reason, count in list(reasons.items())[:5]]
+    return lines
+
+
+def _seed_count(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any]) -> int | None:
+    """The seeds the run read: the shipped seed file (the spec's `seeds`), read as a run reads it, to --limit."""
+    seeds = spec.get("seeds")
+    if not isinstance(seeds, dict) or not isinstance(seeds.get("path"), str):
+        return None
+    options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
+    path = pipeline_dir / seeds["path"]
+    try:
+        from .seeds import read_seeds
+
+        return len(read_seeds(path, seeds.get("field") or "instruction", seeds.get("id_field"),
+                              options.get("limit") if isinstance(options.get("limit"), int) else None))
+    except (CodecError, OSError):
+        return None
+
+
+def card_header(name: str, rows: int, options: ExportOptions) -> dict[str, Any]:
+    return {
+        "license": options.license,
+        "language": list(options.languages),
+        "tags": ["synthetic", "codeclm"],
+        "task_categories": ["text-generation"],
+        "size_categories": [size_category(rows)],
+        "pretty_name": options.pretty_name or name,
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": PARQUET}]}],
+    }
+
+
+def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any],
+                rows: list[dict[str, Any]], columns: dict[str, str], options: ExportOptions,
+                metrics: dict[str, Any] | None, bundle_calls: int | None) -> str:
+    name = str(manifest["spec"].get("name") or run_dir.name)
+    header = card_header(name, len(rows), options)
+    where = options.repo or f"path/to/{name}"
+    limit = (manifest.get("options") or {}).get("limit")
+    limit_flag = f" --limit {limit}" if isinstance(limit, int) else ""
+    versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
+    column_lines = [f"- `{column}`: {kind}" for column, kind in columns.items()]
+    description = spec.get("description")
+    codeclm_graph = any(isinstance(c, dict) and c.get("kind") in ("encode", "decode")
+                        for c in (spec.get("stages") or {}).values()) if isinstance(spec.get("stages"), dict) \
+        else False
+    lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+             f"# {header['pretty_name']}", ""]
+    if isinstance(description, str) and description.strip():
+        lines += [description.strip(), ""]
+    lines += [f"Synthetic instruction-tuning data: {len(rows)} chat conversations (`messages`) made by "
+              f"codeclm from the spec `{name}`, each row with its `provenance`: where it "
+              "came from, every model call behind it, the judge's scores and the decision that kept it.", "",
+              "## Dataset structure", "", "One split, `train`. Columns:", "", *column_lines, "",
+              f"Files: `{PARQUET}` (what `load_dataset` reads), `{JSONL}` (the run's `dataset.jsonl` byte for byte, "
+              f"`provenance` as a nested object), `{PIPELINE}/` (everything needed to rerun or replay the run).", "",
+              "## How it was made", ""]
+    if codeclm_graph:
+        lines += ["With the CodecLM method (Wang et al., *CodecLM: Aligning Language Models with Tailored Synthetic "
+                  "Data*, Findings of NAACL 2024): a strong model encodes each seed instruction into metadata (a use "
+                  "case and skills), the metadata is recombined into a pool and decoded into new instructions, "
+                  "Self-Rubrics make an instruction harder step by step, and Contrastive Filtering keeps an "
+                  "instruction only where the judge scores the strong model's answer clearly apart from the target "
+                  "model's.", ""]
+    lines += ["The spec's graph:", "", *_graph(spec), "", "## Models", "", *_models(spec, manifest), "",
+              "Endpoints and keys are not part of the data: keys were never written to the spec or the manifest.",
+              "", "## Counts", "", *_counts(pipeline_dir, manifest, spec, len(rows)), ""]
+    if metrics:
+        shown = {key: value for key, value in metrics.items() if key != "notes"}
+        notes = metrics.get("notes") if isinstance(metrics.get("notes"), list) else []
+        lines += ["## Quality", "", "Measured by `codeclm` on the kept rows (and their seeds): diversity (distinct-n, "
+                  "pairwise ROUGE-L), near duplicates, closeness to the seeds, metadata coverage and the judge's "
+                  "consistency, where the run has what each needs.", "",
+                  "| metric | value |", "| --- | --- |",
+                  *[f"| {key} | {_figure(value)} |" for key, value in _flat(shown)], "",
+                  *[f"- {_figure(note)}" for note in notes], *([""] if notes else [])]
+    lines += ["## Use it", "", "With 🤗 Datasets:", "", "```python", "from datasets import load_dataset", "",
+              f'ds = load_dataset("{where}", split="train")',
+              'print(ds[0]["messages"])',
+              "import json; provenance = json.loads(ds[0][\"provenance\"])  # where the row came from", "```", "",
+              "TRL (`SFTTrainer` reads the `messages` column as conversations):", "", "```python",
+              "from trl import SFTConfig, SFTTrainer", "",
+              'trainer = SFTTrainer(model="YOUR/BASE-MODEL", train_dataset=ds.select_columns(["messages"]),',
+              '                     args=SFTConfig(output_dir="sft-out"))', "trainer.train()", "```", "",
+              "axolotl:", "", "```yaml", "datasets:", f"  - path: {where}", "    type: chat_template",
+              "    field_messages: messages", "```", "",
+              "LLaMA-Factory (an entry in your `dataset_info.json`, then `dataset: " + name + "`):", "", "```json",
+              json.dumps({name: {"hf_hub_url": where, "formatting": "sharegpt", "columns": {"messages": "messages"},
+                                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                          "assistant_tag": "assistant", "system_tag": "system"}}}, indent=2),
+              "```", "",
+              f"For a local copy, LLaMA-Factory can also read `{JSONL}` (`\"file_name\": \"PATH/{JSONL}\"`).", "",
+              "## Replay or rerun it", "",
+              f"`{PIPELINE}/` holds the spec as it ran (`spec.yaml`, overrides applied, paths local to the folder), "
+              "the templates it rendered (`prompts/`), the seeds, and the run's `manifest.json` (template hashes, "
+              "package versions, the hash of codeclm's code, calls, tokens and time per stage and model).", ""]
+    if bundle_calls:
+        lines += [f"`{BUNDLE}` holds the {bundle_calls} model completions the run used, so the run replays "
+                  "bit for bit with no model and no key:", "", "```bash",
+                  f"codeclm cache import {BUNDLE}",
+                  f"codeclm run {PIPELINE}/spec.yaml --replay --out replayed{limit_flag}",
+                  f"cmp replayed/dataset.jsonl {JSONL}   # identical", "```", ""]
+    else:
+        lines += ["No cache bundle was shipped, so a replay needs the run's cache; with it:", "", "```bash",
+                  f"codeclm run {PIPELINE}/spec.yaml --replay --out replayed{limit_flag}", "```", ""]
+    lines += ["Rerun it on your own models (only the calls whose model or prompt changed are made again):", "",
+              "```bash", f"codeclm run {PIPELINE}/spec.yaml --out rerun{limit_flag} \\",
+              "    --set models.strong.model=openai/gpt-4o-mini   # any role, any provider codeclm supports", "```",
+              "", f"Made with codeclm {versions.get('codeclm') or '?'} (code sha256 "
+              f"`{str(manifest.get('code_sha256', '?'))[:16]}`), DSPy {versions.get('dspy') or '?'}, Python "
+              f"{versions.get('python') or '?'}. A replay is bit for bit with the same codeclm code, since answers "
+              "are parsed after the cache.", "",
+              "## Limitations", "",
+              "The instructions and answers were written by language models and were not reviewed by people: they "
+              "can be wrong, biased or unsafe. The judge is a model too. Check the terms of use of the models above "
+              "before training on or sharing this data; the `license` above was chosen by whoever exported it.", ""]
+    if codeclm_graph:
+        lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
+    return "\n".join(lines)
+
+
+# -- data files -----------------------------------------------------------------------------------------------
+
+
+def data_table(rows: list[dict[str, Any]]) -> tuple[Any, dict[str, str]]:
+    """The rows as an Arrow table: `messages` as a list of {role, content} structs, `provenance` (and any other
+    non-text column) as JSON text. JSON text keeps one stable schema whatever a spec records (per-stage answer
+    names, free-form metadata, empty lists, scores that are null for some rows), which nested structs would
+    not: a struct's type changes from run to run and breaks concatenating or loading two exports together."""
+    pa = require("pyarrow", "codeclm export")
+    names: list[str] = ["messages"]
+    for row in rows:
+        names += [key for key in row if key not in names]
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    plain = all(isinstance(m, dict) and set(m) == {"role", "content"} and isinstance(m["role"], str)
+                and isinstance(m["content"], str) for row in rows for m in row["messages"])
+    columns, kinds = {}, {}
+    if plain:
+        columns["messages"] = pa.array([row["messages"] for row in rows], type=pa.list_(message))
+        kinds["messages"] = "the conversation, a list of `{role, content}` (`user`, `assistant`, maybe `system`)"
+    else:
+        columns["messages"] = pa.array([json.dumps(row["messages"], ensure_ascii=False) for row in rows],
+                                       type=pa.string())
+        kinds["messages"] = "the conversation as JSON text (its messages carry more than role and content)"
+    for name in names[1:]:
+        values = [row.get(name) for row in rows]
+        if all(v is None or isinstance(v, str) for v in values):
+            columns[name], kinds[name] = pa.array(values, type=pa.string()), "text"
+        else:
+            columns[name] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False, sort_keys=True)
+                                      for v in values], type=pa.string())
+            kinds[name] = "JSON text (`json.loads` it)"
+    if "provenance" in kinds:
+        kinds["provenance"] = ("JSON text (`json.loads` it): the row's id, seed ids, metadata, actions, iteration, "
+                               "both answers, the judge's scores in both orders, the gap, the decision, and every "
+                               "model call behind it (stage, model, cache key)")
+    return pa.table(columns), kinds
+
+
+def write_parquet(table: Any, path: Path) -> None:
+    pq = require("pyarrow.parquet", "codeclm export")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        pq.write_table(table, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -- the export -------------------------------------------------------------------------------------------------
+
+
+def export_run(run_dir: Path, dest: Path, options: ExportOptions) -> ExportResult:
+    """Write DEST from a finished run. Checks everything first (the run, DEST, the dependencies); writes each file
+    atomically; removes only files an earlier export of this run wrote and this one does not."""
+    require("pyarrow", "codeclm export")
+    if not LICENSE_ID.match(options.license):
+        raise SpecError("--license", f"not a license id: {options.license!r}",
+                        hint="a Hub license id such as apache-2.0, mit, cc-by-4.0, odc-by, other or unknown")
+    for language in options.languages:
+        if not re.fullmatch(r"[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*", language):
+            raise SpecError("--language", f"not a language code: {language!r}", hint="an ISO 639 code, e.g. en, fr")
+    dest = dest.expanduser()
+    manifest, rows = read_run(run_dir)
+    if not rows:
+        raise CodecError(f"{run_dir}: the run kept no rows, so there is nothing to export; `codeclm inspect "
+                         f"{run_dir}` says what was dropped or failed")
+    earlier = check_dest(dest, run_dir, manifest)
+    spec, sources, notes = pipeline_files(manifest)
+    table, columns = data_table(rows)
+    metrics, note = quality(run_dir, manifest)
+    if note:
+        notes.append(note)
+
+    clashes = [name for name in [PARQUET, JSONL, "README.md", f"{PIPELINE}/spec.yaml", f"{PIPELINE}/manifest.json",
+                                 *(f"{PIPELINE}/{n}" for n in sources),
+                                 *([BUNDLE] if options.cache_bundle else [])]
+               if (dest / name).exists() and name not in earlier]
+    if clashes:  # a user's file where an earlier export of this run wrote none: never overwritten
+        raise SpecError(str(dest / clashes[0]), "a file export would write is already there and was not written "
+                        "by codeclm export", hint="move it out of DEST, or export to a new folder")
+    try:
+        return _write(run_dir, dest, options, manifest, rows, earlier, spec, sources, notes, table, columns, metrics)
+    except OSError as exc:
+        raise SpecError(str(getattr(exc, "filename", None) or dest), f"cannot write the export: {exc.strerror or exc}",
+                        hint="free some space or choose a writable DEST; rerun the same command to finish") from None
+
+
+def _write(run_dir: Path, dest: Path, options: ExportOptions, manifest: dict[str, Any], rows: list[dict[str, Any]],
+           earlier: list[str], spec: dict[str, Any], sources: dict[str, Path], notes: list[str], table: Any,
+           columns: dict[str, str], metrics: dict[str, Any] | None) -> ExportResult:
+    written: list[str] = []
+    dest.mkdir(parents=True, exist_ok=True)
+    planned = sorted(set(earlier) | {PARQUET, JSONL, "README.md", f"{PIPELINE}/spec.yaml",
+                                      f"{PIPELINE}/manifest.json", BUNDLE, *(f"{PIPELINE}/{n}" for n in sources)})
+    _mark(dest, run_dir, manifest, planned, complete=False)  # claimed first: a crash leaves a folder export owns
+
+    def put(name: str, text: str | None = None, source: Path | None = None) -> None:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source is not None:
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        else:
+            write_atomic(target, text or "")
+        written.append(name)
+
+    (dest / "data").mkdir(exist_ok=True)
+    write_parquet(table, dest / PARQUET)
+    written.append(PARQUET)
+    put(JSONL, source=run_dir / ARTIFACTS["dataset"])
+    for name, source in sources.items():
+        put(f"{PIPELINE}/{name}", source=source)
+    put(f"{PIPELINE}/spec.yaml", redact_text(
+        f"# The spec of the run {manifest['spec'].get('name')!r} as it ran (overrides applied), exported by codeclm.\n"
+        "# Paths are relative to this file. Rerun: codeclm run pipeline/spec.yaml; replay: see ../README.md\n"
+        + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)))
+    put(f"{PIPELINE}/manifest.json", source=run_dir / ARTIFACTS["manifest"])
+
+    bundle_calls = None
+    if options.cache_bundle:
+        bundle_calls, note = _bundle(run_dir, dest, manifest, options.cache_dir)
+        if note:
+            notes.append(note)
+        if bundle_calls:
+            written.append(BUNDLE)
+    put("README.md", redact_text(render_card(run_dir, dest / PIPELINE, manifest, spec, rows, columns, options,
+                                             metrics, bundle_calls)))
+    for stale in sorted(set(earlier) - set(written)):  # codeclm's own files from the earlier export, not rewritten
+        (dest / stale).unlink(missing_ok=True)
+    _mark(dest, run_dir, manifest, sorted(written), complete=True)
+    return ExportResult(dest=dest, rows=len(rows), files=written, bundle_calls=bundle_calls, notes=notes,
+                        metrics=metrics)
+
+
+def _mark(dest: Path, run_dir: Path, manifest: dict[str, Any], files: list[str], complete: bool) -> None:
+    write_atomic(dest / MARKER, json.dumps({"written_by": "codeclm export", **run_identity(run_dir, manifest),
+                                            "complete": complete, "files": files}, indent=2) + "\n")
+
+
+def _bundle(run_dir: Path, dest: Path, manifest: dict[str, Any],
+            cache_dir: Path | None) -> tuple[int | None, str | None]:
+    """pipeline/calls.jsonl.gz through `codeclm cache export`'s code, when the run's cache is reachable."""
+    from .bundle import export_bundle, run_call_keys
+
+    recorded = (manifest.get("options") or {}).get("cache_dir")
+    folder = Path(cache_dir).expanduser() if cache_dir else Path(recorded) if isinstance(recorded, str) else None
+    skip = "no cache bundle shipped"
+    if folder is None or not folder.is_dir():
+        return None, f"{skip}: the run's cache folder {folder} is not here (pass --cache-dir, or --no-cache-bundle)"
+    path = dest / BUNDLE
+    try:
+        count = export_bundle(run_dir, path, folder)
+    except CodecError as exc:
+        path.unlink(missing_ok=True)
+        return None, f"{skip}: {exc}"
+    if not count:
+        path.unlink(missing_ok=True)
+        return None, f"{skip}: the cache at {folder} holds none of the run's calls"
+    total = len(run_call_keys(run_dir))
+    if count < total:
+        return count, f"the cache bundle holds {count} of the run's {total} calls (the rest are no longer cached)"
+    return count, None
+
+
+# -- the Hub ------------------------------------------------------------------------------------------------------
+
+
+def hub_token() -> str:
+    """The Hugging Face token (HF_TOKEN, or the cached login), checked before any work; a SpecError if none."""
+    hub = require("huggingface_hub", "--push-to-hub")
+    token = hub.get_token()
+    if not token:
+        raise SpecError("--push-to-hub", "no Hugging Face token: not logged in and HF_TOKEN is not set",
+                        hint="log in with `hf auth login` (or `huggingface-cli login`), or set HF_TOKEN to a token "
+                             "with write access (huggingface.co/settings/tokens); the export folder is written "
+                             "either way without --push-to-hub")
+    return token
+
+
+def check_repo_id(repo: str) -> None:
+    if not REPO_ID.match(repo) or ".." in repo or repo.endswith((".git", "-", ".")):
+        raise SpecError("--push-to-hub", f"not a Hub repo id: {repo!r}", hint="NAME or ORG/NAME, e.g. alice/my-data")
+
+
+def push(dest: Path, repo: str, files: list[str], private: bool, token: str) -> str:
+    """Upload the files the export wrote (never other files in DEST) to the dataset repo REPO; returns its URL."""
+    hub = require("huggingface_hub", "--push-to-hub")
+    api = hub.HfApi(token=token)
+    try:
+        url = api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(dest), repo_type="dataset",
+                          allow_patterns=[glob.escape(name) for name in files],  # fnmatch patterns: [ * ? literal
+                          commit_message="Upload dataset exported by codeclm")
+    except Exception as exc:  # HTTP, network and auth errors of any huggingface_hub version
+        raise CodecError(f"push to the Hub dataset {repo} failed: {type(exc).__name__}: {exc}\n"
+                         f"  the export folder {dest} is complete; fix the cause and run the same command again") \
+            from None
+    return str(getattr(url, "url", None) or url or f"https://huggingface.co/datasets/{repo}")

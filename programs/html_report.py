@@ -1,0 +1,564 @@
+"""`codeclm report`: a finished run as one self-contained HTML file that opens offline.
+
+Charts are inline SVG drawn here (charts.py), tables are HTML, and a small inline script runs the
+record browser over the run's records, embedded as JSON in a `<script type="application/json">`
+block. Everything a seed or a model wrote is data: it is HTML-escaped where it is written into the
+page, `<`, `>` and `&` are \\u-escaped in the JSON block (so no `</script>` can end it), the browser
+builds its DOM with textContent only, and a Content-Security-Policy lets only the page's own script
+(by its hash) run and nothing load from the network.
+
+The run is read through rundata.py: every artifact is optional and the page shows what there is.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections import Counter, defaultdict
+from html import escape
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from . import charts
+from .charts import PALETTE
+from .errors import SpecError
+from .quality import NEAR_DUPLICATE, quality_metrics, tokens
+from .rundata import RunData
+from .store import write_atomic
+
+MAX_RECORDS = 5000  # records in the browser, at most (the page stays light enough to open)
+MAX_TEXT = 20_000  # characters of one text field in the browser (the artifact keeps it whole)
+STATUS_COLORS = {"kept": PALETTE[2], "dropped": PALETTE[5], "failed": PALETTE[3], "over_limit": PALETTE[7],
+                 "decoded": PALETTE[4]}
+
+
+def write_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Write RUN_DIR's report (default RUN_DIR/report.html) and return its path."""
+    run = RunData.open(run_dir)
+    if not Path(run_dir).is_dir() or not run.exists():
+        raise SpecError(str(run_dir), "no run artifacts here: is this a folder `codeclm run` wrote?",
+                        hint="pass a run folder, e.g. runs/demo")
+    path = Path(out) if out else Path(run_dir) / "report.html"
+    if path.is_dir():
+        path = path / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, render(run))
+    return path
+
+
+# -- the page ------------------------------------------------------------------------------
+
+
+def render(run: RunData) -> str:
+    metrics = quality_metrics(run)
+    name = (run.manifest.get("spec") or {}).get("name") or run.folder.resolve().name
+    sections = [
+        ("funnel", "Funnel", funnel_section(run)),
+        ("kept", "Kept pairs", kept_section(run)),
+        ("judge", "Judge", judge_section(run, metrics)),
+        ("coverage", "Coverage", coverage_section(run, metrics)),
+        ("lengths", "Lengths", lengths_section(run)),
+        ("quality", "Data quality", quality_section(metrics)),
+        ("calls", "Calls and cost", calls_section(run)),
+        ("failures", "Failures", failures_section(run)),
+        ("records", "Records", browser_section()),
+    ]
+    data = json.dumps({"records": browser_records(run), "answers": list(run.answer_names),
+                       "truncated": max(0, len(run.histories or []) - MAX_RECORDS)},
+                      ensure_ascii=False, separators=(",", ":"))
+    data = data.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+    script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+    csp = (f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+           f"script-src 'sha256-{script_hash}'; connect-src 'none'; form-action 'none'; base-uri 'none'")
+    nav = "".join(f'<a href="#{key}">{escape(title)}</a>' for key, title, _ in sections)
+    body = "".join(f'<section id="{key}"><h2>{escape(title)}</h2>{content}</section>'
+                   for key, title, content in sections)
+    missing = sorted(set(run.missing))
+    notes = (f'<p class="muted">Not in this run folder: {escape(", ".join(missing))}.</p>' if missing else "")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>codeclm report: {escape(str(name))}</title>
+<style>{STYLE}</style></head>
+<body><header><h1>codeclm run <span class="name">{escape(str(name))}</span></h1>
+<p class="muted">{escape(str(run.folder.resolve()))}</p>{tiles(run)}{notes}<nav>{nav}</nav></header>
+<main>{body}</main>
+<script type="application/json" id="run-data">{data}</script>
+<script>{SCRIPT}</script>
+</body></html>
+"""
+
+
+def tiles(run: RunData) -> str:
+    totals = run.manifest.get("totals") or {}
+    status = run.status_counts
+    items = [(label, status.get(key, 0), key) for key, label in
+             (("kept", "kept"), ("dropped", "dropped"), ("failed", "failed"))]
+    items += [("model calls", totals.get("calls", "-"), ""), ("cache hits", totals.get("cache_hits", "-"), "")]
+    if totals.get("cost_usd"):
+        items.append(("spent", f"${totals['cost_usd']:.4f}", ""))
+    if run.manifest.get("wall_seconds") is not None:
+        items.append(("wall time", f"{run.manifest['wall_seconds']:.1f} s", ""))
+    return '<div class="tiles">' + "".join(
+        f'<div class="tile {escape(key)}"><b>{escape(str(value))}</b><span>{escape(label)}</span></div>'
+        for label, value, key in items) + "</div>"
+
+
+def table(header: list[str], rows: list[list[Any]], numeric_from: int = 1, numeric_to: int = 10**6) -> str:
+    if not rows:
+        return '<p class="muted">none</p>'
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(
+        f'<td{" class=num" if numeric_from <= i < numeric_to else ""}>{escape(_cell(v))}</td>'
+        for i, v in enumerate(row)) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}".rstrip("0").rstrip(".") if value else "0"
+    return str(value)
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{escape(text)}</p>'
+
+
+# -- sections ------------------------------------------------------------------------------
+
+
+def funnel_section(run: RunData) -> str:
+    rows: list[tuple[str, int, str]] = []
+    if run.metadata is not None:
+        seeds = [m for m in run.metadata if "instruction" in m]
+        if seeds:
+            rows.append(("seeds", len(seeds), PALETTE[6]))
+        rows.append(("metadata", sum(m.get("status", "ok") == "ok" for m in run.metadata), PALETTE[4]))
+    if run.pool is not None:
+        rows.append(("pool entries", len(run.pool), PALETTE[1]))
+    if run.histories is not None:
+        rows.append(("instructions", len(run.histories), PALETTE[0]))
+        for status, count in run.status_counts.items():
+            rows.append((status.replace("_", " "), count, STATUS_COLORS.get(status, PALETTE[5])))
+    parts = []
+    if rows:
+        labels = [r[0] for r in rows]
+        parts.append(charts.hbars("the funnel", labels, [("items", [r[1] for r in rows], PALETTE[0])]))
+    else:
+        parts.append(charts.empty("the funnel", "no artifacts with records"))
+    by_node = defaultdict(Counter)
+    for history in run.histories or []:
+        node = history.get("node") or history.get("stage")
+        if isinstance(node, str):
+            by_node[node][str(history.get("status", "unknown"))] += 1
+    if by_node:
+        statuses = sorted({s for c in by_node.values() for s in c})
+        parts.append("<h3>Per node</h3>" + table(["node", *statuses],
+                                                 [[n, *(c.get(s, 0) for s in statuses)] for n, c in by_node.items()]))
+    if run.metadata:
+        failed = sum(m.get("status") == "failed" for m in run.metadata)
+        if failed:
+            parts.append(note(f"{failed} seed(s) failed to encode; see Failures."))
+    return "".join(parts)
+
+
+def kept_section(run: RunData) -> str:
+    kept = run.kept
+    if not kept:
+        return charts.empty("kept pairs by iteration", "no kept pairs")
+    by_iteration: dict[str, Counter] = defaultdict(Counter)
+    for pair in kept:
+        by_iteration[str(pair.get("iteration") or "-")][str(pair.get("response_from") or "-")] += 1
+    iterations = sorted(by_iteration, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
+    sources = sorted({s for c in by_iteration.values() for s in c})
+    series = [(s, [by_iteration[i][s] for i in iterations], PALETTE[k % len(PALETTE)]) for k, s in enumerate(sources)]
+    first = sum(by_iteration.get("1", Counter()).values())
+    text = note(f"{len(kept)} kept pairs; {first} ({100 * first / len(kept):.0f}%) from the first iteration "
+                "(the paper saw over 70%).")
+    answers = Counter(str(p.get("response_from") or "-") for p in kept)
+    return (charts.vbars("kept pairs by iteration, by whose answer was kept", iterations,
+                         series, x_label="iteration of the kept instruction", y_label="pairs") + text
+            + table(["answer kept", "pairs"], [[k, v] for k, v in answers.most_common()]))
+
+
+def judge_section(run: RunData, metrics: dict[str, Any]) -> str:
+    judged = run.judgements
+    if not judged:
+        return charts.empty("judge", "no judgements in this run")
+    scale = run.params.get("score_scale") or [1, 10]
+    span = float(scale[1] - scale[0]) if isinstance(scale, list) and len(scale) == 2 else 9.0
+    threshold = run.params.get("threshold")
+    gaps = [j.gap for j in judged if j.gap is not None]
+    markers = [(float(threshold), f"+θ {threshold}"), (-float(threshold), f"-θ {threshold}")] \
+        if isinstance(threshold, (int, float)) else []
+    a, b = run.answer_names
+    hist = charts.histogram("judge gap G = S(a) - S(b) at every judged iteration", gaps, -span - 0.25, span + 0.25,
+                            int(4 * span) + 1, markers, x_label=f"gap: {a} minus {b}, bins of 0.5 (dashed: ±θ)")
+    both = [j for j in judged if j.a_first and j.b_first]
+    first = [mean([j.a_first[0] for j in both]) if both else 0, mean([j.b_first[0] for j in both]) if both else 0]
+    second = [mean([j.b_first[1] for j in both]) if both else 0, mean([j.a_first[1] for j in both]) if both else 0]
+    sides = charts.hbars("mean score of each answer shown first and shown second", [a, b],
+                         [("shown first", first, PALETTE[0]), ("shown second", second, PALETTE[1])])
+    verdicts = Counter()
+    for j in both:
+        one = "a" if j.a_first[0] > j.a_first[1] else "b" if j.a_first[1] > j.a_first[0] else "tie"
+        two = "a" if j.b_first[1] > j.b_first[0] else "b" if j.b_first[0] > j.b_first[1] else "tie"
+        verdicts["same verdict" if one == two else "opposite answers" if {one, two} == {"a", "b"}
+                 else "tie in one order"] += 1
+    labels = ["same verdict", "tie in one order", "opposite answers"]
+    agreement = charts.hbars("do both orders prefer the same answer?", labels,
+                             [("judgements", [verdicts[k] for k in labels], PALETTE[2])])
+    judge = metrics.get("judge") or {}
+    text = note(f"{len(judged)} judgements, {len(both)} in both orders. Position bias "
+                f"{_cell(judge.get('position_bias'))} (mean score shown first minus shown second; 0 is unbiased), "
+                f"order agreement {_cell(judge.get('order_agreement'))}, opposite verdicts "
+                f"{_cell(judge.get('order_conflicts'))}.")
+    return f'<div class="grid">{hist}<div>{sides}{agreement}</div></div>{text}'
+
+
+def coverage_section(run: RunData, metrics: dict[str, Any]) -> str:
+    if run.pool is None:
+        return charts.empty("coverage", "no pool.jsonl in this run")
+    kept_meta = [p["metadata"] for p in run.kept]
+    parts = []
+    for key, title, limit in (("use_case", "use cases", 30), ("skills", "skills", 40)):
+        def values(entry: dict[str, Any], key: str = key) -> list[str]:
+            v = entry.get(key)
+            return [v] if isinstance(v, str) else [s for s in v if isinstance(s, str)] if isinstance(v, list) else []
+
+        pool = Counter(v for e in run.pool for v in values(e))
+        kept = Counter(v for e in kept_meta for v in values(e))
+        labels = [k for k, _ in pool.most_common(limit)]
+        parts.append(charts.hbars(f"{title}: pool entries against kept pairs", labels,
+                                  [("pool entries", [pool[k] for k in labels], PALETTE[1]),
+                                   ("kept pairs", [kept[k] for k in labels], PALETTE[2])], bar=10))
+        if len(pool) > limit:
+            parts.append(note(f"the {limit} most common of {len(pool)} {title}"))
+    cover = metrics.get("coverage") or {}
+    text = "; ".join(f"{name.replace('_', ' ')}: {row['kept']} of {row['pool']} in kept pairs"
+                     + (f" (missing: {', '.join(row['missing'][:8])})" if row["missing"] else "")
+                     for name, row in cover.items())
+    return f'<div class="grid">{"".join(parts)}</div>' + (note(text) if text else "")
+
+
+def lengths_section(run: RunData) -> str:
+    a, b = run.answer_names
+    instructions: dict[int, list[float]] = defaultdict(list)
+    answers: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for history in run.histories or []:
+        for step in run.steps(history):
+            it = step.get("iteration")
+            if not isinstance(it, int):
+                continue
+            if isinstance(step.get("instruction"), str):
+                instructions[it].append(len(tokens(step["instruction"])))
+            for name, text in (step.get("answers") or {}).items() if isinstance(step.get("answers"), dict) else ():
+                if isinstance(text, str):
+                    answers[name][it].append(len(tokens(text)))
+    iterations = sorted(set(instructions) | {i for per in answers.values() for i in per})
+    if not iterations:
+        return charts.empty("lengths", "no instruction histories")
+    groups = [f"iteration {i}" for i in iterations]
+    names = sorted(answers, key=lambda n: (n not in (a, b), n))
+    inst = charts.boxplots("instruction length (words) by iteration", groups,
+                           [("instruction", [instructions[i] for i in iterations], PALETTE[4])])
+    resp = charts.boxplots("answer length (words) by iteration", groups,
+                           [(n, [answers[n][i] for i in iterations], PALETTE[k % len(PALETTE)])
+                            for k, n in enumerate(names)])
+    return (f'<div class="grid">{inst}{resp}</div>'
+            + note("Every record's every iteration (kept, dropped and failed). Boxes: quartiles and median; "
+                   "whiskers: min and max."))
+
+
+QUALITY_ROWS = (
+    ("distinct-1", ("distinct_1",), "unique words / all words over kept instructions (higher: more varied)"),
+    ("distinct-2", ("distinct_2",), "unique word pairs / all word pairs"),
+    ("pairwise ROUGE-L, mean", ("rouge_l", "mean"), "mean longest-common-subsequence F between kept instructions "
+                                                     "(lower: more varied)"),
+    ("pairwise ROUGE-L, max", ("rouge_l", "max"), "the closest pair"),
+    ("pairs compared", ("rouge_l", "pairs_compared"), "all pairs, or a deterministic sample above 100,000"),
+    ("near-duplicate pairs", ("near_duplicates", "near_duplicate_pairs"),
+     f"pairs with ROUGE-L >= {NEAR_DUPLICATE} (Self-Instruct's filter)"),
+    ("instructions in a near-duplicate pair", ("near_duplicates", "near_duplicate_instructions"), ""),
+    ("exact duplicates", ("near_duplicates", "exact_duplicates"), "same words, ignoring case and punctuation"),
+    ("ROUGE-L to nearest seed, mean", ("seed_closeness", "rouge_l_mean"), "how close kept instructions stay to "
+                                                                          "the seeds"),
+    ("ROUGE-L to nearest seed, max", ("seed_closeness", "rouge_l_max"), "1 means a seed was copied"),
+    ("embedding similarity to nearest seed, mean", ("seed_closeness", "embedding_mean"), "WordLlama cosine"),
+    ("embedding similarity to nearest seed, max", ("seed_closeness", "embedding_max"), ""),
+    ("embedding similarity between kept, mean", ("seed_closeness", "embedding_mean_pairwise"), ""),
+    ("use cases covered", ("coverage", "use_cases", "share"), "share of the pool's use cases in kept pairs"),
+    ("skills covered", ("coverage", "skills", "share"), "share of the pool's skills in kept pairs"),
+    ("judge position bias", ("judge", "position_bias"), "mean score shown first minus shown second"),
+    ("judge order agreement", ("judge", "order_agreement"), "share of judgements whose two orders agree"),
+)
+
+
+def quality_section(metrics: dict[str, Any]) -> str:
+    rows = []
+    for label, path, meaning in QUALITY_ROWS:
+        value: Any = metrics
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        rows.append([label, value, meaning])
+    notes = "".join(note(n) for n in metrics.get("notes", []))
+    return (note(f"{metrics.get('kept', 0)} kept instructions, measured by programs/quality.py (also in the "
+                 "manifest and `codeclm inspect --json`).") + table(["metric", "value", "what it means"], rows, 1, 2)
+            + notes)
+
+
+def calls_section(run: RunData) -> str:
+    calls = run.manifest.get("calls")
+    if not isinstance(calls, dict) or not calls:
+        return charts.empty("calls", "no manifest.json: calls, tokens and cost were not recorded")
+    names = list(calls)
+    rows = [calls[n] if isinstance(calls[n], dict) else {} for n in names]
+    timed = any("seconds" in r for r in rows)
+    header = ["stage/role", "model", "calls", "cache hits", "prompt tokens", "completion tokens", "$ spent",
+              "$ saved by cache", "failures", "retries", "truncated"] + (["seconds"] if timed else [])
+    keys = ["calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd", "failures",
+            "retries", "truncated"] + (["seconds"] if timed else [])
+    body = [[n, r.get("model", "-"), *(r.get(k) for k in keys)] for n, r in zip(names, rows, strict=True)]
+    totals = run.manifest.get("totals") or {}
+    body.append(["total", "", *(totals.get(k) for k in keys)])
+    calls_chart = charts.hbars("model calls and cache hits per stage and role", names,
+                               [("calls", [r.get("calls", 0) for r in rows], PALETTE[0]),
+                                ("cache hits", [r.get("cache_hits", 0) for r in rows], PALETTE[2])], bar=10)
+    token_chart = charts.hbars("tokens per stage and role", names,
+                               [("prompt", [r.get("prompt_tokens", 0) for r in rows], PALETTE[4]),
+                                ("completion", [r.get("completion_tokens", 0) for r in rows], PALETTE[1])], bar=10)
+    wall = run.manifest.get("wall_seconds")
+    text = note((f"Wall time {wall:.1f} s. " if isinstance(wall, (int, float)) else "")
+                + ("" if timed else "Time per stage is not recorded in this manifest; the wall time is the run's. ")
+                + "Calls count requests to a model (cache hits included); dollars come from LiteLLM's price map "
+                  "(0 for local models and unpriced ones).")
+    return f'<div class="grid">{calls_chart}{token_chart}</div>' + table(header, body, 2) + text
+
+
+def failures_section(run: RunData) -> str:
+    failures = run.failures
+    if not failures:
+        return charts.empty("failures", "no failures")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for f in failures:
+        groups[(f["stage"], f["error"][:160])].append(f)
+    ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    chart = charts.hbars("failures by stage and reason", [f"{s}: {e}" for (s, e), _ in ordered[:15]],
+                         [("failures", [len(v) for _, v in ordered[:15]], PALETTE[3])])
+    items = []
+    for (stage, error), group in ordered:
+        example = next((f for f in group if f["raw"]), group[0])
+        raw = example["raw"]
+        raw_html = (f'<pre class="raw">{escape(raw[:MAX_TEXT])}</pre>' if raw
+                    else '<p class="muted">no raw text recorded (the call itself failed)</p>')
+        items.append(f'<details class="failure"><summary><b>{len(group)}</b> × <code>{escape(stage)}</code> '
+                     f'{escape(error)}</summary><p>example: <code>{escape(example["id"])}</code> in '
+                     f'{escape(example["artifact"])}</p>{raw_html}</details>')
+    return chart + "".join(items)
+
+
+def browser_section() -> str:
+    return """<div class="browser">
+<div class="controls"><input id="search" type="search" placeholder="search instructions, answers, ids, use cases"
+ aria-label="search records"><select id="status" aria-label="filter by status"><option value="">every status</option>
+</select><span id="count" class="muted"></span></div>
+<div class="panes"><ol id="list"></ol><div id="detail"><p class="muted">Click a record to see its whole history.</p>
+</div></div></div>"""
+
+
+# -- browser data --------------------------------------------------------------------------
+
+DROP_KEYS = {"calls", "decode_calls", "record"}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items() if k not in DROP_KEYS}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        return value[:MAX_TEXT] + f"… [{len(value) - MAX_TEXT} more characters in the artifact]"
+    return value
+
+
+def browser_records(run: RunData) -> list[dict[str, Any]]:
+    records = []
+    for history in (run.histories or [])[:MAX_RECORDS]:
+        record = _clean(history)
+        kept = history.get("record") if isinstance(history.get("record"), dict) else {}
+        provenance = kept.get("provenance") if isinstance(kept.get("provenance"), dict) else {}
+        if provenance.get("response_from"):
+            record["kept_answer"] = provenance["response_from"]
+        record["source"] = "instructions.jsonl"
+        records.append(record)
+    for row in run.metadata or []:
+        if row.get("status") == "failed" and len(records) < MAX_RECORDS:
+            records.append({**_clean(row), "source": "metadata.jsonl"})
+    for row in run.rubrics or []:
+        if row.get("status") == "failed" and len(records) < MAX_RECORDS:
+            records.append({**_clean(row), "source": "rubrics.jsonl"})
+    return records
+
+
+STYLE = """
+:root{--fg:#1d2430;--muted:#677084;--line:#dde2ea;--bg:#f6f7fa;--card:#fff;--accent:#3b6fd4}
+*{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
+color:var(--fg);background:var(--bg)}header{padding:18px 28px 8px;background:var(--card);
+border-bottom:1px solid var(--line)}h1{margin:0 0 2px;font-size:22px}h1 .name{color:var(--accent)}
+h2{margin:0 0 12px;font-size:18px}h3{font-size:15px;margin:14px 0 6px}main{padding:16px 28px;max-width:1400px}
+section{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:16px 18px;margin:0 0 16px}
+nav{display:flex;flex-wrap:wrap;gap:4px 14px;margin:10px 0 4px}nav a{color:var(--accent);text-decoration:none}
+.muted{color:var(--muted)}.note{color:var(--muted);font-size:13px;margin:8px 0}
+.tiles{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}.tile{border:1px solid var(--line);border-radius:6px;
+padding:6px 14px;min-width:96px;background:var(--bg)}.tile b{display:block;font-size:20px}
+.tile span{color:var(--muted);font-size:12px}.tile.kept b{color:#2f8a50}.tile.failed b{color:#c7443f}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:14px 24px;align-items:start}
+svg.chart{display:block;margin:6px 0;font-family:inherit}svg.chart text{fill:var(--fg)}
+svg.chart text.muted{fill:var(--muted)}svg.chart text.marker{fill:#c7443f}
+.scroll{overflow-x:auto}table{border-collapse:collapse;margin:8px 0;font-size:13px}
+th,td{border-bottom:1px solid var(--line);padding:4px 10px;text-align:left;vertical-align:top}
+td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:var(--bg)}
+details.failure{border:1px solid var(--line);border-radius:6px;padding:6px 10px;margin:6px 0}
+details.failure summary{cursor:pointer}pre,.text{white-space:pre-wrap;word-break:break-word;background:var(--bg);
+border:1px solid var(--line);border-radius:4px;padding:6px 8px;margin:4px 0;max-height:320px;overflow:auto;
+font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}.text{font-family:inherit;font-size:13px}
+.controls{display:flex;gap:10px;align-items:center;margin-bottom:10px}
+#search{flex:1;max-width:480px;padding:6px 8px;border:1px solid var(--line);border-radius:4px;font:inherit}
+select{padding:5px;border:1px solid var(--line);border-radius:4px;font:inherit}
+.panes{display:grid;grid-template-columns:minmax(260px,2fr) 5fr;gap:14px}
+#list{list-style:none;margin:0;padding:0;max-height:720px;overflow:auto;border:1px solid var(--line);
+border-radius:6px}#list li{padding:6px 8px;border-bottom:1px solid var(--line);cursor:pointer}
+#list li:hover{background:#eef3fc}#list li.selected{background:#dfe9fb}
+#list li .rid{font:12px ui-monospace,monospace;color:var(--muted)}#list li .snip{display:block;font-size:13px;
+overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.badge{display:inline-block;border-radius:9px;padding:0 7px;font-size:11px;color:#fff;background:#6b7480;
+margin-right:6px}.badge.kept{background:#3a9d5d}.badge.failed{background:#c7443f}.badge.dropped{background:#6b7480}
+#detail{border:1px solid var(--line);border-radius:6px;padding:10px 14px;max-height:720px;overflow:auto}
+.step{border-left:3px solid var(--accent);padding:2px 0 2px 10px;margin:10px 0}.step.failed{border-color:#c7443f}
+.kv{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;font-size:13px}.kv dt{color:var(--muted)}
+.kv dd{margin:0}.answers{display:grid;grid-template-columns:1fr 1fr;gap:8px}
+@media (max-width:900px){.panes,.answers{grid-template-columns:1fr}}
+"""
+
+SCRIPT = r"""
+(function () {
+  "use strict";
+  var DATA = JSON.parse(document.getElementById("run-data").textContent);
+  var records = DATA.records || [];
+  var search = document.getElementById("search"), status = document.getElementById("status");
+  var list = document.getElementById("list"), detail = document.getElementById("detail");
+  var count = document.getElementById("count");
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+  function str(v) { return typeof v === "string" ? v : JSON.stringify(v); }
+  function haystack(r) {
+    if (!r._hay) r._hay = JSON.stringify(r).toLowerCase();
+    return r._hay;
+  }
+  function firstText(r) {
+    var it = r.iterations || [];
+    return (it.length && it[it.length - 1].instruction) || r.basic_instruction || r.instruction || r.error ||
+      (r.failure && r.failure.error) || "";
+  }
+  var statuses = {};
+  records.forEach(function (r) { statuses[r.status || "unknown"] = (statuses[r.status || "unknown"] || 0) + 1; });
+  Object.keys(statuses).sort().forEach(function (s) {
+    var o = el("option", null, s + " (" + statuses[s] + ")"); o.value = s; status.appendChild(o);
+  });
+  var shown = [];
+  function refresh() {
+    var q = search.value.trim().toLowerCase(), s = status.value;
+    list.textContent = "";
+    shown = records.filter(function (r) {
+      return (!s || (r.status || "unknown") === s) && (!q || haystack(r).indexOf(q) >= 0);
+    });
+    shown.slice(0, 1000).forEach(function (r) {
+      var li = el("li"); li.setAttribute("data-id", r.id);
+      li.appendChild(el("span", "badge " + (r.status || ""), r.status || "?"));
+      li.appendChild(el("span", "rid", r.id));
+      li.appendChild(el("span", "snip", firstText(r)));
+      li.addEventListener("click", function () { open(r, li); });
+      list.appendChild(li);
+    });
+    count.textContent = shown.length + " of " + records.length + " records" +
+      (shown.length > 1000 ? " (first 1000 listed: search to narrow)" : "") +
+      (DATA.truncated ? "; " + DATA.truncated + " more are in instructions.jsonl only" : "");
+  }
+  function kv(pairs) {
+    var dl = el("dl", "kv");
+    pairs.forEach(function (p) {
+      if (p[1] === undefined || p[1] === null || p[1] === "") return;
+      dl.appendChild(el("dt", null, p[0])); dl.appendChild(el("dd", null, str(p[1])));
+    });
+    return dl;
+  }
+  function scoreText(sc) {
+    if (!sc) return null;
+    var parts = [];
+    if (sc.strong_first) parts.push(DATA.answers[0] + " first: " + sc.strong_first.join(" / "));
+    if (sc.target_first) parts.push(DATA.answers[1] + " first: " + sc.target_first.join(" / "));
+    if (sc.gap !== undefined && sc.gap !== null) parts.push("gap " + sc.gap);
+    return parts.join(" · ");
+  }
+  var KNOWN = {id: 1, status: 1, metadata: 1, seed_ids: 1, basic_instruction: 1, actions: 1, iterations: 1,
+    failure: 1, kept_answer: 1, source: 1, _hay: 1};
+  var STEP_KNOWN = {iteration: 1, instruction: 1, answers: 1, scores: 1, decision: 1, action: 1, failure: 1};
+  function open(r, li) {
+    Array.prototype.forEach.call(list.querySelectorAll("li.selected"),
+      function (n) { n.classList.remove("selected"); });
+    if (li) li.classList.add("selected");
+    detail.textContent = "";
+    var h = el("h3"); h.appendChild(el("span", "badge " + (r.status || ""), r.status || "?"));
+    h.appendChild(document.createTextNode(r.id)); detail.appendChild(h);
+    var m = r.metadata || {};
+    detail.appendChild(kv([["source", r.source], ["use case", m.use_case || r.use_case],
+      ["skills", (m.skills || r.skills || []).join(", ")], ["seeds", (r.seed_ids || []).join(", ")],
+      ["kept answer", r.kept_answer], ["actions applied", (r.actions || []).join(" | ")]]));
+    if (r.failure) {
+      detail.appendChild(el("h4", null, "failure at " + (r.failure.stage || "?") + ": " + (r.failure.error || "")));
+      if (r.failure.raw) detail.appendChild(el("pre", "raw", r.failure.raw));
+    }
+    (r.iterations || []).forEach(function (s) {
+      var box = el("div", "step" + (s.failure ? " failed" : ""));
+      box.appendChild(el("h4", null, "iteration " + s.iteration + (s.decision ? ": " + s.decision : "")));
+      box.appendChild(el("div", "text", s.instruction || ""));
+      if (s.answers) {
+        var grid = el("div", "answers");
+        Object.keys(s.answers).forEach(function (name) {
+          var col = el("div"); col.appendChild(el("b", null, name));
+          col.appendChild(el("div", "text", s.answers[name] === null ? "(no answer)" : s.answers[name]));
+          grid.appendChild(col);
+        });
+        box.appendChild(grid);
+      }
+      box.appendChild(kv([["scores", scoreText(s.scores)], ["action", s.action]]));
+      if (s.failure) {
+        box.appendChild(el("p", null, "failed at " + (s.failure.stage || "?") + ": " + (s.failure.error || "")));
+        if (s.failure.raw) box.appendChild(el("pre", "raw", s.failure.raw));
+      }
+      var extra = {};
+      Object.keys(s).forEach(function (k) { if (!STEP_KNOWN[k]) extra[k] = s[k]; });
+      if (Object.keys(extra).length) box.appendChild(el("pre", null, JSON.stringify(extra, null, 2)));
+      detail.appendChild(box);
+    });
+    var rest = {};
+    Object.keys(r).forEach(function (k) { if (!KNOWN[k]) rest[k] = r[k]; });
+    if (Object.keys(rest).length) {
+      detail.appendChild(el("h4", null, "other fields"));
+      detail.appendChild(el("pre", null, JSON.stringify(rest, null, 2)));
+    }
+  }
+  search.addEventListener("input", refresh);
+  status.addEventListener("change", refresh);
+  refresh();
+})();
+"""

@@ -1,0 +1,210 @@
+"""A finished run folder, read for looking at it: the one way the quality metrics, `codeclm report`
+and the export read run artifacts.
+
+Every artifact is optional and read tolerantly: a missing file reads as absent (and is listed in
+`missing`), a line that is not a JSON object is skipped and counted in `bad_lines`. Fields are read
+with defaults, so a run of another spec (records per node, no judge, no pool) gives what it has and
+nothing breaks on what it lacks. Nothing here knows CodecLM's stage names except as fallbacks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .store import ARTIFACTS
+
+JSONL = ("instructions", "dataset", "metadata", "pool", "rubrics")
+
+
+@dataclass
+class Judged:
+    """One judgement of two answers in both orders: `first` is the score pair with answer A shown first
+    (A, B), `second` with answer B shown first (B, A). CodecLM: A is the strong answer, B the target's."""
+
+    record: str
+    iteration: int | None
+    a_first: tuple[float, float] | None
+    b_first: tuple[float, float] | None
+    gap: float | None
+
+
+@dataclass
+class RunData:
+    folder: Path
+    missing: list[str] = field(default_factory=list)
+    bad_lines: Counter = field(default_factory=Counter)
+
+    @classmethod
+    def open(cls, folder: Path | str) -> RunData:
+        return cls(Path(folder))
+
+    # -- raw artifacts ---------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """Whether the folder holds anything a run writes."""
+        return any((self.folder / name).is_file() for name in ARTIFACTS.values())
+
+    def _jsonl(self, artifact: str) -> list[dict[str, Any]] | None:
+        path = self.folder / ARTIFACTS[artifact]
+        if not path.is_file():
+            self.missing.append(ARTIFACTS[artifact])
+            return None
+        rows = []
+        try:
+            with path.open(encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        row = None
+                    if isinstance(row, dict):
+                        rows.append(row)
+                    else:
+                        self.bad_lines[ARTIFACTS[artifact]] += 1
+        except OSError:
+            self.missing.append(ARTIFACTS[artifact])
+            return None
+        return rows
+
+    @cached_property
+    def histories(self) -> list[dict[str, Any]] | None:
+        return self._jsonl("instructions")
+
+    @cached_property
+    def dataset(self) -> list[dict[str, Any]] | None:
+        return self._jsonl("dataset")
+
+    @cached_property
+    def metadata(self) -> list[dict[str, Any]] | None:
+        return self._jsonl("metadata")
+
+    @cached_property
+    def pool(self) -> list[dict[str, Any]] | None:
+        return self._jsonl("pool")
+
+    @cached_property
+    def rubrics(self) -> list[dict[str, Any]] | None:
+        return self._jsonl("rubrics")
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        path = self.folder / ARTIFACTS["manifest"]
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.missing.append(ARTIFACTS["manifest"])
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    # -- what the views need ---------------------------------------------------------------
+
+    @cached_property
+    def params(self) -> dict[str, Any]:
+        resolved = (self.manifest.get("spec") or {}).get("resolved") or {}
+        params = resolved.get("params") if isinstance(resolved, dict) else None
+        return params if isinstance(params, dict) else {}
+
+    @cached_property
+    def seeds(self) -> list[dict[str, Any]]:
+        """Seed instructions as the run read them: {id, text}, from the encode records (which keep the
+        seed's text, failed or not). Empty for a run without seeds."""
+        seen: dict[str, str] = {}
+        for row in self.metadata or []:
+            text = row.get("instruction")
+            if isinstance(text, str) and text.strip():
+                seen.setdefault(str(row.get("id", len(seen))), text)
+        return [{"id": k, "text": v} for k, v in seen.items()]
+
+    @cached_property
+    def kept(self) -> list[dict[str, Any]]:
+        """Kept pairs: {id, instruction, response, iteration, response_from, metadata}, from dataset.jsonl
+        (chat `messages`), else from the kept histories' records."""
+        rows = self.dataset
+        if rows is None:
+            rows = [h["record"] for h in self.histories or [] if h.get("status") == "kept"
+                    and isinstance(h.get("record"), dict)]
+        pairs = []
+        for index, row in enumerate(rows):
+            messages = row.get("messages") if isinstance(row.get("messages"), list) else []
+            user = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+            reply = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+            instruction = user[-1] if user else row.get("instruction")
+            if not isinstance(instruction, str):
+                continue
+            provenance = row.get("provenance") if isinstance(row.get("provenance"), dict) else {}
+            pairs.append({"id": str(provenance.get("id", index)), "instruction": instruction,
+                          "response": reply[-1] if reply and isinstance(reply[-1], str) else row.get("response"),
+                          "iteration": provenance.get("iteration"), "response_from": provenance.get("response_from"),
+                          "metadata": provenance.get("metadata") if isinstance(provenance.get("metadata"), dict)
+                          else {}})
+        return pairs
+
+    @cached_property
+    def status_counts(self) -> dict[str, int]:
+        return dict(Counter(str(h.get("status", "unknown")) for h in self.histories or []).most_common())
+
+    def steps(self, history: dict[str, Any]) -> list[dict[str, Any]]:
+        steps = history.get("iterations")
+        return [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
+
+    @cached_property
+    def judgements(self) -> list[Judged]:
+        """Every judgement in the histories (every iteration of every record) that has scores."""
+        found = []
+        for history in self.histories or []:
+            for step in self.steps(history):
+                scores = step.get("scores")
+                if not isinstance(scores, dict):
+                    continue
+                found.append(Judged(str(history.get("id")), step.get("iteration"),
+                                    _pair(scores.get("strong_first")), _pair(scores.get("target_first")),
+                                    _number(scores.get("gap"))))
+        return found
+
+    @cached_property
+    def answer_names(self) -> tuple[str, str]:
+        """The two answers a judge compares, as the spec names them (CodecLM's defaults otherwise)."""
+        resolved = (self.manifest.get("spec") or {}).get("resolved") or {}
+        refine = resolved.get("refine") if isinstance(resolved, dict) else None
+        stages = resolved.get("stages") if isinstance(resolved, dict) else None
+        if isinstance(refine, dict) and isinstance(stages, dict):
+            judge = stages.get(refine.get("judge"))
+            answers = judge.get("answers") if isinstance(judge, dict) else None
+            if isinstance(answers, list) and len(answers) == 2:
+                return str(answers[0]), str(answers[1])
+        return "answer_strong", "answer_target"
+
+    @cached_property
+    def failures(self) -> list[dict[str, Any]]:
+        """Every failed item of every artifact: {artifact, id, stage, error, raw}."""
+        found = []
+        for artifact in JSONL:
+            rows = getattr(self, "histories" if artifact == "instructions" else artifact)
+            for row in rows or []:
+                if row.get("status") != "failed":
+                    continue
+                failure = row.get("failure") if isinstance(row.get("failure"), dict) else row
+                found.append({"artifact": ARTIFACTS[artifact], "id": str(row.get("id")),
+                              "stage": str(failure.get("stage") or row.get("stage") or artifact),
+                              "error": str(failure.get("error") or "unknown error"),
+                              "raw": failure.get("raw") if isinstance(failure.get("raw"), str) else None})
+        return found
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        a, b = _number(value[0]), _number(value[1])
+        if a is not None and b is not None:
+            return a, b
+    return None

@@ -1,0 +1,253 @@
+"""`codeclm export`: the folder `datasets.load_dataset` takes as is, its card, its pipeline/ folder (a replay from
+it alone), the folders it refuses, and the push to the Hub (huggingface_hub mocked: no network here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import SEEDS, base_spec, write_spec
+
+import cli
+from programs.export import MARKER, PARQUET, size_category
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+datasets = pytest.importorskip("datasets")
+huggingface_hub = pytest.importorskip("huggingface_hub")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
+    """A finished run over HTTP against the fake OpenAI-compatible server, and its cache."""
+    from fake_openai_server import FakeOpenAIServer
+
+    tmp = tmp_path_factory.mktemp("export-run")
+    seeds = tmp / "seeds[v1].jsonl"  # brackets: an upload's allow patterns must match the name literally
+    seeds.write_text("".join(json.dumps({"id": f"s{i}", "instruction": s}) + "\n" for i, s in enumerate(SEEDS)))
+    with FakeOpenAIServer() as server:
+        url = server.url
+        data = base_spec(seeds)
+        data["description"] = "Tiny test data."
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url, "temperature": 0.5}
+                          for role in ("strong", "target")}
+        spec = write_spec(tmp, data)
+        ran = CliRunner().invoke(cli.main, ["run", str(spec), "-q", "--out", str(tmp / "run"),
+                                            "--cache-dir", str(tmp / "cache")])
+    assert ran.exit_code == 0, ran.output
+    return {"run": tmp / "run", "cache": tmp / "cache", "url": url}
+
+
+def export(*args: object):
+    return CliRunner().invoke(cli.main, ["export", *map(str, args)])
+
+
+def card(dest: Path) -> tuple[dict, str]:
+    text = (dest / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    header, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(header), body
+
+
+def test_load_dataset_reads_the_export_as_the_run_wrote_it(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
+    dest = tmp_path / "export"
+    done = export(run["run"], dest, "--license", "apache-2.0")
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith("exported ")
+    loaded = datasets.load_dataset(str(dest), cache_dir=str(tmp_path / "hf-cache"))
+    assert list(loaded) == ["train"]
+    train = loaded["train"]
+    lines = (run["run"] / "dataset.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert rows and train.num_rows == len(rows)  # the parquet file only: the JSONL copy beside it is not read twice
+    assert train.column_names == ["messages", "provenance"]
+    for got, want in zip(train, rows, strict=True):
+        assert got["messages"] == want["messages"]
+        assert json.loads(got["provenance"]) == want["provenance"]
+    assert (dest / "data" / "train.jsonl").read_bytes() == (run["run"] / "dataset.jsonl").read_bytes()
+
+
+def test_the_card_header_follows_the_hub_conventions_and_the_body_says_how_it_was_made(run, tmp_path):
+    dest = tmp_path / "export"
+    done = export(run["run"], dest, "--license", "cc-by-4.0", "--language", "en", "--language", "fr",
+                  "--pretty-name", "Tiny: a test")
+    assert done.exit_code == 0, done.output
+    header, body = card(dest)
+    assert header["license"] == "cc-by-4.0" and header["language"] == ["en", "fr"]
+    assert {"synthetic", "codeclm"} <= set(header["tags"])
+    assert header["task_categories"] == ["text-generation"] and header["size_categories"] == ["n<1K"]
+    assert header["pretty_name"] == "Tiny: a test"
+    (config,) = header["configs"]
+    assert config["config_name"] == "default"
+    assert config["data_files"] == [{"split": "train", "path": PARQUET}] and (dest / PARQUET).is_file()
+    assert "Tiny test data." in body and "CodecLM" in body
+    for section in ("## How it was made", "## Models", "## Counts", "## Use it", "## Replay or rerun it"):
+        assert section in body
+    assert "| strong | `hosted_vllm/strong` | temperature 0.5 |" in body
+    assert "| target | `hosted_vllm/target` |" in body and "answer_target (" in body
+    manifest = json.loads((run["run"] / "manifest.json").read_text())
+    kept = manifest["counts"]["instructions"].get("kept", 0)
+    assert "| seeds | 4 |" in body and f"| kept (rows here) | {kept} |" in body and "| failed | " in body
+    assert "SFTTrainer" in body and "field_messages: messages" in body and '"formatting": "sharegpt"' in body
+    assert "codeclm cache import pipeline/calls.jsonl.gz" in body
+    assert run["url"] not in body  # no endpoint in the card
+    try:
+        import programs.quality  # noqa: F401
+    except ImportError:
+        assert "## Quality" not in body
+    else:
+        assert "## Quality" in body and "distinct_1" in body
+
+
+def test_size_categories_follow_the_hub_buckets():
+    assert [size_category(n) for n in (0, 999, 1000, 9999, 10_000, 99_999, 100_000, 1_000_000)] == \
+        ["n<1K", "n<1K", "1K<n<10K", "1K<n<10K", "10K<n<100K", "10K<n<100K", "100K<n<1M", "1M<n<10M"]
+
+
+def test_the_pipeline_folder_replays_the_run_offline(run, tmp_path):
+    """Anyone with the export alone: import its bundle, replay its spec, get the same dataset byte for byte."""
+    dest = tmp_path / "export"
+    assert export(run["run"], dest).exit_code == 0
+    spec = yaml.safe_load((dest / "pipeline" / "spec.yaml").read_text())
+    assert spec["prompts"] == "prompts" and spec["seeds"]["path"] == "seeds/seeds[v1].jsonl" and "cache" not in spec
+    assert sorted(p.name for p in (dest / "pipeline" / "prompts").iterdir()) == \
+        sorted(json.loads((run["run"] / "manifest.json").read_text())["templates"])
+    assert (dest / "pipeline" / "manifest.json").read_bytes() == (run["run"] / "manifest.json").read_bytes()
+    cache = str(tmp_path / "elsewhere-cache")
+    invoke = CliRunner().invoke
+    imported = invoke(cli.main, ["cache", "import", str(dest / "pipeline" / "calls.jsonl.gz"), "--cache-dir", cache])
+    assert imported.exit_code == 0, imported.output
+    replayed = invoke(cli.main, ["run", str(dest / "pipeline" / "spec.yaml"), "--replay", "-q", "--cache-dir", cache,
+                                 "--out", str(tmp_path / "replayed")])
+    assert replayed.exit_code == 0, replayed.output
+    assert (tmp_path / "replayed" / "dataset.jsonl").read_bytes() == (dest / "data" / "train.jsonl").read_bytes()
+
+
+def test_a_foreign_folder_is_refused_untouched(run, tmp_path):
+    dest = tmp_path / "mine"
+    dest.mkdir()
+    (dest / "README.md").write_text("my notes")
+    refused = export(run["run"], dest)
+    assert refused.exit_code == 2, refused.output
+    assert "not a codeclm export" in refused.output and "fix:" in refused.output
+    assert sorted(p.name for p in dest.iterdir()) == ["README.md"]
+    assert (dest / "README.md").read_text() == "my notes"
+    as_file = tmp_path / "a-file"
+    as_file.write_text("x")
+    assert export(run["run"], as_file).exit_code == 2 and as_file.read_text() == "x"
+    assert export(run["run"], run["run"]).exit_code == 2  # the run folder itself
+
+
+def test_a_reexport_rewrites_its_own_files_only(run, tmp_path):
+    dest = tmp_path / "export"
+    assert export(run["run"], dest).exit_code == 0
+    assert (dest / "pipeline" / "calls.jsonl.gz").is_file()
+    (dest / "notes.txt").write_text("kept")
+    again = export(run["run"], dest, "--no-cache-bundle", "--license", "mit")
+    assert again.exit_code == 0, again.output
+    assert not (dest / "pipeline" / "calls.jsonl.gz").exists()  # its own file, no longer exported
+    assert (dest / "notes.txt").read_text() == "kept"
+    assert card(dest)[0]["license"] == "mit"
+    assert "notes.txt" not in json.loads((dest / MARKER).read_text())["files"]
+    other = tmp_path / "other-run"  # an export of another run folder is not this run's to rewrite
+    other.mkdir()
+    for name in ("manifest.json", "dataset.jsonl"):
+        (other / name).write_bytes((run["run"] / name).read_bytes())
+    refused = export(other, dest)
+    assert refused.exit_code == 2 and "another run" in refused.output
+    assert (dest / "notes.txt").read_text() == "kept"
+
+
+def test_bad_inputs_exit_2(run, tmp_path, monkeypatch):
+    not_a_run = tmp_path / "not-a-run"
+    not_a_run.mkdir()
+    assert export(not_a_run, tmp_path / "a").exit_code == 2
+    assert export(run["run"], tmp_path / "b", "--license", "Apache 2").exit_code == 2
+    assert export(run["run"], tmp_path / "c", "--push-to-hub", "not a repo").exit_code == 2
+    assert export(run["run"], tmp_path / "e", "--private").exit_code == 2  # --private without a push
+    empty = tmp_path / "empty-run"  # a run that kept nothing has nothing to ship
+    empty.mkdir()
+    (empty / "manifest.json").write_bytes((run["run"] / "manifest.json").read_bytes())
+    (empty / "dataset.jsonl").write_text("")
+    nothing = export(empty, tmp_path / "f")
+    assert nothing.exit_code == 1 and "kept no rows" in nothing.output
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if the export extra were not installed
+    missing = export(run["run"], tmp_path / "d")
+    assert missing.exit_code == 2 and "pip install 'codeclm[export]'" in missing.output
+    assert not any((tmp_path / name).exists() for name in "abcdef")
+
+
+class FakeHfApi:
+    """Records what `codeclm export --push-to-hub` asks of the Hub."""
+
+    made: list[tuple] = []
+    uploads: list[dict] = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, **kwargs):
+        FakeHfApi.made.append((repo_id, self.token, kwargs))
+        return f"https://huggingface.co/datasets/{repo_id}"
+
+    def upload_folder(self, **kwargs):  # the files huggingface_hub would send: those an allow pattern matches
+        folder = Path(kwargs["folder_path"])
+        names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        sent = sorted(n for n in names if any(fnmatch(n, pattern) for pattern in kwargs["allow_patterns"]))
+        FakeHfApi.uploads.append({**kwargs, "sent": sent})
+
+
+def test_push_uploads_exactly_the_export(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    FakeHfApi.made, FakeHfApi.uploads = [], []
+    dest = tmp_path / "export"
+    assert export(run["run"], dest).exit_code == 0
+    (dest / "private-notes.txt").write_text("not for the Hub")
+    pushed = export(run["run"], dest, "--push-to-hub", "alice/tiny-codeclm", "--private")
+    assert pushed.exit_code == 0, pushed.output
+    assert "pushed to https://huggingface.co/datasets/alice/tiny-codeclm" in pushed.output
+    ((repo, token, made),) = FakeHfApi.made
+    assert repo == "alice/tiny-codeclm" and token == "hf_" + "x" * 34
+    assert made["repo_type"] == "dataset" and made["private"] is True and made["exist_ok"] is True
+    (upload,) = FakeHfApi.uploads
+    assert upload["repo_id"] == "alice/tiny-codeclm" and upload["repo_type"] == "dataset"
+    assert Path(upload["folder_path"]) == dest
+    files = json.loads((dest / MARKER).read_text())["files"]
+    assert sorted(files) == upload["sent"]
+    assert {"README.md", PARQUET, "data/train.jsonl", "pipeline/spec.yaml", "pipeline/manifest.json",
+            "pipeline/seeds/seeds[v1].jsonl"} <= set(files)
+    assert "private-notes.txt" not in files and MARKER not in files
+    assert 'load_dataset("alice/tiny-codeclm"' in card(dest)[1]  # the card names the repo it is pushed to
+
+
+def test_push_without_a_token_says_how_to_log_in_before_any_work(run, tmp_path, monkeypatch):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    FakeHfApi.made, FakeHfApi.uploads = [], []
+    refused = export(run["run"], tmp_path / "export", "--push-to-hub", "alice/tiny")
+    assert refused.exit_code == 2, refused.output
+    assert "hf auth login" in refused.output and "HF_TOKEN" in refused.output
+    assert not (tmp_path / "export").exists() and not FakeHfApi.made
+
+
+def test_a_failed_push_leaves_the_folder_and_says_so(run, tmp_path, monkeypatch):
+    class Down(FakeHfApi):
+        def create_repo(self, repo_id, **kwargs):
+            raise ConnectionError("no route to host")
+
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "y" * 34)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Down)
+    failed = export(run["run"], tmp_path / "export", "--push-to-hub", "alice/tiny")
+    assert failed.exit_code == 1 and "no route to host" in failed.output and "run the same command" in failed.output
+    assert (tmp_path / "export" / PARQUET).is_file()

@@ -1,0 +1,96 @@
+"""`codeclm report` without a browser: untrusted text is escaped, missing artifacts degrade, the CLI
+writes and prints the page (tests/test_report_browser.py opens it in Chromium)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import base_spec, write_spec
+from report_runs import JUDGE_XSS, XSS, hostile_run
+
+import cli
+from programs.html_report import render, write_report
+from programs.rundata import RunData
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> Path:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return hostile_run(tmp_path_factory.mktemp("hostile"), monkeypatch)
+
+
+def embedded_data(html: str) -> dict:
+    block = re.search(r'<script type="application/json" id="run-data">(.*?)</script>', html, re.S)
+    assert block, "the data block is there, and ends at its own </script>"
+    return json.loads(block.group(1))
+
+
+def strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v)
+
+
+def test_untrusted_text_is_escaped_everywhere(hostile):
+    html = write_report(hostile).read_text(encoding="utf-8")
+    for raw in ("<script>window.__xss", "<img src=x", "<svg onload", "<b>bold</b>", "</script><script>"):
+        assert raw not in html, raw
+    assert html.count("<script") == 2  # the data block and the page's own script, nothing else
+    data = embedded_data(html)  # the JSON block parses back to the very text the models wrote
+    texts = list(strings(data))
+    assert any(XSS in t for t in texts) and JUDGE_XSS in texts
+    failed = [r for r in data["records"] if r["status"] == "failed"]
+    assert any((r.get("failure") or {}).get("raw") == JUDGE_XSS for r in failed), "a raw failure text is shown"
+    assert "&lt;script&gt;window.__xss" in html  # shown escaped in the charts and failures, not dropped
+
+
+def test_the_page_is_self_contained(hostile):
+    html = render(RunData.open(hostile))
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "nothing is loaded from anywhere"
+    assert "Content-Security-Policy" in html and "connect-src 'none'" in html
+    assert html.count("<svg") >= 10
+
+
+def test_a_run_with_only_some_artifacts_still_reports(tmp_path):
+    history = {"id": "n1.x", "status": "kept", "node": "writer", "iterations": [{"iteration": 1, "instruction": "Hi"}]}
+    (tmp_path / "instructions.jsonl").write_text(json.dumps(history) + "\n" + "not json\n")
+    html = write_report(tmp_path).read_text()
+    assert "Not in this run folder" in html and "manifest.json" in html and "pool.jsonl" in html
+    assert "Per node" in html and "writer" in html
+    assert embedded_data(html)["records"][0]["id"] == "n1.x"
+
+
+def test_report_command(hostile, tmp_path):
+    out = tmp_path / "elsewhere" / "page.html"
+    done = CliRunner().invoke(cli.main, ["report", str(hostile), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert done.output.strip() == f"report: {out}" and out.is_file()
+    empty = CliRunner().invoke(cli.main, ["report", str(tmp_path / "elsewhere")])
+    assert empty.exit_code == 2 and "no run artifacts here" in empty.output
+
+
+def test_run_writes_the_report_unless_told_not_to(tmp_path, seeds_file):
+    from fake_openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        data = base_spec(seeds_file)
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
+                          for role in ("strong", "target")}
+        spec = str(write_spec(tmp_path, data))
+        cache = str(tmp_path / "cache")
+        ran = CliRunner().invoke(cli.main, ["run", spec, "-q", "--out", str(tmp_path / "a"), "--cache-dir", cache])
+        skipped = CliRunner().invoke(cli.main, ["run", spec, "-q", "--out", str(tmp_path / "b"), "--cache-dir", cache,
+                                                "--no-report"])
+    assert ran.exit_code == 0, ran.output
+    assert f"report: {tmp_path / 'a' / 'report.html'}" in ran.output and (tmp_path / "a" / "report.html").is_file()
+    assert skipped.exit_code == 0 and "report:" not in skipped.output
+    assert not (tmp_path / "b" / "report.html").exists()
