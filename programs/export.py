@@ -237,27 +237,41 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     if missing:
         notes.append(f"templates not found in {prompts_dir}: {', '.join(missing)} (not shipped)")
 
-    seeds = spec.get("seeds")
-    if isinstance(seeds, str):
-        seeds = spec["seeds"] = {"path": seeds}
-    if isinstance(seeds, dict) and (seeds.get("path") or options.get("seeds")):
-        source = Path(options["seeds"]) if options.get("seeds") else local(seeds["path"])  # --seeds wins
+    for source_node in _file_sources(spec):  # seed files: each source node's `path` (--seeds replaces it)
+        source = Path(options["seeds"]) if options.get("seeds") else local(source_node["path"])
         if source.is_file():
-            seeds["path"] = f"seeds/{source.name}"
+            source_node["path"] = f"seeds/{source.name}"
             files[f"seeds/{source.name}"] = source
         else:
             notes.append(f"seed file {source} not found (not shipped): a replay needs it")
-    for section in ("stages", "nodes"):  # optimized programs (`program:`), whatever the graph calls its parts
-        parts = spec.get(section)
-        for name, conf in (parts.items() if isinstance(parts, dict) else ()):
-            if isinstance(conf, dict) and isinstance(conf.get("program"), str):
-                source = local(conf["program"])
-                if source.is_file():
-                    conf["program"] = f"programs/{re.sub(r'[^A-Za-z0-9_.-]', '_', str(name))}.json"
-                    files[conf["program"]] = source
-                else:
-                    notes.append(f"optimized program {source} not found (not shipped)")
+    for name, conf in _all_nodes(spec):  # optimized programs (`program:`), loop bodies included
+        if isinstance(conf, dict) and isinstance(conf.get("program"), str):
+            source = local(conf["program"])
+            if source.is_file():
+                conf["program"] = f"programs/{re.sub(r'[^A-Za-z0-9_.-]', '_', str(name))}.json"
+                files[conf["program"]] = source
+            else:
+                notes.append(f"optimized program {source} not found (not shipped)")
     return spec, files, notes
+
+
+def _all_nodes(spec: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(name, mapping) of every node of a resolved spec, loop bodies included."""
+    found: list[tuple[str, Any]] = []
+
+    def walk(nodes: Any) -> None:
+        for name, conf in (nodes.items() if isinstance(nodes, dict) else ()):
+            found.append((str(name), conf))
+            if isinstance(conf, dict):
+                walk(conf.get("body"))
+
+    walk(spec.get("nodes"))
+    return found
+
+
+def _file_sources(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [conf for _, conf in _all_nodes(spec) if isinstance(conf, dict) and conf.get("type") == "source"
+            and isinstance(conf.get("path"), str)]
 
 
 # -- the card -------------------------------------------------------------------------------------------
@@ -350,8 +364,6 @@ def _counts(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any], 
     lines = ["| | count |", "| --- | --- |"]
     if seeds is not None:
         lines.append(f"| seeds | {seeds} |")
-    elif isinstance(spec.get("metadata"), list):
-        lines.append(f"| hand-written metadata entries (no seeds) | {len(spec['metadata'])} |")
     if status:
         lines.append(f"| instructions | {sum(v for v in status.values() if isinstance(v, int))} |")
     lines.append(f"| kept (rows here) | {rows} |")
@@ -374,19 +386,24 @@ def _counts(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any], 
 
 
 def _seed_count(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any]) -> int | None:
-    """The seeds the run read: the shipped seed file (the spec's `seeds`), read as a run reads it, to --limit."""
-    seeds = spec.get("seeds")
-    if not isinstance(seeds, dict) or not isinstance(seeds.get("path"), str):
+    """The seeds the run read: the shipped seed files (the spec's file sources), read as a run reads them."""
+    sources = _file_sources(spec)
+    if not sources:
         return None
     options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
-    path = pipeline_dir / seeds["path"]
+    limit = options.get("limit") if isinstance(options.get("limit"), int) else None
     try:
-        from .seeds import read_seeds
+        from .seeds import read_records
 
-        return len(read_seeds(path, seeds.get("field") or "instruction", seeds.get("id_field"),
-                              options.get("limit") if isinstance(options.get("limit"), int) else None))
-    except (CodecError, OSError):
+        return sum(len(read_records(pipeline_dir / s["path"], _fields(s), s.get("id_field", "id"), limit))
+                   for s in sources)
+    except (CodecError, OSError, ValueError):
         return None
+
+
+def _fields(source: dict[str, Any]) -> dict[str, str]:
+    fields = source.get("fields", ["instruction"])
+    return {str(f): str(f) for f in fields} if isinstance(fields, list) else {str(k): str(v) for k, v in fields.items()}
 
 
 def card_header(name: str, rows: int, options: ExportOptions) -> dict[str, Any]:
@@ -412,9 +429,8 @@ def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spe
     versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
     column_lines = [f"- `{column}`: {kind}" for column, kind in columns.items()]
     description = spec.get("description")
-    codeclm_graph = any(isinstance(c, dict) and c.get("kind") in ("encode", "decode")
-                        for c in (spec.get("stages") or {}).values()) if isinstance(spec.get("stages"), dict) \
-        else False
+    codeclm_graph = any(isinstance(c, dict) and c.get("template") in ("encode.jinja", "decode.jinja")
+                        for _, c in _all_nodes(spec))
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# {header['pretty_name']}", ""]
     if isinstance(description, str) and description.strip():

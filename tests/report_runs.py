@@ -18,8 +18,8 @@ from conftest import REPO, SEEDS, base_spec, write_spec
 from fake_openai_server import JUDGE_MARKER, FakeOpenAIServer
 
 from programs.cache import CallCache
+from programs.engine.run import RunOptions, run_spec
 from programs.hub import ModelHub
-from programs.runner import RunOptions, run_spec
 from programs.spec import load_spec
 
 # Markup that would run if any of it reached the page as HTML: it sets window.__xss or opens a dialog.
@@ -66,7 +66,7 @@ def hostile_run(folder: Path, monkeypatch) -> Path:
     seeds = folder / "seeds.jsonl"
     seeds.write_text("".join(json.dumps({"id": f"s{i}", "instruction": s}) + "\n"
                              for i, s in enumerate([*SEEDS, f"Repeat this: {XSS}"])))
-    spec_path = write_spec(folder, base_spec(seeds, pool_size=6, instructions_per_entry=3))
+    spec_path = write_spec(folder, base_spec(seeds, pool_size=6, dataset_size=18))
     monkeypatch.setattr(fake_openai_server, "answer_text", _hostile(fake_openai_server.answer_text))
     with FakeOpenAIServer(always_fail="instruction improver") as server:
         return _run(folder, spec_path, server, _models(server.url))

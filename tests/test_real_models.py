@@ -22,11 +22,11 @@ pytestmark = pytest.mark.slow
 
 def tiny_real_spec(tmp_path, seeds_file, models=None):
     """Two seeds' worth of work: enough to pass through every stage, quick on 2 cores."""
-    data = base_spec(seeds_file, pool_size=2, instructions_per_entry=1, max_iterations=2, threshold=1,
+    data = base_spec(seeds_file, pool_size=2, dataset_size=2, max_iterations=2, threshold=1,
                      unparsable_score="tie")
     data["models"] = models or {"strong": {"model": "local", "max_tokens": 48, "concurrency": 1},
                                 "target": {"model": "local", "max_tokens": 16, "concurrency": 1}}
-    data["stages"]["judge"]["max_tokens"] = 8
+    data["nodes"]["refine"]["body"]["judge"]["max_tokens"] = 8
     return write_spec(tmp_path, data)
 
 
@@ -113,4 +113,4 @@ def test_optimize_the_encoder_on_the_embedded_model(tmp_path):
     demos = json.loads(out.read_text())["predict"]["demos"]
     assert demos and all(d["use_case"] and d["skills"] for d in demos)
     spec = load_spec(REPO / "specs" / "demo.yaml", [f"stages.encode.program={out}"])
-    assert spec.stages["encode"].program == out
+    assert spec.graph.every["encode"].program == out
