@@ -112,5 +112,5 @@ def test_optimize_the_encoder_on_the_embedded_model(tmp_path):
     assert "parsed on 3 held-out inputs" in result.output
     demos = json.loads(out.read_text())["predict"]["demos"]
     assert demos and all(d["use_case"] and d["skills"] for d in demos)
-    spec = load_spec(REPO / "specs" / "demo.yaml", [f"stages.encode.program={out}"])
+    spec = load_spec(REPO / "specs" / "demo.yaml", [f"nodes.encode.program={out}"])
     assert spec.graph.every["encode"].program == out
