@@ -214,7 +214,8 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     `prompts: prompts`, `seeds.path: seeds/FILE`, `program: programs/STAGE.json`. `cache:` is dropped (a folder
     of the machine that ran it)."""
     recorded = manifest["spec"]
-    spec = json.loads(json.dumps(recorded["resolved"]))
+    ordered = recorded.get("resolved_yaml")  # in its order: a loop body runs in the order it is written
+    spec = yaml.safe_load(ordered) if isinstance(ordered, str) else json.loads(json.dumps(recorded["resolved"]))
     spec_dir = Path(str(recorded.get("path", "."))).parent
     options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
     files: dict[str, Path] = {}

@@ -8,6 +8,8 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from .redact import redact, register_key_env
 from .templates import TemplateStore
 
@@ -56,7 +58,9 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
         register_key_env(model.api_key_env)
     return redact({  # keys never reach the manifest, however they got into the spec or options
         "spec": {"path": str(spec.path.resolve()), "name": spec.name, "sha256": _sha(spec.path.read_bytes()),
-                 "resolved": spec.raw},
+                 "resolved": spec.raw,
+                 # the same in YAML: a spec's mappings are ordered (a loop body runs in its order), JSON here is sorted
+                 "resolved_yaml": yaml.safe_dump(spec.raw, sort_keys=False, allow_unicode=True)},
         "templates": templates,
         "versions": versions(),
         "code_sha256": code_sha(),

@@ -117,7 +117,8 @@ def test_the_pipeline_folder_replays_the_run_offline(run, tmp_path):
     dest = tmp_path / "export"
     assert export(run["run"], dest).exit_code == 0
     spec = yaml.safe_load((dest / "pipeline" / "spec.yaml").read_text())
-    assert spec["prompts"] == "prompts" and spec["nodes"]["seeds"]["path"] == "seeds/seeds[v1].jsonl" and "cache" not in spec
+    assert spec["prompts"] == "prompts" and "cache" not in spec
+    assert spec["nodes"]["seeds"]["path"] == "seeds/seeds[v1].jsonl"
     assert sorted(p.name for p in (dest / "pipeline" / "prompts").iterdir()) == \
         sorted(json.loads((run["run"] / "manifest.json").read_text())["templates"])
     assert (dest / "pipeline" / "manifest.json").read_bytes() == (run["run"] / "manifest.json").read_bytes()
