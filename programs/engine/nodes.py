@@ -236,7 +236,7 @@ class NodeRunner:
             for name, draw in node.draws.items():
                 if draw.kind == "choice":
                     chosen = rng.choice(collections[draw.node])
-                    values[name] = chosen.values[draw.field]
+                    values[name] = field_of(chosen, draw.field)
                     sources += chosen.sources
                 else:
                     picked = rng.sample(pools[name], sizes[name])
@@ -253,7 +253,7 @@ class NodeRunner:
         """Keep a record when its text's ROUGE-L against every earlier kept text (and the `against`
         collections) stays below the threshold; stable order, so the result never depends on timing."""
         threshold = self.graph.static(node.threshold)
-        pool = [tokens(str(r.values[f])) for other, f in node.against for r in collections[other]]
+        pool = [tokens(str(field_of(r, f))) for other, f in node.against for r in collections[other]]
         kept = []
         for record in records:
             scope = {"params": self.params, **lineage_scope(record)}
@@ -363,6 +363,11 @@ class LoopRun:
         await asyncio.gather(*(one(n) for n in segment))
 
 
+def field_of(record: Record, name: str) -> Any:
+    """A field of a record, or of the nearest record on its lineage that has it."""
+    return next(r.values[name] for r in record.lineage() if name in r.values)
+
+
 def _views(done: dict[str, Record]) -> dict[str, View]:
     return {k: view(r) for k, r in done.items() if r.ok and r.status not in ("skipped", "blocked")}
 
@@ -408,7 +413,7 @@ def _sample_pool(records: list[Record], draw: Any) -> list[tuple[Any, tuple[str,
     pool: dict[Any, tuple[str, ...]] = {}
     values: list[tuple[Any, tuple[str, ...]]] = []
     for record in records:
-        field_value = record.values[draw.field]
+        field_value = field_of(record, draw.field)
         items = field_value if draw.flatten and isinstance(field_value, list) else [field_value]
         for item in items:
             if draw.unique:

@@ -20,7 +20,7 @@ from ..lang.expressions import evaluate_value
 from ..spec import Spec
 from ..store import RunStore
 from .nodes import NodeFailed
-from .records import Record, View, lineage_scope, record_view
+from .records import Record, View, lineage_scope, nearest_values, record_view
 
 FAILURES = "failures"
 
@@ -30,10 +30,11 @@ class OutputWriter:
         self.spec, self.store, self.graph = spec, store, spec.graph
         self.by_node: dict[str, list[Any]] = {}
         for output in self.graph.outputs.values():
-            self.by_node.setdefault(output.source, []).append(output)
+            for position, source in enumerate(output.sources):
+                self.by_node.setdefault(source, []).append((output, position))
         self.failure_reasons: Counter = Counter()  # "node: error" -> records that failed so
         main = self.graph.outputs.get("dataset") or next(iter(self.graph.outputs.values()))
-        self.counted = main.source
+        self.counted = main.sources[-1]
         self.statuses: Counter = Counter()  # statuses of the records of the node the dataset reads
         self.opened = False
 
@@ -45,7 +46,7 @@ class OutputWriter:
         outputs = self.by_node.get(node)
         if not self.store:
             return None
-        return str(self.store.path(outputs[0].name if outputs else FAILURES))
+        return str(self.store.path(outputs[0][0].name if outputs else FAILURES))
 
     def open(self) -> None:
         """Journals open at the first record, so a run that stops before writing leaves the folder alone."""
@@ -68,16 +69,16 @@ class OutputWriter:
             self.store.append(FAILURES, (*record.order, node), {"id": record.id, "node": node, **(record.failure or {}),
                                                                 "calls": record.calls})
         lines: dict[str, Any] = {}
-        for output in self.by_node.get(node, []):
+        for output, position in self.by_node.get(node, []):
             try:
-                scope = await joins(output.name, record)
+                scope = await joins(f"{output.name}:{node}", record)
             except NodeFailed:  # a join this record needed failed: what the lineage shows still counts
                 scope = {"params": View(dict(self.spec.params)), **lineage_scope(record)}
-            scope.update(record=record_view(record), outputs=View(lines))
+            scope.update(record=record_view(record), outputs=View(lines), lineage=nearest_values(record))
             if output.where is not None and not _holds(output.where, scope):
                 continue
             lines[output.name] = present(output.fields, scope)
-            self.store.append(output.name, record.order, lines[output.name])
+            self.store.append(output.name, (position, *record.order), lines[output.name])
 
     def finish(self) -> dict[str, int]:
         """Sort the journals into their files; the dataset gets LLaMA-Factory's description."""

@@ -89,3 +89,11 @@ def lineage_scope(record: Record | None) -> dict[str, Any]:
         if ancestor.ok or ancestor.values:
             scope.setdefault(ancestor.node, view(ancestor))
     return scope
+
+
+def nearest_values(record: Record) -> View:
+    """`lineage.NAME` in outputs: the value named NAME nearest on the record's lineage."""
+    values: dict[str, Any] = {}
+    for ancestor in reversed(record.lineage()):
+        values.update(ancestor.values)
+    return View(values)

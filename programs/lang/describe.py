@@ -47,7 +47,7 @@ def words(graph: Graph) -> str:
         describe(node, "")
     for output in graph.outputs.values():
         where = f" where {output.where.source}" if output.where else ""
-        lines.append(f"output {output.name}.jsonl: records of {output.source}{where}")
+        lines.append(f"output {output.name}.jsonl: records of {', '.join(output.sources)}{where}")
     return "\n".join(lines)
 
 
@@ -71,5 +71,5 @@ def mermaid(graph: Graph) -> str:
                 arrow = "==>" if source in node.collections else "-->"
                 lines.append(f"  {source} {arrow} {node.name}")
     for output in graph.outputs.values():
-        lines.append(f'  {output.source} --> out_{output.name}[("{output.name}.jsonl")]')
+        lines += [f'  {source} --> out_{output.name}[("{output.name}.jsonl")]' for source in output.sources]
     return "\n".join(lines)

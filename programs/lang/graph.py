@@ -172,7 +172,7 @@ class _GraphCheck:
         if in_loop:
             roots |= {"state", "loop"}
         if with_record:
-            roots |= {"record", "outputs"}
+            roots |= {"record", "outputs", "lineage"}
         return roots
 
     def check_reference(self, where: tuple, context: str, ref: Any, visible: dict[str, str], roots: set[str],
@@ -237,19 +237,24 @@ class _GraphCheck:
         if isinstance(node, MixNode):
             for name, draw in node.draws.items():
                 target = graph.every.get(draw.node)
-                if target and draw.field not in target.outputs():
+                if target and draw.field not in self.lineage_fields(draw.node):
                     self.error((*node.where, "fields", name), f"mix field '{name}' draws {draw.node}.{draw.field}, "
-                               f"but '{draw.node}' makes {', '.join(target.outputs()) or 'no fields'}")
+                               f"but records of '{draw.node}' have {', '.join(self.lineage_fields(draw.node))}")
         if isinstance(node, DedupNode):
             for other, field_name in node.against:
                 target = graph.every.get(other)
-                if target and field_name not in target.outputs():
+                if target and field_name not in self.lineage_fields(other):
                     self.error((*node.where, "against"), f"dedup compares against {other}.{field_name}, but "
-                               f"'{other}' makes {', '.join(target.outputs())}")
+                               f"records of '{other}' have {', '.join(self.lineage_fields(other))}")
         if isinstance(node, LLMNode):
             self.check_llm(node)
         self.check_static(node)
         graph.joins[node.name] = joins
+
+    def lineage_fields(self, name: str) -> list[str]:
+        """The fields a collection's records carry: their own, then their ancestors' (a filter's records
+        carry what their node filtered)."""
+        return list(dict.fromkeys(f for n in self.graph.lineage(name) for f in self.graph.every[n].outputs()))
 
     def check_collection(self, node: Node, collection: str) -> None:
         graph = self.graph
@@ -263,20 +268,28 @@ class _GraphCheck:
             self.error(node.where, f"node '{node.name}' reads all of '{collection}', which descends from it: a cycle")
 
     def check_output(self, output: Output) -> None:
+        """Each `from` node's records must give every field: with several, `lineage.NAME` reads a value
+        whichever node made it."""
         graph = self.graph
-        source = graph.every.get(output.source)
-        if source is None or source.loop:
-            self.error((*output.where_path, "from"), f"output '{output.name}' reads {output.source!r}, which is not "
-                       "a top-level node", f"nodes: {', '.join(graph.nodes)}")
-            return
-        visible = self.visible(source, upto_self=True)
-        joins: dict[str, str] = {}
-        in_loop = bool(graph.loops_on(source.name))
-        for key, ref in output.references():
-            self.check_reference((*output.where_path, *key.split(".")[:1]), f"output '{output.name}' {key}", ref,
-                                 visible, self.scope_roots(None, in_loop, True), self.state_keys(source), joins,
-                                 output.source)
-        graph.joins[f"output:{output.name}"] = joins
+        for name in output.sources:
+            source = graph.every.get(name)
+            if source is None or source.loop:
+                self.error((*output.where_path, "from"), f"output '{output.name}' reads {name!r}, which is not "
+                           "a top-level node", f"nodes: {', '.join(graph.nodes)}")
+                continue
+            visible = self.visible(source, upto_self=True)
+            joins: dict[str, str] = {}
+            in_loop = bool(graph.loops_on(source.name))
+            for key, ref in output.references():
+                where = (*output.where_path, *key.split(".")[:1])
+                if ref.root == "lineage":
+                    if ref.field not in self.lineage_fields(name):
+                        self.error(where, f"output '{output.name}' {key} reads lineage.{ref.field}, which records of "
+                                   f"'{name}' lack", f"they have: {', '.join(self.lineage_fields(name))}")
+                    continue
+                self.check_reference(where, f"output '{output.name}' {key}", ref, visible,
+                                     self.scope_roots(None, in_loop, True), self.state_keys(source), joins, name)
+            graph.joins[f"output:{output.name}:{name}"] = joins
 
     # -- per-type details -------------------------------------------------------------------------
 
@@ -412,7 +425,7 @@ class _GraphCheck:
         """Every node feeds an output (switches steer their loop, so they count as used)."""
         graph = self.graph
         used: set[str] = set()
-        todo = [o.source for o in graph.outputs.values()]
+        todo = [name for o in graph.outputs.values() for name in o.sources]
         todo += [r.root for o in graph.outputs.values() for _, r in o.references() if r.root in graph.every]
         while todo:
             name = todo.pop()

@@ -246,7 +246,7 @@ class Output:
 
     name: str
     where_path: Path_
-    source: str
+    sources: list[str]  # `from:` one node, or several whose records are written one after the other
     where: Expression | None
     fields: dict[str, Any]
 
@@ -495,11 +495,13 @@ class NodeReader:
     def read_output(self, name: str, raw: Any, where: Path_) -> Output | None:
         raw = self.checker.mapping(where, raw, f"output '{name}'")
         self.checker.check_keys(where, raw, {"from", "where", "fields", "description"})
-        if not isinstance(raw.get("from"), str):
-            self.checker.error(where, f"output '{name}' needs from: (the node whose records it writes)")
+        sources = [raw["from"]] if isinstance(raw.get("from"), str) else raw.get("from")
+        if not isinstance(sources, list) or not sources or not all(isinstance(x, str) for x in sources):
+            self.checker.error(where, f"output '{name}' needs from: (the node, or a list of nodes, whose records "
+                               "it writes)")
             return None
         fields = self.checker.mapping((*where, "fields"), raw.get("fields"), "fields")
         if not fields:
             self.checker.error(where, f"output '{name}' needs fields: (what each line holds)")
-        return Output(name, where, raw["from"], self.expr((*where, "where"), raw["where"]) if "where" in raw else None,
+        return Output(name, where, sources, self.expr((*where, "where"), raw["where"]) if "where" in raw else None,
                       {str(k): self.expr((*where, "fields", k), v, tree=True) for k, v in fields.items()})
