@@ -169,9 +169,40 @@ def answer_text(messages: list[dict[str, Any]], model: str) -> str:
         instruction = (rest[: match.start()] if match else rest).strip()
         return f"{instruction} Also, add a constraint #{h % 1000}."
 
+    generic = _generic_answer(full, last_user, h)
+    if generic is not None:
+        return generic
+
     if "strong" in model.lower():
         return "STRONG: a detailed answer " + hex(h)[:12]
     return "TARGET: a short answer " + hex(h)[:12]
+
+
+def _generic_answer(full: str, last_user: str, h: int) -> str | None:
+    """Answers for the other pipelines' prompts (specs/self_instruct, evol_instruct, alpagasus,
+    critique_rewrite), by their markers; None for a prompt none of them asks."""
+    if "Come up with a series of tasks" in full:  # Self-Instruct: new numbered tasks
+        match = re.search(r"Write (\d+) new tasks", last_user)
+        count = int(match.group(1)) if match else 4
+        words = ("summarize", "compare", "plan", "explain", "list", "draft", "classify", "rewrite")
+        return "\n".join(f"{i}. {words[(h >> i) % len(words)].capitalize()} item {h % 997 + i} of "
+                         f"topic-{(h >> (2 * i)) % 89}." for i in range(1, count + 1))
+    if "Prompt Rewriter" in full:  # Evol-Instruct: the given prompt with one more constraint
+        given = _between(full, "#Given Prompt#:", "\x00")
+        return f"{given} Also respect constraint #{h % 1000}."
+    if "Are they equal?" in full:  # Evol-Instruct's elimination check: equal one time in five
+        return "Yes" if h % 5 == 0 else "No"
+    if "Please rate according to the accuracy" in full:  # AlpaGasus: a 0-5 rating
+        return f"{(h % 11) / 2:.1f}\nThe response is rated for accuracy."
+    if "Rate the answer for helpfulness" in full:  # critique-rewrite's judge: each rewrite gains 2
+        answer = _between(full, "[The Start of the Answer]", "[The End of the Answer]")
+        return f"{min(10, 4 + 2 * answer.count('[revised]'))}\nScored on helpfulness."
+    if "Critique the answer" in full:
+        return "It lacks a concrete example and a short summary."
+    if "Rewrite the answer so that" in full:
+        answer = _between(full, "[The Start of the Answer]", "[The End of the Answer]")
+        return f"{answer} [revised]"
+    return None
 
 
 def request_key(body: dict[str, Any]) -> str:

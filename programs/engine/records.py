@@ -73,8 +73,10 @@ def view(record: Record) -> View:
 
 
 def record_view(record: Record) -> View:
-    """`record.*` in outputs: the record's own id, status, failure and source ids."""
-    values = {"id": record.id, "status": record.status, "sources": list(record.sources)}
+    """`record.*` in outputs: the record's id, status, failure, source ids, and every call behind it
+    (along its lineage, oldest first)."""
+    calls = {c["key"] + c.get("item", ""): c for r in reversed(record.lineage()) for c in r.calls}
+    values = {"id": record.id, "status": record.status, "sources": list(record.sources), "calls": list(calls.values())}
     if record.failure is not None:
         values["failure"] = record.failure
     return View(values)

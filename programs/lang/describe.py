@@ -27,7 +27,8 @@ def _what(node: Node) -> str:
 
 
 def _reads(graph: Graph, node: Node) -> list[str]:
-    names = {r.root for _, r in node.references() if r.root in graph.every and r.root != node.name}
+    own = set(node.body) if isinstance(node, LoopNode) else set()
+    names = {r.root for _, r in node.references() if r.root in graph.every and r.root != node.name} - own
     return sorted(names | ({node.for_each} if node.for_each else set()) | set(node.collections) - {""})
 
 

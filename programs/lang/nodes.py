@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 VIRTUAL_FIELDS = ("id", "calls")  # every node's records have them: NODE.id, NODE.calls
 LOOP_FIELDS = ("index", "first", "last", "max", "calls", "failure")
 LOOP_OUTPUTS = ("exit", "iteration", "iterations")
-RECORD_FIELDS = ("id", "status", "failure", "sources")  # `record.*`, in outputs
+RECORD_FIELDS = ("id", "status", "failure", "sources", "calls")  # `record.*`, in outputs
 
 
 @dataclass

@@ -1,0 +1,96 @@
+"""The other pipelines, in YAML and templates alone: each runs end to end over HTTP on the fake
+server, its records carry provenance, and a replay from the cache alone gives the same bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+from fake_openai_server import FakeOpenAIServer
+
+from programs.engine.run import RunOptions, run_spec
+from programs.spec import load_spec
+
+SMALL = {"self_instruct": ["params.prompts_per_round=2", "params.new_per_prompt=4"],
+         "evol_instruct": ["params.rounds=3"], "alpagasus": [], "critique_rewrite": []}
+
+
+def on_server(spec: str, url: str) -> list[str]:
+    roles = yaml.safe_load((REPO / "specs" / f"{spec}.yaml").read_text())["models"]
+    sets = [f"models.{role}.model=hosted_vllm/{role}" for role in roles]
+    return sets + [f"models.{role}.api_base={url}" for role in roles] + SMALL[spec]
+
+
+def run(spec: str, folder: Path, url: str, mode: str = "live"):
+    sets = on_server(spec, url)
+    return run_spec(load_spec(REPO / "specs" / f"{spec}.yaml", sets),
+                    RunOptions(out=folder / mode, cache_dir=folder / "cache", cache_mode=mode, overrides=sets))
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every pipeline once live, then replayed with the server gone."""
+    folder = tmp_path_factory.mktemp("pipelines")
+    done = {}
+    with FakeOpenAIServer() as server:
+        for spec in SMALL:
+            done[spec] = run(spec, folder / spec, server.url)
+    for spec in SMALL:
+        done[f"{spec}-replay"] = run(spec, folder / spec, "http://127.0.0.1:9/v1", mode="replay")
+    return done
+
+
+@pytest.mark.parametrize("spec", sorted(SMALL))
+def test_pipeline_runs_over_http_with_provenance_and_replays(runs, spec):
+    live, replay = runs[spec], runs[f"{spec}-replay"]
+    dataset = lines(live.out / "dataset.jsonl")
+    assert dataset, f"{spec} kept nothing"
+    for row in dataset:
+        user, assistant = row["messages"]
+        assert user["role"] == "user" and user["content"] and assistant["role"] == "assistant"
+        assert row["provenance"]["id"] and row["provenance"]["seed_ids"]
+    assert replay.manifest["totals"]["calls"] == 0
+    assert (replay.out / "dataset.jsonl").read_bytes() == (live.out / "dataset.jsonl").read_bytes()
+
+
+def test_self_instruct_keeps_only_novel_tasks(runs):
+    from programs.lang.rouge import rouge_l
+
+    seeds = [json.loads(line)["instruction"] for line in (REPO / "seeds" / "example.jsonl").read_text().splitlines()]
+    kept = [row["messages"][0]["content"] for row in lines(runs["self_instruct"].out / "dataset.jsonl")]
+    pool = list(seeds)
+    for task in kept:  # in file order, which is the order the dedup kept them in
+        assert max(rouge_l(task, other) for other in pool) < 0.7
+        pool.append(task)
+
+
+def test_alpagasus_keeps_pairs_rated_at_least_4_5(runs):
+    ratings = {r["id"]: r["score"] for r in lines(runs["alpagasus"].out / "ratings.jsonl")}
+    kept = {row["provenance"]["id"] for row in lines(runs["alpagasus"].out / "dataset.jsonl")}
+    assert kept == {pair for pair, score in ratings.items() if score >= 4.5}
+    assert len(ratings) == 10
+
+
+def test_critique_rewrite_stops_once_the_judge_gives_8(runs):
+    histories = lines(runs["critique_rewrite"].out / "histories.jsonl")
+    assert histories and all(h["status"] == "kept" for h in histories)
+    for history in histories:
+        scores = [step["score"] for step in history["iterations"]]
+        assert scores[-1] >= 8 and all(s < 8 for s in scores[:-1])
+        assert "critique" not in history["iterations"][-1]  # no critique call once the answer passed
+        assert len(history["iterations"]) <= 4  # the draft's judgement and at most 3 rewrites
+
+
+def test_evol_instruct_eliminates_and_keeps_the_rest(runs):
+    rounds = lines(runs["evol_instruct"].out / "rounds.jsonl")
+    checks = {r["check"] for r in rounds}
+    assert "evolved" in checks and "no_gain" in checks
+    dataset = lines(runs["evol_instruct"].out / "dataset.jsonl")
+    assert len(dataset) == sum(r["check"] == "evolved" for r in rounds)
