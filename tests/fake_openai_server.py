@@ -197,6 +197,10 @@ def _generic_answer(full: str, last_user: str, h: int) -> str | None:
     if "Rate the answer for helpfulness" in full:  # critique-rewrite's judge: each rewrite gains 2
         answer = _between(full, "[The Start of the Answer]", "[The End of the Answer]")
         return f"{min(10, 4 + 2 * answer.count('[revised]'))}\nScored on helpfulness."
+    if "Answer in two lines:\nInstruction:" in full:  # persona x topic, `fields` parser
+        return f"Instruction: Explain topic-{h % 97} to me.\nDifficulty: {'hard' if h % 2 else 'easy'}"
+    if "Answer with a JSON object" in full:  # persona x topic, `json` parser
+        return json.dumps({"instruction": f"Explain topic-{h % 97} to me.", "difficulty": "hard" if h % 2 else "easy"})
     if "Critique the answer" in full:
         return "It lacks a concrete example and a short summary."
     if "Rewrite the answer so that" in full:
