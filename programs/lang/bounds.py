@@ -24,7 +24,7 @@ def upper_bounds(graph: Graph, source_records: dict[str, int]) -> Counter:
         records[node.name] = _records(graph, node, records, source_records)
         if isinstance(node, LoopNode):
             _loop_calls(graph, node, records[node.for_each or ""], bounds)
-        elif isinstance(node, LLMNode):
+        elif isinstance(node, LLMNode) and not node.lazy:  # a lazy node counts where it is read
             bounds[(node.name, node.model)] += records[node.for_each or ""] * _calls_per_run(graph, node)
     return bounds
 

@@ -21,7 +21,7 @@ import jinja2
 from jinja2 import meta
 
 from ..errors import SpecError
-from ..templates import TemplateMissing, TemplateStore
+from ..templates import StageTemplate, TemplateMissing, TemplateStore
 from .expressions import Expression, ExpressionError, check_sandbox, evaluate_value, tree_references
 from .nodes import (
     LOOP_FIELDS,
@@ -100,6 +100,7 @@ class _GraphCheck:
         self.checker, self.graph, self.models, self.prompts = checker, graph, models, prompts
         self.error = checker.error
         self.problems_before = len(checker.errors)  # problems elsewhere (models) are reported with these
+        self.templates_checked: dict[str, Any] = {}
 
     def stop_if_broken(self) -> None:
         """The next checks need what the previous ones checked: stop, reporting everything so far."""
@@ -324,9 +325,20 @@ class _GraphCheck:
         except SpecError as exc:
             self.checker.errors.append(exc)
             return
-        tree = store.env.parse(template.source)
+        if node.template in self.templates_checked:  # each template's own problems, once
+            tree = self.templates_checked[node.template]
+        else:
+            tree = self.templates_checked[node.template] = store.env.parse(template.source)
+            self.check_template_sandbox(template, tree)
+        needed = meta.find_undeclared_variables(tree) - TEMPLATE_BUILTINS - set(jinja2.Environment().globals)
+        missing = sorted(needed - node.template_variables())
+        if missing:
+            self.error((*node.where, "inputs"), f"template {node.template} uses {', '.join(missing)}, which node "
+                       f"'{node.name}' does not provide", f"add to inputs: {missing[0]}: <expression>")
+
+    def check_template_sandbox(self, template: StageTemplate, tree: Any) -> None:
         try:
-            check_sandbox(tree, f"template {node.template}")
+            check_sandbox(tree, f"template {template.name}")
         except ExpressionError as exc:
             self.checker.errors.append(SpecError(str(template.path), str(exc),
                                                  hint="templates read their variables; they never reach Python"))
@@ -334,11 +346,6 @@ class _GraphCheck:
             if name is None or ".." in name or name.startswith("/"):
                 self.checker.errors.append(SpecError(str(template.path), f"template includes {name!r}",
                                                      hint="include only templates of the prompts folder, by name"))
-        needed = meta.find_undeclared_variables(tree) - TEMPLATE_BUILTINS - set(jinja2.Environment().globals)
-        missing = sorted(needed - node.template_variables())
-        if missing:
-            self.error((*node.where, "inputs"), f"template {node.template} uses {', '.join(missing)}, which node "
-                       f"'{node.name}' does not provide", f"add to inputs: {missing[0]}: <expression>")
 
     def check_static(self, node: Node) -> None:
         """Counts, scales and other values that read only params are computed now, and checked."""

@@ -1,0 +1,127 @@
+"""The language's checks, before anything runs: the sandbox, references, cycles, unused nodes,
+template variables; and `codeclm graph`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import REPO, base_spec, write_spec
+
+import cli
+from programs.errors import SpecError, SpecErrors
+from programs.lang.expressions import Expression, ExpressionError
+from programs.spec import load_spec
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises((SpecError, SpecErrors)) as caught:
+        load_spec(path)
+    errors = caught.value.errors if isinstance(caught.value, SpecErrors) else [caught.value]
+    return [str(e) for e in errors]
+
+
+@pytest.mark.parametrize("source", ["x.__class__", "x.__globals__", "x['__class__']", "x.mro()", "_secret",
+                                    "x.append(1)", "state.actions.extend([1])", "d.update({})"])
+def test_expressions_that_leave_the_sandbox_are_refused(source):
+    with pytest.raises(ExpressionError):
+        Expression(source)
+
+
+def test_expressions_read_names_and_compute_native_values():
+    expression = Expression("judge.gap > params.threshold and loop.last")
+    assert {(r.root, r.field) for r in expression.references()} == {("judge", "gap"), ("params", "threshold"),
+                                                                     ("loop", "last")}
+    assert Expression("state.actions + [action.value]").evaluate(
+        {"state": {"actions": ["a"]}, "action": {"value": "b"}}) == ["a", "b"]
+    assert Expression("ceil(7 / 2)").evaluate({}) == 4
+
+
+def test_a_sandbox_escape_in_a_spec_exits_2_with_its_line(tmp_path, seeds_file):
+    data = base_spec(seeds_file)
+    data["nodes"]["refine"]["next"]["actions"] = "state.actions.__class__"
+    path = write_spec(tmp_path, data)
+    assert any("__class__" in p and "spec.yaml:" in p for p in problems(path))
+    done = subprocess.run([sys.executable, str(REPO / "cli.py"), "validate", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "__class__" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_template_reaching_for_python_internals_is_refused(tmp_path, seeds_file):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for template in (REPO / "prompts").glob("*.jinja"):
+        (prompts / template.name).write_text(template.read_text())
+    (prompts / "respond.jinja").write_text('{% call message("user") %}{{ instruction.__class__.__mro__ }}'
+                                           '{% endcall %}')
+    data = base_spec(seeds_file)
+    data["prompts"] = str(prompts)
+    found = problems(write_spec(tmp_path, data))
+    assert [p for p in found if "respond.jinja" in p and "reaches for '__" in p and "sandbox" in p] == found[:1]
+
+
+def test_a_template_including_a_file_outside_the_prompts_folder_is_refused(tmp_path, seeds_file):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for template in (REPO / "prompts").glob("*.jinja"):
+        (prompts / template.name).write_text(template.read_text())
+    (prompts / "respond.jinja").write_text('{% include "../secrets.txt" %}')
+    data = base_spec(seeds_file)
+    data["prompts"] = str(prompts)
+    assert any("includes '../secrets.txt'" in p for p in problems(write_spec(tmp_path, data)))
+
+
+def test_a_template_variable_no_input_gives(tmp_path, seeds_file):
+    data = base_spec(seeds_file)
+    del data["nodes"]["decode"]["inputs"]["count"]
+    found = problems(write_spec(tmp_path, data))
+    assert any("decode.jinja uses count, which node 'decode' does not provide" in p for p in found)
+
+
+def test_a_reference_to_a_node_that_is_not_an_ancestor(tmp_path, seeds_file):
+    data = base_spec(seeds_file)
+    data["nodes"]["decode"]["inputs"]["use_case"] = "judge.gap"  # inside a loop that runs after decode
+    found = problems(write_spec(tmp_path, data))
+    assert any("reads 'judge', which is not an ancestor of 'decode'" in p for p in found), found
+
+
+def test_a_node_no_output_needs(tmp_path, seeds_file):
+    data = base_spec(seeds_file)
+    data["nodes"]["extra"] = {"type": "llm", "for_each": "seeds", "model": "strong", "template": "respond.jinja",
+                              "inputs": {"instruction": "seeds.instruction"}}
+    assert any("node 'extra' feeds no output" in p for p in problems(write_spec(tmp_path, data)))
+
+
+def test_a_cycle_through_a_collection(tmp_path, seeds_file):
+    data = base_spec(seeds_file)
+    data["nodes"]["augment"]["from"] = "decode"  # the pool would wait for what it feeds
+    data["nodes"]["augment"]["fields"]["use_case"] = {"choice": "decode.instruction"}
+    found = problems(write_spec(tmp_path, data))
+    assert any("descends from it" in p or "cycle" in p for p in found), found
+
+
+def test_graph_prints_words_and_mermaid():
+    words = CliRunner().invoke(cli.main, ["graph", str(REPO / "specs" / "codeclm.yaml")])
+    assert words.exit_code == 0
+    assert "augment: mix of encode (waits for all of them)" in words.output
+    assert "decide: switch: keep_strong when judge.gap > params.threshold -> exit kept" in words.output
+    mermaid = CliRunner().invoke(cli.main, ["graph", str(REPO / "specs" / "codeclm.yaml"), "--mermaid"])
+    assert mermaid.exit_code == 0 and mermaid.output.startswith("flowchart TD")
+    assert 'subgraph refine["refine: loop"]' in mermaid.output and "encode ==> augment" in mermaid.output
+
+
+def test_dry_run_bounds_come_from_the_graph(tmp_path, seeds_file):
+    """4 seeds, a pool of 3 with 2 instructions each, 4 iterations: the paper's call arithmetic."""
+    from programs.engine.dryrun import dry_run
+    from programs.engine.run import RunOptions
+
+    rows = dry_run(load_spec(write_spec(tmp_path, base_spec(seeds_file))),
+                   RunOptions(cache_dir=tmp_path / "cache"))
+    bounds = {name: row["upper_bound"] for name, row in rows.items()}
+    instructions = 3 * 2
+    assert bounds == {"encode/strong": 4, "decode/strong": 3, "rubrics/strong": 3,
+                      "answer_strong/strong": instructions * 4, "answer_target/target": instructions * 4,
+                      "judge/strong": instructions * 4 * 2, "improve/strong": instructions * 3}
