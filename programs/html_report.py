@@ -214,7 +214,11 @@ def judge_section(run: RunData, metrics: dict[str, Any]) -> str:
     agreement = charts.hbars("do both orders prefer the same answer?", labels,
                              [("judgements", [verdicts[k] for k in labels], PALETTE[2])])
     judge = metrics.get("judge") or {}
-    text = note(f"{len(judged)} judgements, {len(both)} in both orders. Position bias "
+    unscored = sum(1 for h in run.histories or [] for step in run.steps(h) if "scores" in step
+                   and not isinstance(step["scores"], dict))
+    text = note(f"{len(judged)} judgements, {len(both)} in both orders"
+                + (f" ({unscored} more judged iterations had no parsable scores and count as a gap of 0)"
+                   if unscored else "") + ". Position bias "
                 f"{_cell(judge.get('position_bias'))} (mean score shown first minus shown second; 0 is unbiased), "
                 f"order agreement {_cell(judge.get('order_agreement'))}, opposite verdicts "
                 f"{_cell(judge.get('order_conflicts'))}.")
@@ -356,10 +360,13 @@ def failures_section(run: RunData) -> str:
         raw = example["raw"]
         raw_html = (f'<pre class="raw">{escape(raw[:MAX_TEXT])}</pre>' if raw
                     else '<p class="muted">no raw text recorded (the call itself failed)</p>')
+        where = ", ".join(f"{n} in {a}" for a, n in Counter(f["artifact"] for f in group).most_common())
         items.append(f'<details class="failure"><summary><b>{len(group)}</b> × <code>{escape(stage)}</code> '
-                     f'{escape(error)}</summary><p>example: <code>{escape(example["id"])}</code> in '
-                     f'{escape(example["artifact"])}</p>{raw_html}</details>')
-    return chart + "".join(items)
+                     f'{escape(error)} <span class="muted">({escape(where)})</span></summary><p>example: '
+                     f'<code>{escape(example["id"])}</code> in {escape(example["artifact"])}</p>{raw_html}</details>')
+    text = note("Failed items of every artifact. A failed Self-Rubrics entry (rubrics.jsonl) also fails each "
+                "instruction that needed its actions (instructions.jsonl), so one cause can count in both.")
+    return chart + "".join(items) + text
 
 
 def browser_section() -> str:
