@@ -331,9 +331,10 @@ def _models(spec: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     for name, row in calls.items():
         stage, _, role = str(name).rpartition("/")
         if stage and isinstance(row, dict):
-            stages_of.setdefault(role, []).append(f"{stage} ({row.get('calls', 0)} calls)")
+            used = sum(row.get(key) or 0 for key in ("calls", "cache_hits"))  # a resumed run's calls are hits
+            stages_of.setdefault(role, []).append(f"{stage} ({used})")
     models = spec.get("models") if isinstance(spec.get("models"), dict) else {}
-    lines = ["| role | model | decoding | used by |", "| --- | --- | --- | --- |"]
+    lines = ["| role | model | decoding | used by (calls, live or cached) |", "| --- | --- | --- | --- |"]
     for role, conf in models.items():
         conf = conf if isinstance(conf, dict) else {"model": conf}
         decoding = ", ".join(f"{key} {conf[key]}" for key in ("temperature", "top_p", "max_tokens")
@@ -360,7 +361,8 @@ def _counts(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any], 
             lines.append(f"| {name.replace('_', ' ')} | {status.get(name, 0)} |")
     totals = manifest.get("totals") if isinstance(manifest.get("totals"), dict) else {}
     if totals:
-        lines.append(f"| model calls (cache hits) | {totals.get('calls', 0)} ({totals.get('cache_hits', 0)}) |")
+        lines.append(f"| model calls made / answered by the cache | {totals.get('calls', 0)} / "
+                     f"{totals.get('cache_hits', 0)} |")
         lines.append(f"| tokens in / out | {totals.get('prompt_tokens', 0)} / {totals.get('completion_tokens', 0)} |")
         if totals.get("cost_usd"):
             lines.append(f"| dollars spent | {totals['cost_usd']:.4f} |")

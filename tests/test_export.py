@@ -92,8 +92,10 @@ def test_the_card_header_follows_the_hub_conventions_and_the_body_says_how_it_wa
     for section in ("## How it was made", "## Models", "## Counts", "## Use it", "## Replay or rerun it"):
         assert section in body
     assert "| strong | `hosted_vllm/strong` | temperature 0.5 |" in body
-    assert "| target | `hosted_vllm/target` |" in body and "answer_target (" in body
     manifest = json.loads((run["run"] / "manifest.json").read_text())
+    target = manifest["calls"]["answer_target/target"]
+    assert f"| target | `hosted_vllm/target` | temperature 0.5 | answer_target " \
+           f"({target['calls'] + target['cache_hits']}) |" in body
     kept = manifest["counts"]["instructions"].get("kept", 0)
     assert "| seeds | 4 |" in body and f"| kept (rows here) | {kept} |" in body and "| failed | " in body
     assert "SFTTrainer" in body and "field_messages: messages" in body and '"formatting": "sharegpt"' in body
