@@ -73,6 +73,7 @@ def test_load_dataset_reads_the_export_as_the_run_wrote_it(run, tmp_path, monkey
         assert got["messages"] == want["messages"]
         assert json.loads(got["provenance"]) == want["provenance"]
     assert (dest / "data" / "train.jsonl").read_bytes() == (run["run"] / "dataset.jsonl").read_bytes()
+    assert (dest / "report.html").is_file() and "report.html" in json.loads((dest / MARKER).read_text())["files"]
 
 
 def test_the_card_header_follows_the_hub_conventions_and_the_body_says_how_it_was_made(run, tmp_path):
