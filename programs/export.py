@@ -224,7 +224,7 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 
     def local(value: Any) -> Path:
         path = Path(str(value)).expanduser()
-        return path if path.is_absolute() else spec_dir / path
+        return path if path.is_absolute() else (spec_dir / path).resolve()  # as the spec loader resolves it
 
     prompts_dir = local(spec.get("prompts", "../prompts"))
     spec["prompts"] = "prompts"
@@ -425,7 +425,7 @@ def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spe
         lines += [description.strip(), ""]
     lines += [f"Synthetic instruction-tuning data: {len(rows)} chat conversations (`messages`) made by "
               f"codeclm from the spec `{name}`, each row with its `provenance`: where it "
-              "came from, every model call behind it, the judge's scores and the decision that kept it.", "",
+              "came from and the model calls behind it.", "",
               "## Dataset structure", "", "One split, `train`. Columns:", "", *column_lines, "",
               f"Files: `{PARQUET}` (what `load_dataset` reads), `{JSONL}` (the run's `dataset.jsonl` byte for byte, "
               "`provenance` as a nested object), "
@@ -529,9 +529,13 @@ def data_table(rows: list[dict[str, Any]]) -> tuple[Any, dict[str, str]]:
                                       for v in values], type=pa.string())
             kinds[name] = "JSON text (`json.loads` it)"
     if "provenance" in kinds:
-        kinds["provenance"] = ("JSON text (`json.loads` it): the row's id, seed ids, metadata, actions, iteration, "
-                               "both answers, the judge's scores in both orders, the gap, the decision, and every "
-                               "model call behind it (stage, model, cache key)")
+        keys: dict[str, None] = {}
+        for row in rows:
+            if isinstance(row.get("provenance"), dict):
+                keys.update(dict.fromkeys(row["provenance"]))
+        kinds["provenance"] = "JSON text (`json.loads` it): where the row came from" + (
+            f"; its keys: {', '.join(f'`{key}`' for key in keys)}" if keys else "") + (
+            " (`calls` lists every model call behind the row: stage, model, cache key)" if "calls" in keys else "")
     return pa.table(columns), kinds
 
 
