@@ -30,6 +30,8 @@ from .store import write_atomic
 
 MAX_RECORDS = 5000  # records in the browser, at most (the page stays light enough to open)
 MAX_TEXT = 20_000  # characters of one text field in the browser (the artifact keeps it whole)
+MAX_DATA = 24_000_000  # bytes of record data in the page: texts are cut shorter until the records fit
+TEXT_CUTS = (MAX_TEXT, 4000, 1500, 500, 200)
 STATUS_COLORS = {"kept": PALETTE[2], "dropped": PALETTE[5], "failed": PALETTE[3], "over_limit": PALETTE[7],
                  "decoded": PALETTE[4]}
 
@@ -52,7 +54,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
 
 
 def render(run: RunData) -> str:
-    metrics = quality_metrics(run)
+    recorded = run.manifest.get("quality")  # the run's own figures, unless they are not of these files
+    metrics = recorded if isinstance(recorded, dict) and recorded.get("kept") == len(run.kept) \
+        and "error" not in recorded else quality_metrics(run)
     name = (run.manifest.get("spec") or {}).get("name") or run.folder.resolve().name
     sections = [
         ("funnel", "Funnel", funnel_section(run)),
@@ -65,9 +69,13 @@ def render(run: RunData) -> str:
         ("failures", "Failures", failures_section(run)),
         ("records", "Records", browser_section()),
     ]
-    data = json.dumps({"records": browser_records(run), "answers": list(run.answer_names),
-                       "truncated": max(0, len(run.histories or []) - MAX_RECORDS)},
-                      ensure_ascii=False, separators=(",", ":"))
+    for cut in TEXT_CUTS:  # a large run's texts are cut shorter so the page stays openable
+        records = browser_records(run, cut)
+        data = json.dumps({"records": records, "answers": list(run.answer_names), "cut": cut,
+                           "truncated": max(0, len(run.histories or []) - MAX_RECORDS)},
+                          ensure_ascii=False, separators=(",", ":"))
+        if len(data) <= MAX_DATA:
+            break
     data = data.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
     script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
     csp = (f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
@@ -383,20 +391,22 @@ def browser_section() -> str:
 DROP_KEYS = {"calls", "decode_calls", "record"}
 
 
-def _clean(value: Any) -> Any:
+def _clean(value: Any, cut: int = MAX_TEXT) -> Any:
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items() if k not in DROP_KEYS}
+        return {k: _clean(v, cut) for k, v in value.items() if k not in DROP_KEYS}
     if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, str) and len(value) > MAX_TEXT:
-        return value[:MAX_TEXT] + f"… [{len(value) - MAX_TEXT} more characters in the artifact]"
+        return [_clean(v, cut) for v in value]
+    if isinstance(value, str) and len(value) > cut:
+        return value[:cut] + f"… [{len(value) - cut} more characters in the artifact]"
     return value
 
 
-def browser_records(run: RunData) -> list[dict[str, Any]]:
+def browser_records(run: RunData, cut: int = MAX_TEXT) -> list[dict[str, Any]]:
+    """The records the browser shows: every instruction history (at most MAX_RECORDS), then failed seeds
+    and rubrics; call keys left out, texts longer than `cut` characters cut (the artifacts keep them)."""
     records = []
     for history in (run.histories or [])[:MAX_RECORDS]:
-        record = _clean(history)
+        record = _clean(history, cut)
         kept = history.get("record") if isinstance(history.get("record"), dict) else {}
         provenance = kept.get("provenance") if isinstance(kept.get("provenance"), dict) else {}
         if provenance.get("response_from"):
@@ -405,10 +415,10 @@ def browser_records(run: RunData) -> list[dict[str, Any]]:
         records.append(record)
     for row in run.metadata or []:
         if row.get("status") == "failed" and len(records) < MAX_RECORDS:
-            records.append({**_clean(row), "source": "metadata.jsonl"})
+            records.append({**_clean(row, cut), "source": "metadata.jsonl"})
     for row in run.rubrics or []:
         if row.get("status") == "failed" and len(records) < MAX_RECORDS:
-            records.append({**_clean(row), "source": "rubrics.jsonl"})
+            records.append({**_clean(row, cut), "source": "rubrics.jsonl"})
     return records
 
 
@@ -498,7 +508,8 @@ SCRIPT = r"""
     });
     count.textContent = shown.length + " of " + records.length + " records" +
       (shown.length > 1000 ? " (first 1000 listed: search to narrow)" : "") +
-      (DATA.truncated ? "; " + DATA.truncated + " more are in instructions.jsonl only" : "");
+      (DATA.truncated ? "; " + DATA.truncated + " more are in instructions.jsonl only" : "") +
+      (DATA.cut < 20000 ? "; texts cut at " + DATA.cut + " characters to keep the page light" : "");
   }
   function kv(pairs) {
     var dl = el("dl", "kv");
