@@ -147,6 +147,10 @@ def funnel_section(run: RunData) -> str:
         if seeds:
             rows.append(("seeds", len(seeds), PALETTE[6]))
         rows.append(("metadata", sum(m.get("status", "ok") == "ok" for m in run.metadata), PALETTE[4]))
+    else:
+        written = ((run.manifest.get("spec") or {}).get("resolved") or {}).get("metadata")
+        if isinstance(written, list):  # the no-seed mode: hand-written metadata in the spec
+            rows.append(("metadata (in the spec)", len(written), PALETTE[4]))
     if run.pool is not None:
         rows.append(("pool entries", len(run.pool), PALETTE[1]))
     if run.histories is not None:
