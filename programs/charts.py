@@ -11,7 +11,7 @@ from statistics import median
 
 PALETTE = ("#3b6fd4", "#e08a1e", "#3a9d5d", "#c7443f", "#8a63c9", "#6b7480", "#1aa3a3", "#b8860b")
 FONT = 12
-LABEL_WIDTH = 170
+LABEL_WIDTH = 200
 
 
 def _svg(width: int, height: int, body: list[str], title: str) -> str:
@@ -26,7 +26,7 @@ def _text(x: float, y: float, text: str, anchor: str = "start", size: int = FONT
             f"{escape(text)}</text>")
 
 
-def _short(text: str, limit: int = 26) -> str:
+def _short(text: str, limit: int = 28) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 

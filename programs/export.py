@@ -2,6 +2,7 @@
 take as it is.
 
 DEST/
+  report.html                           the run's report (codeclm report), when it can be had
   README.md                             the dataset card: a YAML header in the Hub's conventions, then the
                                         method, the models per role, the counts, the quality metrics, how to
                                         train on it and how to replay it
@@ -43,6 +44,7 @@ PARQUET = "data/train-00000-of-00001.parquet"
 JSONL = "data/train.jsonl"
 PIPELINE = "pipeline"
 BUNDLE = f"{PIPELINE}/calls.jsonl.gz"
+REPORT = "report.html"  # the run's report (`codeclm report`): one self-contained page
 INSTALL_HINT = "pip install 'codeclm[export]'"
 # The Hub's size buckets (dataset card metadata `size_categories`), by row count.
 SIZE_BUCKETS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -223,7 +225,7 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 
     def local(value: Any) -> Path:
         path = Path(str(value)).expanduser()
-        return path if path.is_absolute() else spec_dir / path
+        return path if path.is_absolute() else (spec_dir / path).resolve()  # as the spec loader resolves it
 
     prompts_dir = local(spec.get("prompts", "../prompts"))
     spec["prompts"] = "prompts"
@@ -346,9 +348,10 @@ def _models(spec: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     for name, row in calls.items():
         stage, _, role = str(name).rpartition("/")
         if stage and isinstance(row, dict):
-            stages_of.setdefault(role, []).append(f"{stage} ({row.get('calls', 0)} calls)")
+            used = sum(row.get(key) or 0 for key in ("calls", "cache_hits"))  # a resumed run's calls are hits
+            stages_of.setdefault(role, []).append(f"{stage} ({used})")
     models = spec.get("models") if isinstance(spec.get("models"), dict) else {}
-    lines = ["| role | model | decoding | used by |", "| --- | --- | --- | --- |"]
+    lines = ["| role | model | decoding | used by (calls, live or cached) |", "| --- | --- | --- | --- |"]
     for role, conf in models.items():
         conf = conf if isinstance(conf, dict) else {"model": conf}
         decoding = ", ".join(f"{key} {conf[key]}" for key in ("temperature", "top_p", "max_tokens")
@@ -373,7 +376,8 @@ def _counts(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any], 
             lines.append(f"| {name.replace('_', ' ')} | {status.get(name, 0)} |")
     totals = manifest.get("totals") if isinstance(manifest.get("totals"), dict) else {}
     if totals:
-        lines.append(f"| model calls (cache hits) | {totals.get('calls', 0)} ({totals.get('cache_hits', 0)}) |")
+        lines.append(f"| model calls made / answered by the cache | {totals.get('calls', 0)} / "
+                     f"{totals.get('cache_hits', 0)} |")
         lines.append(f"| tokens in / out | {totals.get('prompt_tokens', 0)} / {totals.get('completion_tokens', 0)} |")
         if totals.get("cost_usd"):
             lines.append(f"| dollars spent | {totals['cost_usd']:.4f} |")
@@ -421,7 +425,7 @@ def card_header(name: str, rows: int, options: ExportOptions) -> dict[str, Any]:
 
 def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any],
                 rows: list[dict[str, Any]], columns: dict[str, str], options: ExportOptions,
-                metrics: dict[str, Any] | None, bundle_calls: int | None) -> str:
+                metrics: dict[str, Any] | None, bundle_calls: int | None, has_report: bool = False) -> str:
     name = str(manifest["spec"].get("name") or run_dir.name)
     header = card_header(name, len(rows), options)
     where = options.repo or f"path/to/{name}"
@@ -438,10 +442,13 @@ def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spe
         lines += [description.strip(), ""]
     lines += [f"Synthetic instruction-tuning data: {len(rows)} chat conversations (`messages`) made by "
               f"codeclm from the spec `{name}`, each row with its `provenance`: where it "
-              "came from, every model call behind it, the judge's scores and the decision that kept it.", "",
+              "came from and the model calls behind it.", "",
               "## Dataset structure", "", "One split, `train`. Columns:", "", *column_lines, "",
               f"Files: `{PARQUET}` (what `load_dataset` reads), `{JSONL}` (the run's `dataset.jsonl` byte for byte, "
-              f"`provenance` as a nested object), `{PIPELINE}/` (everything needed to rerun or replay the run).", "",
+              "`provenance` as a nested object), "
+              + (f"`{REPORT}` (the run's report: funnel, judge, coverage, every record's history; open it in a "
+                 "browser, it needs no network), " if has_report else "")
+              + f"`{PIPELINE}/` (everything needed to rerun or replay the run).", "",
               "## How it was made", ""]
     if codeclm_graph:
         lines += ["With the CodecLM method (Wang et al., *CodecLM: Aligning Language Models with Tailored Synthetic "
@@ -539,9 +546,13 @@ def data_table(rows: list[dict[str, Any]]) -> tuple[Any, dict[str, str]]:
                                       for v in values], type=pa.string())
             kinds[name] = "JSON text (`json.loads` it)"
     if "provenance" in kinds:
-        kinds["provenance"] = ("JSON text (`json.loads` it): the row's id, seed ids, metadata, actions, iteration, "
-                               "both answers, the judge's scores in both orders, the gap, the decision, and every "
-                               "model call behind it (stage, model, cache key)")
+        keys: dict[str, None] = {}
+        for row in rows:
+            if isinstance(row.get("provenance"), dict):
+                keys.update(dict.fromkeys(row["provenance"]))
+        kinds["provenance"] = "JSON text (`json.loads` it): where the row came from" + (
+            f"; its keys: {', '.join(f'`{key}`' for key in keys)}" if keys else "") + (
+            " (`calls` lists every model call behind the row: stage, model, cache key)" if "calls" in keys else "")
     return pa.table(columns), kinds
 
 
@@ -580,7 +591,8 @@ def export_run(run_dir: Path, dest: Path, options: ExportOptions) -> ExportResul
     if note:
         notes.append(note)
 
-    clashes = [name for name in [PARQUET, JSONL, "README.md", f"{PIPELINE}/spec.yaml", f"{PIPELINE}/manifest.json",
+    clashes = [name for name in [PARQUET, JSONL, "README.md", REPORT, f"{PIPELINE}/spec.yaml",
+                                 f"{PIPELINE}/manifest.json",
                                  *(f"{PIPELINE}/{n}" for n in sources),
                                  *([BUNDLE] if options.cache_bundle else [])]
                if (dest / name).exists() and name not in earlier]
@@ -599,7 +611,7 @@ def _write(run_dir: Path, dest: Path, options: ExportOptions, manifest: dict[str
            columns: dict[str, str], metrics: dict[str, Any] | None) -> ExportResult:
     written: list[str] = []
     dest.mkdir(parents=True, exist_ok=True)
-    planned = sorted(set(earlier) | {PARQUET, JSONL, "README.md", f"{PIPELINE}/spec.yaml",
+    planned = sorted(set(earlier) | {PARQUET, JSONL, "README.md", REPORT, f"{PIPELINE}/spec.yaml",
                                       f"{PIPELINE}/manifest.json", BUNDLE, *(f"{PIPELINE}/{n}" for n in sources)})
     _mark(dest, run_dir, manifest, planned, complete=False)  # claimed first: a crash leaves a folder export owns
 
@@ -625,6 +637,11 @@ def _write(run_dir: Path, dest: Path, options: ExportOptions, manifest: dict[str
         "# Paths are relative to this file. Rerun: codeclm run pipeline/spec.yaml; replay: see ../README.md\n"
         + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)))
     put(f"{PIPELINE}/manifest.json", source=run_dir / ARTIFACTS["manifest"])
+    report = _report(run_dir, dest)
+    if report is None:
+        written.append(REPORT)
+    else:
+        notes.append(report)
 
     bundle_calls = None
     if options.cache_bundle:
@@ -634,12 +651,30 @@ def _write(run_dir: Path, dest: Path, options: ExportOptions, manifest: dict[str
         if bundle_calls:
             written.append(BUNDLE)
     put("README.md", redact_text(render_card(run_dir, dest / PIPELINE, manifest, spec, rows, columns, options,
-                                             metrics, bundle_calls)))
+                                             metrics, bundle_calls, REPORT in written)))
     for stale in sorted(set(earlier) - set(written)):  # codeclm's own files from the earlier export, not rewritten
         (dest / stale).unlink(missing_ok=True)
     _mark(dest, run_dir, manifest, sorted(written), complete=True)
     return ExportResult(dest=dest, rows=len(rows), files=written, bundle_calls=bundle_calls, notes=notes,
                         metrics=metrics)
+
+
+def _report(run_dir: Path, dest: Path) -> str | None:
+    """DEST/report.html: the run's own report when it wrote one, else made now; a note (never a failed export) when
+    neither works."""
+    if (run_dir / REPORT).is_file():
+        tmp = dest / f".{REPORT}.tmp"
+        shutil.copyfile(run_dir / REPORT, tmp)
+        os.replace(tmp, dest / REPORT)
+        return None
+    try:
+        from .html_report import write_report
+
+        write_report(run_dir, dest / REPORT)
+    except Exception as exc:  # the report is a courtesy beside the data
+        (dest / REPORT).unlink(missing_ok=True)
+        return f"no report.html shipped ({type(exc).__name__}: {exc})"
+    return None
 
 
 def _mark(dest: Path, run_dir: Path, manifest: dict[str, Any], files: list[str], complete: bool) -> None:

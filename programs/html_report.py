@@ -30,6 +30,8 @@ from .store import write_atomic
 
 MAX_RECORDS = 5000  # records in the browser, at most (the page stays light enough to open)
 MAX_TEXT = 20_000  # characters of one text field in the browser (the artifact keeps it whole)
+MAX_DATA = 24_000_000  # bytes of record data in the page: texts are cut shorter until the records fit
+TEXT_CUTS = (MAX_TEXT, 4000, 1500, 500, 200)
 STATUS_COLORS = {"kept": PALETTE[2], "dropped": PALETTE[5], "failed": PALETTE[3], "over_limit": PALETTE[7],
                  "decoded": PALETTE[4]}
 
@@ -52,7 +54,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
 
 
 def render(run: RunData) -> str:
-    metrics = quality_metrics(run)
+    recorded = run.manifest.get("quality")  # the run's own figures, unless they are not of these files
+    metrics = recorded if isinstance(recorded, dict) and recorded.get("kept") == len(run.kept) \
+        and "error" not in recorded else quality_metrics(run)
     name = (run.manifest.get("spec") or {}).get("name") or run.folder.resolve().name
     sections = [
         ("funnel", "Funnel", funnel_section(run)),
@@ -65,9 +69,13 @@ def render(run: RunData) -> str:
         ("failures", "Failures", failures_section(run)),
         ("records", "Records", browser_section()),
     ]
-    data = json.dumps({"records": browser_records(run), "answers": list(run.answer_names),
-                       "truncated": max(0, len(run.histories or []) - MAX_RECORDS)},
-                      ensure_ascii=False, separators=(",", ":"))
+    for cut in TEXT_CUTS:  # a large run's texts are cut shorter so the page stays openable
+        records = browser_records(run, cut)
+        data = json.dumps({"records": records, "answers": list(run.answer_names), "cut": cut,
+                           "truncated": max(0, len(run.histories or []) - MAX_RECORDS)},
+                          ensure_ascii=False, separators=(",", ":"))
+        if len(data) <= MAX_DATA:
+            break
     data = data.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
     script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
     csp = (f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
@@ -139,6 +147,10 @@ def funnel_section(run: RunData) -> str:
         if seeds:
             rows.append(("seeds", len(seeds), PALETTE[6]))
         rows.append(("metadata", sum(m.get("status", "ok") == "ok" for m in run.metadata), PALETTE[4]))
+    else:
+        written = ((run.manifest.get("spec") or {}).get("resolved") or {}).get("metadata")
+        if isinstance(written, list):  # the no-seed mode: hand-written metadata in the spec
+            rows.append(("metadata (in the spec)", len(written), PALETTE[4]))
     if run.pool is not None:
         rows.append(("pool entries", len(run.pool), PALETTE[1]))
     if run.histories is not None:
@@ -214,7 +226,11 @@ def judge_section(run: RunData, metrics: dict[str, Any]) -> str:
     agreement = charts.hbars("do both orders prefer the same answer?", labels,
                              [("judgements", [verdicts[k] for k in labels], PALETTE[2])])
     judge = metrics.get("judge") or {}
-    text = note(f"{len(judged)} judgements, {len(both)} in both orders. Position bias "
+    unscored = sum(1 for h in run.histories or [] for step in run.steps(h) if "scores" in step
+                   and not isinstance(step["scores"], dict))
+    text = note(f"{len(judged)} judgements, {len(both)} in both orders"
+                + (f" ({unscored} more judged iterations had no parsable scores and count as a gap of 0)"
+                   if unscored else "") + ". Position bias "
                 f"{_cell(judge.get('position_bias'))} (mean score shown first minus shown second; 0 is unbiased), "
                 f"order agreement {_cell(judge.get('order_agreement'))}, opposite verdicts "
                 f"{_cell(judge.get('order_conflicts'))}.")
@@ -356,10 +372,13 @@ def failures_section(run: RunData) -> str:
         raw = example["raw"]
         raw_html = (f'<pre class="raw">{escape(raw[:MAX_TEXT])}</pre>' if raw
                     else '<p class="muted">no raw text recorded (the call itself failed)</p>')
+        where = ", ".join(f"{n} in {a}" for a, n in Counter(f["artifact"] for f in group).most_common())
         items.append(f'<details class="failure"><summary><b>{len(group)}</b> × <code>{escape(stage)}</code> '
-                     f'{escape(error)}</summary><p>example: <code>{escape(example["id"])}</code> in '
-                     f'{escape(example["artifact"])}</p>{raw_html}</details>')
-    return chart + "".join(items)
+                     f'{escape(error)} <span class="muted">({escape(where)})</span></summary><p>example: '
+                     f'<code>{escape(example["id"])}</code> in {escape(example["artifact"])}</p>{raw_html}</details>')
+    text = note("Failed items of every artifact. A failed Self-Rubrics entry (rubrics.jsonl) also fails each "
+                "instruction that needed its actions (instructions.jsonl), so one cause can count in both.")
+    return chart + "".join(items) + text
 
 
 def browser_section() -> str:
@@ -376,20 +395,22 @@ def browser_section() -> str:
 DROP_KEYS = {"calls", "decode_calls", "record"}
 
 
-def _clean(value: Any) -> Any:
+def _clean(value: Any, cut: int = MAX_TEXT) -> Any:
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items() if k not in DROP_KEYS}
+        return {k: _clean(v, cut) for k, v in value.items() if k not in DROP_KEYS}
     if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, str) and len(value) > MAX_TEXT:
-        return value[:MAX_TEXT] + f"… [{len(value) - MAX_TEXT} more characters in the artifact]"
+        return [_clean(v, cut) for v in value]
+    if isinstance(value, str) and len(value) > cut:
+        return value[:cut] + f"… [{len(value) - cut} more characters in the artifact]"
     return value
 
 
-def browser_records(run: RunData) -> list[dict[str, Any]]:
+def browser_records(run: RunData, cut: int = MAX_TEXT) -> list[dict[str, Any]]:
+    """The records the browser shows: every instruction history (at most MAX_RECORDS), then failed seeds
+    and rubrics; call keys left out, texts longer than `cut` characters cut (the artifacts keep them)."""
     records = []
     for history in (run.histories or [])[:MAX_RECORDS]:
-        record = _clean(history)
+        record = _clean(history, cut)
         kept = history.get("record") if isinstance(history.get("record"), dict) else {}
         provenance = kept.get("provenance") if isinstance(kept.get("provenance"), dict) else {}
         if provenance.get("response_from"):
@@ -398,10 +419,10 @@ def browser_records(run: RunData) -> list[dict[str, Any]]:
         records.append(record)
     for row in run.metadata or []:
         if row.get("status") == "failed" and len(records) < MAX_RECORDS:
-            records.append({**_clean(row), "source": "metadata.jsonl"})
+            records.append({**_clean(row, cut), "source": "metadata.jsonl"})
     for row in run.rubrics or []:
         if row.get("status") == "failed" and len(records) < MAX_RECORDS:
-            records.append({**_clean(row), "source": "rubrics.jsonl"})
+            records.append({**_clean(row, cut), "source": "rubrics.jsonl"})
     return records
 
 
@@ -491,7 +512,8 @@ SCRIPT = r"""
     });
     count.textContent = shown.length + " of " + records.length + " records" +
       (shown.length > 1000 ? " (first 1000 listed: search to narrow)" : "") +
-      (DATA.truncated ? "; " + DATA.truncated + " more are in instructions.jsonl only" : "");
+      (DATA.truncated ? "; " + DATA.truncated + " more are in instructions.jsonl only" : "") +
+      (DATA.cut < 20000 ? "; texts cut at " + DATA.cut + " characters to keep the page light" : "");
   }
   function kv(pairs) {
     var dl = el("dl", "kv");

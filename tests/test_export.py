@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import SEEDS, base_spec, write_spec
 
 import cli
-from programs.export import MARKER, PARQUET, size_category
+from programs.export import MARKER, PARQUET, ExportOptions, pipeline_files, render_card, size_category
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,6 +73,7 @@ def test_load_dataset_reads_the_export_as_the_run_wrote_it(run, tmp_path, monkey
         assert got["messages"] == want["messages"]
         assert json.loads(got["provenance"]) == want["provenance"]
     assert (dest / "data" / "train.jsonl").read_bytes() == (run["run"] / "dataset.jsonl").read_bytes()
+    assert (dest / "report.html").is_file() and "report.html" in json.loads((dest / MARKER).read_text())["files"]
 
 
 def test_the_card_header_follows_the_hub_conventions_and_the_body_says_how_it_was_made(run, tmp_path):
@@ -92,8 +93,10 @@ def test_the_card_header_follows_the_hub_conventions_and_the_body_says_how_it_wa
     for section in ("## How it was made", "## Models", "## Counts", "## Use it", "## Replay or rerun it"):
         assert section in body
     assert "| strong | `hosted_vllm/strong` | temperature 0.5 |" in body
-    assert "| target | `hosted_vllm/target` |" in body and "answer_target (" in body
     manifest = json.loads((run["run"] / "manifest.json").read_text())
+    target = manifest["calls"]["answer_target/target"]
+    assert f"| target | `hosted_vllm/target` | temperature 0.5 | answer_target " \
+           f"({target['calls'] + target['cache_hits']}) |" in body
     kept = manifest["counts"]["instructions"].get("kept", 0)
     assert "| seeds | 4 |" in body and f"| kept (rows here) | {kept} |" in body and "| failed | " in body
     assert "SFTTrainer" in body and "field_messages: messages" in body and '"formatting": "sharegpt"' in body
@@ -252,3 +255,40 @@ def test_a_failed_push_leaves_the_folder_and_says_so(run, tmp_path, monkeypatch)
     failed = export(run["run"], tmp_path / "export", "--push-to-hub", "alice/tiny")
     assert failed.exit_code == 1 and "no route to host" in failed.output and "run the same command" in failed.output
     assert (tmp_path / "export" / PARQUET).is_file()
+
+
+def test_the_shipped_spec_names_local_copies_of_what_the_run_read(tmp_path):
+    """Paths relative to the spec, a --seeds file, `program:` files: copied, and the spec rewritten to name the
+    copies; `cache:` dropped; --limit carried into the card's replay and rerun commands."""
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "encode.jinja").write_text('{% include "part.jinja" %}')
+    (tmp_path / "prompts" / "part.jinja").write_text("hi")
+    (tmp_path / "other.jsonl").write_text('{"instruction": "a"}\n{"instruction": "b"}\n{"instruction": "c"}\n')
+    (tmp_path / "specs" / "encode.json").write_text("{}")
+    manifest = {"spec": {"name": "t", "path": str(tmp_path / "specs" / "t.yaml"), "resolved": {
+        "name": "t", "prompts": "../prompts", "cache": "~/somewhere", "seeds": "../missing.jsonl",
+        "stages": {"encode": {"kind": "encode", "model": "strong", "template": "encode.jinja",
+                              "program": "encode.json"}},
+        "models": {"strong": {"model": "openai/gpt-4o-mini", "api_key_env": "OPENAI_API_KEY",
+                              "api_base": "https://api.example/v1"}}}},
+        "templates": {"encode.jinja": "0" * 64},
+        "options": {"seeds": str(tmp_path / "other.jsonl"), "limit": 2}}
+    spec, files, notes = pipeline_files(manifest)
+    assert spec["prompts"] == "prompts" and "cache" not in spec
+    assert spec["seeds"] == {"path": "seeds/other.jsonl"} and spec["stages"]["encode"]["program"] == \
+        "programs/encode.json"
+    assert files == {"prompts/encode.jinja": tmp_path / "prompts" / "encode.jinja",
+                     "prompts/part.jinja": tmp_path / "prompts" / "part.jinja",
+                     "seeds/other.jsonl": tmp_path / "other.jsonl",
+                     "programs/encode.json": tmp_path / "specs" / "encode.json"}
+    assert any("encode.jinja changed since the run" in note for note in notes)
+    pipeline = tmp_path / "export" / "pipeline"
+    for name, source in files.items():
+        (pipeline / name).parent.mkdir(parents=True, exist_ok=True)
+        (pipeline / name).write_bytes(source.read_bytes())
+    text = render_card(tmp_path, pipeline, manifest, spec, [{"messages": []}], {"messages": "x"}, ExportOptions(),
+                       None, None)
+    assert "| seeds | 2 |" in text  # the copy, read as the run read it, to --limit
+    assert "--replay --out replayed --limit 2" in text and "--out rerun --limit 2" in text
+    assert "api.example" not in text and "OPENAI_API_KEY" not in text and "## Quality" not in text
