@@ -267,17 +267,18 @@ def test_the_shipped_spec_names_local_copies_of_what_the_run_read(tmp_path):
     (tmp_path / "other.jsonl").write_text('{"instruction": "a"}\n{"instruction": "b"}\n{"instruction": "c"}\n')
     (tmp_path / "specs" / "encode.json").write_text("{}")
     manifest = {"spec": {"name": "t", "path": str(tmp_path / "specs" / "t.yaml"), "resolved": {
-        "name": "t", "prompts": "../prompts", "cache": "~/somewhere", "seeds": "../missing.jsonl",
-        "stages": {"encode": {"kind": "encode", "model": "strong", "template": "encode.jinja",
-                              "program": "encode.json"}},
+        "name": "t", "prompts": "../prompts", "cache": "~/somewhere",
+        "nodes": {"seeds": {"type": "source", "path": "../missing.jsonl"},
+                  "encode": {"type": "llm", "for_each": "seeds", "model": "strong", "template": "encode.jinja",
+                             "program": "encode.json"}},
         "models": {"strong": {"model": "openai/gpt-4o-mini", "api_key_env": "OPENAI_API_KEY",
                               "api_base": "https://api.example/v1"}}}},
         "templates": {"encode.jinja": "0" * 64},
         "options": {"seeds": str(tmp_path / "other.jsonl"), "limit": 2}}
     spec, files, notes = pipeline_files(manifest)
     assert spec["prompts"] == "prompts" and "cache" not in spec
-    assert spec["seeds"] == {"path": "seeds/other.jsonl"} and spec["stages"]["encode"]["program"] == \
-        "programs/encode.json"
+    assert spec["nodes"]["seeds"]["path"] == "seeds/other.jsonl"
+    assert spec["nodes"]["encode"]["program"] == "programs/encode.json"
     assert files == {"prompts/encode.jinja": tmp_path / "prompts" / "encode.jinja",
                      "prompts/part.jinja": tmp_path / "prompts" / "part.jinja",
                      "seeds/other.jsonl": tmp_path / "other.jsonl",
