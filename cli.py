@@ -79,9 +79,10 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 def main() -> None:
     """Generate instruction-tuning data tailored to your seeds, with CodecLM.
 
-    A spec (YAML) declares the models, the seeds and the stages: encode seeds into
-    metadata, grow a metadata pool, decode it into instructions, improve them with
-    Self-Rubrics, and keep the pairs that Contrastive Filtering selects.
+    A spec (YAML) declares the models and a graph of nodes (docs/spec.md). The CodecLM
+    spec encodes seeds into metadata, grows a metadata pool, decodes it into instructions,
+    improves them with Self-Rubrics, and keeps the pairs that Contrastive Filtering selects;
+    other specs in specs/ are Self-Instruct, Evol-Instruct, AlpaGasus and critique-rewrite.
 
     \b
     Quick start, on the small model that ships with codeclm:
@@ -89,13 +90,14 @@ def main() -> None:
     \b
     Other commands:
       codeclm validate specs/codeclm.yaml        check a spec and its templates
+      codeclm graph specs/codeclm.yaml --mermaid the graph, in words or as Mermaid
       codeclm render specs/demo.yaml encode --input '{"instruction": "Hi"}'
       codeclm run specs/demo.yaml --dry-run      count calls before spending
       codeclm replay runs/demo                   re-run from the cache, no model
       codeclm inspect runs/demo                  what was kept, from which iteration
       codeclm report runs/demo --open            look at a run: one offline HTML page
       codeclm export runs/demo exports/demo      a Hugging Face dataset folder with a card
-      codeclm optimize specs/demo.yaml encode    tune a stage's demos with DSPy
+      codeclm optimize specs/demo.yaml encode    tune an llm node's demos with DSPy
       codeclm evaluate specs/demo.yaml BENCH.jsonl   CRR of the target vs the strong model
       codeclm cache stats                        what the cache holds
     """
@@ -259,25 +261,25 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.argument("stage")
+@click.argument("node")
 @click.option("--from", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A finished run whose records give the stage's inputs (every stage but encode).")
+              help="A finished run whose cache holds the calls before the node (any node not fed by the seeds).")
 @click.option("--seeds", type=click.Path(dir_okay=False, path_type=Path),
               help="Seed file for tuning encode [default: the spec's seeds].")
 @click.option("--examples", type=click.IntRange(min=2), default=20, show_default=True,
               help="Inputs to use: half bootstrap the demos, half check them.")
 @click.option("--demos", type=click.IntRange(min=1), default=4, show_default=True, help="Demos to keep at most.")
-@click.option("--teacher", metavar="ROLE", help="A model role that writes the demos [default: the stage's model].")
+@click.option("--teacher", metavar="ROLE", help="A model role that writes the demos [default: the node's model].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to save the tuned stage [default: runs/NAME-optimize/STAGE.json].")
+              help="Where to save the tuned node [default: runs/NAME-optimize/NODE.json].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
 @reports_errors
-def optimize(spec: str, stage: str, run_dir: Path | None, seeds: Path | None, examples: int, demos: int,
+def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, examples: int, demos: int,
              teacher: str | None, out: Path | None, overrides: tuple[str, ...], cache_dir: Path | None) -> None:
-    """Tune STAGE's prompt with DSPy's BootstrapFewShot and save it for `program:`.
+    """Tune NODE's prompt with DSPy's BootstrapFewShot and save it for `program:`.
 
-    The stage (or a --teacher model) runs on example inputs; outputs that the stage's
+    The node (or a --teacher model) runs on example inputs; outputs that the node's
     parser accepts become few-shot demos, which the template renders. Held-out inputs
     are checked before and after, so you see whether the demos help.
 
@@ -292,12 +294,12 @@ def optimize(spec: str, stage: str, run_dir: Path | None, seeds: Path | None, ex
     from programs.optimize import OptimizeOptions
     from programs.optimize import optimize as run_optimizer
 
-    options = OptimizeOptions(stage=stage, run_dir=run_dir, seeds=seeds, examples=examples, demos=demos,
+    options = OptimizeOptions(stage=node, run_dir=run_dir, seeds=seeds, examples=examples, demos=demos,
                               teacher=teacher, out=out, cache_dir=cache_dir)
     result = run_optimizer(_load(spec, overrides), options)
-    click.echo(f"{stage}: {result.demos} demos; parsed on {result.checked} held-out inputs: "
+    click.echo(f"{node}: {result.demos} demos; parsed on {result.checked} held-out inputs: "
                f"{result.parsed_before} before, {result.parsed_after} after")
-    click.echo(f"saved {result.path}; use it with --set nodes.{stage}.program={result.path.resolve()}")
+    click.echo(f"saved {result.path}; use it with --set nodes.{node}.program={result.path.resolve()}")
 
 
 @main.command()
@@ -429,13 +431,13 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.argument("stage")
+@click.argument("node")
 @click.option("--input", "input_json", default="{}", show_default=True,
-              help="The stage's inputs as JSON; missing ones take sample values.")
+              help="The node's template variables as JSON; missing ones take sample values.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
 @reports_errors
-def render(spec: str, stage: str, input_json: str, overrides: tuple[str, ...]) -> None:
-    """Print the exact messages STAGE of SPEC would send, as JSON."""
+def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) -> None:
+    """Print the exact messages llm node NODE of SPEC would send, as JSON."""
     from programs.engine.llm import sample_inputs
     from programs.errors import SpecError
     from programs.optimize import model_node
@@ -443,7 +445,7 @@ def render(spec: str, stage: str, input_json: str, overrides: tuple[str, ...]) -
     from programs.yaml_lines import has_surrogate
 
     loaded = _load(spec, overrides)
-    node = model_node(loaded, stage)
+    llm_node = model_node(loaded, node)
     try:
         given = json.loads(input_json)
     except json.JSONDecodeError as exc:
@@ -456,9 +458,9 @@ def render(spec: str, stage: str, input_json: str, overrides: tuple[str, ...]) -
     if has_surrogate(input_json) or has_surrogate(json.dumps(given, ensure_ascii=False)):
         raise SpecError("--input", "not valid Unicode text (bytes that are not UTF-8, or a \\ud800-\\udfff escape)",
                         hint="pass UTF-8 text, and no lone surrogate escapes")
-    template = TemplateStore(loaded.prompts_dir).get(node.template)
-    variables = {name: given.get(name, sample) for name, sample in sample_inputs(node).items()}
-    variables.update(instructions=node.instructions or template.default_instructions,
+    template = TemplateStore(loaded.prompts_dir).get(llm_node.template)
+    variables = {name: given.get(name, sample) for name, sample in sample_inputs(llm_node).items()}
+    variables.update(instructions=llm_node.instructions or template.default_instructions,
                      demos=given.get("demos", []))
     click.echo(json.dumps(template.render(variables), indent=2, ensure_ascii=False))
 

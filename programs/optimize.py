@@ -37,7 +37,7 @@ from .templates import StageTemplate, TemplateStore
 
 @dataclass
 class OptimizeOptions:
-    stage: str
+    stage: str  # the llm node tuned
     run_dir: Path | None = None  # a finished run whose cache holds the calls before the node
     seeds: Path | None = None  # another seed file [default: the spec's]
     examples: int = 20  # inputs used: the first half bootstraps demos, the second half checks them

@@ -172,13 +172,15 @@ class RunData:
     def answer_names(self) -> tuple[str, str]:
         """The two answers a judge compares, as the spec names them (CodecLM's defaults otherwise)."""
         resolved = (self.manifest.get("spec") or {}).get("resolved") or {}
-        refine = resolved.get("refine") if isinstance(resolved, dict) else None
-        stages = resolved.get("stages") if isinstance(resolved, dict) else None
-        if isinstance(refine, dict) and isinstance(stages, dict):
-            judge = stages.get(refine.get("judge"))
-            answers = judge.get("answers") if isinstance(judge, dict) else None
-            if isinstance(answers, list) and len(answers) == 2:
-                return str(answers[0]), str(answers[1])
+        nodes = list((resolved.get("nodes") or {}).values()) if isinstance(resolved, dict) else []
+        while nodes:  # the first pairwise judge, loop bodies included: the nodes its pair reads
+            node = nodes.pop(0)
+            if not isinstance(node, dict):
+                continue
+            nodes += list((node.get("body") or {}).values()) if isinstance(node.get("body"), dict) else []
+            pair = node.get("pair") if node.get("type") == "judge" else None
+            if isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair):
+                return pair[0].split(".")[0].strip(), pair[1].split(".")[0].strip()
         return "answer_strong", "answer_target"
 
     @cached_property
