@@ -1,13 +1,12 @@
-"""codeclm's engine: specs, templates, the model hub and cache, DSPy stages and the runner.
+"""codeclm: specs in a small node language, run by a streaming engine over a cached model hub.
 
-Modules, in the order data flows:
-  spec        YAML spec -> typed, validated objects
-  templates   Jinja (sandboxed) -> chat messages
-  seeds       seed files -> seed records
-  stages      one DSPy module per kind of model call (adapter.py holds the DSPy glue)
+Packages and modules, in the order data flows:
+  spec        YAML spec -> models, params and the checked graph (errors with file:line and a fix)
+  lang/       the language: node types, expressions, graph checks, parsers, dry-run bounds (no DSPy)
+  engine/     running a graph: records flowing node to node, the DSPy module of each llm node, outputs
+  templates   Jinja (sandboxed) -> chat messages; adapter.py holds the DSPy glue
   hub         every model call: identity, cache, limits, retries, accounting (backends.py talks to models)
-  method      the pure steps of the paper: augment, action sampling, score averaging, the decision
-  runner      executes a spec's graph concurrently and writes the run directory (store.py)
+  store       the run directory
 """
 
 import os

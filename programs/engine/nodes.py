@@ -15,7 +15,7 @@ import jinja2
 
 from ..errors import CodecError
 from ..hub import ModelHub
-from ..lang.expressions import Expression, evaluate_value
+from ..lang.expressions import evaluate_present, evaluate_value
 from ..lang.nodes import (
     DedupNode,
     FilterNode,
@@ -86,7 +86,8 @@ class NodeRunner:
     async def run(self, node: Node, record: Record, extra: dict[str, Any] | None = None,
                   item: str | None = None) -> list[Record]:
         """The records `node` makes from `record` (in a loop body, `extra` holds state, loop and siblings)."""
-        self.progress.expect(node.name, 1) if not node.loop else None
+        if not node.loop:  # body nodes count in their loop's line
+            self.progress.expect(node.name, 1)
         try:
             scope = await self.scope(node.name, record, extra)
             if node.when is not None and not self.value(node.when, scope, "when"):
@@ -292,7 +293,7 @@ class LoopRun:
             self.calls += calls
             views = {**{k: view(r) for k, r in body.items() if r.ok and r.status != "skipped"}, "state": View(state)}
             loop_view = View({**loop, "calls": calls, **({"failure": failure} if failure else {})})
-            self.trace.append(_evaluate_present(node.trace, {**self.scope, **views, "loop": loop_view}))
+            self.trace.append(evaluate_present(node.trace, {**self.scope, **views, "loop": loop_view}))
             if node.emit == "each":
                 emitted.append(self.emit(index, exit_name, failure, views, each=True))
             if exit_name or failure:
@@ -386,19 +387,6 @@ def _calls(node: LoopNode, done: dict[str, Record]) -> list[dict[str, Any]]:
     return [c for name in node.body if name in done for c in done[name].calls]
 
 
-def _evaluate_present(tree: dict[str, Any], scope: dict[str, Any]) -> dict[str, Any]:
-    """A mapping of expressions, leaving out each key whose value does not exist (a skipped node)."""
-    result = {}
-    for key, value in tree.items():
-        try:
-            result[key] = evaluate_value(value, scope)
-        except jinja2.UndefinedError:
-            continue
-        if isinstance(result[key], jinja2.Undefined):
-            del result[key]
-    return result
-
-
 def _failed(record: Record, node: str, result: StepResult) -> Record:
     return record.child(node, {}, calls=result.calls, failure=result.failure(node), status="failed")
 
@@ -422,5 +410,3 @@ def _sample_pool(records: list[Record], draw: Any) -> list[tuple[Any, tuple[str,
                 values.append((item, record.sources))
     return list(pool.items()) if draw.unique else values
 
-
-__all__ = ["Expression", "NodeRunner"]

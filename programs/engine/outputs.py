@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from ..lang.expressions import evaluate_value
+from ..lang.expressions import evaluate_present
 from ..spec import Spec
 from ..store import RunStore
 from .nodes import NodeFailed
@@ -77,7 +77,7 @@ class OutputWriter:
             scope.update(record=record_view(record), outputs=View(lines), lineage=nearest_values(record))
             if output.where is not None and not _holds(output.where, scope):
                 continue
-            lines[output.name] = present(output.fields, scope)
+            lines[output.name] = evaluate_present(output.fields, scope)
             self.store.append(output.name, (position, *record.order), lines[output.name])
 
     def finish(self) -> dict[str, int]:
@@ -100,19 +100,3 @@ def _holds(expression: Any, scope: dict[str, Any]) -> bool:
         return bool(expression.evaluate(scope))
     except jinja2.UndefinedError:
         return False
-
-
-def present(tree: dict[str, Any], scope: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate a mapping of expressions, leaving out the keys whose value does not exist."""
-    result = {}
-    for key, value in tree.items():
-        try:
-            if isinstance(value, dict):
-                result[key] = present(value, scope)
-                continue
-            computed = evaluate_value(value, scope)
-        except jinja2.UndefinedError:
-            continue
-        if not isinstance(computed, jinja2.Undefined):
-            result[key] = computed
-    return result

@@ -170,16 +170,17 @@ class Engine:
         if isinstance(node, SourceNode):
             records = self.nodes.source(node, self.options)
         elif isinstance(node, MixNode):
-            records = self.nodes.mix(node, {n: self.sorted(n) for n in node.collections}, self.explain_empty)
+            records = self.nodes.mix(node, {n: self.records_of(n) for n in node.collections}, self.explain_empty)
         else:
-            records = self.nodes.dedup(node, self.sorted(node.for_each), {n: self.sorted(n)
+            records = self.nodes.dedup(node, self.records_of(node.for_each), {n: self.records_of(n)
                                                                           for n in node.collections if n})
         for record in records:
             await self.emit(node, record)
         self.done[node.name].set()
         self.settle_children(node.name)
 
-    def sorted(self, name: str) -> list[Record]:
+    def records_of(self, name: str) -> list[Record]:
+        """A whole collection, in its records' stable order (never the order they finished in)."""
         return sorted(self.collected[name], key=lambda r: r.order)
 
     def explain_empty(self, name: str) -> str | None:

@@ -87,6 +87,22 @@ def evaluate_value(value: Any, scope: dict[str, Any]) -> Any:
     return value
 
 
+def evaluate_present(tree: dict[str, Any], scope: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate a mapping of expressions (mappings inside it too), leaving out each key whose value
+    does not exist (a node that did not run, a failure field of a record that did not fail), and a
+    mapping left with no key at all."""
+    result = {}
+    for key, value in tree.items():
+        try:
+            computed = evaluate_present(value, scope) if isinstance(value, dict) else evaluate_value(value, scope)
+        except jinja2.UndefinedError:
+            continue
+        if isinstance(computed, jinja2.Undefined) or (computed == {} and value != {}):
+            continue
+        result[key] = computed
+    return result
+
+
 def compile_tree(value: Any) -> Any:
     """Compile every string inside a literal list or mapping (message lists, provenance fields)."""
     if isinstance(value, list):

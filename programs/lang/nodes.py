@@ -45,10 +45,6 @@ class Node:
         return [(key, ref) for key, tree in self.expressions().items() for ref in tree_references(tree)]
 
     @property
-    def calls_model(self) -> bool:
-        return False
-
-    @property
     def collections(self) -> list[str]:
         """Nodes read as a whole collection: the barriers (all their records must exist first)."""
         return []
@@ -104,10 +100,6 @@ class LLMNode(Node):
 
     def template_variables(self) -> set[str]:
         return set(self.inputs)
-
-    @property
-    def calls_model(self) -> bool:
-        return True
 
 
 @dataclass
