@@ -114,3 +114,32 @@ def test_optimize_the_encoder_on_the_embedded_model(tmp_path):
     assert demos and all(d["use_case"] and d["skills"] for d in demos)
     spec = load_spec(REPO / "specs" / "demo.yaml", [f"nodes.encode.program={out}"])
     assert spec.graph.every["encode"].program == out
+
+
+EMBEDDED = {  # each other pipeline, small enough for 2 cores: every role on the embedded model
+    "self_instruct": ["params.prompts_per_round=1", "params.new_per_prompt=2"],
+    "evol_instruct": ["params.rounds=2"],
+    "alpagasus": [],
+    "critique_rewrite": ["params.rewrites=1"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMBEDDED))
+def test_other_pipelines_run_on_the_embedded_model(tmp_path, name):
+    """A 135M model follows formats loosely, so a pipeline may keep little; it must finish (or stop with
+    the reason, exit-1 style, when a whole collection failed), and what it keeps carries provenance."""
+    from programs.errors import CodecError
+
+    roles = load_spec(REPO / "specs" / f"{name}.yaml").models
+    sets = [f"models.{role}.max_tokens=48" for role in roles] + [f"models.{role}.concurrency=1" for role in roles]
+    spec = load_spec(REPO / "specs" / f"{name}.yaml", sets + EMBEDDED[name])
+    try:
+        result = run_spec(spec, RunOptions(out=tmp_path / "run", cache_dir=tmp_path / "cache", limit=2,
+                                           overrides=sets + EMBEDDED[name]))
+    except CodecError as stopped:  # every record of a collection failed: the message names the node
+        assert "node '" in str(stopped)
+        return
+    assert result.manifest["totals"]["calls"] > 0
+    for line in (result.out / "dataset.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        assert row["messages"][0]["content"] and row["provenance"]["id"]

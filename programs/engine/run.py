@@ -101,6 +101,9 @@ def item_window(spec: Spec, concurrency: int | None) -> int:
 
 
 class Engine:
+    """One run of a graph: starts the nodes that run once (sources, mixes, dedups), then every
+    record a node emits is handed to the nodes that run per its records, as soon as it exists."""
+
     def __init__(self, spec: Spec, options: RunOptions, hub: ModelHub, observe: Any = None):
         self.spec, self.options, self.hub, self.graph = spec, options, hub, spec.graph
         self.progress = options.progress or Progress(stream=None)
@@ -141,8 +144,6 @@ class Engine:
         self.outputs.write_manifest(manifest)
         return RunResult(self.outputs.folder, counts, manifest, manifest["calls"])
 
-    # -- roots and barriers --------------------------------------------------------------------
-
     def quality(self) -> dict[str, Any] | None:
         """The data-quality metrics of what was written (quality.py); a metric that breaks never breaks the run."""
         if self.outputs.folder is None:
@@ -152,7 +153,10 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - the data is written; the metrics are a report on it
             return {"error": f"{type(exc).__name__}: {exc}"}
 
+    # -- tasks -----------------------------------------------------------------------------------
+
     def spawn(self, work: Any) -> None:
+        """Run `work` as a task of this run: the first task that raises stops the run."""
         task = asyncio.ensure_future(work)
         self.tasks.add(task)
         task.add_done_callback(self._finished)
@@ -161,6 +165,8 @@ class Engine:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None and self.error is None:
             self.error = task.exception()
+
+    # -- roots and barriers --------------------------------------------------------------------
 
     async def start(self, node: Node) -> None:
         """A node with no for_each (a source, a mix) or a dedup: waits for its collections, then emits."""
