@@ -10,6 +10,7 @@ names it reads (`judge.gap` -> ("judge", "gap")) so the graph can check every re
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,11 @@ _MUTATORS = {"append", "extend", "insert", "pop", "remove", "clear", "update", "
              "reverse", "add", "discard", "format", "format_map", "mro"}
 _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
 _ENV.globals.update(HELPERS)
+
+
+_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_CONSTANTS = {"true", "false", "none", "True", "False", "None"}
+_MISSING = object()
 
 
 class ExpressionError(ValueError):
@@ -55,6 +61,10 @@ class Expression:
         check_sandbox(tree, f"expression {source!r}")
         self._references = _references(tree)
         self._compiled = _ENV.compile_expression(source, undefined_to_none=False)
+        # Most expressions are a plain path (`augment.use_case`): read it directly, the way the
+        # sandbox reads it (an item of a mapping), without a Jinja context per evaluation.
+        path = source.strip()
+        self._path = path.split(".") if _PATH.match(path) and path not in _CONSTANTS else None
 
     def references(self) -> list[Reference]:
         return self._references
@@ -64,6 +74,19 @@ class Expression:
 
     def evaluate(self, scope: dict[str, Any]) -> Any:
         """The value in `scope`; raises jinja2.UndefinedError when a name or field has no value."""
+        if self._path is not None:
+            value = scope.get(self._path[0], _MISSING)
+            for name in self._path[1:]:
+                if value is _MISSING or not hasattr(value, "__getitem__") or isinstance(value, (str, list, tuple)):
+                    break
+                try:
+                    value = value[name]
+                except (KeyError, TypeError):
+                    value = _MISSING
+            else:
+                if value is not _MISSING:
+                    return value
+                raise jinja2.UndefinedError(f"{self.source!r} has no value here")
         return self._compiled(**scope)
 
     def __repr__(self) -> str:
