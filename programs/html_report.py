@@ -148,8 +148,11 @@ def funnel_section(run: RunData) -> str:
             rows.append(("seeds", len(seeds), PALETTE[6]))
         rows.append(("metadata", sum(m.get("status", "ok") == "ok" for m in run.metadata), PALETTE[4]))
     else:
-        written = ((run.manifest.get("spec") or {}).get("resolved") or {}).get("metadata")
-        if isinstance(written, list):  # the no-seed mode: hand-written metadata in the spec
+        nodes = ((run.manifest.get("spec") or {}).get("resolved") or {}).get("nodes") or {}
+        written = [record for node in (nodes.values() if isinstance(nodes, dict) else [])
+                   if isinstance(node, dict) and node.get("type") == "source" and isinstance(node.get("records"), list)
+                   for record in node["records"]]
+        if written:  # the no-seed mode: hand-written metadata, records of a source in the spec
             rows.append(("metadata (in the spec)", len(written), PALETTE[4]))
     if run.pool is not None:
         rows.append(("pool entries", len(run.pool), PALETTE[1]))
