@@ -125,3 +125,18 @@ def test_dry_run_bounds_come_from_the_graph(tmp_path, seeds_file):
     assert bounds == {"encode/strong": 4, "decode/strong": 3, "rubrics/strong": 3,
                       "answer_strong/strong": instructions * 4, "answer_target/target": instructions * 4,
                       "judge/strong": instructions * 4 * 2, "improve/strong": instructions * 3}
+
+
+def test_the_language_imports_no_engine_no_model_and_no_dspy():
+    """`validate` and `graph` stay light: programs/lang/ never imports the engine, the hub or DSPy."""
+    import ast
+
+    for path in (REPO / "programs" / "lang").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith(("dspy", "engine", "programs.engine")), (path.name, name)
+                assert name not in ("hub", "backends", "adapter", "..hub", "..engine"), (path.name, name)
+                if isinstance(node, ast.ImportFrom) and node.level == 2:
+                    assert node.module in ("errors", "parsers", "templates", "yaml_lines", "spec"), (path.name, name)
