@@ -194,6 +194,7 @@ def measure_one(config: Config) -> dict[str, Any]:
         figures.update(live_run(spec, config, seeds, work))
         if not (config.trace or config.profile):
             figures.update(replay_figures(spec, work / "cache", seeds, work, work / "live"))
+            figures.update(floor_figures(url, figures, config))
         return figures
     finally:
         server.terminate()
@@ -232,6 +233,7 @@ def live_figures(manifest: dict[str, Any], run_dir: Path, config: Config, wall: 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     bound = lower_bound(manifest, run_dir, config.latency, config.concurrency)
     return {"calls": calls, "cache_hits": totals["cache_hits"], "retries": totals["retries"],
+            "role_calls": role_calls(manifest), "prompt_tokens": totals["prompt_tokens"],
             "instructions": sum(manifest["counts"]["instructions"].values()), "wall_s": wall, **bound,
             "bound_over_wall": bound["bound_s"] / wall, "cpu_s": cpu, "cpu_ms_per_call": 1000 * cpu / max(1, calls),
             "rss_peak_mib": peak / 1024, "rss_growth_mib": (peak - rss_before_kib) / 1024}
@@ -248,6 +250,38 @@ def replay_figures(spec: Any, cache: Path, seeds: Path, work: Path, live_dir: Pa
     hits = replay.manifest["totals"]["cache_hits"]
     same = (replay.out / "dataset.jsonl").read_bytes() == (live_dir / "dataset.jsonl").read_bytes()
     return {"replay_hits": hits, "replay_wall_s": wall, "replay_calls_per_s": hits / wall, "replay_identical": same}
+
+
+def floor_figures(url: str, figures: dict[str, Any], config: Config) -> dict[str, Any]:
+    """The floor in the same run: a raw aiohttp client making as many calls per model role, at the
+    same concurrency per role, against the same server. It has no graph to wait on, so its wall is
+    the best any scheduler can do; its CPU per call is what a call costs with no framework at all."""
+    import asyncio
+
+    import aiohttp
+
+    per_role = figures["role_calls"]
+    words = max(1, figures["prompt_tokens"] // max(1, figures["calls"]))  # prompts as long as the run's, on average
+    filler = " ".join(["word"] * words)
+
+    async def all_calls() -> None:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            async def one(role: str, index: int, gate: asyncio.Semaphore) -> None:
+                body = {"model": f"hosted_vllm/{role}", "max_tokens": 2048, "temperature": 0.7,
+                        "messages": [{"role": "user", "content": f"Instruction number {index}: {filler}"}]}
+                async with gate, session.post(f"{url}/chat/completions", json=body) as response:
+                    (await response.json())["choices"][0]["message"]["content"]
+
+            gates = {role: asyncio.Semaphore(config.concurrency) for role in per_role}
+            await asyncio.gather(*(one(role, i, gates[role]) for role, n in per_role.items() for i in range(n)))
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    asyncio.run(all_calls())
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    calls = sum(per_role.values())
+    floor_cpu = 1000 * cpu / max(1, calls)
+    return {"floor_wall_s": wall, "wall_over_floor": figures["wall_s"] / wall, "floor_cpu_ms_per_call": floor_cpu,
+            "cpu_over_floor": figures["cpu_ms_per_call"] / floor_cpu if floor_cpu else 0.0}
 
 
 # -- the driver ------------------------------------------------------------------------------
@@ -289,7 +323,9 @@ COLUMNS = [  # (header, key, format)
     ("rss MiB", "rss_peak_mib", "{:.0f}"), ("rss+ MiB", "rss_growth_mib", "{:.1f}"),
     ("heap MiB", "tracemalloc_peak_mib", "{:.1f}"), ("replay hits", "replay_hits", "{:d}"),
     ("replay s", "replay_wall_s", "{:.2f}"), ("replay calls/s", "replay_calls_per_s", "{:.0f}"),
-    ("replay same", "replay_identical", "{}"),
+    ("replay same", "replay_identical", "{}"), ("floor wall s", "floor_wall_s", "{:.2f}"),
+    ("wall/floor", "wall_over_floor", "{:.2f}"), ("floor cpu ms/call", "floor_cpu_ms_per_call", "{:.2f}"),
+    ("cpu/floor", "cpu_over_floor", "{:.2f}"),
 ]
 
 
