@@ -215,24 +215,24 @@ class _GraphCheck:
         loops = [self.graph.every[node.loop]] if node.loop else self.graph.loops_on(node.name)
         return {k for loop in loops for k in loop.state}
 
+    def reference_scope(self, node: Node, key: str, visible: dict[str, str]) -> tuple[dict[str, str], set[str],
+                                                                                       set[str]]:
+        """What one of a node's expressions may read: (visible nodes, roots, state keys). A loop's own
+        `next` and `trace` see its body and state; its `state` and `max` are set before any iteration."""
+        if isinstance(node, LoopNode) and key.split(".")[0] in ("next", "trace"):
+            return {**visible, **{b: "body" for b in node.body}}, {"params", "state", "loop"}, set(node.state)
+        if isinstance(node, LoopNode) and key.startswith(("state.", "max")):
+            return visible, {"params"}, set()
+        return visible, self.scope_roots(node, node.loop is not None, False), self.state_keys(node)
+
     def check_node(self, node: Node) -> None:
         graph = self.graph
         visible = self.visible(node)
-        in_loop = node.loop is not None
         joins: dict[str, str] = {}
         for key, ref in node.references():
-            where = (*node.where, *key.split(".")[:1])
-            loop_own = isinstance(node, LoopNode) and key.split(".")[0] in ("next", "trace")
-            if loop_own:
-                scope = {**visible, **{b: "body" for b in node.body}}
-                self.check_reference(where, f"node '{node.name}' {key}", ref, scope, {"params", "state", "loop"},
-                                     set(node.state), joins, node.name)
-            elif isinstance(node, LoopNode) and key.startswith(("state.", "max")):
-                self.check_reference(where, f"node '{node.name}' {key}", ref, visible, {"params"}, set(), joins,
-                                     node.name)
-            else:
-                self.check_reference(where, f"node '{node.name}' {key}", ref, visible,
-                                     self.scope_roots(node, in_loop, False), self.state_keys(node), joins, node.name)
+            scope, roots, state = self.reference_scope(node, key, visible)
+            self.check_reference((*node.where, key.split(".")[0]), f"node '{node.name}' {key}", ref, scope, roots,
+                                 state, joins, node.name)
         for collection in node.collections:
             self.check_collection(node, collection)
         if isinstance(node, MixNode):
