@@ -18,9 +18,11 @@ from .store import ARTIFACTS, read_artifact
 
 
 def run_report(run_dir: Path) -> dict[str, Any]:
-    histories = read_artifact(run_dir, "instructions")
     manifest_path = run_dir / ARTIFACTS["manifest"]
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if manifest and not (run_dir / ARTIFACTS["instructions"]).is_file():
+        return general_report(run_dir, manifest)  # a spec that keeps no CodecLM instruction histories
+    histories = read_artifact(run_dir, "instructions")
     status = Counter(h["status"] for h in histories)
     kept = [h["record"]["provenance"] for h in histories if h["status"] == "kept"]
     finals = [h["iterations"][-1] for h in histories if h.get("iterations")]
@@ -41,9 +43,18 @@ def run_report(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def general_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Any spec's figures: the statuses of the records its dataset reads, calls, failures, quality."""
+    status = (manifest.get("counts") or {}).get("instructions") or {}
+    return {"run": str(run_dir), "instructions": sum(status.values()), "status": dict(status),
+            "kept_by_iteration": {}, "mean_gap_at_last_iteration": None,
+            "failure_reasons": manifest.get("counts", {}).get("failure_reasons", {}),
+            "calls": manifest.get("totals", {}), "quality": quality_metrics(run_dir)}
+
+
 def format_report(report: dict[str, Any]) -> str:
-    kept = report["status"].get("kept", 0)
-    lines = [f"{report['run']}: {report['instructions']} instructions: "
+    kept = report["status"].get("kept", 0) if report["kept_by_iteration"] else 0
+    lines = [f"{report['run']}: {report['instructions']} records: "
              + ", ".join(f"{count} {status}" for status, count in report["status"].items())]
     if kept:
         by_iteration = ", ".join(f"{it}: {n} ({100 * n / kept:.0f}%)" for it, n in report["kept_by_iteration"].items())

@@ -176,7 +176,8 @@ class RunStore:
         self._index[artifact] = []
 
     def append(self, artifact: str, order: tuple, record: dict[str, Any]) -> None:
-        """One finished record; `order` is its place in the final file (only keys stay in memory)."""
+        """One finished record; `order` is its place in the final file (only keys stay in memory); the
+        orders of one artifact must compare with each other (tuples of ints, say)."""
         handle = self._journals[artifact]
         self._index[artifact].append((order, handle.tell()))
         handle.write(dumps(record) + "\n")

@@ -127,3 +127,23 @@ def test_unparsable_scores_fail_the_item_or_count_as_a_tie(tmp_path, seeds_file,
     assert [s["decision"] for s in histories[0]["iterations"]] == ["improve", "drop"]
 
 
+
+
+def test_failures_of_nodes_at_several_depths_are_written_in_order(tmp_path, seeds_file, scripted):
+    """Records fail at different depths (an encode, a decode, an iteration of the loop): failures.jsonl
+    sorts them all by their records' places, never comparing a position with a node name."""
+    def flaky(messages):
+        from fake_openai_server import answer_text
+
+        text = messages[-1]["content"]
+        if "Explain why the sky is blue" in text or ("Write 2 instructions" in text and "travel" in text):
+            return "no idea"
+        if "[The Start of Assistant 1's Answer]" in text and "#1" in text:
+            return "no scores"
+        return answer_text(messages, "scripted/strong")
+
+    scripted.backends["strong"].answer = flaky
+    result = scripted(write_spec(tmp_path, base_spec(seeds_file)))
+    failures = read_jsonl(result.out / "failures.jsonl")
+    assert {f["node"] for f in failures} >= {"encode", "refine"}, failures
+    assert all(f["error"] for f in failures)

@@ -57,16 +57,16 @@ class OutputWriter:
 
     async def write(self, node: str, record: Record,
                     joins: Callable[[str, Record], Awaitable[dict[str, Any]]]) -> None:
-        if node == self.counted:
-            self.statuses[record.status] += 1
         if not record.ok:
             failure = record.failure or {}
             self.failure_reasons[f"{failure.get('stage')}: {failure.get('error')}"[:160]] += 1
         if not self.store:
+            if node == self.counted:
+                self.statuses[record.status] += 1
             return
         self.open()
         if not record.ok:
-            self.store.append(FAILURES, (*record.order, node), {"id": record.id, "node": node, **(record.failure or {}),
+            self.store.append(FAILURES, (record.order, node), {"id": record.id, "node": node, **(record.failure or {}),
                                                                 "calls": record.calls})
         lines: dict[str, Any] = {}
         for output, position in self.by_node.get(node, []):
@@ -79,9 +79,12 @@ class OutputWriter:
                 continue
             lines[output.name] = evaluate_present(output.fields, scope)
             self.store.append(output.name, (position, *record.order), lines[output.name])
+        if node == self.counted:  # a record the dataset took counts as kept, whatever its node called it
+            self.statuses["kept" if "dataset" in lines else record.status] += 1
 
     def finish(self) -> dict[str, int]:
-        """Sort the journals into their files; the dataset gets LLaMA-Factory's description."""
+        """Sort the journals into their files; the dataset gets LLaMA-Factory's description. Returns the
+        statuses of the records the dataset reads (`kept`: those it wrote)."""
         if self.store:
             self.open()
             self.store.finish_journals()
