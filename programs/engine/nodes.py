@@ -36,6 +36,7 @@ from .llm import NodeModule, StepResult
 from .records import Record, View, lineage_scope, rng_for, view
 
 Join = Callable[[str, Record], Awaitable[Record]]
+Iteration = tuple[dict[str, "Record"], str | None, dict[str, Any] | None, list[dict[str, Any]]]
 
 
 class NodeFailed(Exception):
@@ -291,7 +292,7 @@ class LoopRun:
             loop = {"index": index, "first": index == 1, "last": index == maximum, "max": maximum}
             body, exit_name, failure, calls = await self.iteration(state, loop)
             self.calls += calls
-            views = {**{k: view(r) for k, r in body.items() if r.ok and r.status != "skipped"}, "state": View(state)}
+            views = {**_views(body), "state": View(state)}
             loop_view = View({**loop, "calls": calls, **({"failure": failure} if failure else {})})
             self.trace.append(evaluate_present(node.trace, {**self.scope, **views, "loop": loop_view}))
             if node.emit == "each":
@@ -304,8 +305,7 @@ class LoopRun:
             exit_name = node.exhausted
         if node.emit == "each":
             return emitted
-        views = {**{k: view(r) for k, r in body.items() if r.ok and r.status != "skipped"}, "state": View(state)}
-        return [self.emit(len(self.trace), exit_name, failure, views)]
+        return [self.emit(len(self.trace), exit_name, failure, {**_views(body), "state": View(state)})]
 
     def emit(self, iteration: int, exit_name: str | None, failure: dict | None, views: dict[str, Any],
              each: bool = False) -> Record:
@@ -317,16 +317,16 @@ class LoopRun:
             changes.update(id=f"{self.record.id}@{iteration}", order=(*self.record.order, iteration))
         return self.record.child(self.node.name, values, **changes)
 
-    async def iteration(self, state: dict[str, Any], loop: dict[str, Any]):
+    async def iteration(self, state: dict[str, Any], loop: dict[str, Any]) -> Iteration:
         """One pass of the body: nodes between checkpoints run concurrently as their inputs allow;
-        a switch runs after everything declared before it, and its exit ends the iteration."""
+        a switch runs after everything declared before it, and its exit ends the iteration.
+        Returns (body records, exit name, failure, calls), the exit and failure None when absent."""
         node, runner = self.node, self.runner
         done: dict[str, Record] = {}
         item = f"{self.record.id}@{loop['index']}"
         extra = {"state": View(state), "loop": View(loop)}
         segment: list[Node] = []
-        exit_name = None
-        for body_node in [*node.body.values(), None]:
+        for body_node in [*node.body.values(), None]:  # None: the end of the body closes the last segment
             if body_node is not None and not isinstance(body_node, SwitchNode):
                 segment.append(body_node)
                 continue
@@ -339,12 +339,11 @@ class LoopRun:
             done[body_node.name] = decided
             if not decided.ok:
                 return done, None, decided.failure, _calls(node, done)
-            runner.progress.decide(decided.values["case"] if decided.status != "ok"
-                                   else f"{decided.values['case']}@{loop['index']}")
-            if decided.status != "ok":
-                exit_name = decided.status
-                return done, exit_name, None, _calls(node, done)
-        return done, exit_name, None, _calls(node, done)
+            exits = decided.status != "ok"
+            runner.progress.decide(decided.values["case"] if exits else f"{decided.values['case']}@{loop['index']}")
+            if exits:
+                return done, decided.status, None, _calls(node, done)
+        raise AssertionError("unreachable: the body's end returns")
 
     async def run_segment(self, segment: list[Node], done: dict[str, Record], extra: dict[str, Any],
                           item: str) -> None:
