@@ -72,14 +72,27 @@ def view(record: Record) -> View:
     return View({**record.values, "id": record.id, "calls": record.calls})
 
 
+class _RecordFields:
+    """`record.*`, each field computed when an expression reads it (most outputs never read `calls`)."""
+
+    def __init__(self, record: Record):
+        self.record = record
+
+    def __getitem__(self, key: str) -> Any:
+        record = self.record
+        if key == "calls":  # every call along the lineage, oldest first, each once
+            calls = {c["key"] + c.get("item", ""): c for r in reversed(record.lineage()) for c in r.calls}
+            return list(calls.values())
+        if key == "failure" and record.failure is not None:
+            return record.failure
+        fields = {"id": record.id, "status": record.status, "sources": list(record.sources)}
+        return fields[key]
+
+
 def record_view(record: Record) -> View:
     """`record.*` in outputs: the record's id, status, failure, source ids, and every call behind it
     (along its lineage, oldest first)."""
-    calls = {c["key"] + c.get("item", ""): c for r in reversed(record.lineage()) for c in r.calls}
-    values = {"id": record.id, "status": record.status, "sources": list(record.sources), "calls": list(calls.values())}
-    if record.failure is not None:
-        values["failure"] = record.failure
-    return View(values)
+    return View(_RecordFields(record))  # type: ignore[arg-type]
 
 
 def lineage_scope(record: Record | None) -> dict[str, Any]:
