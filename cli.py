@@ -108,7 +108,7 @@ def _load(spec_path: str, overrides: tuple[str, ...]) -> Any:
     from programs.starter import builtin_specs, resolve_spec
 
     path = resolve_spec(spec_path)
-    if not path.exists():
+    if not path.exists() and path == Path(spec_path) and not path.suffix and len(path.parts) == 1:  # a name
         raise SpecError(spec_path, "no such spec file, and no shipped spec of that name",
                         hint=f"give a path, or one of: {', '.join(builtin_specs())} (`codeclm init` copies them)")
     return load_spec(str(path), list(overrides))
