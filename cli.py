@@ -104,9 +104,36 @@ def main() -> None:
 
 
 def _load(spec_path: str, overrides: tuple[str, ...]) -> Any:
+    """SPEC is a path, or the name of a shipped spec (`demo`, `codeclm`, ...)."""
+    from programs.errors import SpecError
     from programs.spec import load_spec
+    from programs.starter import builtin_specs, resolve_spec
 
-    return load_spec(spec_path, list(overrides))
+    path = resolve_spec(spec_path)
+    if not path.exists() and path == Path(spec_path) and not path.suffix and len(path.parts) == 1:  # a name
+        raise SpecError(spec_path, "no such spec file, and no shipped spec of that name",
+                        hint=f"give a path, or one of: {', '.join(builtin_specs())} (`codeclm init` copies them)")
+    return load_spec(str(path), list(overrides))
+
+
+@main.command()
+@click.argument("folder", default=".", type=click.Path(path_type=Path))
+@reports_errors
+def init(folder: Path) -> None:
+    """Start a project in FOLDER [default: here]: the shipped specs, their prompts,
+    example seeds and a README of what to edit first. Never overwrites a file.
+
+    \b
+      codeclm init my-data && cd my-data
+      codeclm run specs/demo.yaml
+    """
+    from programs.starter import init_project
+
+    written = init_project(folder)
+    specs = sorted(p.name for p in written if p.parent.name == "specs")
+    click.echo(f"wrote {len(written)} files to {folder}: specs ({', '.join(specs)}), prompts/, seeds/, README.md")
+    click.echo(f"next: cd {folder} && codeclm run specs/demo.yaml" if str(folder) != "." else
+               "next: codeclm run specs/demo.yaml")
 
 
 @main.command()

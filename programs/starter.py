@@ -1,0 +1,85 @@
+"""What codeclm ships to start from: its specs, prompts and seeds, named without a path
+(`codeclm run demo`) or copied into a folder of the user's (`codeclm init`).
+
+They live beside `cli.py` and `programs/`: in a clone at the repository root, and in an
+installed package inside the `codeclm` package (pyproject.toml maps one to the other).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import SpecError
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+STARTER_FOLDERS = ("specs", "prompts", "seeds")
+FIRST_STEPS = """\
+# A codeclm project
+
+Made by `codeclm init`. Everything here is yours to edit; nothing is read from codeclm's own copy.
+
+- `specs/`: pipelines in YAML. Start with `demo.yaml` (small, on the embedded model), then
+  `codeclm.yaml` (the CodecLM paper); the others are Self-Instruct, Evol-Instruct, AlpaGasus and
+  critique-rewrite, each in YAML and templates alone.
+- `prompts/`: one Jinja template per model call; the specs name them.
+- `seeds/`: example seed instructions. Replace `example.jsonl` with your own (JSONL with an
+  `instruction` field, CSV, or one instruction per line).
+
+What to edit first:
+
+1. Your seeds: `seeds/example.jsonl`, or point a spec at your file with `--seeds FILE`.
+2. The models: `models:` in the spec (`local` is the embedded SmolLM2; for useful data use a capable
+   model, e.g. `openai/gpt-4o-mini` with OPENAI_API_KEY set, or `hosted_vllm/NAME` with `api_base`).
+3. Run and look:
+
+       codeclm validate specs/demo.yaml
+       codeclm run specs/demo.yaml --dry-run
+       codeclm run specs/demo.yaml
+       codeclm inspect runs/demo
+"""
+
+
+def builtin_specs() -> dict[str, Path]:
+    """Shipped specs by name (the file name without .yaml)."""
+    return {path.stem: path for path in sorted((PACKAGE_ROOT / "specs").glob("*.yaml"))}
+
+
+def resolve_spec(name_or_path: str) -> Path:
+    """A path as given when it exists; else a shipped spec's name; else the path (whose
+    loader then says it is missing, listing the shipped names)."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix in {".yaml", ".yml"} or len(path.parts) > 1:
+        return path
+    return builtin_specs().get(name_or_path, path)
+
+
+def starter_files() -> list[Path]:
+    """Every shipped file `init` copies, relative to the package root."""
+    files = []
+    for folder in STARTER_FOLDERS:
+        for path in sorted((PACKAGE_ROOT / folder).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                files.append(path.relative_to(PACKAGE_ROOT))
+    return files
+
+
+def init_project(destination: Path) -> list[Path]:
+    """Copy the shipped specs, prompts and seeds, and a README of first steps, into
+    `destination`. Refuses, writing nothing, if any of those files already exists there."""
+    destination = Path(destination)
+    if destination.exists() and not destination.is_dir():
+        raise SpecError(str(destination), "is a file, not a folder", hint="name a new or existing folder")
+    planned = {destination / relative: PACKAGE_ROOT / relative for relative in starter_files()}
+    planned[destination / "README.md"] = None  # written from FIRST_STEPS
+    taken = sorted(str(path) for path in planned if path.exists() or path.is_symlink())
+    if taken:
+        listed = "\n  ".join(taken[:10]) + (f"\n  ... and {len(taken) - 10} more" if len(taken) > 10 else "")
+        raise SpecError(str(destination), f"would overwrite {len(taken)} existing file(s):\n  {listed}",
+                        hint="run `codeclm init` in a new or empty folder, e.g. `codeclm init my-project`")
+    for target, source in planned.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source is None:
+            target.write_text(FIRST_STEPS, encoding="utf-8")
+        else:
+            target.write_bytes(source.read_bytes())
+    return sorted(planned)
