@@ -149,23 +149,41 @@ def init(folder: Path) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
 @click.option("--replay", "mode", flag_value="replay", help="Cache read-only, no model contacted; a miss exits 3.")
 @click.option("--refresh", "mode", flag_value="refresh", help="Call the models again and overwrite the cache.")
-@click.option("--dry-run", is_flag=True, help="Count the calls the spec implies, and how many are cached.")
+@click.option("--dry-run", is_flag=True, help="Estimate before spending: per node and model, the calls (at most), "
+              "how many are cached, input and output tokens, and dollars.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the estimate as JSON.")
+@click.option("--budget-usd", type=click.FloatRange(min=0, min_open=True), metavar="USD",
+              help="Stop when new calls have cost USD dollars (sets budget.usd; cached calls are free).")
+@click.option("--budget-tokens", type=click.IntRange(min=1), metavar="N",
+              help="Stop when new calls have used N tokens, input and output (sets budget.tokens).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html into the run directory at the end.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: records run on Ray workers (RAY_ADDRESS, or a local instance); pip install 'codeclm[ray]'.")
 @reports_errors
 def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, ...], limit: int | None,
         concurrency: int | None, cache_dir: Path | None, mode: str | None, dry_run: bool, quiet: bool,
-        no_report: bool) -> None:
+        no_report: bool, executor: str, as_json: bool = False, budget_usd: float | None = None,
+        budget_tokens: int | None = None) -> None:
     """Run SPEC and write a run directory: dataset.jsonl and its artifacts, and
     report.html to look at it (see `codeclm report --help`).
 
     Every model call is cached. Running the same command again after a crash or
     Ctrl-C resumes: finished calls come from the cache. Change a parameter and only
     the calls it affects are made again.
+
+    A budget (`budget:` in the spec, --budget-usd, --budget-tokens) stops the run when
+    new calls have spent it: the data so far is written, and it exits 4; rerun with a
+    higher budget to resume from the cache.
     """
     from programs.engine.run import RunOptions, run_spec
+    from programs.errors import SpecError
     from programs.progress import Progress
 
+    if as_json and not dry_run:
+        raise SpecError("--json", "--json prints the dry run's estimate", hint="add --dry-run, or drop --json")
+    overrides = (*overrides, *([f"budget.usd={budget_usd!r}"] if budget_usd is not None else []),
+                 *([f"budget.tokens={budget_tokens}"] if budget_tokens is not None else []))
     loaded = _load(spec, overrides)
     if mode == "replay" and out is None:  # never overwrite the run being replayed
         out = Path("runs") / f"{loaded.name}-replay"
@@ -174,9 +192,14 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
                          progress=Progress(stream=None if quiet or dry_run else sys.stderr),
                          recorded_run=Path("runs") / loaded.name if mode == "replay" else None)
     if dry_run:
-        _dry_run(loaded, options)
+        _dry_run(loaded, options, as_json)
         return
-    result = run_spec(loaded, options)
+    if executor == "ray":  # the Ray executor is a seam: programs/engine/ray_executor.py
+        from programs.engine.ray_executor import run_on_ray
+
+        result = run_on_ray(loaded, options)
+    else:
+        result = run_spec(loaded, options)
     options.progress.close()
     _summary(result, None if no_report else _write_report(result.out))
 
@@ -586,6 +609,8 @@ def _summary(result: Any, report: Path | None = None) -> None:
     click.echo(f"output: {result.out / 'dataset.jsonl'} ({kept} pairs)")
     if report is not None:
         click.echo(f"report: {report}")
+    if result.manifest.get("stopped") == "budget":
+        _budget_stop(result)
     reasons = result.manifest["counts"]["failure_reasons"]
     if reasons:
         click.echo("most common failures:")
@@ -597,15 +622,53 @@ def _summary(result: Any, report: Path | None = None) -> None:
         sys.exit(1)
 
 
-def _dry_run(spec: Any, options: Any) -> None:
-    from programs.engine.dryrun import dry_run
+def _budget_stop(result: Any) -> None:
+    """A run its budget stopped: what it spent, where the data so far is, how to go on; exit 4."""
+    from programs.errors import EXIT_BUDGET
 
-    rows = dry_run(spec, options)
-    click.echo(f"{'node/model':<30} {'calls (at most)':>16} {'cached':>8}")
-    for name, row in rows.items():
-        click.echo(f"{name:<30} {row['upper_bound']:>16} {row['cached']:>8}")
-    click.echo(f"{'total':<30} {sum(r['upper_bound'] for r in rows.values()):>16} "
-               f"{sum(r['cached'] for r in rows.values()):>8}")
+    budget = result.manifest["budget"]
+    spent = budget["spent"]
+    click.secho(f"stopped: budget reached ({budget['reached']}); new calls used {spent['tokens']:,} tokens, "
+                f"${spent['usd']:.4f}; {budget['calls_not_made']} calls not started", fg="yellow", err=True)
+    click.secho(f"the data so far is in {result.out} (manifest: stopped: budget; records the budget cut short are "
+                "in failures.jsonl as 'not called: budget reached'). Rerun with a higher budget (--budget-usd, "
+                "--budget-tokens or --set budget.usd=...) to resume: cached calls are free", fg="yellow", err=True)
+    sys.exit(EXIT_BUDGET)
+
+
+def _dry_run(spec: Any, options: Any, as_json: bool = False) -> None:
+    from programs.estimate import estimate
+
+    found = estimate(spec, options).as_dict()
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    rows, total = found["rows"], found["total"]
+
+    def usd(value: float | None, row: dict[str, Any] | None = None) -> str:
+        if value is None:
+            return "no price"
+        return f"${value:.4f}" if value or row is None or row["price_from"] != "self-hosted: $0" else "$0 (self)"
+
+    click.echo(f"{'node/model':<26} {'calls<=':>7} {'cached':>6} {'in tok/call':>11} {'out tok/call':>14} "
+               f"{'tokens':>10} {'est. $':>10} {'$ at most':>10}  model (price)")
+    for row in rows:
+        out = f"{row['output_tokens_per_call']}/{row['output_tokens_per_call_max']}"
+        click.echo(f"{row['node'] + '/' + row['role']:<26} {row['calls_upper_bound']:>7} {row['cached']:>6} "
+                   f"{row['input_tokens_per_call']:>11} {out:>14} {row['input_tokens'] + row['output_tokens']:>10,} "
+                   f"{usd(row['usd'], row):>10} {usd(row['usd_max'], row):>10}  {row['model']} ({row['price_from']})")
+    click.echo(f"{'total':<26} {total['calls_upper_bound']:>7} {total['cached']:>6} {'':>11} {'':>14} "
+               f"{total['input_tokens'] + total['output_tokens']:>10,} {usd(total['usd']):>10} "
+               f"{usd(total['usd_max']):>10}")
+    click.echo(f"tokens: input by {found['tokenizer']} on each node's rendered prompts (sample inputs where the cache "
+               f"walk did not reach it); output expected from cached completions, else "
+               f"{found['expected_output_share']:.0%} of max_tokens (after '/': max_tokens, the upper bound). Only "
+               "calls not cached are counted; calls are an upper bound (a loop may stop early).")
+    if total["unpriced"]:
+        click.echo(f"no price for {', '.join(total['unpriced'])}: not in LiteLLM's cost map; give the role a "
+                   "price: {input_per_mtok: ..., output_per_mtok: ...} to count it")
+    if found.get("budget"):
+        click.echo(f"budget: {json.dumps(found['budget'])} (a run stops when new calls reach it; exit 4)")
 
 
 if __name__ == "__main__":

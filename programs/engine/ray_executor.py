@@ -1,0 +1,594 @@
+"""The Ray executor (`codeclm run --executor ray`): the same graph, the same dataset, more processes.
+
+What runs where
+---------------
+- The driver (this process) runs the local `Engine` unchanged for everything that needs every
+  record at once: sources, mixes, dedups (the barriers), the outputs and the manifest.
+- Every record a barrier emits is a unit of work: `(child node, record)`. A `RecordWorker` actor
+  (its own asyncio loop, its own DSPy modules and HTTP clients) runs the unit through the
+  barrier-free part of the graph below it (loops and lazy joins included) with the engine's own
+  `Engine.process`/`emit` code, and sends back every record it made, in the order it made them,
+  with its progress events and call accounting. The driver writes those records to the outputs
+  and collections exactly as the local engine would have. Records are identified structurally and
+  every draw is seeded by (seed, record id, purpose), and outputs are sorted by structural order
+  at the end, so which worker ran what, and when, cannot change a byte of the dataset.
+
+One cache of record: a coordinator actor owns it
+------------------------------------------------
+`CallCoordinator` is one async actor, pinned to the driver's node, that owns the run's diskcache
+folder (the same `CallCache` the local executor opens), so SQLite only ever lives on the
+driver's local disk, never on a network file system, and after the run a local `--replay` (no
+Ray) reads the very folder. The same actor is
+
+- the in-flight dedup: a worker `claim`s a key; the first claimant owns the call, later ones wait
+  for its result (or its error, which becomes their failure, as in the local hub), so identical
+  calls anywhere in the cluster reach the model once;
+- the global limiter: a model's `concurrency` is one semaphore per role in the actor, held across
+  the attempt exactly where the local hub holds its own, and `rpm` is one schedule per role; so
+  the limits hold across all workers, not per worker;
+- the fault boundary: claims and slots are held per worker (`owner`); when a worker dies the
+  driver calls `forget(owner)`, which frees its slots and hands its in-flight keys to the next
+  claimant. Only the dead worker's in-flight calls are lost; its units are run again elsewhere,
+  and everything it finished is already in the cache.
+
+The alternative, per-worker caches merged by content key at the end, gives no cross-worker dedup
+while running, loses a killed worker's finished calls unless its folder survives, and needs the
+merge before a replay can read one folder; an actor costs one round trip per cache miss instead.
+Measured on this 2-core VM (see benchmarks/RESULTS.md and tests/test_ray_executor.py): an actor
+round trip is about 0.3-1 ms, against a model call of tens of ms to seconds; at 1M calls the
+coordinator is the serial point (one event loop: a few thousand claims and puts per second), the
+place to shard by key prefix first.
+
+What is not the same as the local executor
+------------------------------------------
+- Replay misses in a Ray run say only that the call is missing (`codeclm replay` locally explains
+  what changed); a dry run (`--dry-run`) and `optimize` always run locally.
+- "A model that never answered fails its queued calls at once" is tracked per worker.
+- Accounting of a worker that was killed: the calls it made and cached before dying are not in
+  the manifest's call counts (they are in the cache, and the rerun of its units counts them as
+  cache hits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..backends import CallParams
+from ..cache import CallCache, CallIdentity, default_cache_dir
+from ..errors import CodecError, ModelCallError, ModelCrashed, ReplayMiss
+from ..hub import CallContext, ModelHub, _LoopState
+from ..lang.nodes import DedupNode, LLMNode, Node
+from ..pricing import cost_of
+from ..progress import Progress
+from ..spec import Spec, load_spec
+from .llm import build_modules
+from .nodes import NodeRunner
+from .records import Record
+from .run import Engine, RunOptions, RunResult
+
+WORKERS_ENV = "CODECLM_RAY_WORKERS"  # worker actors [default: the cluster's CPUs]
+MAX_REPLACEMENTS = 8  # dead workers replaced per run before the run gives up
+
+_LIVE_WORKERS: list[Any] = []  # the current run's worker handles (tests kill one; operators may look)
+
+
+def live_workers() -> list[Any]:
+    return list(_LIVE_WORKERS)
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise CodecError("--executor ray needs Ray: pip install 'codeclm[ray]'") from None
+    return ray
+
+
+# -- the coordinator: cache of record, in-flight dedup, global limits --------------------------------
+
+class CallCoordinator:
+    """One per run, an async Ray actor on the driver's node (see the module docstring)."""
+
+    def __init__(self, cache_dir: str, mode: str, limits: dict[str, tuple[int, int | None]]):
+        self.cache = CallCache(Path(cache_dir), mode)
+        self.mode = mode
+        self.inflight: dict[str, tuple[str, asyncio.Future]] = {}
+        self.limits = limits
+        self.semaphores: dict[str, asyncio.Semaphore] = {}
+        self.held: dict[str, Counter] = defaultdict(Counter)  # owner -> role -> slots held
+        self.in_use: Counter = Counter()
+        self.max_in_use: Counter = Counter()
+        self.next_slot_at: dict[str, float] = defaultdict(float)
+        self.dead: set[str] = set()
+
+    def _semaphore(self, role: str) -> asyncio.Semaphore:
+        if role not in self.semaphores:
+            self.semaphores[role] = asyncio.Semaphore(self.limits[role][0])
+        return self.semaphores[role]
+
+    async def claim(self, key: str, owner: str) -> tuple[str, Any]:
+        """("hit", entry) | ("dedup", entry) | ("error", exc) | ("miss", None) in replay | ("own", None)."""
+        while True:
+            entry = self.cache.get(key)
+            if entry is not None:
+                return "hit", entry
+            if self.mode == "replay":
+                return "miss", None
+            if key in self.inflight:
+                outcome = await asyncio.shield(self.inflight[key][1])
+                if outcome[0] == "retry":  # its owner died: claim again
+                    continue
+                return outcome
+            self.inflight[key] = (owner, asyncio.get_running_loop().create_future())
+            return "own", None
+
+    def put(self, key: str, owner: str, model: str, entry: dict[str, Any]) -> None:
+        self.cache.put(key, model, entry)
+        self._settle(key, owner, ("dedup", entry))
+
+    def abandon(self, key: str, owner: str, error: BaseException | None) -> None:
+        """The owner's call failed (its error is the waiters' failure too) or was cancelled (they retry)."""
+        self._settle(key, owner, ("error", error) if error is not None else ("retry", None))
+
+    def _settle(self, key: str, owner: str, outcome: tuple[str, Any]) -> None:
+        held = self.inflight.get(key)
+        if held is not None and held[0] == owner:
+            del self.inflight[key]
+            held[1].set_result(outcome)
+
+    async def acquire(self, role: str, owner: str) -> bool:
+        await self._semaphore(role).acquire()
+        if owner in self.dead:  # it died while waiting: the slot goes back at once
+            self._semaphore(role).release()
+            return False
+        self.held[owner][role] += 1
+        self.in_use[role] += 1
+        self.max_in_use[role] = max(self.max_in_use[role], self.in_use[role])
+        return True
+
+    def release(self, role: str, owner: str) -> None:
+        if self.held[owner][role] > 0:
+            self.held[owner][role] -= 1
+            self.in_use[role] -= 1
+            self._semaphore(role).release()
+
+    def rpm_delay(self, role: str) -> float:
+        """Seconds to wait before the next request to `role`, on one schedule for the whole cluster."""
+        rpm = self.limits[role][1]
+        if not rpm:
+            return 0.0
+        now = time.monotonic()
+        start = max(now, self.next_slot_at[role])
+        self.next_slot_at[role] = start + 60.0 / rpm
+        return start - now
+
+    def forget(self, owner: str) -> None:
+        """A worker died: free its slots, and let the next claimant of each of its keys make the call."""
+        self.dead.add(owner)
+        for role, count in self.held.pop(owner, Counter()).items():
+            for _ in range(count):
+                self.in_use[role] -= 1
+                self._semaphore(role).release()
+        for key, (holder, _) in list(self.inflight.items()):
+            if holder == owner:
+                self._settle(key, owner, ("retry", None))
+
+    def peak(self) -> dict[str, int]:
+        return dict(self.max_in_use)
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+# -- the hub a worker (and the driver) calls through -------------------------------------------------
+
+class _RemoteCache:
+    """What the manifest and the hub read of a cache the coordinator owns."""
+
+    def __init__(self, folder: Path, mode: str):
+        self.folder, self.mode = folder, mode
+
+
+class _GlobalSlot:
+    """`async with` one of a role's slots in the coordinator (the local hub's semaphore, cluster-wide)."""
+
+    def __init__(self, hub: CoordinatedHub, role: str):
+        self.hub, self.role = hub, role
+
+    async def __aenter__(self) -> None:
+        if not await self.hub.coordinator.acquire.remote(self.role, self.hub.owner):
+            raise ModelCallError("this worker was declared dead by the driver")
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.hub.coordinator.release.remote(self.role, self.hub.owner)
+
+
+class CoordinatedHub(ModelHub):
+    """The local hub's call path (retries, timeouts, accounting) with the cache, the in-flight
+    dedup and the limits moved into the coordinator. `lookup` records the call and defers the cache
+    read to `fetch`, which is async and so can ask the coordinator without blocking the loop."""
+
+    def __init__(self, spec: Spec, coordinator: Any, owner: str, cache_dir: Path, mode: str,
+                 concurrency: int | None):
+        super().__init__(spec.models, _RemoteCache(cache_dir, mode), concurrency=concurrency)  # type: ignore[arg-type]
+        self.coordinator, self.owner = coordinator, owner
+
+    def lookup(self, role: str, messages: list[dict[str, str]], params: dict[str, Any],
+               ctx: CallContext) -> tuple[CallIdentity, dict[str, Any] | None]:
+        backend = self.backend(role)
+        identity = CallIdentity.of(backend.name, messages, params, ctx.slot)
+        ctx.calls.append({"stage": ctx.stage, "item": ctx.item, "model": backend.name, "key": identity.key,
+                          "params": dict(identity.params), "messages_sha": identity.parts["messages"]})
+        return identity, None
+
+    async def fetch(self, role: str, identity: CallIdentity, messages: list[dict[str, str]], params: dict[str, Any],
+                    ctx: CallContext) -> dict[str, Any]:
+        backend = self.backend(role)
+        stat = (ctx.stage, role)
+        kind, value = await self.coordinator.claim.remote(identity.key, self.owner)
+        if kind in ("hit", "dedup"):
+            self._count(stat, "cache_hits")
+            if kind == "hit":
+                saved = cost_of(backend.name, **value["usage"])
+                if saved:
+                    self.saved[stat] += saved
+            ctx.raw = value["text"]
+            return value
+        if kind == "error":
+            raise value
+        if kind == "miss":
+            self.fatal = self.fatal or ReplayMiss(ctx.stage, ctx.item, backend.name,
+                                                  "the cache of record does not hold it (run `codeclm replay "
+                                                  "RUN_DIR` without Ray to see what changed)")
+            raise self.fatal
+        try:
+            completion = await self._with_retries(role, backend, messages, CallParams(params, identity.seed()), stat)
+        except ModelCrashed as exc:
+            self.coordinator.abandon.remote(identity.key, self.owner, exc)
+            self.fatal = self.fatal or exc
+            raise self.fatal from None
+        except asyncio.CancelledError:
+            self.coordinator.abandon.remote(identity.key, self.owner, None)
+            raise
+        except Exception as exc:
+            self.coordinator.abandon.remote(identity.key, self.owner, exc)
+            raise
+        entry = completion.to_entry()
+        await self.coordinator.put.remote(identity.key, self.owner, backend.name, entry)
+        ctx.raw = entry["text"]
+        return entry
+
+    def _state(self) -> _LoopState:
+        state = super()._state()
+        state.semaphores = {role: _GlobalSlot(self, role) for role in self.models}  # type: ignore[misc]
+        return state
+
+    async def _respect_rpm(self, role: str, spec: Any, state: _LoopState) -> None:
+        if spec.rpm:
+            delay = await self.coordinator.rpm_delay.remote(role)
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    def take_accounting(self) -> tuple[dict, dict, dict]:
+        """The counters since the last take (each unit returns what accrued while it ran)."""
+        with self._lock:
+            taken = ({k: dict(v) for k, v in self.stats.items()}, dict(self.cost), dict(self.saved))
+            self.stats.clear()
+            self.cost.clear()
+            self.saved.clear()
+        return taken
+
+    def add_accounting(self, stats: dict, cost: dict, saved: dict) -> None:
+        with self._lock:
+            for key, counter in stats.items():
+                self.stats[key].update(counter)
+            for key, value in cost.items():
+                self.cost[key] += value
+            for key, value in saved.items():
+                self.saved[key] += value
+
+
+# -- a worker: runs units --------------------------------------------------------------------------
+
+class _Recording(Progress):
+    """A unit's progress, as events for the driver's display and manifest."""
+
+    def __init__(self) -> None:
+        super().__init__(stream=None)
+        self.events: list[tuple[str, tuple]] = []
+
+    def expect(self, stage: str, count: int) -> None:
+        self.events.append(("expect", (stage, count)))
+
+    def advance(self, stage: str, ok: bool = True) -> None:
+        self.events.append(("advance", (stage, ok)))
+
+    def decide(self, decision: str) -> None:
+        self.events.append(("decide", (decision,)))
+
+
+class _Collector:
+    """The outputs, as a worker sees them: every record emitted, in order, for the driver."""
+
+    def __init__(self) -> None:
+        self.emitted: list[tuple[str, Record]] = []
+
+    async def write(self, node: str, record: Record, joins: Any) -> None:
+        self.emitted.append((node, record))
+
+
+class UnitEngine(Engine):
+    """The engine's per-record path (`process`, `emit`, `join`) for one unit: no store, no barriers."""
+
+    def __init__(self, spec: Spec, hub: ModelHub, modules: dict, options: RunOptions):
+        self.spec, self.options, self.hub, self.graph = spec, options, hub, spec.graph
+        self.progress = _Recording()
+        self.outputs = _Collector()  # type: ignore[assignment]
+        self.nodes = NodeRunner(spec, hub, modules, self.progress, options, None, self.join)
+        self.collections: set[str] = set()
+        self.collected: dict[str, list[Record]] = {}
+        self.failed: Counter = Counter()
+        self.first_failure: dict[str, str] = {}
+        self.pending: Counter = Counter()
+        self.joined: dict[tuple[str, str], asyncio.Task] = {}
+        self.window = asyncio.Semaphore(1 << 20)  # the driver bounds the units in flight
+        self.tasks: set[asyncio.Task] = set()
+        self.error: BaseException | None = None
+
+    def settle(self, name: str) -> None:  # barriers are the driver's
+        pass
+
+    async def run_unit(self, node: Node, record: Record) -> dict[str, Any]:
+        self.spawn(self.process(node, record))
+        while self.tasks and self.error is None:
+            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_EXCEPTION)
+        if self.error is not None:
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            raise self.hub.fatal or self.error
+        lazy = {name for name, n in self.graph.every.items() if isinstance(n, LLMNode) and n.lazy}
+        return {"emitted": [(n, r) for n, r in self.outputs.emitted if n not in lazy],
+                "joined": {key: task.result() for key, task in self.joined.items()},
+                "progress": self.progress.events}
+
+
+def _portable(exc: BaseException) -> tuple[str, Any]:
+    """An error that stops the run, in a form that crosses processes (ReplayMiss has its own init)."""
+    if isinstance(exc, ReplayMiss):
+        return "replay", (exc.stage, exc.item, exc.model, exc.reason)
+    if isinstance(exc, CodecError):
+        return "codec", (type(exc).__name__, str(exc))
+    return "other", f"{type(exc).__name__}: {exc}"
+
+
+def _restored(fatal: tuple[str, Any]) -> BaseException:
+    kind, value = fatal
+    if kind == "replay":
+        return ReplayMiss(*value)
+    if kind == "codec":
+        return ModelCrashed(value[1]) if value[0] == "ModelCrashed" else CodecError(value[1])
+    return CodecError(f"a Ray worker failed: {value}")
+
+
+class RecordWorker:
+    """A Ray actor: its own event loop, modules and model clients; runs units as they come."""
+
+    def __init__(self, spec_path: str, overrides: list[str], cwd: str, coordinator: Any, owner: str,
+                 cache_dir: str, mode: str, concurrency: int | None):
+        os.chdir(cwd)  # the spec's relative paths, as the driver reads them
+        self.spec = load_spec(spec_path, overrides)
+        self.hub = CoordinatedHub(self.spec, coordinator, owner, Path(cache_dir), mode, concurrency)
+        self.modules = build_modules(self.spec, self.hub)
+        self.options = RunOptions(cache_mode=mode, concurrency=concurrency)
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    async def run_unit(self, node_name: str, record: Record) -> dict[str, Any]:
+        try:
+            done = await UnitEngine(self.spec, self.hub, self.modules, self.options).run_unit(
+                self.spec.graph.every[node_name], record)
+        except Exception as exc:  # noqa: BLE001 - the driver stops the run on it, with the cause
+            done = {"fatal": _portable(self.hub.fatal or exc)}
+        done["accounting"] = self.hub.take_accounting()
+        return done
+
+    async def close(self) -> None:
+        await self.hub.aclose()
+
+
+# -- the driver ------------------------------------------------------------------------------------
+
+@dataclass
+class _Worker:
+    handle: Any
+    owner: str
+    running: int = 0
+    dead: bool = False
+
+
+class WorkerPool:
+    def __init__(self, ray: Any, make: Any, size: int):
+        self.ray, self.make, self.replaced = ray, make, 0
+        self.workers = [self._new() for _ in range(size)]
+
+    def _new(self) -> _Worker:
+        owner = uuid.uuid4().hex
+        worker = _Worker(self.make(owner), owner)
+        _LIVE_WORKERS.append(worker.handle)
+        return worker
+
+    def pick(self) -> _Worker:
+        return min((w for w in self.workers if not w.dead), key=lambda w: w.running)
+
+    def lost(self, worker: _Worker, coordinator: Any) -> None:
+        if worker.dead:
+            return
+        worker.dead = True
+        if worker.handle in _LIVE_WORKERS:
+            _LIVE_WORKERS.remove(worker.handle)
+        coordinator.forget.remote(worker.owner)
+        if self.replaced >= MAX_REPLACEMENTS:
+            if not any(not w.dead for w in self.workers):
+                raise CodecError(f"Ray workers keep dying ({self.replaced} replaced); rerun the same "
+                                 "command to resume from the cache")
+            return
+        self.replaced += 1
+        self.workers.append(self._new())
+
+    def live(self) -> Iterable[_Worker]:
+        return [w for w in self.workers if not w.dead]
+
+
+class RayEngine(Engine):
+    """The local engine for barriers and outputs; each record a node would process is sent to a worker
+    with everything below it that needs no barrier."""
+
+    def __init__(self, spec: Spec, options: RunOptions, hub: CoordinatedHub, ray: Any, pool: WorkerPool,
+                 coordinator: Any):
+        super().__init__(spec, options, hub)
+        self.ray, self.pool, self.coordinator = ray, pool, coordinator
+        self.lazy = {name for name, n in self.graph.every.items() if isinstance(n, LLMNode) and n.lazy}
+        errors = ray.exceptions
+        self.lost_worker = tuple(getattr(errors, name) for name in ("RayActorError", "WorkerCrashedError",
+                                                                    "ActorUnavailableError") if hasattr(errors, name))
+
+    def below(self, name: str) -> list[str]:
+        """The per-record nodes a unit started at `name` runs (itself excluded), parents first."""
+        found, queue = [], [name]
+        while queue:
+            for child in self.graph.children.get(queue.pop(0), []):
+                target = self.graph.every[child]
+                if isinstance(target, DedupNode) or child in self.lazy or child in found:
+                    continue
+                found.append(child)
+                queue.append(child)
+        return found
+
+    async def process(self, node: Node, record: Record) -> None:
+        below = self.below(node.name)
+        for name in below:
+            self.pending[name] += 1
+        try:
+            async with self.window:
+                done = await self.dispatch(node, record)
+            new = [key for key, made in done["joined"].items() if await self.receive_join(*key, made)]
+            for name, made in done["emitted"]:
+                if name in self.nodes.join_targets and (name, made.id) not in new:
+                    continue  # an eager join another unit made (and emitted) first
+                await self.receive(name, made)
+        finally:
+            self.pending[node.name] -= 1
+            for name in below:
+                self.pending[name] -= 1
+            self.settle(node.name)
+            for name in below:
+                self.settle(name)
+
+    async def dispatch(self, node: Node, record: Record) -> dict[str, Any]:
+        while True:
+            worker = self.pool.pick()
+            worker.running += 1
+            try:
+                done = await worker.handle.run_unit.remote(node.name, record)
+            except self.lost_worker:
+                self.pool.lost(worker, self.coordinator)
+                continue
+            finally:
+                worker.running -= 1
+            break
+        self.hub.add_accounting(*done["accounting"])
+        for method, args in done.get("progress", []):
+            getattr(self.progress, method)(*args)
+        if "fatal" in done:
+            self.hub.fatal = self.hub.fatal or _restored(done["fatal"])
+            raise self.hub.fatal
+        return done
+
+    async def receive_join(self, name: str, anchor_id: str, made: Record) -> bool:
+        """A join a worker made: shared from now on (outputs read it); False if one was made before."""
+        key = (name, anchor_id)
+        if key in self.joined:
+            return False
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(made)
+        self.joined[key] = future  # type: ignore[assignment]
+        if name in self.lazy:
+            await self.outputs.write(name, made, self.nodes.output_joins)
+        return True
+
+    async def receive(self, name: str, record: Record) -> None:
+        """A record a worker emitted: what `Engine.emit` does, but its children already ran."""
+        await self.outputs.write(name, record, self.nodes.output_joins)
+        if not record.ok:
+            self.failed[name] += 1
+            self.first_failure.setdefault(name, str((record.failure or {}).get("error")))
+            return
+        if name in self.collections:
+            self.collected[name].append(record)
+
+
+def ray_workers(ray: Any) -> int:
+    if os.environ.get(WORKERS_ENV):
+        return max(1, int(os.environ[WORKERS_ENV]))
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def run_on_ray(spec: Spec, options: RunOptions) -> RunResult:
+    """Run a spec with Ray workers; connects to RAY_ADDRESS, or starts (and stops) a local instance."""
+    ray = import_ray()
+    started = False
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        return asyncio.run(_run(ray, spec, options))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+async def _run(ray: Any, spec: Spec, options: RunOptions) -> RunResult:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    cache_dir = Path(options.cache_dir or spec.cache_dir or default_cache_dir()).expanduser().resolve()
+    limits = {role: (options.concurrency or m.concurrency, m.rpm) for role, m in spec.models.items()}
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    coordinator = ray.remote(CallCoordinator).options(num_cpus=0, max_concurrency=10_000,
+                                                     scheduling_strategy=here).remote(
+        str(cache_dir), options.cache_mode, limits)
+    actor = ray.remote(RecordWorker).options(num_cpus=1, max_concurrency=10_000)
+    args = (str(spec.path.resolve()), list(options.overrides), os.getcwd(), coordinator)
+
+    def make(owner: str) -> Any:
+        return actor.remote(*args, owner, str(cache_dir), options.cache_mode, options.concurrency)
+
+    _LIVE_WORKERS.clear()
+    pool = WorkerPool(ray, make, ray_workers(ray))
+    hub = CoordinatedHub(spec, coordinator, "driver-" + uuid.uuid4().hex, cache_dir, options.cache_mode,
+                         options.concurrency)
+    try:
+        await asyncio.gather(*(w.handle.ready.remote() for w in pool.live()))
+        return await RayEngine(spec, options, hub, ray, pool, coordinator).run()
+    finally:
+        for worker in pool.live():
+            with contextlib.suppress(Exception):  # a worker already gone has nothing to close
+                await worker.handle.close.remote()
+            ray.kill(worker.handle)
+        await hub.aclose()
+        await coordinator.close.remote()
+        ray.kill(coordinator)
+        _LIVE_WORKERS.clear()
