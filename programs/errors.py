@@ -11,6 +11,7 @@ from dataclasses import dataclass
 EXIT_USAGE = 2  # broken spec, template, seed file or option
 EXIT_REPLAY_MISS = 3  # replay needed a call the cache does not hold
 EXIT_RUN_FAILED = 1  # the run could not produce what was asked
+EXIT_BUDGET = 4  # the run's budget stopped it (the data so far is written; rerun to resume)
 
 
 class CodecError(Exception):

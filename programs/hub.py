@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import Backend, CallParams, build_backend
+from .budget import BudgetReached, BudgetTracker
 from .cache import CallCache, CallIdentity
 from .errors import CodecError, ModelCallError, ModelCrashed, ReplayMiss
 from .pricing import cost_of
@@ -73,6 +74,8 @@ class ModelHub:
         self.backoff_base = 0.5
         self.answered: set[str] = set()  # roles whose model has answered a call in this run
         self.unresponsive: dict[str, str] = {}  # role -> why: its calls time out and none was ever answered
+        self.budget: BudgetTracker | None = None  # the run's budget (budget.py): no new call once it is spent
+        self.on_lookup: Any = None  # (stage, role, messages, entry or None): the dry run's estimate watches calls
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelHub:
         return self  # a shared service (one cache, one set of limits), not state: DSPy copies modules
@@ -93,10 +96,12 @@ class ModelHub:
         ctx.calls.append({"stage": ctx.stage, "item": ctx.item, "model": backend.name, "key": identity.key,
                           "params": dict(identity.params), "messages_sha": identity.parts["messages"]})
         entry = self.cache.get(identity.key)
+        if self.on_lookup is not None:
+            self.on_lookup(ctx.stage, role, messages, entry)
         if entry is not None:
             stat = (ctx.stage, role)
             self._count(stat, "cache_hits")
-            saved = cost_of(backend.name, **entry["usage"])
+            saved = cost_of(backend.name, **entry["usage"], price=self.models[role].price)
             if saved:
                 self.saved[stat] += saved
             ctx.raw = entry["text"]
@@ -137,6 +142,7 @@ class ModelHub:
         if key in state.inflight:
             self._count(stat, "cache_hits")
             return await asyncio.shield(state.inflight[key])
+        self._within_budget(role)  # waiting for an identical call in flight costs nothing; a new one may not start
         future = asyncio.get_running_loop().create_future()
         state.inflight[key] = future
         try:
@@ -160,6 +166,8 @@ class ModelHub:
         spent, timeouts, timed_out = 0.0, 0, False
         for attempt in range(spec.retries + 1):
             async with state.semaphores[role]:
+                if attempt == 0:  # a call that waited for its slot while the budget ran out never starts
+                    self._within_budget(role)
                 if role in self.unresponsive and role not in self.answered:  # do not wait out the budget again
                     self._count(stat, "failures")
                     raise ModelCallError(f"{self.unresponsive[role]} (not tried: no call to this model has been "
@@ -190,6 +198,11 @@ class ModelHub:
             delay = error.retry_after if error.retry_after is not None else self.backoff_base * 2**attempt
             await asyncio.sleep(min(60.0, delay) * (1 + 0.25 * random.random()))  # jitter spreads retries
         raise AssertionError("unreachable")
+
+    def _within_budget(self, role: str) -> None:
+        why = self.budget.refuse(role) if self.budget is not None else None
+        if why is not None:
+            raise BudgetReached(why)
 
     def _timeout_message(self, role: str, backend: Backend, attempts: int, timeouts: int, spent: float) -> str:
         spec = self.models[role]
@@ -239,9 +252,11 @@ class ModelHub:
             counter["prompt_tokens"] += completion.prompt_tokens
             counter["completion_tokens"] += completion.completion_tokens
             counter["truncated"] += completion.finish_reason == "length"
-            cost = cost_of(model, completion.prompt_tokens, completion.completion_tokens)
+            cost = cost_of(model, completion.prompt_tokens, completion.completion_tokens, self.models[stat[1]].price)
             if cost:
                 self.cost[stat] += cost
+        if self.budget is not None:
+            self.budget.charge(stat[1], completion.prompt_tokens + completion.completion_tokens, cost or 0.0)
 
     def _what_changed(self, identity: CallIdentity, ctx: CallContext) -> str:
         """Compare a missed call with what the recorded run called for the same stage and item."""

@@ -75,4 +75,13 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
         "totals": totals,
         "wall_seconds": round(wall, 3),
         **({"quality": quality} if quality is not None else {}),  # quality.py's metrics of the kept data
+        **_budget(hub),
     })
+
+
+def _budget(hub: ModelHub) -> dict[str, Any]:
+    """The run's budget and what it spent (budget.py); `stopped: budget` when a limit stopped it."""
+    budget = getattr(hub, "budget", None)
+    if budget is None:
+        return {}
+    return {"budget": budget.report(), **({"stopped": "budget"} if budget.reached else {})}

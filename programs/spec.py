@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .budget import check_budget, check_price
 from .errors import SpecError, SpecErrors
 from .yaml_lines import Path_, has_surrogate, load_value, load_with_lines
 
-TOP_KEYS = {"name", "seed", "prompts", "cache", "models", "params", "nodes", "outputs", "description"}
+TOP_KEYS = {"name", "seed", "prompts", "cache", "models", "params", "nodes", "outputs", "description", "budget"}
 MODEL_KEYS = {"model", "api_base", "api_key_env", "temperature", "max_tokens", "top_p", "concurrency",
-              "rpm", "timeout", "retries", "n_ctx", "extra"}
+              "rpm", "timeout", "retries", "n_ctx", "extra", "price"}
 
 
 @dataclass
@@ -37,6 +38,7 @@ class ModelSpec:
     retries: int = 5
     n_ctx: int = 2048
     extra: dict[str, Any] = field(default_factory=dict)
+    price: dict[str, float] | None = None  # {input_per_mtok, output_per_mtok}: wins over LiteLLM's cost map
 
     @property
     def is_local(self) -> bool:
@@ -54,6 +56,7 @@ class Spec:
     params: dict[str, Any]
     graph: Any  # programs.lang.graph.Graph: the checked nodes and outputs
     raw: dict[str, Any]  # the spec as loaded, overrides applied (recorded in the manifest)
+    budget: Any = None  # programs.budget.Budget: what a run may spend on new calls, or None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
@@ -159,11 +162,12 @@ class Checker:
         if not prompts_dir.is_dir():
             self.raise_errors()
         graph = build_graph(self, models, params, prompts_dir)
+        budget = check_budget(self, data.get("budget"), models)
         self.raise_errors()
         return Spec(path=self.path, name=str(data.get("name", self.path.stem)), seed=int(data.get("seed", 0)),
                     prompts_dir=prompts_dir,
                     cache_dir=self.relative(str(data["cache"])) if data.get("cache") else None,
-                    models=models, params=params, graph=graph, raw=data)
+                    models=models, params=params, graph=graph, raw=data, budget=budget)
 
     def models(self, raw: dict[str, Any]) -> dict[str, ModelSpec]:
         models = {}
@@ -179,6 +183,8 @@ class Checker:
                 self.error((*where, "api_key"), "API keys never go in a spec",
                            "export the key in the environment; name the variable with api_key_env")
             self.credentials(where, conf)
+            if not check_price(self, (*where, "price"), conf.get("price")):
+                conf = {k: v for k, v in conf.items() if k != "price"}
             model = conf.get("model")
             if not isinstance(model, str) or not model:
                 self.error(where, f"model '{role}' needs a 'model' string",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..budget import BudgetTracker
 from ..bundle import recorded_calls
 from ..cache import CallCache, default_cache_dir
 from ..errors import CodecError
@@ -74,6 +75,7 @@ async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: A
         if manifest and manifest.is_file():
             live_hub.recorded = recorded_calls(options.recorded_run)
             live_hub.recorded_code = json.loads(manifest.read_text()).get("code_sha256")
+        live_hub.budget = BudgetTracker(spec.budget) if spec.budget and not options.dry_run else None
         return await Engine(spec, options, live_hub, observe).run()
 
 
@@ -173,7 +175,9 @@ class Engine:
         for name in node.collections:
             if name:
                 await self.done[name].wait()
-        if isinstance(node, SourceNode):
+        if not isinstance(node, SourceNode) and self.hub.budget is not None and self.hub.budget.reached:
+            records = []  # the budget stopped the run: the collection may lack records, so do not draw from it
+        elif isinstance(node, SourceNode):
             records = self.nodes.source(node, self.options)
         elif isinstance(node, MixNode):
             records = self.nodes.mix(node, {n: self.records_of(n) for n in node.collections}, self.explain_empty)
