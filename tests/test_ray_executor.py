@@ -5,6 +5,8 @@ concurrency limits, and a worker killed mid-run."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,6 +15,7 @@ from conftest import REPO, base_spec, write_spec
 from fake_openai_server import FakeOpenAIServer
 
 from programs.engine.run import RunOptions, run_spec
+from programs.errors import CodecError
 from programs.spec import load_spec
 
 try:
@@ -125,3 +128,31 @@ def test_a_killed_worker_loses_only_its_calls_and_the_run_gives_the_same_dataset
     # Only the dead worker's in-flight calls were made twice: at most the limit, 4 per role.
     assert reference_calls <= ray_calls <= reference_calls + 8
     assert rerun.manifest["totals"]["calls"] == 0
+
+
+def test_cli_executor_ray_connects_to_ray_address(local_ray, tmp_path, seeds_file):
+    """`codeclm run --executor ray` in another process joins the running instance through RAY_ADDRESS."""
+    with FakeOpenAIServer() as server:
+        spec = http_spec(tmp_path, seeds_file, server.url, concurrency=4)
+        run(spec, tmp_path / "local", tmp_path / "cache-local")
+        env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+        done = subprocess.run([sys.executable, str(REPO / "cli.py"), "run", str(spec), "-q", "--no-report",
+                               "--executor", "ray", "--out", str(tmp_path / "ray"), "--cache-dir",
+                               str(tmp_path / "cache-ray")], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    same_files(tmp_path / "local", tmp_path / "ray")
+
+
+def test_an_unreachable_model_server_is_failures_as_data_as_in_a_local_run(local_ray, tmp_path, seeds_file):
+    data = base_spec(seeds_file, pool_size=4)
+    data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": "http://127.0.0.1:9/v1", "retries": 0}
+                      for role in ("strong", "target")}
+    spec = write_spec(tmp_path, data)
+    errors = {}
+    for executor in ("local", "ray"):
+        with pytest.raises(CodecError) as stopped:
+            run(spec, tmp_path / executor, tmp_path / f"cache-{executor}", executor=executor)
+        errors[executor] = str(stopped.value).replace(str(tmp_path / executor), "RUN")
+    assert errors["ray"] == errors["local"] and "all 4 records failed" in errors["local"]
+    same_files(tmp_path / "local", tmp_path / "ray", ("failures.jsonl", "metadata.jsonl"))
+    assert (tmp_path / "ray" / "failures.jsonl").read_text().count("\n") == 4
