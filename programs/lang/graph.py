@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..spec import Checker, ModelSpec
 
 TEMPLATE_BUILTINS = {"message", "instructions", "demos"}  # given to every template by the engine
-RESERVED_ROOTS = ("params", "state", "loop", "record", "outputs", "lineage")  # names expressions read that are not nodes
+RESERVED_ROOTS = ("params", "state", "loop", "record", "outputs", "lineage")  # roots that are not nodes
 
 
 @dataclass
