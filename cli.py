@@ -509,7 +509,7 @@ def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) ->
         raise SpecError("--input", "not valid Unicode text (bytes that are not UTF-8, or a \\ud800-\\udfff escape)",
                         hint="pass UTF-8 text, and no lone surrogate escapes")
     template = TemplateStore(loaded.prompts_dir).get(llm_node.template)
-    variables = {name: given.get(name, sample) for name, sample in sample_inputs(llm_node).items()}
+    variables = {name: given.get(name, sample) for name, sample in sample_inputs(llm_node, loaded.graph).items()}
     variables.update(instructions=llm_node.instructions or template.default_instructions,
                      demos=given.get("demos", []))
     click.echo(json.dumps(template.render(variables), indent=2, ensure_ascii=False))

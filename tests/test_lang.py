@@ -140,3 +140,16 @@ def test_the_language_imports_no_engine_no_model_and_no_dspy():
                 assert name not in ("hub", "backends", "adapter", "..hub", "..engine"), (path.name, name)
                 if isinstance(node, ast.ImportFrom) and node.level == 2:
                     assert node.module in ("errors", "parsers", "templates", "yaml_lines", "spec"), (path.name, name)
+
+
+def test_seeds_option_needs_a_spec_that_reads_one_file(tmp_path, seeds_file, scripted):
+    data = {"name": "two-files", "prompts": str(REPO / "prompts"), "models": {"strong": {"model": "local"}},
+            "nodes": {"first": {"type": "source", "path": str(seeds_file)},
+                      "second": {"type": "source", "path": str(seeds_file)}},
+            "outputs": {"a": {"from": "first", "fields": {"id": "record.id"}},
+                        "b": {"from": "second", "fields": {"id": "record.id"}}}}
+    from programs.engine.run import RunOptions, run_spec
+
+    with pytest.raises(SpecError, match="reads 2 files"):
+        run_spec(load_spec(write_spec(tmp_path, data)), RunOptions(out=tmp_path / "run", seeds=seeds_file,
+                                                                   cache_dir=tmp_path / "cache"))

@@ -147,3 +147,31 @@ def test_failures_of_nodes_at_several_depths_are_written_in_order(tmp_path, seed
     failures = read_jsonl(result.out / "failures.jsonl")
     assert {f["node"] for f in failures} >= {"encode", "refine"}, failures
     assert all(f["error"] for f in failures)
+
+
+def test_records_stream_past_a_slow_one(tmp_path, seeds_file, scripted):
+    """Streaming: while one pool entry's decode is slow, the instructions of the others are already
+    answered and judged; only whole-collection reads (the pool) wait."""
+    import asyncio
+    import time
+
+    from conftest import ScriptedBackend
+    from fake_openai_server import answer_text
+
+    events: list[tuple[float, str]] = []
+
+    class SlowFirstDecode(ScriptedBackend):
+        async def complete(self, messages, params):
+            text = messages[-1]["content"]
+            if "Write 2 instructions" in text and not any(kind == "decode" for _, kind in events):
+                events.append((time.monotonic(), "decode"))
+                await asyncio.sleep(1.0)
+                events.append((time.monotonic(), "slow decode done"))
+            elif "[The Start of Assistant 1's Answer]" in text:
+                events.append((time.monotonic(), "judge"))
+            return await super().complete(messages, params)
+
+    scripted.backends["strong"] = SlowFirstDecode("scripted/strong", answer=lambda m: answer_text(m, "scripted/strong"))
+    scripted(write_spec(tmp_path, base_spec(seeds_file)))
+    slow_done = next(t for t, kind in events if kind == "slow decode done")
+    assert any(kind == "judge" and t < slow_done for t, kind in events)

@@ -199,8 +199,12 @@ SAMPLE_VALUES: dict[str, Any] = {
 }
 
 
-def sample_inputs(node: LLMNode) -> dict[str, Any]:
-    return {name: SAMPLE_VALUES.get(name, f"<{name}>") for name in sorted(node.template_variables())}
+def sample_inputs(node: LLMNode, graph: Graph) -> dict[str, Any]:
+    """Sample values for a node's template variables (a judge's scale is its own)."""
+    values = {name: SAMPLE_VALUES.get(name, f"<{name}>") for name in sorted(node.template_variables())}
+    if isinstance(node, JudgeNode):
+        values["scale_low"], values["scale_high"] = graph.static(node.scale)
+    return values
 
 
 def check_templates(spec: Spec) -> None:
@@ -209,7 +213,7 @@ def check_templates(spec: Spec) -> None:
     store = TemplateStore(spec.prompts_dir)
     for node in spec.graph.model_nodes():
         template = store.get(node.template)
-        inputs = sample_inputs(node)
+        inputs = sample_inputs(node, spec.graph)
         demo = {**inputs, **{name: SAMPLE_VALUES.get(name, f"<{name}>") for name in output_names(node)}}
         for demos in ([], [demo]):
             template.render({**inputs, "instructions": node.instructions or template.default_instructions,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from ..errors import CodecError
+from ..errors import CodecError, SpecError
 from ..hub import ModelHub
 from ..lang.expressions import evaluate_present, evaluate_value
 from ..lang.nodes import (
@@ -199,7 +200,7 @@ class NodeRunner:
                     for i, r in enumerate(node.records)]
             sourced = False
         else:
-            path = options.seeds or node.path
+            path = seed_file(self.spec, node, options.seeds)
             rows = read_records(path, node.fields, node.id_field, options.limit)
             sourced = True
         self.progress.expect(node.name, len(rows))
@@ -361,6 +362,17 @@ class LoopRun:
             finished[body_node.name].set_result(None)
 
         await asyncio.gather(*(one(n) for n in segment))
+
+
+def seed_file(spec: Spec, node: SourceNode, replacement: Path | None) -> Path:
+    """The file a source reads: its `path`, or `--seeds FILE` when the spec reads one file only."""
+    if replacement is None:
+        return node.path
+    files = [n.name for n in spec.graph.nodes.values() if isinstance(n, SourceNode) and n.path is not None]
+    if len(files) > 1:
+        raise SpecError("--seeds", f"the spec reads {len(files)} files ({', '.join(files)}): which one --seeds "
+                        "replaces is not clear", hint=f"--set nodes.{files[0]}.path=FILE, for each file to replace")
+    return replacement
 
 
 def field_of(record: Record, name: str) -> Any:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..spec import Checker, ModelSpec
 
 TEMPLATE_BUILTINS = {"message", "instructions", "demos"}  # given to every template by the engine
+RESERVED_ROOTS = ("params", "state", "loop", "record", "outputs", "lineage")  # roots that are not nodes
 
 
 @dataclass
@@ -127,7 +128,7 @@ class _GraphCheck:
         for node in _walk(graph.nodes.values()):
             if node.name in graph.every:
                 self.error(node.where, f"two nodes are named '{node.name}'", "names are unique, loop bodies included")
-            if node.name in ("params", "state", "loop", "record") or node.name in VIRTUAL_FIELDS:
+            if node.name in RESERVED_ROOTS or node.name in VIRTUAL_FIELDS:
                 self.error(node.where, f"'{node.name}' is a reserved name", "rename the node")
             graph.every[node.name] = node
         for node in graph.every.values():
