@@ -84,7 +84,7 @@ def test_run_dry_run_replay_and_bundle_from_the_command_line(tmp_path, seeds_fil
         dry = invoke(cli.main, ["run", spec, "--dry-run", "--cache-dir", cache])
     assert "kept" in ran.output and f"output: {out}/dataset.jsonl" in ran.output
     assert dry.exit_code == 0, dry.output
-    total = dry.output.splitlines()[-1].split()
+    total = next(line for line in dry.output.splitlines() if line.startswith("total")).split()
     assert total[0] == "total" and int(total[2]) >= calls_made  # every call is cached now
 
     replayed = invoke(cli.main, ["replay", out, "--out", str(tmp_path / "replay"), "--cache-dir", cache])
