@@ -79,6 +79,7 @@ WORKERS_ENV = "CODECLM_RAY_WORKERS"  # worker actors [default: the cluster's CPU
 MAX_REPLACEMENTS = 8  # dead workers replaced per run before the run gives up
 
 _LIVE_WORKERS: list[Any] = []  # the current run's worker handles (tests kill one; operators may look)
+LAST_RUN: dict[str, Any] = {}  # the last Ray run's own figures: workers_ready_s, replaced, peak (calls in flight)
 
 
 def live_workers() -> list[Any]:
@@ -580,9 +581,14 @@ async def _run(ray: Any, spec: Spec, options: RunOptions) -> RunResult:
     pool = WorkerPool(ray, make, ray_workers(ray))
     hub = CoordinatedHub(spec, coordinator, "driver-" + uuid.uuid4().hex, cache_dir, options.cache_mode,
                          options.concurrency)
+    LAST_RUN.clear()
+    started = time.perf_counter()
     try:
         await asyncio.gather(*(w.handle.ready.remote() for w in pool.live()))
-        return await RayEngine(spec, options, hub, ray, pool, coordinator).run()
+        LAST_RUN["workers_ready_s"] = time.perf_counter() - started
+        result = await RayEngine(spec, options, hub, ray, pool, coordinator).run()
+        LAST_RUN.update(replaced=pool.replaced, peak=await coordinator.peak.remote())
+        return result
     finally:
         for worker in pool.live():
             with contextlib.suppress(Exception):  # a worker already gone has nothing to close
