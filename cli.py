@@ -195,6 +195,9 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
         _dry_run(loaded, options, as_json)
         return
     if executor == "ray":  # the Ray executor is a seam: programs/engine/ray_executor.py
+        if loaded.budget is not None and mode != "replay":  # never spend past a budget nobody counts
+            raise SpecError("--executor", "a budget is enforced by the local executor only, not yet on Ray",
+                            hint="drop --executor ray, or the budget (budget:, --budget-usd, --budget-tokens)")
         from programs.engine.ray_executor import run_on_ray
 
         result = run_on_ray(loaded, options)
@@ -628,8 +631,9 @@ def _budget_stop(result: Any) -> None:
 
     budget = result.manifest["budget"]
     spent = budget["spent"]
-    click.secho(f"stopped: budget reached ({budget['reached']}); new calls used {spent['tokens']:,} tokens, "
-                f"${spent['usd']:.4f}; {budget['calls_not_made']} calls not started", fg="yellow", err=True)
+    click.secho(f"stopped: budget reached ({budget['reached']}); with the calls then in flight, new calls used "
+                f"{spent['tokens']:,} tokens, ${spent['usd']:.4f}; {budget['calls_not_made']} calls not started",
+                fg="yellow", err=True)
     click.secho(f"the data so far is in {result.out} (manifest: stopped: budget; records the budget cut short are "
                 "in failures.jsonl as 'not called: budget reached'). Rerun with a higher budget (--budget-usd, "
                 "--budget-tokens or --set budget.usd=...) to resume: cached calls are free", fg="yellow", err=True)
