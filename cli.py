@@ -672,7 +672,25 @@ def _dry_run(spec: Any, options: Any, as_json: bool = False) -> None:
         click.echo(f"no price for {', '.join(total['unpriced'])}: not in LiteLLM's cost map; give the role a "
                    "price: {input_per_mtok: ..., output_per_mtok: ...} to count it")
     if found.get("budget"):
-        click.echo(f"budget: {json.dumps(found['budget'])} (a run stops when new calls reach it; exit 4)")
+        click.echo(_against_budget(found["budget"], total))
+
+
+def _against_budget(budget: dict[str, Any], total: dict[str, Any]) -> str:
+    """The spec's budget next to the estimate: whether a run would likely stop at it."""
+    parts, verdict = [], "fits" if "usd" in budget or "tokens" in budget else "checked per model during the run"
+    tokens = total["input_tokens"] + total["output_tokens"]
+    tokens_max = total["input_tokens"] + total["output_tokens_max"]
+    for key, expected, most, show in (("usd", total["usd"], total["usd_max"], lambda v: f"${v:,.4f}"),
+                                      ("tokens", tokens, tokens_max, lambda v: f"{v:,} tokens")):
+        if key in budget:
+            parts.append(f"{show(budget[key])} (estimate {show(expected)}, at most {show(most)})")
+            if expected >= budget[key]:
+                verdict = "a run would likely stop at it (exit 4)"
+            elif most >= budget[key] and verdict == "fits":
+                verdict = "fits the expected figure, not the upper bound"
+    if budget.get("per_model"):
+        parts.append(f"per model {json.dumps(budget['per_model'])}")
+    return f"budget: {'; '.join(parts)}: {verdict}"
 
 
 if __name__ == "__main__":

@@ -57,6 +57,23 @@ def test_dry_run_estimate_is_within_2x_of_the_tokens_a_run_used(tmp_path, seeds_
     assert rows["judge/strong"]["price_from"] == "spec price"
 
 
+
+def test_the_dry_run_compares_the_estimate_with_the_budget(tmp_path, seeds_file):
+    data = base_spec(seeds_file)
+    data["models"]["strong"] = {"model": "openai/gpt-4o-mini", "max_tokens": 64}
+    data["budget"] = {"usd": 0.000001, "per_model": {"strong": {"tokens": 10**9}}}
+    shown = invoke("run", write_spec(tmp_path, data), "--dry-run", "--cache-dir", tmp_path / "cache")
+    assert shown.exit_code == 0, shown.output
+    assert "budget: $0.0000 (estimate $" in shown.output and "a run would likely stop at it (exit 4)" in shown.output
+    data["budget"] = {"tokens": 10**9}
+    shown = invoke("run", write_spec(tmp_path, data), "--dry-run", "--cache-dir", tmp_path / "cache")
+    assert "budget: 1,000,000,000 tokens (estimate" in shown.output and ": fits" in shown.output
+    as_json = invoke("run", write_spec(tmp_path, data), "--json")
+    assert as_json.exit_code == 2 and "--json prints the dry run's estimate" in as_json.output
+    ray = invoke("run", write_spec(tmp_path, data), "--executor", "ray")
+    assert ray.exit_code == 2 and "not yet on Ray" in ray.output
+
+
 def test_dry_run_text_says_where_prices_come_from(tmp_path, seeds_file):
     data = base_spec(seeds_file)
     data["models"]["strong"] = {"model": "openai/gpt-4o-mini", "max_tokens": 64}
