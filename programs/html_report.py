@@ -110,6 +110,9 @@ def tiles(run: RunData) -> str:
         items.append(("spent", f"${totals['cost_usd']:.4f}", ""))
     if run.manifest.get("wall_seconds") is not None:
         items.append(("wall time", f"{run.manifest['wall_seconds']:.1f} s", ""))
+    if run.manifest.get("stopped") == "budget":  # budget.py: the data so far of a run its budget stopped
+        items.insert(0, ("stopped: budget reached; rerun with a higher budget to resume",
+                         (run.manifest.get("budget") or {}).get("reached") or "budget", "failed"))
     return '<div class="tiles">' + "".join(
         f'<div class="tile {escape(key)}"><b>{escape(str(value))}</b><span>{escape(label)}</span></div>'
         for label, value, key in items) + "</div>"

@@ -40,6 +40,7 @@ def run_report(run_dir: Path) -> dict[str, Any]:
         "failure_reasons": manifest.get("counts", {}).get("failure_reasons", {}),
         "calls": manifest.get("totals", {}),
         "quality": quality_metrics(run_dir),
+        **_stopped(manifest),
     }
 
 
@@ -49,7 +50,14 @@ def general_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return {"run": str(run_dir), "instructions": sum(status.values()), "status": dict(status),
             "kept_by_iteration": {}, "mean_gap_at_last_iteration": None,
             "failure_reasons": manifest.get("counts", {}).get("failure_reasons", {}),
-            "calls": manifest.get("totals", {}), "quality": quality_metrics(run_dir)}
+            "calls": manifest.get("totals", {}), "quality": quality_metrics(run_dir), **_stopped(manifest)}
+
+
+def _stopped(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A run its budget stopped (budget.py) says so; a finished run has no such keys."""
+    if manifest.get("stopped") != "budget":
+        return {}
+    return {"stopped": "budget", "budget_reached": (manifest.get("budget") or {}).get("reached")}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -66,6 +74,9 @@ def format_report(report: dict[str, Any]) -> str:
     if report["mean_gap_at_last_iteration"] is not None:
         lines.append("mean gap (strong - target) at each instruction's last iteration "
                      f"{report['mean_gap_at_last_iteration']:.2f}")
+    if report.get("stopped") == "budget":
+        lines.append(f"stopped: budget reached ({report.get('budget_reached')}): the data so far; "
+                     "rerun with a higher budget to resume")
     calls = report["calls"]
     if calls:
         lines.append(f"model calls {calls.get('calls', 0)}, cache hits {calls.get('cache_hits', 0)}, "

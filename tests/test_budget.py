@@ -118,6 +118,10 @@ def test_a_budget_stops_the_run_writes_the_data_so_far_and_resumes(tmp_path, see
         failures = (out / "failures.jsonl").read_text()
         assert "not called: budget reached" in failures  # the records the budget cut short, and why
         assert (out / "metadata.jsonl").is_file()  # the data so far
+        inspected = invoke("inspect", out)
+        assert inspected.exit_code == 0 and "stopped: budget reached (budget.usd" in inspected.output
+        page = invoke("report", out, "--out", tmp_path / "stopped.html")
+        assert page.exit_code == 0 and "stopped: budget reached" in (tmp_path / "stopped.html").read_text()
 
         before = server.completions
         resumed = invoke("run", spec, "-q", "--no-report", "--out", out, "--cache-dir", cache, "--budget-usd", 1000)
