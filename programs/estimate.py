@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -34,6 +34,7 @@ from .pricing import model_price
 from .spec import Spec
 
 EXPECTED_OUTPUT_SHARE = 0.25  # of max_tokens, for a node with no cached completion to measure
+PROMPTS_COUNTED = 256  # prompts tokenized per node and role: their mean stands for the rest (big runs walk fast)
 TOKENIZER = "cl100k_base"
 
 
@@ -135,9 +136,12 @@ class _Watch:
     def __init__(self) -> None:
         self.prompts: dict[tuple[str, str], list[int]] = defaultdict(list)
         self.outputs: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.seen: Counter = Counter()  # prompts rendered per (node, role), counted or not
 
     def __call__(self, stage: str, role: str, messages: list[dict[str, str]], entry: dict[str, Any] | None) -> None:
-        self.prompts[(stage, role)].append(count_messages(messages))
+        self.seen[(stage, role)] += 1
+        if len(self.prompts[(stage, role)]) < PROMPTS_COUNTED:
+            self.prompts[(stage, role)].append(count_messages(messages))
         if entry is not None:
             self.outputs[(stage, role)].append(int(entry.get("usage", {}).get("completion_tokens", 0)))
 
@@ -176,7 +180,7 @@ def estimate(spec: Spec, options: Any, hub: ModelHub | None = None) -> Estimate:
         out_max = node.max_tokens or model.max_tokens
         seen, prompts = watch.outputs.get((node_name, role)), watch.prompts.get((node_name, role))
         if prompts:
-            input_per_call, input_from = sum(prompts) / len(prompts), f"{len(prompts)} prompts"
+            input_per_call, input_from = sum(prompts) / len(prompts), f"{watch.seen[(node_name, role)]} prompts"
         else:
             module = build_module(node, spec, hub, role)
             input_per_call, input_from = count_messages(module.render(_sample(node, spec, expected))), "sample inputs"

@@ -137,8 +137,9 @@ def test_a_budget_stops_the_run_writes_the_data_so_far_and_resumes(tmp_path, see
 def test_a_token_budget_per_model_stops_the_run(tmp_path, seeds_file, scripted):
     data = base_spec(seeds_file)
     data["budget"] = {"per_model": {"target": {"tokens": 1}}}
-    result = scripted(write_spec(tmp_path, data))
+    result = scripted(write_spec(tmp_path, data), concurrency=1)
     assert result.manifest["stopped"] == "budget"
+    assert result.manifest["calls"]["answer_target/target"]["calls"] == 1  # no target call started after the first
     assert result.manifest["budget"]["reached"].startswith("budget.per_model.target.tokens 1:")
     assert result.manifest["budget"]["calls_not_made"] > 0
     again = scripted(write_spec(tmp_path, data), overrides=["budget.per_model.target.tokens=1000000"])
