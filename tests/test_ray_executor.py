@@ -12,7 +12,7 @@ import time
 
 import pytest
 from conftest import REPO, base_spec, write_spec
-from fake_openai_server import FakeOpenAIServer
+from fake_openai_server import FakeOpenAIServer, FaultPlan
 
 from programs.engine.run import RunOptions, run_spec
 from programs.errors import CodecError
@@ -72,6 +72,7 @@ def test_codeclm_on_ray_equals_local_replays_locally_and_limits_hold_globally(lo
     # Two roles at 2 each on one server: 4 in flight at most, across both workers (not 4 per worker).
     assert 2 <= peak <= 4, peak  # (with each worker limiting its own calls instead, this saw 8)
     assert LAST_RUN["peak"] == {"strong": 2, "target": 2}  # the coordinator's own count of slots in use
+    assert LAST_RUN["left"] == {"calls:0": 0}  # no slot or claim outlives the run
     # Identical calls anywhere reach the model once: the Ray run made exactly the local run's calls.
     assert ray_calls == local_calls == on_ray.manifest["totals"]["calls"]
     assert on_ray.manifest["counts"]["stages"] == local.manifest["counts"]["stages"]
@@ -80,6 +81,22 @@ def test_codeclm_on_ray_equals_local_replays_locally_and_limits_hold_globally(lo
     replay = run(spec, tmp_path / "replay", tmp_path / "cache-ray", mode="replay")
     assert replay.manifest["totals"]["calls"] == 0
     same_files(tmp_path / "ray", tmp_path / "replay")
+
+
+def test_faults_and_retries_on_ray_give_the_local_dataset(local_ray, tmp_path, seeds_file):
+    """429s, 500s, malformed and empty answers on first attempts: retried through the global slots,
+    the same bytes as the local executor, and no slot leaked."""
+    plan = FaultPlan(rate=0.3, kinds=("429", "500", "malformed_json", "empty"), seed=3)
+    with FakeOpenAIServer(faults=plan) as server:
+        spec = http_spec(tmp_path, seeds_file, server.url, concurrency=3)
+        local = run(spec, tmp_path / "local", tmp_path / "cache-local")
+    with FakeOpenAIServer(faults=plan) as server:  # the same faults again, for the Ray run
+        spec = http_spec(tmp_path, seeds_file, server.url, concurrency=3)
+        on_ray = run(spec, tmp_path / "ray", tmp_path / "cache-ray", executor="ray")
+    assert on_ray.manifest["totals"]["retries"] == local.manifest["totals"]["retries"] > 0
+    same_files(tmp_path / "local", tmp_path / "ray")
+    assert LAST_RUN["left"] == {"calls:0": 0}
+    assert max(LAST_RUN["peak"].values()) <= 3
 
 
 def test_self_instruct_on_ray_equals_local(local_ray, tmp_path):

@@ -58,6 +58,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,9 @@ WORKERS_ENV = "CODECLM_RAY_WORKERS"  # worker actors [default: the cluster's CPU
 MAX_REPLACEMENTS = 8  # dead workers replaced per run before the run gives up
 
 _LIVE_WORKERS: list[Any] = []  # the current run's worker handles (tests kill one; operators may look)
-LAST_RUN: dict[str, Any] = {}  # the last Ray run's own figures: workers_ready_s, replaced, peak (calls in flight)
+# the last Ray run's own figures: workers_ready_s, replaced (dead workers), peak (slots in use per role),
+# left (slots still held at the end, and claims open: none when nothing leaked)
+LAST_RUN: dict[str, Any] = {}
 
 
 def live_workers() -> list[Any]:
@@ -116,8 +119,10 @@ class CallCoordinator:
             self.semaphores[role] = asyncio.Semaphore(self.limits[role][0])
         return self.semaphores[role]
 
-    async def claim(self, key: str, owner: str) -> tuple[str, Any]:
-        """("hit", entry) | ("dedup", entry) | ("error", exc) | ("miss", None) in replay | ("own", None)."""
+    async def claim(self, key: str, owner: str, role: str | None = None) -> tuple[str, Any]:
+        """("hit", entry) | ("dedup", entry) | ("error", exc) | ("miss", None) in replay | ("own", slot):
+        the caller makes the call; with `role`, the slot of its first attempt comes with it (True), one
+        round trip instead of two."""
         while True:
             entry = self.cache.get(key)
             if entry is not None:
@@ -130,9 +135,12 @@ class CallCoordinator:
                     continue
                 return outcome
             self.inflight[key] = (owner, asyncio.get_running_loop().create_future())
-            return "own", None
+            return "own", (await self.acquire(role, owner)) if role else False
 
-    def put(self, key: str, owner: str, model: str, entry: dict[str, Any]) -> None:
+    def put(self, key: str, owner: str, model: str, entry: dict[str, Any], release: str | None = None) -> None:
+        """Store a completion, hand it to the waiters, and free the slot its attempt held (`release`)."""
+        if release:
+            self.release(release, owner)
         self.cache.put(key, model, entry)
         self._settle(key, owner, ("dedup", entry))
 
@@ -186,6 +194,10 @@ class CallCoordinator:
     def peak(self) -> dict[str, int]:
         return dict(self.max_in_use)
 
+    def in_flight(self) -> dict[str, int]:
+        """Slots held now (0 for every role once a run is over: none leaked)."""
+        return {role: n for role, n in self.in_use.items() if n} | {f"calls:{len(self.inflight)}": 0}
+
     def close(self) -> None:
         self.cache.close()
 
@@ -199,6 +211,19 @@ class _RemoteCache:
         self.folder, self.mode = folder, mode
 
 
+@dataclass
+class _CallSlot:
+    """One call's slot bookkeeping: the first attempt's slot came with the claim (`prepaid`); the
+    slot of the attempt that succeeded is freed by the `put` that stores its result (`owed`)."""
+
+    prepaid: bool = False
+    succeeded: bool = False
+    owed: bool = False
+
+
+_CALL_SLOT: ContextVar[_CallSlot | None] = ContextVar("codeclm_ray_slot", default=None)
+
+
 class _GlobalSlot:
     """`async with` one of a role's slots in the coordinator (the local hub's semaphore, cluster-wide)."""
 
@@ -206,10 +231,20 @@ class _GlobalSlot:
         self.hub, self.role = hub, role
 
     async def __aenter__(self) -> None:
+        call = _CALL_SLOT.get()
+        if call is not None:
+            call.succeeded = False
+            if call.prepaid:
+                call.prepaid = False
+                return
         if not await self.hub.coordinator.acquire.remote(self.role, self.hub.owner):
             raise ModelCallError("this worker was declared dead by the driver")
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: Any, *exc: object) -> None:
+        call = _CALL_SLOT.get()
+        if call is not None and exc_type is None and call.succeeded:
+            call.owed = True  # released by the put, one round trip less
+            return
         self.hub.coordinator.release.remote(self.role, self.hub.owner)
 
 
@@ -235,7 +270,7 @@ class CoordinatedHub(ModelHub):
                     ctx: CallContext) -> dict[str, Any]:
         backend = self.backend(role)
         stat = (ctx.stage, role)
-        kind, value = await self.coordinator.claim.remote(identity.key, self.owner)
+        kind, value = await self.coordinator.claim.remote(identity.key, self.owner, role)
         if kind in ("hit", "dedup"):
             self._count(stat, "cache_hits")
             if kind == "hit":
@@ -251,8 +286,11 @@ class CoordinatedHub(ModelHub):
                                                   "the cache of record does not hold it (run `codeclm replay "
                                                   "RUN_DIR` without Ray to see what changed)")
             raise self.fatal
+        call = _CallSlot(prepaid=bool(value))
+        token, entry = _CALL_SLOT.set(call), None
         try:
             completion = await self._with_retries(role, backend, messages, CallParams(params, identity.seed()), stat)
+            entry = completion.to_entry()
         except ModelCrashed as exc:
             self.coordinator.abandon.remote(identity.key, self.owner, exc)
             self.fatal = self.fatal or exc
@@ -263,10 +301,20 @@ class CoordinatedHub(ModelHub):
         except Exception as exc:
             self.coordinator.abandon.remote(identity.key, self.owner, exc)
             raise
-        entry = completion.to_entry()
-        await self.coordinator.put.remote(identity.key, self.owner, backend.name, entry)
+        finally:
+            _CALL_SLOT.reset(token)
+            if call.prepaid or (call.owed and entry is None):  # a slot no attempt gave back
+                self.coordinator.release.remote(role, self.owner)
+        await self.coordinator.put.remote(identity.key, self.owner, backend.name, entry, role if call.owed else None)
         ctx.raw = entry["text"]
         return entry
+
+    async def _attempt(self, *args: Any, **kwargs: Any) -> Any:
+        completion = await super()._attempt(*args, **kwargs)
+        call = _CALL_SLOT.get()
+        if call is not None:
+            call.succeeded = True
+        return completion
 
     def _state(self) -> _LoopState:
         state = super()._state()
@@ -587,7 +635,8 @@ async def _run(ray: Any, spec: Spec, options: RunOptions) -> RunResult:
         await asyncio.gather(*(w.handle.ready.remote() for w in pool.live()))
         LAST_RUN["workers_ready_s"] = time.perf_counter() - started
         result = await RayEngine(spec, options, hub, ray, pool, coordinator).run()
-        LAST_RUN.update(replaced=pool.replaced, peak=await coordinator.peak.remote())
+        LAST_RUN.update(replaced=pool.replaced, peak=await coordinator.peak.remote(),
+                        left=await coordinator.in_flight.remote())
         return result
     finally:
         for worker in pool.live():
