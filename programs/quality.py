@@ -20,17 +20,24 @@ ROUGE-L is the F-measure of the longest common subsequence of tokens, as `rouge-
 (beta = 1, no stemming). Tokens are lowercase runs of letters and digits: the same tokens as
 rouge-score's on ASCII text, and other scripts count too (rouge-score drops them).
 Pairwise ROUGE-L costs n^2/2 comparisons: above MAX_PAIRS pairs, a deterministic sample of
-MAX_PAIRS pairs is compared (`sampled: true`, and `pairs_compared` says how many); the
+MAX_PAIRS distinct pairs is compared (`sampled: true`, and `pairs_compared` says how many); the
 near-duplicate counts are then counts among the sampled pairs. Closeness to seeds is bounded the
-same way (a deterministic sample of kept instructions).
+same way (a deterministic sample of kept instructions, each against every seed).
+
+Memory does not grow with the seeds, and grows with the dataset only by its instruction tokens
+(as integer ids): the artifacts are streamed, the sampled pairs are generated, never stored (an
+affine walk over the pair indices: distinct pairs spread over the whole triangle), scores are
+running sums, seeds are read and compared one at a time, and embeddings go in chunks (the mean
+pairwise cosine is exact from the sum of the unit vectors).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from statistics import mean
@@ -39,7 +46,8 @@ from typing import Any
 from .rundata import Judged, RunData
 
 NEAR_DUPLICATE = 0.7  # Self-Instruct drops a new instruction whose ROUGE-L to any kept one is >= 0.7
-MAX_PAIRS = 100_000  # ROUGE-L comparisons per measure, at most (a deterministic sample above it): a few seconds
+MAX_PAIRS = 20_000  # ROUGE-L comparisons per measure, at most (a deterministic sample above it): about a second
+EMBED_CHUNK = 2048  # texts embedded at once
 SAMPLE_SEED = 0
 
 _TOKEN = re.compile(r"[^\W_]+")
@@ -90,54 +98,85 @@ def rouge_l(a: str | Sequence[str], b: str | Sequence[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _pairs(n: int, limit: int) -> tuple[list[tuple[int, int]], bool]:
-    """All (i, j), i < j, or a deterministic sample of `limit` of them."""
+def _pair_at(index: int, n: int) -> tuple[int, int]:
+    """The pair (i, j), i < j, at position `index` of the row-major order of an n-item triangle."""
+    # row i starts at i*n - i*(i+1)/2; solve for the last row start <= index
+    i = int(((2 * n - 1) - math.sqrt((2 * n - 1) ** 2 - 8 * index)) // 2)
+    while i > 0 and i * n - i * (i + 1) // 2 > index:
+        i -= 1
+    while (i + 1) * n - (i + 1) * (i + 2) // 2 <= index:
+        i += 1
+    return i, index - (i * n - i * (i + 1) // 2) + i + 1
+
+
+def _pairs(n: int, limit: int) -> tuple[Iterator[tuple[int, int]], int, bool]:
+    """All (i, j), i < j, or a deterministic sample of `limit` distinct ones, generated one at a time
+    (nothing stored): positions start + t * step (mod the pair count), step coprime with it."""
     total = n * (n - 1) // 2
     if total <= limit:
-        return [(i, j) for i in range(n) for j in range(i + 1, n)], False
+        return ((i, j) for i in range(n) for j in range(i + 1, n)), total, False
     rng = random.Random(SAMPLE_SEED)
-    chosen: set[tuple[int, int]] = set()
-    while len(chosen) < limit:
-        i, j = rng.randrange(n), rng.randrange(n)
-        if i != j:
-            chosen.add((min(i, j), max(i, j)))
-    return sorted(chosen), True
+    step = rng.randrange(1, total)
+    while math.gcd(step, total) != 1:
+        step = rng.randrange(1, total)
+    start = rng.randrange(total)
+    return (_pair_at((start + t * step) % total, n) for t in range(limit)), limit, True
+
+
+def _token_ids(texts: Iterable[str]) -> list[list[int]]:
+    """Each text's tokens as small integers (one id per distinct token): less memory than strings,
+    and the same ROUGE-L (only equality of tokens counts)."""
+    ids: dict[str, int] = {}
+    return [[ids.setdefault(t, len(ids)) for t in tokens(text)] for text in texts]
 
 
 def pairwise_rouge(texts: Sequence[str], max_pairs: int = MAX_PAIRS,
-                   threshold: float = NEAR_DUPLICATE) -> dict[str, Any]:
+                   threshold: float = NEAR_DUPLICATE, toks: list[list[int]] | None = None) -> dict[str, Any]:
     """Mean and max ROUGE-L over pairs of texts, and the near duplicates among them."""
-    toks = [tokens(t) for t in texts]
-    pairs, sampled = _pairs(len(toks), max_pairs)
-    scores, near, members = [], 0, set()
+    toks = _token_ids(texts) if toks is None else toks
+    pairs, compared, sampled = _pairs(len(toks), max_pairs)
+    total, best, near, members = 0.0, None, 0, set()
     for i, j in pairs:
         score = rouge_l(toks[i], toks[j])
-        scores.append(score)
+        total += score
+        best = score if best is None or score > best else best
         if score >= threshold:
             near += 1
             members.update((i, j))
     exact = sum(count - 1 for count in Counter(tuple(t) for t in toks).values() if count > 1)
-    return {"mean": _round(mean(scores)) if scores else None, "max": _round(max(scores)) if scores else None,
-            "pairs_compared": len(pairs), "pairs_total": len(toks) * (len(toks) - 1) // 2, "sampled": sampled,
+    return {"mean": _round(total / compared) if compared else None, "max": _round(best),
+            "pairs_compared": compared, "pairs_total": len(toks) * (len(toks) - 1) // 2, "sampled": sampled,
             "near_duplicate_pairs": near, "near_duplicate_instructions": len(members),
             "exact_duplicates": exact, "threshold": threshold}
 
 
-def seed_closeness(texts: Sequence[str], seeds: Sequence[str], max_pairs: int = MAX_PAIRS) -> dict[str, Any]:
-    """Each text's ROUGE-L to its nearest seed; the mean and max over texts."""
-    seed_tokens = [t for t in (tokens(s) for s in seeds) if t]
+def seed_closeness(texts: Sequence[str], seeds: Iterable[str], max_pairs: int = MAX_PAIRS,
+                   seed_count: int | None = None) -> dict[str, Any]:
+    """Each text's ROUGE-L to its nearest seed; the mean and max over texts. Seeds are read one at a
+    time (an iterable is read once, so give `seed_count` with one, or it is read twice as a list)."""
+    if seed_count is None:
+        seeds = [s for s in seeds if tokens(s)]
+        seed_count = len(seeds)
     indices = list(range(len(texts)))
     sampled = False
-    if seed_tokens and len(indices) * len(seed_tokens) > max_pairs:
-        keep = max(1, max_pairs // len(seed_tokens))
+    if seed_count and len(indices) * seed_count > max_pairs:
+        keep = max(1, max_pairs // seed_count)
         indices, sampled = sorted(random.Random(SAMPLE_SEED).sample(indices, keep)), True
-    nearest = []
-    for i in indices if seed_tokens else []:
-        words = tokens(texts[i])
-        nearest.append(max(rouge_l(words, s) for s in seed_tokens))
-    return {"seeds": len(seed_tokens), "compared": len(nearest), "sampled": sampled,
-            "rouge_l_mean": _round(mean(nearest)) if nearest else None,
-            "rouge_l_max": _round(max(nearest)) if nearest else None}
+    chosen = [tokens(texts[i]) for i in indices] if seed_count else []
+    nearest = [0.0] * len(chosen)
+    counted = 0
+    for seed in seeds if chosen else []:
+        words = tokens(seed)
+        if not words:
+            continue
+        counted += 1
+        for k, text in enumerate(chosen):
+            score = rouge_l(text, words)
+            if score > nearest[k]:
+                nearest[k] = score
+    return {"seeds": seed_count, "compared": len(nearest), "sampled": sampled,
+            "rouge_l_mean": _round(mean(nearest)) if nearest and counted else None,
+            "rouge_l_max": _round(max(nearest)) if nearest and counted else None}
 
 
 @lru_cache(maxsize=1)
@@ -162,30 +201,52 @@ def embedding_closeness(texts: Sequence[str], seeds: Sequence[str]) -> dict[str,
     if model is None:
         return {"embedding": None, "note": "embedding similarity skipped: install wordllama "
                                            "(pip install 'codeclm[quality]') to measure it offline"}
-    texts, seeds = [t for t in texts if t.strip()], [s for s in seeds if s.strip()]
+    import numpy as np
+
+    texts = [t for t in texts if t.strip()]
     result: dict[str, Any] = {"embedding": "wordllama l2_supercat 256"}
     if not texts:
         return result
     kept = model.embed(list(texts), norm=True)
-    if seeds:
-        nearest = (kept @ model.embed(list(seeds), norm=True).T).max(axis=1)
+    nearest = None
+    for chunk in _chunks((s for s in seeds if s.strip()), EMBED_CHUNK):  # never all seeds' vectors at once
+        best = (kept @ model.embed(chunk, norm=True).T).max(axis=1)
+        nearest = best if nearest is None else np.maximum(nearest, best)
+    if nearest is not None:
         result.update(embedding_mean=_round(float(nearest.mean())), embedding_max=_round(float(nearest.max())))
-    if len(texts) > 1:
-        sims = kept @ kept.T
+    if len(texts) > 1:  # sum over pairs i != j of v_i . v_j = |sum v|^2 - sum |v_i|^2: no n x n matrix
         n = len(texts)
-        result["embedding_mean_pairwise"] = _round(float((sims.sum() - sims.trace()) / (n * (n - 1))))
+        summed = kept.sum(axis=0, dtype=np.float64)
+        off_diagonal = float(summed @ summed) - float(np.einsum("ij,ij->", kept, kept, dtype=np.float64))
+        result["embedding_mean_pairwise"] = _round(off_diagonal / (n * (n - 1)))
     return result
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def coverage(pool: Iterable[dict[str, Any]], kept: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Use cases and skills of the pool, and how many of them appear in the kept pairs' metadata."""
-    pool, kept = list(pool), list(kept)
+    pool = list(pool)
+    readers = (("use_cases", _use_cases), ("skills", _skills))
+    got: dict[str, set[str]] = {name: set() for name, _ in readers}
+    for entry in kept:  # one pass: `kept` may be a stream
+        for name, read in readers:
+            got[name].update(read(entry))
     found: dict[str, Any] = {}
-    for name, read in (("use_cases", _use_cases), ("skills", _skills)):
+    for name, read in readers:
         have = {v for entry in pool for v in read(entry)}
-        got = {v for entry in kept for v in read(entry)}
-        found[name] = {"pool": len(have), "kept": len(have & got), "share": _round(len(have & got) / len(have))
-                       if have else None, "missing": sorted(have - got)[:20]}
+        found[name] = {"pool": len(have), "kept": len(have & got[name]),
+                       "share": _round(len(have & got[name]) / len(have)) if have else None,
+                       "missing": sorted(have - got[name])[:20]}
     return found
 
 
@@ -207,18 +268,25 @@ def judge_consistency(judgements: Iterable[Judged]) -> dict[str, Any]:
     means the judge favours whichever answer it reads first. A verdict is which answer scored
     higher in one order (or a tie); order agreement is the share of judgements whose two verdicts
     are the same, and order conflicts the share where one order prefers A and the other B."""
-    both = [j for j in judgements if j.a_first and j.b_first]
-    diffs, agree, conflict = [], 0, 0
-    for j in both:
+    both, diffs, agree, conflict = 0, [], 0, 0  # diffs: a running exact sum (math.fsum's partials)
+    for j in judgements:  # one pass: `judgements` may be a stream
+        if not (j.a_first and j.b_first):
+            continue
+        both += 1
         (a1, b2), (b1, a2) = j.a_first, j.b_first
-        diffs += [a1 - a2, b1 - b2]
+        diffs = _add(diffs, a1 - a2, b1 - b2)
         first, second = _verdict(a1, b2), _verdict(a2, b1)
         agree += first == second
         conflict += {first, second} == {"a", "b"}
-    return {"judged_both_orders": len(both),
-            "position_bias": _round(mean(diffs)) if diffs else None,
-            "order_agreement": _round(agree / len(both)) if both else None,
-            "order_conflicts": _round(conflict / len(both)) if both else None}
+    return {"judged_both_orders": both,
+            "position_bias": _round(math.fsum(diffs) / (2 * both)) if both else None,
+            "order_agreement": _round(agree / both) if both else None,
+            "order_conflicts": _round(conflict / both) if both else None}
+
+
+def _add(partials: list[float], *values: float) -> list[float]:
+    """Values added to a running sum kept as math.fsum's few partials: exact, in constant memory."""
+    return [math.fsum([*partials, *values])]
 
 
 def _verdict(a: float, b: float) -> str:
@@ -226,48 +294,68 @@ def _verdict(a: float, b: float) -> str:
 
 
 def lengths(pairs: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    pairs = list(pairs)
-    inst = [len(tokens(p["instruction"])) for p in pairs]
-    resp = [len(tokens(p["response"])) for p in pairs if isinstance(p.get("response"), str)]
-    return {"instruction_words_mean": _round(mean(inst)) if inst else None,
-            "response_words_mean": _round(mean(resp)) if resp else None}
+    inst, resp = [0, 0], [0, 0]  # word total, count: one pass, `pairs` may be a stream
+    for p in pairs:
+        inst[0] += len(tokens(p["instruction"]))
+        inst[1] += 1
+        if isinstance(p.get("response"), str):
+            resp[0] += len(tokens(p["response"]))
+            resp[1] += 1
+    return {"instruction_words_mean": _round(inst[0] / inst[1]) if inst[1] else None,
+            "response_words_mean": _round(resp[0] / resp[1]) if resp[1] else None}
 
 
 def quality_metrics(run_dir: Path | str | RunData, embeddings: bool = True) -> dict[str, Any]:
     """Every metric of a run folder's kept data (see the module docstring). Absent artifacts give
     None for what they would have measured, with a note; never an exception for missing data."""
     run = run_dir if isinstance(run_dir, RunData) else RunData.open(run_dir)
-    kept = run.kept
-    texts = [p["instruction"] for p in kept]
-    seeds = [s["text"] for s in run.seeds]
+    loaded = vars(run)  # what a caller's RunData has read already is used; the rest is streamed
+    texts, metadata = [], []
+    length = {"instruction": [0, 0], "response": [0, 0]}
+    for pair in loaded.get("kept") or run.iter_kept():  # one pass: only the texts stay in memory
+        texts.append(pair["instruction"])
+        metadata.append({k: pair["metadata"].get(k) for k in ("use_case", "skills")})
+        for field in length:
+            if isinstance(pair.get(field), str):
+                length[field][0] += len(tokens(pair[field]))
+                length[field][1] += 1
+
+    def seeds() -> Iterator[str]:  # read again each time it is needed: never all seeds in memory
+        return (s["text"] for s in (loaded["seeds"] if "seeds" in loaded else run.iter_seeds()))
+
+    any_seed, seed_count = False, 0
+    for text in seeds():
+        any_seed = True
+        seed_count += bool(tokens(text))
     notes = []
-    rouge = pairwise_rouge(texts)
-    closeness = seed_closeness(texts, seeds)
+    rouge = pairwise_rouge(texts, toks=_token_ids(texts))
+    closeness = seed_closeness(texts, seeds(), seed_count=seed_count)
     if embeddings:
-        closeness.update(embedding_closeness(texts, seeds))
+        closeness.update(embedding_closeness(texts, seeds()))
     if closeness.get("note"):
         notes.append(closeness.pop("note"))
     if rouge["sampled"] or closeness["sampled"]:
         notes.append(f"ROUGE-L on a deterministic sample of at most {MAX_PAIRS} pairs")
-    if not seeds:
+    if not any_seed:
         notes.append("no seed texts in this run (metadata.jsonl absent or hand-written metadata)")
     pool = run.pool
     if pool is None:
         notes.append("no pool.jsonl: metadata coverage not measured")
-    judge = judge_consistency(run.judgements)
+    judge = judge_consistency(loaded.get("judgements") or run.iter_judgements())
     if not judge["judged_both_orders"]:
         notes.append("no judgement scored in both orders: position bias and order agreement not measured")
     return {
-        "kept": len(kept),
+        "kept": len(texts),
         "distinct_1": _round(distinct_n(texts, 1)),
         "distinct_2": _round(distinct_n(texts, 2)),
         "rouge_l": {k: rouge[k] for k in ("mean", "max", "pairs_compared", "pairs_total", "sampled")},
         "near_duplicates": {k: rouge[k] for k in ("threshold", "near_duplicate_pairs",
                                                   "near_duplicate_instructions", "exact_duplicates")},
         "seed_closeness": closeness,
-        "coverage": coverage(pool, [p["metadata"] for p in kept]) if pool is not None else None,
+        "coverage": coverage(pool, metadata) if pool is not None else None,
         "judge": judge,
-        "lengths": lengths(kept),
+        "lengths": {f"{field}_words_mean": _round(total / count) if count else None
+                    for field, (total, count) in length.items()},
         "notes": notes,
     }
 

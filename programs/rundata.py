@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -50,11 +51,18 @@ class RunData:
         return any((self.folder / name).is_file() for name in ARTIFACTS.values())
 
     def _jsonl(self, artifact: str) -> list[dict[str, Any]] | None:
+        rows = self.stream(artifact)
+        return None if rows is None else list(rows)
+
+    def stream(self, artifact: str) -> Iterator[dict[str, Any]] | None:
+        """An artifact's rows one at a time (memory does not grow with the file), or None if absent."""
         path = self.folder / ARTIFACTS[artifact]
         if not path.is_file():
             self.missing.append(ARTIFACTS[artifact])
             return None
-        rows = []
+        return self._rows(path, ARTIFACTS[artifact])
+
+    def _rows(self, path: Path, name: str) -> Iterator[dict[str, Any]]:
         try:
             with path.open(encoding="utf-8", errors="replace") as handle:
                 for line in handle:
@@ -65,13 +73,11 @@ class RunData:
                     except ValueError:
                         row = None
                     if isinstance(row, dict):
-                        rows.append(row)
+                        yield row
                     else:
-                        self.bad_lines[ARTIFACTS[artifact]] += 1
+                        self.bad_lines[name] += 1
         except OSError:
-            self.missing.append(ARTIFACTS[artifact])
-            return None
-        return rows
+            self.missing.append(name)
 
     @cached_property
     def histories(self) -> list[dict[str, Any]] | None:
@@ -115,22 +121,31 @@ class RunData:
     def seeds(self) -> list[dict[str, Any]]:
         """Seed instructions as the run read them: {id, text}, from the encode records (which keep the
         seed's text, failed or not). Empty for a run without seeds."""
-        seen: dict[str, str] = {}
-        for row in self.metadata or []:
+        return list(self.iter_seeds(self.metadata))
+
+    def iter_seeds(self, rows: Any = None) -> Iterator[dict[str, Any]]:
+        """`seeds`, one at a time, read from metadata.jsonl (or `rows`) as they are needed."""
+        seen: set[str] = set()
+        for row in (self.stream("metadata") or []) if rows is None else rows:
             text = row.get("instruction")
             if isinstance(text, str) and text.strip():
-                seen.setdefault(str(row.get("id", len(seen))), text)
-        return [{"id": k, "text": v} for k, v in seen.items()]
+                key = str(row.get("id", len(seen)))
+                if key not in seen:
+                    seen.add(key)
+                    yield {"id": key, "text": text}
 
     @cached_property
     def kept(self) -> list[dict[str, Any]]:
         """Kept pairs: {id, instruction, response, iteration, response_from, metadata}, from dataset.jsonl
         (chat `messages`), else from the kept histories' records."""
-        rows = self.dataset
+        return list(self.iter_kept(self.dataset, self.histories))
+
+    def iter_kept(self, dataset: Any = None, histories: Any = None) -> Iterator[dict[str, Any]]:
+        """`kept`, one pair at a time, streamed from the files unless rows are given."""
+        rows = dataset if dataset is not None else self.stream("dataset")
         if rows is None:
-            rows = [h["record"] for h in self.histories or [] if h.get("status") == "kept"
-                    and isinstance(h.get("record"), dict)]
-        pairs = []
+            rows = (h["record"] for h in (histories if histories is not None else self.stream("instructions")) or []
+                    if h.get("status") == "kept" and isinstance(h.get("record"), dict))
         for index, row in enumerate(rows):
             messages = row.get("messages") if isinstance(row.get("messages"), list) else []
             user = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
@@ -139,12 +154,10 @@ class RunData:
             if not isinstance(instruction, str):
                 continue
             provenance = row.get("provenance") if isinstance(row.get("provenance"), dict) else {}
-            pairs.append({"id": str(provenance.get("id", index)), "instruction": instruction,
-                          "response": reply[-1] if reply and isinstance(reply[-1], str) else row.get("response"),
-                          "iteration": provenance.get("iteration"), "response_from": provenance.get("response_from"),
-                          "metadata": provenance.get("metadata") if isinstance(provenance.get("metadata"), dict)
-                          else {}})
-        return pairs
+            yield {"id": str(provenance.get("id", index)), "instruction": instruction,
+                   "response": reply[-1] if reply and isinstance(reply[-1], str) else row.get("response"),
+                   "iteration": provenance.get("iteration"), "response_from": provenance.get("response_from"),
+                   "metadata": provenance.get("metadata") if isinstance(provenance.get("metadata"), dict) else {}}
 
     @cached_property
     def status_counts(self) -> dict[str, int]:
@@ -157,16 +170,18 @@ class RunData:
     @cached_property
     def judgements(self) -> list[Judged]:
         """Every judgement in the histories (every iteration of every record) that has scores."""
-        found = []
-        for history in self.histories or []:
+        return list(self.iter_judgements(self.histories))
+
+    def iter_judgements(self, histories: Any = None) -> Iterator[Judged]:
+        """`judgements`, one at a time, streamed from instructions.jsonl unless rows are given."""
+        for history in (self.stream("instructions") or []) if histories is None else histories:
             for step in self.steps(history):
                 scores = step.get("scores")
                 if not isinstance(scores, dict):
                     continue
-                found.append(Judged(str(history.get("id")), step.get("iteration"),
-                                    _pair(scores.get("strong_first")), _pair(scores.get("target_first")),
-                                    _number(scores.get("gap"))))
-        return found
+                yield Judged(str(history.get("id")), step.get("iteration"),
+                             _pair(scores.get("strong_first")), _pair(scores.get("target_first")),
+                             _number(scores.get("gap")))
 
     @cached_property
     def answer_names(self) -> tuple[str, str]:

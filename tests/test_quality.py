@@ -90,6 +90,23 @@ def test_pairwise_rouge_samples_deterministically_above_the_limit():
     assert not pairwise_rouge(texts, max_pairs=435)["sampled"]
 
 
+def test_sampled_pairs_are_distinct_and_generated_not_stored():
+    for n in (2, 3, 7, 30, 101):  # every position maps to the row-major pair, and back
+        everything = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        assert [quality._pair_at(k, n) for k in range(len(everything))] == everything
+    pairs, compared, sampled = quality._pairs(3000, 5000)  # 4.5M pairs: a generator, not a list
+    assert sampled and compared == 5000 and not isinstance(pairs, (list, set))
+    chosen = list(pairs)
+    assert len(set(chosen)) == 5000 and all(0 <= i < j < 3000 for i, j in chosen)
+    assert len({i for i, _ in chosen}) > 500  # spread over the whole triangle
+
+
+def test_seed_closeness_reads_seeds_as_a_stream():
+    seeds = iter(["write a poem about cats", "sort numbers", ""])
+    found = quality.seed_closeness(["write a poem about dogs", "sort the numbers"], seeds, seed_count=2)
+    assert found["seeds"] == 2 and found["compared"] == 2 and found["rouge_l_max"] > 0.7
+
+
 def test_seed_closeness_takes_each_texts_nearest_seed():
     found = seed_closeness(["a b c d", "x y z w"], ["a b", "x y z w", ""])
     # text 0: nearest seed "a b": 2*(1)(1/2)/(3/2) = 2/3; text 1 equals a seed: 1
