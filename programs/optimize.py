@@ -1,96 +1,311 @@
-"""Tune one llm node's prompt with a DSPy optimizer, and save it for the node's `program:` key.
+"""Tune one llm node's prompt with a DSPy optimizer for a metric the spec declares, and save it
+as a program file the node's `program:` key loads.
 
-BootstrapFewShot runs the node (or a teacher model in the same node) on example inputs and
-keeps as demos the outputs the node's parser accepts. Parsing is the one metric every node
-has, and the one small models fail most: a demo is a real answer in the exact format the
-parser wants. The template renders the demos as few-shot turns. The tuned state is checked
-on held-out inputs, before and after, with the same metric.
-
-The example inputs are the node's inputs as a run computes them: the spec is walked against
-the cache with no model (like `run --dry-run`), and every input the node would get is
-collected. A node fed by the seeds needs no earlier run; a later node needs the run's calls
-in the cache (`--from RUN_DIR` reads that run's cache folder). Calls go through the hub and
-cache like a run's, so tuning again costs no call it already made.
+- **Examples** are the node's inputs as a run computes them: the spec is walked against the
+  cache with no model (like `run --dry-run`). A node fed by the seeds needs no earlier run; a
+  later node needs the run's calls in the cache (`--from RUN_DIR` reads that run's cache).
+- **Split**: each example goes to train, validation or held-out by a hash of the spec's seed
+  and the example itself, so the split is the same on every rerun and an added seed moves no
+  other example.
+- **Optimizers**: GEPA (reflective instruction evolution, fed by the metric's textual
+  feedback; the reflection model is a role of the spec), MIPROv2 (instructions and demos
+  searched jointly; needs `optuna`), BootstrapFewShot (demos the metric accepts).
+- **Metrics** (`programs/tuning/`): parse, a pointwise judge node, a pairwise judge of tuned
+  against current output, codec fidelity, a marker text.
+- **Cache**: every call (the node's, the metric's, the reflection model's) goes through the
+  hub and its cache. DSPy drops `rollout_id` before an engine sees a request, so the
+  reflection model's calls get their sample slot here: the n-th time the same prompt is asked
+  is slot n. A rerun asks in the same order, so a warm cache answers everything.
+- **Scores**: the metric on the held-out examples, before and after, with items and calls,
+  printed and saved beside the program.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
+import threading
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import dspy
 
-from .adapter import run_on_hub_loop
+from .adapter import AsyncHubEngine, HubEngine, run_on_hub_loop
 from .cache import CallCache, default_cache_dir
 from .engine.llm import NodeModule, build_module
 from .engine.run import RunOptions, run_spec
 from .errors import SpecError
-from .hub import ModelHub
+from .hub import CURRENT_CALL, CallContext, ModelHub
 from .lang.nodes import LLMNode
 from .spec import Spec
 from .templates import StageTemplate, TemplateStore
+from .tuning.config import MetricSpec, pick_metric
+from .tuning.metrics import MetricRunner, Score
+
+OPTIMIZERS = ("gepa", "mipro", "bootstrap")
+SPLIT = (0.4, 0.3, 0.3)  # train, validation, held-out
 
 
 @dataclass
 class OptimizeOptions:
     stage: str  # the llm node tuned
+    optimizer: str = "bootstrap"
+    metric: str | None = None  # a metric of optimize.NODE.metrics, or parse [default: the node's metric:]
     run_dir: Path | None = None  # a finished run whose cache holds the calls before the node
     seeds: Path | None = None  # another seed file [default: the spec's]
-    examples: int = 20  # inputs used: the first half bootstraps demos, the second half checks them
+    examples: int = 20  # inputs used at most, split into train / validation / held-out
     demos: int = 4
-    teacher: str | None = None  # a model role that writes the demos [default: the stage's own model]
+    teacher: str | None = None  # bootstrap: a model role that writes the demos
+    reflection: str | None = None  # gepa / mipro: the role that proposes instructions [default: the node's]
+    max_metric_calls: int | None = None  # gepa's budget
+    auto: str | None = None  # gepa / mipro: light | medium | heavy [default for gepa: light]
     out: Path | None = None
     cache_dir: Path | None = None
     cache_mode: str = "live"
+    progress: TextIO | None = None  # progress lines (stderr in the CLI)
 
 
 @dataclass
 class OptimizeResult:
     path: Path
     demos: int
-    parsed_before: int
+    parsed_before: int  # kept for the bootstrap-on-parse callers: sums of held-out scores
     parsed_after: int
-    checked: int
+    checked: int  # held-out items
+    metric: str = "parse"
+    optimizer: str = "bootstrap"
+    before: float = 0.0  # mean metric on held-out
+    after: float = 0.0
+    instructions: str = ""
+    calls: dict[str, int] = field(default_factory=dict)  # model calls and cache hits of the whole optimization
+    table: str = ""
 
 
 def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) -> OptimizeResult:
     node = model_node(spec, options.stage)
-    if options.teacher and options.teacher not in spec.models:
-        raise SpecError(str(spec.path), f"no model role '{options.teacher}' to teach with",
-                        hint=f"roles in models: {', '.join(spec.models)}")
+    if options.optimizer not in OPTIMIZERS:
+        raise SpecError(str(spec.path), f"unknown optimizer {options.optimizer!r}", hint=", ".join(OPTIMIZERS))
+    for role in (options.teacher, options.reflection):
+        if role and role not in spec.models:
+            raise SpecError(str(spec.path), f"no model role '{role}'",
+                            hint=f"roles in models: {', '.join(spec.models)}")
+    metric = pick_metric(spec, node.name, options.metric)
     cache_dir = options.cache_dir or _run_cache(options.run_dir) or spec.cache_dir or default_cache_dir()
     inputs = _dedupe(node_inputs(spec, node, options, cache_dir, hub))[: options.examples]
-    if len(inputs) < 2:
+    if len(inputs) < 3:
         raise SpecError(str(options.run_dir or spec.path), f"node '{node.name}': {len(inputs)} example input(s), "
-                        "need at least 2", hint="run the spec first, then pass --from runs/NAME (its cache holds the "
+                        "need at least 3", hint="run the spec first, then pass --from runs/NAME (its cache holds the "
                         "inputs), or pass more seeds")
-    half = math.ceil(len(inputs) / 2)
-    trainset = [dspy.Example(**i).with_inputs(*i) for i in inputs[:half]]
-    checkset = inputs[half:]
+    train, val, held = split(inputs, spec.seed)
     cache = None
     if hub is None:
         cache = CallCache(cache_dir, options.cache_mode)
         hub = ModelHub(spec.models, cache)
     try:
-        student, teacher = _modules(spec, node, options.teacher, hub)
-        before = _parsed(student, checkset)
-        optimizer = dspy.BootstrapFewShot(metric=lambda example, result, trace=None: result.ok,
-                                          max_bootstrapped_demos=options.demos, max_labeled_demos=0)
-        tuned = optimizer.compile(student, teacher=teacher, trainset=trainset)
-        tuned.predict.set_lm(student.predict.lm)  # compile resets the copy's LM with its demos
-        after = _parsed(tuned, checkset)
-        path = options.out or Path("runs") / f"{spec.name}-optimize" / f"{node.name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tuned.save(str(path))
+        return _optimize(spec, node, options, metric, hub, train, val, held)
     finally:
         run_on_hub_loop(hub.aclose())
         if cache is not None:
             cache.close()
-    return OptimizeResult(path, len(tuned.predict.demos), before, after, len(checkset))
+
+
+def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: MetricSpec, hub: ModelHub,
+              train: list[dict[str, Any]], val: list[dict[str, Any]], held: list[dict[str, Any]]) -> OptimizeResult:
+    template = TemplateStore(spec.prompts_dir).get(node.template)
+    original = build_module(node, spec, hub)
+    if options.optimizer != "gepa":
+        _check_renders_demos(node, original, template)
+    modules: dict[tuple[str, str | None], NodeModule] = {}
+
+    def module_for(other: LLMNode, role: str | None) -> NodeModule:
+        key = (other.name, role)
+        if key not in modules:
+            modules[key] = build_module(other, spec, hub, role=role)
+        return modules[key]
+
+    runner = MetricRunner(metric, spec, node, module_for, baseline=original)
+    tracker = Tracker(options.progress, len(val))
+
+    def score(example: Any, pred: Any) -> Score:
+        inputs = {k: example[k] for k in example.inputs() if k != "item"}
+        return runner(inputs, pred.result, example.item, candidate=pred.module)
+
+    def metric_fn(example: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
+        result = score(example, pred)
+        tracker.record(pred.instructions, result.value)
+        if options.optimizer == "gepa":
+            return dspy.Prediction(score=result.value, feedback=result.feedback)
+        if options.optimizer == "bootstrap" and trace is not None:
+            return result.value >= 1.0
+        return result.value
+
+    trainset, valset = _examples(train, "train"), _examples(val, "val")
+    student = Tuned(original)
+    calls_before = _calls(hub)
+    before = _evaluate(student, held, score)
+    tuned = _compile(options, spec, node, hub, student, trainset, valset, metric_fn)
+    tuned.node.predict.set_lm(original.predict.lm)  # compile may reset the copy's LM
+    after = _evaluate(tuned, held, score)
+    calls_all = {k: v - calls_before.get(k, 0) for k, v in _calls(hub).items()}
+    path = options.out or Path("runs") / f"{spec.name}-optimize" / f"{node.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tuned.node.save(str(path))
+    budget = {"max_metric_calls": options.max_metric_calls, "auto": options.auto, "demos": options.demos,
+              "examples": options.examples}
+    scores = {"held_out": {"items": len(held), "before": _mean(before), "after": _mean(after)},
+              "split": {"train": len(train), "val": len(val), "held_out": len(held), "seed": spec.seed},
+              "metric_calls": tracker.calls, "best_during_search": tracker.best,
+              "calls": calls_all}
+    table = score_table(metric.name, node.name, len(held), _mean(before), _mean(after), calls_all)
+    saved = json.loads(path.read_text())
+    saved["codeclm"] = {"node": node.name, "spec": str(spec.path), "optimizer": options.optimizer,
+                        "metric": metric.describe(), "budget": budget, "reflection": options.reflection or node.model,
+                        "teacher": options.teacher, "scores": scores,
+                        "instructions": tuned.node.predict.signature.instructions}
+    path.write_text(json.dumps(saved, indent=2, ensure_ascii=False))
+    path.with_suffix(".scores.txt").write_text(table + "\n")
+    return OptimizeResult(path, len(tuned.node.predict.demos), round(sum(before)), round(sum(after)), len(held),
+                          metric.name, options.optimizer, _mean(before), _mean(after),
+                          tuned.node.predict.signature.instructions, calls_all, table)
+
+
+def _compile(options: OptimizeOptions, spec: Spec, node: LLMNode, hub: ModelHub, student: Tuned,
+             trainset: list[Any], valset: list[Any], metric_fn: Any) -> Tuned:
+    seed = spec.seed
+    if options.optimizer == "bootstrap":
+        teacher = None
+        if options.teacher:
+            teacher = Tuned(build_module(node, spec, hub, role=options.teacher, with_program=False))
+        optimizer = dspy.BootstrapFewShot(metric=metric_fn, max_bootstrapped_demos=options.demos, max_labeled_demos=0)
+        return optimizer.compile(student, teacher=teacher, trainset=trainset + valset)
+    reflection = reflection_lm(hub, spec, options.reflection or node.model)
+    if options.optimizer == "gepa":
+        budget: dict[str, Any] = ({"max_metric_calls": options.max_metric_calls} if options.max_metric_calls
+                                  else {"auto": options.auto or "light"})
+        optimizer = dspy.GEPA(metric=metric_fn, reflection_lm=reflection, num_threads=1, seed=seed,
+                              track_stats=True, **budget)
+        return optimizer.compile(student, trainset=trainset, valset=valset)
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise SpecError(str(spec.path), "--optimizer mipro needs optuna, which is not installed",
+                        hint="pip install optuna, or use --optimizer gepa") from None
+    optimizer = dspy.MIPROv2(metric=metric_fn, prompt_model=reflection, auto=options.auto or "light",
+                             num_threads=1, seed=seed, max_bootstrapped_demos=options.demos, max_labeled_demos=0,
+                             verbose=False)
+    return optimizer.compile(student, trainset=trainset, valset=valset, requires_permission_to_run=False)
+
+
+class Tuned(dspy.Module):
+    """The node's module, returning what the metric needs: the result, the candidate's
+    instructions, and the candidate itself (codec fidelity encodes again with it)."""
+
+    def __init__(self, node: NodeModule):
+        super().__init__()
+        self.node = node
+
+    def forward(self, item: str = "-", **inputs: Any) -> dspy.Prediction:
+        result = self.node(item=item, **inputs)
+        return dspy.Prediction(result=result, instructions=self.node.predict.signature.instructions,
+                               module=self.node)
+
+
+class Tracker:
+    """Counts metric calls and prints the best mean so far of any candidate scored on at least as
+    many examples as the validation set holds."""
+
+    def __init__(self, stream: TextIO | None, width: int):
+        self.stream, self.width = stream, max(1, width)
+        self.scores: dict[str, list[float]] = {}
+        self.calls, self.best = 0, None
+        self.lock = threading.Lock()
+
+    def record(self, instructions: str, value: float) -> None:
+        with self.lock:
+            self.calls += 1
+            scores = self.scores.setdefault(instructions, [])
+            scores.append(value)
+            means = [sum(s) / len(s) for s in self.scores.values() if len(s) >= self.width]
+            best = max(means) if means else None
+            if self.stream is not None and (self.calls % self.width == 0 or best != self.best):
+                shown = "-" if best is None else f"{best:.3f}"
+                print(f"optimize: {self.calls} metric calls, {len(self.scores)} candidate prompt(s), "
+                      f"best so far {shown}", file=self.stream, flush=True)
+            self.best = best
+
+
+class ReflectionEngine(HubEngine):
+    """The proposal model's engine: the n-th ask of one prompt is sample slot n (DSPy strips
+    rollout_id), under the stage `optimize:reflection`."""
+
+    def __init__(self, hub: ModelHub, role: str):
+        super().__init__(hub, role)
+        self.asked: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def complete(self, request: Any) -> Any:
+        from .adapter import request_messages
+
+        key = hashlib.sha256(json.dumps(request_messages(request), sort_keys=True).encode()).hexdigest()
+        with self.lock:
+            slot = self.asked[key]
+            self.asked[key] += 1
+        token = CURRENT_CALL.set(CallContext(stage="optimize:reflection", item=f"proposal-{key[:8]}", slot=slot))
+        try:
+            return super().complete(request)
+        finally:
+            CURRENT_CALL.reset(token)
+
+
+def reflection_lm(hub: ModelHub, spec: Spec, role: str) -> dspy.LM:
+    model = spec.models[role]
+    return dspy.LM(f"openai/codeclm-{role}", engine=ReflectionEngine(hub, role),
+                   async_engine=AsyncHubEngine(hub, role), cache=False, num_retries=0,
+                   temperature=model.temperature, max_tokens=model.max_tokens)
+
+
+def split(inputs: list[dict[str, Any]], seed: int) -> tuple[list, list, list]:
+    """Train, validation, held-out: ordered by a hash of the seed and each example, then cut by
+    SPLIT, each at least one example. The same inputs always split the same way."""
+    def rank(values: dict[str, Any]) -> str:
+        return hashlib.sha256(f"{seed}\0{json.dumps(values, sort_keys=True, default=str)}".encode()).hexdigest()
+
+    ordered = sorted(inputs, key=rank)
+    n = len(ordered)
+    n_train = max(1, round(n * SPLIT[0]))
+    n_val = max(1, min(n - n_train - 1, round(n * SPLIT[1])))
+    return ordered[:n_train], ordered[n_train:n_train + n_val], ordered[n_train + n_val:]
+
+
+def _examples(inputs: list[dict[str, Any]], part: str) -> list[Any]:
+    return [dspy.Example(item=f"{part}{i}", **values).with_inputs("item", *values) for i, values in enumerate(inputs)]
+
+
+def _evaluate(module: Tuned, inputs: list[dict[str, Any]], score: Any) -> list[float]:
+    examples = _examples(inputs, "held")
+    return [score(example, module(**example.inputs().toDict())).value for example in examples]
+
+
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 4) if values else 0.0
+
+
+def _calls(hub: ModelHub) -> dict[str, int]:
+    totals: Counter[str] = Counter()
+    for counter in hub.stats.values():
+        totals["calls"] += counter.get("calls", 0)
+        totals["cache_hits"] += counter.get("cache_hits", 0)
+    return dict(totals)
+
+
+def score_table(metric: str, node: str, items: int, before: float, after: float, calls: dict[str, int]) -> str:
+    rows = [f"{'node':<14} {'metric':<14} {'held-out':>8} {'before':>8} {'after':>8} {'calls':>7} {'cached':>7}",
+            f"{node:<14} {metric:<14} {items:>8} {before:>8.3f} {after:>8.3f} {calls.get('calls', 0):>7} "
+            f"{calls.get('cache_hits', 0):>7}"]
+    return "\n".join(rows)
 
 
 def model_node(spec: Spec, name: str) -> LLMNode:
@@ -129,37 +344,25 @@ def node_inputs(spec: Spec, node: LLMNode, options: OptimizeOptions, cache_dir: 
     return seen
 
 
-def _modules(spec: Spec, node: LLMNode, teacher_role: str | None, hub: ModelHub) -> tuple[NodeModule, Any]:
-    """The node as the spec builds it (with its `program:` if any), and a teacher on another role."""
-    template = TemplateStore(spec.prompts_dir).get(node.template)
-    student = build_module(node, spec, hub)
-    _check_renders_demos(node, student, template)
-    if teacher_role is None:
-        return student, None
-    return student, build_module(node, spec, hub, role=teacher_role, with_program=False)
-
-
 def _check_renders_demos(node: LLMNode, module: NodeModule, template: StageTemplate) -> None:
-    """Demos are what BootstrapFewShot tunes: a template that ignores them cannot be tuned."""
+    """Demos are what BootstrapFewShot and MIPROv2 tune: a template that ignores them cannot be tuned."""
     inputs = {name: f"<{name}>" for name in module.predict.signature.input_fields}
     demo = {**inputs, **{name: f"<{name}>" for name in module.predict.signature.output_fields}}
     variables = {**inputs, "instructions": ""}
     try:
         same = template.render({**variables, "demos": []}) == template.render({**variables, "demos": [demo]})
     except SpecError:
-        return  # a template that needs real values: BootstrapFewShot shows whether demos help
+        return  # a template that needs real values: the optimizer shows whether demos help
     if same:
         raise SpecError(str(template.path), f"the template does not render demos, so tuning '{node.name}' "
                         "could not change its prompt",
-                        hint="loop over them: {% for demo in demos %}...{% endfor %}, as prompts/encode.jinja does")
-
-
-def _parsed(module: NodeModule, inputs: list[dict[str, Any]]) -> int:
-    return sum(module(item=f"check{i}", **values).ok for i, values in enumerate(inputs))
+                        hint="loop over them: {% for demo in demos %}...{% endfor %}, as prompts/encode.jinja does; "
+                        "or tune its instructions with --optimizer gepa")
 
 
 def _dedupe(inputs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
     for values in inputs:
-        seen.setdefault(json.dumps(values, sort_keys=True), values)
+        seen.setdefault(json.dumps(values, sort_keys=True, default=str), values)
     return list(seen.values())
+

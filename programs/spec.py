@@ -18,7 +18,8 @@ from .budget import check_budget, check_price
 from .errors import SpecError, SpecErrors
 from .yaml_lines import Path_, has_surrogate, load_value, load_with_lines
 
-TOP_KEYS = {"name", "seed", "prompts", "cache", "models", "params", "nodes", "outputs", "description", "budget"}
+TOP_KEYS = {"name", "seed", "prompts", "cache", "models", "params", "nodes", "outputs", "description", "budget",
+            "optimize"}
 MODEL_KEYS = {"model", "api_base", "api_key_env", "temperature", "max_tokens", "top_p", "concurrency",
               "rpm", "timeout", "retries", "n_ctx", "extra", "price"}
 
@@ -57,6 +58,7 @@ class Spec:
     graph: Any  # programs.lang.graph.Graph: the checked nodes and outputs
     raw: dict[str, Any]  # the spec as loaded, overrides applied (recorded in the manifest)
     budget: Any = None  # programs.budget.Budget: what a run may spend on new calls, or None
+    optimize: dict[str, Any] = field(default_factory=dict)  # node -> programs.tuning.config.NodeTuning
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
@@ -163,11 +165,15 @@ class Checker:
             self.raise_errors()
         graph = build_graph(self, models, params, prompts_dir)
         budget = check_budget(self, data.get("budget"), models)
+        from .tuning.config import check_optimize
+
+        optimize = check_optimize(self, data.get("optimize"), graph, models)
         self.raise_errors()
         return Spec(path=self.path, name=str(data.get("name", self.path.stem)), seed=int(data.get("seed", 0)),
                     prompts_dir=prompts_dir,
                     cache_dir=self.relative(str(data["cache"])) if data.get("cache") else None,
-                    models=models, params=params, graph=graph, raw=data, budget=budget)
+                    models=models, params=params, graph=graph, raw=data, budget=budget,
+                    optimize=optimize)
 
     def models(self, raw: dict[str, Any]) -> dict[str, ModelSpec]:
         models = {}

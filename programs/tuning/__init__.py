@@ -1,0 +1,1 @@
+"""Prompt tuning: the metrics a spec declares (`optimize:`), and the codec fidelity score."""
