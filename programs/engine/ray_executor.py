@@ -65,7 +65,7 @@ from typing import Any
 
 from ..backends import CallParams
 from ..cache import CallCache, CallIdentity, default_cache_dir
-from ..errors import CodecError, ModelCallError, ModelCrashed, ReplayMiss
+from ..errors import CodecError, ModelCallError, ModelCrashed, ReplayMiss, SpecError
 from ..hub import CallContext, ModelHub, _LoopState
 from ..lang.nodes import DedupNode, LLMNode, Node
 from ..pricing import cost_of
@@ -595,6 +595,9 @@ def ray_workers(ray: Any) -> int:
 
 def run_on_ray(spec: Spec, options: RunOptions) -> RunResult:
     """Run a spec with Ray workers; connects to RAY_ADDRESS, or starts (and stops) a local instance."""
+    if getattr(spec, "budget", None) is not None and options.cache_mode != "replay":
+        raise SpecError("--executor", "a budget is enforced by the local executor only, not yet on Ray",
+                        hint="drop --executor ray, or the budget (budget:, --budget-usd, --budget-tokens)")
     ray = import_ray()
     started = False
     if not ray.is_initialized():
