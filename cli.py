@@ -176,6 +176,7 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
     new calls have spent it: the data so far is written, and it exits 4; rerun with a
     higher budget to resume from the cache.
     """
+    from programs.engine.llm import check_templates
     from programs.engine.run import RunOptions, run_spec
     from programs.errors import SpecError
     from programs.progress import Progress
@@ -185,6 +186,7 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
     overrides = (*overrides, *([f"budget.usd={budget_usd!r}"] if budget_usd is not None else []),
                  *([f"budget.tokens={budget_tokens}"] if budget_tokens is not None else []))
     loaded = _load(spec, overrides)
+    check_templates(loaded)  # every check `validate` makes, before the first call
     if mode == "replay" and out is None:  # never overwrite the run being replayed
         out = Path("runs") / f"{loaded.name}-replay"
     options = RunOptions(out=out, cache_dir=cache_dir, cache_mode=mode or "live", seeds=seeds, limit=limit,
@@ -319,40 +321,58 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
               help="A finished run whose cache holds the calls before the node (any node not fed by the seeds).")
 @click.option("--seeds", type=click.Path(dir_okay=False, path_type=Path),
               help="Seed file for tuning encode [default: the spec's seeds].")
-@click.option("--examples", type=click.IntRange(min=2), default=20, show_default=True,
-              help="Inputs to use: half bootstrap the demos, half check them.")
+@click.option("--optimizer", type=click.Choice(["gepa", "mipro", "bootstrap"]), default="bootstrap",
+              show_default=True, help="GEPA (instructions, from the metric's feedback), MIPROv2 (instructions and "
+              "demos; needs optuna) or BootstrapFewShot (demos).")
+@click.option("--metric", metavar="NAME", help="A metric of the spec's optimize.NODE.metrics, or parse "
+              "[default: optimize.NODE.metric, else parse].")
+@click.option("--examples", type=click.IntRange(min=3), default=20, show_default=True,
+              help="Inputs to use, split by the spec's seed into train, validation and held-out (40/30/30).")
 @click.option("--demos", type=click.IntRange(min=1), default=4, show_default=True, help="Demos to keep at most.")
-@click.option("--teacher", metavar="ROLE", help="A model role that writes the demos [default: the node's model].")
+@click.option("--teacher", metavar="ROLE", help="bootstrap: a model role that writes the demos [default: the node's].")
+@click.option("--reflection", metavar="ROLE", help="gepa/mipro: the role that proposes instructions "
+              "[default: the node's model].")
+@click.option("--max-metric-calls", type=click.IntRange(min=1), help="gepa: the budget, in metric calls.")
+@click.option("--auto", type=click.Choice(["light", "medium", "heavy"]),
+              help="gepa/mipro: a budget level [default for gepa without --max-metric-calls: light].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to save the tuned node [default: runs/NAME-optimize/NODE.json].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @reports_errors
-def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, examples: int, demos: int,
-             teacher: str | None, out: Path | None, overrides: tuple[str, ...], cache_dir: Path | None) -> None:
-    """Tune NODE's prompt with DSPy's BootstrapFewShot and save it for `program:`.
+def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, optimizer: str, metric: str | None,
+             examples: int, demos: int, teacher: str | None, reflection: str | None, max_metric_calls: int | None,
+             auto: str | None, out: Path | None, overrides: tuple[str, ...], cache_dir: Path | None,
+             quiet: bool) -> None:
+    """Tune NODE's prompt for a metric with a DSPy optimizer and save it for `program:`.
 
-    The node (or a --teacher model) runs on example inputs; outputs that the node's
-    parser accepts become few-shot demos, which the template renders. Held-out inputs
-    are checked before and after, so you see whether the demos help.
+    Example inputs are split by the spec's seed into train, validation and held-out; the
+    metric (declared under the spec's `optimize:`, or parse) is measured on held-out inputs
+    before and after. Every call goes through the cache: the same command again calls no model.
 
     \b
-    Tune the demo's encoder on its seeds, then use it:
-      codeclm optimize specs/demo.yaml encode
-      codeclm run specs/demo.yaml --set nodes.encode.program=$PWD/runs/demo-optimize/encode.json
+    Tune the encoder's instructions for codec fidelity with GEPA, proposals by the strong role:
+      codeclm optimize specs/codeclm.yaml encode --optimizer gepa --metric fidelity \\
+        --reflection strong --max-metric-calls 60
+      codeclm run specs/codeclm.yaml --set nodes.encode.program=$PWD/runs/codeclm-optimize/encode.json
     \b
-    Tune the target's answers with demos written by the strong model:
+    Few-shot demos that parse, written by the strong model:
       codeclm optimize specs/demo.yaml answer_target --from runs/demo --teacher strong
     """
     from programs.optimize import OptimizeOptions
     from programs.optimize import optimize as run_optimizer
 
-    options = OptimizeOptions(stage=node, run_dir=run_dir, seeds=seeds, examples=examples, demos=demos,
-                              teacher=teacher, out=out, cache_dir=cache_dir)
+    options = OptimizeOptions(stage=node, optimizer=optimizer, metric=metric, run_dir=run_dir, seeds=seeds,
+                              examples=examples, demos=demos, teacher=teacher, reflection=reflection,
+                              max_metric_calls=max_metric_calls, auto=auto, out=out, cache_dir=cache_dir,
+                              progress=None if quiet else sys.stderr)
     result = run_optimizer(_load(spec, overrides), options)
-    click.echo(f"{node}: {result.demos} demos; parsed on {result.checked} held-out inputs: "
-               f"{result.parsed_before} before, {result.parsed_after} after")
-    click.echo(f"saved {result.path}; use it with --set nodes.{node}.program={result.path.resolve()}")
+    click.echo(result.table)
+    click.echo(f"{node}: {result.optimizer} for {result.metric}; {result.demos} demos; instructions: "
+               f"{result.instructions[:200]!r}")
+    click.echo(f"saved {result.path} (scores: {result.path.with_suffix('.scores.txt')}); "
+               f"use it with --set nodes.{node}.program={result.path.resolve()}")
 
 
 @main.command()
@@ -515,6 +535,11 @@ def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) ->
     variables = {name: given.get(name, sample) for name, sample in sample_inputs(llm_node, loaded.graph).items()}
     variables.update(instructions=llm_node.instructions or template.default_instructions,
                      demos=given.get("demos", []))
+    if llm_node.program:  # the tuned prompt: the program's instructions and demos
+        from programs.optimize import program_prompt
+
+        variables["instructions"], demos = program_prompt(llm_node.program)
+        variables["demos"] = given.get("demos", demos)
     click.echo(json.dumps(template.render(variables), indent=2, ensure_ascii=False))
 
 

@@ -62,6 +62,9 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
                  # the same in YAML: a spec's mappings are ordered (a loop body runs in its order), JSON here is sorted
                  "resolved_yaml": yaml.safe_dump(spec.raw, sort_keys=False, allow_unicode=True)},
         "templates": templates,
+        # tuned programs (`program:`) by node: what the prompts held, as the templates' hashes do
+        "programs": {n.name: {"path": str(n.program), "sha256": _sha(n.program.read_bytes())}
+                     for n in spec.graph.model_nodes() if n.program and n.program.is_file()},
         "versions": versions(),
         "code_sha256": code_sha(),
         "options": {"overrides": options.overrides, "seeds": str(options.seeds) if options.seeds else None,

@@ -308,6 +308,15 @@ def score_table(metric: str, node: str, items: int, before: float, after: float,
     return "\n".join(rows)
 
 
+def program_prompt(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """A saved program's instructions and demos, as its node's template renders them."""
+    from .adapter import NO_INSTRUCTIONS
+
+    state = json.loads(Path(path).read_text())["predict"]
+    instructions = state.get("signature", {}).get("instructions", "")
+    return ("" if instructions == NO_INSTRUCTIONS else instructions), list(state.get("demos", []))
+
+
 def model_node(spec: Spec, name: str) -> LLMNode:
     """The llm or judge node `name`, or a SpecError listing the ones there are."""
     node = spec.graph.every.get(name)

@@ -1,0 +1,225 @@
+"""codeclm optimize with declared metrics: GEPA over HTTP with a scripted reflection model, the
+program file the spec loads, a warm-cache rerun with no model call, codec fidelity, and the
+`optimize:` section's checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import fake_openai_server
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import REPO, ScriptedBackend, base_spec, write_spec
+from fake_openai_server import FakeOpenAIServer
+
+from programs.cache import CallCache
+from programs.errors import SpecError, SpecErrors
+from programs.hub import ModelHub
+from programs.spec import load_spec
+from programs.tuning.metrics import codec_fidelity
+
+MARKER = "BANANA"
+QUESTIONS = [f"Question {i}: explain idea number {i} in one sentence." for i in range(10)]
+
+
+# -- codec fidelity ------------------------------------------------------------------------------
+
+
+def test_codec_fidelity_same_metadata_scores_one():
+    score = codec_fidelity({"use_case": "Code generation", "skills": ["python", "Testing"]},
+                           {"use_case": "code  generation.", "skills": ["testing", "python"]})
+    assert score.value == 1.0
+    assert "use case kept: 'code generation'" in score.feedback and "lost" not in score.feedback
+
+
+def test_codec_fidelity_names_a_lost_skill():
+    score = codec_fidelity({"use_case": "travel advice", "skills": ["budgeting", "planning"]},
+                           {"use_case": "travel advice", "skills": ["planning"]})
+    assert score.value == pytest.approx(0.5 + 0.5 * 1 / 2)
+    assert "skills lost: budgeting" in score.feedback and "invented" not in score.feedback
+
+
+def test_codec_fidelity_names_an_invented_skill_and_a_changed_use_case():
+    score = codec_fidelity({"use_case": "poetry", "skills": ["rhyme"]},
+                           {"use_case": "creative writing", "skills": "rhyme, humor"})
+    assert score.value == pytest.approx(0.5 * 1 / 2)
+    assert "use case changed: 'poetry' came back as 'creative writing'" in score.feedback
+    assert "skills invented: humor" in score.feedback
+
+
+# -- the optimize: section is checked at load ------------------------------------------------------
+
+
+def test_optimize_section_errors_have_lines_and_fixes(tmp_path, seeds_file):
+    data = base_spec(seeds_file)
+    data["optimize"] = {"augment": {},
+                        "encode": {"metric": "nope",
+                                   "metrics": {"q": {"type": "judge", "judge": "encode"},
+                                               "c": {"type": "codec", "encode": "encode", "decode": "decodex"},
+                                               "w": {"type": "wat"}}}}
+    with pytest.raises((SpecError, SpecErrors)) as caught:
+        load_spec(write_spec(tmp_path, data))
+    text = str(caught.value)
+    assert "'augment' is not an llm or judge node" in text
+    assert "no metric named 'nope'" in text
+    assert "judge: 'encode' is not a pointwise judge node" in text
+    assert "decode: 'decodex' is not an llm node" in text
+    assert "unknown type 'wat'" in text
+    assert "spec.yaml:2" in text and "fix:" in text  # file:line and the fix
+
+
+def test_a_valid_optimize_section_loads(tmp_path, seeds_file):
+    data = base_spec(seeds_file)
+    data["optimize"] = {"encode": {"metric": "fidelity",
+                                   "metrics": {"fidelity": {"type": "codec", "encode": "encode", "decode": "decode"}}}}
+    spec = load_spec(write_spec(tmp_path, data))
+    assert spec.optimize["encode"].metric == "fidelity"
+
+
+# -- GEPA over HTTP, a scripted reflection model -------------------------------------------------
+
+
+def marker_answers(monkeypatch):
+    """The fake server, answering with the marker word when the system prompt asks for it."""
+    plain = fake_openai_server.answer_text
+
+    def answer(messages, model):
+        text = plain(messages, model)
+        system = " ".join(m.get("content", "") for m in messages if m.get("role") == "system")
+        return f"{text} {MARKER}" if MARKER in system else text
+
+    monkeypatch.setattr(fake_openai_server, "answer_text", answer)
+
+
+def reflection(messages):
+    """A scripted proposal model: answers DSPy's GEPA proposer in JSON with a new instruction."""
+    assert "examples_with_feedback" in messages[-1]["content"]
+    return json.dumps({"new_instruction": f"Answer in one sentence and end with the word {MARKER}."})
+
+
+def marker_spec(tmp_path: Path, url: str, program: Path | None = None) -> Path:
+    seeds = tmp_path / "questions.jsonl"
+    seeds.write_text("".join(json.dumps({"id": f"q{i}", "instruction": q}) + "\n" for i, q in enumerate(QUESTIONS)))
+    answer = {"type": "llm", "for_each": "questions", "model": "strong", "template": "respond.jinja",
+              "inputs": {"instruction": "questions.instruction"}, "outputs": ["answer"]}
+    if program:
+        answer["program"] = str(program)
+    data = {"name": "marker", "prompts": str(REPO / "prompts"),
+            "models": {"strong": {"model": "hosted_vllm/fake", "api_base": url, "temperature": 0.0, "max_tokens": 64},
+                       "reflect": {"model": "local", "max_tokens": 256}},
+            "nodes": {"questions": {"type": "source", "path": str(seeds)}, "answer": answer},
+            "outputs": {"dataset": {"from": "answer", "fields": {"id": "record.id", "answer": "answer.answer"}}},
+            "optimize": {"answer": {"metric": "marker",
+                                    "metrics": {"marker": {"type": "contains", "text": MARKER}}}}}
+    return write_spec(tmp_path, data, "marker.yaml" if program is None else "marker-tuned.yaml")
+
+
+def run_gepa(spec_path: Path, cache_dir: Path, out: Path, reflect: ScriptedBackend):
+    from programs.optimize import OptimizeOptions, optimize
+
+    spec = load_spec(spec_path)
+    hub = ModelHub(spec.models, CallCache(cache_dir), backends={"reflect": reflect})
+    options = OptimizeOptions(stage="answer", optimizer="gepa", reflection="reflect", max_metric_calls=30,
+                              out=out, cache_dir=cache_dir)
+    return optimize(spec, options, hub), hub
+
+
+def test_gepa_over_http_tunes_for_a_marker_and_replays_from_a_warm_cache(tmp_path, monkeypatch):
+    marker_answers(monkeypatch)
+    with FakeOpenAIServer() as server:
+        spec_path = marker_spec(tmp_path, server.url)
+        reflect = ScriptedBackend("scripted/reflect", answer=reflection)
+        result, hub = run_gepa(spec_path, tmp_path / "cache", tmp_path / "answer.json", reflect)
+        assert reflect.calls, "GEPA asked the reflection model for a new instruction"
+        assert MARKER in result.instructions
+        assert (result.before, result.after, result.checked) == (0.0, 1.0, 3)  # held-out, before and after
+        assert result.calls["calls"] == server.completions + len(reflect.calls)
+        saved = json.loads(result.path.read_text())
+        meta = saved["codeclm"]
+        assert meta["optimizer"] == "gepa" and meta["metric"] == {"name": "marker", "type": "contains",
+                                                                  "text": MARKER}
+        assert meta["budget"]["max_metric_calls"] == 30 and meta["reflection"] == "reflect"
+        assert meta["scores"]["held_out"] == {"items": 3, "before": 0.0, "after": 1.0}
+        assert "before" in result.table and result.path.with_suffix(".scores.txt").read_text().strip() == result.table
+
+        # The same optimization on the warm cache: no model call at all, the same result.
+        served = server.completions
+        again = ScriptedBackend("scripted/reflect", answer=reflection)
+        second, hub2 = run_gepa(spec_path, tmp_path / "cache", tmp_path / "answer2.json", again)
+        assert server.completions == served and not again.calls
+        assert second.calls.get("calls", 0) == 0 and second.instructions == result.instructions
+        assert second.after == result.after
+
+        # The spec loads the program; render shows the tuned prompt; a run records its hash.
+        tuned_path = marker_spec(tmp_path, server.url, program=result.path)
+        from cli import main
+
+        shown = CliRunner().invoke(main, ["render", str(tuned_path), "answer", "--input",
+                                          json.dumps({"instruction": "Hi?"})])
+        assert shown.exit_code == 0, shown.output
+        messages = json.loads(shown.output)
+        assert messages[0]["role"] == "system" and MARKER in messages[0]["content"]
+        run = CliRunner().invoke(main, ["run", str(tuned_path), "--out", str(tmp_path / "run"), "--cache-dir",
+                                        str(tmp_path / "cache"), "-q", "--no-report"])
+        assert run.exit_code == 0, run.output
+        manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+        assert manifest["programs"]["answer"]["sha256"]
+        dataset = [json.loads(line) for line in (tmp_path / "run" / "dataset.jsonl").read_text().splitlines()]
+        assert dataset and all(row["answer"].endswith(MARKER) for row in dataset)
+
+
+def test_cli_optimize_prints_the_table(tmp_path, monkeypatch):
+    from cli import main
+
+    marker_answers(monkeypatch)
+    with FakeOpenAIServer() as server:
+        spec_path = marker_spec(tmp_path, server.url)
+        result = CliRunner().invoke(main, ["optimize", str(spec_path), "answer", "--metric", "marker",
+                                           "--optimizer", "bootstrap", "--out", str(tmp_path / "a.json"),
+                                           "--cache-dir", str(tmp_path / "cache"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "held-out" in result.output and "marker" in result.output
+    bad = CliRunner().invoke(main, ["optimize", str(spec_path), "answer", "--metric", "nope"])
+    assert bad.exit_code == 2 and "no metric named 'nope'" in bad.output
+
+
+# -- codec fidelity as a metric, scripted models ----------------------------------------------------
+
+
+def test_codec_metric_scores_decode_by_what_encode_recovers(tmp_path, seeds_file):
+    from programs.optimize import OptimizeOptions, optimize
+
+    data = base_spec(seeds_file)
+    data["optimize"] = {"encode": {"metric": "fidelity", "metrics": {
+        "fidelity": {"type": "codec", "encode": "encode", "decode": "decode"}}}}
+    seeds = tmp_path / "more.jsonl"
+    seeds.write_text("".join(json.dumps({"id": f"s{i}", "instruction": f"Seed {i}: do task {i}."}) + "\n"
+                             for i in range(6)))
+    data["nodes"]["seeds"]["path"] = str(seeds)
+    spec = load_spec(write_spec(tmp_path, data))
+
+    def model(messages):
+        text = "\n".join(m["content"] for m in messages)
+        if "instruction analyzer" in text:  # encode: the same metadata for any instruction, one skill lost
+            last = messages[-1]["content"]
+            skills = "planning" if "Write about" in last else "planning, budgeting"
+            return f"Use case: travel advice\nSkills: {skills}"
+        return "1. Write about travel advice."
+
+    backend = ScriptedBackend("scripted/strong", answer=model)
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": backend, "target": backend})
+    result = optimize(spec, OptimizeOptions(stage="encode", optimizer="bootstrap", out=tmp_path / "e.json",
+                                            cache_dir=tmp_path / "cache"), hub)
+    assert result.metric == "fidelity" and result.before == pytest.approx(0.75)  # use case kept, 1 of 2 skills
+    stages = {key.split("/")[0] for key in hub.summary()}
+    assert {"encode", "decode"} <= stages
+
+
+def test_yaml_of_the_section_in_docs_loads():
+    """The optimize: example of docs/spec.md is valid YAML with the documented keys."""
+    text = (REPO / "docs" / "spec.md").read_text()
+    assert "## optimize" in text
+    block = text.split("## optimize", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    assert "optimize" in yaml.safe_load(block)
