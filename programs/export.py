@@ -590,6 +590,9 @@ def export_run(run_dir: Path, dest: Path, options: ExportOptions) -> ExportResul
     metrics, note = quality(run_dir, manifest)
     if note:
         notes.append(note)
+    if manifest.get("stopped") == "budget":  # budget.py: the data so far, not what the spec makes
+        notes.append(f"the run was stopped by its budget ({(manifest.get('budget') or {}).get('reached')}): "
+                     "this export holds the data so far; rerun with a higher budget, then export again")
 
     clashes = [name for name in [PARQUET, JSONL, "README.md", REPORT, f"{PIPELINE}/spec.yaml",
                                  f"{PIPELINE}/manifest.json",

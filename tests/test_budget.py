@@ -3,6 +3,7 @@ run cleanly and resumes from the cache (issue 11, part 3)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -122,6 +123,9 @@ def test_a_budget_stops_the_run_writes_the_data_so_far_and_resumes(tmp_path, see
         assert inspected.exit_code == 0 and "stopped: budget reached (budget.usd" in inspected.output
         page = invoke("report", out, "--out", tmp_path / "stopped.html")
         assert page.exit_code == 0 and "stopped: budget reached" in (tmp_path / "stopped.html").read_text()
+        if importlib.util.find_spec("pyarrow"):  # the export extra
+            exported = invoke("export", out, tmp_path / "export", "--no-cache-bundle")
+            assert exported.exit_code == 0 and "stopped by its budget" in exported.output
 
         before = server.completions
         resumed = invoke("run", spec, "-q", "--no-report", "--out", out, "--cache-dir", cache, "--budget-usd", 1000)
