@@ -181,6 +181,12 @@ class Checker:
             self.error(("models",), "no models declared", "declare at least `models: {strong: {model: local}}`")
         for role, conf in raw.items():
             where = ("models", role)
+            from .lang.nodes import path_like  # noqa: PLC0415 - with the rest of the language, below
+
+            if path_like(str(role)):
+                self.error(where, f"model role {str(role)!r} is not a plain name",
+                           "name roles like variables: letters, digits and _ (e.g. strong)")
+                continue
             if isinstance(conf, str):
                 conf = {"model": conf}
             conf = self.mapping(where, conf, f"model '{role}'")

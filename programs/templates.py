@@ -101,6 +101,11 @@ class StageTemplate:
                             hint=f"variables given: {', '.join(sorted(variables))}") from None
         except jinja2.TemplateError as exc:
             raise SpecError(str(self.path), f"template failed to render: {exc}", line=_template_line(exc)) from None
+        except SpecError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - 1/0, int('x'), ...: the template's error, with its line
+            raise SpecError(str(self.path), f"template failed to render: {type(exc).__name__}: {exc}",
+                            line=_template_line(exc)) from None
         if not messages:
             raise SpecError(str(self.path), "template rendered no messages",
                             hint='wrap the prompt in {% call message("user") %}...{% endcall %}')

@@ -28,6 +28,8 @@ HELPERS: dict[str, Any] = {
 }
 _MUTATORS = {"append", "extend", "insert", "pop", "remove", "clear", "update", "setdefault", "popitem", "sort",
              "reverse", "add", "discard", "format", "format_map", "mro"}
+# Filters whose string arguments name attributes (or, for map, a filter and its arguments).
+_ATTRIBUTE_FILTERS = {"attr", "map", "selectattr", "rejectattr", "sort", "groupby", "sum", "unique", "min", "max"}
 _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
 _ENV.globals.update(HELPERS)
 
@@ -147,8 +149,9 @@ def tree_references(value: Any) -> list[Reference]:
 
 def check_sandbox(tree: nodes.Node, what: str) -> None:
     """Refuse, before anything runs, what the sandbox would only stop at run time: names and
-    attributes that start with `_` (`__class__`, `__globals__`), `mro`, and calls of methods
-    that mutate (`x.append(...)`, `d.update(...)`)."""
+    attributes that start with `_` (`__class__`, `__globals__`), `mro`, also when a filter names
+    them (`x|attr('__class__')`, `map(attribute=...)`), and calls of methods that mutate
+    (`x.append(...)`, `d.update(...)`)."""
     for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name, nodes.Call)):
         name = None
         if isinstance(node, nodes.Getattr):
@@ -162,6 +165,17 @@ def check_sandbox(tree: nodes.Node, what: str) -> None:
         if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr) and node.node.attr in _MUTATORS:
             raise ExpressionError(f"{what} calls .{node.node.attr}(), which would change data; "
                                   "build a new value instead (e.g. `state.items + [x]`)")
+    for node in tree.find_all(nodes.Filter):  # attr('__class__'), map(attribute='__class__')
+        if node.name not in _ATTRIBUTE_FILTERS:
+            continue
+        args = [*node.args, *(k.value for k in node.kwargs)]
+        if node.name == "attr" and not all(isinstance(a, nodes.Const) for a in args):
+            raise ExpressionError(f"{what} reads an attribute named by a computed value (|attr), which the "
+                                  "sandbox refuses")
+        for arg in args:
+            value = arg.value if isinstance(arg, nodes.Const) else None
+            if isinstance(value, str) and any(p.startswith("_") or p == "mro" for p in value.split(".")):
+                raise ExpressionError(f"{what} reaches for {value!r}, which the sandbox refuses")
 
 
 def _references(tree: nodes.Node) -> list[Reference]:

@@ -21,6 +21,13 @@ VIRTUAL_FIELDS = ("id", "calls")  # every node's records have them: NODE.id, NOD
 LOOP_FIELDS = ("index", "first", "last", "max", "calls", "failure")
 LOOP_OUTPUTS = ("exit", "iteration", "iterations")
 RECORD_FIELDS = ("id", "status", "failure", "sources", "calls")  # `record.*`, in outputs
+RESERVED_OUTPUTS = ("failures", "manifest", "dataset_info")  # files every run writes itself
+
+
+def path_like(name: str) -> bool:
+    """A node, output or model name that would be a path in a file name (NAME.jsonl, NODE.json,
+    runs/NAME-eval-ROLE): empty, hidden, with a separator, or with control characters."""
+    return not name.strip() or name.startswith(".") or "/" in name or "\\" in name or not name.isprintable()
 
 
 @dataclass
@@ -281,6 +288,10 @@ class NodeReader:
             return None
 
     def read(self, name: str, raw: Any, where: Path_, loop: str | None = None) -> Node | None:
+        if path_like(name):
+            self.checker.error(where, f"node name {name!r} is not a plain name",
+                               "name nodes like variables: letters, digits and _ (e.g. encode)")
+            return None
         raw = self.checker.mapping(where, raw, f"node '{name}'")
         kind = raw.get("type")
         if not isinstance(kind, str) or kind not in NODE_KEYS:
@@ -485,6 +496,11 @@ class NodeReader:
                         exhausted=str(raw.get("exhausted", "dropped")), emit=raw.get("emit", "last"))
 
     def read_output(self, name: str, raw: Any, where: Path_) -> Output | None:
+        if path_like(name) or name in RESERVED_OUTPUTS:
+            self.checker.error(where, f"output name {name!r} " + ("is a file every run writes itself"
+                               if name in RESERVED_OUTPUTS else "is not a plain name: it names the file NAME.jsonl "
+                               "in the run folder"), "a name, not a path: letters, digits and _ (e.g. dataset)")
+            return None
         raw = self.checker.mapping(where, raw, f"output '{name}'")
         self.checker.check_keys(where, raw, {"from", "where", "fields", "description"})
         sources = [raw["from"]] if isinstance(raw.get("from"), str) else raw.get("from")

@@ -1,0 +1,87 @@
+"""Issue 9, checked again on the node language: names that would be paths, sandbox escapes through
+filters, and template errors that only rendering finds. Each is an exit 2 with the file (and line
+where there is one) before the first model call: the fake server counts zero requests."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from conftest import REPO, base_spec, write_spec
+from fake_openai_server import FakeOpenAIServer
+
+import cli
+
+
+def codeclm(*args: str) -> object:
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+def served(data: dict, server: FakeOpenAIServer) -> dict:
+    data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url, "retries": 0, "timeout": 5}
+                      for role in ("strong", "target")}
+    return data
+
+
+@pytest.mark.parametrize("name", ["../../evil", "/tmp/evil", ".hidden", "failures", "manifest", "dataset_info"])
+def test_an_output_name_is_a_name_not_a_path(tmp_path, seeds_file, name):
+    """An output writes NAME.jsonl in the run folder: `../../evil` wrote outside it, `failures` onto
+    the run's own failures file."""
+    data = base_spec(seeds_file)
+    data["outputs"][name] = data["outputs"]["pool"]
+    result = codeclm("validate", write_spec(tmp_path, data))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"output name {name!r}" in result.output and "spec.yaml:" in result.output
+
+
+def test_a_node_or_model_role_name_is_a_name_not_a_path(tmp_path, seeds_file):
+    """A node names `runs/NAME-optimize/NODE.json`, a role `runs/NAME-eval-ROLE`."""
+    data = base_spec(seeds_file)
+    data["models"]["../role"] = {"model": "local"}
+    data["nodes"]["../node"] = {"type": "pick", "for_each": "seeds", "from": "[1]"}
+    data["outputs"]["picked"] = {"from": "../node", "fields": {"id": "record.id"}}
+    result = codeclm("validate", write_spec(tmp_path, data))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "model role '../role' is not a plain name" in result.output
+    assert "node name '../node' is not a plain name" in result.output
+
+
+@pytest.mark.parametrize("expression", ["augment|attr('__class__')", "augment|attr('mro')",
+                                        "[augment]|map(attribute='__class__')|list",
+                                        "[augment]|map('attr', '__globals__')|list", "augment|attr(params.x)"])
+def test_filters_that_name_python_internals_are_refused_at_validate(tmp_path, seeds_file, expression):
+    data = base_spec(seeds_file)
+    data["outputs"]["pool"]["fields"]["escape"] = expression
+    result = codeclm("validate", write_spec(tmp_path, data))
+    assert result.exit_code == 2 and "Traceback" not in result.output and "sandbox refuses" in result.output
+    assert "spec.yaml:" in result.output
+
+
+def test_ordinary_filter_arguments_still_pass(tmp_path, seeds_file):
+    data = base_spec(seeds_file)
+    data["outputs"]["pool"]["fields"]["skills"] = "augment.skills | sort | join('_') | replace('_', ', ')"
+    assert codeclm("validate", write_spec(tmp_path, data)).exit_code == 0
+
+
+@pytest.mark.parametrize("tail", ["{% include 'nosuch.jinja' %}", "{{ instruction.nosuch.deeper }}", "{{ 1 / 0 }}",
+                                  "{{ instruction | int(strict) }}"])
+def test_a_template_error_only_rendering_finds_stops_run_before_any_call(tmp_path, seeds_file, tail):
+    """`validate` renders each template with sample values; `run` does the same before its first call
+    (it used to spend the calls up to the improve step, then record every record as failed), and a
+    Python error in a template (1/0) is a located error, not a traceback."""
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "prompts", prompts)
+    (prompts / "improve.jinja").write_text((prompts / "improve.jinja").read_text() + tail)
+    with FakeOpenAIServer() as server:
+        data = served(base_spec(seeds_file), server)
+        data["prompts"] = str(prompts)
+        spec = write_spec(tmp_path, data)
+        for args in (["validate", spec], ["run", spec, "-q", "--out", tmp_path / "run", "--cache-dir",
+                                          tmp_path / "cache"],
+                     ["run", spec, "--dry-run", "--cache-dir", tmp_path / "cache"]):
+            result = codeclm(*args)
+            assert result.exit_code == 2, (args, result.output)
+            assert "Traceback" not in result.output and "improve.jinja" in result.output
+        assert server.requests == 0
+    assert not (tmp_path / "run").exists()
