@@ -376,6 +376,52 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
 
 
 @main.command()
+@click.argument("spec_a", type=click.Path(dir_okay=False))
+@click.argument("spec_b", type=click.Path(dir_okay=False), required=False)
+@click.option("--set-a", "set_a", multiple=True, metavar="KEY=VALUE", help="Override a field of A.")
+@click.option("--set-b", "set_b", multiple=True, metavar="KEY=VALUE", help="Override a field of B [B: A's spec "
+              "when SPEC_B is not given].")
+@click.option("--judge", metavar="ROLE", required=True, help="The model role (of A) that judges the pairs.")
+@click.option("--template", default="judge.jinja", show_default=True, help="A pairwise judge template of A's prompts.")
+@click.option("--seeds", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Seeds for both runs.")
+@click.option("--limit", type=click.IntRange(min=1), help="Records read per file source.")
+@click.option("--samples", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap resamples.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for both runs and the verdicts [default: runs/NAME-compare].")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("--replay", "mode", flag_value="replay", help="Cache read-only, no model contacted; a miss exits 3.")
+@reports_errors
+def compare(spec_a: str, spec_b: str | None, set_a: tuple[str, ...], set_b: tuple[str, ...], judge: str,
+            template: str, seeds: Path | None, limit: int | None, samples: int, out: Path | None,
+            cache_dir: Path | None, mode: str | None) -> None:
+    """Run A and B on the same seeds and judge their datasets pairwise, in both orders.
+
+    Prints A's wins, ties and losses with a seeded bootstrap interval of (wins - losses) / judged,
+    and cost and data-quality figures side by side; writes compare.json, compare.txt and every
+    verdict (compare.jsonl).
+
+    \b
+    After editing a template, against the committed one:
+      codeclm compare specs/demo.yaml --set-b prompts=../prompts-edited --judge strong
+    Two specs:
+      codeclm compare specs/codeclm.yaml specs/self_instruct.yaml --judge strong
+    """
+    from programs.compare import CompareOptions, format_table
+    from programs.compare import compare as run_compare
+
+    a = _load(spec_a, set_a)
+    b = _load(spec_b or spec_a, set_b)
+    options = CompareOptions(judge=judge, out=out or Path("runs") / f"{a.name}-compare", template=template,
+                             seeds=seeds, limit=limit, cache_dir=cache_dir, cache_mode=mode or "live",
+                             samples=samples)
+    click.echo(f"A: {spec_a} {' '.join(set_a)}".rstrip())
+    click.echo(f"B: {spec_b or spec_a} {' '.join(set_b)}".rstrip())
+    result = run_compare(a, b, options)
+    click.echo(format_table(result))
+    click.echo(f"verdicts: {result.out / 'compare.jsonl'}")
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @reports_errors

@@ -223,3 +223,68 @@ def test_yaml_of_the_section_in_docs_loads():
     assert "## optimize" in text
     block = text.split("## optimize", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     assert "optimize" in yaml.safe_load(block)
+
+
+# -- codeclm compare -----------------------------------------------------------------------------
+
+
+def answer_spec(tmp_path: Path, model: str = "strong", name: str = "answers") -> Path:
+    seeds = tmp_path / "questions.jsonl"
+    seeds.write_text("".join(json.dumps({"id": f"q{i}", "instruction": q}) + "\n" for i, q in enumerate(QUESTIONS)))
+    data = {"name": name, "prompts": str(REPO / "prompts"),
+            "models": {"strong": {"model": "local"}, "target": {"model": "local"}},
+            "nodes": {"questions": {"type": "source", "path": str(seeds)},
+                      "answer": {"type": "llm", "for_each": "questions", "model": model, "template": "respond.jinja",
+                                 "inputs": {"instruction": "questions.instruction"}, "outputs": ["answer"]}},
+            "outputs": {"dataset": {"from": "answer", "fields": {
+                "messages": [{"role": "'user'", "content": "questions.instruction"},
+                             {"role": "'assistant'", "content": "answer.answer"}],
+                "provenance": {"id": "record.id"}}}}}
+    return write_spec(tmp_path, data, f"{name}.yaml")
+
+
+def run_compare(tmp_path: Path, spec_a, spec_b, scripted):
+    from programs.compare import CompareOptions, compare
+
+    hubs = [ModelHub(s.models, CallCache(tmp_path / "cache"), backends=scripted.backends) for s in (spec_a, spec_b)]
+    return compare(spec_a, spec_b, CompareOptions(judge="strong", out=tmp_path / "cmp", cache_dir=tmp_path / "cache"),
+                   *hubs)
+
+
+def test_compare_finds_the_better_spec(tmp_path, scripted):
+    path = answer_spec(tmp_path)
+    better, worse = load_spec(path), load_spec(path, ["nodes.answer.model=target"])
+    result = run_compare(tmp_path, better, worse, scripted)
+    assert result.judged == len(QUESTIONS) and result.unmatched == 0 and result.failed == 0
+    low, high = result.interval
+    assert result.wins > result.losses and low > 0, (result.wins, result.ties, result.losses, result.interval)
+    assert (tmp_path / "cmp" / "compare.json").is_file()
+    assert "A is better" in (tmp_path / "cmp" / "compare.txt").read_text()
+    assert result.sides["a"]["kept"] == result.sides["b"]["kept"] == len(QUESTIONS)
+    # Again on the warm cache: the same figures, no call.
+    calls = scripted.calls()
+    again = run_compare(tmp_path, better, worse, scripted)
+    assert scripted.calls() == calls and again.interval == result.interval
+
+
+def test_compare_of_identical_specs_includes_zero(tmp_path, scripted):
+    spec = load_spec(answer_spec(tmp_path))
+    result = run_compare(tmp_path, spec, spec, scripted)
+    low, high = result.interval
+    assert result.ties == len(QUESTIONS) and low <= 0 <= high
+
+
+def test_cli_compare_with_variants_over_http(tmp_path):
+    from cli import main
+
+    with FakeOpenAIServer() as server:
+        path = answer_spec(tmp_path)
+        overrides = ["--set-a", f"models.strong.api_base={server.url}", "--set-a",
+                     "models.strong.model=hosted_vllm/strong", "--set-a", f"models.target.api_base={server.url}",
+                     "--set-a", "models.target.model=hosted_vllm/t"]
+        overrides += [o.replace("--set-a", "--set-b") for o in overrides] + ["--set-b", "nodes.answer.model=target"]
+        result = CliRunner().invoke(main, ["compare", str(path), *overrides, "--judge", "strong",
+                                           "--out", str(tmp_path / "cmp"), "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    assert "A: " in result.output and "B: " in result.output and "A is better" in result.output
+    assert "cost_usd" in result.output and "kept" in result.output
