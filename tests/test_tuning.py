@@ -288,3 +288,68 @@ def test_cli_compare_with_variants_over_http(tmp_path):
     assert result.exit_code == 0, result.output
     assert "A: " in result.output and "B: " in result.output and "A is better" in result.output
     assert "cost_usd" in result.output and "kept" in result.output
+
+
+# -- judge and pairwise metrics, scripted models -----------------------------------------------------
+
+
+def judged_spec(tmp_path: Path) -> Path:
+    path = answer_spec(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["nodes"]["rate"] = {"type": "judge", "for_each": "answer", "model": "strong",
+                             "template": "critique_judge.jinja",
+                             "inputs": {"instruction": "questions.instruction", "answer": "answer.answer"}}
+    data["nodes"]["duel"] = {"type": "judge", "for_each": "rate", "model": "strong", "template": "judge.jinja",
+                             "inputs": {"instruction": "questions.instruction"},
+                             "pair": ["answer.answer", "answer.answer"]}
+    data["outputs"]["dataset"]["from"] = "duel"
+    data["optimize"] = {"answer": {"metric": "quality", "metrics": {
+        "quality": {"type": "judge", "judge": "rate"}, "prefer": {"type": "pairwise", "judge": "duel"}}}}
+    return write_spec(tmp_path, data, "judged.yaml")
+
+
+def judging_model(messages):
+    text = "\n".join(m["content"] for m in messages)
+    if fake_openai_server.JUDGE_MARKER in text:
+        first = text.split("[The Start of Assistant 1's Answer]")[-1].split("[The End of Assistant 1's Answer]")[0]
+        second = text.split("[The Start of Assistant 2's Answer]")[-1].split("[The End")[0]
+        return f"{9 if MARKER in first else 3} {9 if MARKER in second else 3}\nCompared."
+    if "Rate the answer" in text:
+        answer = text.split("[The Start of the Answer]")[-1].split("[The End of the Answer]")[0]
+        return f"{9 if MARKER in answer else 3}\nIt {'ends' if MARKER in answer else 'does not end'} well."
+    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+    return "An answer." + (f" {MARKER}" if MARKER in system else "")
+
+
+@pytest.mark.parametrize(("metric", "before", "after"), [("quality", 2 / 9, 8 / 9), ("prefer", 0.5, 0.5 + 6 / 18)])
+def test_gepa_with_a_judge_metric(tmp_path, metric, before, after):
+    from programs.optimize import OptimizeOptions, optimize
+
+    spec = load_spec(judged_spec(tmp_path))
+    strong, reflect = ScriptedBackend("scripted/strong", judging_model), ScriptedBackend("scripted/r", reflection)
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": strong, "target": reflect})
+    result = optimize(spec, OptimizeOptions(stage="answer", optimizer="gepa", metric=metric, reflection="target",
+                                            max_metric_calls=30, out=tmp_path / "a.json"), hub)
+    assert result.before == pytest.approx(before, abs=1e-3) and result.after == pytest.approx(after, abs=1e-3)
+    judge = {"quality": "rate", "prefer": "duel"}[metric]
+    assert judge in {key.split("/")[0] for key in hub.summary()}  # the judge node's calls, through the hub
+
+
+def test_mipro_without_optuna_says_what_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    from programs.optimize import OptimizeOptions, optimize
+
+    real_import = builtins.__import__
+
+    def no_optuna(name, *args, **kwargs):
+        if name == "optuna":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_optuna)
+    spec = load_spec(answer_spec(tmp_path))
+    backend = ScriptedBackend("scripted/strong", judging_model)
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": backend, "target": backend})
+    with pytest.raises(SpecError, match="needs optuna"):
+        optimize(spec, OptimizeOptions(stage="answer", optimizer="mipro", out=tmp_path / "a.json"), hub)

@@ -119,7 +119,9 @@ class MetricRunner:
         verdict = module(item=f"{self.stage}:{item}", **self._judge_inputs(judge, inputs, result.values))
         if not verdict.ok:
             return Score(0.0, f"the judge's answer could not be read: {verdict.error}")
-        score = float(verdict.values["score"])
+        # a pointwise judge's module may declare no output field: read its raw text with its parser
+        values = verdict.values if "score" in verdict.values else module.adapter.parse_text(verdict.raw or "")
+        score = float(values["score"])
         why = (verdict.raw or "").strip().split("\n", 1)
         reason = why[1].strip()[:600] if len(why) > 1 else ""
         return Score((score - low) / (high - low), f"the judge scored it {score:g} on {low}-{high}. {reason}".strip())
