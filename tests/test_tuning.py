@@ -353,3 +353,29 @@ def test_mipro_without_optuna_says_what_to_install(tmp_path, monkeypatch):
     hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": backend, "target": backend})
     with pytest.raises(SpecError, match="needs optuna"):
         optimize(spec, OptimizeOptions(stage="answer", optimizer="mipro", out=tmp_path / "a.json"), hub)
+
+
+# -- the embedded model, end to end ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gepa_for_codec_fidelity_on_the_embedded_model(tmp_path):
+    """One small GEPA optimization of demo.yaml's encoder for codec fidelity on SmolLM2: every
+    call (encode, decode, the 135M model as its own reflection model) through the hub; the
+    program saves, the spec loads it, and the held-out table is printed."""
+    from cli import main
+
+    out = tmp_path / "encode.json"
+    spec = str(REPO / "specs" / "demo.yaml")
+    section = ["--set", "optimize.encode.metric=fidelity", "--set",
+               "optimize.encode.metrics.fidelity={type: codec, encode: encode, decode: decode, count: 1}",
+               "--set", "models.strong.max_tokens=64"]
+    result = CliRunner().invoke(main, ["optimize", spec, "encode", *section, "--optimizer", "gepa",
+                                       "--reflection", "strong", "--max-metric-calls", "6", "--examples", "5",
+                                       "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert "held-out" in result.output and "fidelity" in result.output
+    meta = json.loads(out.read_text())["codeclm"]
+    assert meta["optimizer"] == "gepa" and meta["metric"]["type"] == "codec"
+    assert 0.0 <= meta["scores"]["held_out"]["after"] <= 1.0 and meta["scores"]["calls"]["calls"] > 0
+    assert load_spec(spec, [f"nodes.encode.program={out}"]).graph.every["encode"].program == out
