@@ -77,6 +77,8 @@ def test_codeclm_on_ray_equals_local_replays_locally_and_limits_hold_globally(lo
     assert ray_calls == local_calls == on_ray.manifest["totals"]["calls"]
     assert on_ray.manifest["counts"]["stages"] == local.manifest["counts"]["stages"]
     assert on_ray.manifest["counts"]["decisions"] == local.manifest["counts"]["decisions"]
+    # accounting per node and model: calls, cache hits (in-flight dedup included), tokens, failures
+    assert on_ray.manifest["calls"] == local.manifest["calls"]
     # A local replay (no Ray, no server) of the Ray run's cache folder: zero calls, the same bytes.
     replay = run(spec, tmp_path / "replay", tmp_path / "cache-ray", mode="replay")
     assert replay.manifest["totals"]["calls"] == 0

@@ -39,6 +39,14 @@ round trip is about 0.3-1 ms, against a model call of tens of ms to seconds; at 
 coordinator is the serial point (one event loop: a few thousand claims and puts per second), the
 place to shard by key prefix first.
 
+The seam
+--------
+Nothing in the engine's files knows about Ray: `cli.py` calls `run_on_ray` for `--executor ray`.
+The price is that `RayEngine` and `UnitEngine` subclass `Engine` and rely on its per-record
+methods (`process`, `emit`, `join`, `_made_join`, `spawn`, `settle`) and the attributes they read;
+tests/test_ray_executor.py compares every output with the local executor's, so a change there
+that breaks this shows up as a failing test, not as a different dataset.
+
 What is not the same as the local executor
 ------------------------------------------
 - Replay misses in a Ray run say only that the call is missing (`codeclm replay` locally explains
@@ -385,6 +393,7 @@ class UnitEngine(Engine):
         self.nodes = NodeRunner(spec, hub, modules, self.progress, options, None, self.join)
         self.collections: set[str] = set()
         self.collected: dict[str, list[Record]] = {}
+        self.slim: dict[str, set[str]] = {}
         self.failed: Counter = Counter()
         self.first_failure: dict[str, str] = {}
         self.pending: Counter = Counter()
@@ -524,7 +533,8 @@ class RayEngine(Engine):
                 queue.append(child)
         return found
 
-    async def process(self, node: Node, record: Record) -> None:
+    async def process(self, node: Node, record: Record, *_: Any, **__: Any) -> None:
+        """The engine's `process` for a record of a barrier: one unit on a worker, then its records here."""
         below = self.below(node.name)
         for name in below:
             self.pending[name] += 1
