@@ -101,7 +101,8 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise CodecError("--executor ray needs Ray: pip install 'codeclm[ray]'") from None
+        raise SpecError("--executor", "the Ray executor needs Ray, which is not installed",
+                        hint="pip install 'codeclm[ray]'") from None
     return ray
 
 
