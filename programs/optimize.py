@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -146,7 +147,12 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
     student = Tuned(original)
     calls_before = _calls(hub)
     before = _evaluate(student, held, score)
-    tuned = _compile(options, spec, node, hub, student, trainset, valset, metric_fn)
+    quiet = _QuietCopies()
+    logging.getLogger().addFilter(quiet)
+    try:
+        tuned = _compile(options, spec, node, hub, student, trainset, valset, metric_fn)
+    finally:
+        logging.getLogger().removeFilter(quiet)
     tuned.node.predict.set_lm(original.predict.lm)  # compile may reset the copy's LM
     after = _evaluate(tuned, held, score)
     calls_all = {k: v - calls_before.get(k, 0) for k, v in _calls(hub).items()}
@@ -197,6 +203,14 @@ def _compile(options: OptimizeOptions, spec: Spec, node: LLMNode, hub: ModelHub,
                              num_threads=1, seed=seed, max_bootstrapped_demos=options.demos, max_labeled_demos=0,
                              verbose=False)
     return optimizer.compile(student, trainset=trainset, valset=valset, requires_permission_to_run=False)
+
+
+class _QuietCopies(logging.Filter):
+    """DSPy warns on every candidate copy that a node's parsed config is shared, not copied: it is
+    read-only, so sharing it is right, and the warning would bury the progress lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to deep copy attribute")
 
 
 class Tuned(dspy.Module):

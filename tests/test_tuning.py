@@ -170,7 +170,7 @@ def test_gepa_over_http_tunes_for_a_marker_and_replays_from_a_warm_cache(tmp_pat
         assert dataset and all(row["answer"].endswith(MARKER) for row in dataset)
 
 
-def test_cli_optimize_prints_the_table(tmp_path, monkeypatch):
+def test_cli_optimize_prints_the_table_and_progress(tmp_path, monkeypatch):
     from cli import main
 
     marker_answers(monkeypatch)
@@ -179,8 +179,15 @@ def test_cli_optimize_prints_the_table(tmp_path, monkeypatch):
         result = CliRunner().invoke(main, ["optimize", str(spec_path), "answer", "--metric", "marker",
                                            "--optimizer", "bootstrap", "--out", str(tmp_path / "a.json"),
                                            "--cache-dir", str(tmp_path / "cache"), "-q"])
+        # GEPA with the server's model as its own proposal model: it proposes nothing readable, and says how it goes
+        gepa = CliRunner().invoke(main, ["optimize", str(spec_path), "answer", "--optimizer", "gepa",
+                                         "--reflection", "strong", "--max-metric-calls", "12",
+                                         "--out", str(tmp_path / "g.json"), "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
     assert "held-out" in result.output and "marker" in result.output
+    assert gepa.exit_code == 0, gepa.output
+    assert "metric calls" in gepa.output and "best so far" in gepa.output  # progress while it runs
+    assert "Failed to deep copy" not in gepa.output
     bad = CliRunner().invoke(main, ["optimize", str(spec_path), "answer", "--metric", "nope"])
     assert bad.exit_code == 2 and "no metric named 'nope'" in bad.output
 
