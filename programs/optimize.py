@@ -199,7 +199,8 @@ def _compile(options: OptimizeOptions, spec: Spec, node: LLMNode, hub: ModelHub,
     except ImportError:
         raise SpecError(str(spec.path), "--optimizer mipro needs optuna, which is not installed",
                         hint="pip install optuna, or use --optimizer gepa") from None
-    optimizer = dspy.MIPROv2(metric=metric_fn, prompt_model=reflection, auto=options.auto or "light",
+    optimizer = dspy.MIPROv2(metric=metric_fn, prompt_model=reflection, task_model=student.node.predict.lm,
+                             auto=options.auto or "light",
                              num_threads=1, seed=seed, max_bootstrapped_demos=options.demos, max_labeled_demos=0,
                              verbose=False)
     return optimizer.compile(student, trainset=trainset, valset=valset, requires_permission_to_run=False)

@@ -386,3 +386,28 @@ def test_gepa_for_codec_fidelity_on_the_embedded_model(tmp_path):
     assert meta["optimizer"] == "gepa" and meta["metric"]["type"] == "codec"
     assert 0.0 <= meta["scores"]["held_out"]["after"] <= 1.0 and meta["scores"]["calls"]["calls"] > 0
     assert load_spec(spec, [f"nodes.encode.program={out}"]).graph.every["encode"].program == out
+
+
+def test_mipro_tunes_for_a_marker_and_replays_from_a_warm_cache(tmp_path):
+    """MIPROv2 (instructions and demos) with a scripted proposal model; the rerun calls nothing."""
+    pytest.importorskip("optuna")
+    from programs.optimize import OptimizeOptions, optimize
+
+    data = yaml.safe_load(answer_spec(tmp_path).read_text())
+    data["optimize"] = {"answer": {"metric": "marker", "metrics": {"marker": {"type": "contains", "text": MARKER}}}}
+    spec = load_spec(write_spec(tmp_path, data, "mipro.yaml"))
+
+    def proposer(messages):  # answers any of MIPROv2's proposal steps: extra fields are ignored
+        return json.dumps({"observations": "Short answers.", "summary": "Questions.", "program_description": "QA.",
+                           "module_description": "Answers.", "proposed_instruction": f"End with {MARKER}."})
+
+    results = []
+    for _ in range(2):
+        strong, propose = ScriptedBackend("scripted/strong", judging_model), ScriptedBackend("scripted/p", proposer)
+        hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": strong, "target": propose})
+        results.append(optimize(spec, OptimizeOptions(stage="answer", optimizer="mipro", reflection="target",
+                                                      auto="light", out=tmp_path / "m.json"), hub))
+    first, second = results
+    assert (first.before, first.after) == (0.0, 1.0) and MARKER in first.instructions
+    assert second.calls.get("calls", 0) == 0 and not strong.calls and not propose.calls
+    assert second.instructions == first.instructions
