@@ -5,6 +5,7 @@ concurrency limits, and a worker killed mid-run."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -116,7 +117,9 @@ def test_self_instruct_on_ray_equals_local(local_ray, tmp_path):
     assert on_ray.manifest["totals"]["calls"] == local.manifest["totals"]["calls"]
 
 
-def test_a_killed_worker_loses_only_its_calls_and_the_run_gives_the_same_dataset(local_ray, tmp_path, seeds_file):
+@pytest.mark.parametrize("how", ["ray.kill", "SIGKILL"])
+def test_a_killed_worker_loses_only_its_calls_and_the_run_gives_the_same_dataset(local_ray, tmp_path, seeds_file,
+                                                                                 how):
     with FakeOpenAIServer(latency=0.05) as server:
         spec = http_spec(tmp_path, seeds_file, server.url, concurrency=4)
         run(spec, tmp_path / "local", tmp_path / "cache-local")
@@ -137,7 +140,10 @@ def test_a_killed_worker_loses_only_its_calls_and_the_run_gives_the_same_dataset
             time.sleep(0.005)
         assert thread.is_alive(), "the Ray run finished before the kill point"
         victim = live_workers()[0]
-        ray.kill(victim, no_restart=True)
+        if how == "ray.kill":
+            ray.kill(victim, no_restart=True)
+        else:  # the worker's process dies as a machine or the OOM killer would end it
+            os.kill(ray.get(victim.ready.remote()), signal.SIGKILL)
         thread.join(180)
         assert "error" not in outcome, outcome.get("error")
         assert LAST_RUN["replaced"] == 1  # the dead worker's units ran again on the others
