@@ -143,6 +143,8 @@ class CallCoordinator:
                 if outcome[0] == "retry":  # its owner died: claim again
                     continue
                 return outcome
+            if owner in self.dead:  # a claim of a dead worker that waited: it must not own a key nobody will settle
+                return "error", ModelCallError("this worker was declared dead by the driver")
             self.inflight[key] = (owner, asyncio.get_running_loop().create_future())
             return "own", (await self.acquire(role, owner)) if role else False
 
