@@ -79,8 +79,7 @@ def compare(spec_a: Spec, spec_b: Spec, options: CompareOptions, hub_a: ModelHub
                                         seeds=options.seeds, limit=options.limit), hub)
         totals = run.manifest.get("totals", {})
         quality = quality_metrics(options.out / name, embeddings=False)
-        sides[name] = {"spec": str(spec.path), "run": str(options.out / name),
-                       "kept": len(list(RunData.open(options.out / name).iter_kept())),
+        sides[name] = {"spec": str(spec.path), "run": str(options.out / name), **loop_figures(options.out / name),
                        "calls": totals.get("calls", 0), "cache_hits": totals.get("cache_hits", 0),
                        "tokens": totals.get("prompt_tokens", 0) + totals.get("completion_tokens", 0),
                        "cost_usd": totals.get("cost_usd", 0.0),
@@ -151,6 +150,21 @@ async def _judge_all(spec: Spec, hub: ModelHub, options: CompareOptions,
     return list(await asyncio.gather(*(one(i, a, b) for i, a, b in pairs)))
 
 
+def loop_figures(run_dir: Path) -> dict[str, Any]:
+    """Kept pairs; for a spec with a filtering loop (instructions.jsonl), the share of
+    instructions kept and the mean iteration a kept pair came from."""
+    data = RunData.open(run_dir)
+    kept = list(data.iter_kept())
+    figures: dict[str, Any] = {"kept": len(kept)}
+    statuses = data.status_counts if data.histories else {}
+    if statuses:
+        figures["kept_share"] = round(statuses.get("kept", 0) / sum(statuses.values()), 4)
+    iterations = [k["iteration"] for k in kept if isinstance(k.get("iteration"), (int, float))]
+    if iterations:
+        figures["mean_iteration"] = round(sum(iterations) / len(iterations), 3)
+    return figures
+
+
 def bootstrap_interval(values: list[int], samples: int, confidence: float, seed: int) -> tuple[float, float]:
     """The percentile bootstrap interval of the mean, from a seeded RNG (the same every time)."""
     if not values:
@@ -172,7 +186,7 @@ def format_table(result: CompareResult) -> str:
              f"mean (win +1, tie 0, loss -1): {result.mean:+.3f}, interval [{low:+.3f}, {high:+.3f}]: {verdict}",
              "", f"{'':<28} {'A':>14} {'B':>14}"]
     a, b = result.sides.get("a", {}), result.sides.get("b", {})
-    for key in ("kept", "calls", "cache_hits", "tokens", "cost_usd"):
+    for key in ("kept", "kept_share", "mean_iteration", "calls", "cache_hits", "tokens", "cost_usd"):
         lines.append(f"{key:<28} {_fmt(a.get(key)):>14} {_fmt(b.get(key)):>14}")
     for key in sorted(set(a.get("quality", {})) | set(b.get("quality", {}))):
         lines.append(f"{key[:28]:<28} {_fmt(a.get('quality', {}).get(key)):>14} "

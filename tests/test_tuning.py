@@ -411,3 +411,14 @@ def test_mipro_tunes_for_a_marker_and_replays_from_a_warm_cache(tmp_path):
     assert (first.before, first.after) == (0.0, 1.0) and MARKER in first.instructions
     assert second.calls.get("calls", 0) == 0 and not strong.calls and not propose.calls
     assert second.instructions == first.instructions
+
+
+def test_compare_reports_the_loop_figures_of_codeclm(tmp_path, scripted, seeds_file):
+    """Two CodecLM variants (threshold 3 and 1): the share kept and the iterations needed, side by side."""
+    spec_a = load_spec(write_spec(tmp_path, base_spec(seeds_file)))
+    spec_b = load_spec(write_spec(tmp_path, base_spec(seeds_file, threshold=1), "b.yaml"))
+    result = run_compare(tmp_path, spec_a, spec_b, scripted)
+    for side in ("a", "b"):
+        figures = result.sides[side]
+        assert 0 <= figures["kept_share"] <= 1 and figures["mean_iteration"] >= 1
+    assert "kept_share" in (tmp_path / "cmp" / "compare.txt").read_text()
