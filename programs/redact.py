@@ -128,12 +128,13 @@ def credential_keys(value: Any, path: tuple[str | int, ...] = ()) -> list[tuple[
 
 
 def url_credentials(url: Any) -> str | None:
-    """Why `url` (an api_base) holds a credential: user:password@ or a key in its query; else None."""
+    """Why `url` (an api_base) holds a credential: user:password@ or a key in its query (or
+    fragment, which is never sent but would be written); else None."""
     if not isinstance(url, str):
         return None
     try:
         parts = urlsplit(url.strip())
-        query = parse_qsl(parts.query, keep_blank_values=True)
+        query = parse_qsl(parts.query, keep_blank_values=True) + parse_qsl(parts.fragment, keep_blank_values=True)
     except ValueError:
         return None
     if parts.username or parts.password:

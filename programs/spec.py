@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .budget import check_budget, check_price
 from .errors import SpecError, SpecErrors
@@ -59,6 +61,20 @@ class Spec:
     raw: dict[str, Any]  # the spec as loaded, overrides applied (recorded in the manifest)
     budget: Any = None  # programs.budget.Budget: what a run may spend on new calls, or None
     optimize: dict[str, Any] = field(default_factory=dict)  # node -> programs.tuning.config.NodeTuning
+
+
+def _url_problem(url: Any) -> str | None:
+    """Why an api_base is not a server's URL (http or https, a host, a valid port); else None."""
+    if not isinstance(url, str):
+        return f"must be a URL, got {type(url).__name__}"
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    return None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
@@ -205,6 +221,8 @@ class Checker:
             if model.startswith("hosted_vllm/") and not conf.get("api_base"):
                 self.error(where, f"model '{role}' ({model}) needs api_base",
                            "e.g. api_base: http://127.0.0.1:8000/v1")
+            elif conf.get("api_base") is not None and (problem := _url_problem(conf["api_base"])):
+                self.error((*where, "api_base"), f"api_base {problem}", "e.g. api_base: http://127.0.0.1:8000/v1")
             try:
                 spec = ModelSpec(role=role, **{k: v for k, v in conf.items() if k in MODEL_KEYS})
             except TypeError as exc:
@@ -212,8 +230,25 @@ class Checker:
                 continue
             for key in ("temperature", "max_tokens", "concurrency", "timeout", "retries"):
                 value = getattr(spec, key)
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
                     self.error((*where, key), f"{key} must be a non-negative number, got {value!r}")
+            for key, whole, low, high in (("max_tokens", True, 1, None), ("retries", True, 0, None),
+                                          ("n_ctx", True, 1, None), ("timeout", False, 0, None),
+                                          ("top_p", False, 0, 1), ("rpm", False, 0, None)):
+                value = getattr(spec, key)
+                if value is None and key in ("top_p", "rpm"):
+                    continue
+                number = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+                if not number or not (low <= value < math.inf) or (high is not None and value > high) \
+                        or (key in ("timeout", "rpm") and value == 0):
+                    span = f"from {low} to {high}" if high is not None else \
+                        f"{'above' if key in ('timeout', 'rpm') else 'at least'} {low}"
+                    self.error((*where, key), f"{key} must be {'a whole number' if whole else 'a number'} {span}, "
+                               f"got {value!r}")
+            if not isinstance(spec.extra, dict):
+                self.error((*where, "extra"), f"extra must be a mapping of decoding parameters, got {spec.extra!r}",
+                           "e.g. extra: {presence_penalty: 0.5}")
+                spec.extra = {}
             if isinstance(spec.concurrency, int) and spec.concurrency < 1:
                 self.error((*where, "concurrency"), "concurrency must be at least 1")
             models[role] = spec

@@ -85,3 +85,26 @@ def test_a_template_error_only_rendering_finds_stops_run_before_any_call(tmp_pat
             assert "Traceback" not in result.output and "improve.jinja" in result.output
         assert server.requests == 0
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("api_base", "http://[bad/v1", "not a valid URL"), ("api_base", "not a url", "http:// or https://"),
+    ("api_base", 123, "must be a URL"), ("api_base", "http://127.0.0.1:99999/v1", "Port out of range"),
+    ("api_base", "http://127.0.0.1:8000/v1#token=abc", "holds a credential"),
+    ("top_p", "x", "top_p must be a number from 0 to 1"), ("rpm", "fast", "rpm must be a number above 0"),
+    ("n_ctx", -1, "n_ctx must be a whole number"), ("timeout", 0, "timeout must be a number above 0"),
+    ("retries", 1.5, "retries must be a whole number"), ("max_tokens", 0, "max_tokens must be a whole number"),
+    ("temperature", float("nan"), "temperature must be"), ("extra", "text", "extra must be a mapping"),
+    ("extra", [1], "extra must be a mapping"),
+])
+def test_model_settings_that_cannot_work_are_refused_with_their_line(tmp_path, seeds_file, key, value, message):
+    """These passed validation and then failed every call (exit 1), were sent as is, or crashed with a
+    traceback (`extra: text`); now they are exit 2 at the setting's line, before any call."""
+    data = base_spec(seeds_file)
+    data["models"]["strong"].update({"model": "hosted_vllm/strong", "api_base": "http://127.0.0.1:9/v1", key: value})
+    result = codeclm("run", write_spec(tmp_path, data), "-q", "--out", tmp_path / "run",
+                     "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and message in result.output and "spec.yaml:" in result.output
+    assert "abc" not in result.output  # a message never repeats a credential
+    assert not (tmp_path / "run").exists()
