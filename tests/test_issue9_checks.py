@@ -4,6 +4,7 @@ where there is one) before the first model call: the fake server counts zero req
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -108,3 +109,26 @@ def test_model_settings_that_cannot_work_are_refused_with_their_line(tmp_path, s
     assert "Traceback" not in result.output and message in result.output and "spec.yaml:" in result.output
     assert "abc" not in result.output  # a message never repeats a credential
     assert not (tmp_path / "run").exists()
+
+
+INTERLEAVED = ("1. Rubric: Depth of the analysis\nAction: Add a SWOT analysis\n2. Rubric: Awareness of rivals\n"
+               "Action: Compare with two competitors\n3. Rubric: Use of evidence\nAction: Ask for figures\n"
+               "4. Rubric: Attention to risks\nAction: Require a plan for the largest risk")
+
+
+def test_the_engine_reads_interleaved_rubrics_as_pairs(tmp_path, seeds_file, scripted):
+    """The issue's layout through the node language's `rubrics` parser: four pairs, and the improve
+    step is given one of the four actions, never rubric text."""
+    fake = scripted.backends["strong"].answer
+    scripted.backends["strong"].answer = lambda messages: (
+        INTERLEAVED if "corresponding actions" in messages[-1]["content"] else fake(messages))
+    result = scripted(write_spec(tmp_path, base_spec(seeds_file, threshold=100)))
+    lines = [json.loads(line) for line in (result.out / "rubrics.jsonl").read_text().splitlines()]
+    assert lines and all(line["status"] == "ok" for line in lines)
+    actions = ["Add a SWOT analysis", "Compare with two competitors", "Ask for figures",
+               "Require a plan for the largest risk"]
+    assert all(line["actions"] == actions and len(line["rubrics"]) == 4 for line in lines)
+    assert all("Rubric" not in r and "Action" not in r for line in lines for r in line["rubrics"])
+    improved = [m for m in scripted.backends["strong"].calls if "Action" not in m[-1]["content"]
+                and any(a in m[-1]["content"] for a in actions)]
+    assert improved  # the improve step ran with actions from the list
