@@ -191,7 +191,7 @@ def _compile(options: OptimizeOptions, spec: Spec, node: LLMNode, hub: ModelHub,
     if options.optimizer == "gepa":
         budget: dict[str, Any] = ({"max_metric_calls": options.max_metric_calls} if options.max_metric_calls
                                   else {"auto": options.auto or "light"})
-        optimizer = dspy.GEPA(metric=metric_fn, reflection_lm=reflection, num_threads=1, seed=seed,
+        optimizer = dspy.GEPA(metric=metric_fn, reflection_lm=reflection, num_threads=_threads(spec, node), seed=seed,
                               track_stats=True, **budget)
         return optimizer.compile(student, trainset=trainset, valset=valset)
     try:
@@ -200,10 +200,15 @@ def _compile(options: OptimizeOptions, spec: Spec, node: LLMNode, hub: ModelHub,
         raise SpecError(str(spec.path), "--optimizer mipro needs optuna, which is not installed",
                         hint="pip install optuna, or use --optimizer gepa") from None
     optimizer = dspy.MIPROv2(metric=metric_fn, prompt_model=reflection, task_model=student.node.predict.lm,
-                             auto=options.auto or "light",
-                             num_threads=1, seed=seed, max_bootstrapped_demos=options.demos, max_labeled_demos=0,
-                             verbose=False)
+                             auto=options.auto or "light", num_threads=_threads(spec, node), seed=seed,
+                             max_bootstrapped_demos=options.demos, max_labeled_demos=0, verbose=False)
     return optimizer.compile(student, trainset=trainset, valset=valset, requires_permission_to_run=False)
+
+
+def _threads(spec: Spec, node: LLMNode) -> int:
+    """Evaluation threads: as many calls at once as the node's model takes (scores are kept by
+    position, and proposals are sequential, so the result does not depend on it)."""
+    return max(1, min(8, spec.models[node.model].concurrency))
 
 
 class _QuietCopies(logging.Filter):
