@@ -330,6 +330,8 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
               help="Inputs to use, split by the spec's seed into train, validation and held-out (40/30/30).")
 @click.option("--demos", type=click.IntRange(min=1), default=4, show_default=True, help="Demos to keep at most.")
 @click.option("--teacher", metavar="ROLE", help="bootstrap: a model role that writes the demos [default: the node's].")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="bootstrap: the metric score an output needs to become a demo.")
 @click.option("--reflection", metavar="ROLE", help="gepa/mipro: the role that proposes instructions "
               "[default: the node's model].")
 @click.option("--max-metric-calls", type=click.IntRange(min=1), help="gepa: the budget, in metric calls.")
@@ -342,9 +344,9 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @reports_errors
 def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, optimizer: str, metric: str | None,
-             examples: int, demos: int, teacher: str | None, reflection: str | None, max_metric_calls: int | None,
-             auto: str | None, out: Path | None, overrides: tuple[str, ...], cache_dir: Path | None,
-             quiet: bool) -> None:
+             examples: int, demos: int, teacher: str | None, threshold: float, reflection: str | None,
+             max_metric_calls: int | None, auto: str | None, out: Path | None, overrides: tuple[str, ...],
+             cache_dir: Path | None, quiet: bool) -> None:
     """Tune NODE's prompt for a metric with a DSPy optimizer and save it for `program:`.
 
     Example inputs are split by the spec's seed into train, validation and held-out; the
@@ -364,7 +366,8 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
     from programs.optimize import optimize as run_optimizer
 
     options = OptimizeOptions(stage=node, optimizer=optimizer, metric=metric, run_dir=run_dir, seeds=seeds,
-                              examples=examples, demos=demos, teacher=teacher, reflection=reflection,
+                              examples=examples, demos=demos, teacher=teacher, threshold=threshold,
+                              reflection=reflection,
                               max_metric_calls=max_metric_calls, auto=auto, out=out, cache_dir=cache_dir,
                               progress=None if quiet else sys.stderr)
     result = run_optimizer(_load(spec, overrides), options)

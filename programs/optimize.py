@@ -60,6 +60,7 @@ class OptimizeOptions:
     examples: int = 20  # inputs used at most, split into train / validation / held-out
     demos: int = 4
     teacher: str | None = None  # bootstrap: a model role that writes the demos
+    threshold: float = 1.0  # bootstrap: the score an output needs to become a demo
     reflection: str | None = None  # gepa / mipro: the role that proposes instructions [default: the node's]
     max_metric_calls: int | None = None  # gepa's budget
     auto: str | None = None  # gepa / mipro: light | medium | heavy [default for gepa: light]
@@ -140,7 +141,7 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
         if options.optimizer == "gepa":
             return dspy.Prediction(score=result.value, feedback=result.feedback)
         if options.optimizer == "bootstrap" and trace is not None:
-            return result.value >= 1.0
+            return result.value >= options.threshold
         return result.value
 
     trainset, valset = _examples(train, "train"), _examples(val, "val")
@@ -160,7 +161,8 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
     path.parent.mkdir(parents=True, exist_ok=True)
     tuned.node.save(str(path))
     budget = {"max_metric_calls": options.max_metric_calls, "auto": options.auto, "demos": options.demos,
-              "examples": options.examples}
+              "examples": options.examples, **({"threshold": options.threshold} if options.optimizer == "bootstrap"
+                                               else {})}
     scores = {"held_out": {"items": len(held), "before": _mean(before), "after": _mean(after)},
               "split": {"train": len(train), "val": len(val), "held_out": len(held), "seed": spec.seed},
               "metric_calls": tracker.calls, "best_during_search": tracker.best,

@@ -422,3 +422,16 @@ def test_compare_reports_the_loop_figures_of_codeclm(tmp_path, scripted, seeds_f
         figures = result.sides[side]
         assert 0 <= figures["kept_share"] <= 1 and figures["mean_iteration"] >= 1
     assert "kept_share" in (tmp_path / "cmp" / "compare.txt").read_text()
+
+
+@pytest.mark.parametrize(("threshold", "has_demos"), [(1.0, False), (0.2, True)])
+def test_bootstrap_keeps_demos_the_metric_scores_above_the_threshold(tmp_path, threshold, has_demos):
+    from programs.optimize import OptimizeOptions, optimize
+
+    spec = load_spec(judged_spec(tmp_path))
+    strong = ScriptedBackend("scripted/strong", judging_model)
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": strong, "target": strong})
+    result = optimize(spec, OptimizeOptions(stage="answer", optimizer="bootstrap", metric="quality",
+                                            threshold=threshold, out=tmp_path / "b.json"), hub)
+    assert (result.demos > 0) == has_demos  # the judge gives 3 of 10 (0.22) to every answer here
+    assert json.loads(result.path.read_text())["codeclm"]["budget"]["threshold"] == threshold
