@@ -435,3 +435,21 @@ def test_bootstrap_keeps_demos_the_metric_scores_above_the_threshold(tmp_path, t
                                             threshold=threshold, out=tmp_path / "b.json"), hub)
     assert (result.demos > 0) == has_demos  # the judge gives 3 of 10 (0.22) to every answer here
     assert json.loads(result.path.read_text())["codeclm"]["budget"]["threshold"] == threshold
+
+
+def test_the_same_reflection_prompt_asked_again_is_a_new_sample_and_a_rerun_replays_both(tmp_path):
+    """DSPy strips rollout_id before a request reaches codeclm: the n-th ask of one prompt is slot n."""
+    from programs.optimize import reflection_lm
+
+    spec = load_spec(answer_spec(tmp_path))
+    answers = iter(["first proposal", "second proposal", "third"])
+    model = ScriptedBackend("scripted/target", answer=lambda m: next(answers))
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"target": model})
+    lm = reflection_lm(hub, spec, "target")
+    assert [lm("Propose an instruction.")[0], lm("Propose an instruction.")[0]] == ["first proposal", "second proposal"]
+    again = ScriptedBackend("scripted/target", answer=lambda m: "never asked")
+    hub2 = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"target": again})
+    lm2 = reflection_lm(hub2, spec, "target")
+    assert [lm2("Propose an instruction.")[0], lm2("Propose an instruction.")[0]] == ["first proposal",
+                                                                                        "second proposal"]
+    assert not again.calls and len(model.calls) == 2
