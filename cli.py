@@ -356,6 +356,7 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
     \b
     Tune the encoder's instructions for codec fidelity with GEPA, proposals by the strong role:
       codeclm optimize specs/codeclm.yaml encode --optimizer gepa --metric fidelity \\
+        --set 'optimize.encode.metrics.fidelity={type: codec, encode: encode, decode: decode}' \\
         --reflection strong --max-metric-calls 60
       codeclm run specs/codeclm.yaml --set nodes.encode.program=$PWD/runs/codeclm-optimize/encode.json
     \b
