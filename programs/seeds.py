@@ -33,21 +33,25 @@ def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "i
         path.open("rb").close()
     except OSError as exc:
         raise SpecError(str(path), f"cannot read file: {exc.strerror}", hint="check its permissions") from None
-    suffix = path.suffix.lower()
-    reader = _jsonl if suffix in (".jsonl", ".json") else _csv if suffix == ".csv" else _text
-    seeds = []
-    ids: set[str] = set()
-    for line, record in reader(path, field, id_field):
-        seed_id = str(record.get("id") or f"s{len(seeds):05d}")
-        if seed_id in ids:
-            raise SpecError(str(path), f"duplicate seed id {seed_id!r}", line=line, hint="ids must be unique")
-        ids.add(seed_id)
-        seeds.append({"id": seed_id, "instruction": record["instruction"], "line": line})
-        if limit is not None and len(seeds) >= limit:
-            break
+    seeds = list(_iter_seeds(path, field, id_field, limit))
     if not seeds:
         raise SpecError(str(path), "no seed instructions found", hint=f"one record per line with a '{field}' field")
     return seeds
+
+
+def _iter_seeds(path: Path, field: str, id_field: str | None, limit: int | None) -> Iterator[dict[str, Any]]:
+    """`read_seeds`'s rows one at a time (only the ids seen stay in memory)."""
+    suffix = path.suffix.lower()
+    reader = _jsonl if suffix in (".jsonl", ".json") else _csv if suffix == ".csv" else _text
+    ids: set[str] = set()
+    for line, record in reader(path, field, id_field):
+        seed_id = str(record.get("id") or f"s{len(ids):05d}")
+        if seed_id in ids:
+            raise SpecError(str(path), f"duplicate seed id {seed_id!r}", line=line, hint="ids must be unique")
+        ids.add(seed_id)
+        yield {"id": seed_id, "instruction": record["instruction"], "line": line}
+        if limit is not None and len(ids) >= limit:
+            break
 
 
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # universal newlines: \n, \r\n, and a lone \r end a line
@@ -131,3 +135,25 @@ def read_records(path: Path, fields: dict[str, str], id_field: str | None = "id"
         for row, other in zip(rows, read_seeds(path, file_field, id_field, limit), strict=True):
             row[name] = other["instruction"]
     return rows
+
+
+def stream_records(path: Path, fields: dict[str, str], id_field: str | None = "id",
+                   limit: int | None = None) -> tuple[int, Iterator[dict[str, Any]]]:
+    """`read_records` for a file of any size: every field of every row is checked now (the same
+    errors, before anything runs), then the rows are read again one at a time as they are used, so
+    memory does not grow with the file. Returns the row count and the rows."""
+    count = 0
+    for _, file_field in fields.items():
+        read_seeds(path, file_field, id_field, 1)  # the file's own checks (exists, readable, not empty)
+        count = sum(1 for _ in _iter_seeds(Path(path), file_field, id_field, limit))
+
+    def rows() -> Iterator[dict[str, Any]]:
+        (first, first_field), *others = fields.items()
+        columns = [_iter_seeds(Path(path), f, id_field, limit) for _, f in others]
+        for seed in _iter_seeds(Path(path), first_field, id_field, limit):
+            row = {"id": seed["id"], first: seed["instruction"]}
+            for (name, _), column in zip(others, columns, strict=True):
+                row[name] = next(column)["instruction"]
+            yield row
+
+    return count, rows()

@@ -210,13 +210,30 @@ def test_several_problems_are_reported_together(tmp_path, spec_data):
     ("params", "max_iterations", "four", "params.max_iterations must be a positive integer"),
     ("params", "both_orders", "yes", "params.both_orders must be true or false"),
     ("params", "unparsable_score", "ignore", "params.unparsable_score must be 'fail' or 'tie'"),
-], ids=["pool-size", "skills-range", "scale", "iterations", "both-orders", "unparsable"])
+    ("params", "pool_size", 10**9, "params.pool_size must be at most 1,000,000"),
+    ("params", "max_iterations", 10**6, "params.max_iterations must be at most 1,000"),
+], ids=["pool-size", "skills-range", "scale", "iterations", "both-orders", "unparsable", "huge-pool",
+        "huge-loop"])
 def test_bad_param_values(tmp_path, spec_data, section, key, value, message):
     """A count, a range or a scale computed from params is checked before anything runs, at the param."""
     spec_data[section][key] = value
     path = write_spec(tmp_path, spec_data)
     errors = errors_of(path)
     assert any(message in e.message and e.line == line_of(path, f"{key}:") for e in errors), [str(e) for e in errors]
+
+
+def test_a_run_that_would_allocate_without_bound_is_refused_fast(tmp_path, spec_data):
+    """pool_size 10**9 (a mix of a billion records): `run` exits 2 at the param's line, with a fix, in
+    seconds and before any call; an explode of 10**12 records per decode likewise, at its node."""
+    spec_data["params"]["pool_size"] = 10**9
+    path = write_spec(tmp_path, spec_data)
+    started = time.monotonic()
+    done = cli("run", str(path), "--out", str(tmp_path / "out"), "-q", timeout=30)
+    assert time.monotonic() - started < 20
+    assert_cli_reports(done, f"spec.yaml:{line_of(path, 'pool_size:')}", "at most 1,000,000", "fix:")
+    spec_data["params"].update(pool_size=1, dataset_size=10**12)
+    path = write_spec(tmp_path, spec_data)
+    assert any("explode.limit must be at most 1,000" in e.message for e in errors_of(path))
 
 
 # -- templates -----------------------------------------------------------------------------

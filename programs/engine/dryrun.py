@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..hub import ModelHub
 from ..lang.bounds import upper_bounds
 from ..lang.nodes import SourceNode
-from ..seeds import read_records
+from ..seeds import stream_records
 from ..spec import Spec
 from .nodes import seed_file
 from .run import RunOptions, run_spec
@@ -18,7 +18,7 @@ def dry_run(spec: Spec, options: RunOptions, hub: ModelHub | None = None) -> dic
     for node in spec.graph.nodes.values():
         if isinstance(node, SourceNode):
             sources[node.name] = len(node.records) if node.records is not None else \
-                len(read_records(seed_file(spec, node, options.seeds), node.fields, node.id_field, options.limit))
+                stream_records(seed_file(spec, node, options.seeds), node.fields, node.id_field, options.limit)[0]
     bounds = upper_bounds(spec.graph, sources)
     options.dry_run = True
     if options.cache_mode == "live":  # a dry run only reads: it works on a read-only cache, writes nothing

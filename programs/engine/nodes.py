@@ -8,7 +8,7 @@ error and the raw model text; the run goes on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from ..lang.nodes import (
 )
 from ..lang.rouge import rouge_l, tokens
 from ..progress import Progress
-from ..seeds import read_records
+from ..seeds import stream_records
 from ..spec import Spec
 from .llm import NodeModule, StepResult
 from .records import Record, View, lineage_scope, rng_for, view
@@ -193,39 +193,47 @@ class NodeRunner:
                 return record.child(node.name, values, status=case.exit or "ok")
         raise NodeFailed({"error": "no case matched", "raw": None})
 
-    def source(self, node: SourceNode, options: Any) -> list[Record]:
-        """A file's records (ids from id_field, else their position), or the spec's inline records."""
+    def source(self, node: SourceNode, options: Any) -> Iterator[Record]:
+        """A file's records (ids from id_field, else their position), or the spec's inline records.
+        The file is checked whole now; its records are then made one at a time as the run takes
+        them, so memory does not grow with the file."""
+        rows: Iterable[dict[str, Any]]
         if node.records is not None:
             rows = [{"id": str(r.get("id", f"r{i:04d}")), **{k: r.get(k) for k in node.fields}}
                     for i, r in enumerate(node.records)]
-            sourced = False
+            count, sourced = len(rows), False
         else:
             path = seed_file(self.spec, node, options.seeds)
-            rows = read_records(path, node.fields, node.id_field, options.limit)
+            count, rows = stream_records(path, node.fields, node.id_field, options.limit)
             sourced = True
-        self.progress.expect(node.name, len(rows))
-        records = []
+        self.progress.expect(node.name, count)
+        return self._source_records(node, rows, sourced)
+
+    def _source_records(self, node: SourceNode, rows: Iterable[dict[str, Any]], sourced: bool) -> Iterator[Record]:
         for i, row in enumerate(rows):
             values = {k: row[k] for k in node.fields}
-            records.append(Record(row["id"], node.name, values, order=(i,), sources=(row["id"],) if sourced else ()))
+            yield Record(row["id"], node.name, values, order=(i,), sources=(row["id"],) if sourced else ())
             self.progress.advance(node.name)
-        return records
 
     def mix(self, node: MixNode, collections: dict[str, list[Record]],
-            explain_empty: Callable[[str], str | None]) -> list[Record]:
+            explain_empty: Callable[[str], str | None]) -> Iterator[Record]:
         """`count` records, each drawn with its own RNG (seed, record id, node): first each sample's
-        size, then each field in order; identical records get distinct sample slots."""
+        size, then each field in order; identical records get distinct sample slots. Made one at a
+        time as the run takes them (the checks are made now)."""
         pools = {name: _sample_pool(collections[d.node], d) for name, d in node.draws.items() if d.kind == "sample"}
         empty = [d.node for name, d in node.draws.items()
                  if not collections[d.node] or (d.kind == "sample" and not pools[name])]
         if empty:
             if self.options.dry_run:  # a dry run stops where the cache ends
-                return []
+                return iter(())
             raise CodecError(explain_empty(empty[0]) or
                              f"node '{node.name}': nothing to draw from '{empty[0]}'")
+        return self._mixed(node, collections, pools)
+
+    def _mixed(self, node: MixNode, collections: dict[str, list[Record]],
+               pools: dict[str, list[tuple[Any, tuple[str, ...]]]]) -> Iterator[Record]:
         count = self.graph.static(node.count)
         seen: dict[tuple, int] = {}
-        records = []
         for index in range(count):
             record_id = f"{node.id_prefix}{index:04d}"
             rng = rng_for(self.spec.seed, record_id, node.name)
@@ -248,9 +256,7 @@ class NodeRunner:
             key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items())
             slot = seen.get(key, 0)
             seen[key] = slot + 1
-            records.append(Record(record_id, node.name, values, order=(index,),
-                                  sources=tuple(dict.fromkeys(sources)), slot=slot))
-        return records
+            yield Record(record_id, node.name, values, order=(index,), sources=tuple(dict.fromkeys(sources)), slot=slot)
 
     def dedup(self, node: DedupNode, records: list[Record], collections: dict[str, list[Record]]) -> list[Record]:
         """Keep a record when its text's ROUGE-L against every earlier kept text (and the `against`

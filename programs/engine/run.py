@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,66 @@ async def opened_hub(spec: Spec, cache_dir: Path | None, cache_mode: str, concur
             cache.close()
 
 
+def slim_fields(graph: Any) -> dict[str, set[str]]:
+    """Collections whose readers only draw fields from them (mixes, a dedup's `against`): the
+    fields read. Their records are kept as just those values (no lineage, no calls), which is all
+    a draw reads, so a collection of 100k encodings costs little. A dedup's own records stay whole."""
+    whole = {n.for_each for n in graph.every.values() if isinstance(n, DedupNode)}
+    fields: dict[str, set[str]] = {}
+    for node in graph.every.values():
+        if isinstance(node, MixNode):
+            for draw in node.draws.values():
+                fields.setdefault(draw.node, set()).add(draw.field)
+            for source in node.sources:
+                fields.setdefault(source, set())
+        elif isinstance(node, DedupNode):
+            for other, field_name in node.against:
+                fields.setdefault(other, set()).add(field_name)
+    return {name: wanted for name, wanted in fields.items() if name not in whole}
+
+
+def slimmed(record: Record, wanted: set[str]) -> Record:
+    """The record as a draw sees it: its id, order, sources, slot and the wanted fields (each the
+    nearest value on its lineage, as `field_of` reads it)."""
+    values = {}
+    for name in wanted:
+        found = next((r.values[name] for r in record.lineage() if name in r.values), _ABSENT)
+        if found is not _ABSENT:
+            values[name] = found
+    return Record(record.id, record.node, values, order=record.order, sources=record.sources, slot=record.slot,
+                  status=record.status)
+
+
+_ABSENT = object()
+
+
+class _Ticket:
+    """A root record's admission place: given back when every task its emission led to has ended."""
+
+    __slots__ = ("release", "open", "closed")
+
+    def __init__(self, release: Any):
+        self.release, self.open, self.closed = release, 0, False
+
+    def opened(self, task: asyncio.Task) -> None:
+        self.open += 1
+        task.add_done_callback(self._ended)
+
+    def _ended(self, _task: asyncio.Task) -> None:
+        self.open -= 1
+        if self.open == 0 and self.closed:
+            self.release()
+
+    def close(self) -> None:
+        """The root record is emitted (its first tasks exist): release once they, and theirs, end."""
+        self.closed = True
+        if self.open == 0:
+            self.release()
+
+
+_TICKET: ContextVar[_Ticket | None] = ContextVar("codeclm_root_ticket", default=None)
+
+
 def item_window(spec: Spec, concurrency: int | None) -> int:
     """Records worked on at once: enough to keep every model busy, few enough that memory does
     not grow with the dataset (finished records go straight to disk)."""
@@ -115,12 +176,16 @@ class Engine:
         self.nodes = NodeRunner(spec, hub, build_modules(spec, hub), self.progress, options, observe, self.join)
         self.collections = {c for n in self.graph.every.values() for c in n.collections}
         self.collected: dict[str, list[Record]] = {name: [] for name in self.collections}
+        self.slim = slim_fields(self.graph)
         self.failed: Counter = Counter()
         self.first_failure: dict[str, str] = {}
         self.done = {name: asyncio.Event() for name in self.graph.nodes}
         self.pending: Counter = Counter()
         self.joined: dict[tuple[str, str], asyncio.Task] = {}
         self.window = asyncio.Semaphore(item_window(spec, options.concurrency))
+        # root records (a source's, a mix's, a dedup's) whose work is under way: a 100k-line seed
+        # file is read and emitted as places free up, so memory does not grow with it
+        self.admission = asyncio.Semaphore(item_window(spec, options.concurrency))
         self.tasks: set[asyncio.Task] = set()
         self.error: BaseException | None = None
 
@@ -162,6 +227,9 @@ class Engine:
         task = asyncio.ensure_future(work)
         self.tasks.add(task)
         task.add_done_callback(self._finished)
+        ticket = _TICKET.get()  # set while a root record is emitted; its tasks' tasks inherit it
+        if ticket is not None:
+            ticket.opened(task)
 
     def _finished(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
@@ -184,8 +252,15 @@ class Engine:
         else:
             records = self.nodes.dedup(node, self.records_of(node.for_each), {n: self.records_of(n)
                                                                           for n in node.collections if n})
-        for record in records:
-            await self.emit(node, record)
+        for record in records:  # each root record and all the work it leads to hold one admission place
+            await self.admission.acquire()
+            ticket = _Ticket(self.admission.release)
+            token = _TICKET.set(ticket)
+            try:
+                await self.emit(node, record)
+            finally:
+                _TICKET.reset(token)
+                ticket.close()
         self.done[node.name].set()
         self.settle_children(node.name)
 
@@ -211,7 +286,8 @@ class Engine:
             self.first_failure.setdefault(node.name, str((record.failure or {}).get("error")))
             return
         if node.name in self.collections:
-            self.collected[node.name].append(record)
+            self.collected[node.name].append(slimmed(record, self.slim[node.name])
+                                             if node.name in self.slim else record)
         for child in self.graph.children.get(node.name, []):
             target = self.graph.every[child]
             if isinstance(target, DedupNode) or (isinstance(target, LLMNode) and target.lazy):

@@ -371,14 +371,19 @@ class _GraphCheck:
             except (jinja2.UndefinedError, TypeError, ValueError, ZeroDivisionError) as exc:
                 self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key}: {exc}")
                 continue
-            problem = _static_problem(kind, result)
+            too_large = _too_large(key, result)
+            problem = _static_problem(kind, result) or too_large
             if not problem:
                 continue
+            hint = None if problem != too_large else (
+                "these are records or iterations made per run or per record, each held while it is worked on: "
+                "lower it, or split the job into several runs (the cache shares their calls)")
             if refs and isinstance(value, Expression) and value.source.strip() == f"params.{refs[0].field}":
                 self.error(("params", refs[0].field), f"params.{refs[0].field} {problem} (node '{node.name}' {key}), "
-                           f"got {result!r}")
+                           f"got {result!r}", hint)
             else:
-                self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key} {problem}, got {result!r}")
+                self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key} {problem}, got {result!r}",
+                           hint)
 
     # -- whole-graph checks -----------------------------------------------------------------------
 
@@ -453,6 +458,18 @@ class _GraphCheck:
 
 class _Stop(Exception):
     pass
+
+
+# The most a count may be: above these a run would allocate without bound (a mix's records, a
+# loop's iterations, an explode's records per record), so they are refused before anything runs.
+MAX_STATIC = {"count": 1_000_000, "max": 1_000, "explode.limit": 1_000}
+
+
+def _too_large(key: str, value: Any) -> str | None:
+    limit = MAX_STATIC.get(key)
+    if limit is None or not isinstance(value, int) or value <= limit:
+        return None
+    return f"must be at most {limit:,}"
 
 
 def _static_problem(kind: str, value: Any) -> str | None:
