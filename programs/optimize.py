@@ -170,7 +170,8 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
     table = score_table(metric.name, node.name, len(held), _mean(before), _mean(after), calls_all)
     saved = json.loads(path.read_text())
     saved["codeclm"] = {"node": node.name, "spec": str(spec.path), "optimizer": options.optimizer,
-                        "metric": metric.describe(), "budget": budget, "reflection": options.reflection or node.model,
+                        "metric": metric.describe(), "budget": budget,
+                        "reflection": None if options.optimizer == "bootstrap" else options.reflection or node.model,
                         "teacher": options.teacher, "scores": scores,
                         "instructions": tuned.node.predict.signature.instructions}
     path.write_text(json.dumps(saved, indent=2, ensure_ascii=False))
