@@ -33,6 +33,7 @@ OPENAI_COMPATIBLE = {
 
 
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_RESPONSE_BYTES = 64 << 20  # a completion is kilobytes; a body past this is a broken server, not an answer
 
 
 @dataclass
@@ -150,7 +151,7 @@ class OpenAICompatibleBackend:
         body = self.request_body(messages, params)
         try:
             async with self._session().post(self.url, json=body, proxy=self.proxy) as response:
-                status, raw = response.status, await response.read()
+                status, raw = response.status, await self._read_capped(response)
                 retry_after = _retry_after(response.headers.get("retry-after"))
         except asyncio.TimeoutError:  # str() of aiohttp's timeout is empty: say what timed out
             raise ModelCallError(f"{self.name} at {self.endpoint}: no answer within {self.timeout + 5:g}s",
@@ -165,10 +166,26 @@ class OpenAICompatibleBackend:
         try:
             data = json.loads(text)
             choice, usage = data["choices"][0], data.get("usage") or {}
+            return Completion(choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
+                              usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise ModelCallError(f"{self.name}: malformed response body {text[:120]!r}", retryable=True) from None
-        return Completion(choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
-                          usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+
+    async def _read_capped(self, response: Any) -> bytes:
+        """The body, or a failed call once it passes MAX_RESPONSE_BYTES: a server that streams without
+        end (a broken proxy, the wrong port) must not fill the memory before the timeout."""
+        limit = MAX_RESPONSE_BYTES
+        if response.content_length is not None and response.content_length > limit:
+            raise ModelCallError(f"{self.name} at {self.endpoint}: response body of {response.content_length:,} "
+                                 f"bytes, over the {limit >> 20} MiB a completion can need", retryable=False)
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise ModelCallError(f"{self.name} at {self.endpoint}: response body over the {limit >> 20} MiB "
+                                     "a completion can need", retryable=False)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def request_body(self, messages: list[dict[str, str]], params: CallParams) -> dict[str, Any]:
         values = dict(params.values)

@@ -132,3 +132,61 @@ def test_the_engine_reads_interleaved_rubrics_as_pairs(tmp_path, seeds_file, scr
     improved = [m for m in scripted.backends["strong"].calls if "Action" not in m[-1]["content"]
                 and any(a in m[-1]["content"] for a in actions)]
     assert improved  # the improve step ran with actions from the list
+
+
+@pytest.fixture
+def broken_server():
+    """An OpenAI-compatible address whose answer is an endless body, or a completion with no message."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    kind = {"body": b"endless"}
+
+    def handle(conn):
+        with conn:
+            try:
+                conn.recv(65536)
+                if kind["body"] == b"endless":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+                    while True:
+                        conn.sendall(b"x" * 65536)
+                body = kind["body"]
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                             % len(body) + body)
+            except OSError:
+                pass
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1", kind
+    listener.close()
+
+
+@pytest.mark.parametrize(("body", "message"), [(b"endless", "response body over the 1 MiB"),
+                                               (b'{"choices": [{"message": null}]}', "malformed response body")])
+def test_a_server_answering_garbage_fails_the_call_with_a_message(tmp_path, seeds_file, broken_server, monkeypatch,
+                                                                  body, message):
+    """A body that never ends used to be read into memory until the timeout (1 GB in 3 s on
+    localhost); a choice with no message was a bare TypeError. Both are recorded failures that say so."""
+    import programs.backends
+
+    monkeypatch.setattr(programs.backends, "MAX_RESPONSE_BYTES", 1 << 20)
+    url, kind = broken_server
+    kind["body"] = body
+    data = base_spec(seeds_file)
+    data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": url, "retries": 0, "timeout": 30}
+                      for role in ("strong", "target")}
+    result = codeclm("run", write_spec(tmp_path, data), "-q", "--out", tmp_path / "run",
+                     "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert message in result.output and "hosted_vllm/strong" in result.output
