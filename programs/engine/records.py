@@ -18,7 +18,7 @@ def rng_for(seed: int, item: str, purpose: str) -> random.Random:
     return random.Random(f"{seed}:{item}:{purpose}")
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__: a 100k-record collection costs less
 class Record:
     id: str
     node: str
