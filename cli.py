@@ -74,6 +74,26 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def reads_run(command: Callable[..., Any]) -> Callable[..., Any]:
+    """For commands that read a finished run folder (`run_dir`): a file in it that is damaged or
+    edited (not JSON, not UTF-8, the wrong shape) is a located error, not a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from programs.errors import CodecError
+
+        try:
+            return command(*args, **kwargs)
+        except CodecError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            from programs.rundata import damaged_run
+
+            raise damaged_run(kwargs["run_dir"], exc) from None
+
+    return wrapper
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option("0.1.0", prog_name="codeclm")
 def main() -> None:
@@ -227,6 +247,7 @@ def _write_report(run_dir: Path) -> Path | None:
               help="Where to write the replayed run [default: RUN_DIR-replay].")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
 @reports_errors
+@reads_run
 def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
     """Re-run a finished run from the cache alone: no model, no key, same bytes.
 
@@ -429,6 +450,7 @@ def compare(spec_a: str, spec_b: str | None, set_a: tuple[str, ...], set_b: tupl
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @reports_errors
+@reads_run
 def inspect(run_dir: Path, as_json: bool) -> None:
     """Summarize a finished run: what was kept, from which iteration and model,
     the judge's gaps, and the most common failures."""
@@ -453,6 +475,7 @@ def inspect(run_dir: Path, as_json: bool) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the run's calls are cached [default: the folder its manifest names].")
 @reports_errors
+@reads_run
 def export(run_dir: Path, dest: Path, repo: str | None, private: bool, license_id: str, languages: tuple[str, ...],
            pretty_name: str | None, no_cache_bundle: bool, cache_dir: Path | None) -> None:
     """Ship a finished run: DEST becomes a Hugging Face dataset folder.
@@ -502,6 +525,7 @@ def export(run_dir: Path, dest: Path, repo: str | None, private: bool, license_i
               help="Where to write the page [default: RUN_DIR/report.html]; a folder gets report.html inside.")
 @click.option("--open", "open_it", is_flag=True, help="Open the page in your web browser when written.")
 @reports_errors
+@reads_run
 def report(run_dir: Path, out: Path | None, open_it: bool) -> None:
     """Write RUN_DIR's report: one HTML file that opens offline, to look at a run.
 

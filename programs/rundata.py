@@ -225,3 +225,33 @@ def _pair(value: Any) -> tuple[float, float] | None:
         if a is not None and b is not None:
             return a, b
     return None
+
+
+def damaged_run(folder: Path, exc: BaseException) -> Exception:
+    """The error to show for a run folder a reader choked on (`exc`, a ValueError, KeyError, ...):
+    the first file and line that is not UTF-8 JSON, else the shape the reader did not expect. Run
+    folders are inputs too: a damaged one is a message (exit 2), never a traceback."""
+    from .errors import SpecError
+
+    hint = "pass a run folder `codeclm run` wrote, unedited; or write it again: rerun, or `codeclm replay` it"
+    for path in sorted(Path(folder).glob("*.json*")):
+        if not path.is_file() or path.suffix not in (".json", ".jsonl"):
+            continue
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as bad:
+            line = path.read_bytes()[:bad.start].count(b"\n") + 1
+            return SpecError(str(path), f"damaged: not UTF-8 (byte {bad.start})", line=line, hint=hint)
+        chunks = [text] if path.suffix == ".json" else text.splitlines()
+        for number, chunk in enumerate(chunks, 1):
+            if not chunk.strip():
+                continue
+            try:
+                value = json.loads(chunk)
+            except ValueError as bad:
+                return SpecError(str(path), f"damaged: not JSON ({bad})", line=number, hint=hint)
+            if not isinstance(value, dict):
+                return SpecError(str(path), f"damaged: a {type(value).__name__} where a JSON object belongs",
+                                 line=number, hint=hint)
+    return SpecError(str(folder), f"a file of this run folder does not hold what codeclm wrote "
+                     f"({type(exc).__name__}: {exc})", hint=hint)

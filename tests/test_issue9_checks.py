@@ -190,3 +190,41 @@ def test_a_server_answering_garbage_fails_the_call_with_a_message(tmp_path, seed
                      "--cache-dir", tmp_path / "cache")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert message in result.output and "hosted_vllm/strong" in result.output
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished run of the CodecLM spec on the fake server."""
+    folder = tmp_path_factory.mktemp("finished")
+    seeds = folder / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"id": f"s{i}", "instruction": f"Write a note about topic {i}."}) + "\n"
+                             for i in range(4)))
+    with FakeOpenAIServer() as server:
+        spec = write_spec(folder, served(base_spec(seeds), server))
+        result = codeclm("run", spec, "-q", "--no-report", "--out", folder / "run", "--cache-dir", folder / "cache")
+    assert result.exit_code == 0, result.output
+    return folder / "run"
+
+
+@pytest.mark.parametrize(("damage", "where"), [
+    (lambda d: (d / "manifest.json").write_bytes(b"\xff\xfe garbage"), "manifest.json:1: damaged: not UTF-8"),
+    (lambda d: (d / "manifest.json").write_text("[1, 2]"), "manifest.json:1: damaged: a list"),
+    (lambda d: (d / "instructions.jsonl").write_text('{"status": "kept", "iterations": "x"}\n'),
+     "does not hold what codeclm wrote"),
+    (lambda d: (d / "manifest.json").write_text(json.dumps({**json.loads((d / "manifest.json").read_text()),
+                                                            "spec": 5})), "does not hold what codeclm wrote"),
+], ids=["manifest-not-utf8", "manifest-a-list", "histories-wrong-shape", "manifest-spec-not-a-mapping"])
+def test_a_damaged_run_folder_is_a_message_for_every_reader(tmp_path, finished_run, damage, where):
+    """inspect, report, export and replay read a run folder: an edited or damaged file in it used to
+    end in a traceback (inspect on a manifest that is not UTF-8, report on a manifest whose spec is
+    not a mapping, ...); now each says which file (and line) and exits 2."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    damage(run)
+    results = [codeclm("inspect", run), codeclm("report", run, "--out", tmp_path / "r.html"),
+               codeclm("export", run, tmp_path / "export", "--no-cache-bundle"),
+               codeclm("replay", run, "--out", tmp_path / "replayed")]
+    for result in results:
+        assert result.exit_code in (0, 2), result.output  # a reader that copes with the damage is fine too
+        assert "Traceback" not in result.output and not isinstance(result.exception, (KeyError, TypeError))
+    assert any(where in r.output for r in results), [r.output for r in results]
