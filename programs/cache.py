@@ -8,6 +8,7 @@ changed downstream parameter re-uses every call upstream of the change.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -194,6 +195,22 @@ def _not_writable(folder: Path, reason: str) -> SpecError:
                      hint="pass --cache-dir DIR (a writable folder), or replay it read-only with --replay")
 
 
+def _refuse_foreign_db(db: Path) -> None:
+    """A cache.db that holds tables diskcache never makes is someone else's database: opening it
+    would add the cache's tables to it. Refused; a garbage file is left to the damage checks."""
+    if not db.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return
+    foreign = sorted(t for t in tables if t not in ("Cache", "Settings") and not t.startswith("sqlite_"))
+    if foreign:
+        raise SpecError(str(db), f"not a codeclm cache: this database holds other tables ({', '.join(foreign[:5])}), "
+                        "and the cache would write into it", hint="pass --cache-dir DIR, a folder for the cache alone")
+
+
 class _WritableStore:
     """diskcache.Cache, with its failures turned into the errors CallCache promises."""
 
@@ -201,6 +218,7 @@ class _WritableStore:
         import diskcache
 
         self.folder, self.db = folder, folder / DB_NAME
+        _refuse_foreign_db(self.db)
         try:
             self.cache = diskcache.Cache(str(folder), size_limit=2**40, eviction_policy="none")
         except sqlite3.OperationalError as exc:  # a locked, read-only or unopenable database

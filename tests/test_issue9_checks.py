@@ -228,3 +228,21 @@ def test_a_damaged_run_folder_is_a_message_for_every_reader(tmp_path, finished_r
         assert result.exit_code in (0, 2), result.output  # a reader that copes with the damage is fine too
         assert "Traceback" not in result.output and not isinstance(result.exception, (KeyError, TypeError))
     assert any(where in r.output for r in results), [r.output for r in results]
+
+
+def test_a_cache_folder_holding_someone_elses_database_is_left_alone(tmp_path, seeds_file):
+    """`--cache-dir` onto a folder whose cache.db is another program's SQLite database: diskcache
+    used to add its tables to it. Refused, exit 2, the database unchanged and no run folder made."""
+    import sqlite3
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    with sqlite3.connect(folder / "cache.db") as connection:
+        connection.execute("CREATE TABLE orders (id INTEGER)")
+    before = (folder / "cache.db").read_bytes()
+    with FakeOpenAIServer() as server:
+        result = codeclm("run", write_spec(tmp_path, served(base_spec(seeds_file), server)), "-q",
+                         "--out", tmp_path / "run", "--cache-dir", folder)
+        assert server.requests == 0
+    assert result.exit_code == 2 and "not a codeclm cache" in result.output and "orders" in result.output
+    assert (folder / "cache.db").read_bytes() == before and not (tmp_path / "run").exists()
