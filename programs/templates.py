@@ -33,19 +33,26 @@ class TemplateStore:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.env = ImmutableSandboxedEnvironment(
-            loader=jinja2.FileSystemLoader(str(self.folder)),
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            autoescape=False,
-        )
+        self.env = _environment(str(self.folder))
 
     def get(self, name: str) -> StageTemplate:
         return _load(self, name)
 
     def path_of(self, name: str) -> Path:
         return self.folder / name
+
+
+@lru_cache(maxsize=64)
+def _environment(folder: str) -> ImmutableSandboxedEnvironment:
+    """One sandbox per prompts folder, shared by every store of it: a template is compiled once per
+    process (Jinja's cache recompiles it when its file changes), not once per node and per check."""
+    return ImmutableSandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(folder),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
 
 
 @lru_cache(maxsize=256)
