@@ -154,6 +154,9 @@ def export_bundle(run_dir: Path, bundle: Path, cache_dir: Path | None = None) ->
         cache.close()
     if skipped:
         warn(f"{skipped} entries hold text that is not valid Unicode; left out of the bundle")
+    if bundle.is_file() and bundle.stat().st_size and not _is_bundle(bundle):
+        raise SpecError(str(bundle), "exists and is not a codeclm cache bundle: an export never writes over a file "
+                        "it did not make", hint="pass a new path (or a bundle `codeclm cache export` wrote)")
     tmp = bundle.with_name(f".{bundle.name}.tmp")
     try:
         with (gzip.open(tmp, "wt", encoding="utf-8") if bundle.suffix == ".gz"
@@ -165,6 +168,18 @@ def export_bundle(run_dir: Path, bundle: Path, cache_dir: Path | None = None) ->
         raise SpecError(str(bundle), f"cannot write the bundle: {exc.strerror or exc}",
                         hint="pass a path in a writable folder") from None
     return count
+
+
+def _is_bundle(path: Path) -> bool:
+    """Whether an existing file is a bundle `cache export` wrote (its first line is a call)."""
+    try:
+        with path.open("rb") as raw:
+            head = raw.read(2)
+        with (gzip.open(path, "rb") if head == b"\x1f\x8b" else path.open("rb")) as handle:
+            first = json.loads(handle.readline(1 << 20))
+        return isinstance(first, dict) and set(first) == {"key", "entry"}
+    except (OSError, EOFError, ValueError):
+        return False
 
 
 def import_bundle(bundle: Path, cache_dir: Path | None = None) -> int:

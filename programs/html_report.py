@@ -45,6 +45,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     path = Path(out) if out else Path(run_dir) / "report.html"
     if path.is_dir():
         path = path / "report.html"
+    if path.is_file() and path.stat().st_size and b"<title>codeclm report" not in path.read_bytes()[:4096]:
+        raise SpecError(str(path), "exists and is not a codeclm report: a report never writes over a file it "
+                        "did not make", hint="pass --out a new path (or a report this command wrote)")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, render(run))
     return path

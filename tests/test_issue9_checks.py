@@ -246,3 +246,23 @@ def test_a_cache_folder_holding_someone_elses_database_is_left_alone(tmp_path, s
         assert server.requests == 0
     assert result.exit_code == 2 and "not a codeclm cache" in result.output and "orders" in result.output
     assert (folder / "cache.db").read_bytes() == before and not (tmp_path / "run").exists()
+
+
+def test_report_and_cache_export_never_write_over_a_file_they_did_not_make(tmp_path, finished_run):
+    """`report --out FILE` and `cache export RUN FILE` replaced any file at FILE; now only one they wrote."""
+    cache = finished_run.parent / "cache"
+    mine = tmp_path / "notes.html"
+    mine.write_text("my notes\n")
+    result = codeclm("report", finished_run, "--out", mine)
+    assert result.exit_code == 2 and "not a codeclm report" in result.output and mine.read_text() == "my notes\n"
+    bundle = tmp_path / "calls.jsonl"
+    bundle.write_text("my notes\n")
+    result = codeclm("cache", "export", finished_run, bundle, "--cache-dir", cache)
+    assert result.exit_code == 2 and "not a codeclm cache bundle" in result.output
+    assert bundle.read_text() == "my notes\n"
+    for name in ("report.html", "calls.jsonl", "calls.jsonl.gz"):  # their own files: written again
+        path = tmp_path / "own" / name
+        path.parent.mkdir(exist_ok=True)
+        args = ("report", finished_run, "--out", path) if name.endswith("html") else \
+            ("cache", "export", finished_run, path, "--cache-dir", cache)
+        assert codeclm(*args).exit_code == 0 and codeclm(*args).exit_code == 0, name
