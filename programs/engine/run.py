@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -121,12 +122,21 @@ def slimmed(record: Record, wanted: set[str]) -> Record:
     for name in wanted:
         found = next((r.values[name] for r in record.lineage() if name in r.values), _ABSENT)
         if found is not _ABSENT:
-            values[name] = found
+            values[name] = _interned(found)
     return Record(record.id, record.node, values, order=record.order, sources=record.sources, slot=record.slot,
                   status=record.status)
 
 
 _ABSENT = object()
+
+
+def _interned(value: Any) -> Any:
+    """Text (and lists of text) shared with equal values: skills and use cases repeat across records."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [sys.intern(v) for v in value]
+    return value
 
 
 class _Ticket:
@@ -206,6 +216,7 @@ class Engine:
         if self.hub.fatal:
             raise self.hub.fatal
         counts = self.outputs.finish()
+        self.collected.clear()  # no node reads them any more: free them before the metrics load theirs
         manifest = build_manifest(self.spec, self.options, self.hub, counts, time.time() - started, self.progress,
                                   self.outputs.failure_reasons, self.quality())
         self.outputs.write_manifest(manifest)
