@@ -266,3 +266,19 @@ def test_report_and_cache_export_never_write_over_a_file_they_did_not_make(tmp_p
         args = ("report", finished_run, "--out", path) if name.endswith("html") else \
             ("cache", "export", finished_run, path, "--cache-dir", cache)
         assert codeclm(*args).exit_code == 0 and codeclm(*args).exit_code == 0, name
+
+
+@pytest.mark.parametrize(("content", "message"), [("root:x:0:0:root:/root:/bin/bash\n", "is not a program"),
+                                                  ('{"predict": 5}', "not a program `codeclm optimize` saved")])
+def test_a_program_file_that_is_not_a_saved_program_is_exit_2(tmp_path, seeds_file, content, message):
+    """`program: /etc/passwd` was a traceback from DSPy's loader."""
+    program = tmp_path / "program.json"
+    program.write_text(content)
+    data = base_spec(seeds_file)
+    data["nodes"]["decode"]["program"] = str(program)
+    with FakeOpenAIServer() as server:
+        result = codeclm("run", write_spec(tmp_path, served(data, server)), "-q", "--out", tmp_path / "run",
+                         "--cache-dir", tmp_path / "cache")
+        assert server.requests == 0
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()

@@ -20,7 +20,7 @@ from typing import Any
 import dspy
 
 from ..adapter import NO_INSTRUCTIONS, TemplateAdapter, hub_lm
-from ..errors import ModelCallError
+from ..errors import ModelCallError, SpecError
 from ..hub import CURRENT_CALL, CallContext, ModelHub
 from ..lang.graph import Graph
 from ..lang.nodes import JudgeNode, LLMNode
@@ -180,7 +180,12 @@ def build_module(node: LLMNode, spec: Spec, hub: ModelHub, role: str | None = No
     """A node's module, with its tuned `program:` loaded when it names one."""
     module = NodeModule(node, TemplateStore(spec.prompts_dir).get(node.template), spec, hub, role)
     if with_program and node.program:
-        module.load(str(node.program))
+        try:
+            module.load(str(node.program))
+        except Exception as exc:  # noqa: BLE001 - any file that is not a saved program: say which
+            raise SpecError(str(node.program), f"node '{node.name}': not a program `codeclm optimize` saved "
+                            f"({type(exc).__name__}: {str(exc)[:200]})",
+                            hint="make one with codeclm optimize SPEC NODE, or drop 'program:'") from None
     return module
 
 

@@ -24,6 +24,18 @@ RECORD_FIELDS = ("id", "status", "failure", "sources", "calls")  # `record.*`, i
 RESERVED_OUTPUTS = ("failures", "manifest", "dataset_info")  # files every run writes itself
 
 
+def _json_object(path: Path) -> bool:
+    """Whether a file (at most 64 MiB) holds a JSON object: what a saved program is."""
+    import json
+
+    try:
+        if path.stat().st_size > 64 << 20:
+            return False
+        return isinstance(json.loads(path.read_bytes().decode("utf-8")), dict)
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
 def path_like(name: str) -> bool:
     """A node, output or model name that would be a path in a file name (NAME.jsonl, NODE.json,
     runs/NAME-eval-ROLE): empty, hidden, with a separator, or with control characters."""
@@ -362,6 +374,9 @@ class NodeReader:
         if program and not program.is_file():
             self.checker.error((*where, "program"), f"optimized program {program} not found",
                                "make one with codeclm optimize SPEC NODE, or drop 'program:'")
+        elif program and not _json_object(program):
+            self.checker.error((*where, "program"), f"{program} is not a program `codeclm optimize` saved "
+                               "(a JSON object)", "make one with codeclm optimize SPEC NODE, or drop 'program:'")
         for key, low, high in (("temperature", 0, 2), ("max_tokens", 1, None)):
             value = raw.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
