@@ -183,3 +183,40 @@ def test_an_unreachable_model_server_is_failures_as_data_as_in_a_local_run(local
     assert errors["ray"] == errors["local"] and "all 4 records failed" in errors["local"]
     same_files(tmp_path / "local", tmp_path / "ray", ("failures.jsonl", "metadata.jsonl"))
     assert (tmp_path / "ray" / "failures.jsonl").read_text().count("\n") == 4
+
+
+def test_the_coordinator_dedups_hands_a_dead_owners_calls_on_and_frees_its_slots(tmp_path):
+    """The coordinator's bookkeeping alone (a plain object here, an actor in a run)."""
+    import asyncio
+
+    from programs.engine.ray_executor import CallCoordinator
+
+    entry = {"text": "answer", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+
+    async def scenario() -> None:
+        coordinator = CallCoordinator(str(tmp_path / "cache"), "live", {"strong": (1, None)})
+        key, other = "a" * 64, "b" * 64
+        assert await coordinator.claim(key, "w1", "strong") == ("own", True)  # the first attempt's slot comes along
+        waiter = asyncio.ensure_future(coordinator.claim(key, "w2", "strong"))
+        blocked = asyncio.ensure_future(coordinator.claim(other, "w2", "strong"))  # no slot free: waits
+        await asyncio.sleep(0.01)
+        assert not waiter.done() and not blocked.done()
+        coordinator.forget("w1")  # w1 died: its slot is free, its key goes to the next claimant
+        assert await asyncio.wait_for(blocked, 5) == ("own", True)  # the freed slot, first in line
+        await asyncio.sleep(0.01)
+        assert not waiter.done()  # it owns w1's key now, and waits for the one slot
+        coordinator.put(other, "w2", "m", entry, release="strong")
+        assert await asyncio.wait_for(waiter, 5) == ("own", True)
+        third = asyncio.ensure_future(coordinator.claim(key, "w3"))  # identical call in flight: waits for it
+        await asyncio.sleep(0.01)
+        coordinator.put(key, "w2", "m", entry, release="strong")
+        kind, got = await asyncio.wait_for(third, 5)
+        assert kind == "dedup" and got["text"] == "answer"
+        assert (await coordinator.claim(key, "w3"))[0] == "hit"
+        coordinator.forget("w2")
+        assert coordinator.in_flight() == {"calls:0": 0}
+        late = await coordinator.claim("c" * 64, "w1")  # a dead worker's claim never owns a key
+        assert late[0] == "error"
+        coordinator.close()
+
+    asyncio.run(scenario())
