@@ -220,3 +220,24 @@ def test_the_coordinator_dedups_hands_a_dead_owners_calls_on_and_frees_its_slots
         coordinator.close()
 
     asyncio.run(scenario())
+
+
+def test_rpm_holds_across_workers(local_ray, tmp_path, seeds_file):
+    """One schedule per model for the cluster: N calls at `rpm` take at least (N - 1) x 60 / rpm seconds
+    (with a schedule per worker, two workers would take half of that)."""
+    rpm = 600
+    with FakeOpenAIServer() as server:
+        data = base_spec(seeds_file, pool_size=2)
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url, "concurrency": 8,
+                                 "rpm": rpm} for role in ("strong", "target")}
+        spec = write_spec(tmp_path, data)
+        started = time.monotonic()
+        on_ray = run(spec, tmp_path / "ray", tmp_path / "cache-ray", executor="ray")
+        wall = time.monotonic() - started
+    per_role: dict = {}
+    for row in on_ray.manifest["calls"].values():
+        per_role[row["model"]] = per_role.get(row["model"], 0) + row["calls"]
+    busiest = max(per_role.values())
+    assert busiest >= 20
+    wall -= LAST_RUN["workers_ready_s"]  # the workers' start (imports) is no call's wait
+    assert wall >= (busiest - 1) * 60 / rpm * 0.95, (wall, per_role)
