@@ -178,12 +178,13 @@ def init(folder: Path) -> None:
               help="Stop when new calls have used N tokens, input and output (sets budget.tokens).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html into the run directory at the end.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="ray: records run on Ray workers (RAY_ADDRESS, or a local instance); pip install 'codeclm[ray]'.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="ray: records run on Ray workers (RAY_ADDRESS, or a local instance); pip install 'codeclm[ray]' "
+                   "[default: the spec's executor:, else local].")
 @reports_errors
 def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, ...], limit: int | None,
         concurrency: int | None, cache_dir: Path | None, mode: str | None, dry_run: bool, quiet: bool,
-        no_report: bool, executor: str, as_json: bool = False, budget_usd: float | None = None,
+        no_report: bool, executor: str | None, as_json: bool = False, budget_usd: float | None = None,
         budget_tokens: int | None = None) -> None:
     """Run SPEC and write a run directory: dataset.jsonl and its artifacts, and
     report.html to look at it (see `codeclm report --help`).
@@ -216,7 +217,7 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
     if dry_run:
         _dry_run(loaded, options, as_json)
         return
-    if executor == "ray":  # the Ray executor is a seam: programs/engine/ray_executor.py
+    if (executor or loaded.executor) == "ray":  # the Ray executor is a seam: programs/engine/ray_executor.py
         if loaded.budget is not None and mode != "replay":  # never spend past a budget nobody counts
             raise SpecError("--executor", "a budget is enforced by the local executor only, not yet on Ray",
                             hint="drop --executor ray, or the budget (budget:, --budget-usd, --budget-tokens)")

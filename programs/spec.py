@@ -21,7 +21,8 @@ from .errors import SpecError, SpecErrors
 from .yaml_lines import Path_, has_surrogate, load_value, load_with_lines
 
 TOP_KEYS = {"name", "seed", "prompts", "cache", "models", "params", "nodes", "outputs", "description", "budget",
-            "optimize"}
+            "optimize", "executor"}
+EXECUTORS = ("local", "ray")  # `executor:`, and `codeclm run --executor`, which wins
 MODEL_KEYS = {"model", "api_base", "api_key_env", "temperature", "max_tokens", "top_p", "concurrency",
               "rpm", "timeout", "retries", "n_ctx", "extra", "price"}
 
@@ -60,6 +61,7 @@ class Spec:
     graph: Any  # programs.lang.graph.Graph: the checked nodes and outputs
     raw: dict[str, Any]  # the spec as loaded, overrides applied (recorded in the manifest)
     budget: Any = None  # programs.budget.Budget: what a run may spend on new calls, or None
+    executor: str = "local"  # local | ray (programs/engine/ray_executor.py)
     optimize: dict[str, Any] = field(default_factory=dict)  # node -> programs.tuning.config.NodeTuning
 
 
@@ -171,6 +173,8 @@ class Checker:
         if not prompts_dir.is_dir():
             self.error(("prompts",), f"prompts folder {prompts_dir} does not exist",
                        "set 'prompts:' to the folder of templates, relative to the spec")
+        if data.get("executor", "local") not in EXECUTORS:
+            self.error(("executor",), f"executor must be one of {', '.join(EXECUTORS)}, got {data['executor']!r}")
         if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
             self.error(("seed",), "seed must be an integer")
         name = str(data.get("name", self.path.stem))
@@ -189,7 +193,7 @@ class Checker:
                     prompts_dir=prompts_dir,
                     cache_dir=self.relative(str(data["cache"])) if data.get("cache") else None,
                     models=models, params=params, graph=graph, raw=data, budget=budget,
-                    optimize=optimize)
+                    optimize=optimize, executor=str(data.get("executor", "local")))
 
     def models(self, raw: dict[str, Any]) -> dict[str, ModelSpec]:
         models = {}

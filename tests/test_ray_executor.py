@@ -16,7 +16,7 @@ from conftest import REPO, base_spec, write_spec
 from fake_openai_server import FakeOpenAIServer, FaultPlan
 
 from programs.engine.run import RunOptions, run_spec
-from programs.errors import CodecError
+from programs.errors import CodecError, SpecErrors
 from programs.spec import load_spec
 
 try:
@@ -157,17 +157,31 @@ def test_a_killed_worker_loses_only_its_calls_and_the_run_gives_the_same_dataset
     assert rerun.manifest["totals"]["calls"] == 0
 
 
-def test_cli_executor_ray_connects_to_ray_address(local_ray, tmp_path, seeds_file):
-    """`codeclm run --executor ray` in another process joins the running instance through RAY_ADDRESS."""
+@pytest.mark.parametrize("chosen", ["--executor", "spec"])
+def test_cli_executor_ray_connects_to_ray_address(local_ray, tmp_path, seeds_file, chosen):
+    """`codeclm run --executor ray` (or `executor: ray` in the spec) in another process joins the
+    running instance through RAY_ADDRESS."""
     with FakeOpenAIServer() as server:
         spec = http_spec(tmp_path, seeds_file, server.url, concurrency=4)
         run(spec, tmp_path / "local", tmp_path / "cache-local")
-        env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-        done = subprocess.run([sys.executable, str(REPO / "cli.py"), "run", str(spec), "-q", "--no-report",
-                               "--executor", "ray", "--out", str(tmp_path / "ray"), "--cache-dir",
-                               str(tmp_path / "cache-ray")], env=env, capture_output=True, text=True, timeout=240)
+        if chosen == "spec":
+            spec.write_text(spec.read_text() + "executor: ray\n")
+        address = ray.get_runtime_context().gcs_address
+        env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": address}
+        flag = ["--executor", "ray"] if chosen == "--executor" else []
+        done = subprocess.run([sys.executable, str(REPO / "cli.py"), "run", str(spec), "--no-report", *flag,
+                               "--out", str(tmp_path / "ray"), "--cache-dir", str(tmp_path / "cache-ray")],
+                              env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
+    assert f"Ray executor: 2 workers, cache of record {tmp_path / 'cache-ray'} (Ray at {address})" in done.stderr
     same_files(tmp_path / "local", tmp_path / "ray")
+
+
+def test_an_unknown_executor_in_the_spec_is_an_error(tmp_path, seeds_file):
+    data = base_spec(seeds_file)
+    data["executor"] = "spark"
+    with pytest.raises(SpecErrors, match="executor must be one of local, ray"):
+        load_spec(write_spec(tmp_path, data))
 
 
 def test_an_unreachable_model_server_is_failures_as_data_as_in_a_local_run(local_ray, tmp_path, seeds_file):

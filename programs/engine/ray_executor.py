@@ -643,6 +643,10 @@ async def _run(ray: Any, spec: Spec, options: RunOptions) -> RunResult:
 
     _LIVE_WORKERS.clear()
     pool = WorkerPool(ray, make, ray_workers(ray))
+    stream = getattr(options.progress, "stream", None)
+    if stream is not None:
+        stream.write(f"Ray executor: {len(pool.workers)} workers, cache of record {cache_dir} "
+                     f"(Ray at {ray.get_runtime_context().gcs_address})\n")
     hub = CoordinatedHub(spec, coordinator, "driver-" + uuid.uuid4().hex, cache_dir, options.cache_mode,
                          options.concurrency)
     LAST_RUN.clear()
