@@ -31,13 +31,19 @@ Ray) reads the very folder. The same actor is
   claimant. Only the dead worker's in-flight calls are lost; its units are run again elsewhere,
   and everything it finished is already in the cache.
 
-The alternative, per-worker caches merged by content key at the end, gives no cross-worker dedup
-while running, loses a killed worker's finished calls unless its folder survives, and needs the
-merge before a replay can read one folder; an actor costs one round trip per cache miss instead.
-Measured on this 2-core VM (see benchmarks/RESULTS.md and tests/test_ray_executor.py): an actor
-round trip is about 0.3-1 ms, against a model call of tens of ms to seconds; at 1M calls the
-coordinator is the serial point (one event loop: a few thousand claims and puts per second), the
-place to shard by key prefix first.
+A model call costs 2 awaited round trips to it: `claim` (which also takes the slot of the first
+attempt) and `put` (which also frees the slot of the attempt that succeeded); a retry takes and
+frees its own slot.
+
+Why an actor and not per-worker caches merged by content key at the end: those give no
+cross-worker dedup while running (the limits would need an actor anyway), lose a killed worker's
+finished calls unless its folder survives it, and need the merge before a replay can read one
+folder. The actor's price, measured on this 2-core VM (benchmarks/RESULTS.md, "The Ray
+executor"): about 1 ms per round trip and 1,300-2,200 claims/s in a burst, and 2.6-3.3 ms of CPU
+per call in all of Ray's processes against 0.55 ms for the local executor; negligible next to a
+model call of 100 ms or more, and the first bottleneck at 1M calls on many nodes (one event
+loop: about 600-1,000 calls/s for the whole cluster), where batching messages per worker and
+sharding the coordinator by key prefix come next.
 
 The seam
 --------
@@ -55,6 +61,9 @@ What is not the same as the local executor
 - Accounting of a worker that was killed: the calls it made and cached before dying are not in
   the manifest's call counts (they are in the cache, and the rerun of its units counts them as
   cache hits).
+- Progress moves when a unit comes back (a pool entry's whole loop, in CodecLM), not per call.
+- A join needed by records of two different units is made in both (its calls reach the model
+  once: the second is a cache hit or waits in the dedup), so cache hits can exceed the local run's.
 """
 
 from __future__ import annotations
