@@ -318,6 +318,7 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
         --set models.tuned.model=hosted_vllm/my-model \\
         --set models.tuned.api_base=http://127.0.0.1:8000/v1
     """
+    from programs.engine.llm import check_templates
     from programs.evaluate import EvalOptions
     from programs.evaluate import evaluate as run_evaluation
     from programs.progress import Progress
@@ -325,7 +326,9 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
     options = EvalOptions(benchmarks=list(benchmarks), candidate=candidate, reference=reference, limit=limit,
                           out=out, cache_dir=cache_dir, cache_mode=mode or "live", concurrency=concurrency,
                           progress=Progress(stream=None if quiet else sys.stderr))
-    result = run_evaluation(_load(spec, overrides), options)
+    loaded = _load(spec, overrides)
+    check_templates(loaded)  # every check `validate` makes, before the first call
+    result = run_evaluation(loaded, options)
     options.progress.close()
     click.echo(f"{candidate} vs {reference}")
     click.echo(f"{'benchmark':<20} {'items':>6} {'wins':>6} {'ties':>6} {'losses':>6} {'failed':>6} {'CRR':>8}")

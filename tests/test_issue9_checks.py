@@ -84,8 +84,13 @@ def test_a_template_error_only_rendering_finds_stops_run_before_any_call(tmp_pat
             result = codeclm(*args)
             assert result.exit_code == 2, (args, result.output)
             assert "Traceback" not in result.output and "improve.jinja" in result.output
+        bench = tmp_path / "bench.jsonl"
+        bench.write_text('{"instruction": "Say hi."}\n')
+        result = codeclm("evaluate", spec, bench, "--candidate", "target", "--cache-dir", tmp_path / "cache",
+                         "--out", tmp_path / "eval")
+        assert result.exit_code == 2 and "improve.jinja" in result.output, result.output
         assert server.requests == 0
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run").exists() and not (tmp_path / "eval").exists()
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
