@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+import yaml
 from conftest import REPO, base_spec, write_spec
 from fake_openai_server import FakeOpenAIServer, FaultPlan
 
@@ -102,19 +103,27 @@ def test_faults_and_retries_on_ray_give_the_local_dataset(local_ray, tmp_path, s
     assert max(LAST_RUN["peak"].values()) <= 3
 
 
-def test_self_instruct_on_ray_equals_local(local_ray, tmp_path):
-    """Barriers in the middle: two mixes, two filters and two dedups run on the driver."""
-    spec = REPO / "specs" / "self_instruct.yaml"
+OTHER_SPECS = {"self_instruct": ["params.prompts_per_round=2", "params.new_per_prompt=4"],
+               "evol_instruct": ["params.rounds=3"], "alpagasus": [], "critique_rewrite": []}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_SPECS))
+def test_other_shipped_pipelines_on_ray_equal_local(local_ray, tmp_path, name):
+    """Barriers in the middle (self_instruct: two mixes, two filters, two dedups), loops with random
+    operators (evol_instruct), a judge and filter (alpagasus), a critique loop (critique_rewrite)."""
+    spec = REPO / "specs" / f"{name}.yaml"
+    roles = yaml.safe_load(spec.read_text())["models"]
     with FakeOpenAIServer() as server:
-        sets = [f"models.{role}.{key}={value}" for role in ("strong",)
-                for key, value in (("model", "hosted_vllm/strong"), ("api_base", server.url))]
-        sets += ["params.prompts_per_round=2", "params.new_per_prompt=4"]
+        sets = [f"models.{role}.{key}={value}" for role in roles
+                for key, value in (("model", f"hosted_vllm/{role}"), ("api_base", server.url))]
+        sets += OTHER_SPECS[name]
         local = run(spec, tmp_path / "local", tmp_path / "cache-local", overrides=sets)
         on_ray = run(spec, tmp_path / "ray", tmp_path / "cache-ray", executor="ray", overrides=sets)
-    outputs = [f"{name}.jsonl" for name in load_spec(spec, sets).graph.outputs] + ["failures.jsonl"]
-    assert (tmp_path / "local" / "dataset.jsonl").read_text(), "self_instruct kept nothing"
+    outputs = [f"{output}.jsonl" for output in load_spec(spec, sets).graph.outputs] + ["failures.jsonl"]
+    assert (tmp_path / "local" / "dataset.jsonl").read_text(), f"{name} kept nothing"
     same_files(tmp_path / "local", tmp_path / "ray", outputs)
     assert on_ray.manifest["totals"]["calls"] == local.manifest["totals"]["calls"]
+    assert on_ray.manifest["counts"]["decisions"] == local.manifest["counts"]["decisions"]
 
 
 @pytest.mark.parametrize("how", ["ray.kill", "SIGKILL"])
