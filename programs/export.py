@@ -245,6 +245,9 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
         if source.is_file():
             source_node["path"] = f"seeds/{source.name}"
             files[f"seeds/{source.name}"] = source
+            if (line := _credential_line(source)) is not None:
+                notes.append(f"seed file {source}:{line} holds something shaped like a credential; it is shipped "
+                             "as is, since a replay renders the seeds byte for byte: check it before sharing")
         else:
             notes.append(f"seed file {source} not found (not shipped): a replay needs it")
     for name, conf in _all_nodes(spec):  # optimized programs (`program:`), loop bodies included
@@ -256,6 +259,20 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
             else:
                 notes.append(f"optimized program {source} not found (not shipped)")
     return spec, files, notes
+
+
+def _credential_line(path: Path) -> int | None:
+    """The first line of a text file that redaction would change (a key-shaped value), if any."""
+    from .redact import redact_text
+
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, 1):
+                if redact_text(line) != line:
+                    return number
+    except OSError:
+        return None
+    return None
 
 
 def _all_nodes(spec: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -287,3 +287,21 @@ def test_a_program_file_that_is_not_a_saved_program_is_exit_2(tmp_path, seeds_fi
         assert server.requests == 0
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_export_says_when_the_seed_file_it_ships_holds_a_credential(tmp_path):
+    """Every artifact is redacted; the seed file is shipped byte for byte (a replay renders it again), so
+    export names the line that looks like a key instead of shipping it silently."""
+    pytest.importorskip("pyarrow")
+    key = "sk-proj-" + "A1b2C3d4E5" * 4
+    seeds = tmp_path / "seeds.jsonl"
+    texts = ["Write a haiku.", "Sort a list.", f"Call the API with {key}.", "Plan a trip."]
+    seeds.write_text("".join(json.dumps({"id": f"s{i}", "instruction": t}) + "\n" for i, t in enumerate(texts)))
+    with FakeOpenAIServer() as server:
+        spec = write_spec(tmp_path, served(base_spec(seeds), server))
+        assert codeclm("run", spec, "-q", "--no-report", "--out", tmp_path / "run",
+                       "--cache-dir", tmp_path / "cache").exit_code == 0
+    assert not any(key in p.read_text() for p in (tmp_path / "run").iterdir() if p.is_file())
+    result = codeclm("export", tmp_path / "run", tmp_path / "export", "--no-cache-bundle")
+    assert result.exit_code == 0, result.output
+    assert f"{seeds}:3 holds something shaped like a credential" in result.output
