@@ -157,6 +157,31 @@ class CallCoordinator:
             self.inflight[key] = (owner, asyncio.get_running_loop().create_future())
             return "own", (await self.acquire(role, owner)) if role else False
 
+    async def claim_many(self, items: list[tuple[str, str | None]], owner: str) -> list[tuple[str, Any]]:
+        """The claims a worker made in one turn of its loop, in one message. Each is answered without
+        waiting: ("wait", None) for a key in flight elsewhere (the worker then claims it alone, and
+        waits there), ("own", False) when no slot is free now (its first attempt waits for one)."""
+        answers = []
+        for key, role in items:
+            entry = self.cache.get(key)
+            if entry is not None:
+                answers.append(("hit", entry))
+            elif self.mode == "replay":
+                answers.append(("miss", None))
+            elif key in self.inflight:
+                answers.append(("wait", None))
+            elif owner in self.dead:
+                answers.append(("error", ModelCallError("this worker was declared dead by the driver")))
+            else:
+                self.inflight[key] = (owner, asyncio.get_running_loop().create_future())
+                free = role is not None and not self._semaphore(role).locked()
+                answers.append(("own", (await self.acquire(role, owner)) if free else False))  # never waits
+        return answers
+
+    def put_many(self, puts: list[tuple[str, str, dict[str, Any], str | None]], owner: str) -> None:
+        for key, model, entry, release in puts:
+            self.put(key, owner, model, entry, release)
+
     def put(self, key: str, owner: str, model: str, entry: dict[str, Any], release: str | None = None) -> None:
         """Store a completion, hand it to the waiters, and free the slot its attempt held (`release`)."""
         if release:
@@ -268,6 +293,63 @@ class _GlobalSlot:
         self.hub.coordinator.release.remote(self.role, self.hub.owner)
 
 
+class _Batches:
+    """A worker's claims and puts of one turn of its event loop, sent as one message each
+    (`claim_many`, `put_many`): fewer messages, the same answers. Puts are not awaited one by one;
+    `drain` waits for them (a unit returns only once its calls are in the cache of record)."""
+
+    def __init__(self, hub: CoordinatedHub):
+        self.hub = hub
+        self.claims: list[tuple[str, str, asyncio.Future]] = []
+        self.puts: list[tuple[str, str, dict[str, Any], str | None]] = []
+        self.sent: list[Any] = []  # put_many refs not yet known to have arrived
+        self.scheduled = False
+
+    def claim(self, key: str, role: str) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.claims.append((key, role, future))
+        self._schedule()
+        return future
+
+    def put(self, key: str, model: str, entry: dict[str, Any], release: str | None) -> None:
+        self.puts.append((key, model, entry, release))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.scheduled = False
+        claims, puts, self.claims, self.puts = self.claims, self.puts, [], []
+        coordinator, owner = self.hub.coordinator, self.hub.owner
+        if puts:  # before the claims: a claim of a key this worker just stored is a hit
+            self.sent.append(coordinator.put_many.remote(puts, owner))
+        if claims:
+            asyncio.ensure_future(self._answer(coordinator.claim_many.remote([(k, r) for k, r, _ in claims], owner),
+                                               claims))
+
+    @staticmethod
+    async def _answer(ref: Any, claims: list[tuple[str, str, asyncio.Future]]) -> None:
+        try:
+            answers = await ref
+        except BaseException as exc:  # noqa: BLE001 - every claim of the message fails with it
+            for _, _, future in claims:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), answer in zip(claims, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)
+
+    async def drain(self) -> None:
+        if self.puts:
+            self._flush()
+        sent, self.sent = self.sent, []
+        await asyncio.gather(*sent)
+
+
 class CoordinatedHub(ModelHub):
     """The local hub's call path (retries, timeouts, accounting) with the cache, the in-flight
     dedup and the limits moved into the coordinator. `lookup` records the call and defers the cache
@@ -277,6 +359,7 @@ class CoordinatedHub(ModelHub):
                  concurrency: int | None):
         super().__init__(spec.models, _RemoteCache(cache_dir, mode), concurrency=concurrency)  # type: ignore[arg-type]
         self.coordinator, self.owner = coordinator, owner
+        self.batches = _Batches(self)
 
     def lookup(self, role: str, messages: list[dict[str, str]], params: dict[str, Any],
                ctx: CallContext) -> tuple[CallIdentity, dict[str, Any] | None]:
@@ -290,7 +373,9 @@ class CoordinatedHub(ModelHub):
                     ctx: CallContext) -> dict[str, Any]:
         backend = self.backend(role)
         stat = (ctx.stage, role)
-        kind, value = await self.coordinator.claim.remote(identity.key, self.owner, role)
+        kind, value = await self.batches.claim(identity.key, role)
+        if kind == "wait":  # in flight elsewhere: wait for it alone, not in a batch
+            kind, value = await self.coordinator.claim.remote(identity.key, self.owner, role)
         if kind in ("hit", "dedup"):
             self._count(stat, "cache_hits")
             if kind == "hit":
@@ -325,7 +410,7 @@ class CoordinatedHub(ModelHub):
             _CALL_SLOT.reset(token)
             if call.prepaid or (call.owed and entry is None):  # a slot no attempt gave back
                 self.coordinator.release.remote(role, self.owner)
-        await self.coordinator.put.remote(identity.key, self.owner, backend.name, entry, role if call.owed else None)
+        self.batches.put(identity.key, backend.name, entry, role if call.owed else None)
         ctx.raw = entry["text"]
         return entry
 
@@ -470,6 +555,7 @@ class RecordWorker:
                 self.spec.graph.every[node_name], record)
         except Exception as exc:  # noqa: BLE001 - the driver stops the run on it, with the cause
             done = {"fatal": _portable(self.hub.fatal or exc)}
+        await self.hub.batches.drain()  # its calls are in the cache of record before the driver hears of it
         done["accounting"] = self.hub.take_accounting()
         return done
 
@@ -672,6 +758,8 @@ async def _run(ray: Any, spec: Spec, options: RunOptions) -> RunResult:
             with contextlib.suppress(Exception):  # a worker already gone has nothing to close
                 await worker.handle.close.remote()
             ray.kill(worker.handle)
+        with contextlib.suppress(Exception):
+            await hub.batches.drain()
         await hub.aclose()
         await coordinator.close.remote()
         ray.kill(coordinator)
