@@ -82,7 +82,10 @@ def _jsonl(path: Path, field: str, id_field: str | None):
         if not text.strip():
             continue
         try:
-            record = json.loads(text)
+            record = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        except _DuplicateKey as exc:
+            raise SpecError(str(path), f"field '{exc}' is given twice in this record", line=number,
+                            hint="keep one of them: JSON readers disagree on which one wins") from None
         except json.JSONDecodeError as exc:
             raise SpecError(str(path), f"invalid JSON: {exc.msg}", line=number,
                             hint="one JSON object per line") from None
@@ -91,17 +94,36 @@ def _jsonl(path: Path, field: str, id_field: str | None):
         yield number, _pick(record, field, id_field, path, number)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return record
+
+
 def _csv(path: Path, field: str, id_field: str | None):
-    rows = csv.DictReader(_lines(path))
+    rows = csv.DictReader(_lines(path), strict=True)  # strict: an unclosed quote is an error, not the rest of the file
+    last = 0  # where the last good row (or the header) ended: a bad row starts on the next line
     try:
         if rows.fieldnames is None or field not in rows.fieldnames:
             raise SpecError(str(path), f"CSV header has no column '{field}'", line=1,
                             hint=f"columns: {', '.join(rows.fieldnames or [])}; set seeds.field")
+        twice = sorted({name for name in rows.fieldnames if rows.fieldnames.count(name) > 1})
+        if twice:
+            raise SpecError(str(path), f"CSV header names column '{twice[0]}' twice", line=1,
+                            hint="rename or remove one of the columns")
+        last = rows.line_num
         for row in rows:
             yield rows.line_num, _pick(row, field, id_field, path, rows.line_num)
+            last = rows.line_num
     except csv.Error as exc:
-        raise SpecError(str(path), f"invalid CSV: {exc}", line=rows.line_num or None,
-                        hint="check the quotes on this line") from None
+        raise SpecError(str(path), f"invalid CSV: {exc}", line=last + 1,
+                        hint="check the quotes of the record starting on this line") from None
 
 
 def _text(path: Path, field: str, id_field: str | None):

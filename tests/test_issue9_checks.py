@@ -305,3 +305,20 @@ def test_export_says_when_the_seed_file_it_ships_holds_a_credential(tmp_path):
     result = codeclm("export", tmp_path / "run", tmp_path / "export", "--no-cache-bundle")
     assert result.exit_code == 0, result.output
     assert f"{seeds}:3 holds something shaped like a credential" in result.output
+
+
+@pytest.mark.parametrize(("name", "content", "where", "message"), [
+    ("seeds.jsonl", '{"instruction": "a"}\n{"instruction": "b", "instruction": "c"}\n', 2,
+     "field 'instruction' is given twice"),
+    ("seeds.csv", "instruction,instruction\na,b\n", 1, "names column 'instruction' twice"),
+    ("seeds.csv", 'instruction\nfine\n"unclosed\nthe rest\nof the file\n', 3, "unexpected end of data"),
+    ("seeds.csv", 'instruction\nfine\n"quoted"then text\n', 3, "expected after"),
+], ids=["jsonl-duplicate-key", "csv-duplicate-column", "csv-unclosed-quote", "csv-text-after-quote"])
+def test_seed_files_read_silently_wrong_are_refused_with_their_line(tmp_path, seeds_file, name, content, where,
+                                                                   message):
+    """A duplicate key or column was last-wins, an unclosed quote swallowed the rest of the file into one seed."""
+    bad = tmp_path / name
+    bad.write_text(content)
+    result = codeclm("run", write_spec(tmp_path, base_spec(seeds_file)), "--seeds", bad, "--dry-run",
+                     "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 2 and f"{name}:{where}:" in result.output and message in result.output, result.output
