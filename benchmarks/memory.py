@@ -57,20 +57,28 @@ def run_cli(args: list[str], timeout: float) -> dict[str, Any]:
     proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = started + timeout
+    samples: list[tuple[float, int]] = []  # (seconds, RSS KiB): when the peak comes
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
+        try:
+            rss = next(int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                       if line.startswith("VmRSS:"))
+            samples.append((time.perf_counter() - started, rss))
+        except (OSError, StopIteration, ValueError):
+            pass
         if time.perf_counter() > deadline:
             proc.kill()
             pid, status, usage = os.wait4(proc.pid, 0)
             break
-        time.sleep(0.05)
+        time.sleep(0.2)
     wall = time.perf_counter() - started
+    peak_at = max(samples, key=lambda s: s[1])[0] / wall if samples else None
     proc.returncode = os.waitstatus_to_exitcode(status)
     stderr = proc.stderr.read() if proc.stderr else ""
     return {"rc": proc.returncode, "wall_s": wall, "rss_peak_mib": usage.ru_maxrss / 1024,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "stderr_tail": stderr[-600:]}
+            "cpu_s": usage.ru_utime + usage.ru_stime, "peak_at": peak_at, "stderr_tail": stderr[-600:]}
 
 
 def measure(seeds: int, args: argparse.Namespace, url: str) -> dict[str, Any]:
@@ -122,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     cols = [("seeds", "seeds", "{:d}"), ("dry rc", "dry_rc", "{}"), ("dry wall s", "dry_wall_s", "{:.1f}"),
             ("dry rss MiB", "dry_rss_peak_mib", "{:.0f}"), ("live rc", "live_rc", "{}"),
             ("live calls", "live_calls", "{}"), ("live wall s", "live_wall_s", "{:.1f}"),
-            ("live cpu s", "live_cpu_s", "{:.1f}"), ("live rss MiB", "live_rss_peak_mib", "{:.0f}")]
+            ("live cpu s", "live_cpu_s", "{:.1f}"), ("live rss MiB", "live_rss_peak_mib", "{:.0f}"),
+            ("live peak at", "live_peak_at", "{:.2f}")]
     print("| " + " | ".join(h for h, _, _ in cols) + " |")
     print("|" + "---|" * len(cols))
     for row in rows:
