@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -322,3 +323,49 @@ def test_seed_files_read_silently_wrong_are_refused_with_their_line(tmp_path, se
     result = codeclm("run", write_spec(tmp_path, base_spec(seeds_file)), "--seeds", bad, "--dry-run",
                      "--cache-dir", tmp_path / "cache")
     assert result.exit_code == 2 and f"{name}:{where}:" in result.output and message in result.output, result.output
+
+
+def _shipped(name: str, seeds: Path, server: FakeOpenAIServer) -> dict:
+    import yaml
+
+    data = yaml.safe_load((REPO / "specs" / name).read_text())
+    data["prompts"] = str(REPO / "prompts")
+    data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url, "retries": 0}
+                      for role in data["models"]}
+    for node in data["nodes"].values():
+        if node.get("type") == "source" and "path" in node:
+            node["path"] = str(seeds)
+    return data
+
+
+@pytest.mark.parametrize("name", ["codeclm.yaml", "self_instruct.yaml", "evol_instruct.yaml", "alpagasus.yaml",
+                                  "critique_rewrite.yaml"])
+@pytest.mark.parametrize("breakage", ["unknown-type", "missing-node", "escape", "cycle"])
+def test_the_shipped_pipelines_broken_stop_before_any_call(tmp_path, seeds_file, name, breakage):
+    """Each shipped pipeline in the node language, broken four ways: `run` exits 2 with the spec's
+    file and line, makes no call and leaves no run folder."""
+    with FakeOpenAIServer() as server:
+        data = _shipped(name, seeds_file, server)
+        nodes = data["nodes"]
+        first, second = list(nodes)[:2]
+        if breakage == "unknown-type":
+            nodes[second]["type"] = "llm_call"
+        elif breakage == "missing-node":
+            nodes[second]["for_each" if "for_each" in nodes[second] else "from"] = "no_such_node"
+        elif breakage == "escape":
+            next(iter(data["outputs"].values()))["fields"]["escape"] = "record.__class__.__mro__"
+        else:  # the first node (a source) made to read every record of the last one
+            from programs.spec import load_spec
+
+            last = list(nodes)[-1]
+            graph = load_spec(write_spec(tmp_path, data, "whole.yaml")).graph
+            field = next(f for n in graph.lineage(last) for f in graph.every[n].outputs())
+            made = nodes[first].get("fields", ["instruction"])  # the source's fields, so its readers still resolve
+            nodes[first] = {"type": "mix", "from": last, "count": 1,
+                            "fields": {name: {"choice": f"{last}.{field}"} for name in made}}
+        result = codeclm("run", write_spec(tmp_path, data), "-q", "--out", tmp_path / "run",
+                         "--cache-dir", tmp_path / "cache")
+        assert server.requests == 0
+    assert result.exit_code == 2 and "spec.yaml:" in result.output and "Traceback" not in result.output, result.output
+    assert breakage != "cycle" or "a cycle" in result.output, result.output
+    assert not (tmp_path / "run").exists()
