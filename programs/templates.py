@@ -86,7 +86,13 @@ class StageTemplate:
         block = self.template.blocks.get("instructions")
         if block is None:
             return ""
-        return "".join(block(self.template.new_context({}))).strip()
+        try:
+            return "".join(block(self.template.new_context({}))).strip()
+        except Exception as exc:  # noqa: BLE001 - the block is fixed text: any error in it is the template's
+            raise SpecError(str(self.path), f"the instructions block does not render on its own: "
+                            f"{type(exc).__name__}: {exc}", line=_block_line(self.template, exc),
+                            hint="keep {% block instructions %} plain text (it is the default the optimizer tunes)") \
+                from None
 
     def render(self, variables: dict[str, Any]) -> list[dict[str, str]]:
         """Render to chat messages. Variables are data: their text is never evaluated as Jinja."""
@@ -117,6 +123,12 @@ class StageTemplate:
             raise SpecError(str(self.path), "template rendered no messages",
                             hint='wrap the prompt in {% call message("user") %}...{% endcall %}')
         return messages
+
+
+def _block_line(template: jinja2.Template, exc: BaseException) -> int | None:
+    """The template line of an error raised in a block called directly (Jinja has not rewritten it)."""
+    line = _template_line(exc)
+    return template.get_corresponding_lineno(line) if line else None
 
 
 def _template_line(exc: BaseException) -> int | None:

@@ -94,6 +94,23 @@ def test_a_template_error_only_rendering_finds_stops_run_before_any_call(tmp_pat
     assert not (tmp_path / "run").exists() and not (tmp_path / "eval").exists()
 
 
+@pytest.mark.parametrize("inside", ["{{ 1 / 0 }}", "{{ instruction }}"])
+def test_an_instructions_block_that_does_not_render_is_a_located_error(tmp_path, seeds_file, inside):
+    """The default instructions are the block rendered on its own: an error in it was a traceback."""
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "prompts", prompts)
+    source = (prompts / "encode.jinja").read_text()
+    (prompts / "encode.jinja").write_text(source.replace("{% block instructions %}", "{% block instructions %}"
+                                                         + inside, 1))
+    data = base_spec(seeds_file)
+    data["prompts"] = str(prompts)
+    line = source[:source.index("{% block instructions %}")].count("\n") + 1
+    for command in ("validate", "run"):
+        result = codeclm(command, write_spec(tmp_path, data), *(["--dry-run", "--cache-dir", tmp_path / "c"]
+                                                                 if command == "run" else []))
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert f"encode.jinja:{line}: the instructions block does not render" in result.output
+
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("api_base", "http://[bad/v1", "not a valid URL"), ("api_base", "not a url", "http:// or https://"),
     ("api_base", 123, "must be a URL"), ("api_base", "http://127.0.0.1:99999/v1", "Port out of range"),
