@@ -31,19 +31,19 @@ Ray) reads the very folder. The same actor is
   claimant. Only the dead worker's in-flight calls are lost; its units are run again elsewhere,
   and everything it finished is already in the cache.
 
-A model call costs 2 awaited round trips to it: `claim` (which also takes the slot of the first
-attempt) and `put` (which also frees the slot of the attempt that succeeded); a retry takes and
-frees its own slot.
+A model call costs a claim (which also takes the slot of the first attempt when one is free) and a
+put (which also frees the slot of the attempt that succeeded); a worker sends the claims and the
+puts of one turn of its event loop as one message each (`_Batches`); a key in flight elsewhere, a
+slot that is not free and a retry's slot each cost a message of their own.
 
 Why an actor and not per-worker caches merged by content key at the end: those give no
 cross-worker dedup while running (the limits would need an actor anyway), lose a killed worker's
 finished calls unless its folder survives it, and need the merge before a replay can read one
 folder. The actor's price, measured on this 2-core VM (benchmarks/RESULTS.md, "The Ray
-executor"): about 1 ms per round trip and 1,300-2,200 claims/s in a burst, and 2.6-3.3 ms of CPU
-per call in all of Ray's processes against 0.55 ms for the local executor; negligible next to a
-model call of 100 ms or more, and the first bottleneck at 1M calls on many nodes (one event
-loop: about 600-1,000 calls/s for the whole cluster), where batching messages per worker and
-sharding the coordinator by key prefix come next.
+executor"): about 1 ms per round trip, 9,900 calls/s (claim and put) when batched, and 0.8-2.1 ms
+of CPU per call in all of Ray's processes against 0.55 ms for the local executor; negligible next
+to a model call of 100 ms or more, and the serial point at 1M calls on many nodes (one event
+loop: about 10,000 calls/s for the whole cluster), where sharding it by key prefix comes next.
 
 The seam
 --------
