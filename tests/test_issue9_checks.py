@@ -386,3 +386,16 @@ def test_the_shipped_pipelines_broken_stop_before_any_call(tmp_path, seeds_file,
     assert result.exit_code == 2 and "spec.yaml:" in result.output and "Traceback" not in result.output, result.output
     assert breakage != "cycle" or "a cycle" in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("param", "value"), [("threshold", "3"), ("threshold", [3]), ("threshold", True)])
+def test_a_param_used_as_a_number_must_be_one(tmp_path, seeds_file, param, value):
+    """`threshold: "3"` passed validation; every instruction then failed in the switch (`judge.gap >
+    params.threshold`: TypeError), after its calls. Now exit 2 at the param's line, before any call."""
+    data = base_spec(seeds_file, **{param: value})
+    with FakeOpenAIServer() as server:
+        result = codeclm("run", write_spec(tmp_path, served(data, server)), "-q", "--out", tmp_path / "run",
+                         "--cache-dir", tmp_path / "cache")
+        assert server.requests == 0
+    assert result.exit_code == 2 and f"params.{param} is used as a number" in result.output, result.output
+    assert "spec.yaml:" in result.output and "judge.gap > params.threshold" in result.output

@@ -62,6 +62,7 @@ class Expression:
             raise ExpressionError(f"expression {source!r} does not parse: {exc.message}") from None
         check_sandbox(tree, f"expression {source!r}")
         self._references = _references(tree)
+        self.numeric_params = _numeric_params(tree)  # params this expression compares or computes with
         self._compiled = _ENV.compile_expression(source, undefined_to_none=False)
         # Most expressions are a plain path (`augment.use_case`): read it directly, the way the
         # sandbox reads it (an item of a mapping), without a Jinja context per evaluation.
@@ -176,6 +177,23 @@ def check_sandbox(tree: nodes.Node, what: str) -> None:
             value = arg.value if isinstance(arg, nodes.Const) else None
             if isinstance(value, str) and any(p.startswith("_") or p == "mro" for p in value.split(".")):
                 raise ExpressionError(f"{what} reaches for {value!r}, which the sandbox refuses")
+
+
+_ORDERS = {"gt", "gteq", "lt", "lteq"}
+_ARITHMETIC = (nodes.Sub, nodes.Mul, nodes.Div, nodes.FloorDiv, nodes.Mod, nodes.Pow, nodes.Neg, nodes.Pos)
+
+
+def _numeric_params(tree: nodes.Node) -> set[str]:
+    """`params.NAME` used directly as an operand of an ordering (`>`, `<=`) or of arithmetic other
+    than `+` (which also joins text and lists): such a param must be a number."""
+    operands: list[nodes.Node] = []
+    for node in tree.find_all(nodes.Compare):
+        if any(op.op in _ORDERS for op in node.ops):
+            operands += [node.expr, *(op.expr for op in node.ops)]
+    for node in tree.find_all(_ARITHMETIC):
+        operands += [node.node] if isinstance(node, (nodes.Neg, nodes.Pos)) else [node.left, node.right]
+    return {o.attr for o in operands if isinstance(o, nodes.Getattr) and isinstance(o.node, nodes.Name)
+            and o.node.name == "params"}
 
 
 def _references(tree: nodes.Node) -> list[Reference]:

@@ -117,6 +117,7 @@ class _GraphCheck:
         for output in self.graph.outputs.values():
             self.check_output(output)
         self.check_params_read()
+        self.check_numeric_params()
         self.stop_if_broken()
         self.check_cycles()
         self.check_used()
@@ -399,6 +400,25 @@ class _GraphCheck:
                            f"did you mean '{close[0]}'?" if close else "read it in an expression "
                            f"(params.{name}), or delete it")
 
+    def check_numeric_params(self) -> None:
+        """A param an expression compares (`judge.gap > params.threshold`) or computes with must be a
+        number: otherwise every record would fail on it at run time, after its calls."""
+        graph = self.graph
+        used: dict[str, str] = {}
+        owners = [(f"node '{n.name}'", n.expressions()) for n in graph.every.values()]
+        owners += [(f"output '{o.name}'", {"where": o.where, **{f"fields.{k}": v for k, v in o.fields.items()}})
+                   for o in graph.outputs.values()]
+        for owner, trees in owners:
+            for key, tree in trees.items():
+                for expression in _expressions_in(tree):
+                    for name in expression.numeric_params:
+                        used.setdefault(name, f"{owner} {key}: {expression.source}")
+        for name, where in used.items():
+            value = graph.params.get(name)
+            if name in graph.params and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                self.error(("params", name), f"params.{name} is used as a number ({where}), got {value!r}",
+                           "write a number, unquoted (e.g. 3 or 0.5)")
+
     def dependencies(self, node: Node) -> set[str]:
         deps = {r.root for _, r in node.references() if r.root in self.graph.every}
         deps |= set(node.collections) - {""}
@@ -498,3 +518,14 @@ def _walk(nodes: Any) -> Iterator[Node]:
         yield node
         if isinstance(node, LoopNode):
             yield from _walk(node.body.values())
+
+
+def _expressions_in(tree: Any) -> list[Expression]:
+    """The expressions inside a node's value: one, or those of a list or mapping of them."""
+    if isinstance(tree, Expression):
+        return [tree]
+    if isinstance(tree, (list, tuple)):
+        return [e for v in tree for e in _expressions_in(v)]
+    if isinstance(tree, dict):
+        return [e for v in tree.values() for e in _expressions_in(v)]
+    return []
