@@ -399,3 +399,16 @@ def test_a_param_used_as_a_number_must_be_one(tmp_path, seeds_file, param, value
         assert server.requests == 0
     assert result.exit_code == 2 and f"params.{param} is used as a number" in result.output, result.output
     assert "spec.yaml:" in result.output and "judge.gap > params.threshold" in result.output
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    (("rubrics", "lazy"), "yes", "lazy must be true or false"),
+    (("refine", "exhausted"), 5, "exhausted must be a status name"),
+    (("seeds", "id_field"), 5, "id_field must name the field"),
+])
+def test_node_keys_of_the_wrong_type_are_refused(tmp_path, seeds_file, path, value, message):
+    """These were read loosely (`lazy: "yes"` as true, `exhausted: 5` as the status "5")."""
+    data = base_spec(seeds_file)
+    data["nodes"][path[0]][path[1]] = value
+    result = codeclm("validate", write_spec(tmp_path, data))
+    assert result.exit_code == 2 and message in result.output and "spec.yaml:" in result.output, result.output

@@ -339,12 +339,19 @@ class NodeReader:
                 self.checker.error((*where, "records"), "records must be a non-empty list of mappings")
                 records = []
             fields = {k: k for r in records for k in r if k != "id"}
+        if raw.get("id_field", "id") is not None and not isinstance(raw.get("id_field", "id"), str):
+            self.checker.error((*where, "id_field"), "id_field must name the field holding a record's id (or null)")
         path = self.checker.relative(str(raw["path"])) if "path" in raw else None
         return SourceNode(**common, path=path, records=records, fields={str(k): str(v) for k, v in fields.items()},
                           id_field=raw.get("id_field", "id"))
 
     def read_llm(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
         return LLMNode(**common, **self._llm_keys(raw, where))
+
+    def _flag(self, raw: dict[str, Any], where: Path_, key: str) -> bool:
+        if not isinstance(raw.get(key, False), bool):
+            self.checker.error((*where, key), f"{key} must be true or false, got {raw[key]!r}")
+        return bool(raw.get(key))
 
     def read_judge(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
         keys = self._llm_keys({**raw, "parse": "text"}, where)
@@ -386,7 +393,8 @@ class NodeReader:
         return {"model": str(raw.get("model", "")), "template": str(raw.get("template", "")),
                 "inputs": {str(k): self.expr((*where, "inputs", k), v, tree=True) for k, v in inputs.items()},
                 "parse": parse or ParseSpec("text"), "declared": declared,
-                "explode": self._explode(raw.get("explode"), (*where, "explode")), "lazy": bool(raw.get("lazy")),
+                "explode": self._explode(raw.get("explode"), (*where, "explode")),
+                "lazy": self._flag(raw, where, "lazy"),
                 "temperature": raw.get("temperature"), "max_tokens": raw.get("max_tokens"), "program": program,
                 "instructions": str(raw.get("instructions", ""))}
 
@@ -501,6 +509,8 @@ class NodeReader:
             self.checker.error(where, "a loop needs a body: the nodes each iteration runs")
         if raw.get("emit", "last") not in ("last", "each"):
             self.checker.error((*where, "emit"), "emit must be last or each")
+        if not isinstance(raw.get("exhausted", "dropped"), str) or not str(raw.get("exhausted", "dropped")).strip():
+            self.checker.error((*where, "exhausted"), "exhausted must be a status name, e.g. dropped")
 
         def exprs(key: str) -> dict[str, Any]:
             mapping = self.checker.mapping((*where, key), raw.get(key), key)
