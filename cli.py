@@ -388,6 +388,7 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
     Few-shot demos that parse, written by the strong model:
       codeclm optimize specs/demo.yaml answer_target --from runs/demo --teacher strong
     """
+    from programs.engine.llm import check_templates
     from programs.optimize import OptimizeOptions
     from programs.optimize import optimize as run_optimizer
 
@@ -396,7 +397,9 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
                               reflection=reflection,
                               max_metric_calls=max_metric_calls, auto=auto, out=out, cache_dir=cache_dir,
                               progress=None if quiet else sys.stderr)
-    result = run_optimizer(_load(spec, overrides), options)
+    loaded = _load(spec, overrides)
+    check_templates(loaded)  # every check `validate` makes, before the first call
+    result = run_optimizer(loaded, options)
     click.echo(result.table)
     click.echo(f"{node}: {result.optimizer} for {result.metric}; {result.demos} demos; instructions: "
                f"{result.instructions[:200]!r}")
