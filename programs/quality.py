@@ -47,7 +47,7 @@ from .rundata import Judged, RunData
 
 NEAR_DUPLICATE = 0.7  # Self-Instruct drops a new instruction whose ROUGE-L to any kept one is >= 0.7
 MAX_PAIRS = 20_000  # ROUGE-L comparisons per measure, at most (a deterministic sample above it): about a second
-EMBED_CHUNK = 2048  # texts embedded at once
+EMBED_CHUNK = 256  # texts embedded at once: the model's intermediates grow with it (2,048 took ~60 MB)
 SAMPLE_SEED = 0
 
 _TOKEN = re.compile(r"[^\W_]+")
@@ -207,7 +207,7 @@ def embedding_closeness(texts: Sequence[str], seeds: Sequence[str]) -> dict[str,
     result: dict[str, Any] = {"embedding": "wordllama l2_supercat 256"}
     if not texts:
         return result
-    kept = model.embed(list(texts), norm=True)
+    kept = np.vstack([model.embed(chunk, norm=True) for chunk in _chunks(texts, EMBED_CHUNK)])
     nearest = None
     for chunk in _chunks((s for s in seeds if s.strip()), EMBED_CHUNK):  # never all seeds' vectors at once
         best = (kept @ model.embed(chunk, norm=True).T).max(axis=1)
