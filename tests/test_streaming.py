@@ -1,0 +1,53 @@
+"""Runs that stream (issue #9): a pool of a million entries neither allocates its records up front nor
+ignores Ctrl-C; a seed file is read as records are worked on."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from conftest import base_spec, write_spec
+from fake_openai_server import FakeOpenAIServer
+from test_resume import codeclm_run, wait_for_calls
+
+from programs.seeds import read_records, stream_records
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_a_million_entry_pool_streams_and_stops_on_ctrl_c(tmp_path, seeds_file):
+    data = base_spec(seeds_file, pool_size=1_000_000, dataset_size=1_000_000)  # the caps: 1 instruction per entry
+    with FakeOpenAIServer(latency=0.01) as server:
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url, "concurrency": 8}
+                          for role in ("strong", "target")}
+        spec = write_spec(tmp_path, data)
+        process = codeclm_run(spec, tmp_path / "run", tmp_path / "cache")
+        wait_for_calls(server, 200, process)  # past the encodes: pool entries are flowing
+        assert process.poll() is None, process.stderr.read().decode()
+        assert rss_mib(process.pid) < 400  # a million pool records made up front would be far more
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        assert process.wait(10) == 130
+        assert time.monotonic() - started < 5
+    stderr = process.stderr.read().decode()
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+
+
+def test_stream_records_checks_the_whole_file_then_reads_lazily(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("".join(f'{{"id": "s{i}", "instruction": "task {i}", "input": "x{i}"}}\n' for i in range(50)))
+    count, rows = stream_records(path, {"instruction": "instruction", "input": "input"})
+    assert count == 50 and list(rows) == read_records(path, {"instruction": "instruction", "input": "input"})
+    path.write_text(path.read_text() + '{"id": "s3", "instruction": "again"}\n')  # a duplicate id on the last line
+    try:
+        stream_records(path, {"instruction": "instruction"})
+    except Exception as exc:  # noqa: BLE001 - the same located error read_records gives
+        assert "duplicate seed id" in str(exc) and getattr(exc, "line", None) == 51
+    else:
+        raise AssertionError("a duplicate id on the last line was not refused up front")
