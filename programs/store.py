@@ -188,7 +188,8 @@ class RunStore:
         lines = {}
         for artifact, handle in self._journals.items():
             handle.close()
-            index = sorted(self._index[artifact], key=lambda entry: entry[0])
+            index = sorted(self._index.pop(artifact), key=lambda entry: entry[0])
+            self._index[artifact] = []  # one entry per line: freed now, not kept through the end of the run
             with self.journal_path(artifact).open("rb") as source, self._atomic_lines(artifact) as target:
                 for _, offset in index:
                     source.seek(offset)
