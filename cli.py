@@ -51,7 +51,7 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         import signal
         import threading
 
-        from programs.errors import CodecError
+        from codeclm.programs.errors import CodecError
 
         installed, previous = False, None
         if threading.current_thread() is threading.main_thread():
@@ -80,14 +80,14 @@ def reads_run(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from programs.errors import CodecError
+        from codeclm.programs.errors import CodecError
 
         try:
             return command(*args, **kwargs)
         except CodecError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-            from programs.rundata import damaged_run
+            from codeclm.programs.artifacts.rundata import damaged_run
 
             raise damaged_run(kwargs["run_dir"], exc) from None
 
@@ -106,7 +106,8 @@ def main() -> None:
 
     \b
     Quick start, on the small model that ships with codeclm:
-      codeclm run specs/demo.yaml
+      codeclm run demo                           the shipped demo spec, from any folder
+      codeclm init my-project                    an editable copy of the specs, prompts, seeds
     \b
     Other commands:
       codeclm validate specs/codeclm.yaml        check a spec and its templates
@@ -120,14 +121,15 @@ def main() -> None:
       codeclm optimize specs/demo.yaml encode    tune an llm node's demos with DSPy
       codeclm evaluate specs/demo.yaml BENCH.jsonl   CRR of the target vs the strong model
       codeclm cache stats                        what the cache holds
+      codeclm compare A.yaml B.yaml --judge strong   which spec makes better data
     """
 
 
 def _load(spec_path: str, overrides: tuple[str, ...]) -> Any:
     """SPEC is a path, or the name of a shipped spec (`demo`, `codeclm`, ...)."""
-    from programs.errors import SpecError
-    from programs.spec import load_spec
-    from programs.starter import builtin_specs, resolve_spec
+    from codeclm.programs.errors import SpecError
+    from codeclm.programs.lang.spec import load_spec
+    from codeclm.programs.starter import builtin_specs, resolve_spec
 
     path = resolve_spec(spec_path)
     if not path.exists() and path == Path(spec_path) and not path.suffix and len(path.parts) == 1:  # a name
@@ -147,7 +149,7 @@ def init(folder: Path) -> None:
       codeclm init my-data && cd my-data
       codeclm run specs/demo.yaml
     """
-    from programs.starter import init_project
+    from codeclm.programs.starter import init_project
 
     written = init_project(folder)
     specs = sorted(p.name for p in written if p.parent.name == "specs")
@@ -197,10 +199,10 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
     new calls have spent it: the data so far is written, and it exits 4; rerun with a
     higher budget to resume from the cache.
     """
-    from programs.engine.llm import check_templates
-    from programs.engine.run import RunOptions, run_spec
-    from programs.errors import SpecError
-    from programs.progress import Progress
+    from codeclm.programs.engine.llm import check_templates
+    from codeclm.programs.engine.progress import Progress
+    from codeclm.programs.engine.run import RunOptions, run_spec
+    from codeclm.programs.errors import SpecError
 
     if as_json and not dry_run:
         raise SpecError("--json", "--json prints the dry run's estimate", hint="add --dry-run, or drop --json")
@@ -221,7 +223,7 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
         if loaded.budget is not None and mode != "replay":  # never spend past a budget nobody counts
             raise SpecError("--executor", "a budget is enforced by the local executor only, not yet on Ray",
                             hint="drop --executor ray, or the budget (budget:, --budget-usd, --budget-tokens)")
-        from programs.engine.ray_executor import run_on_ray
+        from codeclm.programs.engine.ray_executor import run_on_ray
 
         result = run_on_ray(loaded, options)
     else:
@@ -232,7 +234,7 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
 
 def _write_report(run_dir: Path) -> Path | None:
     """The run's report.html; a report that cannot be written is a warning, never a failed run."""
-    from programs.html_report import write_report
+    from codeclm.programs.artifacts.html_report import write_report
 
     try:
         return write_report(run_dir)
@@ -255,9 +257,9 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
     Takes the spec and options RUN_DIR's manifest recorded, reads the cache read-only,
     and compares the replayed dataset with the recorded one.
     """
-    from programs.engine.run import RunOptions, run_spec
-    from programs.errors import SpecError
-    from programs.progress import Progress
+    from codeclm.programs.engine.progress import Progress
+    from codeclm.programs.engine.run import RunOptions, run_spec
+    from codeclm.programs.errors import SpecError
 
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
@@ -318,10 +320,10 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
         --set models.tuned.model=hosted_vllm/my-model \\
         --set models.tuned.api_base=http://127.0.0.1:8000/v1
     """
-    from programs.engine.llm import check_templates
-    from programs.evaluate import EvalOptions
-    from programs.evaluate import evaluate as run_evaluation
-    from programs.progress import Progress
+    from codeclm.programs.engine.llm import check_templates
+    from codeclm.programs.engine.progress import Progress
+    from codeclm.programs.evaluate import EvalOptions
+    from codeclm.programs.evaluate import evaluate as run_evaluation
 
     options = EvalOptions(benchmarks=list(benchmarks), candidate=candidate, reference=reference, limit=limit,
                           out=out, cache_dir=cache_dir, cache_mode=mode or "live", concurrency=concurrency,
@@ -388,9 +390,9 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
     Few-shot demos that parse, written by the strong model:
       codeclm optimize specs/demo.yaml answer_target --from runs/demo --teacher strong
     """
-    from programs.engine.llm import check_templates
-    from programs.optimize import OptimizeOptions
-    from programs.optimize import optimize as run_optimizer
+    from codeclm.programs.engine.llm import check_templates
+    from codeclm.programs.optimize import OptimizeOptions
+    from codeclm.programs.optimize import optimize as run_optimizer
 
     options = OptimizeOptions(stage=node, optimizer=optimizer, metric=metric, run_dir=run_dir, seeds=seeds,
                               examples=examples, demos=demos, teacher=teacher, threshold=threshold,
@@ -438,8 +440,8 @@ def compare(spec_a: str, spec_b: str | None, set_a: tuple[str, ...], set_b: tupl
     Two specs:
       codeclm compare specs/codeclm.yaml specs/self_instruct.yaml --judge strong
     """
-    from programs.compare import CompareOptions, format_table
-    from programs.compare import compare as run_compare
+    from codeclm.programs.compare import CompareOptions, format_table
+    from codeclm.programs.compare import compare as run_compare
 
     a = _load(spec_a, set_a)
     b = _load(spec_b or spec_a, set_b)
@@ -461,7 +463,7 @@ def compare(spec_a: str, spec_b: str | None, set_a: tuple[str, ...], set_b: tupl
 def inspect(run_dir: Path, as_json: bool) -> None:
     """Summarize a finished run: what was kept, from which iteration and model,
     the judge's gaps, and the most common failures."""
-    from programs.report import format_report, run_report
+    from codeclm.programs.artifacts.report import format_report, run_report
 
     report = run_report(run_dir)
     click.echo(json.dumps(report, indent=2, ensure_ascii=False) if as_json else format_report(report))
@@ -503,8 +505,8 @@ def export(run_dir: Path, dest: Path, repo: str | None, private: bool, license_i
       codeclm export runs/demo exports/demo --license apache-2.0
       codeclm export runs/demo exports/demo --push-to-hub alice/demo-codeclm --private
     """
-    from programs.errors import SpecError
-    from programs.export import ExportOptions, check_repo_id, export_run, hub_token, push, require
+    from codeclm.programs.artifacts.export import ExportOptions, check_repo_id, export_run, hub_token, push, require
+    from codeclm.programs.errors import SpecError
 
     if private and not repo:
         raise SpecError("--private", "--private only applies to a push", hint="add --push-to-hub REPO, or drop it")
@@ -557,7 +559,7 @@ def report(run_dir: Path, out: Path | None, open_it: bool) -> None:
       codeclm report runs/demo --open
       codeclm report runs/demo --out /tmp/demo-report.html
     """
-    from programs.html_report import write_report
+    from codeclm.programs.artifacts.html_report import write_report
 
     path = write_report(run_dir, out)
     click.echo(f"report: {path}")
@@ -574,8 +576,8 @@ def report(run_dir: Path, out: Path | None, open_it: bool) -> None:
 @reports_errors
 def validate(spec: str, overrides: tuple[str, ...]) -> None:
     """Check SPEC and render each of its templates once; exit 2 on any problem."""
-    from programs.engine.llm import check_templates
-    from programs.lang.describe import words
+    from codeclm.programs.engine.llm import check_templates
+    from codeclm.programs.lang.describe import words
 
     loaded = _load(spec, overrides)
     check_templates(loaded)
@@ -592,11 +594,11 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
 @reports_errors
 def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) -> None:
     """Print the exact messages llm node NODE of SPEC would send, as JSON."""
-    from programs.engine.llm import sample_inputs
-    from programs.errors import SpecError
-    from programs.optimize import model_node
-    from programs.templates import TemplateStore
-    from programs.yaml_lines import has_surrogate
+    from codeclm.programs.engine.llm import sample_inputs
+    from codeclm.programs.errors import SpecError
+    from codeclm.programs.lang.templates import TemplateStore
+    from codeclm.programs.lang.yaml_lines import has_surrogate
+    from codeclm.programs.optimize import model_node
 
     loaded = _load(spec, overrides)
     llm_node = model_node(loaded, node)
@@ -617,7 +619,7 @@ def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) ->
     variables.update(instructions=llm_node.instructions or template.default_instructions,
                      demos=given.get("demos", []))
     if llm_node.program:  # the tuned prompt: the program's instructions and demos
-        from programs.optimize import program_prompt
+        from codeclm.programs.optimize import program_prompt
 
         variables["instructions"], demos = program_prompt(llm_node.program)
         variables["demos"] = given.get("demos", demos)
@@ -631,8 +633,8 @@ def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) ->
 @reports_errors
 def graph(spec: str, mermaid: bool, overrides: tuple[str, ...]) -> None:
     """Print SPEC's graph: nodes, models, what each reads, loops and outputs (or Mermaid)."""
-    from programs.lang.describe import mermaid as as_mermaid
-    from programs.lang.describe import words
+    from codeclm.programs.lang.describe import mermaid as as_mermaid
+    from codeclm.programs.lang.describe import words
 
     loaded = _load(spec, overrides)
     click.echo(as_mermaid(loaded.graph) if mermaid else words(loaded.graph))
@@ -648,7 +650,7 @@ def cache() -> None:
 @reports_errors
 def cache_stats(cache_dir: Path | None) -> None:
     """Entries, size on disk and entries per model (reads the cache read-only)."""
-    from programs.cache import CallCache, default_cache_dir
+    from codeclm.programs.models.cache import CallCache, default_cache_dir
 
     cache = CallCache(cache_dir or default_cache_dir(), "read")
     try:
@@ -667,7 +669,7 @@ def cache_stats(cache_dir: Path | None) -> None:
 @reports_errors
 def cache_clear(model: str | None, cache_dir: Path | None) -> None:
     """Delete cached completions: all, or one model's."""
-    from programs.cache import CallCache, default_cache_dir
+    from codeclm.programs.models.cache import CallCache, default_cache_dir
 
     cache = CallCache(cache_dir or default_cache_dir())
     try:
@@ -684,7 +686,7 @@ def cache_clear(model: str | None, cache_dir: Path | None) -> None:
 @reports_errors
 def cache_export(run_dir: Path, bundle: Path, cache_dir: Path | None) -> None:
     """Write exactly the calls RUN_DIR used to BUNDLE (JSONL, .gz compresses), for offline replay."""
-    from programs.bundle import export_bundle
+    from codeclm.programs.models.bundle import export_bundle
 
     count = export_bundle(run_dir, bundle, cache_dir)
     click.echo(f"exported {count} calls to {bundle}")
@@ -696,7 +698,7 @@ def cache_export(run_dir: Path, bundle: Path, cache_dir: Path | None) -> None:
 @reports_errors
 def cache_import(bundle: Path, cache_dir: Path | None) -> None:
     """Load a bundle written by `cache export` into the cache."""
-    from programs.bundle import import_bundle
+    from codeclm.programs.models.bundle import import_bundle
 
     count = import_bundle(bundle, cache_dir)
     click.echo(f"imported {count} calls")
@@ -733,7 +735,7 @@ def _summary(result: Any, report: Path | None = None) -> None:
 
 def _budget_stop(result: Any) -> None:
     """A run its budget stopped: what it spent, where the data so far is, how to go on; exit 4."""
-    from programs.errors import EXIT_BUDGET
+    from codeclm.programs.errors import EXIT_BUDGET
 
     budget = result.manifest["budget"]
     spent = budget["spent"]
@@ -747,7 +749,7 @@ def _budget_stop(result: Any) -> None:
 
 
 def _dry_run(spec: Any, options: Any, as_json: bool = False) -> None:
-    from programs.estimate import estimate
+    from codeclm.programs.engine.estimate import estimate
 
     found = estimate(spec, options).as_dict()
     if as_json:

@@ -54,7 +54,7 @@ def run_cli(args: list[str], timeout: float) -> dict[str, Any]:
     """The CLI in a child process: exit code, wall time, peak RSS (MiB), CPU seconds."""
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "codeclm.cli", *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = started + timeout
     samples: list[tuple[float, int]] = []  # (seconds, RSS KiB): when the peak comes

@@ -94,7 +94,7 @@ def coordinator_figures(ray: Any) -> dict[str, float]:
     """Round trips to a CallCoordinator (one async actor), sequential and in a burst of 2,000."""
     import asyncio
 
-    from programs.engine.ray_executor import CallCoordinator
+    from codeclm.programs.engine.ray_executor import CallCoordinator
 
     async def measure() -> dict[str, float]:
         with tempfile.TemporaryDirectory() as cache:
@@ -124,8 +124,8 @@ def coordinator_figures(ray: Any) -> dict[str, float]:
 
 def measure_one(kind: str, url: str, sets: list[str], seeds: str, work: Path) -> dict[str, Any]:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    from programs.engine.run import RunOptions, run_spec
-    from programs.spec import load_spec
+    from codeclm.programs.engine.run import RunOptions, run_spec
+    from codeclm.programs.lang.spec import load_spec
 
     spec = load_spec(SPEC, sets)
     options = RunOptions(out=work / kind, cache_dir=work / f"cache-{kind}", seeds=Path(seeds), overrides=sets)
@@ -136,8 +136,7 @@ def measure_one(kind: str, url: str, sets: list[str], seeds: str, work: Path) ->
         result = run_spec(spec, options)
     else:
         import ray
-
-        from programs.engine.ray_executor import LAST_RUN, run_on_ray
+        from codeclm.programs.engine.ray_executor import LAST_RUN, run_on_ray
 
         os.environ["CODECLM_RAY_WORKERS"] = kind.removeprefix("ray")
         watch = CpuWatch()  # Ray's own start counts in the CPU: a run pays for it

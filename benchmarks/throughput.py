@@ -181,8 +181,7 @@ def measure_one(config: Config) -> dict[str, Any]:
     """Live run on a fresh cache, then (timed runs only) its replay; the server lives as long as this."""
     sys.path.insert(0, str(REPO))
     import aiohttp  # noqa: F401  (before the memory baseline: the backend imports it lazily)
-
-    from programs.spec import load_spec
+    from codeclm.programs.lang.spec import load_spec
 
     seeds = Path(config.seeds)
     pool, dataset = plan_params(config.calls, count_seeds(seeds))
@@ -204,7 +203,7 @@ def measure_one(config: Config) -> dict[str, Any]:
 
 def live_run(spec: Any, config: Config, seeds: Path, work: Path) -> dict[str, Any]:
     """The live run, timed (wall and this process's CPU), traced or profiled as the config says."""
-    from programs.engine.run import Engine, RunOptions, run_spec
+    from codeclm.programs.engine.run import Engine, RunOptions, run_spec
 
     options = RunOptions(out=work / "live", cache_dir=work / "cache", seeds=seeds)
     quality_cpu = [0.0]  # the data-quality metrics at the end of the run: a cost per run, not per call
@@ -255,7 +254,7 @@ def live_figures(manifest: dict[str, Any], run_dir: Path, config: Config, wall: 
 
 def replay_figures(spec: Any, cache: Path, seeds: Path, work: Path, live_dir: Path) -> dict[str, Any]:
     """Replay the run from its cache: every call is a hit, and the dataset must come out the same."""
-    from programs.engine.run import RunOptions, run_spec
+    from codeclm.programs.engine.run import RunOptions, run_spec
 
     options = RunOptions(out=work / "replay", cache_dir=cache, cache_mode="replay", seeds=seeds)
     wall = time.perf_counter()

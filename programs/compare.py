@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import CallCache, default_cache_dir
+from .artifacts.quality import quality_metrics
+from .artifacts.rundata import RunData
 from .engine.run import RunOptions, run_spec
 from .errors import SpecError
-from .hub import CallContext, ModelHub
-from .parsers import ParseError, parse_scores
-from .quality import quality_metrics
-from .rundata import RunData
-from .spec import Spec
-from .templates import TemplateStore
+from .lang.parsers import ParseError, parse_scores
+from .lang.spec import Spec
+from .lang.templates import TemplateStore
+from .models.cache import CallCache, default_cache_dir
+from .models.hub import CallContext, ModelHub
 
 PAIRED_QUESTION = ("Which of the two instruction-response pairs is better training data for an assistant: "
                    "a clear, useful instruction with a correct, helpful response?")

@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .artifacts.store import check_out_folder, claim_folder, dumps, write_atomic
 from .engine.llm import NodeModule, StepResult, build_module
+from .engine.progress import Progress
 from .engine.run import item_window, opened_hub
 from .errors import CodecError, SpecError
-from .hub import ModelHub
 from .lang.nodes import JudgeNode
-from .progress import Progress
-from .seeds import read_seeds
-from .spec import Spec
-from .store import check_out_folder, claim_folder, dumps, write_atomic
+from .lang.seeds import read_seeds
+from .lang.spec import Spec
+from .models.hub import ModelHub
 
 WIN, TIE, LOSS, FAILED = "win", "tie", "loss", "failed"
 

@@ -34,15 +34,15 @@ from typing import Any, TextIO
 
 import dspy
 
-from .adapter import AsyncHubEngine, HubEngine, run_on_hub_loop
-from .cache import CallCache, default_cache_dir
+from .engine.adapter import AsyncHubEngine, HubEngine, run_on_hub_loop
 from .engine.llm import NodeModule, build_module
 from .engine.run import RunOptions, run_spec
 from .errors import SpecError
-from .hub import CURRENT_CALL, CallContext, ModelHub
 from .lang.nodes import LLMNode
-from .spec import Spec
-from .templates import StageTemplate, TemplateStore
+from .lang.spec import Spec
+from .lang.templates import StageTemplate, TemplateStore
+from .models.cache import CallCache, default_cache_dir
+from .models.hub import CURRENT_CALL, CallContext, ModelHub
 from .tuning.config import MetricSpec, pick_metric
 from .tuning.metrics import MetricRunner, Score
 
@@ -270,7 +270,7 @@ class ReflectionEngine(HubEngine):
         self.lock = threading.Lock()
 
     def complete(self, request: Any) -> Any:
-        from .adapter import request_messages
+        from .engine.adapter import request_messages
 
         key = hashlib.sha256(json.dumps(request_messages(request), sort_keys=True).encode()).hexdigest()
         with self.lock:
@@ -333,7 +333,7 @@ def score_table(metric: str, node: str, items: int, before: float, after: float,
 
 def program_prompt(path: Path) -> tuple[str, list[dict[str, Any]]]:
     """A saved program's instructions and demos, as its node's template renders them."""
-    from .adapter import NO_INSTRUCTIONS
+    from .engine.adapter import NO_INSTRUCTIONS
 
     state = json.loads(Path(path).read_text())["predict"]
     instructions = state.get("signature", {}).get("instructions", "")

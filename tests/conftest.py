@@ -16,13 +16,12 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from codeclm.programs.engine.run import RunOptions, RunResult, run_spec  # noqa: E402
+from codeclm.programs.lang.spec import Spec, load_spec  # noqa: E402
+from codeclm.programs.models.backends import CallParams, Completion  # noqa: E402
+from codeclm.programs.models.cache import CallCache  # noqa: E402
+from codeclm.programs.models.hub import ModelHub  # noqa: E402
 from fake_openai_server import answer_text  # noqa: E402
-
-from programs.backends import CallParams, Completion  # noqa: E402
-from programs.cache import CallCache  # noqa: E402
-from programs.engine.run import RunOptions, RunResult, run_spec  # noqa: E402
-from programs.hub import ModelHub  # noqa: E402
-from programs.spec import Spec, load_spec  # noqa: E402
 
 SEEDS = [
     "Write a polite reply to a customer whose parcel arrived damaged.",

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import fake_openai_server
+from codeclm.programs.engine.run import RunOptions, run_spec
+from codeclm.programs.lang.spec import load_spec
+from codeclm.programs.models.cache import CallCache
+from codeclm.programs.models.hub import ModelHub
 from conftest import REPO, SEEDS, base_spec, write_spec
 from fake_openai_server import JUDGE_MARKER, FakeOpenAIServer
-
-from programs.cache import CallCache
-from programs.engine.run import RunOptions, run_spec
-from programs.hub import ModelHub
-from programs.spec import load_spec
 
 # Markup that would run if any of it reached the page as HTML: it sets window.__xss or opens a dialog.
 XSS = ('<script>window.__xss=1;alert(1)</script></script><img src=x onerror="window.__xss=2;alert(2)">'

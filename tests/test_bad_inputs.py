@@ -17,19 +17,18 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from codeclm.programs.errors import SpecError, SpecErrors
+from codeclm.programs.lang.seeds import read_seeds
+from codeclm.programs.lang.spec import load_spec
+from codeclm.programs.models.bundle import export_bundle, import_bundle
+from codeclm.programs.models.cache import CallCache, CallIdentity
 from conftest import REPO, ScriptedBackend, ScriptedRun, base_spec, write_spec
-
-from programs.bundle import export_bundle, import_bundle
-from programs.cache import CallCache, CallIdentity
-from programs.errors import SpecError, SpecErrors
-from programs.seeds import read_seeds
-from programs.spec import load_spec
 
 # -- helpers -------------------------------------------------------------------------------
 
 
 def cli(*args: str | bytes, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, str(REPO / "cli.py"), *args], cwd=REPO, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "codeclm.cli", *args], cwd=REPO, capture_output=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
     done.stdout, done.stderr = (done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace"))
     return done
@@ -132,7 +131,7 @@ def test_alias_bomb_is_refused_quickly_in_bounded_memory(tmp_path):
 
 
 def test_the_budget_counts_only_what_aliases_add(monkeypatch):
-    from programs import yaml_lines
+    from codeclm.programs.lang import yaml_lines
 
     monkeypatch.setattr(yaml_lines, "MAX_NODES", 1000)
     assert len(yaml_lines.load_value("[" + "x, " * 3000 + "]", "f", "v")) == 3000  # written out: fine
@@ -184,7 +183,7 @@ def test_template_that_is_not_utf8(tmp_path, seeds_file):
 
 def test_yaml_values_that_are_not_json(tmp_path):
     path = raw_spec(tmp_path, "name: ok\ndescription: 2024-01-01\n")
-    from programs.yaml_lines import load_with_lines
+    from codeclm.programs.lang.yaml_lines import load_with_lines
 
     assert load_with_lines(path)[0]["description"] == "2024-01-01"  # text, not a date the manifest cannot write
     error = spec_error(raw_spec(tmp_path, "name: ok\ndescription: !!set {a, b}\n"))

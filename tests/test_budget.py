@@ -8,13 +8,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from codeclm import cli
+from codeclm.programs.errors import EXIT_BUDGET, SpecErrors
+from codeclm.programs.lang.spec import load_spec
+from codeclm.programs.models.budget import Budget, BudgetTracker, Limits
+from codeclm.programs.models.pricing import cost_of, model_price
 from conftest import base_spec, write_spec
-
-import cli
-from programs.budget import Budget, BudgetTracker, Limits
-from programs.errors import EXIT_BUDGET, SpecErrors
-from programs.pricing import cost_of, model_price
-from programs.spec import load_spec
 
 PRICE = {"input_per_mtok": 1000.0, "output_per_mtok": 2000.0}  # $0.001 / $0.002 a token: runs cost dollars
 

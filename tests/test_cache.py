@@ -9,15 +9,14 @@ import subprocess
 import sys
 
 import pytest
+from codeclm.programs.engine.dryrun import dry_run
+from codeclm.programs.engine.run import RunOptions
+from codeclm.programs.errors import ReplayMiss
+from codeclm.programs.lang.spec import load_spec
+from codeclm.programs.models.bundle import export_bundle, import_bundle
+from codeclm.programs.models.cache import CallCache
+from codeclm.programs.models.hub import CallContext, ModelHub
 from conftest import REPO, ScriptedBackend, base_spec, hand_written, write_spec
-
-from programs.bundle import export_bundle, import_bundle
-from programs.cache import CallCache
-from programs.engine.dryrun import dry_run
-from programs.engine.run import RunOptions
-from programs.errors import ReplayMiss
-from programs.hub import CallContext, ModelHub
-from programs.spec import load_spec
 
 ARTIFACTS = ("dataset.jsonl", "instructions.jsonl", "metadata.jsonl", "pool.jsonl", "rubrics.jsonl")
 
@@ -74,7 +73,7 @@ def test_replay_miss_after_a_code_change_says_so(tmp_path, seeds_file, scripted)
 
 def test_replay_miss_exits_3_from_the_cli(tmp_path, seeds_file):
     spec = write_spec(tmp_path, base_spec(seeds_file))
-    done = subprocess.run([sys.executable, str(REPO / "cli.py"), "run", str(spec), "--replay", "-q",
+    done = subprocess.run([sys.executable, "-m", "codeclm.cli", "run", str(spec), "--replay", "-q",
                            "--cache-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr

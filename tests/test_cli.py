@@ -8,11 +8,10 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from codeclm import cli
+from codeclm.programs.errors import SpecError
+from codeclm.programs.lang.templates import TemplateStore
 from conftest import REPO, base_spec, write_spec
-
-import cli
-from programs.errors import SpecError
-from programs.templates import TemplateStore
 
 
 def test_help_does_not_import_dspy():

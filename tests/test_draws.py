@@ -7,9 +7,8 @@ import random
 import subprocess
 import sys
 
+from codeclm.programs.engine.records import rng_for
 from conftest import REPO
-
-from programs.engine.records import rng_for
 
 
 def test_rng_for_is_a_string_seeded_random():
@@ -19,7 +18,7 @@ def test_rng_for_is_a_string_seeded_random():
 
 def test_rng_for_is_the_same_in_another_process():
     """String seeds hash with SHA-512, not hash(): PYTHONHASHSEED must not change the draws."""
-    code = "from programs.engine.records import rng_for; print(repr(rng_for(7, 'item-3', 'augment').random()))"
+    code = "from codeclm.programs.engine.records import rng_for; print(repr(rng_for(7, 'item-3', 'augment').random()))"
     here = rng_for(7, "item-3", "augment").random()
     for hash_seed in ("1", "2"):
         done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30,

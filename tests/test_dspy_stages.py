@@ -8,12 +8,11 @@ import shutil
 
 import dspy
 import pytest
+from codeclm.programs.engine.llm import build_modules
+from codeclm.programs.lang.spec import load_spec
+from codeclm.programs.models.cache import CallCache
+from codeclm.programs.models.hub import ModelHub
 from conftest import REPO, ScriptedBackend, base_spec, write_spec
-
-from programs.cache import CallCache
-from programs.engine.llm import build_modules
-from programs.hub import ModelHub
-from programs.spec import load_spec
 
 
 def stages_for(tmp_path, backend):
@@ -77,7 +76,7 @@ def format_learner(messages):
 
 
 def optimize_spec(tmp_path):
-    from programs.optimize import OptimizeOptions
+    from codeclm.programs.optimize import OptimizeOptions
 
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(f'{{"id": "s{i}", "instruction": "{s}"}}\n' for i, s in enumerate(FORMAT_SEEDS)))
@@ -86,7 +85,7 @@ def optimize_spec(tmp_path):
 
 
 def test_optimize_bootstraps_demos_that_parse_and_checks_them(tmp_path):
-    from programs.optimize import optimize
+    from codeclm.programs.optimize import optimize
 
     spec, options = optimize_spec(tmp_path)
     backend = ScriptedBackend("scripted/strong", answer=format_learner)
@@ -107,7 +106,7 @@ def test_optimize_bootstraps_demos_that_parse_and_checks_them(tmp_path):
 
 
 def test_optimize_with_a_teacher_role(tmp_path):
-    from programs.optimize import optimize
+    from codeclm.programs.optimize import optimize
 
     spec, options = optimize_spec(tmp_path)
     options.teacher = "target"
@@ -121,8 +120,7 @@ def test_optimize_with_a_teacher_role(tmp_path):
 
 def test_optimize_later_stages_needs_a_run(tmp_path, scripted, seeds_file):
     from click.testing import CliRunner
-
-    from cli import main
+    from codeclm.cli import main
 
     spec = write_spec(tmp_path, base_spec(seeds_file))
     result = CliRunner().invoke(main, ["optimize", str(spec), "judge", "--cache-dir", str(tmp_path / "c")])
@@ -133,7 +131,7 @@ def test_optimize_later_stages_needs_a_run(tmp_path, scripted, seeds_file):
 
 
 def test_optimize_judge_from_a_finished_run(tmp_path, scripted, seeds_file):
-    from programs.optimize import OptimizeOptions, optimize
+    from codeclm.programs.optimize import OptimizeOptions, optimize
 
     spec = load_spec(write_spec(tmp_path, base_spec(seeds_file)))
     run = scripted(spec)
@@ -153,8 +151,8 @@ def test_optimize_judge_from_a_finished_run(tmp_path, scripted, seeds_file):
 
 
 def test_optimize_refuses_a_template_without_demos(tmp_path):
-    from programs.errors import SpecError
-    from programs.optimize import optimize
+    from codeclm.programs.errors import SpecError
+    from codeclm.programs.optimize import optimize
 
     prompts = tmp_path / "prompts"
     shutil.copytree(REPO / "prompts", prompts)

@@ -9,12 +9,11 @@ import re
 from pathlib import Path
 
 import pytest
+from codeclm.programs.evaluate import LOSS, TIE, WIN, EvalOptions, evaluate, tally, verdict
+from codeclm.programs.lang.spec import load_spec
+from codeclm.programs.models.cache import CallCache
+from codeclm.programs.models.hub import ModelHub
 from conftest import REPO, ScriptedBackend, base_spec, write_spec
-
-from programs.cache import CallCache
-from programs.evaluate import LOSS, TIE, WIN, EvalOptions, evaluate, tally, verdict
-from programs.hub import ModelHub
-from programs.spec import load_spec
 
 # The paper's four evaluation sets live beside the repository (not copied into it: licences).
 BENCHMARKS = Path(os.environ.get("CODECLM_BENCHMARKS", REPO.parent / "shared" / "benchmarks"))
@@ -108,7 +107,7 @@ def test_the_judge_runs_at_temperature_zero(tmp_path):
 
 
 def test_unparsable_judgements_are_failed_items_and_all_failed_is_an_error(tmp_path):
-    from programs.errors import CodecError
+    from codeclm.programs.errors import CodecError
 
     with pytest.raises(CodecError, match="no item could be judged"):
         run_eval(tmp_path, lambda first, second: ("great", "fine"), items=3)
@@ -125,7 +124,7 @@ def test_a_second_evaluation_comes_from_the_cache(tmp_path):
 
 
 def test_unknown_role_is_a_spec_error(tmp_path, seeds_file):
-    from programs.errors import SpecError
+    from codeclm.programs.errors import SpecError
 
     spec = load_spec(write_spec(tmp_path, base_spec(seeds_file)))
     with pytest.raises(SpecError, match="no model role 'tuned'"):
@@ -137,9 +136,8 @@ def test_unknown_role_is_a_spec_error(tmp_path, seeds_file):
 def test_cli_on_the_paper_benchmarks_through_the_fake_server(tmp_path):
     """The four evaluation sets as shipped, two items each, over real HTTP."""
     from click.testing import CliRunner
+    from codeclm.cli import main
     from fake_openai_server import FakeOpenAIServer
-
-    from cli import main
 
     sets = sorted(BENCHMARKS.glob("*.jsonl"))
     assert len(sets) == 4

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from codeclm import cli
+from codeclm.programs.artifacts.export import MARKER, PARQUET, ExportOptions, pipeline_files, render_card, size_category
 from conftest import SEEDS, base_spec, write_spec
-
-import cli
-from programs.export import MARKER, PARQUET, ExportOptions, pipeline_files, render_card, size_category
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -103,7 +102,7 @@ def test_the_card_header_follows_the_hub_conventions_and_the_body_says_how_it_wa
     assert "codeclm cache import pipeline/calls.jsonl.gz" in body
     assert run["url"] not in body  # no endpoint in the card
     try:
-        import programs.quality  # noqa: F401
+        import codeclm.programs.artifacts.quality  # noqa: F401
     except ImportError:
         assert "## Quality" not in body
     else:

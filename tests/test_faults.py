@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from codeclm.programs.engine.run import RunOptions, RunResult, run_spec
+from codeclm.programs.errors import ModelCallError
+from codeclm.programs.lang.spec import ModelSpec, load_spec
+from codeclm.programs.models.backends import CallParams, DSPyBackend
+from codeclm.programs.models.cache import CallCache
+from codeclm.programs.models.hub import ModelHub
 from conftest import base_spec, write_spec
 from fake_openai_server import FakeOpenAIServer, FaultPlan
-
-from programs.backends import CallParams, DSPyBackend
-from programs.cache import CallCache
-from programs.engine.run import RunOptions, RunResult, run_spec
-from programs.errors import ModelCallError
-from programs.hub import ModelHub
-from programs.spec import ModelSpec, load_spec
 
 # Every transport fault the hub must absorb. "length" is not one: a truncated completion is data.
 TRANSPORT_FAULTS = ("429", "500", "hang", "malformed_json", "empty")
@@ -148,7 +147,7 @@ def test_concurrency_limit_per_model_is_respected(tmp_path: Path, seeds_file: Pa
 
 def test_openai_compatible_backend_honours_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     """HTTP_PROXY routes calls through a proxy (here a closed port), NO_PROXY exempts a host."""
-    from programs.backends import OpenAICompatibleBackend
+    from codeclm.programs.models.backends import OpenAICompatibleBackend
 
     async def ask(spec: ModelSpec) -> Any:
         backend = OpenAICompatibleBackend(spec)
@@ -171,8 +170,7 @@ def test_a_model_nobody_serves_fails_the_run_with_the_reason(tmp_path: Path, see
     """Refused connections are retried, then recorded; when every encode failed the run stops
     and says why, naming the file with each failure (exit 1, no traceback)."""
     from click.testing import CliRunner
-
-    from cli import main
+    from codeclm.cli import main
 
     data = base_spec(seeds_file)
     data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": "http://127.0.0.1:9/v1", "retries": 1}
@@ -189,7 +187,7 @@ def test_a_model_nobody_serves_fails_the_run_with_the_reason(tmp_path: Path, see
 
 
 def test_openai_gets_max_completion_tokens_and_servers_get_max_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
-    from programs.backends import OpenAICompatibleBackend
+    from codeclm.programs.models.backends import OpenAICompatibleBackend
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     params = CallParams({"temperature": 0.2, "max_tokens": 64}, seed=7)

@@ -11,12 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from codeclm.programs.errors import ModelCallError
+from codeclm.programs.lang.spec import ModelSpec
+from codeclm.programs.models.cache import CallCache
+from codeclm.programs.models.hub import CALL_BUDGET, CallContext, ModelHub
 from conftest import base_spec, write_spec
-
-from programs.cache import CallCache
-from programs.errors import ModelCallError
-from programs.hub import CALL_BUDGET, CallContext, ModelHub
-from programs.spec import ModelSpec
 
 
 @pytest.fixture
@@ -65,8 +64,7 @@ def test_a_run_against_a_silent_server_records_why_and_stops(silent_server: str,
     flight: once a call to a model that never answered has timed out, the queued ones fail at once
     instead of each waiting out its own budget."""
     from click.testing import CliRunner
-
-    from cli import main
+    from codeclm.cli import main
 
     data = base_spec(seeds_file)
     data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": silent_server, "timeout": 0.5,
@@ -91,9 +89,8 @@ def test_a_run_against_a_silent_server_records_why_and_stops(silent_server: str,
 
 def test_a_model_that_answered_once_is_not_cut_short(tmp_path: Path) -> None:
     """The fail-fast holds only for a model that never answered: one slow call is not a dead server."""
+    from codeclm.programs.models.backends import CallParams, Completion
     from conftest import ScriptedBackend
-
-    from programs.backends import CallParams, Completion
 
     class SlowOnce(ScriptedBackend):
         async def complete(self, messages: list[dict[str, str]], params: CallParams) -> Completion:

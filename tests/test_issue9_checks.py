@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from codeclm import cli
 from conftest import REPO, base_spec, write_spec
 from fake_openai_server import FakeOpenAIServer
-
-import cli
 
 
 def codeclm(*args: str) -> object:
@@ -201,9 +200,9 @@ def test_a_server_answering_garbage_fails_the_call_with_a_message(tmp_path, seed
                                                                   body, message):
     """A body that never ends used to be read into memory until the timeout (1 GB in 3 s on
     localhost); a choice with no message was a bare TypeError. Both are recorded failures that say so."""
-    import programs.backends
+    from codeclm.programs.models import backends
 
-    monkeypatch.setattr(programs.backends, "MAX_RESPONSE_BYTES", 1 << 20)
+    monkeypatch.setattr(backends, "MAX_RESPONSE_BYTES", 1 << 20)
     url, kind = broken_server
     kind["body"] = body
     data = base_spec(seeds_file)
@@ -372,7 +371,7 @@ def test_the_shipped_pipelines_broken_stop_before_any_call(tmp_path, seeds_file,
         elif breakage == "escape":
             next(iter(data["outputs"].values()))["fields"]["escape"] = "record.__class__.__mro__"
         else:  # the first node (a source) made to read every record of the last one
-            from programs.spec import load_spec
+            from codeclm.programs.lang.spec import load_spec
 
             last = list(nodes)[-1]
             graph = load_spec(write_spec(tmp_path, data, "whole.yaml")).graph

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from codeclm.programs.models.local_model import LocalModel, local_model_path, machine_fingerprint, read_verdict
 from conftest import REPO
-
-from programs.local_model import LocalModel, local_model_path, machine_fingerprint, read_verdict
 
 REQUEST = {"messages": [{"role": "user", "content": "Say hello."}], "temperature": 0.7, "top_p": 0.95,
            "max_tokens": 8, "seed": 1}
@@ -93,7 +92,7 @@ def workers_of(parent: int) -> list[int]:
 @pytest.mark.slow
 def test_a_model_process_dying_mid_run_stops_clearly_and_resumes(tmp_path, machine):
     cache, out = tmp_path / "cache", tmp_path / "run"
-    command = [sys.executable, str(REPO / "cli.py"), "run", str(REPO / "specs" / "demo.yaml"), "--limit", "3",
+    command = [sys.executable, "-m", "codeclm.cli", "run", str(REPO / "specs" / "demo.yaml"), "--limit", "3",
                "--set", "params.pool_size=2", "--set", "params.dataset_size=2", "--set", "params.max_iterations=1",
                "--cache-dir", str(cache), "--out", str(out), "-q"]
     env = {**os.environ, "CODECLM_LLAMA_SAFE": "1"}  # on the safe path a crash has no fallback left

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from codeclm import cli
+from codeclm.programs.artifacts.store import ARTIFACTS, MARKER, RunStore
+from codeclm.programs.errors import SpecError, SpecErrors
+from codeclm.programs.lang.spec import load_spec
 from conftest import REPO, base_spec, write_spec
 from fake_openai_server import FakeOpenAIServer
-
-import cli
-from programs.errors import SpecError, SpecErrors
-from programs.spec import load_spec
-from programs.store import ARTIFACTS, MARKER, RunStore
 
 USER_DATA = '{"mine": "a dataset I made by hand"}\n'
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from programs.parsers import (
+from codeclm.programs.lang.parsers import (
     ParseError,
     parse_answer,
     parse_instruction,

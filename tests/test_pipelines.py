@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from codeclm.programs.engine.run import RunOptions, run_spec
+from codeclm.programs.lang.spec import load_spec
 from conftest import REPO
 from fake_openai_server import FakeOpenAIServer
-
-from programs.engine.run import RunOptions, run_spec
-from programs.spec import load_spec
 
 SMALL = {"self_instruct": ["params.prompts_per_round=2", "params.new_per_prompt=4"],
          "evol_instruct": ["params.rounds=3"], "alpagasus": [], "critique_rewrite": []}
@@ -61,7 +60,7 @@ def test_pipeline_runs_over_http_with_provenance_and_replays(runs, spec):
 
 
 def test_self_instruct_keeps_only_novel_tasks(runs):
-    from programs.lang.rouge import rouge_l
+    from codeclm.programs.lang.rouge import rouge_l
 
     seeds = [json.loads(line)["instruction"] for line in (REPO / "seeds" / "example.jsonl").read_text().splitlines()]
     kept = [row["messages"][0]["content"] for row in lines(runs["self_instruct"].out / "dataset.jsonl")]

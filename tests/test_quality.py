@@ -7,9 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
-
-from programs import quality
-from programs.quality import (
+from codeclm.programs.artifacts import quality
+from codeclm.programs.artifacts.quality import (
     coverage,
     distinct_n,
     judge_consistency,
@@ -20,7 +19,7 @@ from programs.quality import (
     seed_closeness,
     tokens,
 )
-from programs.rundata import Judged
+from codeclm.programs.artifacts.rundata import Judged
 
 
 def lcs_table(a: list[str], b: list[str]) -> int:
@@ -185,9 +184,8 @@ def test_embedding_closeness_with_wordllama():
 
 def test_the_manifest_and_inspect_carry_the_metrics(tmp_path, seeds_file, scripted):
     from click.testing import CliRunner
+    from codeclm import cli
     from conftest import base_spec, write_spec
-
-    import cli
 
     result = scripted(write_spec(tmp_path, base_spec(seeds_file)))
     manifest = json.loads((result.out / "manifest.json").read_text())

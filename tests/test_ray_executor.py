@@ -13,12 +13,11 @@ import time
 
 import pytest
 import yaml
+from codeclm.programs.engine.run import RunOptions, run_spec
+from codeclm.programs.errors import CodecError, SpecErrors
+from codeclm.programs.lang.spec import load_spec
 from conftest import REPO, base_spec, write_spec
 from fake_openai_server import FakeOpenAIServer, FaultPlan
-
-from programs.engine.run import RunOptions, run_spec
-from programs.errors import CodecError, SpecErrors
-from programs.spec import load_spec
 
 try:
     import ray
@@ -28,7 +27,7 @@ except ImportError:
     pytest.skip("ray is not installed (pip install 'codeclm[ray]'); the Ray executor is not tested",
                 allow_module_level=True)
 
-from programs.engine.ray_executor import LAST_RUN, live_workers, run_on_ray  # noqa: E402
+from codeclm.programs.engine.ray_executor import LAST_RUN, live_workers, run_on_ray  # noqa: E402
 
 FILES = ("dataset.jsonl", "instructions.jsonl", "metadata.jsonl", "pool.jsonl", "rubrics.jsonl", "failures.jsonl")
 
@@ -178,7 +177,7 @@ def test_cli_executor_ray_connects_to_ray_address(local_ray, tmp_path, seeds_fil
         address = ray.get_runtime_context().gcs_address
         env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": address}
         flag = ["--executor", "ray"] if chosen == "--executor" else []
-        done = subprocess.run([sys.executable, str(REPO / "cli.py"), "run", str(spec), "--no-report", *flag,
+        done = subprocess.run([sys.executable, "-m", "codeclm.cli", "run", str(spec), "--no-report", *flag,
                                "--out", str(tmp_path / "ray"), "--cache-dir", str(tmp_path / "cache-ray")],
                               env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
@@ -212,7 +211,7 @@ def test_the_coordinator_dedups_hands_a_dead_owners_calls_on_and_frees_its_slots
     """The coordinator's bookkeeping alone (a plain object here, an actor in a run)."""
     import asyncio
 
-    from programs.engine.ray_executor import CallCoordinator
+    from codeclm.programs.engine.ray_executor import CallCoordinator
 
     entry = {"text": "answer", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
 

@@ -11,11 +11,10 @@ import time
 import urllib.request
 
 import pytest
+from codeclm.programs.engine.run import RunOptions, run_spec
+from codeclm.programs.lang.spec import load_spec
+from codeclm.programs.models.local_model import local_model_path
 from conftest import REPO, base_spec, write_spec
-
-from programs.engine.run import RunOptions, run_spec
-from programs.local_model import local_model_path
-from programs.spec import load_spec
 
 pytestmark = pytest.mark.slow
 
@@ -102,8 +101,7 @@ def test_optimize_the_encoder_on_the_embedded_model(tmp_path):
     """DSPy's BootstrapFewShot through the synchronous path (the hub's own event loop thread)
     and llama.cpp: demos come from the model's own parsable answers and reach its prompt."""
     from click.testing import CliRunner
-
-    from cli import main
+    from codeclm.cli import main
 
     out = tmp_path / "encode.json"
     result = CliRunner().invoke(main, ["optimize", str(REPO / "specs" / "demo.yaml"), "encode", "--examples", "6",
@@ -128,7 +126,7 @@ EMBEDDED = {  # each other pipeline, small enough for 2 cores: every role on the
 def test_other_pipelines_run_on_the_embedded_model(tmp_path, name):
     """A 135M model follows formats loosely, so a pipeline may keep little; it must finish (or stop with
     the reason, exit-1 style, when a whole collection failed), and what it keeps carries provenance."""
-    from programs.errors import CodecError
+    from codeclm.programs.errors import CodecError
 
     roles = load_spec(REPO / "specs" / f"{name}.yaml").models
     sets = [f"models.{role}.max_tokens=48" for role in roles] + [f"models.{role}.concurrency=1" for role in roles]

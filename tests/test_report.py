@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from codeclm import cli
+from codeclm.programs.artifacts.html_report import render, write_report
+from codeclm.programs.artifacts.rundata import RunData
 from conftest import base_spec, write_spec
 from report_runs import JUDGE_XSS, XSS, hostile_run
-
-import cli
-from programs.html_report import render, write_report
-from programs.rundata import RunData
 
 
 @pytest.fixture(scope="module")

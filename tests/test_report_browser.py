@@ -17,9 +17,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from codeclm.programs.artifacts.html_report import write_report
 from report_runs import demo_like_run, hostile_run
-
-from programs.html_report import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

@@ -21,7 +21,7 @@ def http_spec(tmp_path, seeds_file, url: str):
 
 
 def codeclm_run(spec, out, cache) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "cli.py"), "run", str(spec), "-q", "--out", str(out),
+    return subprocess.Popen([sys.executable, "-m", "codeclm.cli", "run", str(spec), "-q", "--out", str(out),
                              "--cache-dir", str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from codeclm.cli import main
+from codeclm.programs.errors import EXIT_USAGE, SpecErrors
+from codeclm.programs.lang.spec import load_spec
+from codeclm.programs.redact import MASK, credential_keys, redact, redact_text, url_credentials
 from conftest import ScriptedBackend, base_spec, write_spec
 from fake_openai_server import answer_text
-
-from cli import main
-from programs.errors import EXIT_USAGE, SpecErrors
-from programs.redact import MASK, credential_keys, redact, redact_text, url_credentials
-from programs.spec import load_spec
 
 KEY = "sk-proj-Abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -97,9 +96,9 @@ def test_no_key_value_reaches_any_file_of_a_run(tmp_path: Path, seeds_file: Path
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Models that echo the key (and a key-shaped string in a seed and in the spec): every file under
     the run folder, the manifest included, holds the mask, never the values."""
-    from programs.cache import CallCache
-    from programs.engine.run import RunOptions, run_spec
-    from programs.hub import ModelHub
+    from codeclm.programs.engine.run import RunOptions, run_spec
+    from codeclm.programs.models.cache import CallCache
+    from codeclm.programs.models.hub import ModelHub
 
     env_key = "my-own-gateway-key-0123456789"  # no provider shape: masked because api_key_env names it
     monkeypatch.setenv("GATEWAY_CREDS_VAR", env_key)

@@ -1,5 +1,5 @@
 """Broken specs, templates, seed files and options: each is reported with its file and line,
-through programs.spec.load_spec and through the CLI (exit 2, no traceback)."""
+through programs.lang.spec.load_spec and through the CLI (exit 2, no traceback)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from codeclm.programs.errors import SpecError, SpecErrors
+from codeclm.programs.lang.spec import load_spec
 from conftest import REPO, SEEDS, base_spec, write_spec
-
-from programs.errors import SpecError, SpecErrors
-from programs.spec import load_spec
 
 # -- helpers -------------------------------------------------------------------------------
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "cli.py"), *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "codeclm.cli", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -352,7 +351,7 @@ def test_run_with_csv_seeds_lacking_the_column(tmp_path, spec_data):
     ('{"id": "x", "instruction": "a"}\n{"id": "x", "instruction": "b"}\n', 2, "duplicate seed id"),
 ], ids=["not-object", "no-field", "duplicate-id"])
 def test_read_seeds_errors_have_lines(tmp_path, content, line, message):
-    from programs.seeds import read_seeds
+    from codeclm.programs.lang.seeds import read_seeds
 
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text(content)
@@ -362,7 +361,7 @@ def test_read_seeds_errors_have_lines(tmp_path, content, line, message):
 
 
 def test_read_seeds_missing_and_empty(tmp_path):
-    from programs.seeds import read_seeds
+    from codeclm.programs.lang.seeds import read_seeds
 
     with pytest.raises(SpecError, match="not found"):
         read_seeds(tmp_path / "nope.jsonl")

@@ -8,18 +8,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from codeclm.programs.engine.run import RunOptions, run_spec
+from codeclm.programs.lang.spec import load_spec
 from conftest import REPO
 from fake_openai_server import FakeOpenAIServer
-
-from programs.engine.run import RunOptions, run_spec
-from programs.spec import load_spec
 
 EXAMPLES = re.findall(r"```yaml\n(.*?)```", (REPO / "docs" / "spec.md").read_text(), re.DOTALL)
 
 
 def test_the_reference_has_an_example_for_every_node_type_and_parser():
-    from programs.lang.nodes import NODE_KEYS
-    from programs.lang.parsing import PARSERS
+    from codeclm.programs.lang.nodes import NODE_KEYS
+    from codeclm.programs.lang.parsing import PARSERS
 
     text = "\n".join(EXAMPLES)
     for kind in NODE_KEYS:

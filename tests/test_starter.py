@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import yaml
 from click.testing import CliRunner
-
-from cli import main
-from programs.starter import PACKAGE_ROOT, builtin_specs, starter_files
+from codeclm.cli import main
+from codeclm.programs.starter import PACKAGE_ROOT, builtin_specs, starter_files
 
 
 def test_init_writes_an_editable_project_that_validates(tmp_path, monkeypatch):

@@ -7,11 +7,10 @@ import signal
 import time
 from pathlib import Path
 
+from codeclm.programs.lang.seeds import read_records, stream_records
 from conftest import base_spec, write_spec
 from fake_openai_server import FakeOpenAIServer
 from test_resume import codeclm_run, wait_for_calls
-
-from programs.seeds import read_records, stream_records
 
 
 def rss_mib(pid: int) -> float:

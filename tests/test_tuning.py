@@ -11,14 +11,13 @@ import fake_openai_server
 import pytest
 import yaml
 from click.testing import CliRunner
+from codeclm.programs.errors import SpecError, SpecErrors
+from codeclm.programs.lang.spec import load_spec
+from codeclm.programs.models.cache import CallCache
+from codeclm.programs.models.hub import ModelHub
+from codeclm.programs.tuning.metrics import codec_fidelity
 from conftest import REPO, ScriptedBackend, base_spec, write_spec
 from fake_openai_server import FakeOpenAIServer
-
-from programs.cache import CallCache
-from programs.errors import SpecError, SpecErrors
-from programs.hub import ModelHub
-from programs.spec import load_spec
-from programs.tuning.metrics import codec_fidelity
 
 MARKER = "BANANA"
 QUESTIONS = [f"Question {i}: explain idea number {i} in one sentence." for i in range(10)]
@@ -117,7 +116,7 @@ def marker_spec(tmp_path: Path, url: str, program: Path | None = None) -> Path:
 
 
 def run_gepa(spec_path: Path, cache_dir: Path, out: Path, reflect: ScriptedBackend):
-    from programs.optimize import OptimizeOptions, optimize
+    from codeclm.programs.optimize import OptimizeOptions, optimize
 
     spec = load_spec(spec_path)
     hub = ModelHub(spec.models, CallCache(cache_dir), backends={"reflect": reflect})
@@ -154,7 +153,7 @@ def test_gepa_over_http_tunes_for_a_marker_and_replays_from_a_warm_cache(tmp_pat
 
         # The spec loads the program; render shows the tuned prompt; a run records its hash.
         tuned_path = marker_spec(tmp_path, server.url, program=result.path)
-        from cli import main
+        from codeclm.cli import main
 
         shown = CliRunner().invoke(main, ["render", str(tuned_path), "answer", "--input",
                                           json.dumps({"instruction": "Hi?"})])
@@ -171,7 +170,7 @@ def test_gepa_over_http_tunes_for_a_marker_and_replays_from_a_warm_cache(tmp_pat
 
 
 def test_cli_optimize_prints_the_table_and_progress(tmp_path, monkeypatch):
-    from cli import main
+    from codeclm.cli import main
 
     marker_answers(monkeypatch)
     with FakeOpenAIServer() as server:
@@ -196,7 +195,7 @@ def test_cli_optimize_prints_the_table_and_progress(tmp_path, monkeypatch):
 
 
 def test_codec_metric_scores_decode_by_what_encode_recovers(tmp_path, seeds_file):
-    from programs.optimize import OptimizeOptions, optimize
+    from codeclm.programs.optimize import OptimizeOptions, optimize
 
     data = base_spec(seeds_file)
     data["optimize"] = {"encode": {"metric": "fidelity", "metrics": {
@@ -251,7 +250,7 @@ def answer_spec(tmp_path: Path, model: str = "strong", name: str = "answers") ->
 
 
 def run_compare(tmp_path: Path, spec_a, spec_b, scripted):
-    from programs.compare import CompareOptions, compare
+    from codeclm.programs.compare import CompareOptions, compare
 
     hubs = [ModelHub(s.models, CallCache(tmp_path / "cache"), backends=scripted.backends) for s in (spec_a, spec_b)]
     return compare(spec_a, spec_b, CompareOptions(judge="strong", out=tmp_path / "cmp", cache_dir=tmp_path / "cache"),
@@ -282,7 +281,7 @@ def test_compare_of_identical_specs_includes_zero(tmp_path, scripted):
 
 
 def test_cli_compare_with_variants_over_http(tmp_path):
-    from cli import main
+    from codeclm.cli import main
 
     with FakeOpenAIServer() as server:
         path = answer_spec(tmp_path)
@@ -330,7 +329,7 @@ def judging_model(messages):
 
 @pytest.mark.parametrize(("metric", "before", "after"), [("quality", 2 / 9, 8 / 9), ("prefer", 0.5, 0.5 + 6 / 18)])
 def test_gepa_with_a_judge_metric(tmp_path, metric, before, after):
-    from programs.optimize import OptimizeOptions, optimize
+    from codeclm.programs.optimize import OptimizeOptions, optimize
 
     spec = load_spec(judged_spec(tmp_path))
     strong, reflect = ScriptedBackend("scripted/strong", judging_model), ScriptedBackend("scripted/r", reflection)
@@ -345,7 +344,7 @@ def test_gepa_with_a_judge_metric(tmp_path, metric, before, after):
 def test_mipro_without_optuna_says_what_to_install(tmp_path, monkeypatch):
     import builtins
 
-    from programs.optimize import OptimizeOptions, optimize
+    from codeclm.programs.optimize import OptimizeOptions, optimize
 
     real_import = builtins.__import__
 
@@ -370,7 +369,7 @@ def test_gepa_for_codec_fidelity_on_the_embedded_model(tmp_path):
     """One small GEPA optimization of demo.yaml's encoder for codec fidelity on SmolLM2: every
     call (encode, decode, the 135M model as its own reflection model) through the hub; the
     program saves, the spec loads it, and the held-out table is printed."""
-    from cli import main
+    from codeclm.cli import main
 
     out = tmp_path / "encode.json"
     spec = str(REPO / "specs" / "demo.yaml")
@@ -391,7 +390,7 @@ def test_gepa_for_codec_fidelity_on_the_embedded_model(tmp_path):
 def test_mipro_tunes_for_a_marker_and_replays_from_a_warm_cache(tmp_path):
     """MIPROv2 (instructions and demos) with a scripted proposal model; the rerun calls nothing."""
     pytest.importorskip("optuna")
-    from programs.optimize import OptimizeOptions, optimize
+    from codeclm.programs.optimize import OptimizeOptions, optimize
 
     data = yaml.safe_load(answer_spec(tmp_path).read_text())
     data["optimize"] = {"answer": {"metric": "marker", "metrics": {"marker": {"type": "contains", "text": MARKER}}}}
@@ -426,7 +425,7 @@ def test_compare_reports_the_loop_figures_of_codeclm(tmp_path, scripted, seeds_f
 
 @pytest.mark.parametrize(("threshold", "has_demos"), [(1.0, False), (0.2, True)])
 def test_bootstrap_keeps_demos_the_metric_scores_above_the_threshold(tmp_path, threshold, has_demos):
-    from programs.optimize import OptimizeOptions, optimize
+    from codeclm.programs.optimize import OptimizeOptions, optimize
 
     spec = load_spec(judged_spec(tmp_path))
     strong = ScriptedBackend("scripted/strong", judging_model)
@@ -439,7 +438,7 @@ def test_bootstrap_keeps_demos_the_metric_scores_above_the_threshold(tmp_path, t
 
 def test_the_same_reflection_prompt_asked_again_is_a_new_sample_and_a_rerun_replays_both(tmp_path):
     """DSPy strips rollout_id before a request reaches codeclm: the n-th ask of one prompt is slot n."""
-    from programs.optimize import reflection_lm
+    from codeclm.programs.optimize import reflection_lm
 
     spec = load_spec(answer_spec(tmp_path))
     answers = iter(["first proposal", "second proposal", "third"])

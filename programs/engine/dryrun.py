@@ -4,11 +4,11 @@ as far as cached calls take it, and nothing is written."""
 
 from __future__ import annotations
 
-from ..hub import ModelHub
 from ..lang.bounds import upper_bounds
 from ..lang.nodes import SourceNode
-from ..seeds import stream_records
-from ..spec import Spec
+from ..lang.seeds import stream_records
+from ..lang.spec import Spec
+from ..models.hub import ModelHub
 from .nodes import seed_file
 from .run import RunOptions, run_spec
 

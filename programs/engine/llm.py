@@ -19,15 +19,15 @@ from typing import Any
 
 import dspy
 
-from ..adapter import NO_INSTRUCTIONS, TemplateAdapter, hub_lm
 from ..errors import ModelCallError, SpecError
-from ..hub import CURRENT_CALL, CallContext, ModelHub
 from ..lang.graph import Graph
 from ..lang.nodes import JudgeNode, LLMNode
+from ..lang.parsers import ParseError, parse_scores
 from ..lang.parsing import PARSERS
-from ..parsers import ParseError, parse_scores
-from ..spec import Spec
-from ..templates import StageTemplate, TemplateStore
+from ..lang.spec import Spec
+from ..lang.templates import StageTemplate, TemplateStore
+from ..models.hub import CURRENT_CALL, CallContext, ModelHub
+from .adapter import NO_INSTRUCTIONS, TemplateAdapter, hub_lm
 
 # dspy.LM warns on every truncated completion; the hub counts them in the manifest instead.
 logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)

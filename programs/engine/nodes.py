@@ -15,7 +15,6 @@ from typing import Any
 import jinja2
 
 from ..errors import CodecError, SpecError
-from ..hub import ModelHub
 from ..lang.expressions import evaluate_present, evaluate_value
 from ..lang.nodes import (
     DedupNode,
@@ -30,10 +29,11 @@ from ..lang.nodes import (
     SwitchNode,
 )
 from ..lang.rouge import rouge_l, tokens
-from ..progress import Progress
-from ..seeds import stream_records
-from ..spec import Spec
+from ..lang.seeds import stream_records
+from ..lang.spec import Spec
+from ..models.hub import ModelHub
 from .llm import NodeModule, StepResult
+from .progress import Progress
 from .records import Record, View, lineage_scope, rng_for, view
 
 Join = Callable[[str, Record], Awaitable[Record]]

@@ -16,9 +16,9 @@ from typing import Any
 
 import jinja2
 
+from ..artifacts.store import RunStore
 from ..lang.expressions import evaluate_present
-from ..spec import Spec
-from ..store import RunStore
+from ..lang.spec import Spec
 from .nodes import NodeFailed
 from .records import Record, View, lineage_scope, nearest_values, record_view
 

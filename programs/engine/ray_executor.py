@@ -80,16 +80,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..backends import CallParams
-from ..cache import CallCache, CallIdentity, default_cache_dir
 from ..errors import CodecError, ModelCallError, ModelCrashed, ReplayMiss, SpecError
-from ..hub import CallContext, ModelHub, _LoopState
 from ..lang.nodes import DedupNode, LLMNode, Node
-from ..pricing import cost_of
-from ..progress import Progress
-from ..spec import Spec, load_spec
+from ..lang.spec import Spec, load_spec
+from ..models.backends import CallParams
+from ..models.cache import CallCache, CallIdentity, default_cache_dir
+from ..models.hub import CallContext, ModelHub, _LoopState
+from ..models.pricing import cost_of
 from .llm import build_modules
 from .nodes import NodeRunner
+from .progress import Progress
 from .records import Record
 from .run import Engine, RunOptions, RunResult
 

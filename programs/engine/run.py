@@ -24,20 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..budget import BudgetTracker
-from ..bundle import recorded_calls
-from ..cache import CallCache, default_cache_dir
+from ..artifacts.manifest import build_manifest
+from ..artifacts.quality import quality_metrics
+from ..artifacts.store import RunStore
 from ..errors import CodecError
-from ..hub import ModelHub
 from ..lang.nodes import DedupNode, LLMNode, MixNode, Node, SourceNode
-from ..manifest import build_manifest
-from ..progress import Progress
-from ..quality import quality_metrics
-from ..spec import Spec
-from ..store import RunStore
+from ..lang.spec import Spec
+from ..models.budget import BudgetTracker
+from ..models.bundle import recorded_calls
+from ..models.cache import CallCache, default_cache_dir
+from ..models.hub import ModelHub
 from .llm import build_modules
 from .nodes import NodeRunner
 from .outputs import OutputWriter
+from .progress import Progress
 from .records import Record
 
 

@@ -21,7 +21,6 @@ import jinja2
 from jinja2 import meta
 
 from ..errors import SpecError
-from ..templates import StageTemplate, TemplateMissing, TemplateStore
 from .expressions import Expression, ExpressionError, check_sandbox, evaluate_value, tree_references
 from .nodes import (
     LOOP_FIELDS,
@@ -38,9 +37,10 @@ from .nodes import (
     SwitchNode,
 )
 from .parsing import PARSERS
+from .templates import StageTemplate, TemplateMissing, TemplateStore
 
 if TYPE_CHECKING:
-    from ..spec import Checker, ModelSpec
+    from .spec import Checker, ModelSpec
 
 TEMPLATE_BUILTINS = {"message", "instructions", "demos"}  # given to every template by the engine
 RESERVED_ROOTS = ("params", "state", "loop", "record", "outputs", "lineage")  # roots that are not nodes

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..yaml_lines import Path_
 from .expressions import Expression, ExpressionError, Reference, compile_tree, compile_value, tree_references
 from .parsing import PARSERS
+from .yaml_lines import Path_
 
 if TYPE_CHECKING:
-    from ..spec import Checker
+    from .spec import Checker
 
 VIRTUAL_FIELDS = ("id", "calls")  # every node's records have them: NODE.id, NODE.calls
 LOOP_FIELDS = ("index", "first", "last", "max", "calls", "failure")

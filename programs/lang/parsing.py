@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..parsers import ParseError, parse_answer, parse_instruction, parse_list, parse_metadata, parse_rubrics
+from .parsers import ParseError, parse_answer, parse_instruction, parse_list, parse_metadata, parse_rubrics
 
 
 @dataclass(frozen=True)

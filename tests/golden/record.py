@@ -42,8 +42,8 @@ def overrides(spec: str, url: str) -> list[str]:
 
 def golden_run(spec: str, out: Path, cache_dir: Path, url: str, mode: str = "live"):
     """Run one shipped spec as the goldens were recorded; returns the run's result."""
-    from programs.engine.run import RunOptions, run_spec
-    from programs.spec import load_spec
+    from codeclm.programs.engine.run import RunOptions, run_spec
+    from codeclm.programs.lang.spec import load_spec
 
     sets = overrides(spec, url)
     loaded = load_spec(REPO / "specs" / f"{spec}.yaml", sets)
@@ -51,9 +51,8 @@ def golden_run(spec: str, out: Path, cache_dir: Path, url: str, mode: str = "liv
 
 
 def main() -> None:
+    from codeclm.programs.models.bundle import export_bundle
     from fake_openai_server import FakeOpenAIServer
-
-    from programs.bundle import export_bundle
 
     with FakeOpenAIServer() as server, tempfile.TemporaryDirectory() as tmp:
         for spec in PARAMS:

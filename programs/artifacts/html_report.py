@@ -21,9 +21,9 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from ..errors import SpecError
 from . import charts
 from .charts import PALETTE
-from .errors import SpecError
 from .quality import NEAR_DUPLICATE, quality_metrics, tokens
 from .rundata import RunData
 from .store import write_atomic

@@ -35,8 +35,8 @@ from typing import Any
 
 import yaml
 
-from .errors import CodecError, SpecError
-from .redact import redact_text
+from ..errors import CodecError, SpecError
+from ..redact import redact_text
 from .store import ARTIFACTS, write_atomic
 
 MARKER = ".codeclm-export"
@@ -263,7 +263,7 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 
 def _credential_line(path: Path) -> int | None:
     """The first line of a text file that redaction would change (a key-shaped value), if any."""
-    from .redact import redact_text
+    from ..redact import redact_text
 
     try:
         with path.open(encoding="utf-8", errors="replace") as handle:
@@ -415,7 +415,7 @@ def _seed_count(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, An
     options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
     limit = options.get("limit") if isinstance(options.get("limit"), int) else None
     try:
-        from .seeds import read_records
+        from ..lang.seeds import read_records
 
         return sum(len(read_records(pipeline_dir / s["path"], _fields(s), s.get("id_field", "id"), limit))
                    for s in sources)
@@ -705,7 +705,7 @@ def _mark(dest: Path, run_dir: Path, manifest: dict[str, Any], files: list[str],
 def _bundle(run_dir: Path, dest: Path, manifest: dict[str, Any],
             cache_dir: Path | None) -> tuple[int | None, str | None]:
     """pipeline/calls.jsonl.gz through `codeclm cache export`'s code, when the run's cache is reachable."""
-    from .bundle import export_bundle, run_call_keys
+    from ..models.bundle import export_bundle, run_call_keys
 
     recorded = (manifest.get("options") or {}).get("cache_dir")
     folder = Path(cache_dir).expanduser() if cache_dir else Path(recorded) if isinstance(recorded, str) else None

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..artifacts.store import ARTIFACTS
+from ..errors import SpecError
+from ..lang.yaml_lines import has_surrogate
 from .cache import CallCache, default_cache_dir, entry_problem, warn
-from .errors import SpecError
-from .store import ARTIFACTS
-from .yaml_lines import has_surrogate
 
 
 def run_call_keys(run_dir: Path) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SpecError
+from ..errors import SpecError
 
 Path_ = tuple[str | int, ...]
 

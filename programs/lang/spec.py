@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .budget import check_budget, check_price
-from .errors import SpecError, SpecErrors
+from ..errors import SpecError, SpecErrors
+from ..models.budget import check_budget, check_price
 from .yaml_lines import Path_, has_surrogate, load_value, load_with_lines
 
 TOP_KEYS = {"name", "seed", "prompts", "cache", "models", "params", "nodes", "outputs", "description", "budget",
@@ -159,7 +159,7 @@ class Checker:
     # -- sections --------------------------------------------------------------------------
 
     def build(self) -> Spec:
-        from .lang.graph import build_graph  # the node language; Jinja stays off the CLI's fast path
+        from .graph import build_graph  # the node language; Jinja stays off the CLI's fast path
 
         data = self.data
         self.check_keys((), data, TOP_KEYS)
@@ -185,7 +185,7 @@ class Checker:
             self.raise_errors()
         graph = build_graph(self, models, params, prompts_dir)
         budget = check_budget(self, data.get("budget"), models)
-        from .tuning.config import check_optimize
+        from ..tuning.config import check_optimize
 
         optimize = check_optimize(self, data.get("optimize"), graph, models)
         self.raise_errors()
@@ -201,7 +201,7 @@ class Checker:
             self.error(("models",), "no models declared", "declare at least `models: {strong: {model: local}}`")
         for role, conf in raw.items():
             where = ("models", role)
-            from .lang.nodes import path_like  # noqa: PLC0415 - with the rest of the language, below
+            from .nodes import path_like  # noqa: PLC0415 - with the rest of the language, below
 
             if path_like(str(role)):
                 self.error(where, f"model role {str(role)!r} is not a plain name",
@@ -263,7 +263,7 @@ class Checker:
         credential, any value shaped like a key, however deep) or in api_base (user:password@,
         a key in the query). Refused, not stripped: stripping would change what the server gets,
         and the key would stay in a file that gets shared. Messages never repeat the value."""
-        from .redact import credential_keys, register_key_env, url_credentials
+        from ..redact import credential_keys, register_key_env, url_credentials
 
         fix = "export the key in the environment and name its variable with api_key_env (sent as a Bearer token)"
         for path, why in credential_keys(conf.get("extra"), (*where, "extra")):

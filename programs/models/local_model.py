@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import CodecError, ModelCallError, ModelCrashed
+from ..errors import CodecError, ModelCallError, ModelCrashed
 
 LOCAL_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_THREADS = 8  # a 135M model gains little past this; more threads only contend

@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import SpecError
+from ..errors import SpecError
 from .yaml_lines import decode_utf8
 
 ROLES = ("system", "user", "assistant")

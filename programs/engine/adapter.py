@@ -16,9 +16,9 @@ import dspy
 from dspy.lm15 import Message, Response, TextPart, Usage
 from dspy.utils.exceptions import AdapterParseError
 
-from .hub import CURRENT_CALL, CallContext, ModelHub
-from .parsers import ParseError
-from .templates import StageTemplate
+from ..lang.parsers import ParseError
+from ..lang.templates import StageTemplate
+from ..models.hub import CURRENT_CALL, CallContext, ModelHub
 
 # The signature's instructions when neither the template nor the node has any: DSPy needs some,
 # and the template renders none (`{% if instructions %}` is false).

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import ModelCallError
+from ..errors import ModelCallError
+from ..lang.spec import ModelSpec
+from ..redact import register_key_env, safe_url
 from .local_model import LocalModel, local_model_path
-from .redact import register_key_env, safe_url
-from .spec import ModelSpec
 
 # provider prefix -> (default api_base, api key variable); servers run by the user need no key
 OPENAI_COMPATIBLE = {

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from .cache import CallCache, default_cache_dir
-from .hub import ModelHub
-from .lang.expressions import tree_references
-from .lang.nodes import JudgeNode, LLMNode
-from .pricing import model_price
-from .spec import Spec
+from ..lang.expressions import tree_references
+from ..lang.nodes import JudgeNode, LLMNode
+from ..lang.spec import Spec
+from ..models.cache import CallCache, default_cache_dir
+from ..models.hub import ModelHub
+from ..models.pricing import model_price
 
 EXPECTED_OUTPUT_SHARE = 0.25  # of max_tokens, for a node with no cached completion to measure
 PROMPTS_COUNTED = 256  # prompts tokenized per node and role: their mean stands for the rest (big runs walk fast)
@@ -148,8 +148,8 @@ class _Watch:
 
 def estimate(spec: Spec, options: Any, hub: ModelHub | None = None) -> Estimate:
     """Walk the spec against the cache (no model, nothing written) and estimate what it costs."""
-    from .engine.dryrun import dry_run
-    from .engine.llm import build_module
+    from .dryrun import dry_run
+    from .llm import build_module
 
     cache = None
     if hub is None:
@@ -198,7 +198,7 @@ def _filler(tokens: float) -> str:
 def _sample(node: LLMNode, spec: Spec, expected: dict[str, float]) -> dict[str, Any]:
     """Sample inputs for a node the walk did not reach: an input that reads a model node's output
     is as long as that node's expected answer; the others take `engine/llm.py`'s sample values."""
-    from .engine.llm import SAMPLE_VALUES
+    from .llm import SAMPLE_VALUES
 
     values: dict[str, Any] = {}
     for name, expr in node.inputs.items():

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import SpecError
-from .redact import redact_text
+from ..errors import SpecError
+from ..redact import redact_text
 
 ARTIFACTS = {
     "dataset": "dataset.jsonl",  # kept (instruction, response) pairs in chat format, with provenance

@@ -16,12 +16,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import CodecError, ModelCallError, ModelCrashed, ReplayMiss
+from ..lang.spec import ModelSpec
 from .backends import Backend, CallParams, build_backend
 from .budget import BudgetReached, BudgetTracker
 from .cache import CallCache, CallIdentity
-from .errors import CodecError, ModelCallError, ModelCrashed, ReplayMiss
 from .pricing import cost_of
-from .spec import ModelSpec
 
 STAT_KEYS = ("calls", "cache_hits", "failures", "retries", "truncated", "prompt_tokens", "completion_tokens")
 # A remote call may spend at most this many times its model's `timeout` waiting on the model, over
@@ -278,7 +278,7 @@ class ModelHub:
         return ("; ".join(changes) or "the sample slot (identical metadata entries) differs") + self._code_changed()
 
     def _code_changed(self) -> str:
-        from .manifest import code_sha
+        from ..artifacts.manifest import code_sha
 
         if self.recorded_code is None or self.recorded_code == code_sha():
             return ""

@@ -18,11 +18,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelCallError
+from ..errors import ModelCallError
 from .pricing import model_price
 
 if TYPE_CHECKING:
-    from .spec import Checker, ModelSpec
+    from ..lang.spec import Checker, ModelSpec
 
 LIMIT_KEYS = {"usd", "tokens"}
 BUDGET_KEYS = LIMIT_KEYS | {"per_model"}
