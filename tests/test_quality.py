@@ -12,14 +12,12 @@ from codeclm.programs.artifacts.quality import (
     coverage,
     distinct_n,
     judge_consistency,
-    lcs_length,
     pairwise_rouge,
     quality_metrics,
-    rouge_l,
     seed_closeness,
-    tokens,
 )
 from codeclm.programs.artifacts.rundata import Judged
+from codeclm.programs.lang.rouge import lcs_length, rouge_l, tokens
 
 
 def lcs_table(a: list[str], b: list[str]) -> int:

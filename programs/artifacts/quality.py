@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
@@ -43,6 +42,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from ..lang.rouge import rouge_l, tokens
 from .rundata import Judged, RunData
 
 NEAR_DUPLICATE = 0.7  # Self-Instruct drops a new instruction whose ROUGE-L to any kept one is >= 0.7
@@ -50,12 +50,6 @@ MAX_PAIRS = 20_000  # ROUGE-L comparisons per measure, at most (a deterministic 
 EMBED_CHUNK = 256  # texts embedded at once: the model's intermediates grow with it (2,048 took ~60 MB)
 SAMPLE_SEED = 0
 
-_TOKEN = re.compile(r"[^\W_]+")
-
-
-def tokens(text: str) -> list[str]:
-    """Lowercase runs of letters and digits: rouge-score's tokens on ASCII text."""
-    return _TOKEN.findall(text.lower())
 
 
 def distinct_n(texts: Iterable[str], n: int) -> float | None:
@@ -67,35 +61,6 @@ def distinct_n(texts: Iterable[str], n: int) -> float | None:
         total += len(grams)
         unique.update(grams)
     return len(unique) / total if total else None
-
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence, bit-parallel (Hyyrö 2004): one pass over b, with
-    a's positions as the bits of an integer. Same result as the quadratic table, far faster in Python."""
-    if not a or not b:
-        return 0
-    if len(a) < len(b):
-        a, b = b, a
-    masks: dict[str, int] = {}
-    for i, token in enumerate(a):
-        masks[token] = masks.get(token, 0) | (1 << i)
-    full = (1 << len(a)) - 1
-    v = full
-    for token in b:
-        u = v & masks.get(token, 0)
-        v = ((v + u) | (v - u)) & full
-    return len(a) - bin(v).count("1")
-
-
-def rouge_l(a: str | Sequence[str], b: str | Sequence[str]) -> float:
-    """ROUGE-L F-measure (beta = 1) of two texts or token lists; 0 when either is empty."""
-    ta = tokens(a) if isinstance(a, str) else a
-    tb = tokens(b) if isinstance(b, str) else b
-    lcs = lcs_length(ta, tb)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(tb), lcs / len(ta)
-    return 2 * precision * recall / (precision + recall)
 
 
 def _pair_at(index: int, n: int) -> tuple[int, int]:
