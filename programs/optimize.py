@@ -88,6 +88,7 @@ class OptimizeResult:
 
 def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) -> OptimizeResult:
     node = model_node(spec, options.stage)
+    path = program_path(spec, node, options)  # checked before any call: never a foreign file
     if options.optimizer not in OPTIMIZERS:
         raise SpecError(str(spec.path), f"unknown optimizer {options.optimizer!r}", hint=", ".join(OPTIMIZERS))
     for role in (options.teacher, options.reflection):
@@ -107,7 +108,7 @@ def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) 
         cache = CallCache(cache_dir, options.cache_mode)
         hub = ModelHub(spec.models, cache)
     try:
-        return _optimize(spec, node, options, metric, hub, train, val, held)
+        return _optimize(spec, node, options, metric, hub, train, val, held, path)
     finally:
         run_on_hub_loop(hub.aclose())
         if cache is not None:
@@ -115,7 +116,8 @@ def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) 
 
 
 def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: MetricSpec, hub: ModelHub,
-              train: list[dict[str, Any]], val: list[dict[str, Any]], held: list[dict[str, Any]]) -> OptimizeResult:
+              train: list[dict[str, Any]], val: list[dict[str, Any]], held: list[dict[str, Any]],
+              path: Path) -> OptimizeResult:
     template = TemplateStore(spec.prompts_dir).get(node.template)
     original = build_module(node, spec, hub)
     if options.optimizer != "gepa":
@@ -157,7 +159,6 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
     tuned.node.predict.set_lm(original.predict.lm)  # compile may reset the copy's LM
     after = _evaluate(tuned, held, score)
     calls_all = {k: v - calls_before.get(k, 0) for k, v in _calls(hub).items()}
-    path = options.out or Path("runs") / f"{spec.name}-optimize" / f"{node.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tuned.node.save(str(path))
     budget = {"max_metric_calls": options.max_metric_calls, "auto": options.auto, "demos": options.demos,
@@ -338,6 +339,25 @@ def program_prompt(path: Path) -> tuple[str, list[dict[str, Any]]]:
     state = json.loads(Path(path).read_text())["predict"]
     instructions = state.get("signature", {}).get("instructions", "")
     return ("" if instructions == NO_INSTRUCTIONS else instructions), list(state.get("demos", []))
+
+
+def program_path(spec: Spec, node: LLMNode, options: OptimizeOptions) -> Path:
+    """Where the tuned program goes; refused if a file there (or its scores table) is not one a
+    previous `codeclm optimize` wrote, so tuning never replaces a file of the user's."""
+    path = options.out or Path("runs") / f"{spec.name}-optimize" / f"{node.name}.json"
+    ours = _is_program_file(path)
+    for target in (path, path.with_suffix(".scores.txt")):
+        if (target.exists() or target.is_symlink()) and not ours:
+            raise SpecError(str(target), "exists and was not written by `codeclm optimize`: left as it is",
+                            hint="choose another --out, or move that file away")
+    return path
+
+
+def _is_program_file(path: Path) -> bool:
+    try:
+        return path.is_file() and "codeclm" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def model_node(spec: Spec, name: str) -> LLMNode:

@@ -452,3 +452,17 @@ def test_the_same_reflection_prompt_asked_again_is_a_new_sample_and_a_rerun_repl
     assert [lm2("Propose an instruction.")[0], lm2("Propose an instruction.")[0]] == ["first proposal",
                                                                                         "second proposal"]
     assert not again.calls and len(model.calls) == 2
+
+
+def test_optimize_never_writes_over_a_file_it_did_not_make(tmp_path, seeds_file):
+    """--out naming a user's file is refused before any model call, the file left as it was."""
+    from codeclm.cli import main
+
+    spec_path = write_spec(tmp_path, base_spec(seeds_file))
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"mine": true}\n')
+    result = CliRunner().invoke(main, ["optimize", str(spec_path), "encode", "--out", str(mine),
+                                       "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 2 and "was not written by `codeclm optimize`" in result.output, result.output
+    assert mine.read_text() == '{"mine": true}\n'
+    assert not (tmp_path / "cache").exists()  # refused before the cache was opened, let alone a model
