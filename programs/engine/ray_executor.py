@@ -363,11 +363,7 @@ class CoordinatedHub(ModelHub):
 
     def lookup(self, role: str, messages: list[dict[str, str]], params: dict[str, Any],
                ctx: CallContext) -> tuple[CallIdentity, dict[str, Any] | None]:
-        backend = self.backend(role)
-        identity = CallIdentity.of(backend.name, messages, params, ctx.slot)
-        ctx.calls.append({"stage": ctx.stage, "item": ctx.item, "model": backend.name, "key": identity.key,
-                          "params": dict(identity.params), "messages_sha": identity.parts["messages"]})
-        return identity, None
+        return self.record_call(self.backend(role), messages, params, ctx), None
 
     async def fetch(self, role: str, identity: CallIdentity, messages: list[dict[str, str]], params: dict[str, Any],
                     ctx: CallContext) -> dict[str, Any]:
@@ -504,12 +500,7 @@ class UnitEngine(Engine):
 
     async def run_unit(self, node: Node, record: Record) -> dict[str, Any]:
         self.spawn(self.process(node, record))
-        while self.tasks and self.error is None:
-            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_EXCEPTION)
-        if self.error is not None:
-            for task in self.tasks:
-                task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if not await self.drain():
             raise self.hub.fatal or self.error
         lazy = {name for name, n in self.graph.every.items() if isinstance(n, LLMNode) and n.lazy}
         return {"emitted": [(n, r) for n, r in self.outputs.emitted if n not in lazy],

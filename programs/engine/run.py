@@ -204,12 +204,7 @@ class Engine:
         for node in self.graph.nodes.values():
             if node.for_each is None or isinstance(node, DedupNode):
                 self.spawn(self.start(node))
-        while self.tasks and self.error is None:
-            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_EXCEPTION)
-        if self.error is not None:
-            for task in self.tasks:
-                task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if not await self.drain():
             if self.hub.fatal is None and isinstance(self.error, CodecError) and self.outputs.opened:
                 self.outputs.finish()  # the records that did finish (and their failures) say why it stopped
             raise self.hub.fatal or self.error
@@ -232,6 +227,17 @@ class Engine:
             return {"error": f"{type(exc).__name__}: {exc}"}
 
     # -- tasks -----------------------------------------------------------------------------------
+
+    async def drain(self) -> bool:
+        """Wait until every spawned task is done; on the first error, cancel the rest. True if none failed."""
+        while self.tasks and self.error is None:
+            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_EXCEPTION)
+        if self.error is None:
+            return True
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        return False
 
     def spawn(self, work: Any) -> None:
         """Run `work` as a task of this run: the first task that raises stops the run."""

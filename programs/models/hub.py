@@ -88,13 +88,20 @@ class ModelHub:
                 self._backends[role] = build_backend(self.models[role])
             return self._backends[role]
 
+    @staticmethod
+    def record_call(backend: Backend, messages: list[dict[str, str]], params: dict[str, Any],
+                    ctx: CallContext) -> CallIdentity:
+        """The call's identity, noted on the item (its provenance and the replay-miss diagnosis)."""
+        identity = CallIdentity.of(backend.name, messages, params, ctx.slot)
+        ctx.calls.append({"stage": ctx.stage, "item": ctx.item, "model": backend.name, "key": identity.key,
+                          "params": dict(identity.params), "messages_sha": identity.parts["messages"]})
+        return identity
+
     def lookup(self, role: str, messages: list[dict[str, str]], params: dict[str, Any],
                ctx: CallContext) -> tuple[CallIdentity, dict[str, Any] | None]:
         """Record the call on the item and read the cache; the entry, or None on a miss."""
         backend = self.backend(role)
-        identity = CallIdentity.of(backend.name, messages, params, ctx.slot)
-        ctx.calls.append({"stage": ctx.stage, "item": ctx.item, "model": backend.name, "key": identity.key,
-                          "params": dict(identity.params), "messages_sha": identity.parts["messages"]})
+        identity = self.record_call(backend, messages, params, ctx)
         entry = self.cache.get(identity.key)
         if self.on_lookup is not None:
             self.on_lookup(ctx.stage, role, messages, entry)
