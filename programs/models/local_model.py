@@ -202,10 +202,6 @@ class LocalWorker:
         tail = self._stderr.read()[-2000:].decode("utf-8", "replace").strip()
         return WorkerDied(returncode, tail)
 
-    @property
-    def pid(self) -> int:
-        return self._process.pid
-
     def close(self) -> None:
         if self._process.poll() is None:
             try:
@@ -279,10 +275,6 @@ class LocalModel:
             "  every finished call is cached: run the same command again to resume.\n"
             "  fix: if it recurs, run the models on a server instead (models.ROLE.model: hosted_vllm/NAME with "
             "api_base, or ollama/NAME; see the README's Models table)")
-
-    @property
-    def worker_pid(self) -> int | None:
-        return self._worker.pid if self._worker else None
 
     def close(self) -> None:
         with self._lock:
