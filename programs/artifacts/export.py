@@ -37,6 +37,7 @@ import yaml
 
 from ..errors import CodecError, SpecError
 from ..redact import redact_text
+from .quality import quality_metrics
 from .store import ARTIFACTS, write_atomic
 
 MARKER = ".codeclm-export"
@@ -297,13 +298,8 @@ def _file_sources(spec: dict[str, Any]) -> list[dict[str, Any]]:
 # -- the card -------------------------------------------------------------------------------------------
 
 
-def quality(run_dir: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-    """The run's data-quality metrics from programs.quality (when that module is there), else the manifest's."""
-    try:
-        from .quality import quality_metrics  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        recorded = manifest.get("quality")
-        return (recorded, None) if isinstance(recorded, dict) and recorded else (None, None)
+def quality(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The data-quality metrics of the run's files (quality.py), and a note if they could not be computed."""
     try:
         metrics = quality_metrics(run_dir)
     except Exception as exc:  # metrics are a courtesy of the card: never a reason not to ship the data
@@ -604,7 +600,7 @@ def export_run(run_dir: Path, dest: Path, options: ExportOptions) -> ExportResul
     earlier = check_dest(dest, run_dir, manifest)
     spec, sources, notes = pipeline_files(manifest)
     table, columns = data_table(rows)
-    metrics, note = quality(run_dir, manifest)
+    metrics, note = quality(run_dir)
     if note:
         notes.append(note)
     if manifest.get("stopped") == "budget":  # budget.py: the data so far, not what the spec makes

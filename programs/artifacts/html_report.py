@@ -57,9 +57,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
 
 
 def render(run: RunData) -> str:
-    recorded = run.manifest.get("quality")  # the run's own figures, unless they are not of these files
-    metrics = recorded if isinstance(recorded, dict) and recorded.get("kept") == len(run.kept) \
-        and "error" not in recorded else quality_metrics(run)
+    metrics = quality_metrics(run)
     name = (run.manifest.get("spec") or {}).get("name") or run.folder.resolve().name
     sections = [
         ("funnel", "Funnel", funnel_section(run)),

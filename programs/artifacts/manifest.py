@@ -47,8 +47,7 @@ def versions() -> dict[str, str | None]:
 
 
 def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[str, int], wall: float,
-                   progress: Progress, failure_reasons: dict[str, int] | None = None,
-                   quality: dict[str, Any] | None = None) -> dict[str, Any]:
+                   progress: Progress, failure_reasons: dict[str, int] | None = None) -> dict[str, Any]:
     store = TemplateStore(spec.prompts_dir)
     templates = {n.template: _sha(store.get(n.template).source) for n in spec.graph.model_nodes()}
     calls = hub.summary()
@@ -78,7 +77,6 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
         "calls": calls,
         "totals": totals,
         "wall_seconds": round(wall, 3),
-        **({"quality": quality} if quality is not None else {}),  # quality.py's metrics of the kept data
         **_budget(hub),
     })
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts.manifest import build_manifest
-from ..artifacts.quality import quality_metrics
 from ..artifacts.store import RunStore
 from ..errors import CodecError
 from ..lang.nodes import DedupNode, LLMNode, MixNode, Node, SourceNode
@@ -211,20 +210,13 @@ class Engine:
         if self.hub.fatal:
             raise self.hub.fatal
         counts = self.outputs.finish()
-        self.collected.clear()  # no node reads them any more: free them before the metrics load theirs
+        self.collected.clear()  # no node reads them any more
+        # The data-quality metrics are a report on the written data (`codeclm report`, `inspect`,
+        # the dataset card), not part of making it: a run does not load an embedding model for them.
         manifest = build_manifest(self.spec, self.options, self.hub, counts, time.time() - started, self.progress,
-                                  self.outputs.failure_reasons, self.quality())
+                                  self.outputs.failure_reasons)
         self.outputs.write_manifest(manifest)
         return RunResult(self.outputs.folder, counts, manifest, manifest["calls"])
-
-    def quality(self) -> dict[str, Any] | None:
-        """The data-quality metrics of what was written (quality.py); a metric that breaks never breaks the run."""
-        if self.outputs.folder is None:
-            return None
-        try:
-            return quality_metrics(self.outputs.folder)
-        except Exception as exc:  # noqa: BLE001 - the data is written; the metrics are a report on it
-            return {"error": f"{type(exc).__name__}: {exc}"}
 
     # -- tasks -----------------------------------------------------------------------------------
 
