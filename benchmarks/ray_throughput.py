@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                 row["same"] = Path(row["dataset"]).read_bytes() == reference
             config = Config(calls=args.calls, concurrency=args.concurrency, latency=args.latency, seeds="")
             roles = {model.split("/")[-1]: n for model, n in rows[0]["role_calls"].items()}
-            figures = {**rows[0], "role_calls": roles, "cpu_ms_per_call_no_quality": rows[0]["cpu_ms_per_call"]}
+            figures = {**rows[0], "role_calls": roles}
             floor = floor_figures(url, figures, config)  # only its floor_* figures are printed
     finally:
         server.kill()

@@ -203,20 +203,9 @@ def measure_one(config: Config) -> dict[str, Any]:
 
 def live_run(spec: Any, config: Config, seeds: Path, work: Path) -> dict[str, Any]:
     """The live run, timed (wall and this process's CPU), traced or profiled as the config says."""
-    from codeclm.programs.engine.run import Engine, RunOptions, run_spec
+    from codeclm.programs.engine.run import RunOptions, run_spec
 
     options = RunOptions(out=work / "live", cache_dir=work / "cache", seeds=seeds)
-    quality_cpu = [0.0]  # the data-quality metrics at the end of the run: a cost per run, not per call
-    metrics = Engine.quality
-
-    def timed_quality(engine: Any) -> Any:
-        started = time.process_time()
-        try:
-            return metrics(engine)
-        finally:
-            quality_cpu[0] += time.process_time() - started
-
-    Engine.quality = timed_quality  # type: ignore[method-assign]
     rss_before = rss_now_kib()
     profiler = cProfile.Profile() if config.profile else None
     if config.trace:
@@ -229,10 +218,7 @@ def live_run(spec: Any, config: Config, seeds: Path, work: Path) -> dict[str, An
         profiler.disable()
         profiler.dump_stats(config.profile)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    Engine.quality = metrics  # type: ignore[method-assign]
     figures = live_figures(live.manifest, live.out, config, wall, cpu, rss_before)
-    figures["quality_cpu_s"] = quality_cpu[0]
-    figures["cpu_ms_per_call_no_quality"] = 1000 * (cpu - quality_cpu[0]) / max(1, figures["calls"])
     if config.trace:
         figures["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
@@ -294,8 +280,7 @@ def floor_figures(url: str, figures: dict[str, Any], config: Config) -> dict[str
     calls = sum(per_role.values())
     floor_cpu = 1000 * cpu / max(1, calls)
     return {"floor_wall_s": wall, "wall_over_floor": figures["wall_s"] / wall, "floor_cpu_ms_per_call": floor_cpu,
-            "cpu_over_floor": figures["cpu_ms_per_call"] / floor_cpu if floor_cpu else 0.0,
-            "cpu_over_floor_no_quality": figures["cpu_ms_per_call_no_quality"] / floor_cpu if floor_cpu else 0.0}
+            "cpu_over_floor": figures["cpu_ms_per_call"] / floor_cpu if floor_cpu else 0.0}
 
 
 # -- the driver ------------------------------------------------------------------------------
@@ -339,9 +324,7 @@ COLUMNS = [  # (header, key, format)
     ("replay s", "replay_wall_s", "{:.2f}"), ("replay calls/s", "replay_calls_per_s", "{:.0f}"),
     ("replay same", "replay_identical", "{}"), ("floor wall s", "floor_wall_s", "{:.2f}"),
     ("wall/floor", "wall_over_floor", "{:.2f}"), ("floor cpu ms/call", "floor_cpu_ms_per_call", "{:.2f}"),
-    ("cpu/floor", "cpu_over_floor", "{:.2f}"), ("quality cpu s", "quality_cpu_s", "{:.2f}"),
-    ("cpu ms/call w/o quality", "cpu_ms_per_call_no_quality", "{:.2f}"),
-    ("cpu/floor w/o quality", "cpu_over_floor_no_quality", "{:.2f}"),
+    ("cpu/floor", "cpu_over_floor", "{:.2f}"),
 ]
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import SpecError
+from .expressions import Sandbox
 from .yaml_lines import decode_utf8
 
 ROLES = ("system", "user", "assistant")
@@ -43,10 +43,10 @@ class TemplateStore:
 
 
 @lru_cache(maxsize=64)
-def _environment(folder: str) -> ImmutableSandboxedEnvironment:
+def _environment(folder: str) -> Sandbox:
     """One sandbox per prompts folder, shared by every store of it: a template is compiled once per
     process (Jinja's cache recompiles it when its file changes), not once per node and per check."""
-    return ImmutableSandboxedEnvironment(
+    return Sandbox(
         loader=jinja2.FileSystemLoader(folder),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -222,8 +222,9 @@ class _WritableStore:
         try:
             # SQLite's memory for a cache file that grows with the run: no memory map (diskcache's
             # default maps 64 MiB of the file, resident once touched) and a 16 MiB page cache, so a
-            # 100k-call run holds no more than a 10k-call one
-            self.cache = diskcache.Cache(str(folder), size_limit=2**40, eviction_policy="none",
+            # 100k-call run holds no more than a 10k-call one. Nothing expires or is evicted, so a
+            # write skips diskcache's query for expired entries (cull_limit=0).
+            self.cache = diskcache.Cache(str(folder), size_limit=2**40, eviction_policy="none", cull_limit=0,
                                          sqlite_mmap_size=0, sqlite_cache_size=2**12)
         except sqlite3.OperationalError as exc:  # a locked, read-only or unopenable database
             if not os.access(folder, os.W_OK) or "readonly" in str(exc) or "unable to open" in str(exc):

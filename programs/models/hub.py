@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -225,7 +226,7 @@ class ModelHub:
         if spec.is_local:  # generation in a thread cannot be cancelled; a timeout would only leak it
             completion = await backend.complete(messages, params)
         else:
-            completion = await asyncio.wait_for(backend.complete(messages, params), max(timeout, 0.001))
+            completion = await _within(max(timeout, 0.001), backend.complete(messages, params))
         if backend.retry_empty and not completion.text.strip():
             raise ModelCallError(f"{backend.name}: empty completion", retryable=True)
         return completion
@@ -306,3 +307,12 @@ class ModelHub:
     async def aclose(self) -> None:
         for backend in self._backends.values():
             await backend.aclose()
+
+
+async def _within(seconds: float, call: Any) -> Any:
+    """Await `call`, raising asyncio.TimeoutError after `seconds`. From Python 3.11 a timeout scope,
+    which runs the call in the caller's task; wait_for wraps every call in a task of its own."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await call
+    return await asyncio.wait_for(call, seconds)
