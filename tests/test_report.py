@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from codeclm import cli
 from codeclm.programs.artifacts.html_report import render, write_report
 from codeclm.programs.artifacts.rundata import RunData
+from codeclm.programs.artifacts.store import MARKER
 from conftest import base_spec, write_spec
 from report_runs import JUDGE_XSS, XSS, hostile_run
 
@@ -62,6 +63,7 @@ def test_the_page_is_self_contained(hostile):
 def test_a_run_with_only_some_artifacts_still_reports(tmp_path):
     history = {"id": "n1.x", "status": "kept", "node": "writer", "iterations": [{"iteration": 1, "instruction": "Hi"}]}
     (tmp_path / "instructions.jsonl").write_text(json.dumps(history) + "\n" + "not json\n")
+    (tmp_path / MARKER).write_text("{}")  # a run that stopped early: its folder is marked, its manifest missing
     html = write_report(tmp_path).read_text()
     assert "Not in this run folder" in html and "manifest.json" in html and "pool.jsonl" in html
     assert "Per node" in html and "writer" in html
@@ -93,3 +95,17 @@ def test_run_writes_the_report_unless_told_not_to(tmp_path, seeds_file):
     assert f"report: {tmp_path / 'a' / 'report.html'}" in ran.output and (tmp_path / "a" / "report.html").is_file()
     assert skipped.exit_code == 0 and "report:" not in skipped.output
     assert not (tmp_path / "b" / "report.html").exists()
+
+
+def test_the_report_is_written_only_into_codeclms_own_folders(tmp_path):
+    """Files named like artifacts do not make a folder codeclm's: the report reads them, and is
+    written there only with --out."""
+    history = {"id": "n1.x", "status": "kept", "node": "writer", "iterations": [{"iteration": 1, "instruction": "Hi"}]}
+    (tmp_path / "instructions.jsonl").write_text(json.dumps(history) + "\n")
+    refused = CliRunner().invoke(cli.main, ["report", str(tmp_path)])
+    assert refused.exit_code == 2 and "not a folder codeclm wrote" in refused.output and "--out" in refused.output
+    assert "Traceback" not in refused.output and not (tmp_path / "report.html").exists()
+    page = tmp_path.parent / f"{tmp_path.name}-report.html"
+    done = CliRunner().invoke(cli.main, ["report", str(tmp_path), "--out", str(page)])
+    assert done.exit_code == 0, done.output
+    assert page.is_file() and not (tmp_path / "report.html").exists()

@@ -26,7 +26,7 @@ from . import charts
 from .charts import PALETTE
 from .quality import NEAR_DUPLICATE, quality_metrics, tokens
 from .rundata import RunData
-from .store import write_atomic
+from .store import is_own_run, write_atomic
 
 MAX_RECORDS = 5000  # records in the browser, at most (the page stays light enough to open)
 MAX_TEXT = 20_000  # characters of one text field in the browser (the artifact keeps it whole)
@@ -42,6 +42,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     if not Path(run_dir).is_dir() or not run.exists():
         raise SpecError(str(run_dir), "no run artifacts here: is this a folder `codeclm run` wrote?",
                         hint="pass a run folder, e.g. runs/demo")
+    if out is None and not is_own_run(Path(run_dir)):  # read anything, write only into codeclm's own folders
+        raise SpecError(str(run_dir), "not a folder codeclm wrote (no .codeclm-run marker or run manifest): "
+                        "the report is not written into it", hint="pass --out PATH for the report")
     path = Path(out) if out else Path(run_dir) / "report.html"
     if path.is_dir():
         path = path / "report.html"
