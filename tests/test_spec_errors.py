@@ -67,6 +67,23 @@ def test_the_base_spec_is_valid(tmp_path, spec_data):
     assert done.returncode == 0, done.stderr
 
 
+def test_inline_records_all_have_the_same_fields(tmp_path, spec_data):
+    """Inline records are YAML data of any shape, but a field one record lacks is refused at that
+    record's line (it would reach its prompts as None)."""
+    data = json.loads(json.dumps(spec_data))
+    source = next(n for n in data["nodes"].values() if n.get("type") == "source")
+    source.pop("path", None)
+    source.pop("fields", None)
+    source["records"] = [{"instruction": "Say hi.", "level": 3}, {"instruction": "Say bye.", "level": [1, 2]},
+                         {"level": 5}]
+    path = write_spec(tmp_path, data)
+    found = errors_of(path)
+    assert [e.message for e in found] == ["record 3 has no 'instruction', which other records have"]
+    assert found[0].line == line_of(path, "- level: 5")
+    done = cli("validate", str(path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "same fields" in done.stderr
+
+
 # -- YAML ----------------------------------------------------------------------------------
 
 BAD_INDENT = """\

@@ -339,11 +339,21 @@ class NodeReader:
                 self.checker.error((*where, "records"), "records must be a non-empty list of mappings")
                 records = []
             fields = {k: k for r in records for k in r if k != "id"}
+            self._same_fields(records, fields, (*where, "records"))
         if raw.get("id_field", "id") is not None and not isinstance(raw.get("id_field", "id"), str):
             self.checker.error((*where, "id_field"), "id_field must name the field holding a record's id (or null)")
         path = self.checker.relative(str(raw["path"])) if "path" in raw else None
         return SourceNode(**common, path=path, records=records, fields={str(k): str(v) for k, v in fields.items()},
                           id_field=raw.get("id_field", "id"))
+
+    def _same_fields(self, records: list[dict[str, Any]], fields: dict[str, str], where: Path_) -> None:
+        """Inline records are data of any YAML shape (text, numbers, lists), but each has every field:
+        a field one record lacks would reach its prompts as None."""
+        for i, record in enumerate(records):
+            missing = [name for name in fields if name not in record]
+            if missing:
+                self.checker.error((*where, i), f"record {i + 1} has no {', '.join(map(repr, missing))}, "
+                                   "which other records have", hint="give every inline record the same fields")
 
     def read_llm(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
         return LLMNode(**common, **self._llm_keys(raw, where))
