@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from ..errors import SpecError
 from ..redact import redact_text
+from .spill import OrderedSpill
 
 ARTIFACTS = {
     "dataset": "dataset.jsonl",  # kept (instruction, response) pairs in chat format, with provenance
@@ -130,7 +131,7 @@ class RunStore:
         self._claimed = False
         self._written: set[str] = set()
         self._journals: dict[str, TextIO] = {}
-        self._index: dict[str, list[tuple[tuple, int]]] = {}
+        self._index: dict[str, OrderedSpill] = {}  # each journal's line offsets, under the lines' orders
 
     def claim(self) -> None:
         """Make the folder ours before the first write: checked again (it may have changed since),
@@ -173,13 +174,13 @@ class RunStore:
     def open_journal(self, artifact: str) -> None:
         self.claim()
         self._journals[artifact] = self.journal_path(artifact).open("w", encoding="utf-8")  # a rerun rebuilds it
-        self._index[artifact] = []
+        self._index[artifact] = OrderedSpill()
 
     def append(self, artifact: str, order: tuple, record: dict[str, Any]) -> None:
-        """One finished record; `order` is its place in the final file (only keys stay in memory); the
-        orders of one artifact must compare with each other (tuples of ints, say)."""
+        """One finished record; `order` is its place in the final file (a tuple of ints and strings, kept
+        with the line's offset on disk, not in memory); the orders of one artifact must compare with each other."""
         handle = self._journals[artifact]
-        self._index[artifact].append((order, handle.tell()))
+        self._index[artifact].add(order, handle.tell())
         handle.write(dumps(record) + "\n")
         handle.flush()
 
@@ -188,14 +189,14 @@ class RunStore:
         lines = {}
         for artifact, handle in self._journals.items():
             handle.close()
-            index = sorted(self._index.pop(artifact), key=lambda entry: entry[0])
-            self._index[artifact] = []  # one entry per line: freed now, not kept through the end of the run
+            index = self._index.pop(artifact)
             with self.journal_path(artifact).open("rb") as source, self._atomic_lines(artifact) as target:
-                for _, offset in index:
-                    source.seek(offset)
+                for offset in index.in_order():
+                    source.seek(int(offset))
                     target.write(source.readline().decode("utf-8"))
             self.journal_path(artifact).unlink()
             lines[artifact] = len(index)
+            index.close()
         return lines
 
     def _atomic_lines(self, artifact: str) -> _AtomicFile:

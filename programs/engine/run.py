@@ -15,10 +15,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from ..models.budget import BudgetTracker
 from ..models.bundle import recorded_calls
 from ..models.cache import CallCache, default_cache_dir
 from ..models.hub import ModelHub
+from .drawn import DrawnCollection
 from .llm import build_modules
 from .nodes import NodeRunner
 from .outputs import OutputWriter
@@ -110,8 +110,8 @@ async def opened_hub(spec: Spec, cache_dir: Path | None, cache_mode: str, concur
 
 def slim_fields(graph: Any) -> dict[str, set[str]]:
     """Collections whose readers only draw fields from them (mixes, a dedup's `against`): the
-    fields read. Their records are kept as just those values (no lineage, no calls), which is all
-    a draw reads, so a collection of 100k encodings costs little. A dedup's own records stay whole."""
+    fields read. Their records are kept on disk as just those values (no lineage, no calls), which
+    is all a draw reads, so a collection of 100k encodings costs little. A dedup's own records stay whole."""
     whole = {n.for_each for n in graph.every.values() if isinstance(n, DedupNode)}
     fields: dict[str, set[str]] = {}
     for node in graph.every.values():
@@ -124,30 +124,6 @@ def slim_fields(graph: Any) -> dict[str, set[str]]:
             for other, field_name in node.against:
                 fields.setdefault(other, set()).add(field_name)
     return {name: wanted for name, wanted in fields.items() if name not in whole}
-
-
-def slimmed(record: Record, wanted: set[str]) -> Record:
-    """The record as a draw sees it: its id, order, sources, slot and the wanted fields (each the
-    nearest value on its lineage, as `field_of` reads it)."""
-    values = {}
-    for name in wanted:
-        found = next((r.values[name] for r in record.lineage() if name in r.values), _ABSENT)
-        if found is not _ABSENT:
-            values[name] = _interned(found)
-    return Record(record.id, record.node, values, order=record.order, sources=record.sources, slot=record.slot,
-                  status=record.status)
-
-
-_ABSENT = object()
-
-
-def _interned(value: Any) -> Any:
-    """Text (and lists of text) shared with equal values: skills and use cases repeat across records."""
-    if isinstance(value, str):
-        return sys.intern(value)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return [sys.intern(v) for v in value]
-    return value
 
 
 class _Ticket:
@@ -196,8 +172,9 @@ class Engine:
         self.outputs = OutputWriter(spec, store)
         self.nodes = NodeRunner(spec, hub, build_modules(spec, hub), self.progress, options, observe, self.join)
         self.collections = {c for n in self.graph.every.values() for c in n.collections}
-        self.collected: dict[str, list[Record]] = {name: [] for name in self.collections}
         self.slim = slim_fields(self.graph)
+        self.collected: dict[str, list[Record] | DrawnCollection] = {
+            name: DrawnCollection(self.slim[name]) if name in self.slim else [] for name in self.collections}
         self.failed: Counter = Counter()
         self.first_failure: dict[str, str] = {}
         self.done = {name: asyncio.Event() for name in self.graph.nodes}
@@ -222,7 +199,7 @@ class Engine:
         if self.hub.fatal:
             raise self.hub.fatal
         counts = self.outputs.finish()
-        self.collected.clear()  # no node reads them any more
+        self.close_collections()  # no node reads them any more
         # The data-quality metrics are a report on the written data (`codeclm report`, `inspect`,
         # the dataset card), not part of making it: a run does not load an embedding model for them.
         manifest = build_manifest(self.spec, self.options, self.hub, counts, time.time() - started, self.progress,
@@ -285,9 +262,18 @@ class Engine:
         self.done[node.name].set()
         self.settle_children(node.name)
 
-    def records_of(self, name: str) -> list[Record]:
+    def records_of(self, name: str) -> Sequence[Record]:
         """A whole collection, in its records' stable order (never the order they finished in)."""
-        return sorted(self.collected[name], key=lambda r: r.order)
+        collected = self.collected[name]
+        if isinstance(collected, DrawnCollection):
+            return collected.in_order()
+        return sorted(collected, key=lambda r: r.order)
+
+    def close_collections(self) -> None:
+        for collected in self.collected.values():
+            if isinstance(collected, DrawnCollection):
+                collected.close()
+        self.collected.clear()
 
     def explain_empty(self, name: str) -> str | None:
         """Why a collection is empty: its node's failures (the run stops with the first of them)."""
@@ -307,8 +293,7 @@ class Engine:
             self.first_failure.setdefault(node.name, str((record.failure or {}).get("error")))
             return
         if node.name in self.collections:
-            self.collected[node.name].append(slimmed(record, self.slim[node.name])
-                                             if node.name in self.slim else record)
+            self.collected[node.name].append(record)  # a DrawnCollection keeps what draws read
         for child in self.graph.children.get(node.name, []):
             target = self.graph.every[child]
             if isinstance(target, DedupNode) or (isinstance(target, LLMNode) and target.lazy):
