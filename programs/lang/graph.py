@@ -34,9 +34,11 @@ from .nodes import (
     Node,
     NodeReader,
     Output,
+    RoundsNode,
     SwitchNode,
 )
 from .parsing import PARSERS
+from .rounds import unroll
 from .templates import StageTemplate, TemplateMissing, TemplateStore
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ class Graph:
     every: dict[str, Node] = field(default_factory=dict)  # every node, loop bodies included
     children: dict[str, list[str]] = field(default_factory=dict)  # node -> nodes that run per its record
     joins: dict[str, dict[str, str]] = field(default_factory=dict)  # node or output -> {join node: anchor}
+    rounds: dict[str, RoundsNode] = field(default_factory=dict)  # rounds nodes, unrolled into `nodes`
 
     def lineage(self, name: str) -> list[str]:
         """The nodes whose records a record of `name` descends from, nearest first (itself included)."""
@@ -91,9 +94,30 @@ def build_graph(checker: Checker, models: dict[str, ModelSpec], params: dict[str
     if not raw_outputs:
         checker.error(("outputs",), "no outputs declared", "e.g. outputs: {dataset: {from: NODE, fields: {...}}}")
     outputs = {str(k): o for k, v in raw_outputs.items() if (o := reader.read_output(str(k), v, ("outputs", k)))}
-    graph = Graph(nodes, outputs, params)
+    nodes, rounds = unroll(checker, nodes, outputs, lambda node: _rounds_count(checker, node, params))
+    graph = Graph(nodes, outputs, params, rounds=rounds)
     _GraphCheck(checker, graph, models, prompts).run()
     return graph
+
+
+def _rounds_count(checker: Checker, node: RoundsNode, params: dict[str, Any]) -> int:
+    """How many rounds: static, since each is unrolled into nodes before anything runs (0 on a problem)."""
+    where = (*node.where, "count")
+    if any(r.root != "params" for r in tree_references(node.count)):
+        checker.error(where, f"rounds '{node.name}' count may read only params (the rounds are unrolled before "
+                      "the run)", "e.g. count: params.rounds")
+        return 0
+    try:
+        count = evaluate_value(node.count, {"params": params})
+    except (jinja2.UndefinedError, TypeError, ValueError, ZeroDivisionError) as exc:
+        checker.error(where, f"rounds '{node.name}' count: {exc}")
+        return 0
+    problem = _static_problem("count", count) or _too_large("rounds", count)
+    if problem:
+        checker.error(where, f"rounds '{node.name}' count {problem}, got {count!r}",
+                      "each round is a copy of the body's nodes: split a longer job into several runs")
+        return 0
+    return count
 
 
 class _GraphCheck:
@@ -239,10 +263,10 @@ class _GraphCheck:
             self.check_collection(node, collection)
         if isinstance(node, MixNode):
             for name, draw in node.draws.items():
-                target = graph.every.get(draw.node)
-                if target and draw.field not in self.lineage_fields(draw.node):
-                    self.error((*node.where, "fields", name), f"mix field '{name}' draws {draw.node}.{draw.field}, "
-                               f"but records of '{draw.node}' have {', '.join(self.lineage_fields(draw.node))}")
+                for drawn in draw.nodes:
+                    if drawn in graph.every and draw.field not in self.lineage_fields(drawn):
+                        self.error((*node.where, "fields", name), f"mix field '{name}' draws {drawn}.{draw.field}, "
+                                   f"but records of '{drawn}' have {', '.join(self.lineage_fields(drawn))}")
         if isinstance(node, DedupNode):
             for other, field_name in node.against:
                 target = graph.every.get(other)
@@ -391,7 +415,8 @@ class _GraphCheck:
     def check_params_read(self) -> None:
         """A param no expression reads is a typo or a leftover: it would change nothing."""
         graph = self.graph
-        read = {r.field for n in graph.every.values() for _, r in n.references() if r.root == "params"}
+        nodes = [*graph.every.values(), *graph.rounds.values()]  # a rounds count is read before it unrolls
+        read = {r.field for n in nodes for _, r in n.references() if r.root == "params"}
         read |= {r.field for o in graph.outputs.values() for _, r in o.references() if r.root == "params"}
         for name in graph.params:
             if name not in read:
@@ -481,8 +506,9 @@ class _Stop(Exception):
 
 
 # The most a count may be: above these a run would allocate without bound (a mix's records, a
-# loop's iterations, an explode's records per record), so they are refused before anything runs.
-MAX_STATIC = {"count": 1_000_000, "max": 1_000, "explode.limit": 1_000}
+# loop's iterations, an explode's records per record), so they are refused before anything runs;
+# rounds, because each is a copy of its body's nodes, which every command checks.
+MAX_STATIC = {"count": 1_000_000, "max": 1_000, "explode.limit": 1_000, "rounds": 100}
 
 
 def _too_large(key: str, value: Any) -> str | None:
