@@ -165,7 +165,7 @@ class _GraphCheck:
             parent = graph.every.get(node.for_each)
             if parent is None or parent.loop:
                 self.error((*node.where, "for_each"), f"for_each names {node.for_each!r}, which is not a "
-                           "top-level node", f"nodes: {', '.join(graph.nodes)}")
+                           "top-level node", self.rounds_hint(node.for_each) or f"nodes: {', '.join(graph.nodes)}")
                 continue
             graph.children.setdefault(node.for_each, []).append(node.name)
 

@@ -37,7 +37,7 @@ def unroll(checker: Checker, nodes: dict[str, Node], outputs: dict[str, Output],
     for node in rounds.values():
         names = [b.name for b in _walk(node.body.values())]
         node.copies = [{name: f"{name}_{i}" for name in names} for i in range(1, count_of(node) + 1)]
-    kept = {name: [copy[node.keep] for copy in node.copies] for name, node in rounds.items()}
+    kept = {name: [copy[node.keep] for copy in node.copies if node.keep in copy] for name, node in rounds.items()}
     flat: dict[str, Node] = {}
     for node in nodes.values():
         if isinstance(node, RoundsNode):
@@ -94,7 +94,7 @@ class _Round:
         copied.loop = self.names.get(node.loop, node.loop) if node.loop else None
         if self.rounds:
             copied.unrolled = (self.rounds.name, self.index)
-        copied.for_each = self.for_each(node)
+        copied.for_each = self.names.get(node.for_each, node.for_each) if node.for_each else None
         if isinstance(copied, MixNode):
             copied.sources = self.expand(copied.sources)
             if self.rounds:
@@ -109,14 +109,6 @@ class _Round:
         if isinstance(copied, LoopNode):
             copied.body = {self.names.get(k, k): self.copy(v) for k, v in node.body.items()}
         return copied
-
-    def for_each(self, node: Node) -> str | None:
-        if node.for_each in self.collections:
-            what = "the earlier rounds' records" if node.for_each == POOL and self.rounds else \
-                f"rounds '{node.for_each}', whose records come from every round"
-            self.checker.error((*node.where, "for_each"), f"for_each names {what}: a node runs per record of "
-                               "one node", "put the node in the rounds body: it then runs in every round")
-        return self.names.get(node.for_each, node.for_each) if node.for_each else None
 
     def expand(self, names: list[str]) -> list[str]:
         """Collections read whole: a rounds node (or `pool`) is the keep copies it stands for."""
