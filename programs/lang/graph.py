@@ -94,30 +94,45 @@ def build_graph(checker: Checker, models: dict[str, ModelSpec], params: dict[str
     if not raw_outputs:
         checker.error(("outputs",), "no outputs declared", "e.g. outputs: {dataset: {from: NODE, fields: {...}}}")
     outputs = {str(k): o for k, v in raw_outputs.items() if (o := reader.read_output(str(k), v, ("outputs", k)))}
-    nodes, rounds = unroll(checker, nodes, outputs, lambda node: _rounds_count(checker, node, params))
+
+    def rounds_count(node: RoundsNode) -> int:
+        """How many rounds (0 on a problem): static, since each round is a copy of the body made now."""
+        return static_value(checker, params, node, "count", node.count, "count", limit="rounds") or 0
+
+    nodes, rounds = unroll(checker, nodes, outputs, rounds_count)
     graph = Graph(nodes, outputs, params, rounds=rounds)
     _GraphCheck(checker, graph, models, prompts).run()
     return graph
 
 
-def _rounds_count(checker: Checker, node: RoundsNode, params: dict[str, Any]) -> int:
-    """How many rounds: static, since each is unrolled into nodes before anything runs (0 on a problem)."""
-    where = (*node.where, "count")
-    if any(r.root != "params" for r in tree_references(node.count)):
-        checker.error(where, f"rounds '{node.name}' count may read only params (the rounds are unrolled before "
-                      "the run)", "e.g. count: params.rounds")
-        return 0
+def static_value(checker: Checker, params: dict[str, Any], node: Node, key: str, value: Any, kind: str,
+                 limit: str | None = None) -> Any:
+    """A value that reads only params (a count, a scale), computed now and checked, since the run
+    relies on it before any record exists; None, reported, when it is not what it must be. `limit`
+    names its MAX_STATIC entry (default: the key). A bad value of a param is reported at its line."""
+    where = (*node.where, key.split(".")[0])
+    refs = tree_references(value)
+    if any(r.root != "params" for r in refs):
+        checker.error(where, f"node '{node.name}' {key} may read only params", "it is computed before the run")
+        return None
     try:
-        count = evaluate_value(node.count, {"params": params})
+        result = evaluate_value(value, {"params": params})
     except (jinja2.UndefinedError, TypeError, ValueError, ZeroDivisionError) as exc:
-        checker.error(where, f"rounds '{node.name}' count: {exc}")
-        return 0
-    problem = _static_problem("count", count) or _too_large("rounds", count)
-    if problem:
-        checker.error(where, f"rounds '{node.name}' count {problem}, got {count!r}",
-                      "each round is a copy of the body's nodes: split a longer job into several runs")
-        return 0
-    return count
+        checker.error(where, f"node '{node.name}' {key}: {exc}")
+        return None
+    too_large = _too_large(limit or key, result)
+    problem = _static_problem(kind, result) or too_large
+    if not problem:
+        return result
+    hint = None if problem != too_large else (
+        "these are records, iterations or rounds made per run or per record, each held while it is worked on: "
+        "lower it, or split the job into several runs (the cache shares their calls)")
+    if refs and isinstance(value, Expression) and value.source.strip() == f"params.{refs[0].field}":
+        checker.error(("params", refs[0].field), f"params.{refs[0].field} {problem} (node '{node.name}' {key}), "
+                      f"got {result!r}", hint)
+    else:
+        checker.error(where, f"node '{node.name}' {key} {problem}, got {result!r}", hint)
+    return None
 
 
 class _GraphCheck:
@@ -407,28 +422,7 @@ class _GraphCheck:
         if isinstance(node, LLMNode) and node.explode and node.explode.limit is not None:
             wanted.append(("explode.limit", node.explode.limit, "count"))
         for key, value, kind in wanted:
-            refs = tree_references(value)
-            if any(r.root != "params" for r in refs):
-                self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key} may read only params")
-                continue
-            try:
-                result = self.graph.static(value)
-            except (jinja2.UndefinedError, TypeError, ValueError, ZeroDivisionError) as exc:
-                self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key}: {exc}")
-                continue
-            too_large = _too_large(key, result)
-            problem = _static_problem(kind, result) or too_large
-            if not problem:
-                continue
-            hint = None if problem != too_large else (
-                "these are records or iterations made per run or per record, each held while it is worked on: "
-                "lower it, or split the job into several runs (the cache shares their calls)")
-            if refs and isinstance(value, Expression) and value.source.strip() == f"params.{refs[0].field}":
-                self.error(("params", refs[0].field), f"params.{refs[0].field} {problem} (node '{node.name}' {key}), "
-                           f"got {result!r}", hint)
-            else:
-                self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key} {problem}, got {result!r}",
-                           hint)
+            static_value(self.checker, self.graph.params, node, key, value, kind)
 
     # -- whole-graph checks -----------------------------------------------------------------------
 

@@ -42,8 +42,9 @@ def unroll(checker: Checker, nodes: dict[str, Node], outputs: dict[str, Output],
     for node in nodes.values():
         if isinstance(node, RoundsNode):
             for index in range(1, len(node.copies) + 1):
-                for body in _Round(checker, node, index, kept).copies():
-                    _add(checker, flat, body)
+                copier = _Round(checker, node, index, kept)
+                for body in node.body.values():
+                    _add(checker, flat, copier.copy(body))
         else:
             _add(checker, flat, _Round(checker, None, 0, kept).copy(node))
     for output in outputs.values():
@@ -62,6 +63,7 @@ def _output_sources(source: str, rounds: dict[str, RoundsNode], kept: dict[str, 
 
 
 def _add(checker: Checker, flat: dict[str, Node], node: Node) -> None:
+    """A node of the unrolled graph, whose name must still be unique once the copies are named."""
     if node.name in flat:
         checker.error(node.where, f"two nodes are named '{node.name}'", "names are unique, loop bodies and the "
                       "copies of rounds bodies included (round N of body node NAME is NAME_N): rename one")
@@ -70,8 +72,8 @@ def _add(checker: Checker, flat: dict[str, Node], node: Node) -> None:
 
 
 class _Round:
-    """Copies one round of a rounds body (or, with no rounds node, a node outside every body, whose
-    collections may name a rounds node)."""
+    """Copies the nodes of one round of a rounds body; with no rounds node, copies a node outside
+    every body, whose collections may name a rounds node (every round's keep copies)."""
 
     def __init__(self, checker: Checker, rounds: RoundsNode | None, index: int, kept: dict[str, list[str]]):
         self.checker, self.rounds, self.index = checker, rounds, index
@@ -82,10 +84,6 @@ class _Round:
             count = len(rounds.copies)
             self.collections[POOL] = kept[rounds.name][:index - 1]
             self.constants["round"] = {"index": index, "first": index == 1, "last": index == count, "count": count}
-
-    def copies(self) -> list[Node]:
-        assert self.rounds is not None
-        return [self.copy(node) for node in self.rounds.body.values()]
 
     def copy(self, node: Node) -> Node:
         """The node for this round: every expression renamed, every name it reads as a node replaced."""
@@ -100,8 +98,8 @@ class _Round:
             if self.rounds:
                 copied.id_prefix = f"r{self.index}{copied.id_prefix}"  # rounds never share ids
             for field_name, draw in copied.draws.items():
-                draw.nodes = self.expand(draw.nodes)
-                if draw.kind == "choice" and not draw.nodes:
+                from_pool, draw.nodes = POOL in draw.nodes, self.expand(draw.nodes)
+                if draw.kind == "choice" and from_pool and not draw.nodes:
                     self.checker.error((*node.where, "fields", field_name), f"mix field '{field_name}' chooses from "
                                        "pool, which is empty in round 1", "sample from it (round 1 gets [])")
         if isinstance(copied, DedupNode):
