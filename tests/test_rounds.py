@@ -109,6 +109,16 @@ def test_renaming_leaves_quoted_text_attributes_and_the_round_helper_alone():
     assert renamed(same, {"generate": "generate_2"}, constants) is same
 
 
+def test_render_and_optimize_name_a_round_s_copy(tmp_path):
+    from codeclm.programs.optimize import model_node
+
+    spec = load_spec(write(tmp_path))
+    assert model_node(spec, "generate_2") is spec.graph.nodes["generate_2"]
+    with pytest.raises(SpecError) as caught:
+        model_node(spec, "generate")
+    assert "copies it per round as generate_1 to generate_3" in caught.value.hint
+
+
 def test_graph_shows_the_rounds_and_each_pool(tmp_path):
     done = subprocess.run([sys.executable, "-m", "codeclm.cli", "graph", str(write(tmp_path))], capture_output=True,
                           text=True, cwd=REPO, timeout=60)

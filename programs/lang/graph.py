@@ -75,6 +75,26 @@ class Graph:
     def model_nodes(self) -> list[LLMNode]:
         return [n for n in self.every.values() if isinstance(n, LLMNode)]
 
+    def rounds_hint(self, name: str) -> str | None:
+        """The fix for a name that is not a node but means something near a rounds node."""
+        if name == "pool":
+            return ("pool is what earlier rounds kept, read whole: in a rounds body, in a mix's from and fields "
+                    "or a dedup's against")
+        if name == "round":
+            return "in a rounds body: round.index (from 1), round.first, round.last, round.count"
+        root, _, body = name.partition(".")
+        if body and root in self.rounds:
+            return f"{root}.NODE is every round's copy of body node NODE: {', '.join(self.rounds[root].body)}"
+        if name in self.rounds:
+            return (f"'{name}' is a rounds node, whose records come from every round: read them whole (a mix, a "
+                    "dedup's against, an output's from), or per record in its body")
+        for rounds in self.rounds.values():
+            if rounds.copies and name in rounds.copies[0]:
+                return (f"'{name}' is in the body of rounds '{rounds.name}', which copies it per round as "
+                        f"{name}_1 to {name}_{len(rounds.copies)}: name a copy, or in an output read its values "
+                        "as lineage.FIELD")
+        return None
+
     def static(self, value: Any) -> Any:
         """The value of an expression that reads only params (counts, scales); raises otherwise."""
         return evaluate_value(value, {"params": self.params})
@@ -180,7 +200,8 @@ class _GraphCheck:
             parent = graph.every.get(node.for_each)
             if parent is None or parent.loop:
                 self.error((*node.where, "for_each"), f"for_each names {node.for_each!r}, which is not a "
-                           "top-level node", self.rounds_hint(node.for_each) or f"nodes: {', '.join(graph.nodes)}")
+                           "top-level node",
+                           graph.rounds_hint(node.for_each) or f"nodes: {', '.join(graph.nodes)}")
                 continue
             graph.children.setdefault(node.for_each, []).append(node.name)
 
@@ -237,7 +258,7 @@ class _GraphCheck:
             return
         if ref.root not in graph.every:
             self.error(where, f"{context} reads '{ref.root}', which is not a node nor params/state/loop/record",
-                       self.rounds_hint(ref.root) or f"visible here: {', '.join(sorted(visible)) or 'params only'}")
+                       graph.rounds_hint(ref.root) or f"visible here: {', '.join(sorted(visible)) or 'params only'}")
             return
         if ref.root not in visible:
             self.error(where, f"{context} reads '{ref.root}', which is not an ancestor of '{owner}' "
@@ -251,25 +272,6 @@ class _GraphCheck:
                        f"fields of {ref.root}: {', '.join([*target.outputs(), *VIRTUAL_FIELDS])}")
         if visible[ref.root] == "join":
             joins[ref.root] = target.for_each or ""
-
-    def rounds_hint(self, name: str) -> str | None:
-        """The fix for a name that is not a node but means something near a rounds node."""
-        if name == "pool":
-            return ("pool is what earlier rounds kept, read whole: in a rounds body, in a mix's from and fields "
-                    "or a dedup's against")
-        if name == "round":
-            return "in a rounds body: round.index (from 1), round.first, round.last, round.count"
-        root, _, body = name.partition(".")
-        if body and root in self.graph.rounds:
-            return f"{root}.NODE is every round's copy of body node NODE: {', '.join(self.graph.rounds[root].body)}"
-        if name in self.graph.rounds:
-            return (f"'{name}' is a rounds node, whose records come from every round: read them whole (a mix, a "
-                    "dedup's against, an output's from), or per record in its body")
-        for rounds in self.graph.rounds.values():
-            if rounds.copies and name in rounds.copies[0]:
-                return (f"'{name}' is in the body of rounds '{rounds.name}', which copies it per round as "
-                        f"{name}_1 to {name}_{len(rounds.copies)}; an output reads its values as lineage.FIELD")
-        return None
 
     def state_keys(self, node: Node) -> set[str]:
         loops = [self.graph.every[node.loop]] if node.loop else self.graph.loops_on(node.name)
@@ -322,7 +324,7 @@ class _GraphCheck:
         target = graph.every.get(collection)
         if target is None:
             self.error(node.where, f"node '{node.name}' reads all of {collection!r}, which is not a node",
-                       self.rounds_hint(collection) or f"nodes: {', '.join(graph.nodes)}")
+                       graph.rounds_hint(collection) or f"nodes: {', '.join(graph.nodes)}")
         elif target.loop:
             self.error(node.where, f"node '{node.name}' reads all of '{collection}', which is inside a loop body")
         elif node.name in graph.lineage(collection):
@@ -336,7 +338,7 @@ class _GraphCheck:
             source = graph.every.get(name)
             if source is None or source.loop:
                 self.error((*output.where_path, "from"), f"output '{output.name}' reads {name!r}, which is not "
-                           "a top-level node", self.rounds_hint(name) or
+                           "a top-level node", graph.rounds_hint(name) or
                            f"nodes: {', '.join(graph.nodes)}")
                 continue
             visible = self.visible(source, upto_self=True)
