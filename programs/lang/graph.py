@@ -25,6 +25,7 @@ from .expressions import Expression, ExpressionError, check_sandbox, evaluate_va
 from .nodes import (
     LOOP_FIELDS,
     RECORD_FIELDS,
+    ROUND_FIELDS,
     VIRTUAL_FIELDS,
     DedupNode,
     JudgeNode,
@@ -81,7 +82,7 @@ class Graph:
             return ("pool is what earlier rounds kept, read whole: in a rounds body, in a mix's from and fields "
                     "or a dedup's against")
         if name == "round":
-            return "in a rounds body: round.index (from 1), round.first, round.last, round.count"
+            return "in a rounds body: " + ", ".join(f"round.{name}" for name in ROUND_FIELDS) + " (index from 1)"
         root, _, body = name.partition(".")
         if body and root in self.rounds:
             return f"{root}.NODE is every round's copy of body node NODE: {', '.join(self.rounds[root].body)}"

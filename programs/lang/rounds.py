@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .expressions import Expression, renamed
-from .nodes import DedupNode, LoopNode, MixNode, Node, Output, RoundsNode
+from .nodes import ROUND_FIELDS, DedupNode, LoopNode, MixNode, Node, Output, RoundsNode
 
 if TYPE_CHECKING:
     from .spec import Checker
@@ -83,7 +83,7 @@ class _Round:
         if rounds:
             count = len(rounds.copies)
             self.collections[POOL] = kept[rounds.name][:index - 1]
-            self.constants["round"] = {"index": index, "first": index == 1, "last": index == count, "count": count}
+            self.constants["round"] = dict(zip(ROUND_FIELDS, (index, index == 1, index == count, count), strict=True))
 
     def copy(self, node: Node) -> Node:
         """The node for this round: every expression renamed, every name it reads as a node replaced."""

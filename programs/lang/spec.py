@@ -87,7 +87,8 @@ def _distinct(errors: list[SpecError]) -> list[SpecError]:
     seen: set[tuple[Any, ...]] = set()
     distinct = []
     for error in errors:
-        key = (error.file, error.line, error.hint, re.sub(r"(?<=\w)_\d+\b", "_N", error.message))
+        key = (error.file, error.line, *(re.sub(r"(?<=\w)_\d+\b", "_N", text or "") for text in (error.message,
+                                                                                                  error.hint)))
         if key not in seen:
             seen.add(key)
             distinct.append(error)
