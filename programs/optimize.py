@@ -365,7 +365,8 @@ def model_node(spec: Spec, name: str) -> LLMNode:
     node = spec.graph.every.get(name)
     if not isinstance(node, LLMNode):
         names = [n.name for n in spec.graph.model_nodes()]
-        raise SpecError(str(spec.path), f"no llm node named '{name}'", hint=f"llm nodes: {', '.join(names)}")
+        raise SpecError(str(spec.path), f"no llm node named '{name}'",
+                        hint=spec.graph.rounds_hint(name) or f"llm nodes: {', '.join(names)}")
     return node
 
 

@@ -373,8 +373,8 @@ def test_the_shipped_pipelines_broken_stop_before_any_call(tmp_path, seeds_file,
         else:  # the first node (a source) made to read every record of the last one
             from codeclm.programs.lang.spec import load_spec
 
-            last = list(nodes)[-1]
             graph = load_spec(write_spec(tmp_path, data, "whole.yaml")).graph
+            last = list(graph.nodes)[-1]  # as the graph has it: a rounds node's last copy (answer_2)
             field = next(f for n in graph.lineage(last) for f in graph.every[n].outputs())
             made = nodes[first].get("fields", ["instruction"])  # the source's fields, so its readers still resolve
             nodes[first] = {"type": "mix", "from": last, "count": 1,

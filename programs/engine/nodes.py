@@ -219,18 +219,22 @@ class NodeRunner:
             explain_empty: Callable[[str], str | None]) -> Iterator[Record]:
         """`count` records, each drawn with its own RNG (seed, record id, node): first each sample's
         size, then each field in order; identical records get distinct sample slots. Made one at a
-        time as the run takes them (the checks are made now)."""
-        pools = {name: _sample_pool(collections[d.node], d) for name, d in node.draws.items() if d.kind == "sample"}
-        empty = [d.node for name, d in node.draws.items()
-                 if not collections[d.node] or (d.kind == "sample" and not pools[name])]
+        time as the run takes them (the checks are made now). A draw reads its collections as one,
+        in order (a rounds pool: the earlier rounds' records); one from none (the pool of round 1)
+        gives [] and draws nothing, so the other fields are drawn as if it were not there."""
+        drawn = {name: [r for n in d.nodes for r in collections[n]] for name, d in node.draws.items()}
+        pools = {name: _sample_pool(drawn[name], d) for name, d in node.draws.items() if d.kind == "sample"}
+        empty = [d.nodes for name, d in node.draws.items()
+                 if d.nodes and (not drawn[name] or (d.kind == "sample" and not pools[name]))]
         if empty:
             if self.options.dry_run:  # a dry run stops where the cache ends
                 return iter(())
-            raise CodecError(explain_empty(empty[0]) or
-                             f"node '{node.name}': nothing to draw from '{empty[0]}'")
-        return self._mixed(node, collections, pools)
+            why = next(filter(None, map(explain_empty, empty[0])), None)
+            names = "', '".join(empty[0])
+            raise CodecError(why or f"node '{node.name}': nothing to draw from '{names}'")
+        return self._mixed(node, drawn, pools)
 
-    def _mixed(self, node: MixNode, collections: dict[str, list[Record]],
+    def _mixed(self, node: MixNode, drawn: dict[str, list[Record]],
                pools: dict[str, list[tuple[Any, tuple[str, ...]]]]) -> Iterator[Record]:
         count = self.graph.static(node.count)
         seen: dict[tuple, int] = {}
@@ -239,18 +243,18 @@ class NodeRunner:
             rng = rng_for(self.spec.seed, record_id, node.name)
             sizes = {}
             for name, draw in node.draws.items():
-                if draw.kind == "sample":
+                if draw.kind == "sample" and draw.nodes:
                     low, high = _range(self.graph.static(draw.k))
                     sizes[name] = min(rng.randint(low, high), len(pools[name]))
             values: dict[str, Any] = {}
             sources: list[str] = []
             for name, draw in node.draws.items():
                 if draw.kind == "choice":
-                    chosen = rng.choice(collections[draw.node])
+                    chosen = rng.choice(drawn[name])
                     values[name] = field_of(chosen, draw.field)
                     sources += chosen.sources
                 else:
-                    picked = rng.sample(pools[name], sizes[name])
+                    picked = rng.sample(pools[name], sizes.get(name, 0))
                     values[name] = [value for value, _ in picked]
                     sources += [s for _, origin in picked for s in origin]
             key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items())

@@ -117,7 +117,8 @@ def slim_fields(graph: Any) -> dict[str, set[str]]:
     for node in graph.every.values():
         if isinstance(node, MixNode):
             for draw in node.draws.values():
-                fields.setdefault(draw.node, set()).add(draw.field)
+                for drawn in draw.nodes:
+                    fields.setdefault(drawn, set()).add(draw.field)
             for source in node.sources:
                 fields.setdefault(source, set())
         elif isinstance(node, DedupNode):

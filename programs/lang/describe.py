@@ -32,6 +32,15 @@ def _reads(graph: Graph, node: Node) -> list[str]:
     return sorted(names | ({node.for_each} if node.for_each else set()) | set(node.collections) - {""})
 
 
+def _round_header(graph: Graph, name: str, index: int) -> list[str]:
+    """A rounds node's line (before its first round), and a round's: what its pool holds."""
+    rounds = graph.rounds[name]
+    pool = [copy[rounds.keep] for copy in rounds.copies[:index - 1]]
+    head = [f"{name}: rounds, {len(rounds.copies)} ({getattr(rounds.count, 'source', rounds.count)}), each adding "
+            f"its {rounds.keep} to the pool later rounds read; body {', '.join(rounds.body)}"] if index == 1 else []
+    return [*head, f"  round {index}: pool {' + '.join(pool) if pool else 'empty'}"]
+
+
 def words(graph: Graph) -> str:
     lines = []
 
@@ -44,8 +53,12 @@ def words(graph: Graph) -> str:
             for body in node.body.values():
                 describe(body, indent + "    ")
 
+    current = None
     for node in graph.nodes.values():
-        describe(node, "")
+        if node.unrolled != current:
+            current = node.unrolled
+            lines += _round_header(graph, *current) if current else []
+        describe(node, "    " if current else "")
     for output in graph.outputs.values():
         where = f" where {output.where.source}" if output.where else ""
         lines.append(f"output {output.name}.jsonl: records of {', '.join(output.sources)}{where}")
@@ -59,13 +72,20 @@ def mermaid(graph: Graph) -> str:
         label = f"{node.name}<br/>{node.type}" + (f" ({node.model})" if isinstance(node, LLMNode) else "")
         return f'{node.name}["{label}"]' if not isinstance(node, SwitchNode) else f'{node.name}{{"{label}"}}'
 
+    current = None
     for node in graph.nodes.values():
+        if node.unrolled != current:  # each round is a subgraph
+            lines += ["  end"] if current else []
+            current = node.unrolled
+            if current:
+                lines.append(f'  subgraph {current[0]}_round_{current[1]}["{current[0]}: round {current[1]}"]')
         if isinstance(node, LoopNode):
             lines.append(f'  subgraph {node.name}["{node.name}: loop"]')
             lines += [f"    {shape(body)}" for body in node.body.values()]
             lines.append("  end")
         else:
             lines.append(f"  {shape(node)}")
+    lines += ["  end"] if current else []
     for node in graph.every.values():
         for source in _reads(graph, node):
             if source != node.loop:

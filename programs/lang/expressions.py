@@ -222,3 +222,28 @@ def _references(tree: nodes.Node) -> list[Reference]:
                 and node.name not in HELPERS and node.name not in _ENV.globals:
             found.append(Reference(node.name, None))
     return found
+
+
+def renamed(expression: Expression, names: dict[str, str], constants: dict[str, dict[str, Any]]) -> Expression:
+    """The expression with node names replaced (`generate.instruction` -> `generate_2.instruction`)
+    and each `ROOT.FIELD` of `constants` written as its literal (`round.index` -> `2`). How a rounds
+    body becomes one copy per round: the copy's source is what `graph`, messages and the checks see.
+    Done on Jinja's tokens, so text in quotes and attributes (`x.generate`) are never touched."""
+    text = f"{{{{ {expression.source} }}}}"
+    tokens = [(kind, value) for _, kind, value in _ENV.lexer.tokeniter(text, None)]
+    significant = [i for i, (kind, _) in enumerate(tokens) if kind != "whitespace"]
+    for position, i in enumerate(significant):
+        kind, value = tokens[i]
+        if kind != "name" or (position and tokens[significant[position - 1]] == ("operator", ".")):
+            continue
+        attribute = [tokens[j] for j in significant[position + 1:position + 3]]
+        if value in constants and len(attribute) == 2 and attribute[0] == ("operator", ".") \
+                and attribute[1][1] in constants[value]:
+            literal = constants[value][attribute[1][1]]
+            tokens[i] = (kind, str(literal).lower() if isinstance(literal, bool) else repr(literal))
+            for j in significant[position + 1:position + 3]:
+                tokens[j] = ("whitespace", "")
+        elif value in names:
+            tokens[i] = (kind, names[value])
+    source = "".join(value for _, value in tokens)[3:-3]
+    return expression if source == expression.source else Expression(source)

@@ -25,6 +25,7 @@ from .expressions import Expression, ExpressionError, check_sandbox, evaluate_va
 from .nodes import (
     LOOP_FIELDS,
     RECORD_FIELDS,
+    ROUND_FIELDS,
     VIRTUAL_FIELDS,
     DedupNode,
     JudgeNode,
@@ -34,9 +35,11 @@ from .nodes import (
     Node,
     NodeReader,
     Output,
+    RoundsNode,
     SwitchNode,
 )
 from .parsing import PARSERS
+from .rounds import unroll
 from .templates import StageTemplate, TemplateMissing, TemplateStore
 
 if TYPE_CHECKING:
@@ -54,6 +57,7 @@ class Graph:
     every: dict[str, Node] = field(default_factory=dict)  # every node, loop bodies included
     children: dict[str, list[str]] = field(default_factory=dict)  # node -> nodes that run per its record
     joins: dict[str, dict[str, str]] = field(default_factory=dict)  # node or output -> {join node: anchor}
+    rounds: dict[str, RoundsNode] = field(default_factory=dict)  # rounds nodes, unrolled into `nodes`
 
     def lineage(self, name: str) -> list[str]:
         """The nodes whose records a record of `name` descends from, nearest first (itself included)."""
@@ -71,6 +75,26 @@ class Graph:
 
     def model_nodes(self) -> list[LLMNode]:
         return [n for n in self.every.values() if isinstance(n, LLMNode)]
+
+    def rounds_hint(self, name: str) -> str | None:
+        """The fix for a name that is not a node but means something near a rounds node."""
+        if name == "pool":
+            return ("pool is what earlier rounds kept, read whole: in a rounds body, in a mix's from and fields "
+                    "or a dedup's against")
+        if name == "round":
+            return "in a rounds body: " + ", ".join(f"round.{name}" for name in ROUND_FIELDS) + " (index from 1)"
+        root, _, body = name.partition(".")
+        if body and root in self.rounds:
+            return f"{root}.NODE is every round's copy of body node NODE: {', '.join(self.rounds[root].body)}"
+        if name in self.rounds:
+            return (f"'{name}' is a rounds node, whose records come from every round: read them whole (a mix, a "
+                    "dedup's against, an output's from), or per record in its body")
+        for rounds in self.rounds.values():
+            if rounds.copies and name in rounds.copies[0]:
+                return (f"'{name}' is in the body of rounds '{rounds.name}', which copies it per round as "
+                        f"{name}_1 to {name}_{len(rounds.copies)}: name a copy, or in an output read its values "
+                        "as lineage.FIELD")
+        return None
 
     def static(self, value: Any) -> Any:
         """The value of an expression that reads only params (counts, scales); raises otherwise."""
@@ -91,9 +115,45 @@ def build_graph(checker: Checker, models: dict[str, ModelSpec], params: dict[str
     if not raw_outputs:
         checker.error(("outputs",), "no outputs declared", "e.g. outputs: {dataset: {from: NODE, fields: {...}}}")
     outputs = {str(k): o for k, v in raw_outputs.items() if (o := reader.read_output(str(k), v, ("outputs", k)))}
-    graph = Graph(nodes, outputs, params)
+
+    def rounds_count(node: RoundsNode) -> int:
+        """How many rounds (0 on a problem): static, since each round is a copy of the body made now."""
+        return static_value(checker, params, node, "count", node.count, "count", limit="rounds") or 0
+
+    nodes, rounds = unroll(checker, nodes, outputs, rounds_count)
+    graph = Graph(nodes, outputs, params, rounds=rounds)
     _GraphCheck(checker, graph, models, prompts).run()
     return graph
+
+
+def static_value(checker: Checker, params: dict[str, Any], node: Node, key: str, value: Any, kind: str,
+                 limit: str | None = None) -> Any:
+    """A value that reads only params (a count, a scale), computed now and checked, since the run
+    relies on it before any record exists; None, reported, when it is not what it must be. `limit`
+    names its MAX_STATIC entry (default: the key). A bad value of a param is reported at its line."""
+    where = (*node.where, key.split(".")[0])
+    refs = tree_references(value)
+    if any(r.root != "params" for r in refs):
+        checker.error(where, f"node '{node.name}' {key} may read only params", "it is computed before the run")
+        return None
+    try:
+        result = evaluate_value(value, {"params": params})
+    except (jinja2.UndefinedError, TypeError, ValueError, ZeroDivisionError) as exc:
+        checker.error(where, f"node '{node.name}' {key}: {exc}")
+        return None
+    too_large = _too_large(limit or key, result)
+    problem = _static_problem(kind, result) or too_large
+    if not problem:
+        return result
+    hint = None if problem != too_large else (
+        "these are records, iterations or rounds made per run or per record, each held while it is worked on: "
+        "lower it, or split the job into several runs (the cache shares their calls)")
+    if refs and isinstance(value, Expression) and value.source.strip() == f"params.{refs[0].field}":
+        checker.error(("params", refs[0].field), f"params.{refs[0].field} {problem} (node '{node.name}' {key}), "
+                      f"got {result!r}", hint)
+    else:
+        checker.error(where, f"node '{node.name}' {key} {problem}, got {result!r}", hint)
+    return None
 
 
 class _GraphCheck:
@@ -141,7 +201,8 @@ class _GraphCheck:
             parent = graph.every.get(node.for_each)
             if parent is None or parent.loop:
                 self.error((*node.where, "for_each"), f"for_each names {node.for_each!r}, which is not a "
-                           "top-level node", f"nodes: {', '.join(graph.nodes)}")
+                           "top-level node",
+                           graph.rounds_hint(node.for_each) or f"nodes: {', '.join(graph.nodes)}")
                 continue
             graph.children.setdefault(node.for_each, []).append(node.name)
 
@@ -198,7 +259,7 @@ class _GraphCheck:
             return
         if ref.root not in graph.every:
             self.error(where, f"{context} reads '{ref.root}', which is not a node nor params/state/loop/record",
-                       f"visible here: {', '.join(sorted(visible)) or 'params only'}")
+                       graph.rounds_hint(ref.root) or f"visible here: {', '.join(sorted(visible)) or 'params only'}")
             return
         if ref.root not in visible:
             self.error(where, f"{context} reads '{ref.root}', which is not an ancestor of '{owner}' "
@@ -239,10 +300,10 @@ class _GraphCheck:
             self.check_collection(node, collection)
         if isinstance(node, MixNode):
             for name, draw in node.draws.items():
-                target = graph.every.get(draw.node)
-                if target and draw.field not in self.lineage_fields(draw.node):
-                    self.error((*node.where, "fields", name), f"mix field '{name}' draws {draw.node}.{draw.field}, "
-                               f"but records of '{draw.node}' have {', '.join(self.lineage_fields(draw.node))}")
+                for drawn in draw.nodes:
+                    if drawn in graph.every and draw.field not in self.lineage_fields(drawn):
+                        self.error((*node.where, "fields", name), f"mix field '{name}' draws {drawn}.{draw.field}, "
+                                   f"but records of '{drawn}' have {', '.join(self.lineage_fields(drawn))}")
         if isinstance(node, DedupNode):
             for other, field_name in node.against:
                 target = graph.every.get(other)
@@ -264,7 +325,7 @@ class _GraphCheck:
         target = graph.every.get(collection)
         if target is None:
             self.error(node.where, f"node '{node.name}' reads all of {collection!r}, which is not a node",
-                       f"nodes: {', '.join(graph.nodes)}")
+                       graph.rounds_hint(collection) or f"nodes: {', '.join(graph.nodes)}")
         elif target.loop:
             self.error(node.where, f"node '{node.name}' reads all of '{collection}', which is inside a loop body")
         elif node.name in graph.lineage(collection):
@@ -278,7 +339,8 @@ class _GraphCheck:
             source = graph.every.get(name)
             if source is None or source.loop:
                 self.error((*output.where_path, "from"), f"output '{output.name}' reads {name!r}, which is not "
-                           "a top-level node", f"nodes: {', '.join(graph.nodes)}")
+                           "a top-level node", graph.rounds_hint(name) or
+                           f"nodes: {', '.join(graph.nodes)}")
                 continue
             visible = self.visible(source, upto_self=True)
             joins: dict[str, str] = {}
@@ -363,35 +425,15 @@ class _GraphCheck:
         if isinstance(node, LLMNode) and node.explode and node.explode.limit is not None:
             wanted.append(("explode.limit", node.explode.limit, "count"))
         for key, value, kind in wanted:
-            refs = tree_references(value)
-            if any(r.root != "params" for r in refs):
-                self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key} may read only params")
-                continue
-            try:
-                result = self.graph.static(value)
-            except (jinja2.UndefinedError, TypeError, ValueError, ZeroDivisionError) as exc:
-                self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key}: {exc}")
-                continue
-            too_large = _too_large(key, result)
-            problem = _static_problem(kind, result) or too_large
-            if not problem:
-                continue
-            hint = None if problem != too_large else (
-                "these are records or iterations made per run or per record, each held while it is worked on: "
-                "lower it, or split the job into several runs (the cache shares their calls)")
-            if refs and isinstance(value, Expression) and value.source.strip() == f"params.{refs[0].field}":
-                self.error(("params", refs[0].field), f"params.{refs[0].field} {problem} (node '{node.name}' {key}), "
-                           f"got {result!r}", hint)
-            else:
-                self.error((*node.where, key.split(".")[0]), f"node '{node.name}' {key} {problem}, got {result!r}",
-                           hint)
+            static_value(self.checker, self.graph.params, node, key, value, kind)
 
     # -- whole-graph checks -----------------------------------------------------------------------
 
     def check_params_read(self) -> None:
         """A param no expression reads is a typo or a leftover: it would change nothing."""
         graph = self.graph
-        read = {r.field for n in graph.every.values() for _, r in n.references() if r.root == "params"}
+        nodes = [*graph.every.values(), *graph.rounds.values()]  # a rounds count is read before it unrolls
+        read = {r.field for n in nodes for _, r in n.references() if r.root == "params"}
         read |= {r.field for o in graph.outputs.values() for _, r in o.references() if r.root == "params"}
         for name in graph.params:
             if name not in read:
@@ -481,8 +523,9 @@ class _Stop(Exception):
 
 
 # The most a count may be: above these a run would allocate without bound (a mix's records, a
-# loop's iterations, an explode's records per record), so they are refused before anything runs.
-MAX_STATIC = {"count": 1_000_000, "max": 1_000, "explode.limit": 1_000}
+# loop's iterations, an explode's records per record), so they are refused before anything runs;
+# rounds, because each is a copy of its body's nodes, which every command checks.
+MAX_STATIC = {"count": 1_000_000, "max": 1_000, "explode.limit": 1_000, "rounds": 100}
 
 
 def _too_large(key: str, value: Any) -> str | None:

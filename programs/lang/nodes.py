@@ -52,6 +52,7 @@ class Node:
     for_each: str | None = None  # one run per record of this node (a loop's body runs per loop record)
     when: Expression | None = None  # run only where true; otherwise the record passes with no values
     loop: str | None = None  # the loop whose body holds this node
+    unrolled: tuple[str, int] | None = None  # (rounds node, round) of a copy of a rounds body node
 
     def expressions(self) -> dict[str, Any]:
         """key -> expression tree, for the reference checks (each node adds its own)."""
@@ -146,7 +147,7 @@ class JudgeNode(LLMNode):
 @dataclass
 class Draw:
     kind: str  # choice | sample
-    node: str  # the collection drawn from
+    nodes: list[str]  # the collections drawn from, as one (a rounds pool: every earlier round's records)
     field: str
     k: Any = 1  # sample: how many (an int, or [low, high] drawn per record)
     flatten: bool = False  # sample: draw from the items of list fields
@@ -170,7 +171,7 @@ class MixNode(Node):
 
     @property
     def collections(self) -> list[str]:
-        return list(dict.fromkeys([*self.sources, *(d.node for d in self.draws.values())]))
+        return list(dict.fromkeys([*self.sources, *(n for d in self.draws.values() for n in d.nodes)]))
 
 
 @dataclass
@@ -252,6 +253,20 @@ class LoopNode(Node):
 
 
 @dataclass
+class RoundsNode(Node):
+    """`count` rounds of `body`, each reading what earlier rounds' `keep` node kept as `pool`. It never
+    runs: `programs/lang/rounds.py` unrolls it into ordinary nodes when the spec is read."""
+
+    count: Any = 1
+    keep: str = ""
+    body: dict[str, Node] = field(default_factory=dict)
+    copies: list[dict[str, str]] = field(default_factory=list)  # per round: body node -> its copy's name
+
+    def expressions(self) -> dict[str, Any]:
+        return {"count": self.count}
+
+
+@dataclass
 class Output:
     """One file of the run directory: `NAME.jsonl`, a record per record of `from` that `where` keeps."""
 
@@ -281,7 +296,10 @@ NODE_KEYS: dict[str, set[str]] = {
     "dedup": {"field", "against", "threshold"},
     "switch": {"cases"},
     "loop": {"max", "state", "body", "next", "trace", "exhausted", "emit"},
+    "rounds": {"count", "keep", "body"},
 }
+ROUND_FIELDS = ("index", "first", "last", "count")  # `round.*` in a rounds body
+ROUNDS_NAMES = ("pool", "round")  # what a rounds body reads besides nodes and params
 
 
 class NodeReader:
@@ -458,7 +476,7 @@ class NodeReader:
                                "e.g. use_case: {choice: encode.use_case}")
             return None
         node, field_name = path.split(".")
-        return Draw(kind, node, field_name, self.expr((*where, "k"), conf.get("k", 1)), bool(conf.get("flatten")),
+        return Draw(kind, [node], field_name, self.expr((*where, "k"), conf.get("k", 1)), bool(conf.get("flatten")),
                     bool(conf.get("unique")))
 
     def read_pick(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
@@ -512,7 +530,7 @@ class NodeReader:
         for name, conf in self.checker.mapping((*where, "body"), raw.get("body"), "body").items():
             node = self.read(str(name), conf, (*where, "body", name), loop=common["name"])
             if node:
-                if node.type in ("source", "mix", "dedup", "loop"):
+                if node.type in ("source", "mix", "dedup", "loop", "rounds"):
                     self.checker.error(node.where, f"a {node.type} node cannot run inside a loop body")
                 body[str(name)] = node
         if not body:
@@ -529,6 +547,33 @@ class NodeReader:
         return LoopNode(**common, max=self.expr((*where, "max"), raw.get("max", 1)), state=exprs("state"),
                         body=body, next=exprs("next"), trace=exprs("trace"),
                         exhausted=str(raw.get("exhausted", "dropped")), emit=raw.get("emit", "last"))
+
+    def read_rounds(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
+        """The body is read once, its nodes as top-level ones (they name their for_each); rounds.py
+        makes the copies. What a copy cannot be is refused here, once, at the body key's line."""
+        for key in ("for_each", "when"):
+            if key in raw:
+                self.checker.error((*where, key), f"a rounds node runs its body count times: {key} belongs to "
+                                   "the body's nodes", f"delete {key} here")
+        body = {}
+        for name, conf in self.checker.mapping((*where, "body"), raw.get("body"), "body").items():
+            node = self.read(str(name), conf, (*where, "body", name))
+            if node and (node.type in ("source", "rounds") or node.name in ROUNDS_NAMES):
+                self.checker.error(node.where, f"'{node.name}' cannot be in a rounds body: " + (
+                    f"'{node.name}' is what the body reads of the rounds" if node.name in ROUNDS_NAMES else
+                    f"a {node.type} node would repeat the same records every round"),
+                    "rename it" if node.name in ROUNDS_NAMES else "declare it before the rounds node")
+            elif node:
+                body[str(name)] = node
+        keep = raw.get("keep")
+        if not body:
+            self.checker.error(where, "a rounds node needs a body: the nodes each round runs")
+        elif keep not in body:
+            self.checker.error((*where, "keep") if "keep" in raw else where, "keep must name a node of the body "
+                               f"(the records each round adds to the pool), got {keep!r}",
+                               f"body nodes: {', '.join(body)}")
+        return RoundsNode(**common, count=self.expr((*where, "count"), raw.get("count", 1)), keep=str(keep),
+                          body=body)
 
     def read_output(self, name: str, raw: Any, where: Path_) -> Output | None:
         if path_like(name) or name in RESERVED_OUTPUTS:

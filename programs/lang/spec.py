@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,21 @@ def _url_problem(url: Any) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must be an http:// or https:// URL with a host"
     return None
+
+
+def _distinct(errors: list[SpecError]) -> list[SpecError]:
+    """Each problem once. The copies of a rounds body node (generate_1, generate_2, ...) share its
+    line, as an output's fields do for each node it reads: the same message at the same line, but for
+    a copy's round number, says nothing new."""
+    seen: set[tuple[Any, ...]] = set()
+    distinct = []
+    for error in errors:
+        key = (error.file, error.line, *(re.sub(r"(?<=\w)_\d+\b", "_N", text or "") for text in (error.message,
+                                                                                                  error.hint)))
+        if key not in seen:
+            seen.add(key)
+            distinct.append(error)
+    return distinct
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
@@ -154,7 +170,7 @@ class Checker:
 
     def raise_errors(self) -> None:
         if self.errors:
-            raise SpecErrors(self.errors)
+            raise SpecErrors(_distinct(self.errors))
 
     # -- sections --------------------------------------------------------------------------
 
