@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 from array import array
 from collections.abc import Iterator, Sequence
+from itertools import chain
 from typing import Any
 
 from ..artifacts.spill import OrderedSpill
@@ -65,3 +66,27 @@ class _Ordered(Sequence[Record]):
 
     def __iter__(self) -> Iterator[Record]:
         return (_record(row) for row in self._spill.in_order())
+
+
+def chained(parts: list[Sequence[Record]]) -> Sequence[Record]:
+    """Collections a draw reads as one (a rounds pool: the earlier rounds'), in order, without copying
+    them: a copy would bring a collection kept on disk back into memory whole."""
+    return parts[0] if len(parts) == 1 else _Chained(parts)
+
+
+class _Chained(Sequence[Record]):
+    def __init__(self, parts: list[Sequence[Record]]):
+        self._parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self._parts)
+
+    def __getitem__(self, index: int) -> Record:  # type: ignore[override]  # no slices: draws pick one
+        for part in self._parts:
+            if index < len(part):
+                return part[index]
+            index -= len(part)
+        raise IndexError(index)
+
+    def __iter__(self) -> Iterator[Record]:
+        return chain.from_iterable(self._parts)

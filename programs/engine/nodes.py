@@ -8,7 +8,7 @@ error and the raw model text; the run goes on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from ..lang.rouge import rouge_l, tokens
 from ..lang.seeds import stream_records
 from ..lang.spec import Spec
 from ..models.hub import ModelHub
+from .drawn import chained
 from .llm import NodeModule, StepResult
 from .progress import Progress
 from .records import Record, View, lineage_scope, rng_for, view
@@ -215,14 +216,14 @@ class NodeRunner:
             yield Record(row["id"], node.name, values, order=(i,), sources=(row["id"],) if sourced else ())
             self.progress.advance(node.name)
 
-    def mix(self, node: MixNode, collections: dict[str, list[Record]],
+    def mix(self, node: MixNode, collections: dict[str, Sequence[Record]],
             explain_empty: Callable[[str], str | None]) -> Iterator[Record]:
         """`count` records, each drawn with its own RNG (seed, record id, node): first each sample's
         size, then each field in order; identical records get distinct sample slots. Made one at a
         time as the run takes them (the checks are made now). A draw reads its collections as one,
         in order (a rounds pool: the earlier rounds' records); one from none (the pool of round 1)
         gives [] and draws nothing, so the other fields are drawn as if it were not there."""
-        drawn = {name: [r for n in d.nodes for r in collections[n]] for name, d in node.draws.items()}
+        drawn = {name: chained([collections[n] for n in d.nodes]) for name, d in node.draws.items()}
         pools = {name: _sample_pool(drawn[name], d) for name, d in node.draws.items() if d.kind == "sample"}
         empty = [d.nodes for name, d in node.draws.items()
                  if d.nodes and (not drawn[name] or (d.kind == "sample" and not pools[name]))]
@@ -234,7 +235,7 @@ class NodeRunner:
             raise CodecError(why or f"node '{node.name}': nothing to draw from '{names}'")
         return self._mixed(node, drawn, pools)
 
-    def _mixed(self, node: MixNode, drawn: dict[str, list[Record]],
+    def _mixed(self, node: MixNode, drawn: dict[str, Sequence[Record]],
                pools: dict[str, list[tuple[Any, tuple[str, ...]]]]) -> Iterator[Record]:
         count = self.graph.static(node.count)
         seen: dict[tuple, int] = {}
@@ -416,7 +417,7 @@ def _range(k: Any) -> tuple[int, int]:
     return (k, k) if isinstance(k, int) else (k[0], k[1])
 
 
-def _sample_pool(records: list[Record], draw: Any) -> list[tuple[Any, tuple[str, ...]]]:
+def _sample_pool(records: Iterable[Record], draw: Any) -> list[tuple[Any, tuple[str, ...]]]:
     """(value, sources) to sample from: list fields flattened, each value once when unique (its
     sources those of the first record that has it)."""
     pool: dict[Any, tuple[str, ...]] = {}

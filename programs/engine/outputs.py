@@ -57,16 +57,15 @@ class OutputWriter:
 
     async def write(self, node: str, record: Record,
                     joins: Callable[[str, Record], Awaitable[dict[str, Any]]]) -> None:
-        if not record.ok:
-            failure = record.failure or {}
-            self.failure_reasons[f"{failure.get('stage')}: {failure.get('error')}"[:160]] += 1
-        if not self.store:
+        if not self.store:  # a dry run: its failures are cache misses, each naming its item, and unread
             if node == self.counted:
                 self.statuses[record.status] += 1
             return
         self.open()
         if not record.ok:
-            self.store.append(FAILURES, (record.order, node), {"id": record.id, "node": node, **(record.failure or {}),
+            failure = record.failure or {}
+            self.failure_reasons[f"{failure.get('stage')}: {failure.get('error')}"[:160]] += 1
+            self.store.append(FAILURES, (record.order, node), {"id": record.id, "node": node, **failure,
                                                                 "calls": record.calls})
         lines: dict[str, Any] = {}
         for output, position in self.by_node.get(node, []):
