@@ -5,11 +5,17 @@ back the records a draw sees, in order."""
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import pytest
 from codeclm.programs.artifacts.spill import OrderedSpill, sort_key
-from codeclm.programs.engine.drawn import DrawnCollection
+from codeclm.programs.engine.drawn import DrawnCollection, chained
+from codeclm.programs.engine.nodes import NodeRunner
+from codeclm.programs.engine.progress import Progress
 from codeclm.programs.engine.records import Record
+from codeclm.programs.engine.run import RunOptions
+from codeclm.programs.lang.spec import load_spec
+from conftest import REPO
 
 
 def test_sort_keys_order_as_python_orders_the_tuples() -> None:
@@ -58,4 +64,40 @@ def test_a_drawn_collection_keeps_what_draws_read_in_order() -> None:
     assert (third.node, third.values, third.order, third.sources, third.slot, third.status) == \
         ("encode", {"use_case": "case 2", "instruction": "do 2"}, (2,), ("s2",), 0, "ok")
     assert third.parent is None and third.calls == []
+    collection.close()
+
+
+def test_chained_collections_read_as_one_in_order() -> None:
+    parts = [[Record(f"a{i}", "a", {}) for i in range(3)], [], [Record(f"b{i}", "b", {}) for i in range(2)]]
+    joined = chained(parts)
+    assert len(joined) == 5 and [joined[i].id for i in range(5)] == ["a0", "a1", "a2", "b0", "b1"]
+    assert [r.id for r in joined] == ["a0", "a1", "a2", "b0", "b1"]
+    with pytest.raises(IndexError):
+        joined[5]
+    assert chained(parts[:1]) is parts[0] and len(chained([])) == 0
+
+
+def test_a_mix_draws_from_a_collection_on_disk_as_from_a_list_without_loading_it() -> None:
+    """The paper's pool (a use case by choice, skills by unique sample) over 20,000 encodings: the same
+    records as drawn from a list of the same records, and the collection never comes back whole."""
+    spec = load_spec(REPO / "specs" / "codeclm.yaml")
+    runner = NodeRunner(spec, None, {}, Progress(stream=None), RunOptions(), None, None)  # type: ignore[arg-type]
+    collection = DrawnCollection({"use_case", "skills"})
+    for i in range(20_000):
+        values = {"use_case": f"use case {i % 500}", "skills": [f"skill {i % 40}", f"skill {i % 70}"]}
+        collection.append(Record(f"s{i:05d}", "encode", values, order=(i,), sources=(f"s{i:05d}",)))
+    listed = list(collection.in_order())
+    expected = [(r.id, r.values, r.sources, r.slot) for r in runner.mix(spec.graph.nodes["augment"],
+                                                                         {"encode": listed}, lambda _: None)]
+    del listed
+    tracemalloc.start()
+    try:
+        drawn = [(r.id, r.values, r.sources, r.slot) for r in runner.mix(spec.graph.nodes["augment"],
+                                                                          {"encode": collection.in_order()},
+                                                                          lambda _: None)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert drawn == expected and len(drawn) == 200
+    assert peak < 2 * 2**20, f"the mix held {peak / 2**20:.1f} MiB: the collection came back into memory"
     collection.close()
