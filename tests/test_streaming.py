@@ -50,3 +50,37 @@ def test_stream_records_checks_the_whole_file_then_reads_lazily(tmp_path):
         assert "duplicate seed id" in str(exc) and getattr(exc, "line", None) == 51
     else:
         raise AssertionError("a duplicate id on the last line was not refused up front")
+
+
+def test_a_fan_out_queues_no_more_records_than_the_window(tmp_path, scripted, monkeypatch):
+    """40 records each exploded into 50: a record is handed on only while fewer than the window's size
+    wait for a place, so the run never holds a task for all 2,000 at once (it did: every admitted root's
+    records were queued as soon as they existed)."""
+    from codeclm.programs.engine import run as engine_run
+    from codeclm.programs.lang.spec import load_spec
+
+    data = {"name": "fan-out", "seed": 0, "prompts": str(Path(__file__).resolve().parents[1] / "prompts"),
+            "models": {"strong": {"model": "local", "max_tokens": 64}},
+            "nodes": {"topics": {"type": "source", "records": [{"instruction": f"topic {i}"} for i in range(40)]},
+                      "ideas": {"type": "llm", "for_each": "topics", "model": "strong", "template": "respond.jinja",
+                                "inputs": {"instruction": "topics.instruction"}, "parse": "list", "outputs": ["items"],
+                                "explode": {"field": "items", "as": "idea", "limit": 50}},
+                      "answer": {"type": "llm", "for_each": "ideas", "model": "strong", "template": "respond.jinja",
+                                 "inputs": {"instruction": "ideas.idea"}, "outputs": ["answer"]}},
+            "outputs": {"dataset": {"from": "answer", "fields": {"id": "record.id", "answer": "answer.answer"}}}}
+    scripted.backends["strong"].answer = lambda messages: "\n".join(
+        f"{i}. idea {i} about {messages[-1]['content'][-20:]}" for i in range(1, 51))
+    scripted.backends["strong"].delay = 0.001
+    most = [0]
+    spawn = engine_run.Engine.spawn
+
+    def counting_spawn(self, work):
+        spawn(self, work)
+        most[0] = max(most[0], len(self.tasks))
+
+    monkeypatch.setattr(engine_run.Engine, "spawn", counting_spawn)
+    spec = load_spec(write_spec(tmp_path, data))
+    result = scripted(spec, concurrency=2)
+    window = engine_run.item_window(spec, 2)
+    assert len((result.out / "dataset.jsonl").read_text().splitlines()) == 2000
+    assert window == 64 and most[0] < 4 * window, most[0]

@@ -91,7 +91,7 @@ from .llm import build_modules
 from .nodes import NodeRunner
 from .progress import Progress
 from .records import Record
-from .run import Engine, RunOptions, RunResult
+from .run import Engine, RunOptions, RunResult, Window
 
 WORKERS_ENV = "CODECLM_RAY_WORKERS"  # worker actors [default: the cluster's CPUs]
 MAX_REPLACEMENTS = 8  # dead workers replaced per run before the run gives up
@@ -491,7 +491,7 @@ class UnitEngine(Engine):
         self.first_failure: dict[str, str] = {}
         self.pending: Counter = Counter()
         self.joined: dict[tuple[str, str], asyncio.Task] = {}
-        self.window = asyncio.Semaphore(1 << 20)  # the driver bounds the units in flight
+        self.window = Window(1 << 20)  # the driver bounds the units in flight
         self.tasks: set[asyncio.Task] = set()
         self.error: BaseException | None = None
 
@@ -499,7 +499,7 @@ class UnitEngine(Engine):
         pass
 
     async def run_unit(self, node: Node, record: Record) -> dict[str, Any]:
-        self.spawn(self.process(node, record))
+        self.hand_on(node, record)
         if not await self.drain():
             raise self.hub.fatal or self.error
         lazy = {name for name, n in self.graph.every.items() if isinstance(n, LLMNode) and n.lazy}
@@ -628,7 +628,7 @@ class RayEngine(Engine):
         for name in below:
             self.pending[name] += 1
         try:
-            async with self.window:
+            async with self.window.place():
                 done = await self.dispatch(node, record)
             new = [key for key, made in done["joined"].items() if await self.receive_join(*key, made)]
             for name, made in done["emitted"]:

@@ -154,6 +154,46 @@ class _Ticket:
 _TICKET: ContextVar[_Ticket | None] = ContextVar("codeclm_root_ticket", default=None)
 
 
+class Window:
+    """Records worked on at once (a place each), and the records waiting for a place. A record is
+    handed on to the next node only while fewer than `size` wait: a node that fans each record out
+    into many (an explode) would otherwise queue a task for every record of every admitted root at
+    once, and the run's memory would grow with the fan-out instead of staying within the window.
+    A record counts as waiting from the moment its task is made (`queued`), not from when it runs."""
+
+    def __init__(self, size: int):
+        self.size, self.waiting = size, 0
+        self.places = asyncio.Semaphore(size)
+        self.room = asyncio.Event()  # set while fewer than `size` records wait
+        self.room.set()
+
+    def queued(self) -> None:
+        self._waiting(+1)
+
+    def unqueued(self) -> None:
+        """A queued record that needs no place after all (a join made on first need)."""
+        self._waiting(-1)
+
+    @asynccontextmanager
+    async def place(self) -> AsyncIterator[None]:
+        """A queued record's place: it stops waiting once it has one."""
+        try:
+            await self.places.acquire()
+        finally:
+            self._waiting(-1)
+        try:
+            yield
+        finally:
+            self.places.release()
+
+    def _waiting(self, change: int) -> None:
+        self.waiting += change
+        if self.waiting < self.size:
+            self.room.set()
+        else:
+            self.room.clear()
+
+
 def item_window(spec: Spec, concurrency: int | None) -> int:
     """Records worked on at once: enough to keep every model busy, few enough that memory does
     not grow with the dataset (finished records go straight to disk)."""
@@ -181,7 +221,7 @@ class Engine:
         self.done = {name: asyncio.Event() for name in self.graph.nodes}
         self.pending: Counter = Counter()
         self.joined: dict[tuple[str, str], asyncio.Task] = {}
-        self.window = asyncio.Semaphore(item_window(spec, options.concurrency))
+        self.window = Window(item_window(spec, options.concurrency))
         # root records (a source's, a mix's, a dedup's) whose work is under way: a 100k-line seed
         # file is read and emitted as places free up, so memory does not grow with it
         self.admission = asyncio.Semaphore(item_window(spec, options.concurrency))
@@ -300,14 +340,21 @@ class Engine:
             if isinstance(target, DedupNode) or (isinstance(target, LLMNode) and target.lazy):
                 continue
             self.pending[child] += 1
-            self.spawn(self.process(target, record))
+            await self.window.room.wait()  # the emitter holds no place: the records waiting for one go first
+            self.hand_on(target, record)
+
+    def hand_on(self, node: Node, record: Record) -> None:
+        """A task for `node` to run on `record`, counted as waiting for a place until it has one."""
+        self.window.queued()
+        self.spawn(self.process(node, record))
 
     async def process(self, node: Node, record: Record) -> None:
         try:
             if node.name in self.nodes.join_targets:
+                self.window.unqueued()
                 results = [await self.join(node.name, record)]
             else:
-                async with self.window:
+                async with self.window.place():
                     results = await self.nodes.run(node, record)
             for result in results:
                 await self.emit(node, result)
