@@ -1,7 +1,7 @@
 """A collection read only by draws (a mix's `from`, a dedup's `against`), kept on disk.
 
 A mix draws from every record of its collection, so the collection exists whole before the first
-draw: 100k encodings for 100k seeds. Held as Python objects that is about 0.5 KB a seed (and the
+draw: 100k encodings for 100k seeds. Held as Python objects that is about 0.7 KB a seed (and the
 arenas they leave behind); kept as one pickled row each in an `OrderedSpill`, it costs the heap
 only 8 bytes a record (its row, in order), and a draw reads its record back from disk.
 """
