@@ -109,6 +109,26 @@ def test_renaming_leaves_quoted_text_attributes_and_the_round_helper_alone():
     assert renamed(same, {"generate": "generate_2"}, constants) is same
 
 
+def test_renaming_leaves_filters_tests_and_keyword_arguments_alone():
+    """Body nodes named like a filter (`first`), a test (`defined`) or a keyword argument keep those
+    meanings: only a name that reads a variable is a node."""
+    names = {"first": "first_2", "defined": "defined_2", "generate": "generate_2"}
+    source = "first.items | first ~ (x is defined) ~ (y is not defined) ~ f(generate=1) ~ defined.n"
+    assert renamed(Expression(source), names, {}).source == \
+        "first_2.items | first ~ (x is defined) ~ (y is not defined) ~ f(generate=1) ~ defined_2.n"
+
+
+def test_a_body_node_may_not_share_a_name_with_a_node_outside_the_body(tmp_path):
+    text = BASE.replace("  grow:\n", "  generate: {{type: source, records: [{{instruction: x}}]}}\n  grow:\n")
+    assert text != BASE
+    text = text.format(prompts=REPO / "prompts")
+    with pytest.raises((SpecError, SpecErrors)) as caught:
+        load_spec(write(tmp_path, text))
+    errors = caught.value.errors if isinstance(caught.value, SpecErrors) else [caught.value]
+    shadow = [e for e in errors if "has the name of a node outside the body" in e.message]
+    assert len(shadow) == 1 and "rename one" in shadow[0].hint
+
+
 def test_render_and_optimize_name_a_round_s_copy(tmp_path):
     from codeclm.programs.optimize import model_node
 

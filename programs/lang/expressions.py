@@ -228,13 +228,14 @@ def renamed(expression: Expression, names: dict[str, str], constants: dict[str, 
     """The expression with node names replaced (`generate.instruction` -> `generate_2.instruction`)
     and each `ROOT.FIELD` of `constants` written as its literal (`round.index` -> `2`). How a rounds
     body becomes one copy per round: the copy's source is what `graph`, messages and the checks see.
-    Done on Jinja's tokens, so text in quotes and attributes (`x.generate`) are never touched."""
+    Done on Jinja's tokens, so text in quotes, attributes (`x.generate`), filters (`| first`), tests
+    (`is defined`) and keyword arguments (`f(first=1)`) are never touched."""
     text = f"{{{{ {expression.source} }}}}"
     tokens = [(kind, value) for _, kind, value in _ENV.lexer.tokeniter(text, None)]
     significant = [i for i, (kind, _) in enumerate(tokens) if kind != "whitespace"]
     for position, i in enumerate(significant):
         kind, value = tokens[i]
-        if kind != "name" or (position and tokens[significant[position - 1]] == ("operator", ".")):
+        if kind != "name" or not _reads_a_variable([tokens[j] for j in significant], position):
             continue
         attribute = [tokens[j] for j in significant[position + 1:position + 3]]
         if value in constants and len(attribute) == 2 and attribute[0] == ("operator", ".") \
@@ -247,3 +248,13 @@ def renamed(expression: Expression, names: dict[str, str], constants: dict[str, 
             tokens[i] = (kind, names[value])
     source = "".join(value for _, value in tokens)[3:-3]
     return expression if source == expression.source else Expression(source)
+
+
+def _reads_a_variable(tokens: list[tuple[str, str]], position: int) -> bool:
+    """Whether the name token at `position` (whitespace left out) reads a variable: not an attribute,
+    a filter, a test or a keyword argument's name."""
+    before = tokens[position - 1] if position else ("", "")
+    after = tokens[position + 1] if position + 1 < len(tokens) else ("", "")
+    is_test = before == ("name", "is") or (before == ("name", "not") and position > 1
+                                           and tokens[position - 2] == ("name", "is"))
+    return before not in (("operator", "."), ("operator", "|")) and not is_test and after != ("operator", "=")

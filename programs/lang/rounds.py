@@ -36,6 +36,7 @@ def unroll(checker: Checker, nodes: dict[str, Node], outputs: dict[str, Output],
         return nodes, rounds
     for node in rounds.values():
         names = [b.name for b in _walk(node.body.values())]
+        _refuse_shadows(checker, node, nodes)
         node.copies = [{name: f"{name}_{i}" for name in names} for i in range(1, count_of(node) + 1)]
     kept = {name: [copy[node.keep] for copy in node.copies if node.keep in copy] for name, node in rounds.items()}
     flat: dict[str, Node] = {}
@@ -50,6 +51,16 @@ def unroll(checker: Checker, nodes: dict[str, Node], outputs: dict[str, Output],
     for output in outputs.values():
         output.sources = [name for source in output.sources for name in _output_sources(source, rounds, kept)]
     return flat, rounds
+
+
+def _refuse_shadows(checker: Checker, rounds: RoundsNode, nodes: dict[str, Node]) -> None:
+    """A body node named like a node outside the body: inside the body the name would silently mean
+    the round's copy, outside it the other node."""
+    for body in _walk(rounds.body.values()):
+        if body.name in nodes:
+            checker.error(body.where, f"body node '{body.name}' of rounds '{rounds.name}' has the name of a node "
+                          "outside the body: inside the body it would mean the round's copy",
+                          "rename one of them (names are unique, bodies included)")
 
 
 def _output_sources(source: str, rounds: dict[str, RoundsNode], kept: dict[str, list[str]]) -> list[str]:
