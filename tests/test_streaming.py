@@ -79,8 +79,17 @@ def test_a_fan_out_queues_no_more_records_than_the_window(tmp_path, scripted, mo
         most[0] = max(most[0], len(self.tasks))
 
     monkeypatch.setattr(engine_run.Engine, "spawn", counting_spawn)
+    waiting = [0]
+    count = engine_run.Window._waiting
+
+    def counting_waiting(self, change):
+        count(self, change)
+        waiting[0] = max(waiting[0], self.waiting)
+
+    monkeypatch.setattr(engine_run.Window, "_waiting", counting_waiting)
     spec = load_spec(write_spec(tmp_path, data))
     result = scripted(spec, concurrency=2)
     window = engine_run.item_window(spec, 2)
     assert len((result.out / "dataset.jsonl").read_text().splitlines()) == 2000
     assert window == 64 and most[0] < 4 * window, most[0]
+    assert waiting[0] <= window, waiting[0]  # never more than the window's size waiting for a place

@@ -1,8 +1,9 @@
 """Data-quality metrics of a run's kept data, defined in one place.
 
-`quality_metrics(run_dir)` is what the manifest, `codeclm inspect --json`, `codeclm report` and the
-export's dataset card show. Each metric is a small function here with a unit test on hand-made
-inputs (tests/test_quality.py):
+`quality_metrics(run_dir)` is what `codeclm inspect --json`, `codeclm report`, `compare` and the
+export's dataset card show, computed from the run's files when asked (a run does not compute
+them). Each metric is a small function here with a unit test on hand-made inputs
+(tests/test_quality.py):
 
 - diversity: distinct-1 and distinct-2 of the kept instructions (unique n-grams / all n-grams,
   over the whole set, Li et al. 2016); mean and max pairwise ROUGE-L among kept instructions;

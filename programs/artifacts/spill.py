@@ -24,6 +24,8 @@ def sort_key(value: Any) -> bytes:
     if isinstance(value, tuple):
         return b"\x03" + b"".join(sort_key(item) for item in value) + b"\x00"
     if isinstance(value, int):  # bool included: it compares as 0 and 1
+        if not -2**63 <= value < 2**63:
+            raise ValueError(f"no sort key for {value}: orders' integers are positions, within 64 bits")
         return b"\x01" + (value + 2**63).to_bytes(8, "big")
     if isinstance(value, str):  # UTF-8 keeps code point order; a NUL is escaped so the end marker stays lowest
         return b"\x02" + value.encode("utf-8", "surrogatepass").replace(b"\x00", b"\x00\xff") + b"\x00"

@@ -174,6 +174,8 @@ class RunStore:
     def open_journal(self, artifact: str) -> None:
         self.claim()
         self._journals[artifact] = self.journal_path(artifact).open("w", encoding="utf-8")  # a rerun rebuilds it
+        if artifact in self._index:
+            self._index[artifact].close()
         self._index[artifact] = OrderedSpill()
 
     def append(self, artifact: str, order: tuple, record: dict[str, Any]) -> None:

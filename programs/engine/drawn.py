@@ -82,6 +82,8 @@ class _Chained(Sequence[Record]):
         return sum(len(part) for part in self._parts)
 
     def __getitem__(self, index: int) -> Record:  # type: ignore[override]  # no slices: draws pick one
+        if index < 0:  # draws never count from the end
+            raise IndexError(index)
         for part in self._parts:
             if index < len(part):
                 return part[index]

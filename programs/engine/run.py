@@ -77,7 +77,8 @@ def _freeze_imports() -> None:
     """Move what exists before the first run (the imports: DSPy, aiohttp, Jinja, the spec) out of
     the cyclic garbage collector's sight, once per process. Each full collection walks every object
     it tracks, and these live as long as the process: frozen, the collector costs a third of what it
-    did per call (benchmarks/RESULTS.md)."""
+    did per call (benchmarks/RESULTS.md). Garbage is collected first (60 ms, once), so none is kept."""
+    gc.collect()
     gc.freeze()
 
 
@@ -167,6 +168,12 @@ class Window:
         self.room = asyncio.Event()  # set while fewer than `size` records wait
         self.room.set()
 
+    async def until_room(self) -> None:
+        """Until fewer than `size` records wait. Checked again after each wake-up: every emitter
+        blocked here wakes at once, and the first ones may fill the room again."""
+        while self.waiting >= self.size:
+            await self.room.wait()
+
     def queued(self) -> None:
         self._waiting(+1)
 
@@ -233,14 +240,16 @@ class Engine:
         for node in self.graph.nodes.values():
             if node.for_each is None or isinstance(node, DedupNode):
                 self.spawn(self.start(node))
-        if not await self.drain():
-            if self.hub.fatal is None and isinstance(self.error, CodecError) and self.outputs.opened:
-                self.outputs.finish()  # the records that did finish (and their failures) say why it stopped
-            raise self.hub.fatal or self.error
-        if self.hub.fatal:
-            raise self.hub.fatal
-        counts = self.outputs.finish()
-        self.close_collections()  # no node reads them any more
+        try:
+            if not await self.drain():
+                if self.hub.fatal is None and isinstance(self.error, CodecError) and self.outputs.opened:
+                    self.outputs.finish()  # the records that did finish (and their failures) say why it stopped
+                raise self.hub.fatal or self.error
+            if self.hub.fatal:
+                raise self.hub.fatal
+            counts = self.outputs.finish()
+        finally:
+            self.close_collections()  # no node reads them any more, whether the run ended or stopped
         # The data-quality metrics are a report on the written data (`codeclm report`, `inspect`,
         # the dataset card), not part of making it: a run does not load an embedding model for them.
         manifest = build_manifest(self.spec, self.options, self.hub, counts, time.time() - started, self.progress,
@@ -340,7 +349,7 @@ class Engine:
             if isinstance(target, DedupNode) or (isinstance(target, LLMNode) and target.lazy):
                 continue
             self.pending[child] += 1
-            await self.window.room.wait()  # the emitter holds no place: the records waiting for one go first
+            await self.window.until_room()  # the emitter holds no place: the records waiting for one go first
             self.hand_on(target, record)
 
     def hand_on(self, node: Node, record: Record) -> None:
