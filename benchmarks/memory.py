@@ -92,7 +92,8 @@ def measure(seeds: int, args: argparse.Namespace, url: str) -> dict[str, Any]:
         dry = run_cli(["run", *common, "--dry-run"], args.timeout)
         row.update({f"dry_{k}": v for k, v in dry.items()})
         if not args.dry_run_only:
-            live = run_cli(["run", *common, "--out", str(work / "live"), "--no-report"], args.timeout)
+            report = [] if args.with_report else ["--no-report"]  # the report's metrics load their own model
+            live = run_cli(["run", *common, "--out", str(work / "live"), *report], args.timeout)
             row.update({f"live_{k}": v for k, v in live.items()})
             manifest = work / "live" / "manifest.json"
             if manifest.is_file():
@@ -106,6 +107,8 @@ def measure(seeds: int, args: argparse.Namespace, url: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="10000,100000", help="comma-separated seed counts")
+    parser.add_argument("--with-report", action="store_true",
+                        help="live runs write report.html at the end, as `codeclm run` does by default")
     parser.add_argument("--pool", type=int, default=200)
     parser.add_argument("--dataset", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight per model role")

@@ -109,3 +109,22 @@ def test_the_report_is_written_only_into_codeclms_own_folders(tmp_path):
     done = CliRunner().invoke(cli.main, ["report", str(tmp_path), "--out", str(page)])
     assert done.exit_code == 0, done.output
     assert page.is_file() and not (tmp_path / "report.html").exists()
+
+
+def test_metadata_is_counted_in_one_pass_not_held(tmp_path):
+    """metadata.jsonl has a row per seed (100k seeds: 46 MB): the report counts it as it reads it, and
+    keeps only failed rows, so its memory does not grow with the seeds."""
+    import tracemalloc
+
+    rows = [{"id": f"s{i:06d}", "instruction": f"seed task number {i} " + "x" * 300, "use_case": "u",
+             "skills": ["a", "b"], "status": "failed" if i % 1000 == 0 else "ok"} for i in range(20_000)]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = RunData.open(tmp_path)
+    tracemalloc.start()
+    summary = run.metadata
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert summary.rows == 20_000 and summary.seeds == 20_000
+    assert summary.statuses == {"ok": 19_980, "failed": 20} and len(summary.failed) == 20
+    assert peak < 4 * 2**20, peak  # the rows held as a list: ~25 MiB
+    assert sum(1 for f in run.failures if f["artifact"] == "metadata.jsonl") == 20

@@ -150,10 +150,9 @@ def note(text: str) -> str:
 def funnel_section(run: RunData) -> str:
     rows: list[tuple[str, int, str]] = []
     if run.metadata is not None:
-        seeds = [m for m in run.metadata if "instruction" in m]
-        if seeds:
-            rows.append(("seeds", len(seeds), PALETTE[6]))
-        rows.append(("metadata", sum(m.get("status", "ok") == "ok" for m in run.metadata), PALETTE[4]))
+        if run.metadata.seeds:
+            rows.append(("seeds", run.metadata.seeds, PALETTE[6]))
+        rows.append(("metadata", run.metadata.statuses["ok"], PALETTE[4]))
     else:
         nodes = ((run.manifest.get("spec") or {}).get("resolved") or {}).get("nodes") or {}
         written = [record for node in (nodes.values() if isinstance(nodes, dict) else [])
@@ -183,7 +182,7 @@ def funnel_section(run: RunData) -> str:
         parts.append("<h3>Per node</h3>" + table(["node", *statuses],
                                                  [[n, *(c.get(s, 0) for s in statuses)] for n, c in by_node.items()]))
     if run.metadata:
-        failed = sum(m.get("status") == "failed" for m in run.metadata)
+        failed = run.metadata.statuses["failed"]
         if failed:
             parts.append(note(f"{failed} seed(s) failed to encode; see Failures."))
     return "".join(parts)
@@ -427,8 +426,8 @@ def browser_records(run: RunData, cut: int = MAX_TEXT) -> list[dict[str, Any]]:
             record["kept_answer"] = provenance["response_from"]
         record["source"] = "instructions.jsonl"
         records.append(record)
-    for row in run.metadata or []:
-        if row.get("status") == "failed" and len(records) < MAX_RECORDS:
+    for row in run.metadata.failed if run.metadata else []:
+        if len(records) < MAX_RECORDS:
             records.append({**_clean(row, cut), "source": "metadata.jsonl"})
     for row in run.rubrics or []:
         if row.get("status") == "failed" and len(records) < MAX_RECORDS:

@@ -35,6 +35,26 @@ class Judged:
 
 
 @dataclass
+class MetadataSummary:
+    """What the report shows of metadata.jsonl: rows by status, how many carry a seed's text, and the
+    first failed rows (the record browser shows at most that many)."""
+
+    KEEP_FAILED = 5000
+
+    rows: int = 0
+    seeds: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows += 1
+        self.seeds += "instruction" in row
+        self.statuses[str(row.get("status", "ok"))] += 1
+        if row.get("status") == "failed" and len(self.failed) < self.KEEP_FAILED:
+            self.failed.append(row)
+
+
+@dataclass
 class RunData:
     folder: Path
     missing: list[str] = field(default_factory=list)
@@ -88,8 +108,16 @@ class RunData:
         return self._jsonl("dataset")
 
     @cached_property
-    def metadata(self) -> list[dict[str, Any]] | None:
-        return self._jsonl("metadata")
+    def metadata(self) -> MetadataSummary | None:
+        """metadata.jsonl in one streamed pass: one row per seed, so a 100k-seed run's file (46 MB,
+        ~260 MiB as Python objects) is counted, never held whole."""
+        rows = self.stream("metadata")
+        if rows is None:
+            return None
+        summary = MetadataSummary()
+        for row in rows:
+            summary.add(row)
+        return summary
 
     @cached_property
     def pool(self) -> list[dict[str, Any]] | None:
@@ -117,16 +145,11 @@ class RunData:
         params = resolved.get("params") if isinstance(resolved, dict) else None
         return params if isinstance(params, dict) else {}
 
-    @cached_property
-    def seeds(self) -> list[dict[str, Any]]:
-        """Seed instructions as the run read them: {id, text}, from the encode records (which keep the
-        seed's text, failed or not). Empty for a run without seeds."""
-        return list(self.iter_seeds(self.metadata))
-
-    def iter_seeds(self, rows: Any = None) -> Iterator[dict[str, Any]]:
-        """`seeds`, one at a time, read from metadata.jsonl (or `rows`) as they are needed."""
+    def iter_seeds(self) -> Iterator[dict[str, Any]]:
+        """Seed instructions as the run read them, {id, text}, one at a time from the encode records of
+        metadata.jsonl (which keep the seed's text, failed or not). None for a run without seeds."""
         seen: set[str] = set()
-        for row in (self.stream("metadata") or []) if rows is None else rows:
+        for row in self.stream("metadata") or []:
             text = row.get("instruction")
             if isinstance(text, str) and text.strip():
                 key = str(row.get("id", len(seen)))
@@ -203,7 +226,9 @@ class RunData:
         """Every failed item of every artifact: {artifact, id, stage, error, raw}."""
         found = []
         for artifact in JSONL:
-            rows = getattr(self, "histories" if artifact == "instructions" else artifact)
+            # metadata.jsonl is read again, row by row: only its failed rows are kept
+            rows = self.stream(artifact) if artifact == "metadata" else \
+                getattr(self, "histories" if artifact == "instructions" else artifact)
             for row in rows or []:
                 if row.get("status") != "failed":
                     continue
