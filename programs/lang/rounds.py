@@ -37,7 +37,11 @@ def unroll(checker: Checker, nodes: dict[str, Node], outputs: dict[str, Output],
     for node in rounds.values():
         names = [b.name for b in _walk(node.body.values())]
         _refuse_shadows(checker, node, nodes)
-        node.copies = [{name: f"{name}_{i}" for name in names} for i in range(1, count_of(node) + 1)]
+        # A count or keep that is wrong has been reported: one round, kept by the body's last node, so
+        # the later checks see the body's nodes as used instead of adding errors about copies never written.
+        node.copies = [{name: f"{name}_{i}" for name in names} for i in range(1, (count_of(node) or 1) + 1)]
+        if node.keep not in node.body and node.body:
+            node.keep = list(node.body)[-1]
     kept = {name: [copy[node.keep] for copy in node.copies if node.keep in copy] for name, node in rounds.items()}
     flat: dict[str, Node] = {}
     for node in nodes.values():
