@@ -455,3 +455,15 @@ def test_node_decoding_overrides_are_validated(tmp_path, spec_data, key, value):
     spec_data["nodes"]["decode"][key] = value
     path = write_spec(tmp_path, spec_data)
     assert any(e.line == line_of(path, f"{key}: {value}") for e in errors_of(path))
+
+
+def test_nodes_named_like_round_copies_keep_their_own_errors(tmp_path):
+    """Only a rounds body's copies (NAME_1, NAME_2) fold into one error: two nodes of the spec that
+    merely end in a number, with the same problem on one line, are both reported."""
+    path = tmp_path / "spec.yaml"
+    bad = "{type: filter, for_each: s, where: nope.x}"
+    path.write_text(f"name: t\nprompts: {REPO / 'prompts'}\nmodels: {{strong: {{model: local}}}}\n"
+                    f"nodes: {{s: {{type: source, records: [{{instruction: a}}]}}, x_1: {bad}, x_2: {bad}}}\n"
+                    "outputs: {dataset: {from: [x_1, x_2], fields: {id: record.id}}}\n")
+    messages = [e.message for e in errors_of(path)]
+    assert any("'x_1'" in m for m in messages) and any("'x_2'" in m for m in messages), messages

@@ -42,6 +42,7 @@ def unroll(checker: Checker, nodes: dict[str, Node], outputs: dict[str, Output],
         node.copies = [{name: f"{name}_{i}" for name in names} for i in range(1, (count_of(node) or 1) + 1)]
         if node.keep not in node.body and node.body:
             node.keep = list(node.body)[-1]
+        checker.copies.update({copy: body for names_of_round in node.copies for body, copy in names_of_round.items()})
     kept = {name: [copy[node.keep] for copy in node.copies if node.keep in copy] for name, node in rounds.items()}
     flat: dict[str, Node] = {}
     for node in nodes.values():

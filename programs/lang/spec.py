@@ -80,15 +80,18 @@ def _url_problem(url: Any) -> str | None:
     return None
 
 
-def _distinct(errors: list[SpecError]) -> list[SpecError]:
-    """Each problem once. The copies of a rounds body node (generate_1, generate_2, ...) share its
-    line, as an output's fields do for each node it reads: the same message at the same line, but for
-    a copy's round number, says nothing new."""
+def _distinct(errors: list[SpecError], copies: dict[str, str]) -> list[SpecError]:
+    """Each problem once. The copies of a rounds body node (generate_1, generate_2, ...: `copies` maps
+    each to its body node) share its line, as an output's fields do for each node it reads: the same
+    message at the same line, but for a copy's round number, says nothing new."""
+
+    def folded(text: str | None) -> str:
+        return re.sub(r"\b\w+_\d+\b", lambda m: f"{copies[m[0]]}_N" if m[0] in copies else m[0], text or "")
+
     seen: set[tuple[Any, ...]] = set()
     distinct = []
     for error in errors:
-        key = (error.file, error.line, *(re.sub(r"(?<=\w)_\d+\b", "_N", text or "") for text in (error.message,
-                                                                                                  error.hint)))
+        key = (error.file, error.line, folded(error.message), folded(error.hint))
         if key not in seen:
             seen.add(key)
             distinct.append(error)
@@ -137,6 +140,7 @@ class Checker:
     def __init__(self, path: Path, data: dict[str, Any], lines: dict[Path_, int]):
         self.path, self.data, self.lines = path, data, lines
         self.errors: list[SpecError] = []
+        self.copies: dict[str, str] = {}  # a rounds copy's name -> its body node's (rounds.py fills it)
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -170,7 +174,7 @@ class Checker:
 
     def raise_errors(self) -> None:
         if self.errors:
-            raise SpecErrors(_distinct(self.errors))
+            raise SpecErrors(_distinct(self.errors, self.copies))
 
     # -- sections --------------------------------------------------------------------------
 
