@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import REPO, SPEC, start_server  # noqa: E402
+from throughput import REPO, SPEC, overrides, start_server  # noqa: E402
 
 TOPICS = ["a refund email", "a Python function", "a SQL query", "a bash script", "a cover letter",
           "a unit test", "a regex", "a poem", "a recipe", "a travel plan", "a bug report", "a summary"]
@@ -40,14 +40,6 @@ def make_seeds(path: Path, count: int) -> None:
         for i in range(count):
             text = f"{VERBS[i % len(VERBS)]} {TOPICS[(i // 8) % len(TOPICS)]} for case {i}, keeping it short."
             out.write(json.dumps({"id": f"s{i:06d}", "instruction": text}) + "\n")
-
-
-def overrides(url: str, pool: int, dataset: int, concurrency: int) -> list[str]:
-    sets = [f"params.pool_size={pool}", f"params.dataset_size={dataset}"]
-    for role in ("strong", "target"):
-        sets += [f"models.{role}.model=hosted_vllm/{role}", f"models.{role}.api_base={url}",
-                 f"models.{role}.concurrency={concurrency}"]
-    return sets
 
 
 def run_cli(args: list[str], timeout: float) -> dict[str, Any]:
@@ -86,7 +78,7 @@ def measure(seeds: int, args: argparse.Namespace, url: str) -> dict[str, Any]:
     try:
         seed_file = work / "seeds.jsonl"
         make_seeds(seed_file, seeds)
-        sets = [x for s in overrides(url, args.pool, args.dataset, args.concurrency) for x in ("--set", s)]
+        sets = [x for s in overrides(url, args.concurrency, args.pool, args.dataset) for x in ("--set", s)]
         common = [str(SPEC), "--seeds", str(seed_file), "--cache-dir", str(work / "cache"), *sets, "-q"]
         row: dict[str, Any] = {"seeds": seeds}
         dry = run_cli(["run", *common, "--dry-run"], args.timeout)

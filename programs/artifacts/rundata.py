@@ -37,9 +37,7 @@ class Judged:
 @dataclass
 class MetadataSummary:
     """What the report shows of metadata.jsonl: rows by status, how many carry a seed's text, and the
-    first failed rows (the record browser shows at most that many)."""
-
-    KEEP_FAILED = 5000
+    failed rows (the failures section lists them all)."""
 
     rows: int = 0
     seeds: int = 0
@@ -50,7 +48,7 @@ class MetadataSummary:
         self.rows += 1
         self.seeds += "instruction" in row
         self.statuses[str(row.get("status", "ok"))] += 1
-        if row.get("status") == "failed" and len(self.failed) < self.KEEP_FAILED:
+        if row.get("status") == "failed":
             self.failed.append(row)
 
 
@@ -226,9 +224,9 @@ class RunData:
         """Every failed item of every artifact: {artifact, id, stage, error, raw}."""
         found = []
         for artifact in JSONL:
-            # metadata.jsonl is read again, row by row: only its failed rows are kept
-            rows = self.stream(artifact) if artifact == "metadata" else \
-                getattr(self, "histories" if artifact == "instructions" else artifact)
+            rows = getattr(self, "histories" if artifact == "instructions" else artifact)
+            if isinstance(rows, MetadataSummary):  # only its failed rows were kept
+                rows = rows.failed
             for row in rows or []:
                 if row.get("status") != "failed":
                     continue

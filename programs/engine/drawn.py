@@ -15,7 +15,7 @@ from itertools import chain
 from typing import Any
 
 from ..artifacts.spill import OrderedSpill
-from .records import Record
+from .records import Record, field_of
 
 
 class DrawnCollection:
@@ -28,7 +28,7 @@ class DrawnCollection:
 
     def append(self, record: Record) -> None:
         values = {name: found for name in self.wanted
-                  if (found := _nearest(record, name)) is not _ABSENT}
+                  if (found := field_of(record, name, _ABSENT)) is not _ABSENT}
         row = (record.id, record.node, values, record.order, record.sources, record.slot, record.status)
         self._spill.add(record.order, pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL))
 
@@ -41,10 +41,6 @@ class DrawnCollection:
 
 
 _ABSENT = object()
-
-
-def _nearest(record: Record, name: str) -> Any:
-    return next((r.values[name] for r in record.lineage() if name in r.values), _ABSENT)
 
 
 def _record(row: Any) -> Record:

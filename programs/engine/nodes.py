@@ -35,7 +35,7 @@ from ..models.hub import ModelHub
 from .drawn import chained
 from .llm import NodeModule, StepResult
 from .progress import Progress
-from .records import Record, View, lineage_scope, rng_for, view
+from .records import Record, View, field_of, lineage_scope, rng_for, view
 
 Join = Callable[[str, Record], Awaitable[Record]]
 Iteration = tuple[dict[str, "Record"], str | None, dict[str, Any] | None, list[dict[str, Any]]]
@@ -384,11 +384,6 @@ def seed_file(spec: Spec, node: SourceNode, replacement: Path | None) -> Path:
         raise SpecError("--seeds", f"the spec reads {len(files)} files ({', '.join(files)}): which one --seeds "
                         "replaces is not clear", hint=f"--set nodes.{files[0]}.path=FILE, for each file to replace")
     return replacement
-
-
-def field_of(record: Record, name: str) -> Any:
-    """A field of a record, or of the nearest record on its lineage that has it."""
-    return next(r.values[name] for r in record.lineage() if name in r.values)
 
 
 def _views(done: dict[str, Record]) -> dict[str, View]:

@@ -106,6 +106,16 @@ def lineage_scope(record: Record | None) -> dict[str, Any]:
     return scope
 
 
+_NO_DEFAULT = object()
+
+
+def field_of(record: Record, name: str, default: Any = _NO_DEFAULT) -> Any:
+    """A field of a record, or of the nearest record on its lineage that has it; `default` if none
+    has it (without one, StopIteration)."""
+    found = (r.values[name] for r in record.lineage() if name in r.values)
+    return next(found) if default is _NO_DEFAULT else next(found, default)
+
+
 def nearest_values(record: Record) -> View:
     """`lineage.NAME` in outputs: the value named NAME nearest on the record's lineage."""
     values: dict[str, Any] = {}
