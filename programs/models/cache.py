@@ -211,6 +211,15 @@ def _refuse_foreign_db(db: Path) -> None:
                         "and the cache would write into it", hint="pass --cache-dir DIR, a folder for the cache alone")
 
 
+def _per_model(execute: Any, db: Path) -> dict[str, int]:
+    """Entries per model (the tag each entry is stored under), through either store's connection."""
+    try:
+        rows = execute("SELECT tag, COUNT(*) FROM Cache GROUP BY tag").fetchall()
+    except sqlite3.Error as exc:
+        raise _damaged_db(db, exc) from None
+    return {str(tag) if tag is not None else "?": count for tag, count in rows}
+
+
 class _WritableStore:
     """diskcache.Cache, with its failures turned into the errors CallCache promises."""
 
@@ -254,11 +263,7 @@ class _WritableStore:
             return 0
 
     def per_model(self) -> dict[str, int]:
-        try:
-            rows = self.cache._sql("SELECT tag, COUNT(*) FROM Cache GROUP BY tag").fetchall()
-        except sqlite3.Error as exc:
-            raise _damaged_db(self.db, exc) from None
-        return {str(tag) if tag is not None else "?": count for tag, count in rows}
+        return _per_model(self.cache._sql, self.db)
 
     def volume(self) -> int:
         try:
@@ -348,13 +353,7 @@ class _ReadOnlyStore:
             return 0
 
     def per_model(self) -> dict[str, int]:
-        if self.con is None:
-            return {}
-        try:
-            rows = self.con.execute("SELECT tag, COUNT(*) FROM Cache GROUP BY tag").fetchall()
-        except sqlite3.Error as exc:
-            raise _damaged_db(self.db, exc) from None
-        return {str(tag) if tag is not None else "?": count for tag, count in rows}
+        return {} if self.con is None else _per_model(self.con.execute, self.db)
 
     def volume(self) -> int:
         if self.con is None:
