@@ -122,6 +122,58 @@ def test_identical_calls_in_flight_reach_the_model_once(tmp_path):
     assert {e["text"] for e in entries} == {"hello"}
 
 
+def counted_writes(cache: CallCache) -> list[int]:
+    """The size of each transaction the cache writes, from now on."""
+    sizes: list[int] = []
+    write = cache.store.set_many
+
+    def counted(entries):
+        entries = list(entries)
+        sizes.append(len(entries))
+        write(entries)
+
+    cache.store.set_many = counted
+    return sizes
+
+
+def test_answers_of_one_loop_turn_are_one_transaction_readable_at_once(tmp_path):
+    cache = CallCache(tmp_path / "cache")
+    writes = counted_writes(cache)
+    entry = {"text": "an answer", "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+
+    async def one_turn():
+        for n in range(3):
+            cache.put(f"key{n}", "m", entry)
+        assert writes == [] and all(cache.get(f"key{n}")["text"] == "an answer" for n in range(3))
+        await asyncio.sleep(0)  # the end of this turn of the loop
+        assert writes == [3]
+
+    asyncio.run(one_turn())
+    cache.put("later", "m", entry)  # no event loop: written now
+    assert writes == [3, 1]
+    reader = CallCache(tmp_path / "cache", "replay")  # another connection sees them all, before close
+    assert all(reader.get(k) is not None for k in ("key0", "key1", "key2", "later"))
+    reader.close()
+    cache.close()
+
+
+def test_calls_answered_together_are_written_together(tmp_path):
+    spec = load_spec(write_spec(tmp_path, base_spec(tmp_path / "unused.jsonl")))
+    backend = ScriptedBackend("scripted/strong", answer=lambda m: m[-1]["content"].upper(), delay=0.05)
+    cache = CallCache(tmp_path / "cache")
+    writes = counted_writes(cache)
+    hub = ModelHub(spec.models, cache, backends={"strong": backend})
+
+    async def ask_five():
+        return await asyncio.gather(*(hub.complete("strong", [{"role": "user", "content": f"q{i}"}],
+                                                   {"temperature": 0.7}, CallContext("t", str(i)))
+                                      for i in range(5)))
+
+    assert [e["text"] for e in asyncio.run(ask_five())] == [f"Q{i}" for i in range(5)]
+    assert writes == [5]  # one transaction, not five
+    cache.close()
+
+
 def test_sample_slots_keep_identical_pool_entries_distinct(tmp_path, scripted):
     """Two identical pool entries must not share one decode sample."""
     data = hand_written(base_spec(tmp_path / "unused.jsonl", pool_size=2),

@@ -8,6 +8,7 @@ changed downstream parameter re-uses every call upstream of the change.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -16,6 +17,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +31,12 @@ from ..lang.yaml_lines import check_path_text
 MODES = ("live", "replay", "refresh", "read")
 READ_ONLY_MODES = ("replay", "read")
 DB_NAME = "cache.db"  # diskcache's database file in the cache folder
+# A live run writes the answers that come back in one turn of the event loop in one SQLite
+# transaction (at most FLUSH_EVERY), at the end of that turn: a transaction per answer was the
+# largest single CPU cost of a call (benchmarks/RESULTS.md). So a hard kill (SIGKILL, power loss)
+# still loses only answers that had just come back, with the calls in flight; closing the cache
+# (the end of a run, an error, Ctrl-C, SIGTERM) writes everything.
+FLUSH_EVERY = 64
 
 
 def default_cache_dir() -> Path:
@@ -127,6 +135,8 @@ class CallCache:
             _ReadOnlyStore(self.folder) if self.read_only else _WritableStore(self.folder)
         self.damaged = 0  # entries treated as misses
         self._write_failed = False
+        self._pending: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (value, tag): answers not yet written
+        self._lock = threading.Lock()  # the sync path (optimize) puts from the hub's loop thread
 
     def get(self, key: str) -> dict[str, Any] | None:
         if self.mode == "refresh":
@@ -134,23 +144,51 @@ class CallCache:
         return self.peek(key)
 
     def put(self, key: str, model: str, entry: dict[str, Any], *, strict: bool = False) -> bool:
-        """Store an entry (not in the read-only modes). A failed write warns once and the run goes
-        on uncached (its result is still used); with strict, it raises CacheWriteError."""
+        """Store an entry (not in the read-only modes), written with the others of this turn of the
+        event loop and read back at once. A failed write warns once and the run goes on uncached (its
+        result is still used); with strict, it is written now and a failure raises CacheWriteError."""
         if self.read_only:
             return False
+        with self._lock:
+            first = not self._pending
+            self._pending[key] = ({**entry, "model": model, "stored_at": time.time()}, model)
+            full = len(self._pending) >= FLUSH_EVERY
+        if strict or full:
+            return self.flush(strict=strict)
+        if first:
+            self._flush_soon()
+        return True
+
+    def _flush_soon(self) -> None:
+        """Write the batch once the event loop has run what is ready now; without a loop, now."""
         try:
-            self.store.set(key, {**entry, "model": model, "stored_at": time.time()}, tag=model)
-            return True
-        except CacheWriteError as exc:
-            if strict:
-                raise
-            if not self._write_failed:
-                self._write_failed = True
-                warn(f"{exc}; calls from here on are not cached (results are still used)")
-            return False
+            asyncio.get_running_loop().call_soon(self.flush)
+        except RuntimeError:
+            self.flush()
+
+    def flush(self, *, strict: bool = False) -> bool:
+        """Write the pending answers in one transaction; False (with a warning, once) if that failed."""
+        with self._lock:
+            if not self._pending:
+                return True
+            try:
+                self.store.set_many(self._pending.items())
+                return True
+            except CacheWriteError as exc:
+                if strict:
+                    raise
+                if not self._write_failed:
+                    self._write_failed = True
+                    warn(f"{exc}; calls from here on are not cached (results are still used)")
+                return False
+            finally:
+                self._pending.clear()
 
     def peek(self, key: str) -> dict[str, Any] | None:
         """Read regardless of mode (dry runs, exports); damage reads as a miss, with a warning."""
+        pending = self._pending.get(key)
+        if pending is not None:
+            return pending[0]
         try:
             entry = self.store.get(key)
             problem = None if entry is None else entry_problem(entry)
@@ -175,6 +213,7 @@ class CallCache:
         return self.store.clear(model)
 
     def close(self) -> None:
+        self.flush()
         if self.damaged > 1:
             warn(f"cache {self.folder}: {self.damaged} damaged entries were treated as misses")
         self.store.close()
@@ -250,11 +289,16 @@ class _WritableStore:
         except Exception as exc:  # noqa: BLE001 - unpickling runs arbitrary code paths; all are damage
             raise _Damaged(f"{type(exc).__name__}: {exc}") from None
 
-    def set(self, key: str, value: Any, tag: str) -> None:
+    def set_many(self, entries: Iterable[tuple[str, tuple[Any, str]]]) -> None:
+        """(key, (value, tag)) pairs, in one transaction."""
+        import diskcache
+
         try:
-            self.cache.set(key, value, tag=tag)
-        except (sqlite3.Error, OSError) as exc:
-            raise CacheWriteError(f"cannot write to the cache {self.folder}: {exc}") from None
+            with self.cache.transact():
+                for key, (value, tag) in entries:
+                    self.cache.set(key, value, tag=tag)
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:  # Timeout: another writer held the lock
+            raise CacheWriteError(f"cannot write to the cache {self.folder}: {exc or type(exc).__name__}") from None
 
     def __len__(self) -> int:
         try:
@@ -340,7 +384,7 @@ class _ReadOnlyStore:
         except Exception as exc:  # noqa: BLE001 - unpickling runs arbitrary code paths; all are damage
             raise _Damaged(f"{type(exc).__name__}: {exc}") from None
 
-    def set(self, key: str, value: Any, tag: str) -> None:
+    def set_many(self, entries: Iterable[tuple[str, tuple[Any, str]]]) -> None:
         raise CacheWriteError(f"the cache {self.folder} is open read-only")
 
     def __len__(self) -> int:
