@@ -248,3 +248,29 @@ def test_requests_per_minute_spaces_calls(tmp_path):
     asyncio.run(ask(5))
     assert time.monotonic() - started >= 0.39
     assert len(backend.calls) == 5
+
+
+def test_call_keys_are_the_sha256_of_the_identity_as_sorted_json():
+    """Keys are composed from the parts' JSON; they must stay what caches already hold."""
+    import hashlib
+
+    from codeclm.programs.models.cache import CallIdentity
+
+    def reference(model, messages, params, slot):
+        identity = {"model": model, "messages": [[m["role"], m["content"]] for m in messages],
+                    "params": sorted(params.items()), "slot": slot}
+        text = json.dumps(identity, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    cases = [
+        ("hosted_vllm/strong", [{"role": "user", "content": "Write a haiku."}], {"temperature": 0.7}, 0),
+        ("openai/gpt-4o", [{"role": "system", "content": "Ünïcødé \"quotes\" \\ and\nlines \ud800"},
+                           {"role": "user", "content": "日本語 🎉"}],
+         {"max_tokens": 512, "top_p": 0.95, "response_format": {"type": "json_object", "b": [1, 2.5, None]}}, 3),
+        ("m", [], {}, 12),
+    ]
+    for model, messages, params, slot in cases:
+        identity = CallIdentity.of(model, messages, params, slot)
+        assert identity.key == reference(model, messages, params, slot)
+    # pinned: the key this call had before keys were composed (caches on disk hold such keys)
+    assert CallIdentity.of(*cases[0]).key == "f5d947ab2f1344b8a39ae507a251c55af389f9d2b5e0675cfb544e31c7051746"

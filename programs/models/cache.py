@@ -63,24 +63,35 @@ class CallIdentity:
 
     @cached_property  # read several times per call on the hot path: hash once
     def key(self) -> str:
-        return _digest({"model": self.model, "messages": self.messages, "params": self.params, "slot": self.slot})
+        """The SHA-256 of {"model", "messages", "params", "slot"} as sorted-key JSON, composed from the
+        parts' JSON texts (each made once) into exactly the text `json.dumps` would give the dict."""
+        text = (f'{{"messages": {self._json["messages"]}, "model": {_json(self.model)}, '
+                f'"params": {self._json["params"]}, "slot": {_json(self.slot)}}}')
+        return _sha256(text)
 
     @cached_property
     def parts(self) -> dict[str, str]:
         """Short hashes of each component, to tell a user what changed on a replay miss."""
-        return {"model": self.model, "messages": _digest(self.messages)[:12], "params": _digest(self.params)[:12],
-                "slot": str(self.slot)}
+        return {"model": self.model, "messages": _sha256(self._json["messages"])[:12],
+                "params": _sha256(self._json["params"])[:12], "slot": str(self.slot)}
+
+    @cached_property
+    def _json(self) -> dict[str, str]:
+        return {"messages": _json(self.messages), "params": _json(self.params)}
 
     def seed(self) -> int:
         """A per-call sampling seed for models that take one: the same call samples the same."""
         return int(self.key[:8], 16)
 
 
-def _digest(value: Any) -> str:
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _sha256(text: str) -> str:
     # surrogatepass: a lone surrogate (which inputs are checked for) can never crash the hash;
     # valid text hashes exactly as before
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False)
-                          .encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def entry_problem(entry: Any) -> str | None:
