@@ -136,25 +136,29 @@ def counted_writes(cache: CallCache) -> list[int]:
     return sizes
 
 
-def test_answers_of_one_loop_turn_are_one_transaction_readable_at_once(tmp_path):
+def test_answers_are_written_in_batches_and_read_back_at_once(tmp_path):
+    from codeclm.programs.models.cache import FLUSH_AFTER
+
     cache = CallCache(tmp_path / "cache")
     writes = counted_writes(cache)
     entry = {"text": "an answer", "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
 
-    async def one_turn():
+    async def answers_back_together():
         for n in range(3):
             cache.put(f"key{n}", "m", entry)
         assert writes == [] and all(cache.get(f"key{n}")["text"] == "an answer" for n in range(3))
-        await asyncio.sleep(0)  # the end of this turn of the loop
+        await asyncio.sleep(FLUSH_AFTER * 3)
         assert writes == [3]
 
-    asyncio.run(one_turn())
-    cache.put("later", "m", entry)  # no event loop: written now
+    asyncio.run(answers_back_together())
+    cache.put("later", "m", entry)  # no event loop to wait on: written now
     assert writes == [3, 1]
     reader = CallCache(tmp_path / "cache", "replay")  # another connection sees them all, before close
     assert all(reader.get(k) is not None for k in ("key0", "key1", "key2", "later"))
     reader.close()
+    cache.put("at close", "m", entry, strict=False)
     cache.close()
+    assert writes == [3, 1, 1]
 
 
 def test_calls_answered_together_are_written_together(tmp_path):
@@ -170,8 +174,8 @@ def test_calls_answered_together_are_written_together(tmp_path):
                                       for i in range(5)))
 
     assert [e["text"] for e in asyncio.run(ask_five())] == [f"Q{i}" for i in range(5)]
+    cache.close()  # the loop ended before the batch was due: closing writes it
     assert writes == [5]  # one transaction, not five
-    cache.close()
 
 
 def test_sample_slots_keep_identical_pool_entries_distinct(tmp_path, scripted):

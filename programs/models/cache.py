@@ -31,11 +31,14 @@ from ..lang.yaml_lines import check_path_text
 MODES = ("live", "replay", "refresh", "read")
 READ_ONLY_MODES = ("replay", "read")
 DB_NAME = "cache.db"  # diskcache's database file in the cache folder
-# A live run writes the answers that come back in one turn of the event loop in one SQLite
-# transaction (at most FLUSH_EVERY), at the end of that turn: a transaction per answer was the
-# largest single CPU cost of a call (benchmarks/RESULTS.md). So a hard kill (SIGKILL, power loss)
-# still loses only answers that had just come back, with the calls in flight; closing the cache
-# (the end of a run, an error, Ctrl-C, SIGTERM) writes everything.
+# A live run writes its answers in batches: one SQLite transaction for the answers of FLUSH_AFTER
+# seconds (at most FLUSH_EVERY), written that long after the first of them. A transaction costs
+# some 20 system calls (WAL pages, file locks), and one per answer was the largest single CPU cost
+# of a call (benchmarks/RESULTS.md). Until written, an answer reads back from memory. Closing the
+# cache (the end of a run, an error, Ctrl-C, SIGTERM) writes the rest; a hard kill (SIGKILL, power
+# loss) loses at most the answers of the last FLUSH_AFTER seconds, asked again on the rerun like
+# the calls that were in flight.
+FLUSH_AFTER = 0.01
 FLUSH_EVERY = 64
 
 
@@ -147,6 +150,7 @@ class CallCache:
         self.damaged = 0  # entries treated as misses
         self._write_failed = False
         self._pending: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (value, tag): answers not yet written
+        self._batch_started = 0.0  # time.monotonic() of the first pending answer
         self._lock = threading.Lock()  # the sync path (optimize) puts from the hub's loop thread
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -155,25 +159,28 @@ class CallCache:
         return self.peek(key)
 
     def put(self, key: str, model: str, entry: dict[str, Any], *, strict: bool = False) -> bool:
-        """Store an entry (not in the read-only modes), written with the others of this turn of the
-        event loop and read back at once. A failed write warns once and the run goes on uncached (its
-        result is still used); with strict, it is written now and a failure raises CacheWriteError."""
+        """Store an entry (not in the read-only modes), in the next batch; it reads back at once. A
+        failed write warns once and the run goes on uncached (its result is still used); with strict,
+        it is written now and a failure raises CacheWriteError."""
         if self.read_only:
             return False
+        now = time.monotonic()
         with self._lock:
             first = not self._pending
+            if first:
+                self._batch_started = now
             self._pending[key] = ({**entry, "model": model, "stored_at": time.time()}, model)
-            full = len(self._pending) >= FLUSH_EVERY
-        if strict or full:
+            due = len(self._pending) >= FLUSH_EVERY or now - self._batch_started >= FLUSH_AFTER
+        if strict or due:  # due: also when the loop that was to write the batch has ended
             return self.flush(strict=strict)
         if first:
-            self._flush_soon()
+            self._flush_later()
         return True
 
-    def _flush_soon(self) -> None:
-        """Write the batch once the event loop has run what is ready now; without a loop, now."""
+    def _flush_later(self) -> None:
+        """Write the batch FLUSH_AFTER from now, on the running event loop; without one, now."""
         try:
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_later(FLUSH_AFTER, self.flush)
         except RuntimeError:
             self.flush()
 
