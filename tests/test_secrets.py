@@ -4,6 +4,9 @@ refused at load (exit 2, file:line, the fix), and no key value reaches any file 
 from __future__ import annotations
 
 import json
+import random
+import re
+import string
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,17 @@ from click.testing import CliRunner
 from codeclm.cli import main
 from codeclm.programs.errors import EXIT_USAGE, SpecErrors
 from codeclm.programs.lang.spec import load_spec
-from codeclm.programs.redact import MASK, credential_keys, redact, redact_text, url_credentials
+from codeclm.programs.redact import (
+    KEY_PATTERNS,
+    MASK,
+    _forms,
+    _mask,
+    _secret_names,
+    credential_keys,
+    redact,
+    redact_text,
+    url_credentials,
+)
 from conftest import ScriptedBackend, base_spec, write_spec
 from fake_openai_server import answer_text
 
@@ -142,3 +155,79 @@ def test_redaction_helpers() -> None:
     assert url_credentials("http://127.0.0.1:8000/v1") is None
     assert credential_keys({"max_tokens": 5, "keys_per_entry": 2}) == []
     assert yaml.safe_dump(redact({"k": KEY})) == f"k: '{MASK}'\n"
+
+
+# -- masking is the plain algorithm, only faster ----------------------------------------------
+
+def reference_mask(text: str, forms: tuple[str, ...], skip: int | None = None) -> str:
+    """What `_mask` must give: each secret's forms replaced, then each pattern of KEY_PATTERNS, in
+    order, over the whole text (`skip`: without that row, to show the corpus would notice)."""
+    for form in forms:
+        text = text.replace(form, MASK)
+    for row, (_, pattern) in enumerate(KEY_PATTERNS):
+        if row != skip:
+            text = re.sub(pattern, MASK, text)
+    return text
+
+
+def key_shapes(rng: random.Random) -> list[str]:
+    """One of each shape of KEY_PATTERNS, and near misses (a character short, a wrong letter, no
+    word boundary, lower case)."""
+    def run(chars: str, n: int) -> str:
+        return "".join(rng.choice(chars) for _ in range(n))
+    alnum, upper = string.ascii_letters + string.digits, string.ascii_uppercase + string.digits
+    n = rng.choice((-1, 0, 0, 1, 9))  # -1: one short of the shortest key
+    shapes = [
+        "sk-" + rng.choice(("", "proj-", "ant-", "or-")) + run(alnum + "_-", 16 + n), "task-" + run(alnum, 20),
+        "AIza" + run(alnum + "_-", 35 + min(n, 0)), "AIzb" + run(alnum, 35),
+        "gh" + rng.choice("pousrx") + "_" + run(alnum, 30 + n), "github_pat_" + run(alnum + "_", 30 + n),
+        "hf_" + run(alnum, 30 + n), "gsk_" + run(alnum, 20 + n), "r8_" + run(alnum, 30 + n),
+        "xox" + rng.choice("abposrz") + "-" + run(alnum + "-", 10 + n),
+        rng.choice(("AKIA", "ASIA", "AKIB", "akia")) + run(upper, 16 + min(n, 1)),
+        rng.choice(("Bearer ", "bearer ", "BEARER ", "clearer ", "Bearer  ")) + run(alnum + "._~+/-", 12 + n)
+        + rng.choice(("", "=", "==")),
+        rng.choice(("https://", "http://", "ftp:/", "")) + rng.choice(("bob", "a.b", "u-1")) + rng.choice((":", ""))
+        + rng.choice(("pw123", "p@ss", "x y")) + rng.choice(("@", "@@", "")) + "host.example/v1",
+        "mail a@b.c", "@decorator", "://",
+    ]
+    rng.shuffle(shapes)
+    return shapes[:rng.randint(0, 4)]
+
+
+def corpus_text(rng: random.Random, secrets: tuple[str, ...]) -> str:
+    words = ("the answer is clear", "refund", "order", "A customer", "Bearer", "risk-free", "é", "日本",
+             "max_tokens", "hosted_vllm/strong", "a" * 64, f"{rng.getrandbits(256):064x}")
+    json_bits = ('{"', '": "', '", "', '"}', "[", "]", ", ", ": ", "\\n", '\\"', "\n", " ", "", "\t", "/")
+    pieces = [rng.choice(words) for _ in range(rng.randint(0, 12))] + key_shapes(rng) + key_shapes(rng)
+    pieces += [rng.choice(secrets) for _ in range(rng.randint(0, 2))] if secrets else []
+    rng.shuffle(pieces)
+    text = "".join(piece + rng.choice(json_bits) for piece in pieces)
+    return json.dumps({"text": text}, ensure_ascii=False) if rng.random() < 0.5 else text
+
+
+def test_masking_gives_what_the_plain_algorithm_gives() -> None:
+    """Over random JSON-ish text with every key shape (valid and near misses) and secrets with
+    characters JSON escapes: `_mask` equals the reference; and every row of KEY_PATTERNS masks
+    something the others leave, so a row left out would be noticed."""
+    rng = random.Random(20260522)
+    secret_sets = [(), ("my-own-gateway-key-0123456789",),
+                   ('quo"te\\back-slash-secret', "sk-also-a-provider-key-12345678")]
+    noticed = set()
+    for i in range(3000):
+        forms = _forms(secret_sets[i % len(secret_sets)])
+        text = corpus_text(rng, secret_sets[i % len(secret_sets)])
+        expected = reference_mask(text, forms)
+        assert _mask(text, forms) == expected, text
+        noticed |= {row for row in range(len(KEY_PATTERNS)) if reference_mask(text, forms, skip=row) != expected}
+    assert noticed == set(range(len(KEY_PATTERNS)))
+
+
+def test_redact_text_masks_registered_secrets_like_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = 'a "quoted" secret\\with-a-backslash'
+    monkeypatch.setenv("SOME_SERVICE_TOKEN", secret)
+    _secret_names.cache_clear()  # keyed on the number of variables, which an earlier test's may match
+    rng = random.Random(7)
+    for _ in range(300):
+        text = corpus_text(rng, (secret,))
+        assert redact_text(text) == reference_mask(text, _forms((secret,)))
+    assert redact_text(json.dumps({"k": secret})) == json.dumps({"k": MASK})
