@@ -127,7 +127,6 @@ class OpenAICompatibleBackend:
         self.api_key = os.environ.get(key_env) if key_env else None
         if key_env and not self.api_key and provider == "openai" and not spec.api_base:
             raise ModelCallError(f"model '{spec.role}' ({spec.model}) needs the {key_env} environment variable")
-        self.timeout = spec.timeout
         # Read once: aiohttp's trust_env would look proxies and netrc up in threads on every request.
         self.proxy = _env_proxy(self.url)
         self._sessions: dict[int, Any] = {}  # one per event loop: a session is bound to the loop that made it
@@ -139,8 +138,9 @@ class OpenAICompatibleBackend:
         if loop_id not in self._sessions:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             self._sessions[loop_id] = aiohttp.ClientSession(
-                # The hub times each attempt out (and bounds the call); this is only a backstop.
-                headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout + 5),
+                # No timer of aiohttp's own: the hub times every attempt out (`_within`), and a second
+                # timer per request cost CPU for nothing.
+                headers=headers, timeout=aiohttp.ClientTimeout(),
                 connector=aiohttp.TCPConnector(limit=0),  # the hub's semaphore is the concurrency limit
             )
         return self._sessions[loop_id]
@@ -153,9 +153,6 @@ class OpenAICompatibleBackend:
             async with self._session().post(self.url, json=body, proxy=self.proxy) as response:
                 status, raw = response.status, await self._read_capped(response)
                 retry_after = _retry_after(response.headers.get("retry-after"))
-        except asyncio.TimeoutError:  # str() of aiohttp's timeout is empty: say what timed out
-            raise ModelCallError(f"{self.name} at {self.endpoint}: no answer within {self.timeout + 5:g}s",
-                                 retryable=True) from None
         except aiohttp.ClientError as exc:
             raise ModelCallError(f"{self.name}: {type(exc).__name__} {exc}", retryable=True) from None
         text = raw.decode("utf-8", errors="replace")

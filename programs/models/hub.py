@@ -244,10 +244,11 @@ class ModelHub:
 
     def _state(self) -> _LoopState:
         loop_id = id(asyncio.get_running_loop())
-        with self._lock:
-            if loop_id not in self._loops:
-                self._loops[loop_id] = _LoopState(self.models, self.concurrency)
-            return self._loops[loop_id]
+        state = self._loops.get(loop_id)  # twice a call: the lock only for a new loop
+        if state is None:
+            with self._lock:
+                state = self._loops.setdefault(loop_id, _LoopState(self.models, self.concurrency))
+        return state
 
     def _count(self, stat: tuple[str, str], name: str, amount: int = 1) -> None:
         with self._lock:
