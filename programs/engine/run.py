@@ -17,8 +17,8 @@ import gc
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -69,7 +69,25 @@ def run_spec(spec: Spec, options: RunOptions, hub: ModelHub | None = None,
     """Run a spec to completion and write its run directory (or, dry, count its calls).
     `observe(node, inputs)`, if given, sees every llm node's inputs (optimize collects them so)."""
     _freeze_imports()
-    return asyncio.run(_run(spec, options, hub, observe))
+    with _fewer_young_collections():
+        return asyncio.run(_run(spec, options, hub, observe))
+
+
+# A run makes and drops container objects at a high rate (records, scopes, futures), nearly all
+# freed young by reference counting; a young collection every 700 net allocations (Python's
+# default) walked the records in flight again and again: 7% of the CPU of a 7,500-call run.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+@contextmanager
+def _fewer_young_collections() -> Iterator[None]:
+    """Collect the youngest generation every GC_YOUNG_THRESHOLD allocations during a run."""
+    before = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 @lru_cache(maxsize=1)
