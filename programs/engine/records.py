@@ -49,7 +49,10 @@ class Record:
         return chain
 
     def find(self, node: str) -> Record | None:
-        return next((r for r in self.lineage() if r.node == node), None)
+        record: Record | None = self
+        while record is not None and record.node != node:
+            record = record.parent
+        return record
 
 
 class View:
