@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from ..errors import SpecError
 from ..redact import redact_text
@@ -130,7 +130,7 @@ class RunStore:
         self.protect = protect
         self._claimed = False
         self._written: set[str] = set()
-        self._journals: dict[str, TextIO] = {}
+        self._journals: dict[str, _Journal] = {}
         self._index: dict[str, OrderedSpill] = {}  # each journal's line offsets, under the lines' orders
 
     def claim(self) -> None:
@@ -173,7 +173,7 @@ class RunStore:
 
     def open_journal(self, artifact: str) -> None:
         self.claim()
-        self._journals[artifact] = self.journal_path(artifact).open("w", encoding="utf-8")  # a rerun rebuilds it
+        self._journals[artifact] = _Journal(self.journal_path(artifact))  # a rerun rebuilds it
         if artifact in self._index:
             self._index[artifact].close()
         self._index[artifact] = OrderedSpill()
@@ -181,16 +181,13 @@ class RunStore:
     def append(self, artifact: str, order: tuple, record: dict[str, Any]) -> None:
         """One finished record; `order` is its place in the final file (a tuple of ints and strings, kept
         with the line's offset on disk, not in memory); the orders of one artifact must compare with each other."""
-        handle = self._journals[artifact]
-        self._index[artifact].add(order, handle.tell())
-        handle.write(dumps(record) + "\n")
-        handle.flush()
+        self._index[artifact].add(order, self._journals[artifact].write(dumps(record) + "\n"))
 
     def finish_journals(self) -> dict[str, int]:
         """Sort every journal into its file, whatever order records finished in; lines per file."""
         lines = {}
-        for artifact, handle in self._journals.items():
-            handle.close()
+        for artifact, journal in self._journals.items():
+            journal.close()
             index = self._index.pop(artifact)
             with self.journal_path(artifact).open("rb") as source, self._atomic_lines(artifact) as target:
                 for offset in index.in_order():
@@ -205,6 +202,30 @@ class RunStore:
         self.claim()
         self._written.add(artifact)
         return _AtomicFile(self.path(artifact))
+
+
+class _Journal:
+    """An append-only file of lines that knows each line's offset. Lines are buffered and written in
+    batches: a journal is read only once the run has finished it (a rerun rebuilds it), so flushing
+    every line would buy nothing for a write call per record, and asking the file for its position
+    (`tell`) flushes too."""
+
+    BUFFER = 1 << 18  # bytes
+
+    def __init__(self, path: Path):
+        self.handle: BinaryIO = path.open("wb", buffering=self.BUFFER)
+        self.size = 0
+
+    def write(self, line: str) -> int:
+        """Append a line; returns its offset."""
+        offset = self.size
+        data = line.encode("utf-8")
+        self.handle.write(data)
+        self.size += len(data)
+        return offset
+
+    def close(self) -> None:
+        self.handle.close()
 
 
 class _AtomicFile:

@@ -32,8 +32,13 @@ class TemplateAdapter(dspy.Adapter):
         self.parse_text = parse
 
     def format(self, signature: type[dspy.Signature], demos: list[Any], inputs: dict[str, Any]) -> list[dict]:
-        instructions = "" if signature.instructions == NO_INSTRUCTIONS else signature.instructions
-        variables = {**inputs, "instructions": instructions,
+        return self.messages(signature, demos, inputs)
+
+    def messages(self, signature: type[dspy.Signature], demos: list[Any], inputs: dict[str, Any]) -> list[dict]:
+        """What `format` returns, without the DSPy callbacks DSPy wraps `format` in: the engine's run
+        path renders with this, as it calls the hub without dspy.LM (callbacks are for dspy.Predict)."""
+        instructions = signature.instructions  # DSPy cleans the docstring up on each read
+        variables = {**inputs, "instructions": "" if instructions == NO_INSTRUCTIONS else instructions,
                      "demos": [demo.toDict() if hasattr(demo, "toDict") else dict(demo) for demo in demos]}
         return self.template.render(variables)
 

@@ -108,7 +108,8 @@ class NodeModule(dspy.Module):
         return self
 
     def render(self, inputs: dict[str, Any]) -> list[dict[str, str]]:
-        return self.adapter.format(self.predict.signature, self.predict.demos, inputs)
+        predict = self.predict
+        return self.adapter.messages(predict.signature, predict.demos, inputs)
 
     async def run(self, item: str, slot: int, inputs: dict[str, Any]) -> StepResult:
         """The engine's path: render once, look up once, call the model on a miss, parse."""

@@ -56,6 +56,8 @@ class NodeRunner:
         self.progress, self.options, self.observe, self.join = progress, options, observe, join
         self.params = View(dict(spec.params))
         self.join_targets = {j for joins in self.graph.joins.values() for j in joins}
+        # the names each node reads (a loop body's node waits for the siblings it reads), listed once
+        self.reads = {name: {r.root for _, r in node.references()} for name, node in self.graph.every.items()}
 
     # -- scopes ---------------------------------------------------------------------------------
 
@@ -362,7 +364,7 @@ class LoopRun:
         finished = {n.name: asyncio.get_running_loop().create_future() for n in segment}
 
         async def one(body_node: Node) -> None:
-            needs = {r.root for _, r in body_node.references()} & set(finished)
+            needs = self.runner.reads[body_node.name] & finished.keys()
             for name in needs:
                 await finished[name]
             if any(done[name].status in ("failed", "blocked") for name in needs):

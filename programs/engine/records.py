@@ -49,7 +49,10 @@ class Record:
         return chain
 
     def find(self, node: str) -> Record | None:
-        return next((r for r in self.lineage() if r.node == node), None)
+        record: Record | None = self
+        while record is not None and record.node != node:
+            record = record.parent
+        return record
 
 
 class View:
@@ -68,8 +71,28 @@ class View:
         return key in self._values
 
 
+class _RecordView(View):
+    """`view(record)`: the record's values and its `id` and `calls`, read from the record, which never
+    changes, instead of copied into a dict for every scope that shows it."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Record):
+        self._record = record
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "id":
+            return self._record.id
+        if key == "calls":
+            return self._record.calls
+        return self._record.values[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in ("id", "calls") or key in self._record.values
+
+
 def view(record: Record) -> View:
-    return View({**record.values, "id": record.id, "calls": record.calls})
+    return _RecordView(record)
 
 
 class _RecordFields:

@@ -48,7 +48,7 @@ _ENV.globals.update(HELPERS)
 
 _PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _CONSTANTS = {"true", "false", "none", "True", "False", "None"}
-_MISSING = object()
+ABSENT = object()  # what `Expression.present` gives for a value that does not exist
 
 
 class ExpressionError(ValueError):
@@ -80,6 +80,10 @@ class Expression:
         # sandbox reads it (an item of a mapping), without a Jinja context per evaluation.
         path = source.strip()
         self._path = path.split(".") if _PATH.match(path) and path not in _CONSTANTS else None
+        # A literal (`'kept'`, `3`, `true`) has one value: kept, not computed by a Jinja context each time.
+        output = tree.body[0]
+        literal = output.nodes[0] if isinstance(output, nodes.Output) and len(output.nodes) == 1 else None
+        self._literal = (literal.value,) if isinstance(literal, nodes.Const) else None  # a copy keeps no sentinel
 
     def references(self) -> list[Reference]:
         return self._references
@@ -89,20 +93,32 @@ class Expression:
 
     def evaluate(self, scope: dict[str, Any]) -> Any:
         """The value in `scope`; raises jinja2.UndefinedError when a name or field has no value."""
+        value = self.present(scope)
+        if value is ABSENT:
+            if self._path and len(self._path) > 1 and self._path[0] not in scope:
+                return self._compiled(scope)  # raises Jinja's own error for the undefined name
+            raise jinja2.UndefinedError(f"{self.source!r} has no value here")
+        return value
+
+    def present(self, scope: dict[str, Any]) -> Any:
+        """As `evaluate`, but ABSENT, not an exception, when a plain path has no value (or names a
+        node that did not run): outputs and loop traces leave such keys out, and meet many."""
         if self._path is not None:
-            value = scope.get(self._path[0], _MISSING)
+            value = scope.get(self._path[0], ABSENT)
+            if value is ABSENT and self._path[0] not in _ENV.globals:
+                return ABSENT  # Jinja would fail on an undefined name, or on any field of one
             for name in self._path[1:]:
-                if value is _MISSING or not hasattr(value, "__getitem__") or isinstance(value, (str, list, tuple)):
+                if value is ABSENT or not hasattr(value, "__getitem__") or isinstance(value, (str, list, tuple)):
                     break
                 try:
                     value = value[name]
                 except (KeyError, TypeError):
-                    value = _MISSING
+                    value = ABSENT
             else:
-                if value is not _MISSING:
-                    return value
-                raise jinja2.UndefinedError(f"{self.source!r} has no value here")
-        return self._compiled(**scope)
+                return value
+        if self._literal is not None:
+            return self._literal[0]
+        return self._compiled(scope)  # not **scope: Jinja copies the mapping anyway
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
@@ -132,10 +148,13 @@ def evaluate_present(tree: dict[str, Any], scope: dict[str, Any]) -> dict[str, A
     result = {}
     for key, value in tree.items():
         try:
-            computed = evaluate_present(value, scope) if isinstance(value, dict) else evaluate_value(value, scope)
+            if isinstance(value, dict):
+                computed = evaluate_present(value, scope)
+            else:
+                computed = value.present(scope) if isinstance(value, Expression) else evaluate_value(value, scope)
         except jinja2.UndefinedError:
             continue
-        if isinstance(computed, jinja2.Undefined) or (computed == {} and value != {}):
+        if computed is ABSENT or isinstance(computed, jinja2.Undefined) or (computed == {} and value != {}):
             continue
         result[key] = computed
     return result
