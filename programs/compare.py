@@ -100,6 +100,8 @@ def compare(spec_a: Spec, spec_b: Spec, options: CompareOptions, hub_a: ModelHub
         if cache is not None:
             asyncio.run(hub.aclose())
             cache.close()
+        else:  # a hub of the caller's, which may never close its cache: write the last batch now
+            hub.cache.flush()
     outcomes = [v["outcome"] for v in verdicts if v["outcome"] is not None]
     values = [{"win": 1, "tie": 0, "loss": -1}[o] for o in outcomes]
     mean = sum(values) / len(values) if values else 0.0

@@ -278,3 +278,18 @@ def test_call_keys_are_the_sha256_of_the_identity_as_sorted_json():
         assert identity.key == reference(model, messages, params, slot)
     # pinned: the key this call had before keys were composed (caches on disk hold such keys)
     assert CallIdentity.of(*cases[0]).key == "f5d947ab2f1344b8a39ae507a251c55af389f9d2b5e0675cfb544e31c7051746"
+
+
+def test_a_run_on_a_callers_hub_leaves_every_answer_on_disk(tmp_path, seeds_file, scripted, monkeypatch):
+    """The caller may never close its cache: the last batch is written when the run ends."""
+    from codeclm.programs.engine.run import run_spec
+    from codeclm.programs.models import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "FLUSH_AFTER", 60.0)  # no batch falls due during the run
+    spec = load_spec(write_spec(tmp_path, base_spec(seeds_file)))
+    cache = CallCache(tmp_path / "cache")
+    run_spec(spec, RunOptions(out=tmp_path / "run"), ModelHub(spec.models, cache, backends=scripted.backends))
+    reader = CallCache(tmp_path / "cache", "replay")
+    assert len(reader.store) == scripted.calls() > 0  # every call made is there, the cache still open
+    reader.close()
+    cache.close()

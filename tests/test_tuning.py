@@ -446,6 +446,7 @@ def test_the_same_reflection_prompt_asked_again_is_a_new_sample_and_a_rerun_repl
     hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"target": model})
     lm = reflection_lm(hub, spec, "target")
     assert [lm("Propose an instruction.")[0], lm("Propose an instruction.")[0]] == ["first proposal", "second proposal"]
+    hub.cache.close()  # the first run ends (its last answers are written in a batch at the latest then)
     again = ScriptedBackend("scripted/target", answer=lambda m: "never asked")
     hub2 = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"target": again})
     lm2 = reflection_lm(hub2, spec, "target")

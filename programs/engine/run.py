@@ -125,6 +125,8 @@ async def opened_hub(spec: Spec, cache_dir: Path | None, cache_mode: str, concur
         await hub.aclose()
         if cache is not None:
             cache.close()
+        else:  # a hub of the caller's, which may never close its cache: write the last batch now
+            hub.cache.flush()
 
 
 def slim_fields(graph: Any) -> dict[str, set[str]]:
