@@ -16,7 +16,7 @@ import asyncio
 import gc
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
@@ -185,14 +185,16 @@ class Window:
     def __init__(self, size: int):
         self.size, self.waiting = size, 0
         self.places = asyncio.Semaphore(size)
-        self.room = asyncio.Event()  # set while fewer than `size` records wait
-        self.room.set()
+        self.blocked: deque[asyncio.Future] = deque()  # emitters waiting for room, first come first
 
     async def until_room(self) -> None:
-        """Until fewer than `size` records wait. Checked again after each wake-up: every emitter
-        blocked here wakes at once, and the first ones may fill the room again."""
+        """Until fewer than `size` records wait. Each freed unit of room wakes one blocked emitter
+        (waking them all made each wait several times over in a full window); checked again after
+        the wake-up, since an emitter that never blocked may have taken the room first."""
         while self.waiting >= self.size:
-            await self.room.wait()
+            woken = asyncio.get_running_loop().create_future()
+            self.blocked.append(woken)
+            await woken
 
     def queued(self) -> None:
         self._waiting(+1)
@@ -215,10 +217,12 @@ class Window:
 
     def _waiting(self, change: int) -> None:
         self.waiting += change
-        if self.waiting < self.size:
-            self.room.set()
-        else:
-            self.room.clear()
+        room = self.size - self.waiting
+        while room > 0 and self.blocked:
+            woken = self.blocked.popleft()
+            if not woken.done():  # not cancelled
+                woken.set_result(None)
+                room -= 1
 
 
 def item_window(spec: Spec, concurrency: int | None) -> int:
