@@ -83,7 +83,7 @@ class Expression:
         # A literal (`'kept'`, `3`, `true`) has one value: kept, not computed by a Jinja context each time.
         output = tree.body[0]
         literal = output.nodes[0] if isinstance(output, nodes.Output) and len(output.nodes) == 1 else None
-        self._literal = (literal.value,) if isinstance(literal, nodes.Const) else None  # a copy keeps no sentinel
+        self._literal = (literal.value,) if isinstance(literal, nodes.Const) else None  # (value,): `none` is one too
 
     def references(self) -> list[Reference]:
         return self._references
