@@ -20,7 +20,6 @@ from codeclm.programs.redact import (
     MASK,
     _forms,
     _mask,
-    _secret_names,
     credential_keys,
     redact,
     redact_text,
@@ -225,9 +224,17 @@ def test_masking_gives_what_the_plain_algorithm_gives() -> None:
 def test_redact_text_masks_registered_secrets_like_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     secret = 'a "quoted" secret\\with-a-backslash'
     monkeypatch.setenv("SOME_SERVICE_TOKEN", secret)
-    _secret_names.cache_clear()  # keyed on the number of variables, which an earlier test's may match
     rng = random.Random(7)
     for _ in range(300):
         text = corpus_text(rng, (secret,))
         assert redact_text(text) == reference_mask(text, _forms((secret,)))
     assert redact_text(json.dumps({"k": secret})) == json.dumps({"k": MASK})
+
+
+def test_a_secret_variable_replacing_another_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As many variables as before, one of them new: its value is still found."""
+    monkeypatch.setenv("FIRST_API_KEY", "first-secret-value-1234")
+    assert "[redacted]" in redact_text("has first-secret-value-1234")
+    monkeypatch.delenv("FIRST_API_KEY")
+    monkeypatch.setenv("SECOND_API_KEY", "second-secret-value-5678")
+    assert redact_text("has second-secret-value-5678") == f"has {MASK}"
