@@ -37,7 +37,8 @@ KEY_PATTERNS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("xoxa-", "xoxb-", "xoxo-", "xoxp-", "xoxr-", "xoxs-"), r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),  # Slack
     (("AKIA", "ASIA"), r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key ids
     (("Bearer ", "bearer "), r"(?<=[Bb]earer )[A-Za-z0-9._~+/-]{12,}=*"),  # `Authorization: Bearer ...`
-    (("@",), r"(?<=://)[^/\s:@\"']+:[^/\s@\"']+(?=@)"),  # user:password@ in a URL
+    # user:password@ in a URL; found by its `://`, not its `@`, which every loop item's id holds (`m0003@2`)
+    (("://",), r"(?<=://)[^/\s:@\"']+:[^/\s@\"']+(?=@)"),
 )
 _COMPILED = tuple(re.compile(pattern) for _, pattern in KEY_PATTERNS)
 _PATTERNS = re.compile("|".join(pattern for _, pattern in KEY_PATTERNS))
