@@ -39,13 +39,15 @@ class MetadataSummary:
     """What the report shows of metadata.jsonl: rows by status, how many carry a seed's text, and the
     failed rows (the failures section lists them all)."""
 
-    rows: int = 0
     seeds: int = 0
     statuses: Counter = field(default_factory=Counter)
     failed: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def rows(self) -> int:
+        return sum(self.statuses.values())
+
     def add(self, row: dict[str, Any]) -> None:
-        self.rows += 1
         self.seeds += "instruction" in row
         self.statuses[str(row.get("status", "ok"))] += 1
         if row.get("status") == "failed":
@@ -145,7 +147,7 @@ class RunData:
 
     def iter_seeds(self) -> Iterator[dict[str, Any]]:
         """Seed instructions as the run read them, {id, text}, one at a time from the encode records of
-        metadata.jsonl (which keep the seed's text, failed or not). None for a run without seeds."""
+        metadata.jsonl (which keep the seed's text, failed or not); none for a run without seeds."""
         seen: set[str] = set()
         for row in self.stream("metadata") or []:
             text = row.get("instruction")
