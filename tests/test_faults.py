@@ -198,3 +198,18 @@ def test_openai_gets_max_completion_tokens_and_servers_get_max_tokens(monkeypatc
     server = OpenAICompatibleBackend(ModelSpec(role="strong", model="hosted_vllm/m", api_base="http://h/v1"))
     body = server.request_body(messages, params)
     assert body["max_tokens"] == 64 and body["seed"] == 7 and body["temperature"] == 0.2
+
+
+def test_request_and_response_json_read_and_write_what_json_did() -> None:
+    """orjson makes the bodies; what it refuses goes through json exactly as before (no failed call)."""
+    from codeclm.programs.models.backends import _request_json, _response_json
+
+    body = {"messages": [{"role": "user", "content": "café 🙂"}], "temperature": 0.7, "seed": 7}
+    assert json.loads(_request_json(body)) == body
+    odd = {"content": "\ud800", "big": 2**70}  # orjson refuses both; json wrote them
+    assert _request_json(odd) == json.dumps(odd).encode("utf-8")
+    assert _response_json('{"a": "café"}'.encode()) == {"a": "café"}
+    assert _response_json(b'{"a": "bad \xff byte"}') == {"a": "bad \ufffd byte"}  # not UTF-8: replaced
+    assert _response_json(b'{"a": "\\ud800", "n": NaN}')["a"] == "\ud800"  # Completion replaces it later
+    with pytest.raises(ValueError):
+        _response_json(b"<html>not json</html>")

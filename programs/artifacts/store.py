@@ -43,9 +43,12 @@ def read_artifact(run_dir: Path, artifact: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+_encode_line = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # one encoder for every line
+
+
 def dumps(record: Any) -> str:
     """One JSON line of an artifact, with keys masked (redact.py: the last line of defence)."""
-    return redact_text(json.dumps(record, ensure_ascii=False, sort_keys=True))
+    return redact_text(_encode_line(record))
 
 
 def write_atomic(path: Path, text: str) -> None:

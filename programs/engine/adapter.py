@@ -30,6 +30,7 @@ class TemplateAdapter(dspy.Adapter):
         super().__init__()
         self.template = template
         self.parse_text = parse
+        self._instructions: tuple[Any, str] = (object(), "")  # (signature docstring, its cleaned instructions)
 
     def format(self, signature: type[dspy.Signature], demos: list[Any], inputs: dict[str, Any]) -> list[dict]:
         return self.messages(signature, demos, inputs)
@@ -37,7 +38,10 @@ class TemplateAdapter(dspy.Adapter):
     def messages(self, signature: type[dspy.Signature], demos: list[Any], inputs: dict[str, Any]) -> list[dict]:
         """What `format` returns, without the DSPy callbacks DSPy wraps `format` in: the engine's run
         path renders with this, as it calls the hub without dspy.LM (callbacks are for dspy.Predict)."""
-        instructions = signature.instructions  # DSPy cleans the docstring up on each read
+        cached = self._instructions  # one tuple, so threads (optimize) read a matching pair
+        if cached[0] is not signature.__doc__:  # DSPy cleans the docstring up on each read: once per docstring here
+            cached = self._instructions = (signature.__doc__, signature.instructions)
+        instructions = cached[1]
         variables = {**inputs, "instructions": "" if instructions == NO_INSTRUCTIONS else instructions,
                      "demos": [demo.toDict() if hasattr(demo, "toDict") else dict(demo) for demo in demos]}
         return self.template.render(variables)

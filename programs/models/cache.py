@@ -68,27 +68,26 @@ class CallIdentity:
     def key(self) -> str:
         """The SHA-256 of {"model", "messages", "params", "slot"} as sorted-key JSON, composed from the
         parts' JSON texts (each made once) into exactly the text `json.dumps` would give the dict."""
-        text = (f'{{"messages": {self._json["messages"]}, "model": {_json(self.model)}, '
-                f'"params": {self._json["params"]}, "slot": {_json(self.slot)}}}')
+        text = (f'{{"messages": {self._messages_json}, "model": {_json(self.model)}, '
+                f'"params": {_json(self.params)}, "slot": {_json(self.slot)}}}')
         return _sha256(text)
 
     @cached_property
-    def parts(self) -> dict[str, str]:
-        """Short hashes of each component, to tell a user what changed on a replay miss."""
-        return {"model": self.model, "messages": _sha256(self._json["messages"])[:12],
-                "params": _sha256(self._json["params"])[:12], "slot": str(self.slot)}
+    def messages_sha(self) -> str:
+        """A short hash of the rendered messages: in every call's provenance, and what a replay miss compares."""
+        return _sha256(self._messages_json)[:12]
 
     @cached_property
-    def _json(self) -> dict[str, str]:
-        return {"messages": _json(self.messages), "params": _json(self.params)}
+    def _messages_json(self) -> str:
+        return _json(self.messages)
 
     def seed(self) -> int:
         """A per-call sampling seed for models that take one: the same call samples the same."""
         return int(self.key[:8], 16)
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+# json.dumps(value, sort_keys=True, ensure_ascii=False), without building an encoder for every value
+_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
 
 
 def _sha256(text: str) -> str:

@@ -95,7 +95,7 @@ class ModelHub:
         """The call's identity, noted on the item (its provenance and the replay-miss diagnosis)."""
         identity = CallIdentity.of(backend.name, messages, params, ctx.slot)
         ctx.calls.append({"stage": ctx.stage, "item": ctx.item, "model": backend.name, "key": identity.key,
-                          "params": dict(identity.params), "messages_sha": identity.parts["messages"]})
+                          "params": dict(identity.params), "messages_sha": identity.messages_sha})
         return identity
 
     def lookup(self, role: str, messages: list[dict[str, str]], params: dict[str, Any],
@@ -276,7 +276,7 @@ class ModelHub:
             return (f"the recorded run made no '{ctx.stage}' call for item '{ctx.item}': an input upstream "
                     "changed (a seed, a parameter, or a parse) or the stage is new" + self._code_changed())
         before, now = recorded[0], {"model": identity.model, "params": dict(identity.params),
-                                    "messages_sha": identity.parts["messages"]}
+                                    "messages_sha": identity.messages_sha}
         changes = []
         if before["model"] != now["model"]:
             changes.append(f"model {before['model']} -> {now['model']}")
