@@ -203,17 +203,9 @@ class Window:
         """A queued record that needs no place after all (a join made on first need)."""
         self._waiting(-1)
 
-    @asynccontextmanager
-    async def place(self) -> AsyncIterator[None]:
-        """A queued record's place: it stops waiting once it has one."""
-        try:
-            await self.places.acquire()
-        finally:
-            self._waiting(-1)
-        try:
-            yield
-        finally:
-            self.places.release()
+    def place(self) -> _Place:
+        """A queued record's place (`async with`): it stops waiting once it has one."""
+        return _Place(self)
 
     def _waiting(self, change: int) -> None:
         self.waiting += change
@@ -223,6 +215,25 @@ class Window:
             if not woken.done():  # not cancelled
                 woken.set_result(None)
                 room -= 1
+
+
+class _Place:
+    """`Window.place()`. A class, not an @asynccontextmanager: entered once per record, it costs a
+    third as much (0.6 against 1.5 us)."""
+
+    __slots__ = ("window",)
+
+    def __init__(self, window: Window):
+        self.window = window
+
+    async def __aenter__(self) -> None:
+        try:
+            await self.window.places.acquire()
+        finally:
+            self.window._waiting(-1)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.window.places.release()
 
 
 def item_window(spec: Spec, concurrency: int | None) -> int:
