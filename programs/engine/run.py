@@ -68,8 +68,8 @@ def run_spec(spec: Spec, options: RunOptions, hub: ModelHub | None = None,
              observe: Any = None) -> RunResult:
     """Run a spec to completion and write its run directory (or, dry, count its calls).
     `observe(node, inputs)`, if given, sees every llm node's inputs (optimize collects them so)."""
-    _freeze_imports()
-    with _fewer_young_collections():
+    freeze_imports()
+    with fewer_young_collections():
         return asyncio.run(_run(spec, options, hub, observe))
 
 
@@ -80,7 +80,7 @@ GC_YOUNG_THRESHOLD = 10_000
 
 
 @contextmanager
-def _fewer_young_collections() -> Iterator[None]:
+def fewer_young_collections() -> Iterator[None]:
     """Collect the youngest generation every GC_YOUNG_THRESHOLD allocations during a run."""
     before = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *before[1:])
@@ -91,7 +91,7 @@ def _fewer_young_collections() -> Iterator[None]:
 
 
 @lru_cache(maxsize=1)
-def _freeze_imports() -> None:
+def freeze_imports() -> None:
     """Move what exists before the first run (the imports: DSPy, aiohttp, Jinja, the spec) out of
     the cyclic garbage collector's sight, once per process. Each full collection walks every object
     it tracks, and these live as long as the process: frozen, the collector costs a third of what it
