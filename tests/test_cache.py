@@ -280,6 +280,16 @@ def test_call_keys_are_the_sha256_of_the_identity_as_sorted_json():
     assert CallIdentity.of(*cases[0]).key == "f5d947ab2f1344b8a39ae507a251c55af389f9d2b5e0675cfb544e31c7051746"
 
 
+def test_message_strings_are_encoded_as_json_encodes_them():
+    """The key's message strings go through orjson: its text must be json's for every code point."""
+    from codeclm.programs.models.cache import _string_json
+
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    assert _string_json(every) == json.dumps(every, ensure_ascii=False)
+    for text in ("", "\x00\x1f\x7f", "\ud800 lone", "a\udfffb"):  # lone surrogates: json's own encoding
+        assert _string_json(text) == json.dumps(text, ensure_ascii=False)
+
+
 def test_a_run_on_a_callers_hub_leaves_every_answer_on_disk(tmp_path, seeds_file, scripted, monkeypatch):
     """The caller may never close its cache: the last batch is written when the run ends."""
     from codeclm.programs.engine.run import run_spec
