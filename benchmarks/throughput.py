@@ -310,6 +310,9 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
             row[key] = first
     walls = [run["wall_s"] for run in runs]
     row["wall_range"] = f"{min(walls):.2f}-{max(walls):.2f}"
+    ratios = [run["cpu_over_floor"] for run in runs if "cpu_over_floor" in run]
+    if ratios:  # one run's ratio moves by +-15% here: the spread says how far to trust the median
+        row["cpu_over_floor_range"] = f"{min(ratios):.2f}-{max(ratios):.2f}"
     row["runs"] = len(runs)
     return row
 
@@ -324,7 +327,7 @@ COLUMNS = [  # (header, key, format)
     ("replay s", "replay_wall_s", "{:.2f}"), ("replay calls/s", "replay_calls_per_s", "{:.0f}"),
     ("replay same", "replay_identical", "{}"), ("floor wall s", "floor_wall_s", "{:.2f}"),
     ("wall/floor", "wall_over_floor", "{:.2f}"), ("floor cpu ms/call", "floor_cpu_ms_per_call", "{:.2f}"),
-    ("cpu/floor", "cpu_over_floor", "{:.2f}"),
+    ("cpu/floor", "cpu_over_floor", "{:.2f}"), ("cpu/floor range", "cpu_over_floor_range", "{}"),
 ]
 
 
