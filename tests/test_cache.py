@@ -288,6 +288,8 @@ def test_message_strings_are_encoded_as_json_encodes_them():
     assert _string_json(every) == json.dumps(every, ensure_ascii=False)
     for text in ("", "\x00\x1f\x7f", "\ud800 lone", "a\udfffb"):  # lone surrogates: json's own encoding
         assert _string_json(text) == json.dumps(text, ensure_ascii=False)
+    for other in ([{"type": "text", "text": "x"}], 2**70, None, 1.5):  # not a str: json's own, keys sorted
+        assert _string_json(other) == json.dumps(other, ensure_ascii=False, sort_keys=True)
 
 
 def test_a_run_on_a_callers_hub_leaves_every_answer_on_disk(tmp_path, seeds_file, scripted, monkeypatch):

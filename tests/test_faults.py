@@ -208,6 +208,8 @@ def test_request_and_response_json_read_and_write_what_json_did() -> None:
     assert json.loads(_request_json(body)) == body
     odd = {"content": "\ud800", "big": 2**70}  # orjson refuses both; json wrote them
     assert _request_json(odd) == json.dumps(odd).encode("utf-8")
+    for number in (float("nan"), float("inf")):  # orjson would write null
+        assert _request_json({"presence_penalty": number}) == json.dumps({"presence_penalty": number}).encode()
     assert _response_json('{"a": "café"}'.encode()) == {"a": "café"}
     assert _response_json(b'{"a": "bad \xff byte"}') == {"a": "bad \ufffd byte"}  # not UTF-8: replaced
     assert _response_json(b'{"a": "\\ud800", "n": NaN}')["a"] == "\ud800"  # Completion replaces it later
