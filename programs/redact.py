@@ -101,7 +101,7 @@ def env_secrets() -> tuple[str, ...]:
 @lru_cache(maxsize=4)
 def _secret_names(names: tuple[str | bytes, ...], registered: frozenset[str]) -> tuple[str, ...]:
     """Which variables hold keys; scanned again when variables come or go (keyed on their names: a
-    count would miss one variable replaced by another, 4 us a call cheaper)."""
+    count would miss one variable replaced by another)."""
     decoded = (name if isinstance(name, str) else os.fsdecode(name) for name in names)
     return tuple(sorted(registered | {name for name in decoded if _SECRET_ENV.search(name)}))
 

@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import time
 import uuid
@@ -92,7 +91,7 @@ from .llm import build_modules
 from .nodes import NodeRunner
 from .progress import Progress
 from .records import Record
-from .run import GC_YOUNG_THRESHOLD, Engine, RunOptions, RunResult, Window, fewer_young_collections, freeze_imports
+from .run import Engine, RunOptions, RunResult, Window, gc_for_runs, run_gc
 
 WORKERS_ENV = "CODECLM_RAY_WORKERS"  # worker actors [default: the cluster's CPUs]
 MAX_REPLACEMENTS = 8  # dead workers replaced per run before the run gives up
@@ -537,9 +536,7 @@ class RecordWorker:
         self.hub = CoordinatedHub(self.spec, coordinator, owner, Path(cache_dir), mode, concurrency)
         self.modules = build_modules(self.spec, self.hub)
         self.options = RunOptions(cache_mode=mode, concurrency=concurrency)
-        # The garbage collector as in a local run, for the life of this process (it runs only units)
-        freeze_imports()
-        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        gc_for_runs()  # as in a local run, for the life of this process (it runs only units)
 
     def ready(self) -> int:
         return os.getpid()
@@ -709,9 +706,8 @@ def run_on_ray(spec: Spec, options: RunOptions) -> RunResult:
         else:
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
         started = True
-    freeze_imports()
     try:
-        with fewer_young_collections():
+        with run_gc():
             return asyncio.run(_run(ray, spec, options))
     finally:
         if started:

@@ -68,8 +68,7 @@ def run_spec(spec: Spec, options: RunOptions, hub: ModelHub | None = None,
              observe: Any = None) -> RunResult:
     """Run a spec to completion and write its run directory (or, dry, count its calls).
     `observe(node, inputs)`, if given, sees every llm node's inputs (optimize collects them so)."""
-    freeze_imports()
-    with fewer_young_collections():
+    with run_gc():
         return asyncio.run(_run(spec, options, hub, observe))
 
 
@@ -79,11 +78,19 @@ def run_spec(spec: Spec, options: RunOptions, hub: ModelHub | None = None,
 GC_YOUNG_THRESHOLD = 10_000
 
 
-@contextmanager
-def fewer_young_collections() -> Iterator[None]:
-    """Collect the youngest generation every GC_YOUNG_THRESHOLD allocations during a run."""
+def gc_for_runs() -> tuple[int, ...]:
+    """The garbage collector as a run wants it: the imports frozen, the youngest generation collected
+    every GC_YOUNG_THRESHOLD allocations. Returns the thresholds it replaced."""
+    freeze_imports()
     before = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *before[1:])
+    return before
+
+
+@contextmanager
+def run_gc() -> Iterator[None]:
+    """`gc_for_runs()` for the length of one run."""
+    before = gc_for_runs()
     try:
         yield
     finally:
