@@ -119,6 +119,8 @@ def test_an_instructions_block_that_does_not_render_is_a_located_error(tmp_path,
     ("retries", 1.5, "retries must be a whole number"), ("max_tokens", 0, "max_tokens must be a whole number"),
     ("temperature", float("nan"), "temperature must be"), ("extra", "text", "extra must be a mapping"),
     ("extra", [1], "extra must be a mapping"),
+    ("extra", {"presence_penalty": float("nan")}, "extra.presence_penalty must be a finite number, got nan"),
+    ("extra", {"logit_bias": {"50256": float("-inf")}}, "extra.logit_bias.50256 must be a finite number"),
 ])
 def test_model_settings_that_cannot_work_are_refused_with_their_line(tmp_path, seeds_file, key, value, message):
     """These passed validation and then failed every call (exit 1), were sent as is, or crashed with a

@@ -273,6 +273,9 @@ class Checker:
                 self.error((*where, "extra"), f"extra must be a mapping of decoding parameters, got {spec.extra!r}",
                            "e.g. extra: {presence_penalty: 0.5}")
                 spec.extra = {}
+            for path, value in _non_finite(spec.extra, (*where, "extra")):
+                self.error(path, f"{'.'.join(map(str, path[len(where):]))} must be a finite number, got {value!r}: "
+                           "a request cannot carry it as JSON", "give a number, or leave the key out")
             if isinstance(spec.concurrency, int) and spec.concurrency < 1:
                 self.error((*where, "concurrency"), "concurrency must be at least 1")
             models[role] = spec
@@ -298,3 +301,14 @@ class Checker:
                        "(it is not the key itself)", "e.g. api_key_env: OPENAI_API_KEY")
         else:
             register_key_env(env)  # its value is masked in everything codeclm writes
+
+
+def _non_finite(value: Any, path: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], float]]:
+    """(path, value) for each NaN or infinity in a model's `extra:` settings, however deep."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in _non_finite(item, (*path, key))]
+    if isinstance(value, list):
+        return [found for index, item in enumerate(value) for found in _non_finite(item, (*path, index))]
+    return []
