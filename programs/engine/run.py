@@ -207,7 +207,7 @@ class Window:
         self._waiting(+1)
 
     def unqueued(self) -> None:
-        """A queued record that needs no place after all (a join made on first need)."""
+        """A queued record stops waiting: it has its place, or needs none (a join made on first need)."""
         self._waiting(-1)
 
     def place(self) -> _Place:
@@ -237,7 +237,7 @@ class _Place:
         try:
             await self.window.places.acquire()
         finally:
-            self.window._waiting(-1)
+            self.window.unqueued()
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.window.places.release()
