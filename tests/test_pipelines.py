@@ -59,6 +59,24 @@ def test_pipeline_runs_over_http_with_provenance_and_replays(runs, spec):
     assert (replay.out / "dataset.jsonl").read_bytes() == (live.out / "dataset.jsonl").read_bytes()
 
 
+@pytest.mark.parametrize("spec", sorted(SMALL))
+def test_pipeline_cache_bundle_replays_in_a_fresh_cache(runs, spec, tmp_path):
+    """`cache export` finds a pipeline's calls in whatever outputs its spec declares (it read
+    CodecLM's artifact names only, and exported none of these), and the bundle alone replays it."""
+    from codeclm.programs.models.bundle import export_bundle, import_bundle
+
+    live = runs[spec]
+    exported = export_bundle(live.out, tmp_path / "bundle.jsonl.gz")
+    assert exported == live.manifest["totals"]["calls"] > 0
+    assert import_bundle(tmp_path / "bundle.jsonl.gz", tmp_path / "fresh") == exported
+    sets = on_server(spec, "http://127.0.0.1:9/v1")
+    replay = run_spec(load_spec(REPO / "specs" / f"{spec}.yaml", sets),
+                      RunOptions(out=tmp_path / "replay", cache_dir=tmp_path / "fresh", cache_mode="replay",
+                                 overrides=sets))
+    assert replay.manifest["totals"]["calls"] == 0
+    assert (replay.out / "dataset.jsonl").read_bytes() == (live.out / "dataset.jsonl").read_bytes()
+
+
 def test_self_instruct_keeps_only_novel_tasks(runs):
     from codeclm.programs.lang.rouge import rouge_l
 

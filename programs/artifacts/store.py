@@ -29,6 +29,7 @@ ARTIFACTS = {
     "rubrics": "rubrics.jsonl",  # rubrics and actions per metadata entry
     "instructions": "instructions.jsonl",  # every instruction's history: kept, dropped, failed
     "dataset_info": "dataset_info.json",  # LLaMA-Factory's description of dataset.jsonl
+    "call_keys": "call_keys.txt",  # the key of every model call the run read or made: what `cache export` bundles
     "manifest": "manifest.json",
 }
 
@@ -135,6 +136,7 @@ class RunStore:
         self._written: set[str] = set()
         self._journals: dict[str, _Journal] = {}
         self._index: dict[str, OrderedSpill] = {}  # each journal's line offsets, under the lines' orders
+        self._call_log: BinaryIO | None = None
 
     def claim(self) -> None:
         """Make the folder ours before the first write: checked again (it may have changed since),
@@ -186,8 +188,24 @@ class RunStore:
         with the line's offset on disk, not in memory); the orders of one artifact must compare with each other."""
         self._index[artifact].add(order, self._journals[artifact].write(dumps(record) + "\n"))
 
+    def note_calls(self, calls: list[dict[str, Any]]) -> None:
+        """The keys of a finished record's calls, to call_keys.txt: every call of the run, whatever
+        its outputs list (a record a filter drops lists its calls nowhere else). Duplicates are kept
+        (an explode's records share their call); readers keep each key once."""
+        if not calls:
+            return
+        if self._call_log is None:
+            self.claim()
+            self._call_log = self.journal_path("call_keys").open("wb", buffering=_Journal.BUFFER)
+        self._call_log.write("".join(call["key"] + "\n" for call in calls).encode("ascii"))
+
     def finish_journals(self) -> dict[str, int]:
         """Sort every journal into its file, whatever order records finished in; lines per file."""
+        if self._call_log is not None:
+            self._call_log.close()
+            self._call_log = None
+            os.replace(self.journal_path("call_keys"), self.path("call_keys"))
+            self._written.add("call_keys")
         lines = {}
         for artifact, journal in self._journals.items():
             journal.close()

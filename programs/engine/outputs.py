@@ -62,6 +62,7 @@ class OutputWriter:
                 self.statuses[record.status] += 1
             return
         self.open()
+        self.store.note_calls(record.calls)
         if not record.ok:
             failure = record.failure or {}
             self.failure_reasons[f"{failure.get('stage')}: {failure.get('error')}"[:160]] += 1

@@ -17,10 +17,14 @@ from .cache import CallCache, default_cache_dir, entry_problem, warn
 
 
 def run_call_keys(run_dir: Path) -> list[str]:
-    """Every call key recorded in a run's artifacts (each record lists the calls behind it)."""
+    """Every call key a run read or made: its call_keys.txt; for a run made before that file, the
+    calls its artifacts list (each line's provenance `calls`, a loop's `iterations`, failures.jsonl)."""
+    log = run_dir / ARTIFACTS["call_keys"]
+    if log.is_file():
+        return list(dict.fromkeys(_logged_keys(log)))
     keys: dict[str, None] = {}
-    for artifact in ("metadata", "pool", "rubrics", "instructions"):
-        for record in _records(run_dir / ARTIFACTS[artifact], strict=True):
+    for path in _artifact_files(run_dir):
+        for record in _records(path, strict=True):
             for call in _calls(record):
                 keys.setdefault(call["key"])
     return list(keys)
@@ -29,12 +33,30 @@ def run_call_keys(run_dir: Path) -> list[str]:
 def recorded_calls(run_dir: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """A run's calls by (stage, item), to explain a replay miss against it (damaged lines skipped)."""
     index: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for artifact in ("metadata", "rubrics", "instructions"):
-        for record in _records(run_dir / ARTIFACTS[artifact], strict=False):
+    seen: set[tuple[str, str, str]] = set()  # a call is listed by every line downstream of it: once here
+    for path in _artifact_files(run_dir):
+        for record in _records(path, strict=False):
             for call in _calls(record):
-                if "item" in call:
+                if "item" in call and (call["stage"], call["item"], call["key"]) not in seen:
+                    seen.add((call["stage"], call["item"], call["key"]))
                     index.setdefault((call["stage"], call["item"]), []).append(call)
     return index
+
+
+def _logged_keys(log: Path) -> Iterator[str]:
+    """The keys of a call_keys.txt, each line checked (a damaged file is a SpecError at its line)."""
+    with log.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            key = raw.rstrip(b"\n").decode("ascii", errors="replace")
+            if len(key) != 64 or not set(key) <= KEY_CHARS:
+                raise SpecError(str(log), "not a call key (64 hex digits)", line=number,
+                                hint="the run folder is damaged: run the spec again to rewrite it")
+            yield key
+
+
+def _artifact_files(run_dir: Path) -> list[Path]:
+    """A run folder's JSON-lines artifacts (the spec's outputs and failures.jsonl), in name order."""
+    return sorted(path for path in run_dir.glob("*.jsonl") if path.is_file())
 
 
 def _records(path: Path, strict: bool) -> Iterator[Any]:
