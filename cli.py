@@ -707,7 +707,11 @@ def cache_import(bundle: Path, cache_dir: Path | None) -> None:
 def _summary(result: Any, report: Path | None = None) -> None:
     counts, totals = result.counts, result.manifest["totals"]
     kept = counts.get("kept", 0)
+    # records that failed before the node the dataset reads: they reach no count above, yet are failures
+    failed_anywhere = sum(row["failed"] for row in result.manifest["counts"]["stages"].values())
+    upstream = max(0, failed_anywhere - counts.get("failed", 0))
     click.secho(f"kept {kept} | dropped {counts.get('dropped', 0)} | failed {counts.get('failed', 0)}"
+                + (f" (and {upstream} upstream)" if upstream else "")
                 + (f" | over limit {counts['over_limit']}" if counts.get("over_limit") else ""), bold=True)
     for name, row in result.calls.items():
         click.echo(f"  {name:<28} calls {row['calls']:>5}  cached {row['cache_hits']:>5}  "
@@ -717,7 +721,7 @@ def _summary(result: Any, report: Path | None = None) -> None:
         if totals["cost_usd"] or totals["saved_usd"] else ""
     click.echo(f"model calls {totals['calls']}, cache hits {totals['cache_hits']}{cost}; "
                f"{result.manifest['wall_seconds']:.1f}s")
-    click.echo(f"output: {result.out / 'dataset.jsonl'} ({kept} pairs)")
+    click.echo(f"output: {result.out / 'dataset.jsonl'} ({kept} pair{'' if kept == 1 else 's'})")
     if report is not None:
         click.echo(f"report: {report}")
     if result.manifest.get("stopped") == "budget":
@@ -727,9 +731,10 @@ def _summary(result: Any, report: Path | None = None) -> None:
         click.echo("most common failures:")
         for reason, count in list(reasons.items())[:3]:
             click.echo(f"  {count:>4} x {reason}")
-    if kept == 0 and (counts.get("failed") or counts.get("dropped")):
-        click.secho("no pairs kept: every instruction was dropped or failed; see instructions.jsonl for each "
-                    "decision and failure", fg="red", err=True)
+    if kept == 0 and (counts.get("failed") or counts.get("dropped") or upstream):
+        where = "instructions.jsonl for each decision and failure" if (result.out / "instructions.jsonl").is_file() \
+            else "failures.jsonl for each failure, and the run's outputs for each decision"
+        click.secho(f"no pairs kept: every record was dropped or failed; see {where}", fg="red", err=True)
         sys.exit(1)
 
 

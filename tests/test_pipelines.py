@@ -111,3 +111,25 @@ def test_evol_instruct_eliminates_and_keeps_the_rest(runs):
     assert "evolved" in checks and "no_gain" in checks
     dataset = lines(runs["evol_instruct"].out / "dataset.jsonl")
     assert len(dataset) == sum(r["check"] == "evolved" for r in rounds)
+
+
+def test_a_run_whose_every_record_failed_upstream_exits_1_and_says_so(runs, tmp_path):
+    """Every draft failed (no server): the dataset's node counts nothing, yet nothing was produced,
+    so the run exits 1 and its summary counts the failures (it said `failed 0` and exited 0)."""
+    from click.testing import CliRunner
+    from codeclm import cli
+
+    sets = [arg for s in on_server("critique_rewrite", "http://127.0.0.1:9/v1") for arg in ("--set", s)]
+    result = CliRunner().invoke(cli.main, ["run", "critique_rewrite", "-q", "--out", str(tmp_path / "run"),
+                                           "--cache-dir", str(tmp_path / "cache"), "--no-report", *sets,
+                                           "--set", "models.writer.retries=0"])
+    assert result.exit_code == 1, result.output
+    assert "failed 0 (and 20 upstream)" in result.output and "(0 pairs)" in result.output
+    assert "no pairs kept" in result.output and "failures.jsonl" in result.output
+
+
+def test_the_report_counts_a_pipeline_without_instructions_jsonl(runs):
+    """The report's tiles read the run's own counts when CodecLM's instructions.jsonl is absent."""
+    from codeclm.programs.artifacts.rundata import RunData
+
+    assert RunData.open(runs["critique_rewrite"].out).status_counts == {"kept": 20}

@@ -184,7 +184,13 @@ class RunData:
 
     @cached_property
     def status_counts(self) -> dict[str, int]:
-        return dict(Counter(str(h.get("status", "unknown")) for h in self.histories or []).most_common())
+        """Records by status: from instructions.jsonl's histories, or, in a run without that file (a
+        spec other than CodecLM's), as the run counted the records its dataset reads (the manifest)."""
+        if self.histories is None:
+            counted = (self.manifest.get("counts") or {}).get("instructions")
+            counted = counted if isinstance(counted, dict) else {}
+            return dict(Counter({str(k): v for k, v in counted.items() if isinstance(v, int)}).most_common())
+        return dict(Counter(str(h.get("status", "unknown")) for h in self.histories).most_common())
 
     def steps(self, history: dict[str, Any]) -> list[dict[str, Any]]:
         steps = history.get("iterations")
