@@ -119,6 +119,8 @@ def test_an_instructions_block_that_does_not_render_is_a_located_error(tmp_path,
     ("retries", 1.5, "retries must be a whole number"), ("max_tokens", 0, "max_tokens must be a whole number"),
     ("temperature", float("nan"), "temperature must be"), ("extra", "text", "extra must be a mapping"),
     ("extra", [1], "extra must be a mapping"),
+    ("model", "gpt4", "'gpt4' names no provider"), ("model", "locall", "did you mean 'local'"),
+    ("model", "hosted_vlm/strong", "did you mean 'hosted_vllm/strong'"),
     ("extra", {"presence_penalty": float("nan")}, "extra.presence_penalty must be a finite number, got nan"),
     ("extra", {"logit_bias": {"50256": float("-inf")}}, "extra.logit_bias.50256 must be a finite number"),
 ])
@@ -413,3 +415,23 @@ def test_node_keys_of_the_wrong_type_are_refused(tmp_path, seeds_file, path, val
     data["nodes"][path[0]][path[1]] = value
     result = codeclm("validate", write_spec(tmp_path, data))
     assert result.exit_code == 2 and message in result.output and "spec.yaml:" in result.output, result.output
+
+
+@pytest.mark.parametrize("model", [{"model": "openai/gpt-4o-mini"},
+                                   {"model": "hosted_vllm/strong", "api_base": "http://127.0.0.1:9/v1",
+                                    "api_key_env": "CODECLM_TEST_UNSET_KEY"}])
+def test_a_live_run_whose_model_has_no_key_stops_before_any_call(tmp_path, seeds_file, monkeypatch, model):
+    """Every call would have failed, one record at a time, and the run exited 1: now exit 2 at the
+    model's line before anything runs. A dry run and a replay need no key."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("CODECLM_TEST_UNSET_KEY", raising=False)
+    data = base_spec(seeds_file)
+    data["models"]["strong"] = model
+    spec = write_spec(tmp_path, data)
+    result = codeclm("run", spec, "-q", "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    env = model.get("api_key_env", "OPENAI_API_KEY")
+    assert f"model 'strong' ({model['model']}) needs the {env} environment variable" in result.output
+    assert "spec.yaml:" in result.output and not (tmp_path / "run").exists()
+    dry = codeclm("run", spec, "-q", "--dry-run", "--cache-dir", tmp_path / "cache")
+    assert dry.exit_code == 0, dry.output

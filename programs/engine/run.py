@@ -27,9 +27,10 @@ from typing import Any
 
 from ..artifacts.manifest import build_manifest
 from ..artifacts.store import RunStore
-from ..errors import CodecError
+from ..errors import CodecError, SpecError, SpecErrors
 from ..lang.nodes import DedupNode, LLMNode, MixNode, Node, SourceNode
 from ..lang.spec import Spec
+from ..models.backends import missing_key
 from ..models.budget import BudgetTracker
 from ..models.bundle import recorded_calls
 from ..models.cache import CallCache, default_cache_dir
@@ -108,6 +109,8 @@ def freeze_imports() -> None:
 
 
 async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: Any) -> RunResult:
+    if options.cache_mode in ("live", "refresh") and not options.dry_run:
+        check_keys(spec)
     async with opened_hub(spec, options.cache_dir, options.cache_mode, options.concurrency, hub,
                           dry_run=options.dry_run) as live_hub:
         manifest = options.recorded_run / "manifest.json" if options.recorded_run else None
@@ -116,6 +119,17 @@ async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: A
             live_hub.recorded_code = json.loads(manifest.read_text()).get("code_sha256")
         live_hub.budget = BudgetTracker(spec.budget) if spec.budget and not options.dry_run else None
         return await Engine(spec, options, live_hub, observe).run()
+
+
+def check_keys(spec: Spec) -> None:
+    """Before a live run calls anything: every model it calls has its key in the environment (else
+    every call would fail, one record at a time). A SpecError per model, at its line (exit 2)."""
+    roles = sorted({node.model for node in spec.graph.model_nodes()})
+    errors = [SpecError(str(spec.path), problem, line=spec.models[role].line,
+                        hint="export the variable (or name another with api_key_env); --replay needs no key")
+              for role in roles if (problem := missing_key(spec.models[role])) is not None]
+    if errors:
+        raise SpecErrors(errors)
 
 
 @asynccontextmanager

@@ -44,6 +44,7 @@ class ModelSpec:
     n_ctx: int = 2048
     extra: dict[str, Any] = field(default_factory=dict)
     price: dict[str, float] | None = None  # {input_per_mtok, output_per_mtok}: wins over LiteLLM's cost map
+    line: int | None = None  # its line in the spec: for what a run finds wrong with it
 
     @property
     def is_local(self) -> bool:
@@ -64,6 +65,34 @@ class Spec:
     budget: Any = None  # programs.budget.Budget: what a run may spend on new calls, or None
     executor: str = "local"  # local | ray (programs/engine/ray_executor.py)
     optimize: dict[str, Any] = field(default_factory=dict)  # node -> programs.tuning.config.NodeTuning
+
+
+# Providers a `model:` names without LiteLLM being asked: codeclm's own and the most used of
+# LiteLLM's (the rest are checked against LiteLLM's list, whose import takes seconds).
+KNOWN_PROVIDERS = {"local", "openai", "hosted_vllm", "ollama", "llamacpp", "gemini", "anthropic", "vertex_ai",
+                   "azure", "bedrock", "mistral", "groq", "together_ai", "openrouter", "deepseek", "cohere",
+                   "fireworks_ai", "huggingface", "xai", "perplexity", "cerebras", "deepinfra", "ollama_chat"}
+
+
+def _provider_problem(model: str) -> str | None:
+    """Why `model` (PROVIDER/NAME, or local) names no provider codeclm or LiteLLM serves; else None.
+    A typo here (`gpt4`, `locall`, `hosted_vlm/x`) used to validate and then fail every call."""
+    provider, slash, name = model.partition("/")
+    if model == "local" or (slash and name and provider in KNOWN_PROVIDERS):
+        return None
+    if slash and not name:
+        return f"'{model}' names no model after the provider (PROVIDER/NAME)"
+    if not slash:
+        guess = difflib.get_close_matches(model, ["local"], n=1, cutoff=0.75)
+        return f"'{model}' names no provider: write PROVIDER/NAME" + \
+            (" (did you mean 'local'?)" if guess else f" (e.g. openai/{model})" if model.startswith("gpt") else "")
+    import litellm  # only for a provider outside KNOWN_PROVIDERS
+
+    providers = {str(getattr(p, "value", p)) for p in litellm.provider_list}
+    if provider in providers:
+        return None
+    guess = difflib.get_close_matches(provider, sorted(KNOWN_PROVIDERS | providers), n=1)
+    return f"unknown provider '{provider}' in '{model}'" + (f" (did you mean '{guess[0]}/{name}'?)" if guess else "")
 
 
 def _url_problem(url: Any) -> str | None:
@@ -242,7 +271,11 @@ class Checker:
                 self.error(where, f"model '{role}' needs a 'model' string",
                            "e.g. local, openai/gpt-4o-mini, gemini/gemini-1.5-pro, hosted_vllm/NAME")
                 continue
-            if model.startswith("hosted_vllm/") and not conf.get("api_base"):
+            if (problem := _provider_problem(model)) is not None:
+                self.error((*where, "model"), f"model '{role}': {problem}",
+                           "local (the embedded model), openai/gpt-4o-mini, hosted_vllm/NAME with api_base, "
+                           "ollama/NAME, gemini/..., anthropic/... (README: Models)")
+            elif model.startswith("hosted_vllm/") and not conf.get("api_base"):
                 self.error(where, f"model '{role}' ({model}) needs api_base",
                            "e.g. api_base: http://127.0.0.1:8000/v1")
             elif conf.get("api_base") is not None and (problem := _url_problem(conf["api_base"])):
@@ -278,6 +311,7 @@ class Checker:
                            "a request cannot carry it as JSON", "give a number, or leave the key out")
             if isinstance(spec.concurrency, int) and spec.concurrency < 1:
                 self.error((*where, "concurrency"), "concurrency must be at least 1")
+            spec.line = self.lines.get(where)
             models[role] = spec
         return models
 

@@ -128,8 +128,6 @@ class OpenAICompatibleBackend:
         key_env = spec.api_key_env or default_key_env
         register_key_env(key_env)  # its value is masked in everything codeclm writes
         self.api_key = os.environ.get(key_env) if key_env else None
-        if key_env and not self.api_key and provider == "openai" and not spec.api_base:
-            raise ModelCallError(f"model '{spec.role}' ({spec.model}) needs the {key_env} environment variable")
         # Read once: aiohttp's trust_env would look proxies and netrc up in threads on every request.
         self.proxy = _env_proxy(self.url)
         self._sessions: dict[int, Any] = {}  # one per event loop: a session is bound to the loop that made it
@@ -255,10 +253,25 @@ def _classify_dspy_error(model: str, exc: Exception) -> ModelCallError:
 def build_backend(spec: ModelSpec) -> Backend:
     if spec.is_local:
         return LocalBackend(spec)
+    problem = missing_key(spec)
+    if problem is not None:
+        raise ModelCallError(problem)
     provider = spec.model.partition("/")[0]
     if provider in OPENAI_COMPATIBLE:
         return OpenAICompatibleBackend(spec)
     return DSPyBackend(spec)
+
+
+def missing_key(spec: ModelSpec) -> str | None:
+    """Why every call to this model would fail before reaching it: the variable holding its key is
+    unset (the one `api_key_env` names, or OpenAI's own without an `api_base`); else None."""
+    if spec.is_local:
+        return None
+    default_env = OPENAI_COMPATIBLE.get(spec.model.partition("/")[0], (None, None))[1]
+    env = spec.api_key_env or (default_env if not spec.api_base else None)
+    if env and not os.environ.get(env, "").strip():
+        return f"model '{spec.role}' ({spec.model}) needs the {env} environment variable"
+    return None
 
 
 def _env_proxy(url: str) -> str | None:
