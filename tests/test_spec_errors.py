@@ -467,3 +467,13 @@ def test_nodes_named_like_round_copies_keep_their_own_errors(tmp_path):
                     "outputs: {dataset: {from: [x_1, x_2], fields: {id: record.id}}}\n")
     messages = [e.message for e in errors_of(path)]
     assert any("'x_1'" in m for m in messages) and any("'x_2'" in m for m in messages), messages
+
+
+def test_a_loop_next_key_that_is_not_in_its_state(tmp_path, spec_data):
+    """A typo in next: started a new state key, and the state the loop reads never changed."""
+    refine = spec_data["nodes"]["refine"]
+    refine["next"] = {"instructon" if k == "instruction" else k: v for k, v in refine["next"].items()}
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert "next.instructon is not a key of the loop's state" in error.message and "'instruction'" in error.hint
+    assert error.line == line_of(path, "instructon")

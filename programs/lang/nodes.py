@@ -6,6 +6,7 @@ This module knows what a node *says*; `programs/lang/graph.py` checks how nodes 
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -544,8 +545,14 @@ class NodeReader:
             mapping = self.checker.mapping((*where, key), raw.get(key), key)
             return {str(k): self.expr((*where, key, k), v, tree=True) for k, v in mapping.items()}
 
-        return LoopNode(**common, max=self.expr((*where, "max"), raw.get("max", 1)), state=exprs("state"),
-                        body=body, next=exprs("next"), trace=exprs("trace"),
+        state, following = exprs("state"), exprs("next")
+        for key in following.keys() - state.keys():  # a typo would start a new key and leave the state as it was
+            close = difflib.get_close_matches(key, sorted(state), n=1)
+            self.checker.error((*where, "next", key), f"next.{key} is not a key of the loop's state"
+                               + (f" ({', '.join(sorted(state))})" if state else " (it has none)"),
+                               f"did you mean '{close[0]}'?" if close else f"declare it: state: {{{key}: ...}}")
+        return LoopNode(**common, max=self.expr((*where, "max"), raw.get("max", 1)), state=state,
+                        body=body, next=following, trace=exprs("trace"),
                         exhausted=str(raw.get("exhausted", "dropped")), emit=raw.get("emit", "last"))
 
     def read_rounds(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
