@@ -19,6 +19,7 @@ import click
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 CACHE_DIR_HELP = "Cache folder (default: the spec's 'cache:', else $CODECLM_CACHE_DIR, else ~/.cache/codeclm)."
+SHARED_CACHE_HELP = "Cache folder (default: $CODECLM_CACHE_DIR, else ~/.cache/codeclm)."
 
 
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
@@ -161,7 +162,7 @@ def init(folder: Path) -> None:
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--seeds", type=click.Path(dir_okay=False, path_type=Path), help="Seed file (JSONL, CSV or text); "
-              "overrides the spec's seeds.path.")
+              "replaces the path of the spec's source node (when it reads one file).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory [default: runs/NAME; with --replay, runs/NAME-replay].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -646,7 +647,7 @@ def cache() -> None:
 
 
 @cache.command("stats")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=SHARED_CACHE_HELP)
 @reports_errors
 def cache_stats(cache_dir: Path | None) -> None:
     """Entries, size on disk and entries per model (reads the cache read-only)."""
@@ -664,7 +665,7 @@ def cache_stats(cache_dir: Path | None) -> None:
 
 @cache.command("clear")
 @click.option("--model", help="Clear only this model's entries (as `cache stats` names it).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=SHARED_CACHE_HELP)
 @click.confirmation_option(prompt="Delete cached completions?")
 @reports_errors
 def cache_clear(model: str | None, cache_dir: Path | None) -> None:
@@ -682,7 +683,8 @@ def cache_clear(model: str | None, cache_dir: Path | None) -> None:
 @cache.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Cache folder (default: the one the run's manifest names).")
 @reports_errors
 def cache_export(run_dir: Path, bundle: Path, cache_dir: Path | None) -> None:
     """Write exactly the calls RUN_DIR used to BUNDLE (JSONL, .gz compresses), for offline replay."""
@@ -694,7 +696,7 @@ def cache_export(run_dir: Path, bundle: Path, cache_dir: Path | None) -> None:
 
 @cache.command("import")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=SHARED_CACHE_HELP)
 @reports_errors
 def cache_import(bundle: Path, cache_dir: Path | None) -> None:
     """Load a bundle written by `cache export` into the cache."""

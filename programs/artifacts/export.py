@@ -214,8 +214,8 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     """The spec to ship (paths rewritten into pipeline/), the files it needs {relative name: source}, and notes.
 
     Paths in the recorded spec are relative to where the spec was; the shipped spec names copies beside it:
-    `prompts: prompts`, `seeds.path: seeds/FILE`, `program: programs/STAGE.json`. `cache:` is dropped (a folder
-    of the machine that ran it)."""
+    `prompts: prompts`, a source node's `path: seeds/FILE`, `program: programs/STAGE.json`. `cache:` is dropped
+    (a folder of the machine that ran it)."""
     recorded = manifest["spec"]
     ordered = recorded.get("resolved_yaml")  # in its order: a loop body runs in the order it is written
     spec = yaml.safe_load(ordered) if isinstance(ordered, str) else json.loads(json.dumps(recorded["resolved"]))

@@ -28,7 +28,8 @@ def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "i
     path = Path(path)
     check_path_text(path, "seed file")
     if not path.is_file():
-        raise SpecError(str(path), "seed file not found", hint="set seeds.path in the spec or pass --seeds")
+        raise SpecError(str(path), "seed file not found",
+                        hint="set the source node's path: (relative to the spec), or pass --seeds FILE")
     try:
         path.open("rb").close()
     except OSError as exc:
@@ -112,7 +113,8 @@ def _csv(path: Path, field: str, id_field: str | None):
     try:
         if rows.fieldnames is None or field not in rows.fieldnames:
             raise SpecError(str(path), f"CSV header has no column '{field}'", line=1,
-                            hint=f"columns: {', '.join(rows.fieldnames or [])}; set seeds.field")
+                            hint=f"columns: {', '.join(rows.fieldnames or [])}; map one in the source node's "
+                                 "fields: (e.g. fields: {instruction: COLUMN})")
         twice = sorted({name for name in rows.fieldnames if rows.fieldnames.count(name) > 1})
         if twice:
             raise SpecError(str(path), f"CSV header names column '{twice[0]}' twice", line=1,
@@ -138,7 +140,8 @@ def _pick(record: Any, field: str, id_field: str | None, path: Path, line: int) 
     value = record.get(field)
     if not isinstance(value, str) or not value.strip():
         raise SpecError(str(path), f"record has no text in field '{field}'", line=line,
-                        hint=f"fields here: {', '.join(map(str, record))}; set seeds.field in the spec")
+                        hint=f"fields here: {', '.join(map(str, record))}; map one in the source node's fields: "
+                             "(e.g. fields: {instruction: FIELD})")
     seed_id = record.get(id_field) if id_field else None
     for what, text in ((f"field '{field}'", value), (f"id field '{id_field}'", seed_id)):
         if isinstance(text, str) and has_surrogate(text):
