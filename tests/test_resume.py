@@ -83,6 +83,10 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path, seeds_file):
         process.send_signal(signal.SIGINT)
         assert process.wait(10) == 130
         stderr = process.stderr.read().decode()
+        # the calls in flight were stopped, not failed on closed connections and written as failures
+        partial = tmp_path / "resumed" / "failures.jsonl.partial"
+        assert not partial.is_file() or "Session is closed" not in partial.read_text(), partial.read_text()
+        assert "Unclosed" not in stderr, stderr
         before_resume = server.completions
         final = codeclm_run(spec, tmp_path / "resumed", tmp_path / "cache-resumed")
         assert final.wait(120) == 0, final.stderr.read().decode()

@@ -317,14 +317,21 @@ class Engine:
 
     async def drain(self) -> bool:
         """Wait until every spawned task is done; on the first error, cancel the rest. True if none failed."""
-        while self.tasks and self.error is None:
-            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_EXCEPTION)
+        try:
+            while self.tasks and self.error is None:
+                await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:  # Ctrl-C, SIGTERM: stop every record's task before the hub closes
+            await self.cancel_tasks()  # (else they meet closed connections and are written as failures)
+            raise
         if self.error is None:
             return True
+        await self.cancel_tasks()
+        return False
+
+    async def cancel_tasks(self) -> None:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        return False
 
     def spawn(self, work: Any) -> None:
         """Run `work` as a task of this run: the first task that raises stops the run."""
