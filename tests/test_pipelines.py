@@ -128,8 +128,13 @@ def test_a_run_whose_every_record_failed_upstream_exits_1_and_says_so(runs, tmp_
     assert "no pairs kept" in result.output and "failures.jsonl" in result.output
 
 
-def test_the_report_counts_a_pipeline_without_instructions_jsonl(runs):
-    """The report's tiles read the run's own counts when CodecLM's instructions.jsonl is absent."""
+def test_the_report_of_a_pipeline_without_codeclm_files(runs):
+    """The report's tiles read the run's own counts when CodecLM's instructions.jsonl is absent, and
+    neither its files nor the paper's figures are said to be missing from another pipeline's run."""
+    from codeclm.programs.artifacts.html_report import render
     from codeclm.programs.artifacts.rundata import RunData
 
     assert RunData.open(runs["critique_rewrite"].out).status_counts == {"kept": 20}
+    page = render(RunData.open(runs["critique_rewrite"].out))
+    assert '<b>20</b><span>kept' in page
+    assert "Not in this run folder" not in page and "the paper saw" not in page

@@ -87,7 +87,7 @@ def render(run: RunData) -> str:
     nav = "".join(f'<a href="#{key}">{escape(title)}</a>' for key, title, _ in sections)
     body = "".join(f'<section id="{key}"><h2>{escape(title)}</h2>{content}</section>'
                    for key, title, content in sections)
-    missing = sorted(set(run.missing))
+    missing = sorted(name for name in set(run.missing) if run.declares(name))
     notes = (f'<p class="muted">Not in this run folder: {escape(", ".join(missing))}.</p>' if missing else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -192,6 +192,8 @@ def kept_section(run: RunData) -> str:
     kept = run.kept
     if not kept:
         return charts.empty("kept pairs by iteration", "no kept pairs")
+    if not any(pair.get("iteration") for pair in kept):  # a pipeline whose provenance has no iteration
+        return note(f"{len(kept)} kept pairs (their provenance records no iteration to chart).")
     by_iteration: dict[str, Counter] = defaultdict(Counter)
     for pair in kept:
         by_iteration[str(pair.get("iteration") or "-")][str(pair.get("response_from") or "-")] += 1

@@ -137,6 +137,15 @@ class RunData:
             return {}
         return value if isinstance(value, dict) else {}
 
+    def declares(self, name: str) -> bool:
+        """Whether the run's spec writes the file `name` (its outputs, the manifest): a file another
+        pipeline writes (CodecLM's instructions.jsonl) is not missing from this one. True when unknown."""
+        resolved = (self.manifest.get("spec") or {}).get("resolved")
+        outputs = resolved.get("outputs") if isinstance(resolved, dict) else None
+        if not isinstance(outputs, dict):
+            return True
+        return name == ARTIFACTS["manifest"] or name in {f"{output}.jsonl" for output in outputs}
+
     # -- what the views need ---------------------------------------------------------------
 
     @cached_property
