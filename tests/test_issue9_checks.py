@@ -435,3 +435,12 @@ def test_a_live_run_whose_model_has_no_key_stops_before_any_call(tmp_path, seeds
     assert "spec.yaml:" in result.output and not (tmp_path / "run").exists()
     dry = codeclm("run", spec, "-q", "--dry-run", "--cache-dir", tmp_path / "cache")
     assert dry.exit_code == 0, dry.output
+
+
+def test_set_on_a_loop_body_node_says_where_it_is():
+    """It made a new top-level node, which then `needs a type`; now the message gives the right path."""
+    result = codeclm("validate", "critique_rewrite", "--set", "nodes.rewrite.temperature=1")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "node 'rewrite' is in the body of 'improve'" in result.output
+    assert "--set nodes.improve.body.rewrite.temperature=1" in result.output
+    assert codeclm("validate", "critique_rewrite", "--set", "nodes.improve.body.rewrite.temperature=1").exit_code == 0

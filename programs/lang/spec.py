@@ -152,6 +152,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> di
         value = load_value(raw_value, file, f"--set {key}")
         node = data
         for depth, part in enumerate(parts[:-1]):
+            if depth == 1 and parts[0] == "nodes" and node.get(part) is None:
+                _refuse_body_node(node, part, parts, raw_value, file)
             if node.get(part) is None:
                 node[part] = {}
             elif not isinstance(node[part], dict):
@@ -161,6 +163,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> di
             node = node[part]
         node[parts[-1]] = value
     return data
+
+
+def _refuse_body_node(nodes: dict[str, Any], name: str, parts: list[str], raw_value: str, file: str) -> None:
+    """`--set nodes.X.KEY=...` where X is not a top-level node but in a loop's (or rounds') body: say
+    where it is, rather than make a new node X that then `needs a type`."""
+    for owner, conf in nodes.items():
+        body = conf.get("body") if isinstance(conf, dict) else None
+        if isinstance(body, dict) and name in body:
+            path = ".".join(["nodes", str(owner), "body", name, *parts[2:]])
+            raise SpecError(file, f"--set {'.'.join(parts)}: node '{name}' is in the body of '{owner}'",
+                            hint=f"--set {path}={raw_value}")
 
 
 class Checker:
