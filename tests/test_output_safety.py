@@ -218,3 +218,22 @@ def test_evaluate_refuses_a_foreign_folder_before_any_call(tmp_path, seeds_file)
     assert result.exit_code == 2 and str(folder) in result.output, result.output
     assert sorted(p.name for p in folder.iterdir()) == ["eval.jsonl"]
     assert (folder / "eval.jsonl").read_text() == USER_DATA
+
+
+def test_a_rerun_with_another_spec_removes_only_the_earlier_runs_outputs(tmp_path):
+    """A run folder reused by another pipeline kept the first one's outputs (histories.jsonl beside
+    alpagasus' files); the outputs its manifest declared now go, and only plain names inside the
+    folder: a manifest naming `../victim` deletes nothing outside it."""
+    folder = tmp_path / "run"
+    first = RunStore(folder)
+    first.write_jsonl("histories", [{"id": "a"}])
+    outputs = {"histories": {}, "../victim": {}, "failures": {}}
+    first.write_json("manifest", {"spec": {"resolved": {"outputs": outputs}}})
+    victim = tmp_path / "victim.jsonl"
+    victim.write_text(USER_DATA)
+    second = RunStore(folder)
+    second.write_jsonl("ratings", [{"id": "b"}])
+    assert (folder / "histories.jsonl").is_file()  # not before the second run is complete
+    second.write_json("manifest", {"spec": {"resolved": {"outputs": {"ratings": {}}}}})
+    assert not (folder / "histories.jsonl").exists() and (folder / "ratings.jsonl").is_file()
+    assert victim.read_text() == USER_DATA

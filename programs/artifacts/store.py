@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from ..errors import SpecError
+from ..lang.nodes import RESERVED_OUTPUTS, path_like
 from ..redact import redact_text
 from .spill import OrderedSpill
 
@@ -124,6 +125,18 @@ def claim_folder(folder: Path, protect: Path | None = None) -> Path:
     return folder
 
 
+def _outputs_of(manifest: Path) -> set[str]:
+    """The outputs a finished run's manifest says its spec declared (none if it cannot be read): a
+    rerun into the folder with another spec removes those it does not write again."""
+    try:
+        outputs = json.loads(manifest.read_text(encoding="utf-8"))["spec"]["resolved"]["outputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    if not isinstance(outputs, dict):
+        return set()  # a name that is a path, or a file every run writes itself, is never an output's
+    return {name for name in outputs if isinstance(name, str) and not path_like(name) and name not in RESERVED_OUTPUTS}
+
+
 class RunStore:
     """A run folder. Creating one only checks the folder (see check_out_folder); the folder is made
     and claimed (marker written, the old manifest removed) at the first write, so a run that stops
@@ -137,6 +150,7 @@ class RunStore:
         self._journals: dict[str, _Journal] = {}
         self._index: dict[str, OrderedSpill] = {}  # each journal's line offsets, under the lines' orders
         self._call_log: BinaryIO | None = None
+        self._earlier_outputs: set[str] = set()  # the outputs the folder's previous run declared
 
     def claim(self) -> None:
         """Make the folder ours before the first write: checked again (it may have changed since),
@@ -145,6 +159,7 @@ class RunStore:
         if self._claimed:
             return
         claim_folder(self.folder, self.protect)
+        self._earlier_outputs = _outputs_of(self.path("manifest"))
         self.path("manifest").unlink(missing_ok=True)
         self._claimed = True
 
@@ -166,7 +181,7 @@ class RunStore:
     def write_json(self, artifact: str, value: Any) -> None:
         self.claim()
         if artifact == "manifest":  # the run is complete: artifacts of an earlier run it did not rewrite go
-            for stale in set(ARTIFACTS) - self._written - {"manifest"}:
+            for stale in (set(ARTIFACTS) | self._earlier_outputs) - self._written - {"manifest"}:
                 self.path(stale).unlink(missing_ok=True)
         self._written.add(artifact)
         write_atomic(self.path(artifact), json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
