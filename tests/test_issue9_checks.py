@@ -444,3 +444,14 @@ def test_set_on_a_loop_body_node_says_where_it_is():
     assert "node 'rewrite' is in the body of 'improve'" in result.output
     assert "--set nodes.improve.body.rewrite.temperature=1" in result.output
     assert codeclm("validate", "critique_rewrite", "--set", "nodes.improve.body.rewrite.temperature=1").exit_code == 0
+
+
+@pytest.mark.parametrize("sets", [["nodes.encode.for_each=encode"], ["nodes.refine.for_each=refine"],
+                                  ["nodes.decode.for_each=refine"]], ids=["self", "loop-self", "two-nodes"])
+def test_a_for_each_cycle_is_refused_not_walked_forever(sets):
+    """validate, graph and run walked the for_each chain with no end (memory grew without bound)."""
+    args = [a for s in sets for a in ("--set", s)]
+    for command in ("validate", "graph"):
+        result = codeclm(command, "codeclm", *args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "for_each makes a cycle" in result.output

@@ -63,7 +63,7 @@ class Graph:
         """The nodes whose records a record of `name` descends from, nearest first (itself included)."""
         chain = []
         node: str | None = name
-        while node:
+        while node and node not in chain:  # a cycle is refused (check_for_each_cycles), never walked
             chain.append(node)
             current = self.every[node]
             node = current.loop if current.loop else current.for_each
@@ -205,6 +205,24 @@ class _GraphCheck:
                            graph.rounds_hint(node.for_each) or f"nodes: {', '.join(graph.nodes)}")
                 continue
             graph.children.setdefault(node.for_each, []).append(node.name)
+        self.check_for_each_cycles()
+
+    def check_for_each_cycles(self) -> None:
+        """A node whose for_each chain comes back to it (`for_each: itself`, a -> b -> a) has no first
+        record; every later check walks these chains, so this one comes first (each cycle once)."""
+        every = self.graph.every
+        for start in self.graph.nodes:
+            chain: list[str] = []
+            current: str | None = start
+            while current is not None and current in every and current not in chain:
+                chain.append(current)
+                current = every[current].for_each
+            if current is None or current not in chain or start != min(chain[chain.index(current):]):
+                continue
+            cycle = [*chain[chain.index(current):], current]
+            self.error((*every[start].where, "for_each"), f"for_each makes a cycle: {' -> '.join(cycle)}",
+                       "a node runs on the records of a node before it: point for_each at a source, a mix "
+                       "or an earlier node")
 
     def visible(self, node: Node, upto_self: bool = False) -> dict[str, str]:
         """Names a node's expressions can read -> how (ancestor, body, join, self)."""
