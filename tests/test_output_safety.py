@@ -237,3 +237,40 @@ def test_a_rerun_with_another_spec_removes_only_the_earlier_runs_outputs(tmp_pat
     second.write_json("manifest", {"spec": {"resolved": {"outputs": {"ratings": {}}}}})
     assert not (folder / "histories.jsonl").exists() and (folder / "ratings.jsonl").is_file()
     assert victim.read_text() == USER_DATA
+
+
+def test_an_output_never_replaces_a_file_codeclm_did_not_write(tmp_path, seeds_file):
+    """A user's notes.jsonl in a run folder, then a spec with an output named notes: the run
+    replaced it without a word; now exit 2 before anything runs, the file as it was. The marker
+    lists the outputs codeclm writes, so its own files are still replaced (a rerun, a resume),
+    and a marker naming ../victim.jsonl removes nothing outside the folder."""
+    folder = tmp_path / "run"
+    store = RunStore(folder)
+    store.write_jsonl("histories", [{"id": "a"}])
+    (folder / "notes.jsonl").write_text(USER_DATA)
+    with pytest.raises(SpecError, match="codeclm did not write it: output 'notes' would replace it"):
+        RunStore(folder).check_outputs(["dataset", "notes"])
+    assert (folder / "notes.jsonl").read_text() == USER_DATA
+    RunStore(folder).check_outputs(["dataset", "histories"])  # its own: fine
+    marker = json.loads((folder / MARKER).read_text())
+    assert marker["files"] == ["histories.jsonl"]
+    victim = tmp_path / "victim.jsonl"
+    victim.write_text(USER_DATA)
+    (folder / MARKER).write_text(json.dumps({**marker, "files": ["../victim.jsonl", "histories.jsonl"]}))
+    rerun = RunStore(folder)
+    rerun.write_jsonl("ratings", [{"id": "b"}])
+    rerun.write_json("manifest", {"spec": {"resolved": {"outputs": {"ratings": {}}}}})
+    assert victim.read_text() == USER_DATA and (folder / "notes.jsonl").read_text() == USER_DATA
+    assert not (folder / "histories.jsonl").exists()  # the earlier run's output, not this one's
+    assert json.loads((folder / MARKER).read_text())["files"] == ["ratings.jsonl"]
+
+
+def test_a_run_refuses_an_output_over_a_foreign_file_before_any_call(tmp_path, seeds_file):
+    spec = unreachable_spec(tmp_path, seeds_file)
+    folder = tmp_path / "run"
+    RunStore(folder).write_jsonl("metadata", [{"id": "m"}])  # a codeclm folder
+    (folder / "notes.jsonl").write_text(USER_DATA)
+    result = codeclm("run", str(spec), "-q", "--out", str(folder), "--cache-dir", str(tmp_path / "cache"),
+                     "--set", "outputs.notes.from=seeds", "--set", "outputs.notes.fields.id=record.id")
+    assert result.exit_code == 2 and "would replace it" in result.output, result.output
+    assert (folder / "notes.jsonl").read_text() == USER_DATA

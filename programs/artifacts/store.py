@@ -125,12 +125,19 @@ def claim_folder(folder: Path, protect: Path | None = None) -> Path:
     return folder
 
 
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
 def _outputs_of(manifest: Path) -> set[str]:
     """The outputs a finished run's manifest says its spec declared (none if it cannot be read): a
     rerun into the folder with another spec removes those it does not write again."""
     try:
-        outputs = json.loads(manifest.read_text(encoding="utf-8"))["spec"]["resolved"]["outputs"]
-    except (OSError, ValueError, KeyError, TypeError):
+        outputs = _json_or_none(manifest)["spec"]["resolved"]["outputs"]
+    except (KeyError, TypeError):
         return set()
     if not isinstance(outputs, dict):
         return set()  # a name that is a path, or a file every run writes itself, is never an output's
@@ -150,7 +157,7 @@ class RunStore:
         self._journals: dict[str, _Journal] = {}
         self._index: dict[str, OrderedSpill] = {}  # each journal's line offsets, under the lines' orders
         self._call_log: BinaryIO | None = None
-        self._earlier_outputs: set[str] = set()  # the outputs the folder's previous run declared
+        self._earlier_files: set[str] = set()  # what codeclm had written in the folder before this run
 
     def claim(self) -> None:
         """Make the folder ours before the first write: checked again (it may have changed since),
@@ -159,9 +166,51 @@ class RunStore:
         if self._claimed:
             return
         claim_folder(self.folder, self.protect)
-        self._earlier_outputs = _outputs_of(self.path("manifest"))
+        self._earlier_files = self._own_files()
         self.path("manifest").unlink(missing_ok=True)
         self._claimed = True
+
+    def check_outputs(self, names: Iterable[str]) -> None:
+        """Before anything runs: no output may replace a file of the folder that codeclm did not
+        write (a user's notes.jsonl beside a run, then an output named notes). SpecError (exit 2)."""
+        if not self.folder.is_dir():
+            return
+        own = self._own_files()
+        for name in names:
+            path = self.path(name)
+            if path.exists() and path.name not in own:
+                raise SpecError(str(path), f"exists and codeclm did not write it: output '{name}' would replace it",
+                                hint="move the file away, name the output otherwise, or choose another --out")
+
+    def _own_files(self) -> set[str]:
+        """Files of the folder codeclm wrote: its fixed artifacts, the outputs the marker lists, and those
+        the last finished run's manifest declared (a folder from before the marker listed them)."""
+        listed = _json_or_none(self.folder / MARKER)
+        files = listed.get("files") if isinstance(listed, dict) else None
+        return {*ARTIFACTS.values(), *(f for f in files or [] if isinstance(f, str) and not path_like(f)),
+                *(self.path(name).name for name in _outputs_of(self.path("manifest")))}
+
+    def _remove_stale(self) -> None:
+        """The files earlier runs wrote that this one did not (another spec's outputs); the marker then
+        lists this run's outputs only."""
+        written = {self.path(artifact).name for artifact in self._written} | {ARTIFACTS["manifest"]}
+        for name in self._earlier_files - written:
+            (self.folder / name).unlink(missing_ok=True)
+        marker = _json_or_none(self.folder / MARKER)
+        if isinstance(marker, dict) and "files" in marker:
+            outputs = sorted(name for name in written if name not in ARTIFACTS.values())
+            write_atomic(self.folder / MARKER, json.dumps({**marker, "files": outputs}) + "\n")
+
+    def _owned(self, artifact: str) -> None:
+        """Note in the marker that codeclm writes this output's file, before it is written."""
+        name = self.path(artifact).name
+        if name in ARTIFACTS.values():
+            return
+        marker = _json_or_none(self.folder / MARKER)
+        marker = marker if isinstance(marker, dict) else {"written_by": "codeclm"}
+        files = [f for f in marker.get("files") or [] if isinstance(f, str)]
+        if name not in files:
+            write_atomic(self.folder / MARKER, json.dumps({**marker, "files": sorted({*files, name})}) + "\n")
 
     def path(self, artifact: str) -> Path:
         """A known artifact's file, else an output's: NAME.jsonl."""
@@ -169,6 +218,7 @@ class RunStore:
 
     def write_jsonl(self, artifact: str, records: Iterable[dict[str, Any]]) -> None:
         self.claim()
+        self._owned(artifact)
         self._written.add(artifact)
         write_atomic(self.path(artifact), "".join(dumps(r) + "\n" for r in records))
 
@@ -180,9 +230,8 @@ class RunStore:
 
     def write_json(self, artifact: str, value: Any) -> None:
         self.claim()
-        if artifact == "manifest":  # the run is complete: artifacts of an earlier run it did not rewrite go
-            for stale in (set(ARTIFACTS) | self._earlier_outputs) - self._written - {"manifest"}:
-                self.path(stale).unlink(missing_ok=True)
+        if artifact == "manifest":  # the run is complete: files of an earlier run it did not rewrite go
+            self._remove_stale()
         self._written.add(artifact)
         write_atomic(self.path(artifact), json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
 
@@ -236,6 +285,7 @@ class RunStore:
 
     def _atomic_lines(self, artifact: str) -> _AtomicFile:
         self.claim()
+        self._owned(artifact)
         self._written.add(artifact)
         return _AtomicFile(self.path(artifact))
 

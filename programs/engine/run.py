@@ -273,6 +273,8 @@ class Engine:
         self.progress = options.progress or Progress(stream=None)
         store = None if options.dry_run else RunStore(options.out or Path("runs") / spec.name,
                                                       protect=options.recorded_run)
+        if store is not None:
+            store.check_outputs(self.graph.outputs)
         self.outputs = OutputWriter(spec, store)
         self.nodes = NodeRunner(spec, hub, build_modules(spec, hub), self.progress, options, observe, self.join)
         self.collections = {c for n in self.graph.every.values() for c in n.collections}
