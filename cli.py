@@ -270,7 +270,7 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
         for section, key in (("options", "cache_dir"), ("options", "overrides"), ("options", "seeds"),
                              ("options", "limit"), ("spec", "path")):  # what replay reads
             manifest[section][key]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise SpecError(str(manifest_path), f"not a codeclm run manifest ({type(exc).__name__}: {exc})",
                         hint="replay a folder `codeclm run` finished, or run the spec again") from None
     recorded = manifest["options"]
@@ -609,6 +609,9 @@ def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) ->
         raise SpecError("--input", f"not JSON: {exc.msg}", hint='e.g. --input \'{"instruction": "..."}\'') from None
     except RecursionError:
         raise SpecError("--input", "JSON nested too deeply", hint='e.g. --input \'{"instruction": "..."}\'') from None
+    except ValueError as exc:  # an integer of more digits than Python reads
+        raise SpecError("--input", f"unreadable JSON: {str(exc).split(';')[0]}",
+                        hint="quote the number if it is text") from None
     if not isinstance(given, dict):
         raise SpecError("--input", f"must be a JSON object, got {type(given).__name__}",
                         hint='e.g. --input \'{"instruction": "..."}\'')

@@ -34,6 +34,7 @@ from typing import Any, TextIO
 
 import dspy
 
+from .artifacts.store import read_run_json
 from .engine.adapter import AsyncHubEngine, HubEngine, run_on_hub_loop
 from .engine.llm import NodeModule, build_module
 from .engine.run import RunOptions, run_spec
@@ -356,7 +357,7 @@ def program_path(spec: Spec, node: LLMNode, options: OptimizeOptions) -> Path:
 def _is_program_file(path: Path) -> bool:
     try:
         return path.is_file() and "codeclm" in json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, RecursionError):
         return False
 
 
@@ -374,7 +375,11 @@ def _run_cache(run_dir: Path | None) -> Path | None:
     manifest = run_dir / "manifest.json" if run_dir else None
     if manifest is None or not manifest.is_file():
         return None
-    return Path(json.loads(manifest.read_text())["options"]["cache_dir"])
+    try:
+        return Path(read_run_json(manifest)["options"]["cache_dir"])
+    except (KeyError, TypeError):
+        raise SpecError(str(manifest), "not a codeclm run manifest (no options.cache_dir)",
+                        hint="pass --from a folder `codeclm run` finished") from None
 
 
 def node_inputs(spec: Spec, node: LLMNode, options: OptimizeOptions, cache_dir: Path,

@@ -529,3 +529,27 @@ def test_a_completion_with_a_lone_surrogate_is_written_not_crashed_on(tmp_path, 
     result = scripted(write_spec(tmp_path, base_spec(seeds_file)))
     histories = (result.out / "instructions.jsonl").read_text(encoding="utf-8")
     assert "\ufffd" in histories and "\\ud800" not in histories
+
+
+def test_run_files_nested_past_reading_are_exit_2(tmp_path, seeds_file, scripted):
+    """A manifest or a run line of 100,000 nested brackets: a RecursionError traceback in inspect,
+    report, export, replay and cache export; now exit 2 naming the file."""
+    first = scripted(write_spec(tmp_path, base_spec(seeds_file)), out="live")
+    deep = "[" * 100_000 + "]" * 100_000
+    (first.out / "manifest.json").write_text(deep)
+    for args in (["inspect", str(first.out)], ["export", str(first.out), str(tmp_path / "hf")],
+                 ["replay", str(first.out)], ["cache", "export", str(first.out), str(tmp_path / "x.jsonl")]):
+        assert_reports(cli(*args), "manifest.json")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_integers_of_more_digits_than_python_reads_are_exit_2(tmp_path, seeds_file):
+    """int() refuses more than 4,300 digits (a ValueError): a traceback from a spec, a --set, a seed
+    file and render --input; now exit 2 at the line."""
+    huge = "9" * 5000
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    assert_reports(cli("validate", str(spec), "--set", f"params.threshold={huge}"), "more digits than Python reads")
+    seeds = tmp_path / "huge.jsonl"
+    seeds.write_text(f'{{"id": "x", "instruction": "hi", "n": {huge}}}\n')
+    assert_reports(cli("run", str(spec), "--dry-run", "--seeds", str(seeds)), f"{seeds}:1", "unreadable JSON")
+    assert_reports(cli("render", str(spec), "encode", "--input", f'{{"instruction": {huge}}}'), "unreadable JSON")

@@ -38,7 +38,7 @@ import yaml
 from ..errors import CodecError, SpecError
 from ..redact import redact_text
 from .quality import quality_metrics
-from .store import ARTIFACTS, write_atomic
+from .store import ARTIFACTS, read_run_json, write_atomic
 
 MARKER = ".codeclm-export"
 PARQUET = "data/train-00000-of-00001.parquet"
@@ -109,10 +109,7 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     fix = "pass a folder `codeclm run` finished, e.g. runs/demo"
     if not manifest_path.is_file():
         raise SpecError(str(run_dir), "not a finished run (no manifest.json)", hint=fix)
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SpecError(str(manifest_path), f"cannot read the run's manifest ({exc})", hint=fix) from None
+    manifest = read_run_json(manifest_path)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("spec"), dict) \
             or not isinstance(manifest["spec"].get("resolved"), dict):
         raise SpecError(str(manifest_path), "not a codeclm run manifest (no spec.resolved)", hint=fix)

@@ -7,19 +7,18 @@ place to see whether a run of yours looks like that.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
 from .quality import format_quality, quality_metrics
-from .store import ARTIFACTS, read_artifact
+from .store import ARTIFACTS, read_artifact, read_run_json
 
 
 def run_report(run_dir: Path) -> dict[str, Any]:
     manifest_path = run_dir / ARTIFACTS["manifest"]
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = read_run_json(manifest_path) if manifest_path.is_file() else {}
     if manifest and not (run_dir / ARTIFACTS["instructions"]).is_file():
         return general_report(run_dir, manifest)  # a spec that keeps no CodecLM instruction histories
     histories = read_artifact(run_dir, "instructions")

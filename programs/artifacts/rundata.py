@@ -90,7 +90,7 @@ class RunData:
                         continue
                     try:
                         row = json.loads(line)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         row = None
                     if isinstance(row, dict):
                         yield row
@@ -132,7 +132,7 @@ class RunData:
         path = self.folder / ARTIFACTS["manifest"]
         try:
             value = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             self.missing.append(ARTIFACTS["manifest"])
             return {}
         return value if isinstance(value, dict) else {}
@@ -288,7 +288,7 @@ def damaged_run(folder: Path, exc: BaseException) -> Exception:
                 continue
             try:
                 value = json.loads(chunk)
-            except ValueError as bad:
+            except (ValueError, RecursionError) as bad:
                 return SpecError(str(path), f"damaged: not JSON ({bad})", line=number, hint=hint)
             if not isinstance(value, dict):
                 return SpecError(str(path), f"damaged: a {type(value).__name__} where a JSON object belongs",

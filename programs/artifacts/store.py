@@ -35,14 +35,39 @@ ARTIFACTS = {
 }
 
 
+DAMAGED_RUN = "the run folder is damaged: run the spec again to rewrite it"
+
+
 def read_artifact(run_dir: Path, artifact: str) -> list[dict[str, Any]]:
-    """The records of a finished run's JSONL artifact."""
+    """The records of a finished run's JSONL artifact; a line that is not JSON is a SpecError at its line."""
     path = Path(run_dir) / ARTIFACTS[artifact]
     if not path.is_file():
         raise SpecError(str(path), "not found: is this a finished run directory?",
                         hint="pass the folder `codeclm run` wrote, e.g. runs/demo")
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    records = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if raw.strip():
+                records.append(_json_line(path, raw, number))
+    return records
+
+
+def _json_line(path: Path, raw: bytes, number: int) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad bytes, bad JSON, nested past reading, huge integers
+        raise SpecError(str(path), f"not a JSON line ({str(exc).split(';')[0]})", line=number,
+                        hint=DAMAGED_RUN) from None
+
+
+def read_run_json(path: Path) -> Any:
+    """A run folder's JSON file (its manifest); what cannot be read is a SpecError naming it (exit 2)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpecError(str(path), f"cannot read it: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise SpecError(str(path), f"not readable JSON ({str(exc).split(';')[0]})", hint=DAMAGED_RUN) from None
 
 
 _encode_line = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # one encoder for every line
@@ -72,10 +97,7 @@ def is_own_run(folder: Path) -> bool:
         return True
     for name, keys in ((ARTIFACTS["manifest"], {"spec", "code_sha256", "options", "calls"}),
                        ("eval.json", {"candidate", "reference", "judge", "summary"})):  # `codeclm evaluate`'s
-        try:
-            written = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
+        written = _json_or_none(folder / name)
         if isinstance(written, dict) and keys <= written.keys():
             return True
     return False
@@ -127,8 +149,8 @@ def claim_folder(folder: Path, protect: Path | None = None) -> Path:
 
 def _json_or_none(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        return read_run_json(path)
+    except SpecError:
         return None
 
 

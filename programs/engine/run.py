@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts.manifest import build_manifest
-from ..artifacts.store import RunStore
+from ..artifacts.store import RunStore, read_run_json
 from ..errors import CodecError, SpecError, SpecErrors
 from ..lang.nodes import DedupNode, LLMNode, MixNode, Node, SourceNode
 from ..lang.spec import Spec
@@ -116,7 +115,8 @@ async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: A
         manifest = options.recorded_run / "manifest.json" if options.recorded_run else None
         if manifest and manifest.is_file():
             live_hub.recorded = recorded_calls(options.recorded_run)
-            live_hub.recorded_code = json.loads(manifest.read_text()).get("code_sha256")
+            recorded = read_run_json(manifest)
+            live_hub.recorded_code = recorded.get("code_sha256") if isinstance(recorded, dict) else None
         live_hub.budget = BudgetTracker(spec.budget) if spec.budget and not options.dry_run else None
         return await Engine(spec, options, live_hub, observe).run()
 

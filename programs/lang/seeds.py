@@ -92,6 +92,9 @@ def _jsonl(path: Path, field: str, id_field: str | None):
                             hint="one JSON object per line") from None
         except RecursionError:
             raise SpecError(str(path), "JSON nested too deeply", line=number, hint="one flat object per line") from None
+        except ValueError as exc:  # an integer of more digits than Python reads
+            raise SpecError(str(path), f"unreadable JSON: {str(exc).split(';')[0]}", line=number,
+                            hint="quote the number if it is text") from None
         yield number, _pick(record, field, id_field, path, number)
 
 

@@ -16,6 +16,7 @@ which refuse, as a located SpecError, what PyYAML would accept silently or choke
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,10 @@ def _compose_and_construct(text: str, file: str, what: str = "") -> tuple[yaml.N
     return node, data
 
 
+INT_TAG = "tag:yaml.org,2002:int"
+MAX_INT_DIGITS = sys.get_int_max_str_digits() or 4300  # int() refuses longer digit strings (a ValueError)
+
+
 class _Checker:
     """One pass over the composed node graph, each node visited once (aliases share nodes)."""
 
@@ -156,6 +161,9 @@ class _Checker:
             if has_surrogate(node.value):
                 raise self.error(node, "text holds a lone surrogate (a \\ud800-\\udfff escape), not valid "
                                        "Unicode", "remove the escape, or write the character itself")
+            if node.tag == INT_TAG and len(node.value) > MAX_INT_DIGITS:
+                raise self.error(node, f"a number of {len(node.value):,} characters: more digits than Python "
+                                       f"reads ({MAX_INT_DIGITS:,})", "quote it if it is text")
         elif isinstance(node, yaml.MappingNode):
             seen: dict[Any, yaml.Node] = {}
             for key_node, value_node in node.value:

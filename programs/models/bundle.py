@@ -128,6 +128,8 @@ def _record(bundle: Path, number: int, line: str) -> tuple[str, dict[str, Any]]:
             from None
     except RecursionError:
         raise bad("JSON nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python reads
+        raise bad(str(exc).split(";")[0]) from None
     if not isinstance(record, dict) or set(record) != {"key", "entry"}:
         raise bad('expected {"key": ..., "entry": ...}')
     key, entry = record["key"], record["entry"]
@@ -144,8 +146,8 @@ def _record(bundle: Path, number: int, line: str) -> tuple[str, dict[str, Any]]:
 def _json_of(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SpecError(str(path), f"cannot read the run's manifest ({exc})",
+    except (OSError, ValueError, RecursionError) as exc:
+        raise SpecError(str(path), f"cannot read the run's manifest ({str(exc).split(';')[0]})",
                         hint="pass a run folder `codeclm run` finished") from None
 
 
