@@ -63,6 +63,12 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except CodecError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # the machine, not the input: a full disk, too many open files, a lost mount
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.secho(f"error: {where}{exc.strerror or exc}", fg="red", err=True)
+            click.secho("what finished is cached: fix the cause and run the same command again to resume",
+                        fg="yellow", err=True)
+            sys.exit(1)
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated) or getattr(_on_sigterm, "received", False)
             click.secho(f"\ninterrupted{' (SIGTERM)' if terminated else ''}: every finished call is cached; "

@@ -274,3 +274,35 @@ def test_a_run_refuses_an_output_over_a_foreign_file_before_any_call(tmp_path, s
                      "--set", "outputs.notes.from=seeds", "--set", "outputs.notes.fields.id=record.id")
     assert result.exit_code == 2 and "would replace it" in result.output, result.output
     assert (folder / "notes.jsonl").read_text() == USER_DATA
+
+
+def test_an_out_folder_that_cannot_be_made_is_refused_before_any_call(tmp_path, seeds_file):
+    """A file where a parent folder belongs, or a name past 255 bytes: the run made every call and
+    then died on a traceback (NotADirectoryError, ENAMETOOLONG); now exit 2 before anything runs."""
+    spec = unreachable_spec(tmp_path, seeds_file)
+    (tmp_path / "afile").write_text(USER_DATA)
+    for out, message in ((tmp_path / "afile" / "sub", "afile is a file, not a folder"),
+                         (tmp_path / ("x" * 300), "longer than a file name may be")):
+        result = codeclm("run", str(spec), "-q", "--out", str(out), "--cache-dir", str(tmp_path / "cache"))
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert (tmp_path / "afile").read_text() == USER_DATA
+
+
+def test_a_full_disk_mid_run_is_a_message_not_a_traceback(tmp_path, seeds_file, monkeypatch):
+    """An OSError of the machine (disk full, too many open files) ends the run with the file, the
+    cause and how to resume, exit 1."""
+    import errno
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.folder / "metadata.jsonl.partial"))
+
+    monkeypatch.setattr(RunStore, "append", full)
+    with FakeOpenAIServer() as server:
+        data = base_spec(seeds_file)
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
+                          for role in ("strong", "target")}
+        result = codeclm("run", str(write_spec(tmp_path, data)), "-q", "--out", str(tmp_path / "run"),
+                         "--cache-dir", str(tmp_path / "cache"))
+    assert result.exit_code == 1, result.output
+    assert "metadata.jsonl.partial: No space left on device" in result.output and "resume" in result.output
+    assert "Traceback" not in result.output

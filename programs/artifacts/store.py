@@ -109,8 +109,12 @@ def check_out_folder(folder: Path, protect: Path | None = None) -> Path:
     Returns the folder (with ~ expanded); raises SpecError (exit 2) naming the folder and the fix."""
     folder = Path(folder).expanduser()
     where = str(folder)
-    resolved = folder.resolve()
     fix = "choose another --out (a new or empty folder)"
+    long = next((part for part in folder.parts if len(os.fsencode(part)) > 255), None)
+    if long is not None:
+        raise SpecError(where, f"the name {long[:40]}... is longer than a file name may be (255 bytes)",
+                        hint=f"{fix}, or a shorter spec name:")
+    resolved = folder.resolve()
     if resolved == Path(resolved.anchor):
         raise SpecError(where, "refusing to write a run into the filesystem root", hint=f"{fix}, e.g. runs/NAME")
     try:
@@ -125,6 +129,9 @@ def check_out_folder(folder: Path, protect: Path | None = None) -> Path:
                         hint=f"{fix}; by default a replay writes RUN_DIR-replay")
     if folder.exists() and not folder.is_dir():
         raise SpecError(where, "the run folder is a file, not a folder", hint=fix)
+    problem = _unwritable(resolved)
+    if problem:
+        raise SpecError(where, f"the run folder cannot be written: {problem}", hint=fix)
     if folder.is_dir() and not is_own_run(folder):
         try:
             empty = next(folder.iterdir(), None) is None
@@ -136,6 +143,19 @@ def check_out_folder(folder: Path, protect: Path | None = None) -> Path:
                             "a run never writes into a folder of files it did not make",
                             hint=f"{fix}, or empty this folder")
     return folder
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why `folder` could not be made or written, found before a run makes any call: a file where a
+    parent folder belongs, a read-only place. None when it looks writable."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable (permissions, or a read-only file system)"
+    return None
 
 
 def claim_folder(folder: Path, protect: Path | None = None) -> Path:

@@ -68,8 +68,25 @@ def run_spec(spec: Spec, options: RunOptions, hub: ModelHub | None = None,
              observe: Any = None) -> RunResult:
     """Run a spec to completion and write its run directory (or, dry, count its calls).
     `observe(node, inputs)`, if given, sees every llm node's inputs (optimize collects them so)."""
+    raise_open_file_limit()
     with run_gc():
         return asyncio.run(_run(spec, options, hub, observe))
+
+
+def raise_open_file_limit(wanted: int = 8192) -> None:
+    """Every call in flight holds a socket, and a run's files come on top: a soft limit of 256 (macOS)
+    or 1024 ran out at a few hundred calls in flight. Raised towards the hard limit, once; best effort."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to raise
+        return
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        pass
 
 
 # A run makes and drops container objects at a high rate (records, scopes, futures), nearly all

@@ -243,6 +243,9 @@ class Checker:
         if name.strip() in ("", ".") or ".." in name or "/" in name or "\\" in name or not name.isprintable():
             self.error(("name",), f"name must be a plain name (it names the run folder runs/NAME), got {name!r}",
                        "a name is not a path: no '/', '\\' or '..'; pass --out DIR to write elsewhere")
+        elif len(name.encode("utf-8", "replace")) > 200:  # runs/NAME-eval-ROLE must stay a file name (255 bytes)
+            self.error(("name",), f"name is {len(name.encode('utf-8', 'replace'))} bytes long: it names the run "
+                       "folder runs/NAME, and a file name holds 255 bytes", "shorten it to 200 bytes or less")
         if not prompts_dir.is_dir():
             self.raise_errors()
         graph = build_graph(self, models, params, prompts_dir)
