@@ -34,7 +34,7 @@ from typing import Any, TextIO
 
 import dspy
 
-from .artifacts.store import read_run_json
+from .artifacts.rundata import read_run_json
 from .engine.adapter import AsyncHubEngine, HubEngine, run_on_hub_loop
 from .engine.llm import NodeModule, build_module
 from .engine.run import RunOptions, run_spec

@@ -62,6 +62,31 @@ def test_a_template_reaching_for_python_internals_is_refused(tmp_path, seeds_fil
     assert [p for p in found if "respond.jinja" in p and "reaches for '__" in p and "sandbox" in p] == found[:1]
 
 
+@pytest.mark.parametrize("source", ['"x" * 10**10', "[1, 2] * 10**9", "10**9 * 'ab'", "2 ** 100000000"])
+def test_expressions_that_would_fill_the_memory_are_refused(source):
+    """Jinja caps range() alone: `"x" * 10**10` took all the memory of the machine, `2 ** 10**8`
+    computes for minutes. Both now stop at once; smaller ones compute."""
+    from jinja2.exceptions import SecurityError
+
+    with pytest.raises(SecurityError, match="more than 1,000,000"):
+        Expression(source).evaluate({})
+    assert Expression("'ab' * 3").evaluate({}) == "ababab" and Expression("2 ** 10").evaluate({}) == 1024
+
+
+def test_a_template_that_would_fill_the_memory_is_refused_at_validate(tmp_path, seeds_file):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for template in (REPO / "prompts").glob("*.jinja"):
+        (prompts / template.name).write_text(template.read_text())
+    (prompts / "respond.jinja").write_text('{% call message("user") %}{{ "x" * 10**10 }}{% endcall %}')
+    data = base_spec(seeds_file)
+    data["prompts"] = str(prompts)
+    done = subprocess.run([sys.executable, "-m", "codeclm.cli", "validate", str(write_spec(tmp_path, data))],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "respond.jinja:1" in done.stderr and "more than 1,000,000" in done.stderr
+
+
 def test_a_template_including_a_file_outside_the_prompts_folder_is_refused(tmp_path, seeds_file):
     prompts = tmp_path / "prompts"
     prompts.mkdir()

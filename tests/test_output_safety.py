@@ -247,6 +247,7 @@ def test_an_output_never_replaces_a_file_codeclm_did_not_write(tmp_path, seeds_f
     folder = tmp_path / "run"
     store = RunStore(folder)
     store.write_jsonl("histories", [{"id": "a"}])
+    store.release()  # that run is over
     (folder / "notes.jsonl").write_text(USER_DATA)
     with pytest.raises(SpecError, match="codeclm did not write it: output 'notes' would replace it"):
         RunStore(folder).check_outputs(["dataset", "notes"])
@@ -306,3 +307,17 @@ def test_a_full_disk_mid_run_is_a_message_not_a_traceback(tmp_path, seeds_file, 
     assert result.exit_code == 1, result.output
     assert "metadata.jsonl.partial: No space left on device" in result.output and "resume" in result.output
     assert "Traceback" not in result.output
+
+
+def test_two_runs_into_one_folder_at_once_the_second_is_refused(tmp_path):
+    """Two runs at once into one --out mixed and deleted each other's journals (one died on a
+    FileNotFoundError); the folder is now held by the run writing into it."""
+    folder = tmp_path / "run"
+    first = RunStore(folder)
+    first.write_jsonl("histories", [{"id": "a"}])
+    second = RunStore(folder)
+    with pytest.raises(SpecError, match="another codeclm run is writing into this folder"):
+        second.write_jsonl("histories", [{"id": "b"}])
+    first.release()
+    second.write_jsonl("histories", [{"id": "b"}])
+    assert json.loads((folder / "histories.jsonl").read_text()) == {"id": "b"}

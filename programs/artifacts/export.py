@@ -38,7 +38,8 @@ import yaml
 from ..errors import CodecError, SpecError
 from ..redact import redact_text
 from .quality import quality_metrics
-from .store import ARTIFACTS, read_run_json, write_atomic
+from .rundata import read_run_json
+from .store import ARTIFACTS, write_atomic
 
 MARKER = ".codeclm-export"
 PARQUET = "data/train-00000-of-00001.parquet"

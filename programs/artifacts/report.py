@@ -13,7 +13,8 @@ from statistics import mean
 from typing import Any
 
 from .quality import format_quality, quality_metrics
-from .store import ARTIFACTS, read_artifact, read_run_json
+from .rundata import read_run_json
+from .store import ARTIFACTS, read_artifact
 
 
 def run_report(run_dir: Path) -> dict[str, Any]:

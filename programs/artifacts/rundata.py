@@ -267,6 +267,18 @@ def _pair(value: Any) -> tuple[float, float] | None:
     return None
 
 
+def read_run_json(path: Path) -> Any:
+    """A run folder's JSON file (its manifest); one that cannot be read is `damaged_run`'s SpecError."""
+    from ..errors import SpecError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpecError(str(path), f"cannot read it: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise damaged_run(Path(path).parent, exc) from None
+
+
 def damaged_run(folder: Path, exc: BaseException) -> Exception:
     """The error to show for a run folder a reader choked on (`exc`, a ValueError, KeyError, ...):
     the first file and line that is not UTF-8 JSON, else the shape the reader did not expect. Run

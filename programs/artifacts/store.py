@@ -60,15 +60,6 @@ def _json_line(path: Path, raw: bytes, number: int) -> Any:
                         hint=DAMAGED_RUN) from None
 
 
-def read_run_json(path: Path) -> Any:
-    """A run folder's JSON file (its manifest); what cannot be read is a SpecError naming it (exit 2)."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpecError(str(path), f"cannot read it: {exc.strerror or exc}") from None
-    except (ValueError, RecursionError) as exc:
-        raise SpecError(str(path), f"not readable JSON ({str(exc).split(';')[0]})", hint=DAMAGED_RUN) from None
-
 
 _encode_line = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # one encoder for every line
 
@@ -169,8 +160,8 @@ def claim_folder(folder: Path, protect: Path | None = None) -> Path:
 
 def _json_or_none(path: Path) -> Any:
     try:
-        return read_run_json(path)
-    except SpecError:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -200,6 +191,7 @@ class RunStore:
         self._index: dict[str, OrderedSpill] = {}  # each journal's line offsets, under the lines' orders
         self._call_log: BinaryIO | None = None
         self._earlier_files: set[str] = set()  # what codeclm had written in the folder before this run
+        self._lock_fd: int | None = None
 
     def claim(self) -> None:
         """Make the folder ours before the first write: checked again (it may have changed since),
@@ -208,9 +200,33 @@ class RunStore:
         if self._claimed:
             return
         claim_folder(self.folder, self.protect)
+        self._lock()
         self._earlier_files = self._own_files()
         self.path("manifest").unlink(missing_ok=True)
         self._claimed = True
+
+    def _lock(self) -> None:
+        """Hold the folder for this run (an advisory lock on the folder itself, no file of its own): a
+        second run into it at the same time, which would mix and delete each other's journals, is a
+        SpecError. The OS drops the lock when the process ends."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks
+            return
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SpecError(str(self.folder), "another codeclm run is writing into this folder now",
+                            hint="wait for it to finish, or choose another --out") from None
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Let another run write into the folder: this one is over (its manifest is written, or it stopped)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def check_outputs(self, names: Iterable[str]) -> None:
         """Before anything runs: no output may replace a file of the folder that codeclm did not
@@ -276,6 +292,8 @@ class RunStore:
             self._remove_stale()
         self._written.add(artifact)
         write_atomic(self.path(artifact), json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+        if artifact == "manifest":  # written last: the run is complete
+            self.release()
 
     # -- journals: an output's records, streamed as they finish, sorted at the end -----------
 

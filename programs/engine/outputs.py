@@ -93,6 +93,10 @@ class OutputWriter:
                 self.store.write_dataset_info(self.spec.name)
         return dict(self.statuses)
 
+    def release(self) -> None:
+        if self.store:
+            self.store.release()
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         if self.store:
             self.store.write_json("manifest", manifest)

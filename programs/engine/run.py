@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts.manifest import build_manifest
-from ..artifacts.store import RunStore, read_run_json
+from ..artifacts.rundata import read_run_json
+from ..artifacts.store import RunStore
 from ..errors import CodecError, SpecError, SpecErrors
 from ..lang.nodes import DedupNode, LLMNode, MixNode, Node, SourceNode
 from ..lang.spec import Spec
@@ -316,20 +317,23 @@ class Engine:
             if node.for_each is None or isinstance(node, DedupNode):
                 self.spawn(self.start(node))
         try:
-            if not await self.drain():
-                if self.hub.fatal is None and isinstance(self.error, CodecError) and self.outputs.opened:
-                    self.outputs.finish()  # the records that did finish (and their failures) say why it stopped
-                raise self.hub.fatal or self.error
-            if self.hub.fatal:
-                raise self.hub.fatal
-            counts = self.outputs.finish()
+            try:
+                if not await self.drain():
+                    if self.hub.fatal is None and isinstance(self.error, CodecError) and self.outputs.opened:
+                        self.outputs.finish()  # the records that did finish (and their failures) say why it stopped
+                    raise self.hub.fatal or self.error
+                if self.hub.fatal:
+                    raise self.hub.fatal
+                counts = self.outputs.finish()
+            finally:
+                self.close_collections()  # no node reads them any more, whether the run ended or stopped
+            # The data-quality metrics are a report on the written data (`codeclm report`, `inspect`,
+            # the dataset card), not part of making it: a run does not load an embedding model for them.
+            manifest = build_manifest(self.spec, self.options, self.hub, counts, time.time() - started,
+                                      self.progress, self.outputs.failure_reasons)
+            self.outputs.write_manifest(manifest)
         finally:
-            self.close_collections()  # no node reads them any more, whether the run ended or stopped
-        # The data-quality metrics are a report on the written data (`codeclm report`, `inspect`,
-        # the dataset card), not part of making it: a run does not load an embedding model for them.
-        manifest = build_manifest(self.spec, self.options, self.hub, counts, time.time() - started, self.progress,
-                                  self.outputs.failure_reasons)
-        self.outputs.write_manifest(manifest)
+            self.outputs.release()
         return RunResult(self.outputs.folder, counts, manifest, manifest["calls"])
 
     # -- tasks -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .rouge import rouge_l
@@ -32,14 +33,33 @@ _MUTATORS = {"append", "extend", "insert", "pop", "remove", "clear", "update", "
 _ATTRIBUTE_FILTERS = {"attr", "map", "selectattr", "rejectattr", "sort", "groupby", "sum", "unique", "min", "max"}
 
 
+MAX_MADE = 1_000_000  # items a `*` may repeat into, or digits a `**` may make: a prompt, not a memory bomb
+
+
 class Sandbox(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox, with each template's globals as one plain dict. Jinja copies the
     globals into every render's context, and copying its default ChainMap costs four times more
     (most of a small expression's evaluation). Globals are set up before anything compiles and never
-    change after, so the snapshot is safe."""
+    change after, so the snapshot is safe.
+
+    `*` and `**` are checked before they compute (Jinja caps `range` alone): `"x" * 10**10` took
+    all the memory of the machine, and `10 ** 10**9` would compute for hours."""
+
+    intercepted_binops = frozenset({"*", "**"})
 
     def make_globals(self, d: Any) -> Any:
         return {**self.globals, **(d or {})}
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_MADE:
+                    raise SecurityError(f"repeating a value of {len(seq):,} items {times:,} times makes more than "
+                                        f"{MAX_MADE:,}")
+        elif isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0 \
+                and right * math.log10(abs(left)) > MAX_MADE:
+            raise SecurityError(f"{left} ** {right} has more than {MAX_MADE:,} digits")
+        return super().call_binop(context, operator, left, right)
 
 
 _ENV = Sandbox(undefined=jinja2.StrictUndefined)
