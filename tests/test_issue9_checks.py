@@ -119,6 +119,7 @@ def test_an_instructions_block_that_does_not_render_is_a_located_error(tmp_path,
     ("retries", 1.5, "retries must be a whole number"), ("max_tokens", 0, "max_tokens must be a whole number"),
     ("temperature", float("nan"), "temperature must be"), ("extra", "text", "extra must be a mapping"),
     ("extra", [1], "extra must be a mapping"),
+    ("max_tokens", 10**20, "max_tokens must be a whole number from 1 to 1000000"),
     ("model", "gpt4", "'gpt4' names no provider"), ("model", "locall", "did you mean 'local'"),
     ("model", "hosted_vlm/strong", "did you mean 'hosted_vllm/strong'"),
     ("extra", {"presence_penalty": float("nan")}, "extra.presence_penalty must be a finite number, got nan"),
@@ -455,3 +456,11 @@ def test_a_for_each_cycle_is_refused_not_walked_forever(sets):
         result = codeclm(command, "codeclm", *args)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert "for_each makes a cycle" in result.output
+
+
+def test_a_setting_that_fails_two_checks_gets_one_message(tmp_path, seeds_file):
+    data = base_spec(seeds_file)
+    data["models"]["strong"].update({"model": "hosted_vllm/strong", "api_base": "http://127.0.0.1:9/v1",
+                                     "timeout": float("inf")})
+    result = codeclm("validate", write_spec(tmp_path, data))
+    assert result.exit_code == 2 and result.output.count("timeout must be") == 1, result.output

@@ -413,7 +413,7 @@ class NodeReader:
         elif program and not _json_object(program):
             self.checker.error((*where, "program"), f"{program} is not a program `codeclm optimize` saved "
                                "(a JSON object)", "make one with codeclm optimize SPEC NODE, or drop 'program:'")
-        for key, low, high in (("temperature", 0, 2), ("max_tokens", 1, None)):
+        for key, low, high in (("temperature", 0, 2), ("max_tokens", 1, 1_000_000)):
             value = raw.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or value < low or (high is not None and value > high)):

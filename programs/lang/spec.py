@@ -301,15 +301,19 @@ class Checker:
             except TypeError as exc:
                 self.error(where, f"bad model settings: {exc}")
                 continue
+            reported = set()  # one message per setting
             for key in ("temperature", "max_tokens", "concurrency", "timeout", "retries"):
                 value = getattr(spec, key)
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
                     self.error((*where, key), f"{key} must be a non-negative number, got {value!r}")
-            for key, whole, low, high in (("max_tokens", True, 1, None), ("retries", True, 0, None),
-                                          ("n_ctx", True, 1, None), ("timeout", False, 0, None),
+                    reported.add(key)
+            # no model writes or reads a million tokens at once; more only made the dry run's estimate
+            # build that much text (an OverflowError past the index size)
+            for key, whole, low, high in (("max_tokens", True, 1, 1_000_000), ("retries", True, 0, None),
+                                          ("n_ctx", True, 1, 1_000_000), ("timeout", False, 0, None),
                                           ("top_p", False, 0, 1), ("rpm", False, 0, None)):
                 value = getattr(spec, key)
-                if value is None and key in ("top_p", "rpm"):
+                if (value is None and key in ("top_p", "rpm")) or key in reported:
                     continue
                 number = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
                 if not number or not (low <= value < math.inf) or (high is not None and value > high) \
