@@ -66,7 +66,7 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as exc:  # the machine, not the input: a full disk, too many open files, a lost mount
             where = f"{exc.filename}: " if exc.filename else ""
             click.secho(f"error: {where}{exc.strerror or exc}", fg="red", err=True)
-            click.secho("what finished is cached: fix the cause and run the same command again to resume",
+            click.secho("fix the cause and run the command again (a run resumes: what finished is cached)",
                         fg="yellow", err=True)
             sys.exit(1)
         except KeyboardInterrupt as exc:

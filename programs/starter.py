@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .artifacts.store import unwritable_reason
 from .errors import SpecError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -66,9 +67,16 @@ def starter_files() -> list[Path]:
 def init_project(destination: Path) -> list[Path]:
     """Copy the shipped specs, prompts and seeds, and a README of first steps, into
     `destination`. Refuses, writing nothing, if any of those files already exists there."""
-    destination = Path(destination)
+    destination = Path(destination).expanduser()
     if destination.exists() and not destination.is_dir():
         raise SpecError(str(destination), "is a file, not a folder", hint="name a new or existing folder")
+    resolved = destination.resolve()
+    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():  # as `run` refuses them
+        raise SpecError(str(destination), "refusing to start a project in the filesystem root or your home folder",
+                        hint="name a folder for it, e.g. `codeclm init my-project`")
+    problem = unwritable_reason(resolved)
+    if problem:
+        raise SpecError(str(destination), f"cannot be written: {problem}", hint="name another folder")
     planned = {destination / relative: PACKAGE_ROOT / relative for relative in starter_files()}
     planned[destination / "README.md"] = None  # written from FIRST_STEPS
     taken = sorted(str(path) for path in planned if path.exists() or path.is_symlink())

@@ -553,3 +553,22 @@ def test_integers_of_more_digits_than_python_reads_are_exit_2(tmp_path, seeds_fi
     seeds.write_text(f'{{"id": "x", "instruction": "hi", "n": {huge}}}\n')
     assert_reports(cli("run", str(spec), "--dry-run", "--seeds", str(seeds)), f"{seeds}:1", "unreadable JSON")
     assert_reports(cli("render", str(spec), "encode", "--input", f'{{"instruction": {huge}}}'), "unreadable JSON")
+
+
+def test_a_pipe_or_a_device_is_not_a_spec_or_a_seed_file(tmp_path, seeds_file):
+    """`validate FIFO` blocked forever on the read; /dev/zero as seeds said 'not found'."""
+    fifo = tmp_path / "spec.fifo"
+    os.mkfifo(fifo)
+    assert_reports(cli("validate", str(fifo), timeout=20), "not a regular file")
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    assert_reports(cli("run", str(spec), "--dry-run", "--seeds", "/dev/zero", timeout=20), "not a regular file")
+
+
+def test_init_refuses_the_home_folder_and_a_path_under_a_file(tmp_path):
+    """As `run` does: `codeclm init ~` wrote specs/, prompts/, seeds/ and README.md into the home folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    assert_reports(cli("init", str(home), env={"HOME": str(home)}), "your home folder")
+    assert list(home.iterdir()) == []
+    (tmp_path / "afile").write_text("x")
+    assert_reports(cli("init", str(tmp_path / "afile" / "sub")), "afile is a file, not a folder")

@@ -120,7 +120,7 @@ def check_out_folder(folder: Path, protect: Path | None = None) -> Path:
                         hint=f"{fix}; by default a replay writes RUN_DIR-replay")
     if folder.exists() and not folder.is_dir():
         raise SpecError(where, "the run folder is a file, not a folder", hint=fix)
-    problem = _unwritable(resolved)
+    problem = unwritable_reason(resolved)
     if problem:
         raise SpecError(where, f"the run folder cannot be written: {problem}", hint=fix)
     if folder.is_dir() and not is_own_run(folder):
@@ -136,7 +136,7 @@ def check_out_folder(folder: Path, protect: Path | None = None) -> Path:
     return folder
 
 
-def _unwritable(folder: Path) -> str | None:
+def unwritable_reason(folder: Path) -> str | None:
     """Why `folder` could not be made or written, found before a run makes any call: a file where a
     parent folder belongs, a read-only place. None when it looks writable."""
     existing = folder

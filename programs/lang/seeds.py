@@ -27,6 +27,9 @@ def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "i
     """Seeds as [{id, instruction}], ids stable across runs (the record's id, else its position)."""
     path = Path(path)
     check_path_text(path, "seed file")
+    if path.exists() and not path.is_file():
+        raise SpecError(str(path), "not a regular file (a folder, a pipe or a device): not a seed file",
+                        hint="set the source node's path: (relative to the spec), or pass --seeds FILE")
     if not path.is_file():
         raise SpecError(str(path), "seed file not found",
                         hint="set the source node's path: (relative to the spec), or pass --seeds FILE")

@@ -34,6 +34,8 @@ YAML_HINT = "check indentation, colons and quotes on this line and the one befor
 def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
     """Parse a YAML file safely; return the data and a map from key path to 1-based line."""
     check_path_text(path, "spec file")
+    if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO would block the read forever
+        raise SpecError(str(path), "not a regular file (a pipe or a device): not a spec", hint="check the path")
     try:
         with path.open("rb") as handle:
             raw = handle.read(MAX_SPEC_BYTES + 1)  # bounded: a device or a huge file is not a spec
