@@ -63,6 +63,9 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except CodecError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
+        except BrokenPipeError:  # the reader went away (`| head`): nothing to say, and nothing more to print
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except OSError as exc:  # the machine, not the input: a full disk, too many open files, a lost mount
             where = f"{exc.filename}: " if exc.filename else ""
             click.secho(f"error: {where}{exc.strerror or exc}", fg="red", err=True)
@@ -166,7 +169,7 @@ def init(folder: Path) -> None:
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path())
 @click.option("--seeds", type=click.Path(dir_okay=False, path_type=Path), help="Seed file (JSONL, CSV or text); "
               "replaces the path of the spec's source node (when it reads one file).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -297,7 +300,7 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path())
 @click.argument("benchmarks", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--candidate", default="target", show_default=True,
               help="Model role under test: a key of the spec's models (add one with --set).")
@@ -349,7 +352,7 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path())
 @click.argument("node")
 @click.option("--from", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A finished run whose cache holds the calls before the node (any node not fed by the seeds).")
@@ -417,8 +420,8 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
 
 
 @main.command()
-@click.argument("spec_a", type=click.Path(dir_okay=False))
-@click.argument("spec_b", type=click.Path(dir_okay=False), required=False)
+@click.argument("spec_a", type=click.Path())
+@click.argument("spec_b", type=click.Path(), required=False)
 @click.option("--set-a", "set_a", multiple=True, metavar="KEY=VALUE", help="Override a field of A.")
 @click.option("--set-b", "set_b", multiple=True, metavar="KEY=VALUE", help="Override a field of B [B: A's spec "
               "when SPEC_B is not given].")
@@ -578,7 +581,7 @@ def report(run_dir: Path, out: Path | None, open_it: bool) -> None:
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path())
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
 @reports_errors
 def validate(spec: str, overrides: tuple[str, ...]) -> None:
@@ -593,7 +596,7 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path())
 @click.argument("node")
 @click.option("--input", "input_json", default="{}", show_default=True,
               help="The node's template variables as JSON; missing ones take sample values.")
@@ -637,7 +640,7 @@ def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) ->
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path())
 @click.option("--mermaid", is_flag=True, help="Print the graph as a Mermaid flowchart instead of words.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
 @reports_errors

@@ -46,10 +46,11 @@ def builtin_specs() -> dict[str, Path]:
 
 
 def resolve_spec(name_or_path: str) -> Path:
-    """A path as given when it exists; else a shipped spec's name; else the path (whose
-    loader then says it is missing, listing the shipped names)."""
+    """A path as given when it is a file; else a shipped spec's name (a folder named `demo`, as
+    `codeclm init demo` makes, does not hide the shipped demo); else the path (whose loader then
+    says what is wrong, listing the shipped names)."""
     path = Path(name_or_path)
-    if path.exists() or path.suffix in {".yaml", ".yml"} or len(path.parts) > 1:
+    if path.is_file() or path.suffix in {".yaml", ".yml"} or len(path.parts) > 1:
         return path
     return builtin_specs().get(name_or_path, path)
 

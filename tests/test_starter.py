@@ -62,3 +62,14 @@ def test_an_unknown_name_lists_the_shipped_specs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["validate", "nosuch"])
     assert result.exit_code == 2 and "demo" in result.output and "codeclm init" in result.output
+
+
+def test_a_folder_named_like_a_shipped_spec_does_not_hide_it(tmp_path, monkeypatch):
+    """`codeclm init demo` then `codeclm run demo` said "File 'demo' is a directory"."""
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(main, ["init", "demo"]).exit_code == 0
+    result = CliRunner().invoke(main, ["validate", "demo"])
+    assert result.exit_code == 0 and "demo: valid." in result.output, result.output
+    (tmp_path / "mine").mkdir()
+    result = CliRunner().invoke(main, ["validate", "mine"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
