@@ -7,6 +7,7 @@ Heavy imports (DSPy, llama.cpp) happen inside the commands that need them, so th
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -135,6 +136,13 @@ def main() -> None:
     """
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A number option that must be finite (FloatRange lets nan and inf through)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", ctx=ctx, param=param)
+    return value
+
+
 def _load(spec_path: str, overrides: tuple[str, ...]) -> Any:
     """SPEC is a path, or the name of a shipped spec (`demo`, `codeclm`, ...)."""
     from codeclm.programs.errors import SpecError
@@ -184,7 +192,7 @@ def init(folder: Path) -> None:
 @click.option("--dry-run", is_flag=True, help="Estimate before spending: per node and model, the calls (at most), "
               "how many are cached, input and output tokens, and dollars.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the estimate as JSON.")
-@click.option("--budget-usd", type=click.FloatRange(min=0, min_open=True), metavar="USD",
+@click.option("--budget-usd", type=click.FloatRange(min=0, min_open=True), metavar="USD", callback=_finite,
               help="Stop when new calls have cost USD dollars (sets budget.usd; cached calls are free).")
 @click.option("--budget-tokens", type=click.IntRange(min=1), metavar="N",
               help="Stop when new calls have used N tokens, input and output (sets budget.tokens).")

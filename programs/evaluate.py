@@ -72,6 +72,10 @@ def evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None = None) -> E
             raise SpecError(str(spec.path), f"no model role '{role}' to evaluate",
                             hint=f"roles in models: {', '.join(spec.models)}; add one with "
                                  f"--set models.{role}.model=...")
+    if options.candidate == options.reference:
+        raise SpecError(str(spec.path), f"--candidate and --reference are both '{options.candidate}': a model "
+                        "against itself only measures the judge's position bias",
+                        hint="compare two roles, e.g. --candidate target --reference strong")
     check_out_folder(options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}")  # before any call
     return asyncio.run(_evaluate(spec, options, hub))
 

@@ -464,3 +464,26 @@ def test_a_setting_that_fails_two_checks_gets_one_message(tmp_path, seeds_file):
                                      "timeout": float("inf")})
     result = codeclm("validate", write_spec(tmp_path, data))
     assert result.exit_code == 2 and result.output.count("timeout must be") == 1, result.output
+
+
+def test_clearer_messages_found_by_a_reliability_probe(tmp_path, seeds_file):
+    """--budget-usd nan passed as 'budget sets no limit' at a spec line; .format() was refused as
+    'would change data'; a computed {% include %} said 'includes None'; evaluate compared a role
+    with itself."""
+    result = codeclm("run", "demo", "--dry-run", "--budget-usd", "nan")
+    assert result.exit_code == 2 and "nan is not a finite number" in result.output, result.output
+    from codeclm.programs.lang.expressions import Expression, ExpressionError
+
+    with pytest.raises(ExpressionError, match="format string can read attributes"):
+        Expression("'{}'.format(x)")
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "prompts", prompts)
+    (prompts / "respond.jinja").write_text('{% include instruction %}')
+    data = base_spec(seeds_file)
+    data["prompts"] = str(prompts)
+    result = codeclm("validate", write_spec(tmp_path, data))
+    assert result.exit_code == 2 and "a template named by a computed value" in result.output, result.output
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text('{"instruction": "Hi"}\n')
+    result = codeclm("evaluate", "demo", bench, "--candidate", "strong", "--reference", "strong")
+    assert result.exit_code == 2 and "both 'strong'" in result.output, result.output

@@ -28,7 +28,8 @@ HELPERS: dict[str, Any] = {
     "rouge_l": rouge_l,
 }
 _MUTATORS = {"append", "extend", "insert", "pop", "remove", "clear", "update", "setdefault", "popitem", "sort",
-             "reverse", "add", "discard", "format", "format_map", "mro"}
+             "reverse", "add", "discard"}
+_FORMATTERS = {"format", "format_map"}  # a format string can read attributes: "{0.__class__}"
 # Filters whose string arguments name attributes (or, for map, a filter and its arguments).
 _ATTRIBUTE_FILTERS = {"attr", "map", "selectattr", "rejectattr", "sort", "groupby", "sum", "unique", "min", "max"}
 
@@ -217,6 +218,9 @@ def check_sandbox(tree: nodes.Node, what: str) -> None:
         if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr) and node.node.attr in _MUTATORS:
             raise ExpressionError(f"{what} calls .{node.node.attr}(), which would change data; "
                                   "build a new value instead (e.g. `state.items + [x]`)")
+        if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr) and node.node.attr in _FORMATTERS:
+            raise ExpressionError(f"{what} calls .{node.node.attr}(), whose format string can read attributes "
+                                  "the sandbox refuses; join text with ~ instead (e.g. `'Q: ' ~ x`)")
     for node in tree.find_all(nodes.Filter):  # attr('__class__'), map(attribute='__class__')
         if node.name not in _ATTRIBUTE_FILTERS:
             continue

@@ -426,8 +426,11 @@ class _GraphCheck:
                                                  hint="templates read their variables; they never reach Python"))
         for name in meta.find_referenced_templates(tree):
             if name is None or ".." in name or name.startswith("/"):
-                self.checker.errors.append(SpecError(str(template.path), f"template includes {name!r}",
-                                                     hint="include only templates of the prompts folder, by name"))
+                what = "a template named by a computed value (which validate cannot check)" if name is None \
+                    else f"{name!r}, outside the prompts folder"
+                self.checker.errors.append(SpecError(str(template.path), f"template includes {what}",
+                                                     hint="include only templates of the prompts folder, by a "
+                                                          "quoted name: {% include \"part.jinja\" %}"))
 
     def check_static(self, node: Node) -> None:
         """Counts, scales and other values that read only params are computed now, and checked."""
