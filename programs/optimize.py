@@ -372,9 +372,13 @@ def model_node(spec: Spec, name: str) -> LLMNode:
 
 
 def _run_cache(run_dir: Path | None) -> Path | None:
-    manifest = run_dir / "manifest.json" if run_dir else None
-    if manifest is None or not manifest.is_file():
+    """The cache a finished run (`--from RUN_DIR`) used; a folder that is not one is a SpecError."""
+    if run_dir is None:
         return None
+    manifest = run_dir / "manifest.json"
+    if not manifest.is_file():
+        raise SpecError(str(run_dir), "not a finished run (no manifest.json)",
+                        hint="pass --from a folder `codeclm run` finished, e.g. runs/demo")
     try:
         return Path(read_run_json(manifest)["options"]["cache_dir"])
     except (KeyError, TypeError):

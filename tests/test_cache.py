@@ -305,3 +305,13 @@ def test_a_run_on_a_callers_hub_leaves_every_answer_on_disk(tmp_path, seeds_file
     assert len(reader.store) == scripted.calls() > 0  # every call made is there, the cache still open
     reader.close()
     cache.close()
+
+
+def test_a_full_disk_is_not_called_a_damaged_cache():
+    """SQLite says 'database or disk is full': the message said the cache was damaged and to move it aside."""
+    import sqlite3
+
+    from codeclm.programs.models.cache import _damaged_db
+
+    message = str(_damaged_db(Path("/x/cache.db"), sqlite3.OperationalError("database or disk is full")))
+    assert "the disk is full" in message and "damaged" not in message and "free space" in message

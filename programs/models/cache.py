@@ -256,6 +256,9 @@ class _Damaged(Exception):
 
 
 def _damaged_db(db: Path, exc: BaseException) -> SpecError:
+    if "disk is full" in str(exc) or "disk I/O error" in str(exc):  # SQLite's words for the disk, not the file
+        return SpecError(str(db), f"the cache database cannot be written: the disk is full or failing ({exc})",
+                         hint=f"free space on the disk of {db.parent}, or pass --cache-dir DIR on another disk")
     return SpecError(str(db), f"the cache database is damaged and cannot be read ({exc})",
                      hint=f"it holds only cached completions: move {db.parent} aside (calls are made again) "
                           "or pass --cache-dir DIR")
