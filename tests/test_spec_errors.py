@@ -477,3 +477,15 @@ def test_a_loop_next_key_that_is_not_in_its_state(tmp_path, spec_data):
     error = only_error(path)
     assert "next.instructon is not a key of the loop's state" in error.message and "'instruction'" in error.hint
     assert error.line == line_of(path, "instructon")
+
+
+def test_a_template_variable_typo_suggests_the_input_it_meant(tmp_path, spec_data):
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "prompts", prompts)
+    source = (prompts / "respond.jinja").read_text()
+    (prompts / "respond.jinja").write_text(source.replace("{{ instruction }}", "{{ instructoin }}"))
+    spec_data["prompts"] = str(prompts)
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path)
+    assert any("uses instructoin" in e.message and "a typo in the template for 'instruction'" in e.hint
+               for e in errors), [str(e) for e in errors]

@@ -57,3 +57,9 @@ def test_example_validates_runs_and_replays(folder, text):
     assert replay.manifest["totals"]["calls"] == 0
     for output in data["outputs"]:
         assert (replay.out / f"{output}.jsonl").read_bytes() == (result.out / f"{output}.jsonl").read_bytes()
+
+
+def test_the_template_example_is_the_shipped_template():
+    """The reference's template example is prompts/respond.jinja as shipped: it cannot drift."""
+    (example,) = re.findall(r"```jinja\n(.*?)```", (REPO / "docs" / "spec.md").read_text(), re.DOTALL)
+    assert example == (REPO / "prompts" / "respond.jinja").read_text()

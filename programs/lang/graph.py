@@ -415,8 +415,12 @@ class _GraphCheck:
         needed = meta.find_undeclared_variables(tree) - TEMPLATE_BUILTINS - set(jinja2.Environment().globals)
         missing = sorted(needed - node.template_variables())
         if missing:
+            given = sorted(node.template_variables())
+            close = difflib.get_close_matches(missing[0], given, n=1)
+            hint = (f"a typo in the template for '{close[0]}'? else add to inputs: {missing[0]}: <expression>"
+                    if close else f"add to inputs: {missing[0]}: <expression>")
             self.error((*node.where, "inputs"), f"template {node.template} uses {', '.join(missing)}, which node "
-                       f"'{node.name}' does not provide", f"add to inputs: {missing[0]}: <expression>")
+                       f"'{node.name}' does not provide", hint)
 
     def check_template_sandbox(self, template: StageTemplate, tree: Any) -> None:
         try:
