@@ -748,6 +748,11 @@ def _summary(result: Any, report: Path | None = None) -> None:
         click.echo(f"report: {report}")
     if result.manifest.get("stopped") == "budget":
         _budget_stop(result)
+    for output, count in result.manifest["counts"].get("without_messages", {}).items():
+        click.secho(f"warning: {count} line(s) of {output}.jsonl have no `messages`: an expression in them read a "
+                    "node that did not run for those records (e.g. a loop body node skipped in the last "
+                    "iteration); read a value every record has (state.X, a node before the loop)",
+                    fg="yellow", err=True)
     reasons = result.manifest["counts"]["failure_reasons"]
     if reasons:
         click.echo("most common failures:")

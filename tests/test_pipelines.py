@@ -138,3 +138,22 @@ def test_the_report_of_a_pipeline_without_codeclm_files(runs):
     page = render(RunData.open(runs["critique_rewrite"].out))
     assert '<b>20</b><span>kept' in page
     assert "Not in this run folder" not in page and "the paper saw" not in page
+
+
+def test_dataset_lines_without_messages_are_warned_about(tmp_path):
+    """A dataset whose messages read a loop body node that did not run in the last iteration was
+    written without `messages` on every line, and the run said nothing."""
+    from click.testing import CliRunner
+    from codeclm import cli
+
+    with FakeOpenAIServer() as server:
+        sets = [arg for s in on_server("critique_rewrite", server.url) for arg in ("--set", s)]
+        messages = "[{role: \"'user'\", content: seeds.instruction}, {role: \"'assistant'\", content: rewrite.answer}]"
+        result = CliRunner().invoke(cli.main, ["run", "critique_rewrite", "-q", "--out", str(tmp_path / "run"),
+                                               "--cache-dir", str(tmp_path / "cache"), "--no-report", *sets,
+                                               "--set", f"outputs.dataset.fields.messages={messages}"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    count = manifest["counts"]["without_messages"]["dataset"]
+    assert count == sum("messages" not in row for row in lines(tmp_path / "run" / "dataset.jsonl")) > 0
+    assert f"warning: {count} line(s) of dataset.jsonl have no `messages`" in result.output

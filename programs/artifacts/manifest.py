@@ -47,7 +47,8 @@ def versions() -> dict[str, str | None]:
 
 
 def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[str, int], wall: float,
-                   progress: Progress, failure_reasons: dict[str, int] | None = None) -> dict[str, Any]:
+                   progress: Progress, failure_reasons: dict[str, int] | None = None,
+                   without_messages: dict[str, int] | None = None) -> dict[str, Any]:
     store = TemplateStore(spec.prompts_dir)
     templates = {n.template: _sha(store.get(n.template).source) for n in spec.graph.model_nodes()}
     calls = hub.summary()
@@ -73,7 +74,9 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
         "counts": {"instructions": counts, "stages": {s: {"done": progress.done[s], "failed": progress.failed[s]}
                                                       for s in progress.total},
                    "decisions": dict(progress.decisions),
-                   "failure_reasons": dict(sorted((failure_reasons or {}).items(), key=lambda kv: -kv[1])[:10])},
+                   "failure_reasons": dict(sorted((failure_reasons or {}).items(), key=lambda kv: -kv[1])[:10]),
+                   # lines of an output declaring `messages` where it had no value (a node that did not run)
+                   "without_messages": dict(without_messages or {})},
         "calls": calls,
         "totals": totals,
         "wall_seconds": round(wall, 3),

@@ -33,6 +33,7 @@ class OutputWriter:
             for position, source in enumerate(output.sources):
                 self.by_node.setdefault(source, []).append((output, position))
         self.failure_reasons: Counter = Counter()  # "node: error" -> records that failed so
+        self.without_messages: Counter = Counter()  # output -> lines whose `messages` had no value
         main = self.graph.outputs.get("dataset") or next(iter(self.graph.outputs.values()))
         self.counted = main.sources[-1]
         self.statuses: Counter = Counter()  # statuses of the records of the node the dataset reads
@@ -78,6 +79,8 @@ class OutputWriter:
             if output.where is not None and not _holds(output.where, scope):
                 continue
             lines[output.name] = evaluate_present(output.fields, scope)
+            if "messages" in output.fields and "messages" not in lines[output.name]:
+                self.without_messages[output.name] += 1  # said at the end: such a line trains nothing
             self.store.append(output.name, (position, *record.order), lines[output.name])
         if node == self.counted:  # a record the dataset took counts as kept, whatever its node called it
             self.statuses["kept" if "dataset" in lines else record.status] += 1

@@ -330,7 +330,7 @@ class Engine:
             # The data-quality metrics are a report on the written data (`codeclm report`, `inspect`,
             # the dataset card), not part of making it: a run does not load an embedding model for them.
             manifest = build_manifest(self.spec, self.options, self.hub, counts, time.time() - started,
-                                      self.progress, self.outputs.failure_reasons)
+                                      self.progress, self.outputs.failure_reasons, self.outputs.without_messages)
             self.outputs.write_manifest(manifest)
         finally:
             self.outputs.release()
