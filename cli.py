@@ -64,12 +64,12 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except CodecError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
-        except BrokenPipeError:  # the reader went away (`| head`): nothing to say, and nothing more to print
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(1)
         except OSError as exc:  # the machine, not the input: a full disk, too many open files, a lost mount
+            if isinstance(exc, BrokenPipeError) and exc.filename is None:  # our reader went away (`| head`)
+                _quiet_stdout()
+                sys.exit(1)
             where = f"{exc.filename}: " if exc.filename else ""
-            click.secho(f"error: {where}{exc.strerror or exc}", fg="red", err=True)
+            click.secho(f"error: {where}{exc.strerror or exc or type(exc).__name__}", fg="red", err=True)
             click.secho("fix the cause and run the command again (a run resumes: what finished is cached)",
                         fg="yellow", err=True)
             sys.exit(1)
@@ -134,6 +134,12 @@ def main() -> None:
       codeclm cache stats                        what the cache holds
       codeclm compare A.yaml B.yaml --judge strong   which spec makes better data
     """
+
+
+def _quiet_stdout() -> None:
+    """stdout's reader has gone (`codeclm ... | head`): stdout goes nowhere from here, so that Python's
+    own flush at exit does not fail a second time. (A socket's broken pipe reaches us as a model error.)"""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:

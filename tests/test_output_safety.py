@@ -321,3 +321,40 @@ def test_two_runs_into_one_folder_at_once_the_second_is_refused(tmp_path):
     first.release()
     second.write_jsonl("histories", [{"id": "b"}])
     assert json.loads((folder / "histories.jsonl").read_text()) == {"id": "b"}
+
+
+def test_a_folder_from_before_the_marker_listed_outputs_still_resumes(tmp_path):
+    """A folder whose marker lists no files: a rerun removed the manifest naming its outputs, then
+    stopped; the next run refused those outputs as not codeclm's. They are now listed at the claim."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / MARKER).write_text(json.dumps({"written_by": "codeclm"}) + "\n")  # the old marker
+    (folder / "histories.jsonl").write_text('{"id": "a"}\n')
+    (folder / "manifest.json").write_text(json.dumps({"spec": {"resolved": {"outputs": {"histories": {}}}}}))
+    stopped = RunStore(folder)
+    stopped.write_jsonl("metadata", [{"id": "m"}])  # claims: the manifest goes; then the run stops
+    stopped.release()
+    assert not (folder / "manifest.json").exists()
+    RunStore(folder).check_outputs(["histories"])  # still codeclm's
+
+
+def test_a_file_system_without_locks_runs_unlocked(tmp_path, monkeypatch):
+    """ENOLCK (some network mounts) is not 'another run': the run goes on without the lock."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    store = RunStore(tmp_path / "run")
+    store.write_jsonl("histories", [{"id": "a"}])
+    assert (tmp_path / "run" / "histories.jsonl").is_file()
+
+
+def test_call_keys_is_not_an_output_name(tmp_path, seeds_file):
+    """call_keys.txt is every run's own file: an output of that name mixed its lines into it."""
+    spec = unreachable_spec(tmp_path, seeds_file)
+    result = codeclm("validate", str(spec), "--set", "outputs.call_keys.from=seeds",
+                     "--set", "outputs.call_keys.fields.id=record.id")
+    assert result.exit_code == 2 and "call_keys" in result.output, result.output

@@ -62,8 +62,8 @@ def _stopped(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     kept = report["status"].get("kept", 0) if report["kept_by_iteration"] else 0
-    lines = [f"{report['run']}: {report['instructions']} records: "
-             + ", ".join(f"{count} {status}" for status, count in report["status"].items())]
+    statuses = ", ".join(f"{count} {status}" for status, count in report["status"].items())
+    lines = [f"{report['run']}: {report['instructions']} records" + (f": {statuses}" if statuses else "")]
     if kept:
         by_iteration = ", ".join(f"{it}: {n} ({100 * n / kept:.0f}%)" for it, n in report["kept_by_iteration"].items())
         lines += [f"kept by iteration   {by_iteration}",

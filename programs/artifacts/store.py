@@ -12,6 +12,7 @@ replay checks; and it touches the folder only once it has something to write.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterable
@@ -70,7 +71,7 @@ def dumps(record: Any) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two processes never share one
     with tmp.open("w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
@@ -202,6 +203,7 @@ class RunStore:
         claim_folder(self.folder, self.protect)
         self._lock()
         self._earlier_files = self._own_files()
+        self._list_owned(self._earlier_files)  # the manifest that also names them goes next
         self.path("manifest").unlink(missing_ok=True)
         self._claimed = True
 
@@ -216,10 +218,12 @@ class RunStore:
         fd = os.open(self.folder, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
             os.close(fd)
-            raise SpecError(str(self.folder), "another codeclm run is writing into this folder now",
-                            hint="wait for it to finish, or choose another --out") from None
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise SpecError(str(self.folder), "another codeclm run is writing into this folder now",
+                                hint="wait for it to finish, or choose another --out") from None
+            return  # a file system without such locks (some network mounts): the run goes on unlocked
         self._lock_fd = fd
 
     def release(self) -> None:
@@ -261,14 +265,17 @@ class RunStore:
 
     def _owned(self, artifact: str) -> None:
         """Note in the marker that codeclm writes this output's file, before it is written."""
-        name = self.path(artifact).name
-        if name in ARTIFACTS.values():
-            return
+        self._list_owned({self.path(artifact).name})
+
+    def _list_owned(self, names: set[str]) -> None:
+        """Add output files to the marker's list (a folder from before the list: those its manifest
+        named, kept when a rerun removes that manifest and then stops before writing its own)."""
+        names = {name for name in names if name not in ARTIFACTS.values()}
         marker = _json_or_none(self.folder / MARKER)
         marker = marker if isinstance(marker, dict) else {"written_by": "codeclm"}
-        files = [f for f in marker.get("files") or [] if isinstance(f, str)]
-        if name not in files:
-            write_atomic(self.folder / MARKER, json.dumps({**marker, "files": sorted({*files, name})}) + "\n")
+        files = {f for f in marker.get("files") or [] if isinstance(f, str)}
+        if not names <= files:
+            write_atomic(self.folder / MARKER, json.dumps({**marker, "files": sorted(files | names)}) + "\n")
 
     def path(self, artifact: str) -> Path:
         """A known artifact's file, else an output's: NAME.jsonl."""

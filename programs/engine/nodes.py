@@ -83,7 +83,7 @@ class NodeRunner:
             return evaluate_value(expression, scope)
         except jinja2.UndefinedError as exc:
             raise NodeFailed({"error": f"{what}: {exc.message}", "raw": None}) from None
-        except (TypeError, ValueError, ZeroDivisionError, jinja2.TemplateError) as exc:
+        except (TypeError, ValueError, ArithmeticError, jinja2.TemplateError) as exc:  # 1/0, 2.0 ** 10**8
             raise NodeFailed({"error": f"{what}: {type(exc).__name__}: {exc}", "raw": None}) from None
 
     # -- dispatch -------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ from .llm import build_modules
 from .nodes import NodeRunner
 from .progress import Progress
 from .records import Record
-from .run import Engine, RunOptions, RunResult, Window, gc_for_runs, run_gc
+from .run import Engine, RunOptions, RunResult, Window, check_keys, gc_for_runs, raise_open_file_limit, run_gc
 
 WORKERS_ENV = "CODECLM_RAY_WORKERS"  # worker actors [default: the cluster's CPUs]
 MAX_REPLACEMENTS = 8  # dead workers replaced per run before the run gives up
@@ -698,6 +698,9 @@ def run_on_ray(spec: Spec, options: RunOptions) -> RunResult:
     if getattr(spec, "budget", None) is not None and options.cache_mode != "replay":
         raise SpecError("--executor", "a budget is enforced by the local executor only, not yet on Ray",
                         hint="drop --executor ray, or the budget (budget:, --budget-usd, --budget-tokens)")
+    if options.cache_mode in ("live", "refresh"):
+        check_keys(spec)  # as the local executor does, before a worker starts
+    raise_open_file_limit()
     ray = import_ray()
     started = False
     if not ray.is_initialized():

@@ -126,7 +126,7 @@ def freeze_imports() -> None:
 
 
 async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: Any) -> RunResult:
-    if options.cache_mode in ("live", "refresh") and not options.dry_run:
+    if options.cache_mode in ("live", "refresh") and not options.dry_run and hub is None:  # a hub given is the caller's
         check_keys(spec)
     async with opened_hub(spec, options.cache_dir, options.cache_mode, options.concurrency, hub,
                           dry_run=options.dry_run) as live_hub:

@@ -22,7 +22,7 @@ VIRTUAL_FIELDS = ("id", "calls")  # every node's records have them: NODE.id, NOD
 LOOP_FIELDS = ("index", "first", "last", "max", "calls", "failure")
 LOOP_OUTPUTS = ("exit", "iteration", "iterations")
 RECORD_FIELDS = ("id", "status", "failure", "sources", "calls")  # `record.*`, in outputs
-RESERVED_OUTPUTS = ("failures", "manifest", "dataset_info")  # files every run writes itself
+RESERVED_OUTPUTS = ("failures", "manifest", "dataset_info", "call_keys")  # files every run writes itself
 
 
 def _json_object(path: Path) -> bool:
