@@ -3,6 +3,7 @@ template variables; and `codeclm graph`."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,16 +50,19 @@ def test_a_sandbox_escape_in_a_spec_exits_2_with_its_line(tmp_path, seeds_file):
     assert done.returncode == 2 and "__class__" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_a_template_reaching_for_python_internals_is_refused(tmp_path, seeds_file):
+def spec_with_respond(tmp_path: Path, seeds_file: Path, respond: str) -> Path:
+    """A spec whose prompts folder is the shipped one with respond.jinja replaced by `respond`."""
     prompts = tmp_path / "prompts"
-    prompts.mkdir()
-    for template in (REPO / "prompts").glob("*.jinja"):
-        (prompts / template.name).write_text(template.read_text())
-    (prompts / "respond.jinja").write_text('{% call message("user") %}{{ instruction.__class__.__mro__ }}'
-                                           '{% endcall %}')
+    shutil.copytree(REPO / "prompts", prompts)
+    (prompts / "respond.jinja").write_text(respond)
     data = base_spec(seeds_file)
     data["prompts"] = str(prompts)
-    found = problems(write_spec(tmp_path, data))
+    return write_spec(tmp_path, data)
+
+
+def test_a_template_reaching_for_python_internals_is_refused(tmp_path, seeds_file):
+    found = problems(spec_with_respond(tmp_path, seeds_file, '{% call message("user") %}'
+                                       '{{ instruction.__class__.__mro__ }}{% endcall %}'))
     assert [p for p in found if "respond.jinja" in p and "reaches for '__" in p and "sandbox" in p] == found[:1]
 
 
@@ -74,28 +78,16 @@ def test_expressions_that_would_fill_the_memory_are_refused(source):
 
 
 def test_a_template_that_would_fill_the_memory_is_refused_at_validate(tmp_path, seeds_file):
-    prompts = tmp_path / "prompts"
-    prompts.mkdir()
-    for template in (REPO / "prompts").glob("*.jinja"):
-        (prompts / template.name).write_text(template.read_text())
-    (prompts / "respond.jinja").write_text('{% call message("user") %}{{ "x" * 10**10 }}{% endcall %}')
-    data = base_spec(seeds_file)
-    data["prompts"] = str(prompts)
-    done = subprocess.run([sys.executable, "-m", "codeclm.cli", "validate", str(write_spec(tmp_path, data))],
+    spec = spec_with_respond(tmp_path, seeds_file, '{% call message("user") %}{{ "x" * 10**10 }}{% endcall %}')
+    done = subprocess.run([sys.executable, "-m", "codeclm.cli", "validate", str(spec)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "respond.jinja:1" in done.stderr and "more than 1,000,000" in done.stderr
 
 
 def test_a_template_including_a_file_outside_the_prompts_folder_is_refused(tmp_path, seeds_file):
-    prompts = tmp_path / "prompts"
-    prompts.mkdir()
-    for template in (REPO / "prompts").glob("*.jinja"):
-        (prompts / template.name).write_text(template.read_text())
-    (prompts / "respond.jinja").write_text('{% include "../secrets.txt" %}')
-    data = base_spec(seeds_file)
-    data["prompts"] = str(prompts)
-    assert any("includes '../secrets.txt'" in p for p in problems(write_spec(tmp_path, data)))
+    spec = spec_with_respond(tmp_path, seeds_file, '{% include "../secrets.txt" %}')
+    assert any("includes '../secrets.txt'" in p for p in problems(spec))
 
 
 def test_a_template_variable_no_input_gives(tmp_path, seeds_file):
