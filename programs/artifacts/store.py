@@ -7,7 +7,10 @@ order records finished in.
 
 A run writes only into a folder that is new, empty or one of codeclm's own runs (marked by
 `.codeclm-run`, or a codeclm manifest), never into the root, the home folder or the run a
-replay checks; and it touches the folder only once it has something to write.
+replay checks; and it touches the folder only once it has something to write. The marker
+lists the outputs codeclm wrote there: an output never replaces any other file, and once a
+run finishes, the files of earlier runs it did not write again go. While it writes, a run
+holds the folder (an advisory lock), so a second run into it at once is refused.
 """
 
 from __future__ import annotations
@@ -59,7 +62,6 @@ def _json_line(path: Path, raw: bytes, number: int) -> Any:
     except (ValueError, RecursionError) as exc:  # bad bytes, bad JSON, nested past reading, huge integers
         raise SpecError(str(path), f"not a JSON line ({str(exc).split(';')[0]})", line=number,
                         hint=DAMAGED_RUN) from None
-
 
 
 _encode_line = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # one encoder for every line
@@ -174,7 +176,8 @@ def _outputs_of(manifest: Path) -> set[str]:
     except (KeyError, TypeError):
         return set()
     if not isinstance(outputs, dict):
-        return set()  # a name that is a path, or a file every run writes itself, is never an output's
+        return set()
+    # a name that is a path, or a file every run writes itself, is never an output's
     return {name for name in outputs if isinstance(name, str) and not path_like(name) and name not in RESERVED_OUTPUTS}
 
 
