@@ -641,8 +641,13 @@ def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) ->
     if has_surrogate(input_json) or has_surrogate(json.dumps(given, ensure_ascii=False)):
         raise SpecError("--input", "not valid Unicode text (bytes that are not UTF-8, or a \\ud800-\\udfff escape)",
                         hint="pass UTF-8 text, and no lone surrogate escapes")
+    samples = sample_inputs(llm_node, loaded.graph)
+    unknown = sorted(set(given) - set(samples) - {"demos"})
+    if unknown:  # a typo would otherwise render the sample value in its place, silently
+        raise SpecError("--input", f"node '{node}' has no input {', '.join(map(repr, unknown))}",
+                        hint=f"its inputs: {', '.join(sorted(samples))} (and demos)")
     template = TemplateStore(loaded.prompts_dir).get(llm_node.template)
-    variables = {name: given.get(name, sample) for name, sample in sample_inputs(llm_node, loaded.graph).items()}
+    variables = {name: given.get(name, sample) for name, sample in samples.items()}
     variables.update(instructions=llm_node.instructions or template.default_instructions,
                      demos=given.get("demos", []))
     if llm_node.program:  # the tuned prompt: the program's instructions and demos

@@ -572,3 +572,18 @@ def test_init_refuses_the_home_folder_and_a_path_under_a_file(tmp_path):
     assert list(home.iterdir()) == []
     (tmp_path / "afile").write_text("x")
     assert_reports(cli("init", str(tmp_path / "afile" / "sub")), "afile is a file, not a folder")
+
+
+def test_render_refuses_an_input_the_node_does_not_have(tmp_path, seeds_file):
+    """A typo in --input rendered the sample value in its place, silently."""
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    assert_reports(cli("render", str(spec), "encode", "--input", '{"instructoin": "Hi"}'),
+                   "node 'encode' has no input 'instructoin'", "its inputs: instruction")
+
+
+def test_a_seed_id_that_is_not_text_or_a_number_is_refused(tmp_path, seeds_file):
+    """An object as an id became its Python repr ("{'a': 1}") in every artifact."""
+    seeds = tmp_path / "ids.jsonl"
+    seeds.write_text('{"id": {"a": 1}, "instruction": "Hi"}\n')
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    assert_reports(cli("run", str(spec), "--dry-run", "--seeds", str(seeds)), f"{seeds}:1", "holds a dict")

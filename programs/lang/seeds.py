@@ -149,6 +149,9 @@ def _pick(record: Any, field: str, id_field: str | None, path: Path, line: int) 
                         hint=f"fields here: {', '.join(map(str, record))}; map one in the source node's fields: "
                              "(e.g. fields: {instruction: FIELD})")
     seed_id = record.get(id_field) if id_field else None
+    if seed_id is not None and (isinstance(seed_id, bool) or not isinstance(seed_id, (str, int, float))):
+        raise SpecError(str(path), f"id field '{id_field}' holds a {type(seed_id).__name__}: an id is text or a "
+                        "number", line=line, hint="give each record a plain id, or set the source node's id_field")
     for what, text in ((f"field '{field}'", value), (f"id field '{id_field}'", seed_id)):
         if isinstance(text, str) and has_surrogate(text):
             raise SpecError(str(path), f"{what} holds a lone surrogate (a \\ud800-\\udfff escape), not valid "
