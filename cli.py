@@ -619,7 +619,7 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
 def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) -> None:
     """Print the exact messages llm node NODE of SPEC would send, as JSON."""
     from codeclm.programs.engine.llm import sample_inputs
-    from codeclm.programs.errors import SpecError
+    from codeclm.programs.errors import SpecError, first_clause
     from codeclm.programs.lang.templates import TemplateStore
     from codeclm.programs.lang.yaml_lines import has_surrogate
     from codeclm.programs.optimize import model_node
@@ -633,7 +633,7 @@ def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) ->
     except RecursionError:
         raise SpecError("--input", "JSON nested too deeply", hint='e.g. --input \'{"instruction": "..."}\'') from None
     except ValueError as exc:  # an integer of more digits than Python reads
-        raise SpecError("--input", f"unreadable JSON: {str(exc).split(';')[0]}",
+        raise SpecError("--input", f"unreadable JSON: {first_clause(exc)}",
                         hint="quote the number if it is text") from None
     if not isinstance(given, dict):
         raise SpecError("--input", f"must be a JSON object, got {type(given).__name__}",

@@ -14,6 +14,12 @@ EXIT_RUN_FAILED = 1  # the run could not produce what was asked
 EXIT_BUDGET = 4  # the run's budget stopped it (the data so far is written; rerun to resume)
 
 
+def first_clause(exc: BaseException) -> str:
+    """An exception's message without Python's advice after ';' (`int()` past 4,300 digits adds
+    "use sys.set_int_max_str_digits() to increase the limit", a fix for a programmer, not a user)."""
+    return str(exc).split(";")[0]
+
+
 class CodecError(Exception):
     """Base class: an error the CLI reports as a message and an exit code."""
 

@@ -39,7 +39,7 @@ from ..errors import CodecError, SpecError
 from ..redact import redact_text
 from .quality import quality_metrics
 from .rundata import read_run_json
-from .store import ARTIFACTS, write_atomic
+from .store import ARTIFACTS, DAMAGED_RUN, write_atomic
 
 MARKER = ".codeclm-export"
 PARQUET = "data/train-00000-of-00001.parquet"
@@ -125,7 +125,7 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 row = json.loads(raw.decode("utf-8"))
             except (ValueError, RecursionError) as exc:
                 raise SpecError(str(dataset_path), f"not a JSON line ({exc})", line=number,
-                                hint="the run folder is damaged: run the spec again to rewrite it") from None
+                                hint=DAMAGED_RUN) from None
             if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
                 raise SpecError(str(dataset_path), "a dataset line without a chat `messages` list", line=number,
                                 hint="export reads the chat format `codeclm run` writes")

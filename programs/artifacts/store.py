@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from ..errors import SpecError
+from ..errors import SpecError, first_clause
 from ..lang.nodes import RESERVED_OUTPUTS, path_like
 from ..redact import redact_text
 from .spill import OrderedSpill
@@ -60,7 +60,7 @@ def _json_line(path: Path, raw: bytes, number: int) -> Any:
     try:
         return json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # bad bytes, bad JSON, nested past reading, huge integers
-        raise SpecError(str(path), f"not a JSON line ({str(exc).split(';')[0]})", line=number,
+        raise SpecError(str(path), f"not a JSON line ({first_clause(exc)})", line=number,
                         hint=DAMAGED_RUN) from None
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import SpecError
+from ..errors import SpecError, first_clause
 from .yaml_lines import check_path_text, has_surrogate
 
 
@@ -96,7 +96,7 @@ def _jsonl(path: Path, field: str, id_field: str | None):
         except RecursionError:
             raise SpecError(str(path), "JSON nested too deeply", line=number, hint="one flat object per line") from None
         except ValueError as exc:  # an integer of more digits than Python reads
-            raise SpecError(str(path), f"unreadable JSON: {str(exc).split(';')[0]}", line=number,
+            raise SpecError(str(path), f"unreadable JSON: {first_clause(exc)}", line=number,
                             hint="quote the number if it is text") from None
         yield number, _pick(record, field, id_field, path, number)
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..artifacts.store import ARTIFACTS
-from ..errors import SpecError
+from ..artifacts.store import ARTIFACTS, DAMAGED_RUN
+from ..errors import SpecError, first_clause
 from ..lang.yaml_lines import has_surrogate
 from .cache import CallCache, default_cache_dir, entry_problem, warn
 
@@ -50,7 +50,7 @@ def _logged_keys(log: Path) -> Iterator[str]:
             key = raw.rstrip(b"\n").decode("ascii", errors="replace")
             if len(key) != 64 or not set(key) <= KEY_CHARS:
                 raise SpecError(str(log), "not a call key (64 hex digits)", line=number,
-                                hint="the run folder is damaged: run the spec again to rewrite it")
+                                hint=DAMAGED_RUN)
             yield key
 
 
@@ -70,7 +70,7 @@ def _records(path: Path, strict: bool) -> Iterator[Any]:
             except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
                 if strict:
                     raise SpecError(str(path), f"not a JSON line ({exc})", line=number,
-                                    hint="the run folder is damaged: run the spec again to rewrite it") from None
+                                    hint=DAMAGED_RUN) from None
 
 
 def _calls(value: Any) -> Iterator[dict[str, Any]]:
@@ -129,7 +129,7 @@ def _record(bundle: Path, number: int, line: str) -> tuple[str, dict[str, Any]]:
     except RecursionError:
         raise bad("JSON nested too deeply") from None
     except ValueError as exc:  # an integer of more digits than Python reads
-        raise bad(str(exc).split(";")[0]) from None
+        raise bad(first_clause(exc)) from None
     if not isinstance(record, dict) or set(record) != {"key", "entry"}:
         raise bad('expected {"key": ..., "entry": ...}')
     key, entry = record["key"], record["entry"]
@@ -147,7 +147,7 @@ def _json_of(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:
-        raise SpecError(str(path), f"cannot read the run's manifest ({str(exc).split(';')[0]})",
+        raise SpecError(str(path), f"cannot read the run's manifest ({first_clause(exc)})",
                         hint="pass a run folder `codeclm run` finished") from None
 
 
