@@ -101,7 +101,10 @@ def test_a_budget_stops_the_run_writes_the_data_so_far_and_resumes(tmp_path, see
         all_calls = server.completions
         full_cost = json.loads((tmp_path / "full" / "manifest.json").read_text())["totals"]["cost_usd"]
 
-        spec = fake_spec(tmp_path, seeds_file, server, model={"price": PRICE}, budget={"usd": round(full_cost / 3, 2)})
+        # One call at a time: which records finish before the budget stops the run then does not hang on the
+        # machine's scheduling (on a loaded 2-core CI machine, concurrent calls sometimes left no finished row).
+        spec = fake_spec(tmp_path, seeds_file, server, model={"price": PRICE, "concurrency": 1},
+                         budget={"usd": round(full_cost / 3, 2)})
         cache, out = tmp_path / "cache", tmp_path / "run"
         before = server.completions
         stopped = invoke("run", spec, "-q", "--no-report", "--out", out, "--cache-dir", cache)
@@ -118,6 +121,7 @@ def test_a_budget_stops_the_run_writes_the_data_so_far_and_resumes(tmp_path, see
         failures = (out / "failures.jsonl").read_text()
         assert "not called: budget reached" in failures  # the records the budget cut short, and why
         assert (out / "metadata.jsonl").is_file()  # the data so far
+        assert (out / "dataset.jsonl").read_text().count("\n") >= 1, "no finished row to export"
         inspected = invoke("inspect", out)
         assert inspected.exit_code == 0 and "stopped: budget reached (budget.usd" in inspected.output
         page = invoke("report", out, "--out", tmp_path / "stopped.html")
