@@ -27,6 +27,11 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
 EXIT_TERMINATED = 143  # SIGTERM (128 + 15), e.g. `kill`, a job scheduler, `docker stop`
 
 
+# The commands that call models: interrupted, they say that what they called is cached (validate,
+# graph and the others call nothing, and said so wrongly).
+CALLS_MODELS = frozenset({"run", "replay", "evaluate", "optimize", "compare"})
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread: stops the run the way Ctrl-C does."""
 
@@ -75,8 +80,9 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated) or getattr(_on_sigterm, "received", False)
-            click.secho(f"\ninterrupted{' (SIGTERM)' if terminated else ''}: every finished call is cached; "
-                        "run the same command again to resume.", fg="yellow", err=True)
+            resume = ("every finished call is cached; run the same command again to resume."
+                      if command.__name__ in CALLS_MODELS else "run the command again.")
+            click.secho(f"\ninterrupted{' (SIGTERM)' if terminated else ''}: {resume}", fg="yellow", err=True)
             sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
         finally:
             if installed:

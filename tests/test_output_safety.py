@@ -205,6 +205,22 @@ def test_sigterm_outside_the_event_loop_also_exits_143(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 143, done.stderr
     assert "interrupted" in done.stderr and "Traceback" not in done.stderr
+    assert "cached" not in done.stderr  # a command that calls no model has no calls to keep
+
+
+def test_an_interrupted_validate_does_not_speak_of_cached_calls(tmp_path, seeds_file):
+    """validate and graph call no model: interrupted, they said "every finished call is cached"."""
+    from codeclm.programs.lang import spec as spec_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spec_module, "load_spec", interrupted)
+        result = codeclm("validate", str(spec))
+    assert result.exit_code == 130 and "interrupted: run the command again." in result.output, result.output
+    assert "cached" not in result.output
 
 
 def test_evaluate_refuses_a_foreign_folder_before_any_call(tmp_path, seeds_file):
@@ -321,6 +337,29 @@ def test_two_runs_into_one_folder_at_once_the_second_is_refused(tmp_path):
     first.release()
     second.write_jsonl("histories", [{"id": "b"}])
     assert json.loads((folder / "histories.jsonl").read_text()) == {"id": "b"}
+
+
+def test_a_second_run_into_a_busy_run_folder_is_refused_before_any_call(tmp_path, seeds_file):
+    """The lock was taken at the first write, so a second run into a busy folder made (and cached)
+    calls for its first records before it was refused; it is now taken before the first call."""
+    from fake_openai_server import FakeOpenAIServer
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    busy = RunStore(folder)
+    busy.hold()  # the first run, still writing
+    try:
+        with FakeOpenAIServer() as server:
+            data = base_spec(seeds_file)
+            data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
+                              for role in ("strong", "target")}
+            result = codeclm("run", str(write_spec(tmp_path, data)), "-q", "--out", str(folder),
+                             "--cache-dir", str(tmp_path / "cache"))
+            assert result.exit_code == 2 and "another codeclm run is writing into this folder" in result.output
+            assert server.completions == 0, "a refused run called the model"
+    finally:
+        busy.release()
+    assert list(folder.iterdir()) == []  # nothing written either
 
 
 def test_a_folder_from_before_the_marker_listed_outputs_still_resumes(tmp_path):

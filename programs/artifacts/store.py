@@ -204,16 +204,19 @@ class RunStore:
         if self._claimed:
             return
         claim_folder(self.folder, self.protect)
-        self._lock()
+        self.hold()
         self._earlier_files = self._own_files()
         self._list_owned(self._earlier_files)  # the manifest that also names them goes next
         self.path("manifest").unlink(missing_ok=True)
         self._claimed = True
 
-    def _lock(self) -> None:
+    def hold(self) -> None:
         """Hold the folder for this run (an advisory lock on the folder itself, no file of its own): a
         second run into it at the same time, which would mix and delete each other's journals, is a
-        SpecError. The OS drops the lock when the process ends."""
+        SpecError. Taken before the run's first call when the folder exists (a rerun, a resume), else
+        at its first write; the OS drops the lock when the process ends."""
+        if self._lock_fd is not None or not self.folder.is_dir():
+            return
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks

@@ -96,6 +96,10 @@ class OutputWriter:
                 self.store.write_dataset_info(self.spec.name)
         return dict(self.statuses)
 
+    def hold(self) -> None:
+        if self.store:
+            self.store.hold()
+
     def release(self) -> None:
         if self.store:
             self.store.release()

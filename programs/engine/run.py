@@ -313,10 +313,11 @@ class Engine:
 
     async def run(self) -> RunResult:
         started = time.time()
-        for node in self.graph.nodes.values():
-            if node.for_each is None or isinstance(node, DedupNode):
-                self.spawn(self.start(node))
         try:
+            self.outputs.hold()  # before the first call: a second run into the folder is refused at once
+            for node in self.graph.nodes.values():
+                if node.for_each is None or isinstance(node, DedupNode):
+                    self.spawn(self.start(node))
             try:
                 if not await self.drain():
                     if self.hub.fatal is None and isinstance(self.error, CodecError) and self.outputs.opened:
