@@ -489,3 +489,20 @@ def test_a_template_variable_typo_suggests_the_input_it_meant(tmp_path, spec_dat
     errors = errors_of(path)
     assert any("uses instructoin" in e.message and "a typo in the template for 'instruction'" in e.hint
                for e in errors), [str(e) for e in errors]
+
+
+@pytest.mark.parametrize(("output", "reads", "says"), [("dataset", "dataset", "by this output"),
+                                                        ("dataset", "instructions", "after it")])
+def test_an_output_reading_an_output_not_yet_written_is_refused(tmp_path, spec_data, output, reads, says):
+    """outputs.NAME is the line the record wrote to an output declared above; one declared below
+    (or the output itself) has none yet, and used to write null without a word."""
+    spec_data["outputs"][output]["fields"]["provenance"]["kept"] = f"outputs.{reads}"
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert f"reads outputs.{reads}, which is written {says}" in str(error) and "declared above" in str(error)
+    assert error.line == line_of(path, "provenance:", after=line_of(path, f"  {output}:"))  # the field's line
+
+
+def test_an_output_may_read_one_declared_above(tmp_path, spec_data):
+    spec_data["outputs"]["instructions"]["fields"]["in_dataset"] = "outputs.dataset"
+    load_spec(write_spec(tmp_path, spec_data))

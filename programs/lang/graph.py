@@ -353,6 +353,7 @@ class _GraphCheck:
         """Each `from` node's records must give every field: with several, `lineage.NAME` reads a value
         whichever node made it."""
         graph = self.graph
+        earlier = set(list(graph.outputs)[:list(graph.outputs).index(output.name)])
         for name in output.sources:
             source = graph.every.get(name)
             if source is None or source.loop:
@@ -369,6 +370,13 @@ class _GraphCheck:
                     if ref.field not in self.lineage_fields(name):
                         self.error(where, f"output '{output.name}' {key} reads lineage.{ref.field}, which records of "
                                    f"'{name}' lack", f"they have: {', '.join(self.lineage_fields(name))}")
+                    continue
+                if ref.root == "outputs" and ref.field in graph.outputs and ref.field not in earlier:
+                    when = "by this output" if ref.field == output.name else "after it"
+                    self.error((*output.where_path, *key.split(".")), f"output '{output.name}' {key} reads "
+                               f"outputs.{ref.field}, which is written {when}, so it has no value",
+                               "outputs.NAME reads an output declared above this one: move it up, or read its "
+                               "fields from the nodes instead")
                     continue
                 self.check_reference(where, f"output '{output.name}' {key}", ref, visible,
                                      self.scope_roots(None, in_loop, True), self.state_keys(source), joins, name)
