@@ -372,15 +372,17 @@ class _GraphCheck:
                                    f"'{name}' lack", f"they have: {', '.join(self.lineage_fields(name))}")
                     continue
                 if ref.root == "outputs" and ref.field in graph.outputs and ref.field not in earlier:
-                    when = "by this output" if ref.field == output.name else "after it"
-                    self.error((*output.where_path, *key.split(".")), f"output '{output.name}' {key} reads "
-                               f"outputs.{ref.field}, which is written {when}, so it has no value",
-                               "outputs.NAME reads an output declared above this one: move it up, or read its "
-                               "fields from the nodes instead")
-                    continue
+                    continue  # refused once, below
                 self.check_reference(where, f"output '{output.name}' {key}", ref, visible,
                                      self.scope_roots(None, in_loop, True), self.state_keys(source), joins, name)
             graph.joins[f"output:{output.name}:{name}"] = joins
+        for key, ref in output.references():
+            if ref.root == "outputs" and ref.field in graph.outputs and ref.field not in earlier:
+                when = "by this output" if ref.field == output.name else "after it"
+                self.error((*output.where_path, *key.split(".")), f"output '{output.name}' {key} reads "
+                           f"outputs.{ref.field}, which is written {when}, so it has no value",
+                           "outputs.NAME reads an output declared above this one: move it up, or read its "
+                           "fields from the nodes instead")
 
     # -- per-type details -------------------------------------------------------------------------
 
