@@ -128,3 +128,30 @@ def test_metadata_is_counted_in_one_pass_not_held(tmp_path):
     assert summary.statuses == {"ok": 19_980, "failed": 20} and len(summary.failed) == 20
     assert peak < 4 * 2**20, peak  # the rows held as a list: ~25 MiB
     assert sum(1 for f in run.failures if f["artifact"] == "metadata.jsonl") == 20
+
+
+def test_a_pipeline_of_ones_own_may_name_an_output_instructions(tmp_path):
+    """`instructions` is CodecLM's histories; a user's spec with an output of that name and another
+    shape (here AlpaGasus's ratings, without `status`) made `inspect` call the run damaged."""
+    import yaml
+    from conftest import REPO
+    from fake_openai_server import FakeOpenAIServer
+
+    data = yaml.safe_load((REPO / "specs" / "alpagasus.yaml").read_text())
+    data["prompts"], data["nodes"]["pairs"]["path"] = str(REPO / "prompts"), str(REPO / "seeds" / "alpaca_pairs.jsonl")
+    ratings = data["outputs"].pop("ratings")
+    ratings["fields"]["state"] = ratings["fields"].pop("status")
+    data["outputs"]["instructions"] = ratings
+    with FakeOpenAIServer() as server:
+        for role in data["models"]:
+            data["models"][role] = {"model": f"hosted_vllm/{role}", "api_base": server.url}
+        spec = str(write_spec(tmp_path, data))
+        ran = CliRunner().invoke(cli.main, ["run", spec, "-q", "--out", str(tmp_path / "run"),
+                                            "--cache-dir", str(tmp_path / "cache")])
+    assert ran.exit_code == 0, ran.output
+    inspected = CliRunner().invoke(cli.main, ["inspect", str(tmp_path / "run"), "--json"])
+    assert inspected.exit_code == 0, inspected.output
+    report = json.loads(inspected.output)
+    kept = sum(1 for _ in (tmp_path / "run" / "dataset.jsonl").open())
+    assert report["status"] == {"kept": kept} and report["kept_by_iteration"] == {}
+    assert RunData(tmp_path / "run").status_counts == {"kept": kept}  # the page's counts too

@@ -20,28 +20,48 @@ from .store import ARTIFACTS, read_artifact
 def run_report(run_dir: Path) -> dict[str, Any]:
     manifest_path = run_dir / ARTIFACTS["manifest"]
     manifest = read_run_json(manifest_path) if manifest_path.is_file() else {}
-    if manifest and not (run_dir / ARTIFACTS["instructions"]).is_file():
+    histories = _codec_histories(run_dir)
+    if manifest and histories is None:
         return general_report(run_dir, manifest)  # a spec that keeps no CodecLM instruction histories
-    histories = read_artifact(run_dir, "instructions")
+    histories = histories or []
     status = Counter(h["status"] for h in histories)
     kept = [h["record"]["provenance"] for h in histories if h["status"] == "kept"]
-    finals = [h["iterations"][-1] for h in histories if h.get("iterations")]
-    gaps = [step["scores"]["gap"] for step in finals if step.get("scores")]
+    finals = [h["iterations"][-1] for h in histories if h["iterations"]]
+    gaps = [step["scores"]["gap"] for step in finals if isinstance(step, dict) and step.get("scores")]
     return {
         "run": str(run_dir),
         "instructions": len(histories),
         "status": dict(status.most_common()),
-        "kept_by_iteration": dict(sorted(Counter(p["iteration"] for p in kept).items())),
-        "kept_answer_from": dict(Counter(p["response_from"] for p in kept).most_common()),
-        "kept_use_cases": dict(Counter(p["metadata"]["use_case"] for p in kept).most_common(10)),
+        "kept_by_iteration": dict(sorted(Counter(p["iteration"] for p in kept if isinstance(p.get("iteration"), int))
+                                         .items())),
+        "kept_answer_from": dict(Counter(p.get("response_from") for p in kept).most_common()),
+        "kept_use_cases": dict(Counter((p.get("metadata") or {}).get("use_case") for p in kept).most_common(10)),
         "mean_abs_gap_of_kept": _mean(abs(p["gap"]) for p in kept if p.get("gap") is not None),
         "mean_gap_at_last_iteration": _mean(gaps),
-        "actions_per_kept_pair": _mean(len(p["actions"]) for p in kept),
+        "actions_per_kept_pair": _mean(len(p.get("actions") or []) for p in kept),
         "failure_reasons": manifest.get("counts", {}).get("failure_reasons", {}),
         "calls": manifest.get("totals", {}),
         "quality": quality_metrics(run_dir),
         **_stopped(manifest),
     }
+
+
+def _codec_histories(run_dir: Path) -> list[dict[str, Any]] | None:
+    """The CodecLM specs' instruction histories (a status, the loop's iterations, a kept one's dataset
+    row with its provenance), or None: no such file, or another spec's output that is named
+    `instructions` too (a pipeline of the user's own), which the general report describes."""
+    if not (run_dir / ARTIFACTS["instructions"]).is_file():
+        return None
+    histories = read_artifact(run_dir, "instructions")
+
+    def shaped(history: Any) -> bool:
+        if not (isinstance(history, dict) and isinstance(history.get("status"), str)
+                and isinstance(history.get("iterations"), list)):
+            return False
+        record = history.get("record")
+        return history["status"] != "kept" or (isinstance(record, dict) and isinstance(record.get("provenance"), dict))
+
+    return histories if all(shaped(h) for h in histories) else None
 
 
 def general_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:

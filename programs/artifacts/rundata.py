@@ -194,8 +194,9 @@ class RunData:
     @cached_property
     def status_counts(self) -> dict[str, int]:
         """Records by status: from instructions.jsonl's histories, or, in a run without that file (a
-        spec other than CodecLM's), as the run counted the records its dataset reads (the manifest)."""
-        if self.histories is None:
+        spec other than CodecLM's, or whose `instructions` output has no status), as the run counted
+        the records its dataset reads (the manifest)."""
+        if self.histories is None or not any(isinstance(h.get("status"), str) for h in self.histories):
             counted = (self.manifest.get("counts") or {}).get("instructions")
             counted = counted if isinstance(counted, dict) else {}
             return dict(Counter({str(k): v for k, v in counted.items() if isinstance(v, int)}).most_common())
