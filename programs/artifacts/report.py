@@ -21,9 +21,10 @@ def run_report(run_dir: Path) -> dict[str, Any]:
     manifest_path = run_dir / ARTIFACTS["manifest"]
     manifest = read_run_json(manifest_path) if manifest_path.is_file() else {}
     histories = _codec_histories(run_dir)
-    if manifest and histories is None:
+    if histories is None:
+        if not manifest and not (run_dir / ARTIFACTS["instructions"]).is_file():
+            read_artifact(run_dir, "instructions")  # raises: not a run folder, and the error says so
         return general_report(run_dir, manifest)  # a spec that keeps no CodecLM instruction histories
-    histories = histories or []
     status = Counter(h["status"] for h in histories)
     kept = [h["record"]["provenance"] for h in histories if h["status"] == "kept"]
     finals = [h["iterations"][-1] for h in histories if h["iterations"]]
