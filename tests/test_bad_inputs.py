@@ -17,7 +17,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from codeclm.programs.errors import SpecError, SpecErrors
+from codeclm.programs.errors import ReplayMiss, SpecError, SpecErrors
 from codeclm.programs.lang.seeds import read_seeds
 from codeclm.programs.lang.spec import load_spec
 from codeclm.programs.models.bundle import export_bundle, import_bundle
@@ -372,6 +372,18 @@ def test_damaged_entry_through_a_run_is_called_again(tmp_path, seeds_file, scrip
     assert scripted.calls() == calls + 1  # only the damaged call is made again
     assert (first.out / "dataset.jsonl").read_bytes() == (second.out / "dataset.jsonl").read_bytes()
     assert "is damaged" in capsys.readouterr().err
+
+
+def test_a_replay_miss_on_a_damaged_entry_says_so(tmp_path, seeds_file, scripted):
+    """It blamed "an input upstream changed" for a call the cache holds but cannot read."""
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    first = scripted(spec, out="first")
+    with sqlite3.connect(scripted.cache_dir / "cache.db") as con:
+        (damaged,) = con.execute("SELECT key FROM Cache ORDER BY rowid LIMIT 1").fetchone()
+    _set_raw_value(scripted.cache_dir, damaged, b"\x80\x04broken")
+    with pytest.raises(ReplayMiss) as missed:
+        scripted(spec, out="again", mode="replay", recorded_run=first.out)
+    assert "its entry is damaged and cannot be read" in str(missed.value) and "upstream" not in str(missed.value)
 
 
 def test_replay_reads_the_cache_read_only_and_writes_nothing(tmp_path, seeds_file, scripted):

@@ -162,6 +162,7 @@ class CallCache:
         self.store: _ReadOnlyStore | _WritableStore = \
             _ReadOnlyStore(self.folder) if self.read_only else _WritableStore(self.folder)
         self.damaged = 0  # entries treated as misses
+        self.damaged_keys: set[str] = set()  # the first few, for a replay miss to name the cause
         self._write_failed = False
         self._pending: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (value, tag): answers not yet written
         self._batch_started = 0.0  # time.monotonic() of the first pending answer
@@ -229,6 +230,8 @@ class CallCache:
         if problem is None:
             return entry
         self.damaged += 1
+        if len(self.damaged_keys) < 1000:
+            self.damaged_keys.add(key)
         if self.damaged == 1:
             warn(f"cache {self.folder}: entry {key[:12]} is damaged ({problem}); treated as a miss"
                  + ("" if self.read_only else ", and called again"))

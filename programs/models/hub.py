@@ -271,6 +271,8 @@ class ModelHub:
         """Compare a missed call with what the recorded run called for the same stage and item."""
         if not len(self.cache.store):
             return "the cache is empty: nothing was recorded in this cache folder"
+        if identity.key in self.cache.damaged_keys:
+            return "nothing: the cache holds this call, but its entry is damaged and cannot be read"
         recorded = self.recorded.get((ctx.stage, ctx.item), [])
         if not recorded:
             return (f"the recorded run made no '{ctx.stage}' call for item '{ctx.item}': an input upstream "
