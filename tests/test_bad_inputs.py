@@ -110,6 +110,18 @@ def test_merge_keys_are_not_duplicates(tmp_path, seeds_file):
     assert spec.models["target"].max_tokens == 32 and spec.models["target"].temperature == 0.7
 
 
+def test_two_merge_keys_in_one_mapping_are_a_duplicate(tmp_path, seeds_file):
+    """Two `<<:` in one mapping: YAML keys are unique, and which one wins was PyYAML's choice."""
+    text = write_spec(tmp_path, base_spec(seeds_file)).read_text()
+    text = text.replace("  strong:\n", "  strong: &strong\n", 1)
+    twice = "  target:\n    <<: *strong\n    <<: *strong\n    model: local\n"
+    text = text.replace("  target:\n    model: local\n", twice, 1)
+    path = raw_spec(tmp_path, text)
+    second = path.read_text().splitlines().index("    <<: *strong") + 2
+    error = spec_error(path)
+    assert error.line == second and "duplicate key '<<'" in error.message and "<<: [*first, *second]" in error.hint
+
+
 BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]\n"
     for prev, name in zip("abcdefgh", "bcdefghi", strict=True))

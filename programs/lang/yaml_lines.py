@@ -124,6 +124,7 @@ def _compose_and_construct(text: str, file: str, what: str = "") -> tuple[yaml.N
     return node, data
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
 INT_TAG = "tag:yaml.org,2002:int"
 MAX_INT_DIGITS = sys.get_int_max_str_digits() or 4300  # int() refuses longer digit strings (a ValueError)
 
@@ -169,12 +170,14 @@ class _Checker:
         elif isinstance(node, yaml.MappingNode):
             seen: dict[Any, yaml.Node] = {}
             for key_node, value_node in node.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if isinstance(key_node, yaml.ScalarNode):
                     key = (key_node.tag, key_node.value)
                     if key in seen:
                         first = seen[key].start_mark.line + 1
+                        merge = key_node.tag == MERGE_TAG
                         raise self.error(key_node, f"duplicate key '{key_node.value}' (first on line {first})",
-                                         "a key may appear once per mapping: remove or rename one of them")
+                                         "merge several mappings with one key: <<: [*first, *second]" if merge
+                                         else "a key may appear once per mapping: remove or rename one of them")
                     seen[key] = key_node
                 total += self.size(key_node) + self.size(value_node)
                 if total > self.limit:  # stop early: the rest cannot make it smaller
