@@ -57,6 +57,9 @@ def test_pipeline_runs_over_http_with_provenance_and_replays(runs, spec):
         assert row["provenance"]["id"] and row["provenance"]["seed_ids"]
     assert replay.manifest["totals"]["calls"] == 0
     assert (replay.out / "dataset.jsonl").read_bytes() == (live.out / "dataset.jsonl").read_bytes()
+    # the counts (summary, inspect, the report's tiles) count every row: Self-Instruct's dataset reads
+    # two rounds' nodes, and only the last one's records were counted
+    assert live.manifest["counts"]["instructions"].get("kept") == len(dataset)
 
 
 @pytest.mark.parametrize("spec", sorted(SMALL))

@@ -35,8 +35,8 @@ class OutputWriter:
         self.failure_reasons: Counter = Counter()  # "node: error" -> records that failed so
         self.without_messages: Counter = Counter()  # output -> lines whose `messages` had no value
         main = self.graph.outputs.get("dataset") or next(iter(self.graph.outputs.values()))
-        self.counted = main.sources[-1]
-        self.statuses: Counter = Counter()  # statuses of the records of the node the dataset reads
+        self.counted = set(main.sources)  # every round's node, with rounds: each makes records of its own
+        self.statuses: Counter = Counter()  # statuses of the records of the nodes the dataset reads
         self.opened = False
 
     @property
@@ -59,7 +59,7 @@ class OutputWriter:
     async def write(self, node: str, record: Record,
                     joins: Callable[[str, Record], Awaitable[dict[str, Any]]]) -> None:
         if not self.store:  # a dry run: its failures are cache misses, each naming its item, and unread
-            if node == self.counted:
+            if node in self.counted:
                 self.statuses[record.status] += 1
             return
         self.open()
@@ -82,7 +82,7 @@ class OutputWriter:
             if "messages" in output.fields and "messages" not in lines[output.name]:
                 self.without_messages[output.name] += 1  # said at the end: such a line trains nothing
             self.store.append(output.name, (position, *record.order), lines[output.name])
-        if node == self.counted:  # a record the dataset took counts as kept, whatever its node called it
+        if node in self.counted:  # a record the dataset took counts as kept, whatever its node called it
             self.statuses["kept" if "dataset" in lines else record.status] += 1
 
     def finish(self) -> dict[str, int]:
