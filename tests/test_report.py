@@ -155,3 +155,36 @@ def test_a_pipeline_of_ones_own_may_name_an_output_instructions(tmp_path):
     kept = sum(1 for _ in (tmp_path / "run" / "dataset.jsonl").open())
     assert report["status"] == {"kept": kept} and report["kept_by_iteration"] == {}
     assert RunData(tmp_path / "run").status_counts == {"kept": kept}  # the page's counts too
+
+
+def test_the_page_of_another_pipeline_shows_its_nodes_rows_and_failures(tmp_path):
+    """A Self-Instruct or AlpaGasus run's page was mostly empty: no funnel, no lengths, no records to
+    browse, and its failures (failures.jsonl) not shown at all."""
+    import yaml
+    from conftest import REPO
+    from fake_openai_server import FakeOpenAIServer, FaultPlan
+
+    data = yaml.safe_load((REPO / "specs" / "alpagasus.yaml").read_text())
+    data["prompts"], data["nodes"]["pairs"]["path"] = str(REPO / "prompts"), str(REPO / "seeds" / "alpaca_pairs.jsonl")
+    with FakeOpenAIServer(faults=FaultPlan(rate=0.3, kinds=("500",), seed=3)) as server:
+        for role in data["models"]:
+            data["models"][role] = {"model": f"hosted_vllm/{role}", "api_base": server.url, "retries": 0}
+        ran = CliRunner().invoke(cli.main, ["run", str(write_spec(tmp_path, data)), "-q", "--no-report",
+                                            "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")])
+    assert ran.exit_code == 0, ran.output
+    failed = [json.loads(line) for line in (tmp_path / "run" / "failures.jsonl").read_text().splitlines()]
+    kept = [json.loads(line) for line in (tmp_path / "run" / "dataset.jsonl").read_text().splitlines()]
+    assert failed and kept, "the fault plan should fail some ratings and keep some pairs"
+    run = RunData(tmp_path / "run")
+    assert len(run.failures) == len(failed) and {f["artifact"] for f in run.failures} == {"failures.jsonl"}
+    html = render(run)
+    assert "records per node" in html and "no artifacts with records" not in html
+    assert "response length (words)" in html and "no instruction histories" not in html
+    assert "HTTP 500" in html  # the failures section
+    records = embedded_data(html)["records"]
+    by_source = {source: [r for r in records if r["source"] == source]
+                 for source in ("dataset.jsonl", "failures.jsonl")}
+    assert len(by_source["dataset.jsonl"]) == len(kept) and len(by_source["failures.jsonl"]) == len(failed)
+    first = by_source["dataset.jsonl"][0]
+    assert first["messages"] == kept[0]["messages"] and first["id"] == kept[0]["provenance"]["id"]
+    assert by_source["failures.jsonl"][0]["failure"]["error"].startswith(failed[0]["error"][:40])

@@ -170,6 +170,14 @@ def funnel_section(run: RunData) -> str:
     if rows:
         labels = [r[0] for r in rows]
         parts.append(charts.hbars("the funnel", labels, [("items", [r[1] for r in rows], PALETTE[0])]))
+    elif stages := _stage_counts(run):  # another spec than CodecLM's: the records each node made
+        done, failed = [c[0] for c in stages.values()], [c[1] for c in stages.values()]
+        parts.append(charts.hbars("records per node", list(stages), [("done", done, PALETTE[0]),
+                                                                    ("failed", failed, PALETTE[3])]))
+        rows_written = run.status_counts.get("kept")
+        if rows_written is not None:
+            parts.append(note(f"{rows_written} rows in dataset.jsonl. A node's count is the records it finished "
+                              "(a filter's, those it let through); a node per round counts once per round."))
     else:
         parts.append(charts.empty("the funnel", "no artifacts with records"))
     by_node = defaultdict(Counter)
@@ -186,6 +194,15 @@ def funnel_section(run: RunData) -> str:
         if failed:
             parts.append(note(f"{failed} seed(s) failed to encode; see Failures."))
     return "".join(parts)
+
+
+def _stage_counts(run: RunData) -> dict[str, tuple[int, int]]:
+    """Per node, as the manifest counted them: (records done, records failed)."""
+    stages = (run.manifest.get("counts") or {}).get("stages")
+    if not isinstance(stages, dict):
+        return {}
+    return {str(name): (int(c.get("done") or 0), int(c.get("failed") or 0)) for name, c in stages.items()
+            if isinstance(c, dict) and isinstance(c.get("done") or 0, int) and isinstance(c.get("failed") or 0, int)}
 
 
 def kept_section(run: RunData) -> str:
@@ -289,7 +306,7 @@ def lengths_section(run: RunData) -> str:
                     answers[name][it].append(len(tokens(text)))
     iterations = sorted(set(instructions) | {i for per in answers.values() for i in per})
     if not iterations:
-        return charts.empty("lengths", "no instruction histories")
+        return _kept_lengths(run)
     groups = [f"iteration {i}" for i in iterations]
     names = sorted(answers, key=lambda n: (n not in (a, b), n))
     inst = charts.boxplots("instruction length (words) by iteration", groups,
@@ -300,6 +317,20 @@ def lengths_section(run: RunData) -> str:
     return (f'<div class="grid">{inst}{resp}</div>'
             + note("Every record's every iteration (kept, dropped and failed). Boxes: quartiles and median; "
                    "whiskers: min and max."))
+
+
+def _kept_lengths(run: RunData) -> str:
+    """Another spec than CodecLM's (no iterations to group by): the lengths of the kept pairs."""
+    kept = [pair for pair in run.iter_kept() if isinstance(pair.get("instruction"), str)]
+    if not kept:
+        return charts.empty("lengths", "no kept pairs")
+    inst = charts.boxplots("instruction length (words)", ["kept pairs"],
+                           [("instruction", [[len(tokens(p["instruction"])) for p in kept]], PALETTE[4])])
+    resp = charts.boxplots("response length (words)", ["kept pairs"],
+                           [("response", [[len(tokens(p["response"])) for p in kept
+                                           if isinstance(p.get("response"), str)]], PALETTE[0])])
+    return (f'<div class="grid">{inst}{resp}</div>'
+            + note("The kept pairs of dataset.jsonl. Boxes: quartiles and median; whiskers: min and max."))
 
 
 QUALITY_ROWS = (
@@ -428,12 +459,39 @@ def browser_records(run: RunData, cut: int = MAX_TEXT) -> list[dict[str, Any]]:
             record["kept_answer"] = provenance["response_from"]
         record["source"] = "instructions.jsonl"
         records.append(record)
+    if run.histories is None:  # another spec than CodecLM's: its dataset rows, then its failed records
+        records += _dataset_records(run, cut, MAX_RECORDS)
+        for row in run.stream("failures") or []:
+            if len(records) >= MAX_RECORDS:
+                break
+            failure = {k: row.get(k) for k in ("stage", "error", "raw") if row.get(k) is not None}
+            records.append({"id": str(row.get("id")), "status": "failed", "node": row.get("node"),
+                            "failure": _clean(failure, cut), "source": "failures.jsonl"})
     for row in run.metadata.failed if run.metadata else []:
         if len(records) < MAX_RECORDS:
             records.append({**_clean(row, cut), "source": "metadata.jsonl"})
     for row in run.rubrics or []:
         if row.get("status") == "failed" and len(records) < MAX_RECORDS:
             records.append({**_clean(row, cut), "source": "rubrics.jsonl"})
+    return records
+
+
+def _dataset_records(run: RunData, cut: int, limit: int) -> list[dict[str, Any]]:
+    """dataset.jsonl's rows as browser records: the chat messages, the provenance's other fields."""
+    records = []
+    for index, row in enumerate(run.stream("dataset") or []):
+        if index >= limit:
+            break
+        provenance = row.get("provenance") if isinstance(row.get("provenance"), dict) else {}
+        messages = [m for m in row.get("messages") or [] if isinstance(m, dict)] \
+            if isinstance(row.get("messages"), list) else []
+        user = [m.get("content") for m in messages if m.get("role") == "user"]
+        records.append({"id": str(provenance.get("id", index)), "status": "kept", "source": "dataset.jsonl",
+                        "instruction": _clean(user[-1], cut) if user and isinstance(user[-1], str) else None,
+                        "messages": _clean(messages, cut), "seed_ids": provenance.get("seed_ids"),
+                        **{k: _clean(v, cut) for k, v in row.items() if k not in ("messages", "provenance")},
+                        "provenance": _clean({k: v for k, v in provenance.items() if k not in ("id", "seed_ids")},
+                                             cut)})
     return records
 
 
@@ -543,7 +601,7 @@ SCRIPT = r"""
     return parts.join(" · ");
   }
   var KNOWN = {id: 1, status: 1, metadata: 1, seed_ids: 1, basic_instruction: 1, actions: 1, iterations: 1,
-    failure: 1, kept_answer: 1, source: 1, _hay: 1};
+    failure: 1, kept_answer: 1, source: 1, messages: 1, instruction: 1, _hay: 1};
   var STEP_KNOWN = {iteration: 1, instruction: 1, answers: 1, scores: 1, decision: 1, action: 1, failure: 1};
   function open(r, li) {
     Array.prototype.forEach.call(list.querySelectorAll("li.selected"),
@@ -559,6 +617,13 @@ SCRIPT = r"""
     if (r.failure) {
       detail.appendChild(el("h4", null, "failure at " + (r.failure.stage || "?") + ": " + (r.failure.error || "")));
       if (r.failure.raw) detail.appendChild(el("pre", "raw", r.failure.raw));
+    }
+    (Array.isArray(r.messages) ? r.messages : []).forEach(function (m) {
+      var box = el("div", "step"); box.appendChild(el("h4", null, m.role || "?"));
+      box.appendChild(el("div", "text", str(m.content))); detail.appendChild(box);
+    });
+    if (r.instruction && !Array.isArray(r.messages) && !(r.iterations || []).length) {
+      detail.appendChild(el("div", "text", r.instruction));
     }
     (r.iterations || []).forEach(function (s) {
       var box = el("div", "step" + (s.failure ? " failed" : ""));

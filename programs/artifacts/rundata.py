@@ -249,11 +249,18 @@ class RunData:
                 if row.get("status") != "failed":
                     continue
                 failure = row.get("failure") if isinstance(row.get("failure"), dict) else row
-                found.append({"artifact": ARTIFACTS[artifact], "id": str(row.get("id")),
-                              "stage": str(failure.get("stage") or row.get("stage") or artifact),
-                              "error": str(failure.get("error") or "unknown error"),
-                              "raw": failure.get("raw") if isinstance(failure.get("raw"), str) else None})
+                found.append(_failure(ARTIFACTS[artifact], row, failure, artifact))
+        if self.histories is None:  # another spec than CodecLM's: its failed records are in failures.jsonl
+            found += [_failure(ARTIFACTS["failures"], row, row, str(row.get("node") or "?"))
+                      for row in self.stream("failures") or []]
         return found
+
+
+def _failure(artifact: str, row: dict[str, Any], failure: dict[str, Any], stage: str) -> dict[str, Any]:
+    return {"artifact": artifact, "id": str(row.get("id")), "stage": str(failure.get("stage") or row.get("stage")
+                                                                        or stage),
+            "error": str(failure.get("error") or "unknown error"),
+            "raw": failure.get("raw") if isinstance(failure.get("raw"), str) else None}
 
 
 def _number(value: Any) -> float | None:

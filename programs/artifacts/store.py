@@ -33,6 +33,7 @@ ARTIFACTS = {
     "pool": "pool.jsonl",  # the augmented metadata pool
     "rubrics": "rubrics.jsonl",  # rubrics and actions per metadata entry
     "instructions": "instructions.jsonl",  # every instruction's history: kept, dropped, failed
+    "failures": "failures.jsonl",  # every record a node failed on, with its error and raw text (every spec)
     "dataset_info": "dataset_info.json",  # LLaMA-Factory's description of dataset.jsonl
     "call_keys": "call_keys.txt",  # the key of every model call the run read or made: what `cache export` bundles
     "manifest": "manifest.json",
