@@ -624,7 +624,7 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
 @reports_errors
 def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) -> None:
     """Print the exact messages llm node NODE of SPEC would send, as JSON."""
-    from codeclm.programs.engine.llm import sample_inputs
+    from codeclm.programs.engine.samples import sample_inputs
     from codeclm.programs.errors import SpecError, first_clause
     from codeclm.programs.lang.templates import TemplateStore
     from codeclm.programs.lang.yaml_lines import has_surrogate
@@ -647,7 +647,7 @@ def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) ->
     if has_surrogate(input_json) or has_surrogate(json.dumps(given, ensure_ascii=False)):
         raise SpecError("--input", "not valid Unicode text (bytes that are not UTF-8, or a \\ud800-\\udfff escape)",
                         hint="pass UTF-8 text, and no lone surrogate escapes")
-    samples = sample_inputs(llm_node, loaded.graph)
+    samples, _ = sample_inputs(llm_node, loaded.graph)
     unknown = sorted(set(given) - set(samples) - {"demos"})
     if unknown:  # a typo would otherwise render the sample value in its place, silently
         raise SpecError("--input", f"node '{node}' has no input {', '.join(map(repr, unknown))}",

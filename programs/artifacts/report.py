@@ -20,7 +20,7 @@ from .store import ARTIFACTS, read_artifact
 def run_report(run_dir: Path) -> dict[str, Any]:
     manifest_path = run_dir / ARTIFACTS["manifest"]
     manifest = read_run_json(manifest_path) if manifest_path.is_file() else {}
-    histories = _codec_histories(run_dir)
+    histories = _codec_histories(run_dir, manifest)
     if histories is None:
         if not manifest and not (run_dir / ARTIFACTS["instructions"]).is_file():
             read_artifact(run_dir, "instructions")  # raises: not a run folder, and the error says so
@@ -47,13 +47,17 @@ def run_report(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _codec_histories(run_dir: Path) -> list[dict[str, Any]] | None:
+def _codec_histories(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The CodecLM specs' instruction histories (a status, the loop's iterations, a kept one's dataset
     row with its provenance), or None: no such file, or another spec's output that is named
-    `instructions` too (a pipeline of the user's own), which the general report describes."""
+    `instructions` too (a pipeline of the user's own), which the general report describes. Whose
+    it is, the manifest's spec says (an output with `iterations`); without one, the rows' shape."""
     if not (run_dir / ARTIFACTS["instructions"]).is_file():
         return None
     histories = read_artifact(run_dir, "instructions")
+    declared = _instructions_fields(manifest)
+    if declared is not None:  # rows of the wrong shape for what the spec declares: a damaged file
+        return histories if "iterations" in declared else None
 
     def shaped(history: Any) -> bool:
         if not (isinstance(history, dict) and isinstance(history.get("status"), str)
@@ -63,6 +67,14 @@ def _codec_histories(run_dir: Path) -> list[dict[str, Any]] | None:
         return history["status"] != "kept" or (isinstance(record, dict) and isinstance(record.get("provenance"), dict))
 
     return histories if all(shaped(h) for h in histories) else None
+
+
+def _instructions_fields(manifest: dict[str, Any]) -> set[str] | None:
+    """The fields the run's spec declares for its `instructions` output, or None if unknown."""
+    resolved = (manifest.get("spec") or {}).get("resolved") if isinstance(manifest.get("spec"), dict) else None
+    output = ((resolved or {}).get("outputs") or {}).get("instructions") if isinstance(resolved, dict) else None
+    fields = output.get("fields") if isinstance(output, dict) else None
+    return set(fields) if isinstance(fields, dict) else None
 
 
 def general_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -198,16 +198,16 @@ def _filler(tokens: float) -> str:
 def _sample(node: LLMNode, spec: Spec, expected: dict[str, float]) -> dict[str, Any]:
     """Sample inputs for a node the walk did not reach: an input that reads a model node's output
     is as long as that node's expected answer; the others take `engine/llm.py`'s sample values."""
-    from .llm import SAMPLE_VALUES
+    from .samples import placeholder
 
     values: dict[str, Any] = {}
     for name, expr in node.inputs.items():
         read = [r.root for r in tree_references(expr) if r.root in expected]
-        values[name] = _filler(expected[read[0]]) if read else SAMPLE_VALUES.get(name, f"<{name}>")
+        values[name] = _filler(expected[read[0]]) if read else placeholder(name)
     if isinstance(node, JudgeNode):
         low, high = spec.graph.static(node.scale)
         values.update(scale_low=low, scale_high=high)
         for i, expr in enumerate(node.pair or [], start=1):
             read = [r.root for r in tree_references(expr) if r.root in expected]
-            values[f"answer_{i}"] = _filler(expected[read[0]]) if read else SAMPLE_VALUES.get(f"answer_{i}", "")
+            values[f"answer_{i}"] = _filler(expected[read[0]]) if read else placeholder(f"answer_{i}")
     return values

@@ -25,9 +25,10 @@ from ..lang.nodes import JudgeNode, LLMNode
 from ..lang.parsers import ParseError, parse_scores
 from ..lang.parsing import PARSERS
 from ..lang.spec import Spec
-from ..lang.templates import StageTemplate, TemplateStore
+from ..lang.templates import StageTemplate, TemplateRenderError, TemplateStore
 from ..models.hub import CURRENT_CALL, CallContext, ModelHub
 from .adapter import NO_INSTRUCTIONS, TemplateAdapter, hub_lm
+from .samples import placeholder, sample_inputs
 
 # dspy.LM warns on every truncated completion; the hub counts them in the manifest instead.
 logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
@@ -196,31 +197,30 @@ def build_modules(spec: Spec, hub: ModelHub) -> dict[str, NodeModule]:
 
 
 # Sample values by variable name, for `validate` and `render`; other names get "<name>".
-SAMPLE_VALUES: dict[str, Any] = {
-    "instruction": "Write a haiku about the sea.", "use_case": "creative writing", "skills": ["poetry", "imagery"],
-    "count": 3, "action": "Add a constraint on the rhyme scheme.", "answer_1": "Answer one.",
-    "answer_2": "Answer two.", "scale_low": 1, "scale_high": 10, "answer": "Waves fold into foam.",
-    "items": ["Write a limerick about a cat."], "rubrics": ["Depth of imagery."], "actions": ["Ask for a volta."],
-    "improved": "Write a haiku about the sea at dawn.", "score_1": 8, "score_2": 4,
-}
-
-
-def sample_inputs(node: LLMNode, graph: Graph) -> dict[str, Any]:
-    """Sample values for a node's template variables (a judge's scale is its own)."""
-    values = {name: SAMPLE_VALUES.get(name, f"<{name}>") for name in sorted(node.template_variables())}
-    if isinstance(node, JudgeNode):
-        values["scale_low"], values["scale_high"] = graph.static(node.scale)
-    return values
-
-
 def check_templates(spec: Spec) -> None:
     """Render every llm node's template with sample inputs, without and with a demo (a demo holds
     the inputs and the outputs): undefined variables, bad roles, templates that render nothing."""
     store = TemplateStore(spec.prompts_dir)
     for node in spec.graph.model_nodes():
         template = store.get(node.template)
-        inputs = sample_inputs(node, spec.graph)
-        demo = {**inputs, **{name: SAMPLE_VALUES.get(name, f"<{name}>") for name in output_names(node)}}
+        inputs, unknown = sample_inputs(node, spec.graph)
+        demo = {**inputs, **{name: placeholder(name) for name in output_names(node)}}
         for demos in ([], [demo]):
-            template.render({**inputs, "instructions": node.instructions or template.default_instructions,
-                             "demos": demos})
+            render_some_kind(template, {**inputs, "instructions": node.instructions or template.default_instructions,
+                                        "demos": demos}, unknown & template.variables)
+
+
+def render_some_kind(template: StageTemplate, variables: dict[str, Any], unknown: set[str]) -> None:
+    """Render with sample values; where it raises and some values are placeholders of a kind the spec
+    does not say (a JSON parser's field), with those as numbers, then as lists: a template that
+    renders with one of them is not refused (`{{ size + 1 }}`); one that fails with all is (`1 / 0`)."""
+    try:
+        template.render(variables)
+    except TemplateRenderError:
+        for kind in (lambda name: 7, lambda name: [placeholder(name)]):
+            try:
+                template.render({**variables, **{name: kind(name) for name in unknown}})
+                return
+            except TemplateRenderError:
+                continue
+        raise

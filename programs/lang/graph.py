@@ -427,8 +427,13 @@ class _GraphCheck:
         if missing:
             given = sorted(node.template_variables())
             close = difflib.get_close_matches(missing[0], given, n=1)
-            hint = (f"a typo in the template for '{close[0]}'? else add to inputs: {missing[0]}: <expression>"
-                    if close else f"add to inputs: {missing[0]}: <expression>")
+            if missing[0] in RESERVED_ROOTS or missing[0] in self.graph.every:  # {{ params.x }}, {{ node.field }}
+                hint = (f"a template sees its node's inputs only, not '{missing[0]}': add an input, e.g. "
+                        f"inputs: {{NAME: {missing[0]}.FIELD}}, and write {{{{ NAME }}}} in the template")
+            elif close:
+                hint = f"a typo in the template for '{close[0]}'? else add to inputs: {missing[0]}: <expression>"
+            else:
+                hint = f"add to inputs: {missing[0]}: <expression>"
             self.error((*node.where, "inputs"), f"template {node.template} uses {', '.join(missing)}, which node "
                        f"'{node.name}' does not provide", hint)
 

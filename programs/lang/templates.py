@@ -11,11 +11,12 @@ the default, and a stage renders `{{ instructions }}` when DSPy changed them.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import meta
 
 from ..errors import SpecError
 from .expressions import Sandbox
@@ -26,6 +27,11 @@ ROLES = ("system", "user", "assistant")
 
 class TemplateMissing(SpecError):
     """A stage names a template the prompts folder does not hold."""
+
+
+class TemplateRenderError(SpecError):
+    """The template raised while rendering (a TypeError, 1/0): with sample values, perhaps only
+    because a sample was not of the kind the run will give."""
 
 
 class TemplateStore:
@@ -81,6 +87,11 @@ class StageTemplate:
     def __deepcopy__(self, memo: dict[int, Any]) -> StageTemplate:
         return self  # compiled and never changed; DSPy deep-copies modules that hold one
 
+    @cached_property
+    def variables(self) -> set[str]:
+        """The names the template reads (its inputs, and the names every template is given)."""
+        return meta.find_undeclared_variables(self.template.environment.parse(self.source))
+
     @property
     def default_instructions(self) -> str:
         block = self.template.blocks.get("instructions")
@@ -117,8 +128,8 @@ class StageTemplate:
         except SpecError:
             raise
         except Exception as exc:  # noqa: BLE001 - 1/0, int('x'), ...: the template's error, with its line
-            raise SpecError(str(self.path), f"template failed to render: {type(exc).__name__}: {exc}",
-                            line=_template_line(exc)) from None
+            raise TemplateRenderError(str(self.path), f"template failed to render: {type(exc).__name__}: {exc}",
+                                      line=_template_line(exc)) from None
         if not messages:
             raise SpecError(str(self.path), "template rendered no messages",
                             hint='wrap the prompt in {% call message("user") %}...{% endcall %}')
