@@ -487,3 +487,20 @@ def test_clearer_messages_found_by_a_reliability_probe(tmp_path, seeds_file):
     bench.write_text('{"instruction": "Hi"}\n')
     result = codeclm("evaluate", "demo", bench, "--candidate", "strong", "--reference", "strong")
     assert result.exit_code == 2 and "both 'strong'" in result.output, result.output
+
+
+@pytest.mark.parametrize("field", ["[1] * 2000000", "encode.use_case * 10 ** 9", "10 ** 2000000",
+                                   "record.id / 0"])
+def test_an_output_field_that_fails_at_run_time_is_a_recorded_failure(tmp_path, seeds_file, field):
+    """An output field evaluated per record that raised (the sandbox's * and ** limits, 1/0) ended
+    the run in a traceback with its journals left as .partial files."""
+    data = base_spec(seeds_file)
+    data["outputs"]["extra"] = {"from": "encode", "fields": {"id": "record.id", "bad": field}}
+    with FakeOpenAIServer() as server:
+        spec = write_spec(tmp_path, served(data, server))
+        result = codeclm("run", spec, "-q", "--no-report", "--out", tmp_path / "run", "--cache-dir", tmp_path / "c")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    failures = [json.loads(line) for line in (tmp_path / "run" / "failures.jsonl").read_text().splitlines()]
+    assert failures and all(f["stage"] == "output extra" and f["node"] == "encode" for f in failures)
+    assert not list((tmp_path / "run").glob("*.partial")) and (tmp_path / "run" / "dataset.jsonl").stat().st_size
+    assert (tmp_path / "run" / "extra.jsonl").read_text() == ""

@@ -65,10 +65,7 @@ class OutputWriter:
         self.open()
         self.store.note_calls(record.calls)
         if not record.ok:
-            failure = record.failure or {}
-            self.failure_reasons[f"{failure.get('stage')}: {failure.get('error')}"[:160]] += 1
-            self.store.append(FAILURES, (record.order, node), {"id": record.id, "node": node, **failure,
-                                                                "calls": record.calls})
+            self._fail((record.order, node), node, record, record.failure or {})
         lines: dict[str, Any] = {}
         for output, position in self.by_node.get(node, []):
             try:
@@ -76,14 +73,25 @@ class OutputWriter:
             except NodeFailed:  # a join this record needed failed: what the lineage shows still counts
                 scope = {"params": View(dict(self.spec.params)), **lineage_scope(record)}
             scope.update(record=record_view(record), outputs=View(lines), lineage=nearest_values(record))
-            if output.where is not None and not _holds(output.where, scope):
+            try:
+                if output.where is not None and not _holds(output.where, scope):
+                    continue
+                lines[output.name] = evaluate_present(output.fields, scope)
+            except (TypeError, ValueError, ArithmeticError, jinja2.TemplateError) as exc:  # 1/0, "x" * 10**9
+                error = f"its fields or where: failed: {type(exc).__name__}: {exc}"
+                self._fail((record.order, node, output.name), node, record,
+                           {"stage": f"output {output.name}", "error": error, "raw": None})
                 continue
-            lines[output.name] = evaluate_present(output.fields, scope)
             if "messages" in output.fields and "messages" not in lines[output.name]:
                 self.without_messages[output.name] += 1  # said at the end: such a line trains nothing
             self.store.append(output.name, (position, *record.order), lines[output.name])
         if node in self.counted:  # a record the dataset took counts as kept, whatever its node called it
             self.statuses["kept" if "dataset" in lines else record.status] += 1
+
+    def _fail(self, order: tuple, node: str, record: Record, failure: dict[str, Any]) -> None:
+        """A record's failure, in failures.jsonl (at `order`) and the manifest's reasons."""
+        self.failure_reasons[f"{failure.get('stage')}: {failure.get('error')}"[:160]] += 1
+        self.store.append(FAILURES, order, {"id": record.id, "node": node, **failure, "calls": record.calls})
 
     def finish(self) -> dict[str, int]:
         """Sort the journals into their files; the dataset gets LLaMA-Factory's description. Returns the
