@@ -506,3 +506,21 @@ def test_an_output_reading_an_output_not_yet_written_is_refused(tmp_path, spec_d
 def test_an_output_may_read_one_declared_above(tmp_path, spec_data):
     spec_data["outputs"]["instructions"]["fields"]["in_dataset"] = "outputs.dataset"
     load_spec(write_spec(tmp_path, spec_data))
+
+
+def test_exit_on_a_switch_outside_a_loop_is_refused(tmp_path, seeds_file):
+    """`exit:` only ends a loop's iteration: on a top-level switch it validated, `graph` drew it, and
+    the records it named went on into the dataset."""
+    data = base_spec(seeds_file)
+    data["nodes"] = {"seeds": data["nodes"]["seeds"],
+                     "route": {"type": "switch", "for_each": "seeds",
+                               "cases": [{"name": "short", "when": "seeds.instruction | length < 20",
+                                          "exit": "dropped"}, {"name": "other"}]}}
+    data["nodes"]["write"] = {"type": "llm", "for_each": "route", "model": "strong", "template": "respond.jinja",
+                              "inputs": {"instruction": "seeds.instruction"}, "outputs": ["answer"]}
+    data["outputs"] = {"dataset": {"from": "write", "fields": {"answer": "write.answer"}}}
+    data["params"] = {}
+    path = write_spec(tmp_path, data)
+    error = only_error(path)
+    assert "has exit:, which ends a loop's iteration, but the switch is in no loop body" in str(error)
+    assert "filter" in error.hint and error.line == line_of(path, "exit: dropped")

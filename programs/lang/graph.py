@@ -328,6 +328,13 @@ class _GraphCheck:
                 if target and field_name not in self.lineage_fields(other):
                     self.error((*node.where, "against"), f"dedup compares against {other}.{field_name}, but "
                                f"records of '{other}' have {', '.join(self.lineage_fields(other))}")
+        if isinstance(node, SwitchNode) and not node.loop:
+            for i, case in enumerate(node.cases):
+                if case.exit is not None:
+                    self.error((*node.where, "cases", i, "exit"), f"switch '{node.name}' case '{case.name}' has "
+                               "exit:, which ends a loop's iteration, but the switch is in no loop body",
+                               f"drop exit:, and to drop the records of '{case.name}', add a filter node after "
+                               f"the switch (where: \"{node.name}.case != '{case.name}'\")")
         if isinstance(node, LLMNode):
             self.check_llm(node)
         self.check_static(node)
