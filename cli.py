@@ -747,10 +747,13 @@ def _summary(result: Any, report: Path | None = None) -> None:
     counts, totals = result.counts, result.manifest["totals"]
     kept = counts.get("kept", 0)
     # records that failed before the node the dataset reads: they reach no count above, yet are failures
-    failed_anywhere = sum(row["failed"] for row in result.manifest["counts"]["stages"].values())
+    stages = result.manifest["counts"]["stages"].values()
+    failed_anywhere = sum(row["failed"] for row in stages)
     upstream = max(0, failed_anywhere - counts.get("failed", 0))
+    removed = sum(row.get("removed", 0) for row in stages)  # let no further by a filter or a dedup
     click.secho(f"kept {kept} | dropped {counts.get('dropped', 0)} | failed {counts.get('failed', 0)}"
                 + (f" (and {upstream} upstream)" if upstream else "")
+                + (f" | filtered out {removed}" if removed else "")
                 + (f" | over limit {counts['over_limit']}" if counts.get("over_limit") else ""), bold=True)
     for name, row in result.calls.items():
         click.echo(f"  {name:<28} calls {row['calls']:>5}  cached {row['cache_hits']:>5}  "
@@ -760,7 +763,12 @@ def _summary(result: Any, report: Path | None = None) -> None:
         if totals["cost_usd"] or totals["saved_usd"] else ""
     click.echo(f"model calls {totals['calls']}, cache hits {totals['cache_hits']}{cost}; "
                f"{result.manifest['wall_seconds']:.1f}s")
-    click.echo(f"output: {result.out / 'dataset.jsonl'} ({kept} pair{'' if kept == 1 else 's'})")
+    declared = list(((result.manifest.get("spec") or {}).get("resolved") or {}).get("outputs") or {})
+    pairs = "dataset" in declared or not declared
+    if pairs:
+        click.echo(f"output: {result.out / 'dataset.jsonl'} ({kept} pair{'' if kept == 1 else 's'})")
+    else:  # a spec without a dataset: its outputs are not pairs
+        click.echo("outputs: " + ", ".join(str(result.out / f"{name}.jsonl") for name in declared))
     if report is not None:
         click.echo(f"report: {report}")
     if result.manifest.get("stopped") == "budget":
@@ -775,10 +783,11 @@ def _summary(result: Any, report: Path | None = None) -> None:
         click.echo("most common failures:")
         for reason, count in list(reasons.items())[:3]:
             click.echo(f"  {count:>4} x {reason}")
-    if kept == 0 and (counts.get("failed") or counts.get("dropped") or upstream):
+    if pairs and kept == 0 and (counts.get("failed") or counts.get("dropped") or upstream or removed):
         where = "instructions.jsonl for each decision and failure" if (result.out / "instructions.jsonl").is_file() \
             else "failures.jsonl for each failure, and the run's outputs for each decision"
-        click.secho(f"no pairs kept: every record was dropped or failed; see {where}", fg="red", err=True)
+        how = "dropped, filtered out or failed" if removed else "dropped or failed"
+        click.secho(f"no pairs kept: every record was {how}; see {where}", fg="red", err=True)
         sys.exit(1)
 
 

@@ -160,3 +160,44 @@ def test_dataset_lines_without_messages_are_warned_about(tmp_path):
     count = manifest["counts"]["without_messages"]["dataset"]
     assert count == sum("messages" not in row for row in lines(tmp_path / "run" / "dataset.jsonl")) > 0
     assert f"warning: {count} line(s) of dataset.jsonl have no `messages`" in result.output
+
+
+def test_records_a_filter_removes_are_counted_and_none_kept_is_exit_1(tmp_path):
+    """A filter that let nothing through: `kept 0 | dropped 0 | failed 0`, no word and exit 0."""
+    from click.testing import CliRunner
+    from codeclm import cli
+
+    with FakeOpenAIServer() as server:
+        sets = on_server("alpagasus", server.url)
+        args = ["run", str(REPO / "specs" / "alpagasus.yaml"), "-q", "--no-report", "--cache-dir", str(tmp_path / "c")]
+        some = CliRunner().invoke(cli.main, [*args, "--out", str(tmp_path / "some"), *(f"--set={s}" for s in sets)])
+        none = CliRunner().invoke(cli.main, [*args, "--out", str(tmp_path / "none"), "--set", "params.keep_at=6",
+                                             *(f"--set={s}" for s in sets)])
+    kept = len(lines(tmp_path / "some" / "dataset.jsonl"))
+    manifest = json.loads((tmp_path / "some" / "manifest.json").read_text())
+    rated = manifest["counts"]["stages"]["rate"]["done"]
+    assert some.exit_code == 0 and f"kept {kept} |" in some.output
+    assert manifest["counts"]["stages"]["keep"]["removed"] == rated - kept
+    assert f"filtered out {rated - kept}" in some.output
+    assert none.exit_code == 1, none.output
+    assert f"filtered out {rated}" in none.output
+    assert "no pairs kept: every record was dropped, filtered out" in none.output
+
+
+def test_a_spec_without_a_dataset_names_its_outputs(tmp_path):
+    from click.testing import CliRunner
+    from codeclm import cli
+
+    data = yaml.safe_load((REPO / "specs" / "alpagasus.yaml").read_text())
+    data["prompts"], data["nodes"]["pairs"]["path"] = str(REPO / "prompts"), str(REPO / "seeds" / "alpaca_pairs.jsonl")
+    del data["outputs"]["dataset"]
+    data["nodes"].pop("keep")
+    data["params"].pop("keep_at")
+    with FakeOpenAIServer() as server:
+        for role in data["models"]:
+            data["models"][role] = {"model": f"hosted_vllm/{role}", "api_base": server.url}
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+        done = CliRunner().invoke(cli.main, ["run", str(tmp_path / "spec.yaml"), "-q", "--no-report", "--out",
+                                             str(tmp_path / "run"), "--cache-dir", str(tmp_path / "c")])
+    assert done.exit_code == 0, done.output
+    assert f"outputs: {tmp_path / 'run' / 'ratings.jsonl'}" in done.output and "pairs" not in done.output

@@ -171,9 +171,9 @@ def funnel_section(run: RunData) -> str:
         labels = [r[0] for r in rows]
         parts.append(charts.hbars("the funnel", labels, [("items", [r[1] for r in rows], PALETTE[0])]))
     elif stages := _stage_counts(run):  # another spec than CodecLM's: the records each node made
-        done, failed = [c[0] for c in stages.values()], [c[1] for c in stages.values()]
-        parts.append(charts.hbars("records per node", list(stages), [("done", done, PALETTE[0]),
-                                                                    ("failed", failed, PALETTE[3])]))
+        series = [(label, [c[i] for c in stages.values()], color) for i, (label, color) in
+                  enumerate((("done", PALETTE[0]), ("failed", PALETTE[3]), ("filtered out", PALETTE[5])))]
+        parts.append(charts.hbars("records per node", list(stages), series))
         rows_written = run.status_counts.get("kept")
         if rows_written is not None:
             parts.append(note(f"{rows_written} rows in dataset.jsonl. A node's count is the records it finished "
@@ -196,13 +196,14 @@ def funnel_section(run: RunData) -> str:
     return "".join(parts)
 
 
-def _stage_counts(run: RunData) -> dict[str, tuple[int, int]]:
-    """Per node, as the manifest counted them: (records done, records failed)."""
+def _stage_counts(run: RunData) -> dict[str, tuple[int, int, int]]:
+    """Per node, as the manifest counted them: (records done, failed, filtered out)."""
     stages = (run.manifest.get("counts") or {}).get("stages")
     if not isinstance(stages, dict):
         return {}
-    return {str(name): (int(c.get("done") or 0), int(c.get("failed") or 0)) for name, c in stages.items()
-            if isinstance(c, dict) and isinstance(c.get("done") or 0, int) and isinstance(c.get("failed") or 0, int)}
+    keys = ("done", "failed", "removed")
+    return {str(name): tuple(int(c.get(k) or 0) for k in keys) for name, c in stages.items()  # type: ignore[misc]
+            if isinstance(c, dict) and all(isinstance(c.get(k) or 0, int) for k in keys)}
 
 
 def kept_section(run: RunData) -> str:

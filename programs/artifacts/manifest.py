@@ -71,8 +71,7 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
         "options": {"overrides": options.overrides, "seeds": str(options.seeds) if options.seeds else None,
                     "limit": options.limit, "concurrency": options.concurrency, "cache_mode": options.cache_mode,
                     "cache_dir": str(hub.cache.folder)},
-        "counts": {"instructions": counts, "stages": {s: {"done": progress.done[s], "failed": progress.failed[s]}
-                                                      for s in progress.total},
+        "counts": {"instructions": counts, "stages": {s: _stage_row(progress, s) for s in progress.total},
                    "decisions": dict(progress.decisions),
                    "failure_reasons": dict(sorted((failure_reasons or {}).items(), key=lambda kv: -kv[1])[:10]),
                    # lines of an output declaring `messages` where it had no value (a node that did not run)
@@ -90,3 +89,11 @@ def _budget(hub: ModelHub) -> dict[str, Any]:
     if budget is None:
         return {}
     return {"budget": budget.report(), **({"stopped": "budget"} if budget.reached else {})}
+
+
+def _stage_row(progress: Any, stage: str) -> dict[str, int]:
+    """A node's records done and failed; for a filter or dedup, also those it let no further."""
+    row = {"done": progress.done[stage], "failed": progress.failed[stage]}
+    if progress.removed.get(stage):
+        row["removed"] = progress.removed[stage]
+    return row

@@ -113,7 +113,11 @@ class NodeRunner:
         if isinstance(node, PickNode):
             return [self.pick(node, record, scope)]
         if isinstance(node, FilterNode):
-            return [record.child(node.name, {})] if self.value(node.where_, scope, "where") else []
+            if self.value(node.where_, scope, "where"):
+                return [record.child(node.name, {})]
+            if not node.loop:
+                self.progress.remove(node.name)
+            return []
         if isinstance(node, SwitchNode):
             return [self.switch(node, record, scope)]
         if isinstance(node, LoopNode):
@@ -285,6 +289,7 @@ class NodeRunner:
         self.progress.expect(node.name, len(records))
         for _ in records:
             self.progress.advance(node.name)
+        self.progress.remove(node.name, len(records) - len(kept))
         return kept
 
 

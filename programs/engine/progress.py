@@ -16,6 +16,7 @@ class Progress:
         self.total: dict[str, int] = defaultdict(int)
         self.done: dict[str, int] = defaultdict(int)
         self.failed: dict[str, int] = defaultdict(int)
+        self.removed: dict[str, int] = defaultdict(int)  # records a filter or dedup let no further
         self.decisions: Counter = Counter()
         self.started = time.monotonic()
         self._last = 0.0
@@ -29,6 +30,9 @@ class Progress:
         if not ok:
             self.failed[stage] += 1
         self.tick()
+
+    def remove(self, stage: str, count: int = 1) -> None:
+        self.removed[stage] += count
 
     def decide(self, decision: str) -> None:
         self.decisions[decision] += 1
