@@ -611,3 +611,12 @@ def test_a_seed_id_that_is_not_text_or_a_number_is_refused(tmp_path, seeds_file)
     seeds.write_text('{"id": {"a": 1}, "instruction": "Hi"}\n')
     spec = write_spec(tmp_path, base_spec(seeds_file))
     assert_reports(cli("run", str(spec), "--dry-run", "--seeds", str(seeds)), f"{seeds}:1", "holds a dict")
+
+
+def test_seeds_option_for_a_spec_that_reads_no_file_is_refused(tmp_path):
+    """--seeds was ignored when every source's records are written in the spec: the run used them."""
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"id": "a", "instruction": "Say hi."}\n')
+    done = cli("run", str(REPO / "specs" / "no_seed.yaml"), "--seeds", str(seeds), "--dry-run",
+               "--cache-dir", str(tmp_path / "cache"))
+    assert_reports(done, "--seeds", "the spec reads no file", "drop --seeds")

@@ -386,11 +386,20 @@ def seed_file(spec: Spec, node: SourceNode, replacement: Path | None) -> Path:
     """The file a source reads: its `path`, or `--seeds FILE` when the spec reads one file only."""
     if replacement is None:
         return node.path
+    check_seeds_option(spec)
+    return replacement
+
+
+def check_seeds_option(spec: Spec) -> None:
+    """`--seeds FILE` replaces the one file the spec reads: with none or several, it is exit 2 (it was
+    ignored when every source is written in the spec)."""
     files = [n.name for n in spec.graph.nodes.values() if isinstance(n, SourceNode) and n.path is not None]
+    if not files:
+        raise SpecError("--seeds", "the spec reads no file: its sources' records are written in it (records:)",
+                        hint="drop --seeds, or give a source a path: to read a file")
     if len(files) > 1:
         raise SpecError("--seeds", f"the spec reads {len(files)} files ({', '.join(files)}): which one --seeds "
                         "replaces is not clear", hint=f"--set nodes.{files[0]}.path=FILE, for each file to replace")
-    return replacement
 
 
 def _views(done: dict[str, Record]) -> dict[str, View]:
