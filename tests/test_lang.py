@@ -233,3 +233,11 @@ def test_a_template_reading_params_is_told_to_take_an_input(tmp_path, seeds_file
     found = problems(spec_with_respond(tmp_path, seeds_file, '{% call message("user") %}{{ instruction }} '
                                                              '{{ params.max_iterations }}{% endcall %}'))
     assert any("uses params" in p and "inputs: {NAME: params.FIELD}" in p and "{{ NAME }}" in p for p in found), found
+
+
+def test_optimize_names_a_body_node_the_way_set_does():
+    """optimize said `--set nodes.judge.program=...` for a node in a loop body, which --set refuses."""
+    graph = load_spec(REPO / "specs" / "demo.yaml").graph
+    assert graph.spec_path("encode") == "nodes.encode"
+    assert graph.spec_path("judge") == "nodes.refine.body.judge"
+    load_spec(REPO / "specs" / "demo.yaml", [f"{graph.spec_path('judge')}.temperature=0.5"])  # --set takes it

@@ -96,6 +96,15 @@ class Graph:
                         "as lineage.FIELD")
         return None
 
+    def spec_path(self, name: str) -> str:
+        """Where node `name` is in the spec, as `--set` names it: nodes.LOOP.body.NAME in a loop body."""
+        parts = [name]
+        owner = self.every[name].loop
+        while owner is not None:
+            parts = [owner, "body", *parts]
+            owner = self.every[owner].loop
+        return "nodes." + ".".join(parts)
+
     def static(self, value: Any) -> Any:
         """The value of an expression that reads only params (counts, scales); raises otherwise."""
         return evaluate_value(value, {"params": self.params})
