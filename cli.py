@@ -527,6 +527,7 @@ def export(run_dir: Path, dest: Path, repo: str | None, private: bool, license_i
     DEST/data/train.jsonl                     the run's dataset.jsonl, byte for byte
     DEST/pipeline/                            spec.yaml, prompts/, seeds/, manifest.json and
                                               calls.jsonl.gz: rerun or replay it offline
+    DEST/report.html                          the run's report (`codeclm report`)
     \b
     datasets.load_dataset("DEST") loads it as is. DEST must be new, empty, or an
     earlier export of the same run (its files are rewritten; nothing else is touched).
@@ -704,13 +705,17 @@ def cache_stats(cache_dir: Path | None) -> None:
 @cache.command("clear")
 @click.option("--model", help="Clear only this model's entries (as `cache stats` names it).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=SHARED_CACHE_HELP)
-@click.confirmation_option(prompt="Delete cached completions?")
+@click.option("--yes", is_flag=True, help="Do not ask before deleting.")
 @reports_errors
-def cache_clear(model: str | None, cache_dir: Path | None) -> None:
+def cache_clear(model: str | None, cache_dir: Path | None, yes: bool) -> None:
     """Delete cached completions: all, or one model's."""
     from codeclm.programs.models.cache import CallCache, default_cache_dir
 
-    cache = CallCache(cache_dir or default_cache_dir())
+    folder = cache_dir or default_cache_dir()
+    if not yes:
+        what = f"{model}'s cached completions" if model else "every cached completion"
+        click.confirm(f"Delete {what} in {folder}?", abort=True)
+    cache = CallCache(folder)
     try:
         removed = cache.clear(model)
     finally:

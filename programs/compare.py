@@ -188,9 +188,10 @@ def format_table(result: CompareResult) -> str:
              f"mean (win +1, tie 0, loss -1): {result.mean:+.3f}, interval [{low:+.3f}, {high:+.3f}]: {verdict}",
              "", f"{'':<28} {'A':>14} {'B':>14}"]
     a, b = result.sides.get("a", {}), result.sides.get("b", {})
-    for key in ("kept", "kept_share", "mean_iteration", "calls", "cache_hits", "tokens", "cost_usd"):
+    shown = ("kept", "kept_share", "mean_iteration", "calls", "cache_hits", "tokens", "cost_usd")
+    for key in shown:
         lines.append(f"{key:<28} {_fmt(a.get(key)):>14} {_fmt(b.get(key)):>14}")
-    for key in sorted(set(a.get("quality", {})) | set(b.get("quality", {}))):
+    for key in sorted((set(a.get("quality", {})) | set(b.get("quality", {}))) - set(shown)):  # `kept` once
         lines.append(f"{key[:28]:<28} {_fmt(a.get('quality', {}).get(key)):>14} "
                      f"{_fmt(b.get('quality', {}).get(key)):>14}")
     return "\n".join(lines)

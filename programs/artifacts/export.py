@@ -469,7 +469,8 @@ def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spe
                   "instruction only where the judge scores the strong model's answer clearly apart from the target "
                   "model's.", ""]
     lines += ["The spec's graph:", "", *_graph(spec), "", "## Models", "", *_models(spec, manifest), "",
-              "Endpoints and keys are not part of the data: keys were never written to the spec or the manifest.",
+              "Keys are not part of it: codeclm never writes one to the spec or the manifest. The models' "
+              "endpoints (`api_base`) are, in pipeline/spec.yaml and pipeline/manifest.json.",
               "", "## Counts", "", *_counts(pipeline_dir, manifest, spec, len(rows)), ""]
     if metrics:
         shown = {key: value for key, value in metrics.items() if key != "notes"}
