@@ -407,7 +407,7 @@ def test_set_values_are_validated(tmp_path, spec_data):
     path = write_spec(tmp_path, spec_data)
     assert load_spec(path, ["params.threshold=2"]).params["threshold"] == 2
     errors = errors_of(path, ["params.max_iterations=-2"])
-    assert [e.line for e in errors] == [line_of(path, "max_iterations:")]
+    assert [(e.file, e.line) for e in errors] == [("--set params.max_iterations", None)]  # not the file's value
 
 
 # -- wrongly typed values: still a message, never a traceback ------------------------------
@@ -524,3 +524,27 @@ def test_exit_on_a_switch_outside_a_loop_is_refused(tmp_path, seeds_file):
     error = only_error(path)
     assert "has exit:, which ends a loop's iteration, but the switch is in no loop body" in str(error)
     assert "filter" in error.hint and error.line == line_of(path, "exit: dropped")
+
+
+def test_a_set_typo_is_reported_at_the_set_not_at_a_line_of_the_file(tmp_path, spec_data):
+    """`--set params.max_iteratons=3` was reported at a line of the spec, where no such key is."""
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path, ["nodes.encode.templat=x.jinja"])
+    assert [(e.file, e.line) for e in errors] == [("--set nodes.encode.templat", None)]
+    assert "did you mean 'template'?" in errors[0].hint
+    done = cli("validate", str(path), "--set", "nodes.encode.templat=x.jinja")
+    assert done.returncode == 2 and "error: --set nodes.encode.templat: unknown key 'templat'" in done.stderr
+
+
+@pytest.mark.parametrize(("parse", "outputs"), [("field", ["a", "b"]), ("txt", ["answer"])])
+def test_an_unknown_parser_is_one_error(tmp_path, spec_data, parse, outputs):
+    """A typo in parse: also said "parser 'text' makes one value", of a parser the spec never named."""
+    spec_data["nodes"]["encode"].update(parse=parse, outputs=outputs)
+    errors = errors_of(write_spec(tmp_path, spec_data))
+    assert [e.message for e in errors if "parser" in e.message] == [f"unknown parser '{parse}'"], errors
+
+
+def test_a_judge_with_outputs_is_told_what_a_judge_gives(tmp_path, spec_data):
+    spec_data["nodes"]["refine"]["body"]["judge"]["outputs"] = ["rating"]
+    error = [e for e in errors_of(write_spec(tmp_path, spec_data)) if "outputs" in e.message][0]
+    assert "a judge declares no outputs" in error.message and "judge.score" in error.hint

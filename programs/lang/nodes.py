@@ -316,6 +316,7 @@ class NodeReader:
         except ExpressionError as exc:
             self.checker.error(where, str(exc), "expressions are Jinja without braces; quote literal strings: "
                                                 "\"'text'\"")
+            self.checker.unreadable_expressions += 1
             return None
 
     def read(self, name: str, raw: Any, where: Path_, loop: str | None = None) -> Node | None:
@@ -330,6 +331,11 @@ class NodeReader:
                                f"node '{name}' has unknown type {kind!r}" if kind else f"node '{name}' needs a type",
                                f"types: {', '.join(NODE_KEYS)} (docs/spec.md)")
             return None
+        if kind == "judge" and "outputs" in raw:  # a judge's outputs are fixed: say which, not "inputs?"
+            self.checker.error((*where, "outputs"), f"a judge declares no outputs: node '{name}' gives score "
+                               "(pointwise), or a, b, gap, a_first, b_first (with pair:)",
+                               f"drop outputs:, and read {name}.score (or {name}.gap) where you need it")
+            raw = {k: v for k, v in raw.items() if k != "outputs"}
         self.checker.check_keys(where, raw, COMMON_KEYS | NODE_KEYS[kind], f"node '{name}' ({kind})")
         common = {"name": name, "type": kind, "where": where, "loop": loop, "for_each": raw.get("for_each"),
                   "when": self.expr((*where, "when"), raw["when"]) if "when" in raw else None}
@@ -421,7 +427,9 @@ class NodeReader:
                                                                                           ""), )
         return {"model": str(raw.get("model", "")), "template": str(raw.get("template", "")),
                 "inputs": {str(k): self.expr((*where, "inputs", k), v, tree=True) for k, v in inputs.items()},
-                "parse": parse or ParseSpec("text"), "declared": declared,
+                # an unknown parser is reported above; its stand-in takes the declared outputs as they are,
+                # so that no follow-on error speaks of a parser the spec does not name
+                "parse": parse or ParseSpec("fields" if len(declared) > 1 else "text"), "declared": declared,
                 "explode": self._explode(raw.get("explode"), (*where, "explode")),
                 "lazy": self._flag(raw, where, "lazy"),
                 "temperature": raw.get("temperature"), "max_tokens": raw.get("max_tokens"), "program": program,

@@ -134,7 +134,10 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     if not isinstance(data, dict):
         raise SpecError(str(path), "a spec must be a YAML mapping", line=1, hint="start from specs/demo.yaml")
     data = apply_overrides(data, overrides or [], str(path))
-    return Checker(path, data, lines).build()
+    checker = Checker(path, data, lines)
+    # the key only: a value given on the command line may be a credential (refused, never echoed)
+    checker.overridden = {tuple(key.split(".")): key for key in (item.partition("=")[0] for item in overrides or [])}
+    return checker.build()
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
@@ -183,10 +186,17 @@ class Checker:
         self.path, self.data, self.lines = path, data, lines
         self.errors: list[SpecError] = []
         self.copies: dict[str, str] = {}  # a rounds copy's name -> its body node's (rounds.py fills it)
+        self.overridden: dict[tuple[str, ...], str] = {}  # key path -> the `--set KEY` that set it
+        self.unreadable_expressions = 0  # expressions that did not compile: what they read is unknown
 
     # -- reporting -------------------------------------------------------------------------
 
     def error(self, where: Path_, message: str, hint: str | None = None) -> None:
+        for cut in range(len(where), 0, -1):  # at or under a key a --set gave: the command line's error
+            item = self.overridden.get(tuple(map(str, where[:cut])))
+            if item is not None:
+                self.errors.append(SpecError(f"--set {item}", message, hint=hint))
+                return
         line = None
         for cut in range(len(where), -1, -1):  # nearest enclosing key that has a line
             line = self.lines.get(where[:cut])
