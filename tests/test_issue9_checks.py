@@ -335,7 +335,10 @@ def test_export_says_when_the_seed_file_it_ships_holds_a_credential(tmp_path):
     ("seeds.csv", "instruction,instruction\na,b\n", 1, "names column 'instruction' twice"),
     ("seeds.csv", 'instruction\nfine\n"unclosed\nthe rest\nof the file\n', 3, "unexpected end of data"),
     ("seeds.csv", 'instruction\nfine\n"quoted"then text\n', 3, "expected after"),
-], ids=["jsonl-duplicate-key", "csv-duplicate-column", "csv-unclosed-quote", "csv-text-after-quote"])
+    ("seeds.jsonl", '{"instruction": "a"}\n{"instruction": 3}\n', 2,
+     "field 'instruction' holds a number, not text"),  # it said "no text in field", then listed the field
+], ids=["jsonl-duplicate-key", "csv-duplicate-column", "csv-unclosed-quote", "csv-text-after-quote",
+        "jsonl-number"])
 def test_seed_files_read_silently_wrong_are_refused_with_their_line(tmp_path, seeds_file, name, content, where,
                                                                    message):
     """A duplicate key or column was last-wins, an unclosed quote swallowed the rest of the file into one seed."""

@@ -144,6 +144,11 @@ def _pick(record: Any, field: str, id_field: str | None, path: Path, line: int) 
     if not isinstance(record, dict):
         raise SpecError(str(path), "a seed record must be an object", line=line)
     value = record.get(field)
+    if field in record and value is not None and not isinstance(value, str):
+        kind = {bool: "true or false", int: "a number", float: "a number"}.get(type(value), f"a {type(value).__name__}")
+        raise SpecError(str(path), f"field '{field}' holds {kind}, not text: a seed file's fields are text",
+                        line=line, hint="write it as text in the file (quoted, in JSON), or write the records in the "
+                                        "spec (records:), where a field may hold any YAML value")
     if not isinstance(value, str) or not value.strip():
         raise SpecError(str(path), f"record has no text in field '{field}'", line=line,
                         hint=f"fields here: {', '.join(map(str, record))}; map one in the source node's fields: "
