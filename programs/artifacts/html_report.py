@@ -158,7 +158,7 @@ def funnel_section(run: RunData) -> str:
         written = [record for node in (nodes.values() if isinstance(nodes, dict) else [])
                    if isinstance(node, dict) and node.get("type") == "source" and isinstance(node.get("records"), list)
                    for record in node["records"]]
-        if written:  # the no-seed mode: hand-written metadata, records of a source in the spec
+        if written and run.pool is not None:  # CodecLM's no-seed mode: hand-written metadata for its pool
             rows.append(("metadata (in the spec)", len(written), PALETTE[4]))
     if run.pool is not None:
         rows.append(("pool entries", len(run.pool), PALETTE[1]))
