@@ -127,6 +127,8 @@ def test_graph_prints_words_and_mermaid():
     mermaid = CliRunner().invoke(cli.main, ["graph", str(REPO / "specs" / "codeclm.yaml"), "--mermaid"])
     assert mermaid.exit_code == 0 and mermaid.output.startswith("flowchart TD")
     assert 'subgraph refine["refine: loop"]' in mermaid.output and "encode ==> augment" in mermaid.output
+    critique = CliRunner().invoke(cli.main, ["graph", str(REPO / "specs" / "critique_rewrite.yaml"), "--mermaid"])
+    assert "decide -.-> critique" in critique.output  # a body switch is a checkpoint for the nodes after it
 
 
 def test_dry_run_bounds_come_from_the_graph(tmp_path, seeds_file):

@@ -91,6 +91,13 @@ def mermaid(graph: Graph) -> str:
             if source != node.loop:
                 arrow = "==>" if source in node.collections else "-->"
                 lines.append(f"  {source} {arrow} {node.name}")
+    for node in graph.every.values():  # a body switch is a checkpoint: the body nodes after it wait for it
+        if isinstance(node, LoopNode):
+            body = list(node.body.values())
+            for i, switch in enumerate(body):
+                if isinstance(switch, SwitchNode):
+                    lines += [f"  {switch.name} -.-> {later.name}" for later in body[i + 1:]
+                              if switch.name not in _reads(graph, later)]
     for output in graph.outputs.values():
         lines += [f'  {source} --> out_{output.name}[("{output.name}.jsonl")]' for source in output.sources]
     return "\n".join(lines)
