@@ -507,3 +507,15 @@ def test_an_output_field_that_fails_at_run_time_is_a_recorded_failure(tmp_path, 
     assert failures and all(f["stage"] == "output extra" and f["node"] == "encode" for f in failures)
     assert not list((tmp_path / "run").glob("*.partial")) and (tmp_path / "run" / "dataset.jsonl").stat().st_size
     assert (tmp_path / "run" / "extra.jsonl").read_text() == ""
+
+
+def test_a_dataset_field_that_fails_for_every_record_is_exit_1(tmp_path, seeds_file):
+    """The records the dataset could not take were counted as `ok`: 0 pairs, no word, exit 0."""
+    data = base_spec(seeds_file)
+    data["outputs"]["dataset"]["fields"]["provenance"]["bad"] = "record.id / 0"
+    with FakeOpenAIServer() as server:
+        spec = write_spec(tmp_path, served(data, server))
+        result = codeclm("run", spec, "-q", "--no-report", "--out", tmp_path / "run", "--cache-dir", tmp_path / "c")
+    assert result.exit_code == 1 and "no pairs kept" in result.output, result.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["counts"]["instructions"].get("failed") and "kept" not in manifest["counts"]["instructions"]

@@ -154,7 +154,9 @@ def test_a_pipeline_of_ones_own_may_name_an_output_instructions(tmp_path):
     report = json.loads(inspected.output)
     kept = sum(1 for _ in (tmp_path / "run" / "dataset.jsonl").open())
     assert report["status"] == {"kept": kept} and report["kept_by_iteration"] == {}
-    assert RunData(tmp_path / "run").status_counts == {"kept": kept}  # the page's counts too
+    run = RunData(tmp_path / "run")
+    assert run.status_counts == {"kept": kept} and run.histories is None  # the page reads them as the spec's own
+    assert "records per node" in render(run)
 
 
 def test_the_page_of_another_pipeline_shows_its_nodes_rows_and_failures(tmp_path):

@@ -219,7 +219,7 @@ BROKEN = {
                         "read whole: in a rounds body"),
     "round-outside": ("task: lineage.instruction", "task: round.index", "fields: {id: record.id, task",
                       "reads 'round'", "in a rounds body: round.index"),
-    "round-field": ('"2 if round.first else 1"', '"2 if round.firts else 1"', "        fields:",
+    "round-field": ('"2 if round.first else 1"', '"2 if round.firts else 1"', "human: {sample",
                     "reads 'round'", "round.first, round.last, round.count"),
     "for-each-pool": ("for_each: generate, field", "for_each: pool, field", "novel: {type: dedup",
                       "for_each names 'pool'", "pool is what earlier rounds kept"),

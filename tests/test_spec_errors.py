@@ -191,7 +191,7 @@ def test_a_loop_reading_a_node_it_lacks(tmp_path, spec_data):
     del spec_data["nodes"]["refine"]["body"]["improve"]
     path = write_spec(tmp_path, spec_data)
     error = only_error(path)
-    assert error.line == line_of(path, "next:")
+    assert error.line == line_of(path, "instruction: improve.improved")  # the key that reads it
     assert "reads 'improve', which is not a node" in error.message
     assert_cli_reports(cli("validate", str(path)), f"spec.yaml:{error.line}", "'improve'")
 

@@ -487,12 +487,12 @@ def _dataset_records(run: RunData, cut: int, limit: int) -> list[dict[str, Any]]
         messages = [m for m in row.get("messages") or [] if isinstance(m, dict)] \
             if isinstance(row.get("messages"), list) else []
         user = [m.get("content") for m in messages if m.get("role") == "user"]
-        records.append({"id": str(provenance.get("id", index)), "status": "kept", "source": "dataset.jsonl",
+        records.append({**{k: _clean(v, cut) for k, v in row.items() if k not in ("messages", "provenance")},
+                        "id": str(provenance.get("id", index)), "status": "kept", "source": "dataset.jsonl",
                         "instruction": _clean(user[-1], cut) if user and isinstance(user[-1], str) else None,
                         "messages": _clean(messages, cut), "seed_ids": provenance.get("seed_ids"),
-                        **{k: _clean(v, cut) for k, v in row.items() if k not in ("messages", "provenance")},
                         "provenance": _clean({k: v for k, v in provenance.items() if k not in ("id", "seed_ids")},
-                                             cut)})
+                                             cut)})  # the browser's own keys last: a row's `status` is not one
     return records
 
 

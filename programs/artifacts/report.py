@@ -13,7 +13,7 @@ from statistics import mean
 from typing import Any
 
 from .quality import format_quality, quality_metrics
-from .rundata import read_run_json
+from .rundata import declares_histories, read_run_json
 from .store import ARTIFACTS, read_artifact
 
 
@@ -54,10 +54,12 @@ def _codec_histories(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, 
     it is, the manifest's spec says (an output with `iterations`); without one, the rows' shape."""
     if not (run_dir / ARTIFACTS["instructions"]).is_file():
         return None
+    declared = declares_histories(manifest)
+    if declared is False:
+        return None
     histories = read_artifact(run_dir, "instructions")
-    declared = _instructions_fields(manifest)
-    if declared is not None:  # rows of the wrong shape for what the spec declares: a damaged file
-        return histories if "iterations" in declared else None
+    if declared:  # rows of another shape than the spec declares are a damaged file: said by the reader
+        return histories
 
     def shaped(history: Any) -> bool:
         if not (isinstance(history, dict) and isinstance(history.get("status"), str)
@@ -67,14 +69,6 @@ def _codec_histories(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, 
         return history["status"] != "kept" or (isinstance(record, dict) and isinstance(record.get("provenance"), dict))
 
     return histories if all(shaped(h) for h in histories) else None
-
-
-def _instructions_fields(manifest: dict[str, Any]) -> set[str] | None:
-    """The fields the run's spec declares for its `instructions` output, or None if unknown."""
-    resolved = (manifest.get("spec") or {}).get("resolved") if isinstance(manifest.get("spec"), dict) else None
-    output = ((resolved or {}).get("outputs") or {}).get("instructions") if isinstance(resolved, dict) else None
-    fields = output.get("fields") if isinstance(output, dict) else None
-    return set(fields) if isinstance(fields, dict) else None
 
 
 def general_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -101,6 +101,10 @@ class RunData:
 
     @cached_property
     def histories(self) -> list[dict[str, Any]] | None:
+        """CodecLM's instruction histories; None without them (another spec's output named
+        `instructions` is not read as them: the manifest's spec says whose it is)."""
+        if declares_histories(self.manifest) is False:
+            return None
         return self._jsonl("instructions")
 
     @cached_property
@@ -315,3 +319,16 @@ def damaged_run(folder: Path, exc: BaseException) -> Exception:
                                  line=number, hint=hint)
     return SpecError(str(folder), f"a file of this run folder does not hold what codeclm wrote "
                      f"({type(exc).__name__}: {exc})", hint=hint)
+
+
+def declares_histories(manifest: dict[str, Any]) -> bool | None:
+    """Whether the run's spec declares CodecLM's instruction histories as its `instructions` output
+    (one with `iterations`): True, False (an output of another shape), or None (no manifest says)."""
+    spec = manifest.get("spec")
+    resolved = spec.get("resolved") if isinstance(spec, dict) else None
+    outputs = resolved.get("outputs") if isinstance(resolved, dict) else None
+    if not isinstance(outputs, dict):
+        return None
+    output = outputs.get("instructions")
+    fields = output.get("fields") if isinstance(output, dict) else None
+    return isinstance(fields, dict) and "iterations" in fields

@@ -25,10 +25,10 @@ from ..lang.nodes import JudgeNode, LLMNode
 from ..lang.parsers import ParseError, parse_scores
 from ..lang.parsing import PARSERS
 from ..lang.spec import Spec
-from ..lang.templates import StageTemplate, TemplateRenderError, TemplateStore
+from ..lang.templates import StageTemplate, TemplateStore
 from ..models.hub import CURRENT_CALL, CallContext, ModelHub
 from .adapter import NO_INSTRUCTIONS, TemplateAdapter, hub_lm
-from .samples import placeholder, sample_inputs
+from .samples import AnyValue, output_samples, sample_inputs
 
 # dspy.LM warns on every truncated completion; the hub counts them in the manifest instead.
 logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
@@ -196,7 +196,6 @@ def build_modules(spec: Spec, hub: ModelHub) -> dict[str, NodeModule]:
     return {node.name: build_module(node, spec, hub) for node in spec.graph.model_nodes()}
 
 
-# Sample values by variable name, for `validate` and `render`; other names get "<name>".
 def check_templates(spec: Spec) -> None:
     """Render every llm node's template with sample inputs, without and with a demo (a demo holds
     the inputs and the outputs): undefined variables, bad roles, templates that render nothing."""
@@ -204,23 +203,20 @@ def check_templates(spec: Spec) -> None:
     for node in spec.graph.model_nodes():
         template = store.get(node.template)
         inputs, unknown = sample_inputs(node, spec.graph)
-        demo = {**inputs, **{name: placeholder(name) for name in output_names(node)}}
-        for demos in ([], [demo]):
-            render_some_kind(template, {**inputs, "instructions": node.instructions or template.default_instructions,
-                                        "demos": demos}, unknown & template.variables)
-
-
-def render_some_kind(template: StageTemplate, variables: dict[str, Any], unknown: set[str]) -> None:
-    """Render with sample values; where it raises and some values are placeholders of a kind the spec
-    does not say (a JSON parser's field), with those as numbers, then as lists: a template that
-    renders with one of them is not refused (`{{ size + 1 }}`); one that fails with all is (`1 / 0`)."""
-    try:
-        template.render(variables)
-    except TemplateRenderError:
-        for kind in (lambda name: 7, lambda name: [placeholder(name)]):
+        outputs, unknown_outputs = output_samples(node, output_names(node))
+        instructions = node.instructions or template.default_instructions
+        first_error: SpecError | None = None
+        # a value whose kind the spec does not say: first as AnyValue, then as a "<name>" text (|tojson)
+        for stand_in in (AnyValue, None):
+            given = {**inputs, **{n: stand_in(n) for n in unknown}} if stand_in else inputs
+            demo = {**given, **outputs, **({n: stand_in(n) for n in unknown_outputs} if stand_in else {})}
             try:
-                template.render({**variables, **{name: kind(name) for name in unknown}})
-                return
-            except TemplateRenderError:
-                continue
-        raise
+                for demos in ([], [demo]):
+                    template.render({**given, "instructions": instructions, "demos": demos})
+                break
+            except SpecError as exc:
+                first_error = first_error or exc
+                if not (unknown & template.variables or unknown_outputs):
+                    raise
+        else:
+            raise first_error  # type: ignore[misc]

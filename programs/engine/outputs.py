@@ -35,6 +35,7 @@ class OutputWriter:
         self.failure_reasons: Counter = Counter()  # "node: error" -> records that failed so
         self.without_messages: Counter = Counter()  # output -> lines whose `messages` had no value
         main = self.graph.outputs.get("dataset") or next(iter(self.graph.outputs.values()))
+        self.main = main.name
         self.counted = set(main.sources)  # every round's node, with rounds: each makes records of its own
         self.statuses: Counter = Counter()  # statuses of the records of the nodes the dataset reads
         self.opened = False
@@ -67,6 +68,7 @@ class OutputWriter:
         if not record.ok:
             self._fail((record.order, node), node, record, record.failure or {})
         lines: dict[str, Any] = {}
+        status = record.status
         for output, position in self.by_node.get(node, []):
             try:
                 scope = await joins(f"{output.name}:{node}", record)
@@ -81,12 +83,13 @@ class OutputWriter:
                 error = f"its fields or where: failed: {type(exc).__name__}: {exc}"
                 self._fail((record.order, node, output.name), node, record,
                            {"stage": f"output {output.name}", "error": error, "raw": None})
+                status = "failed" if output.name == self.main else status  # the dataset could not take it
                 continue
             if "messages" in output.fields and "messages" not in lines[output.name]:
                 self.without_messages[output.name] += 1  # said at the end: such a line trains nothing
             self.store.append(output.name, (position, *record.order), lines[output.name])
         if node in self.counted:  # a record the dataset took counts as kept, whatever its node called it
-            self.statuses["kept" if "dataset" in lines else record.status] += 1
+            self.statuses["kept" if "dataset" in lines else status] += 1
 
     def _fail(self, order: tuple, node: str, record: Record, failure: dict[str, Any]) -> None:
         """A record's failure, in failures.jsonl (at `order`) and the manifest's reasons."""

@@ -2,10 +2,10 @@
 
 Each template variable gets a value of the kind its input will have at run time, where the spec
 says it: a param's own value, a literal, a judge's number, a parser's list or yes/no, the first
-inline record's field. `{{ n + 1 }}` with `n: params.n` then renders as it will in the run (a
+inline record's field. `{{ n + 1 }} with `n: params.n` then renders as it will in the run (a
 string placeholder made it a TypeError and refused a valid template). Where the spec does not
-say (a JSON parser's field, a computed expression), the value is a placeholder, and the caller
-knows it is one.
+say (a JSON parser's field, a computed expression), the check uses an `AnyValue`, and `render`
+a "<name>" placeholder.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import jinja2
 
 from ..lang.expressions import Expression, evaluate_value, tree_references
 from ..lang.graph import Graph
-from ..lang.nodes import JudgeNode, LLMNode, MixNode, SourceNode
+from ..lang.nodes import JudgeNode, LLMNode, LoopNode, MixNode, SourceNode
 
-# Sample texts for the variable names the shipped templates use (the others get "<name>").
+# Sample texts and lists for the variable names the shipped templates use (the others get "<name>").
 SAMPLE_VALUES: dict[str, Any] = {
     "instruction": "Write a haiku about the sea.", "use_case": "creative writing", "skills": ["poetry", "imagery"],
     "count": 3, "action": "Add a constraint on the rhyme scheme.", "answer_1": "Answer one.",
@@ -34,17 +34,79 @@ def placeholder(name: str) -> Any:
     return SAMPLE_VALUES.get(name, f"<{name}>")
 
 
+def text_sample(name: str) -> str:
+    sample = SAMPLE_VALUES.get(name)
+    return sample if isinstance(sample, str) else f"<{name}>"
+
+
+def list_sample(name: str) -> list[Any]:
+    sample = SAMPLE_VALUES.get(name)
+    return sample if isinstance(sample, list) else [f"<{name} 1>", f"<{name} 2>"]
+
+
+class AnyValue:
+    """Stands for a value whose kind the spec does not say (a JSON parser's field): every field,
+    item, call and arithmetic gives it again, comparisons are false, it iterates as empty and
+    prints as <name>. A template check with it fails only on what fails whatever the value (1 / 0)."""
+
+    unsafe_callable = False  # what Jinja's sandbox asks of anything it calls
+    alters_data = False
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        return self
+
+    def __getitem__(self, key: Any) -> AnyValue:
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AnyValue:
+        return self
+
+    def __str__(self) -> str:
+        return f"<{self._name}>"
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __int__(self) -> int:
+        return 0
+
+    def __float__(self) -> float:
+        return 0.0
+
+    def __round__(self, digits: int | None = None) -> AnyValue:
+        return self
+
+    def __contains__(self, item: Any) -> bool:
+        return False
+
+    def _same(self, *other: Any) -> AnyValue:
+        return self
+
+    def _false(self, other: Any) -> bool:
+        return False
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _same
+    __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __pow__ = __rpow__ = __neg__ = __pos__ = __abs__ = _same
+    __lt__ = __le__ = __gt__ = __ge__ = _false
+
+
 def sample_inputs(node: LLMNode, graph: Graph) -> tuple[dict[str, Any], set[str]]:
     """Sample values for a node's template variables, and the names whose kind is unknown (given a
-    placeholder). A judge's scale is its own."""
+    "<name>" placeholder here). A judge's scale is its own."""
     values, unknown = {}, set()
     for name in sorted(node.template_variables()):
-        value = sample_of(node.inputs[name], graph) if name in node.inputs else UNKNOWN
+        value = sample_of(node.inputs[name], graph, name, _enclosing(graph, node)) if name in node.inputs else UNKNOWN
         if value is UNKNOWN:
             value = placeholder(name)
             unknown.add(name)
-        elif type(value) is type(SAMPLE_VALUES.get(name)) and isinstance(value, (str, list)):
-            value = SAMPLE_VALUES[name]  # of the same kind, and reads like a real one
         values[name] = value
     if isinstance(node, JudgeNode):
         values["scale_low"], values["scale_high"] = graph.static(node.scale)
@@ -52,54 +114,63 @@ def sample_inputs(node: LLMNode, graph: Graph) -> tuple[dict[str, Any], set[str]
     return values, unknown
 
 
-def sample_of(expression: Any, graph: Graph, depth: int = 0) -> Any:
-    """A value of the kind `expression` gives at run time, or UNKNOWN."""
-    if not tree_references(expression):  # a literal, or an expression of literals
-        try:
-            return evaluate_value(expression, {})
-        except Exception:  # noqa: BLE001 - an expression of literals that fails: the run would say so
-            return UNKNOWN
+def output_samples(node: LLMNode, names: list[str]) -> tuple[dict[str, Any], set[str]]:
+    """Sample values of what one call of the node parses into (a demo's outputs), and the unknown ones."""
+    values = {name: field_sample(node, name, None, name) for name in names}
+    unknown = {name for name, value in values.items() if value is UNKNOWN}
+    return {name: placeholder(name) if name in unknown else value for name, value in values.items()}, unknown
+
+
+def sample_of(expression: Any, graph: Graph, name: str, loop: LoopNode | None = None) -> Any:
+    """A value of the kind `expression` gives at run time (variable `name`'s), or UNKNOWN; `loop` is
+    the loop whose body the expression is in (its `state` is then known)."""
     refs = tree_references(expression)
-    if all(ref.root == "params" for ref in refs):
+    if not refs or all(ref.root == "params" for ref in refs):  # literals and params: their own value
         try:
-            return graph.static(expression)
+            return evaluate_value(expression, {"params": graph.params})
         except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError):
             return UNKNOWN
-    if not isinstance(expression, Expression) or len(refs) != 1 or depth > 8:
+    if not isinstance(expression, Expression) or len(refs) != 1:
         return UNKNOWN
     ref = refs[0]
     if ref.field is None or expression.source.strip() != f"{ref.root}.{ref.field}":
         return UNKNOWN  # computed from a node's value: its kind is the computation's
+    if ref.root == "state" and loop is not None and ref.field in loop.state:  # as the loop starts it
+        return sample_of(loop.state[ref.field], graph, name, _enclosing(graph, loop))
+    if ref.root == "loop":
+        return {"index": 1, "max": 4, "calls": 1, "first": True, "last": False}.get(ref.field, UNKNOWN)
     node = graph.every.get(ref.root)
-    return UNKNOWN if node is None else field_sample(node, ref.field, graph, depth)
+    return UNKNOWN if node is None else field_sample(node, ref.field, graph, name)
 
 
-def field_sample(node: Any, name: str, graph: Graph, depth: int) -> Any:
-    """A value of the kind node `node`'s field `name` has, or UNKNOWN."""
+def _enclosing(graph: Graph, node: Any) -> LoopNode | None:
+    """The loop whose body holds `node`, if any."""
+    owner = graph.every.get(node.loop) if node.loop else None
+    return owner if isinstance(owner, LoopNode) else None
+
+
+def field_sample(node: Any, field: str, graph: Graph | None, name: str) -> Any:
+    """A value of the kind field `field` of `node`'s records has (as variable `name`), or UNKNOWN."""
     if isinstance(node, JudgeNode):
-        return 7 if name in ("score", "a", "b", "gap") else UNKNOWN
+        return 7 if field in ("score", "a", "b", "gap", "score_1", "score_2") else UNKNOWN
     if isinstance(node, LLMNode):
-        if node.explode is not None and name == node.explode.as_:
-            return f"<{name}>"
+        if node.explode is not None and field == node.explode.as_:
+            return text_sample(name)
         parser = node.parse.name
         if parser in _PARSED and len(node.declared) == 1:
             return _PARSED[parser]
-        if parser == "list":
-            return [f"<{name} 1>", f"<{name} 2>"]
-        if parser == "metadata":
-            return SAMPLE_VALUES["skills"] if name == "skills" else SAMPLE_VALUES["use_case"]
-        if parser == "rubrics":
-            return SAMPLE_VALUES.get(name, UNKNOWN)
-        return f"<{name}>" if parser in ("text", "instruction", "fields") else UNKNOWN
+        if parser in ("list", "rubrics") or (parser == "metadata" and field == "skills"):
+            return list_sample(name)
+        return text_sample(name) if parser in ("text", "instruction", "fields", "metadata") else UNKNOWN
     if isinstance(node, SourceNode):
         if node.records:
-            return node.records[0].get(node.fields.get(name, name), UNKNOWN)
-        return f"<{name}>"  # a file's fields are text
-    if isinstance(node, MixNode) and name in node.draws:
-        draw = node.draws[name]
+            return node.records[0].get(node.fields.get(field, field), UNKNOWN)
+        return text_sample(name)  # a file's fields are text
+    if isinstance(node, MixNode) and graph is not None and field in node.draws:
+        draw = node.draws[field]
         drawn = graph.every.get(draw.nodes[0]) if draw.nodes else None
-        one = UNKNOWN if drawn is None else field_sample(drawn, draw.field, graph, depth + 1)
+        one = UNKNOWN if drawn is None or isinstance(drawn, MixNode) else field_sample(drawn, draw.field, graph, name)
         if one is UNKNOWN or draw.kind == "choice":
             return one
-        return [item for item in (one if draw.flatten and isinstance(one, list) else [one])]
+        return list(one) if draw.flatten and isinstance(one, list) else [one]
     return UNKNOWN

@@ -322,7 +322,7 @@ class _GraphCheck:
         joins: dict[str, str] = {}
         for key, ref in node.references():
             scope, roots, state = self.reference_scope(node, key, visible)
-            self.check_reference((*node.where, key.split(".")[0]), f"node '{node.name}' {key}", ref, scope, roots,
+            self.check_reference((*node.where, *key.split(".")), f"node '{node.name}' {key}", ref, scope, roots,
                                  state, joins, node.name)
         for collection in node.collections:
             self.check_collection(node, collection)

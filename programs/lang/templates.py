@@ -29,11 +29,6 @@ class TemplateMissing(SpecError):
     """A stage names a template the prompts folder does not hold."""
 
 
-class TemplateRenderError(SpecError):
-    """The template raised while rendering (a TypeError, 1/0): with sample values, perhaps only
-    because a sample was not of the kind the run will give."""
-
-
 class TemplateStore:
     """Loads templates from one folder and reports problems with file and line."""
 
@@ -128,8 +123,8 @@ class StageTemplate:
         except SpecError:
             raise
         except Exception as exc:  # noqa: BLE001 - 1/0, int('x'), ...: the template's error, with its line
-            raise TemplateRenderError(str(self.path), f"template failed to render: {type(exc).__name__}: {exc}",
-                                      line=_template_line(exc)) from None
+            raise SpecError(str(self.path), f"template failed to render: {type(exc).__name__}: {exc}",
+                            line=_template_line(exc)) from None
         if not messages:
             raise SpecError(str(self.path), "template rendered no messages",
                             hint='wrap the prompt in {% call message("user") %}...{% endcall %}')
