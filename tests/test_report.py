@@ -187,6 +187,11 @@ def test_the_page_of_another_pipeline_shows_its_nodes_rows_and_failures(tmp_path
     by_source = {source: [r for r in records if r["source"] == source]
                  for source in ("dataset.jsonl", "failures.jsonl")}
     assert len(by_source["dataset.jsonl"]) == len(kept) and len(by_source["failures.jsonl"]) == len(failed)
+    from codeclm.programs.artifacts.quality import quality_metrics
+
+    pairs = sum(1 for line in (REPO / "seeds" / "alpaca_pairs.jsonl").read_text().splitlines() if line.strip())
+    closeness = quality_metrics(RunData(tmp_path / "run"))["seed_closeness"]  # the seeds of the spec's file
+    assert closeness["seeds"] == pairs and closeness["rouge_l_max"] == 1.0  # AlpaGasus keeps its seeds' pairs
     first = by_source["dataset.jsonl"][0]
     assert first["messages"] == kept[0]["messages"] and first["id"] == kept[0]["provenance"]["id"]
     assert by_source["failures.jsonl"][0]["failure"]["error"].startswith(failed[0]["error"][:40])

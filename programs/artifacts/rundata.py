@@ -160,7 +160,11 @@ class RunData:
 
     def iter_seeds(self) -> Iterator[dict[str, Any]]:
         """Seed instructions as the run read them, {id, text}, one at a time from the encode records of
-        metadata.jsonl (which keep the seed's text, failed or not); none for a run without seeds."""
+        metadata.jsonl (which keep the seed's text, failed or not); in a run without that file, from the
+        seed file its spec read (the first field of its one file source); none for a run without seeds."""
+        if not (self.folder / ARTIFACTS["metadata"]).is_file():
+            yield from self._seed_file_texts()
+            return
         seen: set[str] = set()
         for row in self.stream("metadata") or []:
             text = row.get("instruction")
@@ -169,6 +173,35 @@ class RunData:
                 if key not in seen:
                     seen.add(key)
                     yield {"id": key, "text": text}
+
+    def _seed_file_texts(self) -> Iterator[dict[str, Any]]:
+        """The first field of each record of the one file the run's spec read (as `--seeds` named it, or
+        its source's path, relative to the spec), if it can still be read; else nothing."""
+        from ..errors import CodecError
+        from ..lang.seeds import stream_records
+
+        spec = self.manifest.get("spec") if isinstance(self.manifest.get("spec"), dict) else {}
+        resolved = spec.get("resolved") if isinstance(spec.get("resolved"), dict) else {}
+        nodes = resolved.get("nodes") if isinstance(resolved.get("nodes"), dict) else {}
+        sources = [n for n in nodes.values() if isinstance(n, dict) and n.get("type") == "source"
+                   and isinstance(n.get("path"), str)]
+        options = self.manifest.get("options") if isinstance(self.manifest.get("options"), dict) else {}
+        if len(sources) != 1 or not isinstance(spec.get("path"), str):
+            return
+        fields = sources[0].get("fields", ["instruction"])
+        first = next(iter(fields), None) if isinstance(fields, (list, dict)) else None
+        if not isinstance(first, str):
+            return
+        file_field = fields[first] if isinstance(fields, dict) else first
+        given = options.get("seeds")  # --seeds, as the run was given it (a replay reads it so too)
+        path = Path(given) if isinstance(given, str) else Path(spec["path"]).parent / sources[0]["path"]
+        limit = options.get("limit") if isinstance(options.get("limit"), int) else None
+        try:
+            _, rows = stream_records(path, {first: str(file_field)}, sources[0].get("id_field", "id"), limit)
+            for row in rows:
+                yield {"id": str(row["id"]), "text": row[first]}
+        except (CodecError, OSError, ValueError):
+            return
 
     @cached_property
     def kept(self) -> list[dict[str, Any]]:
