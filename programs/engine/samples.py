@@ -2,7 +2,7 @@
 
 Each template variable gets a value of the kind its input will have at run time, where the spec
 says it: a param's own value, a literal, a judge's number, a parser's list or yes/no, the first
-inline record's field. `{{ n + 1 }} with `n: params.n` then renders as it will in the run (a
+inline record's field. `{{ n + 1 }}` with `n: params.n` then renders as it will in the run (a
 string placeholder made it a TypeError and refused a valid template). Where the spec does not
 say (a JSON parser's field, a computed expression), the check uses an `AnyValue`, and `render`
 a "<name>" placeholder.
@@ -111,6 +111,9 @@ def sample_inputs(node: LLMNode, graph: Graph) -> tuple[dict[str, Any], set[str]
     if isinstance(node, JudgeNode):
         values["scale_low"], values["scale_high"] = graph.static(node.scale)
         unknown -= {"scale_low", "scale_high"}
+        if node.pair:  # the two answers compared: texts
+            values["answer_1"], values["answer_2"] = text_sample("answer_1"), text_sample("answer_2")
+            unknown -= {"answer_1", "answer_2"}
     return values, unknown
 
 

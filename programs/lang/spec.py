@@ -134,10 +134,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     if not isinstance(data, dict):
         raise SpecError(str(path), "a spec must be a YAML mapping", line=1, hint="start from specs/demo.yaml")
     data = apply_overrides(data, overrides or [], str(path))
-    checker = Checker(path, data, lines)
-    # the key only: a value given on the command line may be a credential (refused, never echoed)
-    checker.overridden = {tuple(key.split(".")): key for key in (item.partition("=")[0] for item in overrides or [])}
-    return checker.build()
+    return Checker(path, data, lines, [item.partition("=")[0] for item in overrides or []]).build()
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
@@ -182,11 +179,13 @@ def _refuse_body_node(nodes: dict[str, Any], name: str, parts: list[str], raw_va
 class Checker:
     """Collects every problem in a spec, each located by its YAML key path, then raises them together."""
 
-    def __init__(self, path: Path, data: dict[str, Any], lines: dict[Path_, int]):
+    def __init__(self, path: Path, data: dict[str, Any], lines: dict[Path_, int], set_keys: list[str] | None = None):
         self.path, self.data, self.lines = path, data, lines
         self.errors: list[SpecError] = []
         self.copies: dict[str, str] = {}  # a rounds copy's name -> its body node's (rounds.py fills it)
-        self.overridden: dict[tuple[str, ...], str] = {}  # key path -> the `--set KEY` that set it
+        # key path -> the `--set KEY` that set it: the key only, since a value given on the command line
+        # may be a credential (refused, never echoed)
+        self.overridden = {tuple(key.split(".")): key for key in set_keys or []}
         self.unreadable_expressions = 0  # expressions that did not compile: what they read is unknown
 
     # -- reporting -------------------------------------------------------------------------
