@@ -144,8 +144,7 @@ class RunData:
     def declares(self, name: str) -> bool:
         """Whether the run's spec writes the file `name` (its outputs, the manifest): a file another
         pipeline writes (CodecLM's instructions.jsonl) is not missing from this one. True when unknown."""
-        resolved = (self.manifest.get("spec") or {}).get("resolved")
-        outputs = resolved.get("outputs") if isinstance(resolved, dict) else None
+        outputs = resolved_spec(self.manifest).get("outputs")
         if not isinstance(outputs, dict):
             return True
         return name == ARTIFACTS["manifest"] or name in {f"{output}.jsonl" for output in outputs}
@@ -154,8 +153,7 @@ class RunData:
 
     @cached_property
     def params(self) -> dict[str, Any]:
-        resolved = (self.manifest.get("spec") or {}).get("resolved") or {}
-        params = resolved.get("params") if isinstance(resolved, dict) else None
+        params = resolved_spec(self.manifest).get("params")
         return params if isinstance(params, dict) else {}
 
     def iter_seeds(self) -> Iterator[dict[str, Any]]:
@@ -181,8 +179,8 @@ class RunData:
         from ..lang.seeds import stream_records
 
         spec = self.manifest.get("spec") if isinstance(self.manifest.get("spec"), dict) else {}
-        resolved = spec.get("resolved") if isinstance(spec.get("resolved"), dict) else {}
-        nodes = resolved.get("nodes") if isinstance(resolved.get("nodes"), dict) else {}
+        nodes = resolved_spec(self.manifest).get("nodes")
+        nodes = nodes if isinstance(nodes, dict) else {}
         sources = [n for n in nodes.values() if isinstance(n, dict) and n.get("type") == "source"
                    and isinstance(n.get("path"), str)]
         options = self.manifest.get("options") if isinstance(self.manifest.get("options"), dict) else {}
@@ -262,8 +260,7 @@ class RunData:
     @cached_property
     def answer_names(self) -> tuple[str, str]:
         """The two answers a judge compares, as the spec names them (CodecLM's defaults otherwise)."""
-        resolved = (self.manifest.get("spec") or {}).get("resolved") or {}
-        nodes = list((resolved.get("nodes") or {}).values()) if isinstance(resolved, dict) else []
+        nodes = list((resolved_spec(self.manifest).get("nodes") or {}).values())
         while nodes:  # the first pairwise judge, loop bodies included: the nodes its pair reads
             node = nodes.pop(0)
             if not isinstance(node, dict):
@@ -357,11 +354,16 @@ def damaged_run(folder: Path, exc: BaseException) -> Exception:
 def declares_histories(manifest: dict[str, Any]) -> bool | None:
     """Whether the run's spec declares CodecLM's instruction histories as its `instructions` output
     (one with `iterations`): True, False (an output of another shape), or None (no manifest says)."""
-    spec = manifest.get("spec")
-    resolved = spec.get("resolved") if isinstance(spec, dict) else None
-    outputs = resolved.get("outputs") if isinstance(resolved, dict) else None
+    outputs = resolved_spec(manifest).get("outputs") if isinstance(manifest.get("spec"), dict) else None
     if not isinstance(outputs, dict):
         return None
     output = outputs.get("instructions")
     fields = output.get("fields") if isinstance(output, dict) else None
     return isinstance(fields, dict) and "iterations" in fields
+
+
+def resolved_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The spec the run ran, as its manifest records it ({} when it records none). A `spec` that is not
+    a mapping raises AttributeError, which the run readers report as a damaged run folder."""
+    resolved = (manifest.get("spec") or {}).get("resolved")
+    return resolved if isinstance(resolved, dict) else {}
