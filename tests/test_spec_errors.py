@@ -548,3 +548,13 @@ def test_a_judge_with_outputs_is_told_what_a_judge_gives(tmp_path, spec_data):
     spec_data["nodes"]["refine"]["body"]["judge"]["outputs"] = ["rating"]
     error = [e for e in errors_of(write_spec(tmp_path, spec_data)) if "outputs" in e.message][0]
     assert "a judge declares no outputs" in error.message and "judge.score" in error.hint
+
+
+def test_a_body_node_reading_a_later_one_is_told_to_move_it(tmp_path, spec_data):
+    """The message said 'not an ancestor' and listed the loop itself as visible."""
+    body = spec_data["nodes"]["refine"]["body"]
+    body["answer_strong"] = {**body["answer_strong"], "inputs": {"instruction": "improve.improved"}}  # not its alias
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert "reads 'improve', which comes after 'answer_strong' in the body of 'refine'" in error.message
+    assert "move 'improve' above 'answer_strong'" in error.hint and error.line == line_of(path, "improve.improved")

@@ -289,6 +289,13 @@ class _GraphCheck:
             self.error(where, f"{context} reads '{ref.root}', which is not a node nor params/state/loop/record",
                        graph.rounds_hint(ref.root) or f"visible here: {', '.join(sorted(visible)) or 'params only'}")
             return
+        loop = graph.every[owner].loop if owner in graph.every else None
+        if ref.root not in visible and loop is not None and graph.every[ref.root].loop == loop:
+            self.error(where, f"{context} reads '{ref.root}', which comes after '{owner}' in the body of "
+                       f"'{loop}': a body node reads the nodes above it",
+                       f"move '{ref.root}' above '{owner}', or carry its value to the next iteration with "
+                       f"next: and read it as state")
+            return
         if ref.root not in visible:
             self.error(where, f"{context} reads '{ref.root}', which is not an ancestor of '{owner}' "
                        "(nor an earlier node of its loop body, nor a node per record of an ancestor)",
