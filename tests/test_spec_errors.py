@@ -558,3 +558,11 @@ def test_a_body_node_reading_a_later_one_is_told_to_move_it(tmp_path, spec_data)
     error = only_error(path)
     assert "reads 'improve', which comes after 'answer_strong' in the body of 'refine'" in error.message
     assert "move 'improve' above 'answer_strong'" in error.hint and error.line == line_of(path, "improve.improved")
+
+
+def test_a_bare_field_name_is_pointed_at_its_node(tmp_path, spec_data):
+    """`instruction` where `seeds.instruction` was meant: the fix listed the visible nodes only."""
+    spec_data["nodes"]["encode"]["inputs"]["instruction"] = "instruction"
+    error = only_error(write_spec(tmp_path, spec_data))
+    assert "reads 'instruction', which is not a node" in error.message
+    assert error.hint == "a field is read through its node: seeds.instruction?"

@@ -286,8 +286,12 @@ class _GraphCheck:
             self.error(where, f"{context} reads '{ref.root}', which exists only in a loop body", None)
             return
         if ref.root not in graph.every:
+            fields_of = [f"{n}.{ref.root}" for n in sorted(visible) if n in graph.every
+                         and ref.root in graph.every[n].outputs()]  # `instruction` for `ask.instruction`
+            hint = graph.rounds_hint(ref.root) or (f"a field is read through its node: {' or '.join(fields_of)}?"
+                                                   if fields_of else None)
             self.error(where, f"{context} reads '{ref.root}', which is not a node nor params/state/loop/record",
-                       graph.rounds_hint(ref.root) or f"visible here: {', '.join(sorted(visible)) or 'params only'}")
+                       hint or f"visible here: {', '.join(sorted(visible)) or 'params only'}")
             return
         loop = graph.every[owner].loop if owner in graph.every else None
         if ref.root not in visible and loop is not None and graph.every[ref.root].loop == loop:
