@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from codeclm import cli
-from codeclm.programs.artifacts.html_report import render, write_report
+from codeclm.programs.artifacts.html_report import _judge_scores, _stage_counts, render, write_report
 from codeclm.programs.artifacts.rundata import RunData
 from codeclm.programs.artifacts.store import MARKER
 from conftest import base_spec, write_spec
@@ -181,6 +181,11 @@ def test_the_page_of_another_pipeline_shows_its_nodes_rows_and_failures(tmp_path
     assert len(run.failures) == len(failed) and {f["artifact"] for f in run.failures} == {"failures.jsonl"}
     html = render(run)
     assert "records per node" in html and "no artifacts with records" not in html
+    assert list(_stage_counts(run)) == ["pairs", "rate", "keep"]  # down the graph, not alphabetical
+    assert "rate: scores in ratings.jsonl score" in html and "&gt;= 4.5" in html  # the judge and the filter's cut
+    (judge, where, scores, scale, marks), *_ = [found for found in _judge_scores(run) if "ratings" in found[1]]
+    ratings = [json.loads(line) for line in (tmp_path / "run" / "ratings.jsonl").read_text().splitlines()]
+    assert scores == [r["score"] for r in ratings if "score" in r] and scale == [0, 5] and marks == [(4.5, ">= 4.5")]
     assert "response length (words)" in html and "no instruction histories" not in html
     assert "HTTP 500" in html  # the failures section
     records = embedded_data(html)["records"]

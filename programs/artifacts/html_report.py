@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from html import escape
 from pathlib import Path
 from statistics import mean
@@ -25,7 +27,7 @@ from ..errors import SpecError
 from . import charts
 from .charts import PALETTE
 from .quality import NEAR_DUPLICATE, quality_metrics, tokens
-from .rundata import RunData
+from .rundata import RunData, resolved_spec
 from .store import is_own_run, write_atomic
 
 MAX_RECORDS = 5000  # records in the browser, at most (the page stays light enough to open)
@@ -176,8 +178,8 @@ def funnel_section(run: RunData) -> str:
         parts.append(charts.hbars("records per node", list(stages), series))
         rows_written = run.status_counts.get("kept")
         if rows_written is not None:
-            parts.append(note(f"{rows_written} rows in dataset.jsonl. A node's count is the records it finished "
-                              "(a filter's, those it let through); a node per round counts once per round."))
+            parts.append(note(f"{rows_written} rows in dataset.jsonl. Done: the records a node finished; filtered "
+                              "out: those of them a filter or dedup let no further. A rounds node counts per round."))
     else:
         parts.append(charts.empty("the funnel", "no artifacts with records"))
     by_node = defaultdict(Counter)
@@ -202,7 +204,21 @@ def _stage_counts(run: RunData) -> dict[str, tuple[int, int, int]]:
     if not isinstance(stages, dict):
         return {}
     keys = ("done", "failed", "removed")
-    return {str(name): tuple(int(c.get(k) or 0) for k in keys) for name, c in stages.items()  # type: ignore[misc]
+    nodes = dict(_spec_nodes(resolved_spec(run.manifest).get("nodes")))
+
+    def depth(name: str, seen: int = 0) -> int:  # how far down the graph: what a node runs on comes first
+        node = nodes.get(name) or nodes.get(name.rpartition("_")[0])  # a round's copy: its body node's
+        if node is None or seen > len(nodes):
+            return 0
+        sources = node.get("from") if isinstance(node.get("from"), list) else [node.get("from")]
+        above = [node.get("for_each"), *sources]
+        return 1 + max((depth(str(n), seen + 1) for n in above if isinstance(n, str) and n), default=-1)
+
+    def place(name: str) -> tuple[int, str]:
+        return depth(name), name
+
+    return {str(name): tuple(int(c.get(k) or 0) for k in keys) for name, c in  # type: ignore[misc]
+            sorted(stages.items(), key=lambda item: place(str(item[0])))
             if isinstance(c, dict) and all(isinstance(c.get(k) or 0, int) for k in keys)}
 
 
@@ -230,7 +246,8 @@ def kept_section(run: RunData) -> str:
 def judge_section(run: RunData, metrics: dict[str, Any]) -> str:
     judged = run.judgements
     if not judged:
-        return charts.empty("judge", "no judgements in this run")
+        charts_of_scores = [_score_histogram(*found) for found in _judge_scores(run)]
+        return "".join(charts_of_scores) or charts.empty("judge", "no judgements in this run")
     scale = run.params.get("score_scale") or [1, 10]
     span = float(scale[1] - scale[0]) if isinstance(scale, list) and len(scale) == 2 else 9.0
     threshold = run.params.get("threshold")
@@ -264,6 +281,74 @@ def judge_section(run: RunData, metrics: dict[str, Any]) -> str:
                 f"order agreement {_cell(judge.get('order_agreement'))}, opposite verdicts "
                 f"{_cell(judge.get('order_conflicts'))}.")
     return f'<div class="grid">{hist}<div>{sides}{agreement}</div></div>{text}'
+
+
+def _judge_scores(run: RunData) -> list[tuple[str, str, list[float], Any, list[tuple[float, str]]]]:
+    """Another spec than CodecLM's: each judge's scores that an output writes (a field whose expression
+    is `JUDGE.score` or `JUDGE.gap`), as (judge, output, scores, scale, thresholds a filter compares with)."""
+    spec = resolved_spec(run.manifest)
+    nodes = dict(_spec_nodes(spec.get("nodes")))
+    judges = {name: node for name, node in nodes.items() if node.get("type") == "judge"}
+    found = []
+    for output, conf in (spec.get("outputs") or {}).items() if isinstance(spec.get("outputs"), dict) else ():
+        fields = conf.get("fields") if isinstance(conf, dict) else None
+        for path, expression in _leaves(fields if isinstance(fields, dict) else {}):
+            judge, _, what = str(expression).strip().partition(".")
+            if judge in judges and what in ("score", "gap"):
+                scores = [v for row in run.stream_output(str(output)) if isinstance(v := _at(row, path), (int, float))
+                          and not isinstance(v, bool)]
+                scale = judges[judge].get("scale", [1, 10])
+                scale = run.params.get(scale[len("params."):]) if str(scale).startswith("params.") else scale
+                found.append((judge, f"{output}.jsonl {'.'.join(path)}", scores, scale,
+                              _thresholds(nodes, judge, what, run.params)))
+                break  # one field per output is enough
+    return found
+
+
+def _score_histogram(judge: str, where: str, scores: list[float], scale: Any,
+                     markers: list[tuple[float, str]]) -> str:
+    low, high = (scale if isinstance(scale, list) and len(scale) == 2 and all(isinstance(v, (int, float))
+                 for v in scale) else (min(scores, default=0), max(scores, default=1)))
+    bins = max(1, min(40, int(2 * (high - low)) + 1))
+    return (charts.histogram(f"{judge}: scores in {where}", scores, low - 0.25, high + 0.25, bins, markers,
+                             x_label="score" + (" (dashed: a filter's threshold)" if markers else ""))
+            + note(f"{len(scores)} scores of judge '{judge}', as {where} records them."))
+
+
+def _thresholds(nodes: dict[str, dict[str, Any]], judge: str, what: str,
+                params: dict[str, Any]) -> list[tuple[float, str]]:
+    """Where a filter cuts the judge's scores: `where: JUDGE.score >= params.X` (or a number)."""
+    marks = []
+    for node in nodes.values():
+        match = re.fullmatch(rf"\s*{re.escape(judge)}\.{what}\s*(>=|>|<=|<)\s*(params\.(\w+)|[\d.]+)\s*",
+                             str(node.get("where", ""))) if node.get("type") == "filter" else None
+        if match:
+            value = params.get(match.group(3)) if match.group(3) else float(match.group(2))
+            if isinstance(value, (int, float)):
+                marks.append((float(value), f"{match.group(1)} {value}"))
+    return marks
+
+
+def _spec_nodes(nodes: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every node of a resolved spec, loop bodies included."""
+    for name, node in (nodes or {}).items() if isinstance(nodes, dict) else ():
+        if isinstance(node, dict):
+            yield str(name), node
+            yield from _spec_nodes(node.get("body"))
+
+
+def _leaves(tree: dict[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, (*path, str(key)))
+        else:
+            yield (*path, str(key)), value
+
+
+def _at(row: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        row = row.get(key) if isinstance(row, dict) else None
+    return row
 
 
 def coverage_section(run: RunData, metrics: dict[str, Any]) -> str:

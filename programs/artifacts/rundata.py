@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ..lang.nodes import path_like
 from .store import ARTIFACTS
 
 JSONL = ("instructions", "dataset", "metadata", "pool", "rubrics")
@@ -81,6 +82,11 @@ class RunData:
             self.missing.append(ARTIFACTS[artifact])
             return None
         return self._rows(path, ARTIFACTS[artifact])
+
+    def stream_output(self, name: str) -> Iterator[dict[str, Any]]:
+        """The rows of the spec's output NAME (NAME.jsonl; a plain name, never a path), or none."""
+        path = self.folder / f"{name}.jsonl"
+        return self._rows(path, path.name) if not path_like(name) and path.is_file() else iter(())
 
     def _rows(self, path: Path, name: str) -> Iterator[dict[str, Any]]:
         try:
