@@ -36,7 +36,7 @@ import dspy
 
 from .artifacts.rundata import read_run_json
 from .engine.adapter import AsyncHubEngine, HubEngine, run_on_hub_loop
-from .engine.llm import NodeModule, build_module
+from .engine.llm import NodeModule, build_module, output_names
 from .engine.run import RunOptions, run_spec
 from .errors import SpecError
 from .lang.nodes import LLMNode
@@ -96,6 +96,12 @@ def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) 
         if role and role not in spec.models:
             raise SpecError(str(spec.path), f"no model role '{role}'",
                             hint=f"roles in models: {', '.join(spec.models)}")
+    both = sorted(set(node.inputs) & set(output_names(node)))
+    if both:  # a DSPy signature's fields are inputs or outputs, never both (demos crashed on it)
+        raise SpecError(str(spec.path), f"node '{node.name}' reads and writes '{both[0]}': optimize needs an "
+                        "input and an output of different names",
+                        hint=f"rename the input (inputs: {{draft: ...}}) and use {{{{ draft }}}} in {node.template}: "
+                             "the rendered prompt, and so the cache, stays the same")
     metric = pick_metric(spec, node.name, options.metric)
     cache_dir = options.cache_dir or _run_cache(options.run_dir) or spec.cache_dir or default_cache_dir()
     inputs = _dedupe(node_inputs(spec, node, options, cache_dir, hub))[: options.examples]
@@ -122,7 +128,9 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
     template = TemplateStore(spec.prompts_dir).get(node.template)
     original = build_module(node, spec, hub)
     if options.optimizer != "gepa":
-        _check_renders_demos(node, original, template)
+        _check_renders(node, original, template, "demos")
+    else:
+        _check_renders(node, original, template, "instructions")
     modules: dict[tuple[str, str | None], NodeModule] = {}
 
     def module_for(other: LLMNode, role: str | None) -> NodeModule:
@@ -406,20 +414,29 @@ def node_inputs(spec: Spec, node: LLMNode, options: OptimizeOptions, cache_dir: 
     return seen
 
 
-def _check_renders_demos(node: LLMNode, module: NodeModule, template: StageTemplate) -> None:
-    """Demos are what BootstrapFewShot and MIPROv2 tune: a template that ignores them cannot be tuned."""
+def _check_renders(node: LLMNode, module: NodeModule, template: StageTemplate, what: str) -> None:
+    """Demos are what BootstrapFewShot and MIPROv2 tune, instructions what GEPA tunes: a template that
+    renders the same without them cannot be tuned so (GEPA would spend its whole budget for nothing)."""
     inputs = {name: f"<{name}>" for name in module.predict.signature.input_fields}
     demo = {**inputs, **{name: f"<{name}>" for name in module.predict.signature.output_fields}}
-    variables = {**inputs, "instructions": ""}
+    plain = {**inputs, "instructions": "", "demos": []}
     try:
-        same = template.render({**variables, "demos": []}) == template.render({**variables, "demos": [demo]})
+        prompt = template.render(plain)
+        renders = {"demos": template.render({**plain, "demos": [demo]}) != prompt,
+                   "instructions": template.render({**plain, "instructions": "<tuned>"}) != prompt}
     except SpecError:
-        return  # a template that needs real values: the optimizer shows whether demos help
-    if same:
-        raise SpecError(str(template.path), f"the template does not render demos, so tuning '{node.name}' "
-                        "could not change its prompt",
-                        hint="loop over them: {% for demo in demos %}...{% endfor %}, as prompts/encode.jinja does; "
-                        "or tune its instructions with --optimizer gepa")
+        return  # a template that needs real values: the optimizer shows whether tuning helps
+    if renders[what]:
+        return
+    if what == "demos":
+        hint = "loop over them: {% for demo in demos %}...{% endfor %}, as prompts/encode.jinja does"
+        other = "; or tune its instructions with --optimizer gepa"
+    else:
+        hint = "write {{ instructions }} where the template states the task, as prompts/encode.jinja does"
+        other = "; or tune its demos with --optimizer bootstrap"
+    other_renders = renders["instructions" if what == "demos" else "demos"]
+    raise SpecError(str(template.path), f"the template does not render {what}, so tuning '{node.name}' "
+                    "could not change its prompt", hint=hint + (other if other_renders else ""))
 
 
 def _dedupe(inputs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -161,6 +161,21 @@ def test_optimize_refuses_a_template_without_demos(tmp_path):
     spec.prompts_dir = prompts
     backend = ScriptedBackend("scripted/strong", answer=format_learner)
     hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": backend, "target": backend})
-    with pytest.raises(SpecError, match="does not render demos"):
+    with pytest.raises(SpecError, match="does not render demos") as refused:
+        optimize(spec, options, hub)
+    assert not backend.calls and "--optimizer gepa" not in refused.value.hint  # it renders no instructions either
+    options.optimizer = "gepa"  # GEPA tunes instructions: it spent its whole budget and changed nothing
+    with pytest.raises(SpecError, match="does not render instructions"):
         optimize(spec, options, hub)
     assert not backend.calls
+
+
+def test_optimize_refuses_a_node_reading_and_writing_one_name(tmp_path):
+    """An input and an output of one name (critique-rewrite's rewrite did it): DSPy crashed on the demos."""
+    from codeclm.programs.errors import SpecError
+    from codeclm.programs.optimize import optimize
+
+    spec, options = optimize_spec(tmp_path)
+    spec.graph.every["encode"].inputs["use_case"] = spec.graph.every["encode"].inputs["instruction"]
+    with pytest.raises(SpecError, match="reads and writes 'use_case'"):
+        optimize(spec, options)
