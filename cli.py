@@ -437,7 +437,8 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
     click.echo(f"{node}: {result.optimizer} for {result.metric}; {result.demos} demos; instructions: "
                f"{result.instructions[:200]!r}")
     click.echo(f"saved {result.path} (scores: {result.path.with_suffix('.scores.txt')}); "
-               f"use it with --set {loaded.graph.spec_path(node)}.program={result.path.resolve()}")
+               f"use it with --set {loaded.graph.spec_path(node)}.program={result.path.resolve()}"
+               + (" (the body of every round)" if loaded.graph.every[node].unrolled else ""))
 
 
 @main.command()

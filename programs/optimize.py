@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -33,12 +32,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import dspy
+from dspy.utils.exceptions import AdapterParseError
 
 from .artifacts.rundata import read_run_json
 from .engine.adapter import AsyncHubEngine, HubEngine, run_on_hub_loop
-from .engine.llm import NodeModule, build_module, output_names
+from .engine.llm import NodeModule, build_module, output_names, quiet_copies
 from .engine.run import RunOptions, run_spec
-from .errors import SpecError
+from .errors import CodecError, SpecError
 from .lang.nodes import LLMNode
 from .lang.spec import Spec
 from .lang.templates import StageTemplate, TemplateStore
@@ -159,12 +159,8 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
     student = Tuned(original)
     calls_before = _calls(hub)
     before = _evaluate(student, held, score)
-    quiet = _QuietCopies()
-    logging.getLogger().addFilter(quiet)
-    try:
+    with quiet_copies():
         tuned = _compile(options, spec, node, hub, student, trainset, valset, metric_fn)
-    finally:
-        logging.getLogger().removeFilter(quiet)
     tuned.node.predict.set_lm(original.predict.lm)  # compile may reset the copy's LM
     after = _evaluate(tuned, held, score)
     calls_all = {k: v - calls_before.get(k, 0) for k, v in _calls(hub).items()}
@@ -215,21 +211,18 @@ def _compile(options: OptimizeOptions, spec: Spec, node: LLMNode, hub: ModelHub,
     optimizer = dspy.MIPROv2(metric=metric_fn, prompt_model=reflection, task_model=student.node.predict.lm,
                              auto=options.auto or "light", num_threads=_threads(spec, node), seed=seed,
                              max_bootstrapped_demos=options.demos, max_labeled_demos=0, verbose=False)
-    return optimizer.compile(student, trainset=trainset, valset=valset, requires_permission_to_run=False)
+    try:
+        return optimizer.compile(student, trainset=trainset, valset=valset, requires_permission_to_run=False)
+    except AdapterParseError as exc:  # the proposal model answered in another format than MIPROv2 reads
+        raise CodecError(f"MIPROv2 stopped: the '{options.reflection or node.model}' model's proposal could not "
+                         f"be read ({str(exc).splitlines()[0][:160]}); propose with a stronger model "
+                         "(--reflection ROLE), or use --optimizer gepa, which skips such answers") from None
 
 
 def _threads(spec: Spec, node: LLMNode) -> int:
     """Evaluation threads: as many calls at once as the node's model takes (scores are kept by
     position, and proposals are sequential, so the result does not depend on it)."""
     return max(1, min(8, spec.models[node.model].concurrency))
-
-
-class _QuietCopies(logging.Filter):
-    """DSPy warns on every candidate copy that a node's parsed config is shared, not copied: it is
-    read-only, so sharing it is right, and the warning would bury the progress lines."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to deep copy attribute")
 
 
 class Tuned(dspy.Module):

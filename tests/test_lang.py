@@ -245,3 +245,5 @@ def test_optimize_names_a_body_node_the_way_set_does():
     assert graph.spec_path("encode") == "nodes.encode"
     assert graph.spec_path("judge") == "nodes.refine.body.judge"
     load_spec(REPO / "specs" / "demo.yaml", [f"{graph.spec_path('judge')}.temperature=0.5"])  # --set takes it
+    rounds = load_spec(REPO / "specs" / "self_instruct.yaml").graph
+    assert rounds.spec_path("generate_2") == "nodes.grow.body.generate"  # a round's copy: its body node

@@ -177,13 +177,33 @@ def describe(exc: BaseException) -> str:
     return f"{text} (caused by {type(cause).__name__}: {cause})" if cause and str(cause) not in text else text
 
 
+class _QuietCopies(logging.Filter):
+    """DSPy warns on every copy of a module that a node's parsed config is shared, not copied: it is
+    read-only, so sharing it is right, and the warning would bury the progress lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to deep copy attribute")
+
+
+@contextmanager
+def quiet_copies() -> Iterator[None]:
+    """Without DSPy's deep-copy warnings (loading a program, an optimizer's candidates)."""
+    quiet = _QuietCopies()
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
 def build_module(node: LLMNode, spec: Spec, hub: ModelHub, role: str | None = None,
                  with_program: bool = True) -> NodeModule:
     """A node's module, with its tuned `program:` loaded when it names one."""
     module = NodeModule(node, TemplateStore(spec.prompts_dir).get(node.template), spec, hub, role)
     if with_program and node.program:
         try:
-            module.load(str(node.program))
+            with quiet_copies():
+                module.load(str(node.program))
         except Exception as exc:  # noqa: BLE001 - any file that is not a saved program: say which
             raise SpecError(str(node.program), f"node '{node.name}': not a program `codeclm optimize` saved "
                             f"({type(exc).__name__}: {str(exc)[:200]})",

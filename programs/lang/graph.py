@@ -97,7 +97,12 @@ class Graph:
         return None
 
     def spec_path(self, name: str) -> str:
-        """Where node `name` is in the spec, as `--set` names it: nodes.LOOP.body.NAME in a loop body."""
+        """Where node `name` is in the spec, as `--set` names it: nodes.LOOP.body.NAME in a loop body,
+        and for a round's copy (generate_2) its rounds body node, nodes.ROUNDS.body.NAME (every round's)."""
+        if self.every[name].unrolled:
+            rounds_name, index = self.every[name].unrolled
+            body = next(b for b, copy in self.rounds[rounds_name].copies[index - 1].items() if copy == name)
+            return f"nodes.{rounds_name}.body.{body}"
         parts = [name]
         owner = self.every[name].loop
         while owner is not None:
