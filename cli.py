@@ -469,8 +469,8 @@ def compare(spec_a: str, spec_b: str | None, set_a: tuple[str, ...], set_b: tupl
     \b
     After editing a template, against the committed one:
       codeclm compare specs/demo.yaml --set-b prompts=../prompts-edited --judge strong
-    Two specs:
-      codeclm compare specs/codeclm.yaml specs/self_instruct.yaml --judge strong
+    Two settings of one spec (records are matched by id: two specs must make the same ids):
+      codeclm compare specs/demo.yaml --set-a params.threshold=2 --set-b params.threshold=4 --judge strong
     """
     from codeclm.programs.compare import CompareOptions, format_table
     from codeclm.programs.compare import compare as run_compare
@@ -485,6 +485,12 @@ def compare(spec_a: str, spec_b: str | None, set_a: tuple[str, ...], set_b: tupl
     result = run_compare(a, b, options)
     click.echo(format_table(result))
     click.echo(f"verdicts: {result.out / 'compare.jsonl'}")
+    if result.judged == 0 and result.failed == 0:  # the interval above would read as a measured tie
+        click.secho(f"nothing was judged: A and B kept no record of the same id ({result.unmatched} unmatched). "
+                    "compare judges the two answers to one record, so A and B must make the same records: one "
+                    "spec with --set-a/--set-b, or two specs with the same nodes up to the dataset; the table "
+                    "above still compares their cost and data quality", fg="red", err=True)
+        sys.exit(1)
 
 
 @main.command()

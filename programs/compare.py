@@ -153,13 +153,13 @@ async def _judge_all(spec: Spec, hub: ModelHub, options: CompareOptions,
 
 
 def loop_figures(run_dir: Path) -> dict[str, Any]:
-    """Kept pairs; for a spec with a filtering loop (instructions.jsonl), the share of
-    instructions kept and the mean iteration a kept pair came from."""
+    """Kept pairs; for a spec whose dataset's records can end otherwise (a filtering loop), the
+    share kept; where kept pairs record an iteration, the mean iteration they came from."""
     data = RunData.open(run_dir)
     kept = list(data.iter_kept())
     figures: dict[str, Any] = {"kept": len(kept)}
-    statuses = data.status_counts if data.histories else {}
-    if statuses:
+    statuses = data.status_counts  # CodecLM's histories, or the manifest's counts (critique-rewrite's loop)
+    if statuses and (data.histories or set(statuses) - {"kept"}):  # records can end otherwise: the share kept
         figures["kept_share"] = round(statuses.get("kept", 0) / sum(statuses.values()), 4)
     iterations = [k["iteration"] for k in kept if isinstance(k.get("iteration"), (int, float))]
     if iterations:

@@ -294,6 +294,20 @@ def test_cli_compare_with_variants_over_http(tmp_path):
     assert result.exit_code == 0, result.output
     assert "A: " in result.output and "B: " in result.output and "A is better" in result.output
     assert "cost_usd" in result.output and "kept" in result.output
+    assert result.output.count("\nkept ") == 1  # not again among the quality figures
+
+
+def test_cli_compare_of_specs_that_share_no_record_says_so(tmp_path):
+    """Two pipelines make different record ids: 0 judged printed a [0, 0] interval, 'no clear difference', exit 0."""
+    from codeclm.cli import main
+
+    with FakeOpenAIServer() as server:
+        path = answer_spec(tmp_path)
+        overrides = ["--set-a", f"models.strong.api_base={server.url}", "--set-a", "models.strong.model=hosted_vllm/s"]
+        overrides += [o.replace("--set-a", "--set-b") for o in overrides] + ["--set-b", "nodes.questions.id_field=x"]
+        result = CliRunner().invoke(main, ["compare", str(path), *overrides, "--judge", "strong",
+                                           "--out", str(tmp_path / "cmp"), "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 1 and "nothing was judged: A and B kept no record of the same id" in result.output
 
 
 # -- judge and pairwise metrics, scripted models -----------------------------------------------------
