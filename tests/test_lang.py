@@ -247,3 +247,21 @@ def test_optimize_names_a_body_node_the_way_set_does():
     load_spec(REPO / "specs" / "demo.yaml", [f"{graph.spec_path('judge')}.temperature=0.5"])  # --set takes it
     rounds = load_spec(REPO / "specs" / "self_instruct.yaml").graph
     assert rounds.spec_path("generate_2") == "nodes.grow.body.generate"  # a round's copy: its body node
+
+
+def test_dry_run_counts_a_lazy_node_a_top_level_node_reads(tmp_path, seeds_file):
+    """A lazy judge read by a filter was left out of --dry-run (counted only where a loop read it)."""
+    from codeclm.programs.engine.dryrun import dry_run
+    from codeclm.programs.engine.run import RunOptions
+
+    data = {"name": "lazy", "prompts": str(REPO / "prompts"), "models": {"strong": {"model": "local"}},
+            "nodes": {"seeds": {"type": "source", "path": str(seeds_file)},
+                      "answer": {"type": "llm", "for_each": "seeds", "model": "strong", "template": "respond.jinja",
+                                 "inputs": {"instruction": "seeds.instruction"}, "outputs": ["answer"]},
+                      "rate": {"type": "judge", "for_each": "answer", "model": "strong", "lazy": True,
+                               "template": "alpagasus_rate.jinja", "scale": [0, 5],
+                               "inputs": {"instruction": "seeds.instruction", "response": "answer.answer"}},
+                      "good": {"type": "filter", "for_each": "answer", "where": "rate.score >= 3"}},
+            "outputs": {"dataset": {"from": "good", "fields": {"answer": "answer.answer"}}}}
+    rows = dry_run(load_spec(write_spec(tmp_path, data)), RunOptions(cache_dir=tmp_path / "cache"))
+    assert {name: row["upper_bound"] for name, row in rows.items()} == {"answer/strong": 4, "rate/strong": 4}

@@ -24,9 +24,15 @@ def upper_bounds(graph: Graph, source_records: dict[str, int]) -> Counter:
         records[node.name] = _records(graph, node, records, source_records)
         if isinstance(node, LoopNode):
             _loop_calls(graph, node, records[node.for_each or ""], bounds)
-        elif isinstance(node, LLMNode) and not node.lazy:  # a lazy node counts where it is read
+        elif isinstance(node, LLMNode) and (not node.lazy or _is_read(graph, node.name)):
+            # a lazy node runs at most once per record of its for_each, if anything reads it
             bounds[(node.name, node.model)] += records[node.for_each or ""] * _calls_per_run(graph, node)
     return bounds
+
+
+def _is_read(graph: Graph, name: str) -> bool:
+    """Whether a node, a loop body node or an output reads node `name` (a join)."""
+    return any(name in joins for joins in graph.joins.values())
 
 
 def _in_order(graph: Graph) -> list[Node]:
@@ -75,27 +81,15 @@ def _static(value: Any, graph: Graph, loop: dict[str, Any]) -> Any:
 
 def _loop_calls(graph: Graph, node: LoopNode, records: int, bounds: Counter) -> None:
     maximum = graph.static(node.max)
-    joins: set[tuple[str, str]] = set()
     for index in range(1, maximum + 1):
         loop = {"index": index, "first": index == 1, "last": index == maximum, "max": maximum}
         for body in node.body.values():
             if body.when is not None and _static(body.when, graph, loop) is False:
                 continue
-            joins |= {(j, a) for j, a in graph.joins.get(body.name, {}).items()}
             if isinstance(body, LLMNode):
                 bounds[(body.name, body.model)] += records * _calls_per_run(graph, body)
             if isinstance(body, SwitchNode) and _ends_iteration(graph, body, loop):
                 break
-    for joined, _ in joins:  # made once per record of its anchor, on first need
-        target = graph.every[joined]
-        if isinstance(target, LLMNode) and target.lazy:
-            anchor_records = _anchor_records(graph, target)
-            bounds[(target.name, target.model)] += anchor_records
-
-
-def _anchor_records(graph: Graph, node: LLMNode) -> int:
-    parent = graph.every[node.for_each or ""]
-    return graph.static(parent.count) if isinstance(parent, MixNode) else 0
 
 
 def _ends_iteration(graph: Graph, switch: SwitchNode, loop: dict[str, Any]) -> bool:
