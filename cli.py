@@ -791,6 +791,13 @@ def _summary(result: Any, report: Path | None = None) -> None:
                     "node that did not run for those records (e.g. a loop body node skipped in the last "
                     "iteration); read a value every record has (state.X, a node before the loop)",
                     fg="yellow", err=True)
+    cut = {name: row["truncated"] for name, row in result.calls.items() if row.get("truncated")}
+    if cut:  # kept as answered (and cached): the user decides whether a longer answer is worth it
+        roles = sorted({name.rpartition("/")[2] for name in cut})
+        click.secho(f"warning: {sum(cut.values())} answer(s) stopped at max_tokens ("
+                    + ", ".join(f"{name} {count}" for name, count in cut.items()) + "), and were parsed as they "
+                    f"are; to let them finish, raise models.{roles[0]}.max_tokens (the calls it changes are made "
+                    "again, the others stay cached)", fg="yellow", err=True)
     reasons = result.manifest["counts"]["failure_reasons"]
     if reasons:
         click.echo("most common failures:")

@@ -519,3 +519,15 @@ def test_a_dataset_field_that_fails_for_every_record_is_exit_1(tmp_path, seeds_f
     assert result.exit_code == 1 and "no pairs kept" in result.output, result.output
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["counts"]["instructions"].get("failed") and "kept" not in manifest["counts"]["instructions"]
+
+
+def test_answers_cut_off_at_max_tokens_are_named_in_the_summary(tmp_path, seeds_file):
+    """They were parsed and kept as they were, with a count only `inspect` showed."""
+    from fake_openai_server import FaultPlan
+
+    with FakeOpenAIServer(faults=FaultPlan(rate=0.3, kinds=("length",), seed=1)) as server:
+        spec = write_spec(tmp_path, served(base_spec(seeds_file), server))
+        result = codeclm("run", spec, "--no-report", "--out", tmp_path / "run", "--cache-dir", tmp_path / "c")
+    truncated = json.loads((tmp_path / "run" / "manifest.json").read_text())["totals"]["truncated"]
+    assert truncated and f"warning: {truncated} answer(s) stopped at max_tokens" in result.output, result.output
+    assert "raise models." in result.output and ".max_tokens" in result.output
