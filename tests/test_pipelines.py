@@ -201,3 +201,23 @@ def test_a_spec_without_a_dataset_names_its_outputs(tmp_path):
                                              str(tmp_path / "run"), "--cache-dir", str(tmp_path / "c")])
     assert done.exit_code == 0, done.output
     assert f"outputs: {tmp_path / 'run' / 'ratings.jsonl'}" in done.output and "pairs" not in done.output
+
+
+def test_a_relative_seeds_path_is_found_by_a_replay_from_another_folder(tmp_path, monkeypatch):
+    """--seeds ../three.jsonl was recorded as given: a replay from another folder could not find it."""
+    from click.testing import CliRunner
+    from codeclm import cli
+
+    (tmp_path / "work").mkdir()
+    lines_of = (REPO / "seeds" / "alpaca_pairs.jsonl").read_text().splitlines()[:3]
+    (tmp_path / "three.jsonl").write_text("\n".join(lines_of) + "\n")
+    monkeypatch.chdir(tmp_path / "work")
+    with FakeOpenAIServer() as server:
+        sets = [f"--set={s}" for s in on_server("alpagasus", server.url)]
+        ran = CliRunner().invoke(cli.main, ["run", str(REPO / "specs" / "alpagasus.yaml"), "-q", "--no-report",
+                                            "--seeds", "../three.jsonl", "--out", str(tmp_path / "run"),
+                                            "--cache-dir", str(tmp_path / "c"), *sets])
+    assert ran.exit_code == 0, ran.output
+    monkeypatch.chdir(REPO.parent)
+    replayed = CliRunner().invoke(cli.main, ["replay", str(tmp_path / "run"), "--out", str(tmp_path / "again")])
+    assert replayed.exit_code == 0 and "identical" in replayed.output, replayed.output

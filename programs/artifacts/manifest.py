@@ -68,7 +68,8 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
                      for n in spec.graph.model_nodes() if n.program and n.program.is_file()},
         "versions": versions(),
         "code_sha256": code_sha(),
-        "options": {"overrides": options.overrides, "seeds": str(options.seeds) if options.seeds else None,
+        "options": {"overrides": options.overrides,  # --seeds absolute: a replay from another folder finds it
+                    "seeds": str(Path(options.seeds).resolve()) if options.seeds else None,
                     "limit": options.limit, "concurrency": options.concurrency, "cache_mode": options.cache_mode,
                     "cache_dir": str(hub.cache.folder)},
         "counts": {"instructions": counts, "stages": {s: _stage_row(progress, s) for s in progress.total},
