@@ -265,3 +265,9 @@ def test_dry_run_counts_a_lazy_node_a_top_level_node_reads(tmp_path, seeds_file)
             "outputs": {"dataset": {"from": "good", "fields": {"answer": "answer.answer"}}}}
     rows = dry_run(load_spec(write_spec(tmp_path, data)), RunOptions(cache_dir=tmp_path / "cache"))
     assert {name: row["upper_bound"] for name, row in rows.items()} == {"answer/strong": 4, "rate/strong": 4}
+
+
+def test_render_gives_a_computed_list_input_a_list():
+    """`examples: prompts.human + prompts.machine` rendered "<examples>" one character per task."""
+    shown = CliRunner().invoke(cli.main, ["render", str(REPO / "specs" / "self_instruct.yaml"), "generate_2"])
+    assert shown.exit_code == 0 and "Task 1: <human>\\nTask 2: <machine>" in shown.output, shown.output

@@ -126,18 +126,31 @@ def output_samples(node: LLMNode, names: list[str]) -> tuple[dict[str, Any], set
 
 def sample_of(expression: Any, graph: Graph, name: str, loop: LoopNode | None = None) -> Any:
     """A value of the kind `expression` gives at run time (variable `name`'s), or UNKNOWN; `loop` is
-    the loop whose body the expression is in (its `state` is then known)."""
+    the loop whose body the expression is in (its `state` is then known). A computed expression
+    (`prompts.human + prompts.machine`) is computed from its references' samples."""
     refs = tree_references(expression)
-    if not refs or all(ref.root == "params" for ref in refs):  # literals and params: their own value
-        try:
-            return evaluate_value(expression, {"params": graph.params})
-        except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError):
+    plain = isinstance(expression, Expression) and len(refs) == 1 and refs[0].field is not None \
+        and expression.source.strip() == f"{refs[0].root}.{refs[0].field}"
+    scope: dict[str, Any] = {"params": graph.params}
+    for ref in refs:
+        if ref.root == "params":
+            continue
+        value = _reference_sample(ref, graph, name if plain else str(ref.field), loop)
+        if value is UNKNOWN:
             return UNKNOWN
-    if not isinstance(expression, Expression) or len(refs) != 1:
+        if plain:
+            return value
+        scope.setdefault(ref.root, {})[ref.field] = value
+    try:
+        return evaluate_value(expression, scope)
+    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError):
         return UNKNOWN
-    ref = refs[0]
-    if ref.field is None or expression.source.strip() != f"{ref.root}.{ref.field}":
-        return UNKNOWN  # computed from a node's value: its kind is the computation's
+
+
+def _reference_sample(ref: Any, graph: Graph, name: str, loop: LoopNode | None) -> Any:
+    """A sample of what `ref` (NODE.FIELD, state.X, loop.X) reads, or UNKNOWN."""
+    if ref.field is None:
+        return UNKNOWN
     if ref.root == "state" and loop is not None and ref.field in loop.state:  # as the loop starts it
         return sample_of(loop.state[ref.field], graph, name, _enclosing(graph, loop))
     if ref.root == "loop":
@@ -154,6 +167,8 @@ def _enclosing(graph: Graph, node: Any) -> LoopNode | None:
 
 def field_sample(node: Any, field: str, graph: Graph | None, name: str) -> Any:
     """A value of the kind field `field` of `node`'s records has (as variable `name`), or UNKNOWN."""
+    if graph is not None and field not in node.outputs() and node.for_each in graph.every:
+        return field_sample(graph.every[node.for_each], field, graph, name)  # an ancestor's, on its lineage
     if isinstance(node, JudgeNode):
         return 7 if field in ("score", "a", "b", "gap", "score_1", "score_2") else UNKNOWN
     if isinstance(node, LLMNode):
