@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 from codeclm import cli
 from codeclm.programs.artifacts.export import MARKER, PARQUET, ExportOptions, pipeline_files, render_card, size_category
-from conftest import SEEDS, base_spec, write_spec
+from conftest import REPO, SEEDS, base_spec, write_spec
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -287,3 +287,14 @@ def test_the_shipped_spec_names_local_copies_of_what_the_run_read(tmp_path):
     assert "| seeds | 2 |" in text  # the copy, read as the run read it, to --limit
     assert "--replay --out replayed --limit 2" in text and "--out rerun --limit 2" in text
     assert "api.example" not in text and "OPENAI_API_KEY" not in text and "## Quality" not in text
+
+
+def test_the_card_gives_a_loop_its_bodys_calls():
+    """The card said `improve: no model call` of critique-rewrite's loop, which makes nearly all of them."""
+    import yaml
+    from codeclm.programs.artifacts.export import _graph
+
+    lines = _graph(yaml.safe_load((REPO / "specs" / "critique_rewrite.yaml").read_text()))
+    improve = next(line for line in lines if line.startswith("- **improve**"))
+    assert "no model call" not in improve and "rewrite (`llm`, model role `writer`)" in improve
+    assert next(line for line in lines if line.startswith("- **seeds**")).endswith("no model call")

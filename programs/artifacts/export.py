@@ -334,9 +334,14 @@ def _graph(spec: dict[str, Any]) -> list[str]:
         for name, conf in (parts.items() if isinstance(parts, dict) else ()):
             if not isinstance(conf, dict):
                 continue
-            bits = [f"`{conf['kind']}`" if conf.get("kind") else None,
-                    f"model role `{conf['model']}`" if conf.get("model") else "no model call",
-                    f"template `{conf['template']}`" if conf.get("template") else None]
+            body = conf.get("body") if isinstance(conf.get("body"), dict) else None
+            calls = f"model role `{conf['model']}`" if conf.get("model") else \
+                None if body else "no model call"  # a loop's or rounds' calls are its body's
+            bits = [f"`{conf.get('kind') or conf.get('type')}`" if conf.get("kind") or conf.get("type") else None,
+                    calls, f"template `{conf['template']}`" if conf.get("template") else None,
+                    "body: " + ", ".join(f"{b} (`{c.get('type')}`" + (f", model role `{c['model']}`"
+                                                                     if c.get("model") else "") + ")"
+                                         for b, c in body.items() if isinstance(c, dict)) if body else None]
             inputs = [f"{key}: {_figure(conf[key])}" for key in ("input", "inputs", "answers", "actions")
                       if conf.get(key)]
             lines.append(f"- **{name}**: " + ", ".join(b for b in bits if b) + (f" ({'; '.join(inputs)})"
