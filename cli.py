@@ -317,7 +317,26 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
     click.secho(f"dataset.jsonl {'identical to' if same else 'DIFFERS from'} the recorded run",
                 fg="green" if same else "red")
     if not same:
+        changed = _changed_since(manifest, result.manifest)
+        click.secho("changed since the run: " + ("; ".join(changed) if changed else "nothing codeclm records (the "
+                    "cache entries the run read were replaced, e.g. by a --refresh run)"), fg="red", err=True)
         sys.exit(1)
+
+
+def _changed_since(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between a run's manifest and its replay's: the spec file, templates, tuned
+    programs, codeclm's code (its parsers read the cached text anew)."""
+    changed = []
+    if (recorded.get("spec") or {}).get("sha256") != now["spec"]["sha256"]:
+        changed.append(f"the spec file {now['spec']['path']}")
+    for kind in ("templates", "programs"):
+        before, after = recorded.get(kind) or {}, now.get(kind) or {}
+        names = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
+        if names:
+            changed.append(f"{kind} {', '.join(names)}")
+    if recorded.get("code_sha256") != now["code_sha256"]:
+        changed.append("codeclm's code (its parsers read the cached answers anew)")
+    return changed
 
 
 @main.command()

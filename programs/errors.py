@@ -62,7 +62,8 @@ class ReplayMiss(CodecError):
         super().__init__(
             f"replay: no cached completion for stage '{stage}', item '{item}' (model {model}).\n"
             f"  what changed: {reason}\n"
-            "  fix: run without --replay to make the missing calls, or import the run's cache bundle"
+            "  fix: run the spec live (`codeclm run SPEC`, no --replay) to make the missing calls, or import the "
+            "run's cache bundle (`codeclm cache import`)"
         )
         self.stage, self.item, self.model, self.reason = stage, item, model, reason
 

@@ -221,3 +221,22 @@ def test_a_relative_seeds_path_is_found_by_a_replay_from_another_folder(tmp_path
     monkeypatch.chdir(REPO.parent)
     replayed = CliRunner().invoke(cli.main, ["replay", str(tmp_path / "run"), "--out", str(tmp_path / "again")])
     assert replayed.exit_code == 0 and "identical" in replayed.output, replayed.output
+
+
+def test_a_replay_that_differs_says_what_changed_since_the_run(tmp_path):
+    """It said only 'DIFFERS', though the manifest records the hashes of what the run read."""
+    from click.testing import CliRunner
+    from codeclm import cli
+
+    with FakeOpenAIServer() as server:
+        run("alpagasus", tmp_path, server.url)
+    live = tmp_path / "live"
+    manifest = json.loads((live / "manifest.json").read_text())
+    template = sorted(manifest["templates"])[0]
+    manifest["templates"][template] = "0" * 64  # as if the template had been edited since
+    (live / "manifest.json").write_text(json.dumps(manifest))
+    rows = (live / "dataset.jsonl").read_text().splitlines()
+    (live / "dataset.jsonl").write_text("\n".join(rows[:-1]) + "\n")
+    done = CliRunner().invoke(cli.main, ["replay", str(live), "--out", str(tmp_path / "again")])
+    assert done.exit_code == 1 and "DIFFERS" in done.output
+    assert f"changed since the run: templates {template}" in done.output, done.output
