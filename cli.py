@@ -783,8 +783,11 @@ def _summary(result: Any, report: Path | None = None) -> None:
     failed_anywhere = sum(row["failed"] for row in stages)
     upstream = max(0, failed_anywhere - counts.get("failed", 0))
     removed = sum(row.get("removed", 0) for row in stages)  # let no further by a filter or a dedup
+    others = "".join(f" | {'not in the dataset' if status == 'ok' else status.replace('_', ' ')} {count}"
+                     for status, count in counts.items()  # a loop's own exits; records its where: left out
+                     if status not in ("kept", "dropped", "failed", "over_limit"))
     click.secho(f"kept {kept} | dropped {counts.get('dropped', 0)} | failed {counts.get('failed', 0)}"
-                + (f" (and {upstream} upstream)" if upstream else "")
+                + (f" (and {upstream} upstream)" if upstream else "") + others
                 + (f" | filtered out {removed}" if removed else "")
                 + (f" | over limit {counts['over_limit']}" if counts.get("over_limit") else ""), bold=True)
     for name, row in result.calls.items():

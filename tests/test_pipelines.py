@@ -240,3 +240,17 @@ def test_a_replay_that_differs_says_what_changed_since_the_run(tmp_path):
     done = CliRunner().invoke(cli.main, ["replay", str(live), "--out", str(tmp_path / "again")])
     assert done.exit_code == 1 and "DIFFERS" in done.output
     assert f"changed since the run: templates {template}" in done.output, done.output
+
+
+def test_records_a_when_stops_are_counted_as_filtered_out(tmp_path):
+    """An llm node whose `when` is false for a record stops it, as a filter would: it counted as done only."""
+    from click.testing import CliRunner
+    from codeclm import cli
+
+    with FakeOpenAIServer() as server:
+        sets = [f"--set={s}" for s in on_server("alpagasus", server.url)]
+        done = CliRunner().invoke(cli.main, ["run", str(REPO / "specs" / "alpagasus.yaml"), "-q", "--no-report",
+                                             "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "c"),
+                                             "--set", "nodes.rate.when=false", *sets])
+    pairs = sum(1 for line in (REPO / "seeds" / "alpaca_pairs.jsonl").read_text().splitlines() if line.strip())
+    assert done.exit_code == 1 and f"filtered out {pairs}" in done.output, done.output

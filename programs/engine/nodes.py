@@ -97,6 +97,8 @@ class NodeRunner:
             scope = await self.scope(node.name, record, extra)
             if node.when is not None and not self.value(node.when, scope, "when"):
                 made = [] if not node.loop else [record.child(node.name, {}, status="skipped")]
+                if not node.loop:  # the record goes no further, as past a filter
+                    self.progress.remove(node.name)
             else:
                 made = await self._run(node, record, scope, item or record.id)
         except NodeFailed as failed:
