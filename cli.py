@@ -783,7 +783,9 @@ def _summary(result: Any, report: Path | None = None) -> None:
     failed_anywhere = sum(row["failed"] for row in stages)
     upstream = max(0, failed_anywhere - counts.get("failed", 0))
     removed = sum(row.get("removed", 0) for row in stages)  # let no further by a filter or a dedup
-    others = "".join(f" | {'not in the dataset' if status == 'ok' else status.replace('_', ' ')} {count}"
+    declared = list(((result.manifest.get("spec") or {}).get("resolved") or {}).get("outputs") or {})
+    pairs = "dataset" in declared or not declared  # else its outputs are not pairs, and nothing is "kept"
+    others = "".join(f" | {'not in the dataset' if status == 'ok' and pairs else status.replace('_', ' ')} {count}"
                      for status, count in counts.items()  # a loop's own exits; records its where: left out
                      if status not in ("kept", "dropped", "failed", "over_limit"))
     click.secho(f"kept {kept} | dropped {counts.get('dropped', 0)} | failed {counts.get('failed', 0)}"
@@ -798,8 +800,6 @@ def _summary(result: Any, report: Path | None = None) -> None:
         if totals["cost_usd"] or totals["saved_usd"] else ""
     click.echo(f"model calls {totals['calls']}, cache hits {totals['cache_hits']}{cost}; "
                f"{result.manifest['wall_seconds']:.1f}s")
-    declared = list(((result.manifest.get("spec") or {}).get("resolved") or {}).get("outputs") or {})
-    pairs = "dataset" in declared or not declared
     if pairs:
         click.echo(f"output: {result.out / 'dataset.jsonl'} ({kept} pair{'' if kept == 1 else 's'})")
     else:  # a spec without a dataset: its outputs are not pairs

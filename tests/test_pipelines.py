@@ -201,6 +201,7 @@ def test_a_spec_without_a_dataset_names_its_outputs(tmp_path):
                                              str(tmp_path / "run"), "--cache-dir", str(tmp_path / "c")])
     assert done.exit_code == 0, done.output
     assert f"outputs: {tmp_path / 'run' / 'ratings.jsonl'}" in done.output and "pairs" not in done.output
+    assert "not in the dataset" not in done.output  # it has none: its records are ok, not left out
 
 
 def test_a_relative_seeds_path_is_found_by_a_replay_from_another_folder(tmp_path, monkeypatch):
