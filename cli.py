@@ -776,22 +776,16 @@ def cache_import(bundle: Path, cache_dir: Path | None) -> None:
 
 
 def _summary(result: Any, report: Path | None = None) -> None:
+    """What a run made and spent, its warnings, and exit 1 when its dataset is empty for a reason."""
     counts, totals = result.counts, result.manifest["totals"]
     kept = counts.get("kept", 0)
-    # records that failed before the node the dataset reads: they reach no count above, yet are failures
     stages = result.manifest["counts"]["stages"].values()
-    failed_anywhere = sum(row["failed"] for row in stages)
-    upstream = max(0, failed_anywhere - counts.get("failed", 0))
-    removed = sum(row.get("removed", 0) for row in stages)  # let no further by a filter or a dedup
+    # records that failed before the node the dataset reads: they reach no count above, yet are failures
+    upstream = max(0, sum(row["failed"] for row in stages) - counts.get("failed", 0))
+    removed = sum(row.get("removed", 0) for row in stages)  # let no further by a filter, a dedup or a when:
     declared = list(((result.manifest.get("spec") or {}).get("resolved") or {}).get("outputs") or {})
     pairs = "dataset" in declared or not declared  # else its outputs are not pairs, and nothing is "kept"
-    others = "".join(f" | {'not in the dataset' if status == 'ok' and pairs else status.replace('_', ' ')} {count}"
-                     for status, count in counts.items()  # a loop's own exits; records its where: left out
-                     if status not in ("kept", "dropped", "failed", "over_limit"))
-    click.secho(f"kept {kept} | dropped {counts.get('dropped', 0)} | failed {counts.get('failed', 0)}"
-                + (f" (and {upstream} upstream)" if upstream else "") + others
-                + (f" | filtered out {removed}" if removed else "")
-                + (f" | over limit {counts['over_limit']}" if counts.get("over_limit") else ""), bold=True)
+    click.secho(_counts_line(counts, upstream, removed, pairs), bold=True)
     for name, row in result.calls.items():
         click.echo(f"  {name:<28} calls {row['calls']:>5}  cached {row['cache_hits']:>5}  "
                    f"failed {row['failures']:>3}  tokens {row['prompt_tokens']}+{row['completion_tokens']}"
@@ -808,6 +802,28 @@ def _summary(result: Any, report: Path | None = None) -> None:
         click.echo(f"report: {report}")
     if result.manifest.get("stopped") == "budget":
         _budget_stop(result)
+    _warnings(result)
+    if pairs and kept == 0 and (counts.get("failed") or counts.get("dropped") or upstream or removed):
+        where = "instructions.jsonl for each decision and failure" if (result.out / "instructions.jsonl").is_file() \
+            else "failures.jsonl for each failure, and the run's outputs for each decision"
+        how = "dropped, filtered out or failed" if removed else "dropped or failed"
+        click.secho(f"no pairs kept: every record was {how}; see {where}", fg="red", err=True)
+        sys.exit(1)
+
+
+def _counts_line(counts: dict[str, int], upstream: int, removed: int, pairs: bool) -> str:
+    """kept | dropped | failed, then the dataset node's other statuses (a loop's own exits; 'not in the
+    dataset' for the records its where: left out), what filters removed, what went over a limit."""
+    others = "".join(f" | {'not in the dataset' if status == 'ok' and pairs else status.replace('_', ' ')} {count}"
+                     for status, count in counts.items() if status not in ("kept", "dropped", "failed", "over_limit"))
+    return (f"kept {counts.get('kept', 0)} | dropped {counts.get('dropped', 0)} | failed {counts.get('failed', 0)}"
+            + (f" (and {upstream} upstream)" if upstream else "") + others
+            + (f" | filtered out {removed}" if removed else "")
+            + (f" | over limit {counts['over_limit']}" if counts.get("over_limit") else ""))
+
+
+def _warnings(result: Any) -> None:
+    """Lines without messages, answers cut off at max_tokens, the most common failures."""
     for output, count in result.manifest["counts"].get("without_messages", {}).items():
         click.secho(f"warning: {count} line(s) of {output}.jsonl have no `messages`: an expression in them read a "
                     "node that did not run for those records (e.g. a loop body node skipped in the last "
@@ -815,22 +831,16 @@ def _summary(result: Any, report: Path | None = None) -> None:
                     fg="yellow", err=True)
     cut = {name: row["truncated"] for name, row in result.calls.items() if row.get("truncated")}
     if cut:  # kept as answered (and cached): the user decides whether a longer answer is worth it
-        roles = sorted({name.rpartition("/")[2] for name in cut})
+        settings = " or ".join(f"models.{role}.max_tokens" for role in sorted({n.rpartition("/")[2] for n in cut}))
         click.secho(f"warning: {sum(cut.values())} answer(s) stopped at max_tokens ("
                     + ", ".join(f"{name} {count}" for name, count in cut.items()) + "), and were parsed as they "
-                    f"are; to let them finish, raise models.{roles[0]}.max_tokens (the calls it changes are made "
-                    "again, the others stay cached)", fg="yellow", err=True)
+                    f"are; to let them finish, raise {settings} (the calls it changes are made again, the others "
+                    "stay cached)", fg="yellow", err=True)
     reasons = result.manifest["counts"]["failure_reasons"]
     if reasons:
         click.echo("most common failures:")
         for reason, count in list(reasons.items())[:3]:
             click.echo(f"  {count:>4} x {reason}")
-    if pairs and kept == 0 and (counts.get("failed") or counts.get("dropped") or upstream or removed):
-        where = "instructions.jsonl for each decision and failure" if (result.out / "instructions.jsonl").is_file() \
-            else "failures.jsonl for each failure, and the run's outputs for each decision"
-        how = "dropped, filtered out or failed" if removed else "dropped or failed"
-        click.secho(f"no pairs kept: every record was {how}; see {where}", fg="red", err=True)
-        sys.exit(1)
 
 
 def _budget_stop(result: Any) -> None:
