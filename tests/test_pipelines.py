@@ -60,6 +60,8 @@ def test_pipeline_runs_over_http_with_provenance_and_replays(runs, spec):
     # the counts (summary, inspect, the report's tiles) count every row: Self-Instruct's dataset reads
     # two rounds' nodes, and only the last one's records were counted
     assert live.manifest["counts"]["instructions"].get("kept") == len(dataset)
+    if spec == "self_instruct":  # a mix node's records are counted too (the report's funnel has them)
+        assert live.manifest["counts"]["stages"]["prompts_1"] == {"done": 2, "failed": 0}  # prompts_per_round=2
 
 
 @pytest.mark.parametrize("spec", sorted(SMALL))

@@ -246,6 +246,7 @@ class NodeRunner:
     def _mixed(self, node: MixNode, drawn: dict[str, Sequence[Record]],
                pools: dict[str, list[tuple[Any, tuple[str, ...]]]]) -> Iterator[Record]:
         count = self.graph.static(node.count)
+        self.progress.expect(node.name, count)  # counted as a source's records are (the manifest, the report)
         seen: dict[tuple, int] = {}
         for index in range(count):
             record_id = f"{node.id_prefix}{index:04d}"
@@ -269,6 +270,7 @@ class NodeRunner:
             key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items())
             slot = seen.get(key, 0)
             seen[key] = slot + 1
+            self.progress.advance(node.name)
             yield Record(record_id, node.name, values, order=(index,), sources=tuple(dict.fromkeys(sources)), slot=slot)
 
     def dedup(self, node: DedupNode, records: list[Record], collections: dict[str, list[Record]]) -> list[Record]:
