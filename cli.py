@@ -777,13 +777,15 @@ def cache_import(bundle: Path, cache_dir: Path | None) -> None:
 
 def _summary(result: Any, report: Path | None = None) -> None:
     """What a run made and spent, its warnings, and exit 1 when its dataset is empty for a reason."""
+    from codeclm.programs.artifacts.rundata import resolved_spec
+
     counts, totals = result.counts, result.manifest["totals"]
     kept = counts.get("kept", 0)
     stages = result.manifest["counts"]["stages"].values()
     # records that failed before the node the dataset reads: they reach no count above, yet are failures
     upstream = max(0, sum(row["failed"] for row in stages) - counts.get("failed", 0))
     removed = sum(row.get("removed", 0) for row in stages)  # let no further by a filter, a dedup or a when:
-    declared = list(((result.manifest.get("spec") or {}).get("resolved") or {}).get("outputs") or {})
+    declared = list(resolved_spec(result.manifest).get("outputs") or {})
     pairs = "dataset" in declared or not declared  # else its outputs are not pairs, and nothing is "kept"
     click.secho(_counts_line(counts, upstream, removed, pairs), bold=True)
     for name, row in result.calls.items():

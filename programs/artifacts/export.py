@@ -38,7 +38,7 @@ import yaml
 from ..errors import CodecError, SpecError
 from ..redact import redact_text
 from .quality import quality_metrics
-from .rundata import read_run_json
+from .rundata import file_sources, read_run_json, source_fields, spec_nodes
 from .store import ARTIFACTS, DAMAGED_RUN, write_atomic
 
 MARKER = ".codeclm-export"
@@ -239,7 +239,7 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     if missing:
         notes.append(f"templates not found in {prompts_dir}: {', '.join(missing)} (not shipped)")
 
-    for source_node in _file_sources(spec):  # seed files: each source node's `path` (--seeds replaces it)
+    for source_node in file_sources(spec):  # seed files: each source node's `path` (--seeds replaces it)
         source = Path(options["seeds"]) if options.get("seeds") else local(source_node["path"])
         if source.is_file():
             source_node["path"] = f"seeds/{source.name}"
@@ -249,8 +249,8 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
                              "as is, since a replay renders the seeds byte for byte: check it before sharing")
         else:
             notes.append(f"seed file {source} not found (not shipped): a replay needs it")
-    for name, conf in _all_nodes(spec):  # optimized programs (`program:`), loop bodies included
-        if isinstance(conf, dict) and isinstance(conf.get("program"), str):
+    for name, conf in spec_nodes(spec):  # optimized programs (`program:`), loop bodies included
+        if isinstance(conf.get("program"), str):
             source = local(conf["program"])
             if source.is_file():
                 conf["program"] = f"programs/{re.sub(r'[^A-Za-z0-9_.-]', '_', str(name))}.json"
@@ -272,25 +272,6 @@ def _credential_line(path: Path) -> int | None:
     except OSError:
         return None
     return None
-
-
-def _all_nodes(spec: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(name, mapping) of every node of a resolved spec, loop bodies included."""
-    found: list[tuple[str, Any]] = []
-
-    def walk(nodes: Any) -> None:
-        for name, conf in (nodes.items() if isinstance(nodes, dict) else ()):
-            found.append((str(name), conf))
-            if isinstance(conf, dict):
-                walk(conf.get("body"))
-
-    walk(spec.get("nodes"))
-    return found
-
-
-def _file_sources(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    return [conf for _, conf in _all_nodes(spec) if isinstance(conf, dict) and conf.get("type") == "source"
-            and isinstance(conf.get("path"), str)]
 
 
 # -- the card -------------------------------------------------------------------------------------------
@@ -408,7 +389,7 @@ def _counts(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any], 
 
 def _seed_count(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any]) -> int | None:
     """The seeds the run read: the shipped seed files (the spec's file sources), read as a run reads them."""
-    sources = _file_sources(spec)
+    sources = file_sources(spec)
     if not sources:
         return None
     options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
@@ -416,15 +397,10 @@ def _seed_count(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, An
     try:
         from ..lang.seeds import read_records
 
-        return sum(len(read_records(pipeline_dir / s["path"], _fields(s), s.get("id_field", "id"), limit))
+        return sum(len(read_records(pipeline_dir / s["path"], source_fields(s), s.get("id_field", "id"), limit))
                    for s in sources)
     except (CodecError, OSError, ValueError):
         return None
-
-
-def _fields(source: dict[str, Any]) -> dict[str, str]:
-    fields = source.get("fields", ["instruction"])
-    return {str(f): str(f) for f in fields} if isinstance(fields, list) else {str(k): str(v) for k, v in fields.items()}
 
 
 def card_header(name: str, rows: int, options: ExportOptions) -> dict[str, Any]:
@@ -450,8 +426,8 @@ def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spe
     versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
     column_lines = [f"- `{column}`: {kind}" for column, kind in columns.items()]
     description = spec.get("description")
-    codeclm_graph = any(isinstance(c, dict) and c.get("template") in ("encode.jinja", "decode.jinja")
-                        for _, c in _all_nodes(spec))
+    codeclm_graph = any(c.get("template") in ("encode.jinja", "decode.jinja")
+                        for _, c in spec_nodes(spec))
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# {header['pretty_name']}", ""]
     if isinstance(description, str) and description.strip():

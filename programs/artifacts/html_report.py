@@ -27,7 +27,7 @@ from ..errors import SpecError
 from . import charts
 from .charts import PALETTE
 from .quality import NEAR_DUPLICATE, quality_metrics, tokens
-from .rundata import RunData, resolved_spec
+from .rundata import RunData, resolved_spec, spec_nodes
 from .store import is_own_run, write_atomic
 
 MAX_RECORDS = 5000  # records in the browser, at most (the page stays light enough to open)
@@ -204,7 +204,7 @@ def _stage_counts(run: RunData) -> dict[str, tuple[int, int, int]]:
     if not isinstance(stages, dict):
         return {}
     keys = ("done", "failed", "removed")
-    nodes = dict(_spec_nodes(resolved_spec(run.manifest).get("nodes")))
+    nodes = dict(spec_nodes(resolved_spec(run.manifest)))
 
     def depth(name: str, seen: int = 0) -> int:  # how far down the graph: what a node runs on comes first
         node = nodes.get(name) or nodes.get(name.rpartition("_")[0])  # a round's copy: its body node's
@@ -287,7 +287,7 @@ def _judge_scores(run: RunData) -> list[tuple[str, str, list[float], Any, list[t
     """Another spec than CodecLM's: each judge's scores that an output writes (a field whose expression
     is `JUDGE.score` or `JUDGE.gap`), as (judge, output, scores, scale, thresholds a filter compares with)."""
     spec = resolved_spec(run.manifest)
-    nodes = dict(_spec_nodes(spec.get("nodes")))
+    nodes = dict(spec_nodes(spec))
     judges = {name: node for name, node in nodes.items() if node.get("type") == "judge"}
     found = []
     for output, conf in (spec.get("outputs") or {}).items() if isinstance(spec.get("outputs"), dict) else ():
@@ -327,14 +327,6 @@ def _thresholds(nodes: dict[str, dict[str, Any]], judge: str, what: str,
             if isinstance(value, (int, float)):
                 marks.append((float(value), f"{match.group(1)} {value}"))
     return marks
-
-
-def _spec_nodes(nodes: Any) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every node of a resolved spec, loop bodies included."""
-    for name, node in (nodes or {}).items() if isinstance(nodes, dict) else ():
-        if isinstance(node, dict):
-            yield str(name), node
-            yield from _spec_nodes(node.get("body"))
 
 
 def _leaves(tree: dict[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:

@@ -185,23 +185,16 @@ class RunData:
         from ..lang.seeds import stream_records
 
         spec = self.manifest.get("spec") if isinstance(self.manifest.get("spec"), dict) else {}
-        nodes = resolved_spec(self.manifest).get("nodes")
-        nodes = nodes if isinstance(nodes, dict) else {}
-        sources = [n for n in nodes.values() if isinstance(n, dict) and n.get("type") == "source"
-                   and isinstance(n.get("path"), str)]
+        sources = file_sources(resolved_spec(self.manifest))
         options = self.manifest.get("options") if isinstance(self.manifest.get("options"), dict) else {}
-        if len(sources) != 1 or not isinstance(spec.get("path"), str):
+        if len(sources) != 1 or not isinstance(spec.get("path"), str) or not source_fields(sources[0]):
             return
-        fields = sources[0].get("fields", ["instruction"])
-        first = next(iter(fields), None) if isinstance(fields, (list, dict)) else None
-        if not isinstance(first, str):
-            return
-        file_field = fields[first] if isinstance(fields, dict) else first
+        first, file_field = next(iter(source_fields(sources[0]).items()))
         given = options.get("seeds")  # --seeds, as the run was given it (a replay reads it so too)
         path = Path(given) if isinstance(given, str) else Path(spec["path"]).parent / sources[0]["path"]
         limit = options.get("limit") if isinstance(options.get("limit"), int) else None
         try:
-            _, rows = stream_records(path, {first: str(file_field)}, sources[0].get("id_field", "id"), limit)
+            _, rows = stream_records(path, {first: file_field}, sources[0].get("id_field", "id"), limit)
             for row in rows:
                 yield {"id": str(row["id"]), "text": row[first]}
         except (CodecError, OSError, ValueError):
@@ -373,3 +366,27 @@ def resolved_spec(manifest: dict[str, Any]) -> dict[str, Any]:
     a mapping raises AttributeError, which the run readers report as a damaged run folder."""
     resolved = (manifest.get("spec") or {}).get("resolved")
     return resolved if isinstance(resolved, dict) else {}
+
+
+def spec_nodes(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, mapping) of every node of a resolved spec, loop and rounds bodies included."""
+    def walk(nodes: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        for name, node in nodes.items() if isinstance(nodes, dict) else ():
+            if isinstance(node, dict):
+                yield str(name), node
+                yield from walk(node.get("body"))
+
+    return walk(spec.get("nodes"))
+
+
+def file_sources(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The source nodes of a resolved spec that read a file (`path:`)."""
+    return [node for _, node in spec_nodes(spec) if node.get("type") == "source" and isinstance(node.get("path"), str)]
+
+
+def source_fields(source: dict[str, Any]) -> dict[str, str]:
+    """A source node's fields as {name: file field} ({} when the mapping holds neither list nor mapping)."""
+    fields = source.get("fields", ["instruction"])
+    if isinstance(fields, list):
+        return {str(f): str(f) for f in fields}
+    return {str(k): str(v) for k, v in fields.items()} if isinstance(fields, dict) else {}
