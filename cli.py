@@ -304,7 +304,7 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
         raise SpecError(str(manifest_path), f"not a codeclm run manifest ({type(exc).__name__}: {exc})",
                         hint="replay a folder `codeclm run` finished, or run the spec again") from None
     recorded = manifest["options"]
-    loaded = _load(manifest["spec"]["path"], tuple(recorded["overrides"]))
+    loaded = _load_recorded(manifest["spec"]["path"], tuple(recorded["overrides"]), manifest_path)
     base = run_dir if run_dir.name else run_dir.resolve()  # `replay .` names the folder it is in
     out = out or base.with_name(base.name + "-replay")
     options = RunOptions(out=out, cache_dir=cache_dir or Path(recorded["cache_dir"]), cache_mode="replay",
@@ -321,6 +321,25 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
         click.secho("changed since the run: " + ("; ".join(changed) if changed else "nothing codeclm records (the "
                     "cache entries the run read were replaced, e.g. by a --refresh run)"), fg="red", err=True)
         sys.exit(1)
+
+
+def _load_recorded(spec_path: str, overrides: tuple[str, ...], manifest_path: Path) -> Any:
+    """`_load` for a replay: an error in a `--set` the run was given is the run's, not this
+    command's (the user typed none), so it names the manifest that recorded it."""
+    from codeclm.programs.errors import SpecError, SpecErrors
+
+    try:
+        return _load(spec_path, overrides)
+    except (SpecError, SpecErrors) as exc:
+        errors = exc.errors if isinstance(exc, SpecErrors) else [exc]
+        if not any(e.file.startswith("--set") for e in errors):
+            raise
+        for error in errors:
+            if error.file.startswith("--set"):
+                error.file = f"{manifest_path} (the run's {error.file})"
+                error.hint = (f"{error.hint}; " if error.hint else "") + \
+                    "the spec or codeclm changed since the run took it: run it again rather than replay it"
+        raise SpecErrors(errors) from None
 
 
 def _changed_since(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:

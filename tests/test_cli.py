@@ -116,3 +116,17 @@ def test_inspect_summarizes_a_run(tmp_path, seeds_file, scripted):
     assert text.exit_code == 0 and "kept by iteration" in text.output
     missing = CliRunner().invoke(cli.main, ["inspect", str(tmp_path)])
     assert missing.exit_code == 2 and "is this a finished run directory?" in missing.output
+
+
+def test_replay_names_the_manifest_for_an_error_in_a_recorded_set(tmp_path):
+    """The user typed no --set: an override the run recorded that no longer applies is the run's."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    manifest = {"spec": {"path": str(REPO / "specs" / "demo.yaml")},
+                "options": {"cache_dir": str(tmp_path / "cache"), "overrides": ["params.no_such_param=3"],
+                            "seeds": None, "limit": None}}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    replayed = CliRunner().invoke(cli.main, ["replay", str(run_dir)])
+    assert replayed.exit_code == 2, replayed.output
+    assert f"{run_dir / 'manifest.json'} (the run's --set params.no_such_param)" in replayed.output
+    assert "run it again rather than replay it" in replayed.output and "Traceback" not in replayed.output
