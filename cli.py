@@ -197,7 +197,7 @@ def init(folder: Path) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any spec field, e.g. --set params.threshold=2 --set models.strong.model=openai/gpt-4o.")
 @click.option("--limit", type=click.IntRange(min=1),
-              help="Use only the first N records of the seed file (records written in the spec are all used).")
+              help="Use only the first N records of each file the spec reads (records written in the spec: all).")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight per model (overrides the spec).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
 @click.option("--replay", "mode", flag_value="replay", help="Cache read-only, no model contacted; a miss exits 3.")
