@@ -742,7 +742,8 @@ def cache_stats(cache_dir: Path | None) -> None:
         stats = cache.stats()
     finally:
         cache.close()
-    click.echo(f"{stats['folder']}: {stats['entries']} entries, {stats['bytes'] / 1e6:.1f} MB")
+    failures = f" (and {stats['failures']} failed calls, kept for replay)" if stats["failures"] else ""
+    click.echo(f"{stats['folder']}: {stats['entries']} entries{failures}, {stats['bytes'] / 1e6:.1f} MB")
     for model, count in sorted(stats["per_model"].items()):
         click.echo(f"  {model}: {count}")
 

@@ -215,3 +215,42 @@ def test_request_and_response_json_read_and_write_what_json_did() -> None:
     assert _response_json(b'{"a": "\\ud800", "n": NaN}')["a"] == "\ud800"  # Completion replaces it later
     with pytest.raises(ValueError):
         _response_json(b"<html>not json</html>")
+
+
+def test_a_run_with_failed_calls_replays_them_as_failures_and_its_bundle_carries_them(tmp_path, seeds_file):
+    """A failed call is data like an answer: replay (and a replay from an exported bundle) fails it
+    with the recorded error, so the dataset and failures.jsonl come out the same; a live run calls
+    it again. A replay used to stop at the first failed call with exit 3 ("no cached completion")."""
+    from click.testing import CliRunner
+    from codeclm import cli
+
+    invoke = CliRunner().invoke
+    plan = FaultPlan(rate=0.15, kinds=("500", "empty"), seed=3)
+    with FakeOpenAIServer(faults=plan) as server:
+        data = base_spec(seeds_file)
+        data["models"] = {role: {**spec, "retries": 0} for role, spec in model_section(server.url).items()}
+        spec, cache = str(write_spec(tmp_path, data)), str(tmp_path / "cache")
+        out = tmp_path / "run"
+        ran = invoke(cli.main, ["run", spec, "-q", "--out", str(out), "--cache-dir", cache])
+        failed_calls = server.faults["500"] + server.faults["empty"]
+        assert ran.exit_code == 0 and failed_calls, ran.output
+        assert (out / "failures.jsonl").read_text().strip()
+
+        replayed = invoke(cli.main, ["replay", str(out), "--out", str(tmp_path / "replay"), "--cache-dir", cache])
+        assert replayed.exit_code == 0, replayed.output
+        assert "dataset.jsonl identical to the recorded run" in replayed.output
+        assert (out / "failures.jsonl").read_bytes() == (tmp_path / "replay" / "failures.jsonl").read_bytes()
+
+        stats = invoke(cli.main, ["cache", "stats", "--cache-dir", cache])
+        assert f"(and {failed_calls} failed calls, kept for replay)" in stats.output, stats.output
+
+        bundle, elsewhere = str(tmp_path / "calls.jsonl.gz"), str(tmp_path / "other-cache")
+        assert invoke(cli.main, ["cache", "export", str(out), bundle, "--cache-dir", cache]).exit_code == 0
+        assert invoke(cli.main, ["cache", "import", bundle, "--cache-dir", elsewhere]).exit_code == 0
+        offline = invoke(cli.main, ["replay", str(out), "--out", str(tmp_path / "offline"), "--cache-dir", elsewhere])
+        assert offline.exit_code == 0 and "identical" in offline.output, offline.output
+
+        made = server.completions
+        again = invoke(cli.main, ["run", spec, "-q", "--out", str(tmp_path / "again"), "--cache-dir", cache])
+        assert again.exit_code == 0, again.output
+        assert server.completions - made >= failed_calls  # each failed call is asked again (and what follows it)

@@ -102,6 +102,22 @@ def test_faults_and_retries_on_ray_give_the_local_dataset(local_ray, tmp_path, s
     assert max(LAST_RUN["peak"].values()) <= 3
 
 
+def test_calls_that_failed_on_ray_replay_as_failures_on_ray_and_locally(local_ray, tmp_path, seeds_file):
+    """A call that failed for good is kept for replay by the coordinator, as by the local hub."""
+    plan = FaultPlan(rate=0.15, kinds=("500", "empty"), seed=3)
+    with FakeOpenAIServer(faults=plan) as server:
+        spec = http_spec(tmp_path, seeds_file, server.url, concurrency=3)
+        overrides = ("models.strong.retries=0", "models.target.retries=0")
+        run(spec, tmp_path / "ray", tmp_path / "cache", executor="ray", overrides=overrides)
+        assert server.faults["500"] + server.faults["empty"] > 0
+    assert (tmp_path / "ray" / "failures.jsonl").read_text().strip()
+    for executor in ("ray", "local"):
+        replay = run(spec, tmp_path / f"replay-{executor}", tmp_path / "cache", executor=executor, mode="replay",
+                     overrides=overrides)
+        assert replay.manifest["totals"]["calls"] == 0
+        same_files(tmp_path / "ray", tmp_path / f"replay-{executor}")
+
+
 OTHER_SPECS = {"self_instruct": ["params.prompts_per_round=2", "params.new_per_prompt=4"],
                "evol_instruct": ["params.rounds=3"], "alpagasus": [], "critique_rewrite": []}
 

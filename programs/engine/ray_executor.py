@@ -85,8 +85,9 @@ from ..lang.nodes import DedupNode, LLMNode, Node
 from ..lang.spec import Spec, load_spec
 from ..models.backends import CallParams
 from ..models.cache import CallCache, CallIdentity, default_cache_dir
-from ..models.hub import CallContext, ModelHub, _LoopState
+from ..models.hub import CallContext, ModelHub, _LoopState, is_recorded_failure
 from ..models.pricing import cost_of
+from ..redact import redact_text
 from .llm import build_modules
 from .nodes import NodeRunner
 from .progress import Progress
@@ -131,6 +132,7 @@ class CallCoordinator:
         self.max_in_use: Counter = Counter()
         self.next_slot_at: dict[str, float] = defaultdict(float)
         self.dead: set[str] = set()
+        self.failed: dict[str, str] = {}  # call key -> error: the calls of this run that failed for good
 
     def _semaphore(self, role: str) -> asyncio.Semaphore:
         if role not in self.semaphores:
@@ -138,15 +140,16 @@ class CallCoordinator:
         return self.semaphores[role]
 
     async def claim(self, key: str, owner: str, role: str | None = None) -> tuple[str, Any]:
-        """("hit", entry) | ("dedup", entry) | ("error", exc) | ("miss", None) in replay | ("own", slot):
+        """("hit", entry) | ("dedup", entry) | ("error", exc) | in replay ("failed", the recorded run's error)
+        or ("miss", None) | ("own", slot):
         the caller makes the call; with `role`, the slot of its first attempt comes with it (True), one
         round trip instead of two."""
         while True:
             entry = self.cache.get(key)
             if entry is not None:
                 return "hit", entry
-            if self.mode == "replay":
-                return "miss", None
+            if self.mode == "replay" or key in self.failed:
+                return self._unanswered(key)
             if key in self.inflight:
                 outcome = await asyncio.shield(self.inflight[key][1])
                 if outcome[0] == "retry":  # its owner died: claim again
@@ -166,8 +169,8 @@ class CallCoordinator:
             entry = self.cache.get(key)
             if entry is not None:
                 answers.append(("hit", entry))
-            elif self.mode == "replay":
-                answers.append(("miss", None))
+            elif self.mode == "replay" or key in self.failed:
+                answers.append(self._unanswered(key))
             elif key in self.inflight:
                 answers.append(("wait", None))
             elif owner in self.dead:
@@ -189,8 +192,20 @@ class CallCoordinator:
         self.cache.put(key, model, entry)
         self._settle(key, owner, ("dedup", entry))
 
-    def abandon(self, key: str, owner: str, error: BaseException | None) -> None:
-        """The owner's call failed (its error is the waiters' failure too) or was cancelled (they retry)."""
+    def _unanswered(self, key: str) -> tuple[str, Any]:
+        """A call the cache holds no answer for, in replay or after it failed earlier in this run (one
+        outcome per call in a run): its recorded failure, or a miss."""
+        if key in self.failed:
+            return "failed", self.failed[key]
+        failed = self.cache.failure(key)
+        return ("miss", None) if failed is None else ("failed", failed["error"])
+
+    def abandon(self, key: str, owner: str, error: BaseException | None, model: str = "?") -> None:
+        """The owner's call failed (its error is the waiters' failure too, and kept for replay) or was
+        cancelled (they retry)."""
+        if error is not None and is_recorded_failure(error):
+            self.failed[key] = redact_text(str(error))
+            self.cache.put_failure(key, model, self.failed[key])
         self._settle(key, owner, ("error", error) if error is not None else ("retry", None))
 
     def _settle(self, key: str, owner: str, outcome: tuple[str, Any]) -> None:
@@ -382,6 +397,9 @@ class CoordinatedHub(ModelHub):
             return value
         if kind == "error":
             raise value
+        if kind == "failed":  # the call failed for good in the recorded run (replay) or earlier in this one
+            self._count(stat, "failures")
+            raise ModelCallError(value)
         if kind == "miss":
             self.fatal = self.fatal or ReplayMiss(ctx.stage, ctx.item, backend.name,
                                                   "the cache of record does not hold it (run `codeclm replay "
@@ -400,7 +418,7 @@ class CoordinatedHub(ModelHub):
             self.coordinator.abandon.remote(identity.key, self.owner, None)
             raise
         except Exception as exc:
-            self.coordinator.abandon.remote(identity.key, self.owner, exc)
+            self.coordinator.abandon.remote(identity.key, self.owner, exc, backend.name)
             raise
         finally:
             _CALL_SLOT.reset(token)

@@ -13,7 +13,7 @@ from typing import Any
 from ..artifacts.store import ARTIFACTS, DAMAGED_RUN
 from ..errors import SpecError, first_clause
 from ..lang.yaml_lines import has_surrogate
-from .cache import CallCache, default_cache_dir, entry_problem, warn
+from .cache import CallCache, default_cache_dir, entry_problem, failure_problem, warn
 
 
 def run_call_keys(run_dir: Path) -> list[str]:
@@ -135,7 +135,7 @@ def _record(bundle: Path, number: int, line: str) -> tuple[str, dict[str, Any]]:
     key, entry = record["key"], record["entry"]
     if not isinstance(key, str) or len(key) != 64 or not set(key) <= KEY_CHARS:
         raise bad("the key is not a call key (64 hex digits)")
-    problem = entry_problem(entry)
+    problem = entry_problem(entry) if "error" not in entry else failure_problem(entry)
     if problem:
         raise bad(f"the entry has {problem}" if problem.startswith("no ") else f"the entry is {problem}")
     if has_surrogate(json.dumps(entry, ensure_ascii=False)):
@@ -166,6 +166,8 @@ def export_bundle(run_dir: Path, bundle: Path, cache_dir: Path | None = None) ->
         lines = []
         for key in keys:
             entry = cache.peek(key)
+            if entry is None:  # a call that failed replays as a failure
+                entry = cache.failure(key)
             if entry is None:
                 continue
             line = json.dumps({"key": key, "entry": entry}, ensure_ascii=False) + "\n"
@@ -212,7 +214,11 @@ def import_bundle(bundle: Path, cache_dir: Path | None = None) -> int:
     cache = CallCache(cache_dir or default_cache_dir())
     try:
         for key, entry in records:
-            cache.put(key, str(entry.get("model") or "?"), entry, strict=True)
+            model = str(entry.get("model") or "?")
+            if "error" in entry:
+                cache.put_failure(key, model, entry["error"], strict=True)
+            else:
+                cache.put(key, model, entry, strict=True)
     finally:
         cache.close()
     return len(records)

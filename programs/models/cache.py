@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -125,6 +125,16 @@ def entry_problem(entry: Any) -> str | None:
     return None
 
 
+FAILED = "failed:"  # the key a call's failure is stored under is this + the call's key
+
+
+def failure_problem(entry: Any) -> str | None:
+    """Why a cached value is not a recorded failure (None if it is)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("error"), str):
+        return "not a recorded failure"
+    return None
+
+
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
@@ -219,12 +229,24 @@ class CallCache:
 
     def peek(self, key: str) -> dict[str, Any] | None:
         """Read regardless of mode (dry runs, exports); damage reads as a miss, with a warning."""
+        return self._read(key, entry_problem)
+
+    def put_failure(self, key: str, model: str, error: str, *, strict: bool = False) -> bool:
+        """Remember that a call failed for good, and with what error: a replay fails it the same way
+        (the run's failures are data, replayed like its answers); a live run calls it again."""
+        return self.put(FAILED + key, model, {"error": error}, strict=strict)
+
+    def failure(self, key: str) -> dict[str, Any] | None:
+        """How a call the cache holds no answer for failed ({"error": ..., "model": ...}), if a run recorded it."""
+        return self._read(FAILED + key, failure_problem)
+
+    def _read(self, key: str, check: Callable[[Any], str | None]) -> dict[str, Any] | None:
         pending = self._pending.get(key)
         if pending is not None:
             return pending[0]
         try:
             entry = self.store.get(key)
-            problem = None if entry is None else entry_problem(entry)
+            problem = None if entry is None else check(entry)
         except _Damaged as exc:
             entry, problem = None, str(exc)
         if problem is None:
@@ -238,9 +260,11 @@ class CallCache:
         return None
 
     def stats(self) -> dict[str, Any]:
-        per_model = self.store.per_model()
-        return {"folder": str(self.folder), "entries": sum(per_model.values()), "bytes": self.store.volume(),
-                "per_model": per_model}
+        """Answers per model, and apart from them the failures kept for replay."""
+        counts = self.store.per_model()
+        return {"folder": str(self.folder), "entries": sum(a for a, _ in counts.values()),
+                "failures": sum(f for _, f in counts.values()), "bytes": self.store.volume(),
+                "per_model": {model: answers for model, (answers, _) in counts.items() if answers}}
 
     def clear(self, model: str | None = None) -> int:
         if self.read_only:
@@ -288,13 +312,18 @@ def _refuse_foreign_db(db: Path) -> None:
                         "and the cache would write into it", hint="pass --cache-dir DIR, a folder for the cache alone")
 
 
-def _per_model(execute: Any, db: Path) -> dict[str, int]:
-    """Entries per model (the tag each entry is stored under), through either store's connection."""
+def _per_model(execute: Any, db: Path) -> dict[str, tuple[int, int]]:
+    """(answers, recorded failures) per model (the tag each entry is stored under), through either
+    store's connection."""
     try:
-        rows = execute("SELECT tag, COUNT(*) FROM Cache GROUP BY tag").fetchall()
+        rows = execute(f"SELECT tag, substr(key, 1, {len(FAILED)}) = ?, COUNT(*) FROM Cache GROUP BY 1, 2",
+                       (FAILED,)).fetchall()
     except sqlite3.Error as exc:
         raise _damaged_db(db, exc) from None
-    return {str(tag) if tag is not None else "?": count for tag, count in rows}
+    counts: dict[str, list[int]] = {}
+    for tag, failed, count in rows:
+        counts.setdefault("?" if tag is None else str(tag), [0, 0])[1 if failed else 0] += count
+    return {model: (answers, failures) for model, (answers, failures) in counts.items()}
 
 
 class _WritableStore:
@@ -344,7 +373,7 @@ class _WritableStore:
         except sqlite3.Error:
             return 0
 
-    def per_model(self) -> dict[str, int]:
+    def per_model(self) -> dict[str, tuple[int, int]]:
         return _per_model(self.cache._sql, self.db)
 
     def volume(self) -> int:
@@ -434,7 +463,7 @@ class _ReadOnlyStore:
         except sqlite3.Error:
             return 0
 
-    def per_model(self) -> dict[str, int]:
+    def per_model(self) -> dict[str, tuple[int, int]]:
         return {} if self.con is None else _per_model(self.con.execute, self.db)
 
     def volume(self) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import CodecError, ModelCallError, ModelCrashed, ReplayMiss
 from ..lang.spec import ModelSpec
+from ..redact import redact_text
 from .backends import Backend, CallParams, build_backend
 from .budget import BudgetReached, BudgetTracker
 from .cache import CallCache, CallIdentity
@@ -75,6 +76,7 @@ class ModelHub:
         self.backoff_base = 0.5
         self.answered: set[str] = set()  # roles whose model has answered a call in this run
         self.unresponsive: dict[str, str] = {}  # role -> why: its calls time out and none was ever answered
+        self.failed: dict[str, str] = {}  # call key -> error: the calls of this run that failed for good
         self.budget: BudgetTracker | None = None  # the run's budget (budget.py): no new call once it is spent
         self.on_lookup: Any = None  # (stage, role, messages, entry or None): the dry run's estimate watches calls
 
@@ -128,6 +130,10 @@ class ModelHub:
         Separate from `lookup` so the engine renders and hashes each call once."""
         backend = self.backend(role)
         if self.cache.mode == "replay":
+            failed = self.cache.failure(identity.key)
+            if failed is not None:  # the recorded run's call failed: so does the replay's, with its error
+                self._count((ctx.stage, role), "failures")
+                raise ModelCallError(failed["error"])
             self.fatal = self.fatal or ReplayMiss(ctx.stage, ctx.item, backend.name,
                                                   self._what_changed(identity, ctx))
             raise self.fatal
@@ -150,6 +156,10 @@ class ModelHub:
         if key in state.inflight:
             self._count(stat, "cache_hits")
             return await asyncio.shield(state.inflight[key])
+        failed = self.failed.get(key)
+        if failed is not None:  # failed for good earlier in this run: one outcome per call, as a replay gives
+            self._count(stat, "failures")
+            raise ModelCallError(failed)
         self._within_budget(role)  # waiting for an identical call in flight costs nothing; a new one may not start
         future = asyncio.get_running_loop().create_future()
         state.inflight[key] = future
@@ -160,6 +170,9 @@ class ModelHub:
             future.set_result(entry)
             return entry
         except BaseException as exc:
+            if is_recorded_failure(exc):
+                self.failed[key] = redact_text(str(exc))
+                self.cache.put_failure(key, backend.name, self.failed[key])
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters, if any, get it; none is fine too
             raise
@@ -310,6 +323,12 @@ class ModelHub:
     async def aclose(self) -> None:
         for backend in self._backends.values():
             await backend.aclose()
+
+
+def is_recorded_failure(exc: BaseException) -> bool:
+    """A call's failure that the cache keeps for replay: the model's or endpoint's answer after every
+    retry. Not a budget stop or an interrupt (nothing was answered: a resumed run makes the call)."""
+    return isinstance(exc, ModelCallError) and not isinstance(exc, BudgetReached)
 
 
 async def _within(seconds: float, call: Any) -> Any:
