@@ -27,7 +27,7 @@ from ..errors import SpecError
 from . import charts
 from .charts import PALETTE
 from .quality import NEAR_DUPLICATE, quality_metrics, tokens
-from .rundata import RunData, resolved_spec, spec_nodes
+from .rundata import RunData, outcomes, resolved_spec, spec_nodes, status_label
 from .store import is_own_run, write_atomic
 
 MAX_RECORDS = 5000  # records in the browser, at most (the page stays light enough to open)
@@ -108,9 +108,8 @@ def render(run: RunData) -> str:
 
 def tiles(run: RunData) -> str:
     totals = run.manifest.get("totals") or {}
-    status = run.status_counts
-    items = [(label, status.get(key, 0), key) for key, label in
-             (("kept", "kept"), ("dropped", "dropped"), ("failed", "failed"))]
+    items = [(name, count, name.split()[0])
+             for name, count in outcomes(run.manifest, run.status_counts).items()]
     items += [("model calls", totals.get("calls", "-"), ""), ("cache hits", totals.get("cache_hits", "-"), "")]
     if totals.get("cost_usd"):
         items.append(("spent", f"${totals['cost_usd']:.4f}", ""))
@@ -167,7 +166,7 @@ def funnel_section(run: RunData) -> str:
     if run.histories is not None:
         rows.append(("instructions", len(run.histories), PALETTE[0]))
         for status, count in run.status_counts.items():
-            rows.append((status.replace("_", " "), count, STATUS_COLORS.get(status, PALETTE[5])))
+            rows.append((status_label(status), count, STATUS_COLORS.get(status, PALETTE[5])))
     parts = []
     if rows:
         labels = [r[0] for r in rows]
