@@ -26,8 +26,8 @@ from typing import Any
 from ..errors import SpecError
 from . import charts
 from .charts import PALETTE
-from .quality import NEAR_DUPLICATE, quality_metrics, tokens
-from .rundata import RunData, outcomes, resolved_spec, spec_nodes, status_label
+from .quality import MAX_PAIRS, NEAR_DUPLICATE, quality_metrics, tokens
+from .rundata import RunData, has_judge, outcomes, resolved_spec, spec_nodes, status_label
 from .store import is_own_run, write_atomic
 
 MAX_RECORDS = 5000  # records in the browser, at most (the page stays light enough to open)
@@ -86,6 +86,7 @@ def render(run: RunData) -> str:
     script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
     csp = (f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
            f"script-src 'sha256-{script_hash}'; connect-src 'none'; form-action 'none'; base-uri 'none'")
+    sections = [section for section in sections if section[2]]  # one the run has no data for is left out
     nav = "".join(f'<a href="#{key}">{escape(title)}</a>' for key, title, _ in sections)
     body = "".join(f'<section id="{key}"><h2>{escape(title)}</h2>{content}</section>'
                    for key, title, content in sections)
@@ -222,20 +223,24 @@ def _stage_counts(run: RunData) -> dict[str, tuple[int, int, int]]:
 
 
 def kept_section(run: RunData) -> str:
+    """Kept pairs by iteration; none (the section is left out) for a spec whose pairs record no iteration."""
     kept = run.kept
-    if not kept:
+    if not kept and run.histories is not None:
         return charts.empty("kept pairs by iteration", "no kept pairs")
-    if not any(pair.get("iteration") for pair in kept):  # a pipeline whose provenance has no iteration
-        return note(f"{len(kept)} kept pairs (their provenance records no iteration to chart).")
+    if not any(pair.get("iteration") for pair in kept):
+        return ""
     by_iteration: dict[str, Counter] = defaultdict(Counter)
     for pair in kept:
         by_iteration[str(pair.get("iteration") or "-")][str(pair.get("response_from") or "-")] += 1
-    iterations = sorted(by_iteration, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
+    numbered = [int(k) for k in by_iteration if k.isdigit()]
+    iterations = [str(i) for i in range(1, max(numbered, default=0) + 1)]  # every one: a gap reads as a gap
+    iterations += sorted(k for k in by_iteration if not k.isdigit() or int(k) < 1)
     sources = sorted({s for c in by_iteration.values() for s in c})
     series = [(s, [by_iteration[i][s] for i in iterations], PALETTE[k % len(PALETTE)]) for k, s in enumerate(sources)]
     first = sum(by_iteration.get("1", Counter()).values())
-    text = note(f"{len(kept)} kept pairs; {first} ({100 * first / len(kept):.0f}%) from the first iteration "
-                "(the paper saw over 70%).")
+    text = note(f"{len(kept)} kept pairs; {first} ({100 * first / len(kept):.0f}%) from the first iteration"
+                + (" (the paper saw over 70%)." if has_judge(run.manifest) else
+                   ": this spec has no judge, so which iteration it keeps is its own rule, not a judge's."))
     answers = Counter(str(p.get("response_from") or "-") for p in kept)
     return (charts.vbars("kept pairs by iteration, by whose answer was kept", iterations,
                          series, x_label="iteration of the kept instruction", y_label="pairs") + text
@@ -244,9 +249,8 @@ def kept_section(run: RunData) -> str:
 
 def judge_section(run: RunData, metrics: dict[str, Any]) -> str:
     judged = run.judgements
-    if not judged:
-        charts_of_scores = [_score_histogram(*found) for found in _judge_scores(run)]
-        return "".join(charts_of_scores) or charts.empty("judge", "no judgements in this run")
+    if not judged:  # another spec's judges: their scores as an output writes them; none, no section
+        return "".join(_score_histogram(*found) for found in _judge_scores(run))
     scale = run.params.get("score_scale") or [1, 10]
     span = float(scale[1] - scale[0]) if isinstance(scale, list) and len(scale) == 2 else 9.0
     threshold = run.params.get("threshold")
@@ -343,8 +347,8 @@ def _at(row: Any, path: tuple[str, ...]) -> Any:
 
 
 def coverage_section(run: RunData, metrics: dict[str, Any]) -> str:
-    if run.pool is None:
-        return charts.empty("coverage", "no pool.jsonl in this run")
+    if run.pool is None:  # a spec without CodecLM's metadata pool: no section
+        return ""
     kept_meta = [p["metadata"] for p in run.kept]
     parts = []
     for key, title, limit in (("use_case", "use cases", 30), ("skills", "skills", 40)):
@@ -416,14 +420,17 @@ QUALITY_ROWS = (
     ("pairwise ROUGE-L, mean", ("rouge_l", "mean"), "mean longest-common-subsequence F between kept instructions "
                                                      "(lower: more varied)"),
     ("pairwise ROUGE-L, max", ("rouge_l", "max"), "the closest pair"),
-    ("pairs compared", ("rouge_l", "pairs_compared"), "all pairs, or a deterministic sample above 100,000"),
+    ("pairs compared", ("rouge_l", "pairs_compared"), f"all pairs, or a deterministic sample of {MAX_PAIRS:,} "
+                                                       f"above {MAX_PAIRS:,}"),
     ("near-duplicate pairs", ("near_duplicates", "near_duplicate_pairs"),
      f"pairs with ROUGE-L >= {NEAR_DUPLICATE} (Self-Instruct's filter)"),
     ("instructions in a near-duplicate pair", ("near_duplicates", "near_duplicate_instructions"), ""),
     ("exact duplicates", ("near_duplicates", "exact_duplicates"), "same words, ignoring case and punctuation"),
     ("ROUGE-L to nearest seed, mean", ("seed_closeness", "rouge_l_mean"), "how close kept instructions stay to "
                                                                           "the seeds"),
-    ("ROUGE-L to nearest seed, max", ("seed_closeness", "rouge_l_max"), "1 means a seed was copied"),
+    ("ROUGE-L to nearest seed, max", ("seed_closeness", "rouge_l_max"), "1: a kept instruction is a seed's, "
+                                                                        "as in specs that carry the seed's "
+                                                                        "instruction over"),
     ("embedding similarity to nearest seed, mean", ("seed_closeness", "embedding_mean"), "WordLlama cosine"),
     ("embedding similarity to nearest seed, max", ("seed_closeness", "embedding_max"), ""),
     ("embedding similarity between kept, mean", ("seed_closeness", "embedding_mean_pairwise"), ""),
@@ -435,16 +442,18 @@ QUALITY_ROWS = (
 
 
 def quality_section(metrics: dict[str, Any]) -> str:
+    """The metrics the run has data for: a row without a value (no pool, no judge, no seeds) is left out."""
     rows = []
     for label, path, meaning in QUALITY_ROWS:
         value: Any = metrics
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
-        rows.append([label, value, meaning])
+        if value is not None:
+            rows.append([label, value, meaning])
     notes = "".join(note(n) for n in metrics.get("notes", []))
-    return (note(f"{metrics.get('kept', 0)} kept instructions, measured by programs/quality.py (also in the "
-                 "manifest and `codeclm inspect --json`).") + table(["metric", "value", "what it means"], rows, 1, 2)
-            + notes)
+    return (note(f"{metrics.get('kept', 0)} kept instructions, measured by programs/artifacts/quality.py (also in "
+                 "`codeclm inspect --json` and the dataset card of `codeclm export`).")
+            + table(["metric", "value", "what it means"], rows, 1, 2) + notes)
 
 
 def calls_section(run: RunData) -> str:
@@ -470,8 +479,9 @@ def calls_section(run: RunData) -> str:
     wall = run.manifest.get("wall_seconds")
     text = note((f"Wall time {wall:.1f} s. " if isinstance(wall, (int, float)) else "")
                 + ("" if timed else "Time per stage is not recorded in this manifest; the wall time is the run's. ")
-                + "Calls count requests to a model (cache hits included); dollars come from LiteLLM's price map "
-                  "(0 for local models and unpriced ones).")
+                + "Calls count the answers a model gave; cache hits, counted apart, are answers the cache gave "
+                  "(or an identical call in flight shared), which cost nothing. Dollars come from LiteLLM's price "
+                  "map (0 for local models and unpriced ones).")
     return f'<div class="grid">{calls_chart}{token_chart}</div>' + table(header, body, 2) + text
 
 
@@ -495,9 +505,19 @@ def failures_section(run: RunData) -> str:
         items.append(f'<details class="failure"><summary><b>{len(group)}</b> × <code>{escape(stage)}</code> '
                      f'{escape(error)} <span class="muted">({escape(where)})</span></summary><p>example: '
                      f'<code>{escape(example["id"])}</code> in {escape(example["artifact"])}</p>{raw_html}</details>')
-    text = note("Failed items of every artifact. A failed Self-Rubrics entry (rubrics.jsonl) also fails each "
-                "instruction that needed its actions (instructions.jsonl), so one cause can count in both.")
-    return chart + "".join(items) + text
+    return chart + "".join(items) + note(_failures_note(run))
+
+
+def _failures_note(run: RunData) -> str:
+    """What the failures are, in the words of the files this run has."""
+    if run.histories is None:
+        return ("Every record a node failed on (failures.jsonl): a failed record goes no further, so the failures "
+                "of a node before the dataset's are counted as failed upstream.")
+    text = "Failed items of every artifact."
+    if run.rubrics is not None:
+        text += (" A failed Self-Rubrics entry (rubrics.jsonl) also fails each instruction that needed its actions "
+                 "(instructions.jsonl), so one cause can count in both.")
+    return text
 
 
 def browser_section() -> str:

@@ -389,6 +389,11 @@ def top_failures(manifest: dict[str, Any], count: int) -> tuple[list[tuple[str, 
     return ranked[:count], sum(v for _, v in ranked[count:]) + _int(left_out.get("failures"))
 
 
+def has_judge(manifest: dict[str, Any]) -> bool:
+    """Whether the run's spec has a judge node (CodecLM's Contrastive Filtering keeps by its verdict)."""
+    return any(node.get("type") == "judge" for _, node in spec_nodes(resolved_spec(manifest)))
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
