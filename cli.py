@@ -607,12 +607,13 @@ def export(run_dir: Path, dest: Path, repo: str | None, private: bool, license_i
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=True, path_type=Path),
-              help="Where to write the page [default: RUN_DIR/report.html]; a folder gets report.html inside.")
+@click.option("--out", type=click.Path(dir_okay=True),  # a str: Path would drop the trailing slash that means a folder
+              help="Where to write the page [default: RUN_DIR/report.html]; a folder (one that exists, or a path "
+                   "ending in /) gets report.html inside.")
 @click.option("--open", "open_it", is_flag=True, help="Open the page in your web browser when written.")
 @reports_errors
 @reads_run
-def report(run_dir: Path, out: Path | None, open_it: bool) -> None:
+def report(run_dir: Path, out: str | None, open_it: bool) -> None:
     """Write RUN_DIR's report: one HTML file that opens offline, to look at a run.
 
     \b

@@ -106,3 +106,16 @@ def test_the_cards_rerun_example_names_a_role_of_the_spec(tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     card = render_card(run, run, manifest, manifest["spec"]["resolved"], [ROW], {}, ExportOptions(), None, None)
     assert "--set models.judge.model=" in card and "models.strong" not in card
+
+
+def test_report_out_ending_in_a_slash_is_a_folder(tmp_path):
+    """`--out /tmp/x/outdir/` (a folder not made yet) wrote an HTML file named `outdir`; help says a folder."""
+    from click.testing import CliRunner
+    from codeclm import cli
+
+    run = run_folder(tmp_path / "run", {"kept": 1}, {"n": {"done": 1, "failed": 0}})
+    done = CliRunner().invoke(cli.main, ["report", str(run), "--out", f"{tmp_path}/x/outdir/"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "x" / "outdir" / "report.html").is_file()
+    assert done.output.strip() == f"report: {tmp_path / 'x' / 'outdir' / 'report.html'}"
+    assert "ending in /" in CliRunner().invoke(cli.main, ["report", "--help"]).output

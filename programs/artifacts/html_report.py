@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -38,8 +39,9 @@ STATUS_COLORS = {"kept": PALETTE[2], "dropped": PALETTE[5], "failed": PALETTE[3]
                  "decoded": PALETTE[4]}
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
-    """Write RUN_DIR's report (default RUN_DIR/report.html) and return its path."""
+def write_report(run_dir: Path, out: Path | str | None = None) -> Path:
+    """Write RUN_DIR's report (default RUN_DIR/report.html) and return its path. `out` names the file, or a
+    folder to write report.html into: one that exists, or a path ending in a slash (made if missing)."""
     run = RunData.open(run_dir)
     if not Path(run_dir).is_dir() or not run.exists():
         raise SpecError(str(run_dir), "no run artifacts here: is this a folder `codeclm run` wrote?",
@@ -48,7 +50,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         raise SpecError(str(run_dir), "not a folder codeclm wrote (no .codeclm-run marker or run manifest): "
                         "the report is not written into it", hint="pass --out PATH for the report")
     path = Path(out) if out else Path(run_dir) / "report.html"
-    if path.is_dir():
+    if path.is_dir() or str(out or "").endswith(("/", os.sep)):
         path = path / "report.html"
     if path.is_file() and path.stat().st_size and b"<title>codeclm report" not in path.read_bytes()[:4096]:
         raise SpecError(str(path), "exists and is not a codeclm report: a report never writes over a file it "
