@@ -245,7 +245,7 @@ def kept_section(run: RunData) -> str:
                    ": this spec has no judge, so which iteration it keeps is its own rule, not a judge's."))
     answers = Counter(str(p.get("response_from") or "-") for p in kept)
     return (charts.vbars("kept pairs by iteration, by whose answer was kept", iterations,
-                         series, x_label="iteration of the kept instruction", y_label="pairs") + text
+                         series, x_label="iteration of the kept instruction", y_label="pairs", values=True) + text
             + table(["answer kept", "pairs"], [[k, v] for k, v in answers.most_common()]))
 
 
@@ -393,10 +393,10 @@ def lengths_section(run: RunData) -> str:
     groups = [f"iteration {i}" for i in iterations]
     names = sorted(answers, key=lambda n: (n not in (a, b), n))
     inst = charts.boxplots("instruction length (words) by iteration", groups,
-                           [("instruction", [instructions[i] for i in iterations], PALETTE[4])])
+                           [("instruction", [instructions[i] for i in iterations], PALETTE[4])], y_label="words")
     resp = charts.boxplots("answer length (words) by iteration", groups,
                            [(n, [answers[n][i] for i in iterations], PALETTE[k % len(PALETTE)])
-                            for k, n in enumerate(names)])
+                            for k, n in enumerate(names)], y_label="words")
     return (f'<div class="grid">{inst}{resp}</div>'
             + note("Every record's every iteration (kept, dropped and failed). Boxes: quartiles and median; "
                    "whiskers: min and max."))
@@ -408,10 +408,11 @@ def _kept_lengths(run: RunData) -> str:
     if not kept:
         return charts.empty("lengths", "no kept pairs")
     inst = charts.boxplots("instruction length (words)", ["kept pairs"],
-                           [("instruction", [[len(tokens(p["instruction"])) for p in kept]], PALETTE[4])])
+                           [("instruction", [[len(tokens(p["instruction"])) for p in kept]], PALETTE[4])],
+                           y_label="words")
     resp = charts.boxplots("response length (words)", ["kept pairs"],
                            [("response", [[len(tokens(p["response"])) for p in kept
-                                           if isinstance(p.get("response"), str)]], PALETTE[0])])
+                                           if isinstance(p.get("response"), str)]], PALETTE[0])], y_label="words")
     return (f'<div class="grid">{inst}{resp}</div>'
             + note("The kept pairs of dataset.jsonl. Boxes: quartiles and median; whiskers: min and max."))
 
@@ -496,7 +497,8 @@ def failures_section(run: RunData) -> str:
         groups[(f["stage"], f["error"][:160])].append(f)
     ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
     chart = charts.hbars("failures by stage and reason", [f"{s}: {e}" for (s, e), _ in ordered[:15]],
-                         [("failures", [len(v) for _, v in ordered[:15]], PALETTE[3])])
+                         [("failures", [len(v) for _, v in ordered[:15]], PALETTE[3])], width=960, label_width=440,
+                         two_lines=": ")  # the node, then the cause: causes at one node differ only late
     items = []
     for (stage, error), group in ordered:
         example = next((f for f in group if f["raw"]), group[0])
