@@ -528,7 +528,8 @@ def browser_section() -> str:
     return """<div class="browser">
 <div class="controls"><input id="search" type="search" placeholder="search instructions, answers, ids, use cases"
  aria-label="search records"><select id="status" aria-label="filter by status"><option value="">every status</option>
-</select><span id="count" class="muted"></span></div>
+</select><button id="prev" type="button">previous</button><button id="next" type="button">next</button>
+<span id="count" class="muted"></span></div>
 <div class="panes"><ol id="list"></ol><div id="detail"><p class="muted">Click a record to see its whole history.</p>
 </div></div></div>"""
 
@@ -620,7 +621,7 @@ border:1px solid var(--line);border-radius:4px;padding:6px 8px;margin:4px 0;max-
 font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}.text{font-family:inherit;font-size:13px}
 .controls{display:flex;gap:10px;align-items:center;margin-bottom:10px}
 #search{flex:1;max-width:480px;padding:6px 8px;border:1px solid var(--line);border-radius:4px;font:inherit}
-select{padding:5px;border:1px solid var(--line);border-radius:4px;font:inherit}
+select,.controls button{padding:5px;border:1px solid var(--line);border-radius:4px;font:inherit}
 .panes{display:grid;grid-template-columns:minmax(260px,2fr) 5fr;gap:14px}
 #list{list-style:none;margin:0;padding:0;max-height:720px;overflow:auto;border:1px solid var(--line);
 border-radius:6px}#list li{padding:6px 8px;border-bottom:1px solid var(--line);cursor:pointer}
@@ -665,14 +666,22 @@ SCRIPT = r"""
   Object.keys(statuses).sort().forEach(function (s) {
     var o = el("option", null, s + " (" + statuses[s] + ")"); o.value = s; status.appendChild(o);
   });
-  var shown = [];
+  var prev = document.getElementById("prev"), next = document.getElementById("next");
+  var PAGE = 500, page = 0, shown = [];
   function refresh() {
     var q = search.value.trim().toLowerCase(), s = status.value;
-    list.textContent = "";
     shown = records.filter(function (r) {
       return (!s || (r.status || "unknown") === s) && (!q || haystack(r).indexOf(q) >= 0);
     });
-    shown.slice(0, 1000).forEach(function (r) {
+    page = 0;
+    draw();
+  }
+  function draw() {
+    var pages = Math.max(1, Math.ceil(shown.length / PAGE)), from = page * PAGE;
+    list.textContent = "";
+    prev.hidden = next.hidden = pages < 2;
+    prev.disabled = page === 0; next.disabled = page >= pages - 1;
+    shown.slice(from, from + PAGE).forEach(function (r) {
       var li = el("li"); li.setAttribute("data-id", r.id);
       li.appendChild(el("span", "badge " + (r.status || ""), r.status || "?"));
       li.appendChild(el("span", "rid", r.id));
@@ -681,7 +690,7 @@ SCRIPT = r"""
       list.appendChild(li);
     });
     count.textContent = shown.length + " of " + records.length + " records" +
-      (shown.length > 1000 ? " (first 1000 listed: search to narrow)" : "") +
+      (pages > 1 ? " (" + (from + 1) + "-" + Math.min(from + PAGE, shown.length) + " listed)" : "") +
       (DATA.truncated ? "; " + DATA.truncated + " more are in instructions.jsonl only" : "") +
       (DATA.cut < 20000 ? "; texts cut at " + DATA.cut + " characters to keep the page light" : "");
   }
@@ -756,6 +765,8 @@ SCRIPT = r"""
       detail.appendChild(el("pre", null, JSON.stringify(rest, null, 2)));
     }
   }
+  prev.addEventListener("click", function () { page -= 1; draw(); });
+  next.addEventListener("click", function () { page += 1; draw(); });
   search.addEventListener("input", refresh);
   status.addEventListener("change", refresh);
   refresh();
