@@ -607,12 +607,13 @@ def export(run_dir: Path, dest: Path, repo: str | None, private: bool, license_i
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=True, path_type=Path),
-              help="Where to write the page [default: RUN_DIR/report.html]; a folder gets report.html inside.")
+@click.option("--out", type=click.Path(dir_okay=True),  # a str: Path would drop the trailing slash that means a folder
+              help="Where to write the page [default: RUN_DIR/report.html]; a folder (one that exists, or a path "
+                   "ending in /) gets report.html inside.")
 @click.option("--open", "open_it", is_flag=True, help="Open the page in your web browser when written.")
 @reports_errors
 @reads_run
-def report(run_dir: Path, out: Path | None, open_it: bool) -> None:
+def report(run_dir: Path, out: str | None, open_it: bool) -> None:
     """Write RUN_DIR's report: one HTML file that opens offline, to look at a run.
 
     \b
@@ -797,14 +798,12 @@ def cache_import(bundle: Path, cache_dir: Path | None) -> None:
 
 def _summary(result: Any, report: Path | None = None) -> None:
     """What a run made and spent, its warnings, and exit 1 when its dataset is empty for a reason."""
-    from codeclm.programs.artifacts.rundata import resolved_spec
+    from codeclm.programs.artifacts.rundata import outcomes, resolved_spec
 
     counts, totals = result.counts, result.manifest["totals"]
     kept = counts.get("kept", 0)
-    stages = result.manifest["counts"]["stages"].values()
-    # records that failed before the node the dataset reads: they reach no count above, yet are failures
-    upstream = max(0, sum(row["failed"] for row in stages) - counts.get("failed", 0))
-    removed = sum(row.get("removed", 0) for row in stages)  # let no further by a filter, a dedup or a when:
+    counted = outcomes(result.manifest, counts)  # as the report, `inspect` and the dataset card count them
+    upstream, removed = counted.get("failed upstream", 0), counted.get("filtered out", 0)
     declared = list(resolved_spec(result.manifest).get("outputs") or {})
     pairs = "dataset" in declared or not declared  # else its outputs are not pairs, and nothing is "kept"
     click.secho(_counts_line(counts, upstream, removed, pairs), bold=True)
@@ -858,10 +857,12 @@ def _warnings(result: Any) -> None:
                     + ", ".join(f"{name} {count}" for name, count in cut.items()) + "), and were parsed as they "
                     f"are; to let them finish, raise {settings} (the calls it changes are made again, the others "
                     "stay cached)", fg="yellow", err=True)
-    reasons = result.manifest["counts"]["failure_reasons"]
+    from codeclm.programs.artifacts.rundata import top_failures
+
+    reasons, _ = top_failures(result.manifest, 3)
     if reasons:
         click.echo("most common failures:")
-        for reason, count in list(reasons.items())[:3]:
+        for reason, count in reasons:
             click.echo(f"  {count:>4} x {reason}")
 
 

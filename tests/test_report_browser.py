@@ -150,3 +150,29 @@ def test_report_of_a_demo_like_run(reports, browser, tmp_path):
         context.close()
     assert not seen["errors"], seen["errors"]
     assert not seen["requests"], f"the page tried the network: {seen['requests']}"
+
+
+def test_every_record_is_reachable_by_paging(browser, tmp_path):
+    """The browser listed the first 1,000 records and no more: the rest only a search could find."""
+    import json
+
+    from codeclm.programs.artifacts.store import MARKER
+
+    rows = [{"messages": [{"role": "user", "content": f"Task number {i}."}], "provenance": {"id": f"r{i:04d}"}}
+            for i in range(1200)]
+    (tmp_path / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / MARKER).write_text("{}")
+    context, page, seen = open_report(browser, write_report(tmp_path))
+    try:
+        ids = page.locator("#list li .rid").all_text_contents()
+        assert ids[0] == "r0000" and page.locator("#prev").is_disabled()
+        while page.locator("#next").is_enabled():
+            page.click("#next")
+            ids += page.locator("#list li .rid").all_text_contents()
+        assert ids == [f"r{i:04d}" for i in range(1200)]
+        assert "1001-1200 listed" in page.locator("#count").inner_text()
+        page.click("#prev")
+        assert page.locator("#list li .rid").first.text_content() == "r0500"
+    finally:
+        context.close()
+    assert not seen["errors"], seen["errors"]

@@ -6,8 +6,10 @@ frame and says so, so a reader (and the browser test) can tell "empty" from "bro
 
 from __future__ import annotations
 
+import math
 from html import escape
 from statistics import median
+from typing import Any
 
 PALETTE = ("#3b6fd4", "#e08a1e", "#3a9d5d", "#c7443f", "#8a63c9", "#6b7480", "#1aa3a3", "#b8860b")
 FONT = 12
@@ -34,6 +36,24 @@ def _fmt(value: float) -> str:
     return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
 
 
+def ticks(peak: float, count: int = 4) -> list[float]:
+    """Round axis ticks from 0 past `peak`: a step of 1, 2 or 5 times a power of ten, about `count` of them
+    (the last is the axis's top)."""
+    if peak <= 0:
+        return [0, 1]
+    rough = peak / count
+    power = 10 ** math.floor(math.log10(rough))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= rough)
+    return [step * i for i in range(math.ceil(peak / step - 1e-9) + 1)]
+
+
+def _y_axis(values: list[float], left: int, right: float, y: Any) -> list[str]:
+    """Tick labels and light grid lines at `values`; `y` maps a value to its height on the page."""
+    return [part for v in values for part in (
+        f'<line x1="{left}" y1="{y(v):.1f}" x2="{right:.1f}" y2="{y(v):.1f}" stroke="#e3e6ec"/>',
+        _text(left - 6, y(v) + 4, _fmt(v), "end", 11))]
+
+
 def empty(title: str, message: str = "nothing to show", width: int = 640) -> str:
     return _svg(width, 60, [f'<rect x="0.5" y="0.5" width="{width - 1}" height="59" fill="none" stroke="#ccd"/>',
                             _text(width / 2, 35, message, "middle", cls="muted")], title)
@@ -49,44 +69,53 @@ def legend(series: list[tuple[str, str]], x: float, y: float) -> list[str]:
 
 
 def hbars(title: str, labels: list[str], series: list[tuple[str, list[float], str]], width: int = 640,
-          bar: int = 14, fmt=_fmt) -> str:
-    """Horizontal bars: one row per label, one bar per series (grouped)."""
+          bar: int = 14, fmt=_fmt, label_width: int = LABEL_WIDTH, two_lines: str = "") -> str:
+    """Horizontal bars: one row per label, one bar per series (grouped). With `two_lines` (a separator), a
+    label is drawn as two lines, its text up to the separator and the rest, each cut to fit; a label's
+    whole text is its tooltip."""
     if not labels or not any(any(v for v in values) for _, values, _ in series):
         return empty(title)
     top = 24 if len(series) > 1 else 6
-    row = bar * len(series) + 8
+    row = max(bar * len(series) + 8, 32 if two_lines else 0)
     height = top + row * len(labels) + 6
     peak = max(max(values) for _, values, _ in series) or 1
-    span = width - LABEL_WIDTH - 60
-    body = legend([(name, color) for name, _, color in series], LABEL_WIDTH, 14) if len(series) > 1 else []
+    span = width - label_width - 60
+    fits = int(label_width / 6.6)  # characters of a 12px label in its room
+    body = legend([(name, color) for name, _, color in series], label_width, 14) if len(series) > 1 else []
     for i, label in enumerate(labels):
         y0 = top + i * row
-        body.append(_text(LABEL_WIDTH - 6, y0 + row / 2 + 3, _short(label), "end"))
+        first, _, rest = label.partition(two_lines) if two_lines else (label, "", "")
+        lines = [first, rest] if rest else [first]
+        texts = "".join(_text(label_width - 6, y0 + row / 2 + 3 + 14 * (k - (len(lines) - 1) / 2), _short(line, fits),
+                              "end") for k, line in enumerate(lines))
+        body.append(f"<g><title>{escape(label)}</title>{texts}</g>")
         for k, (name, values, color) in enumerate(series):
             value = values[i]
             w = span * value / peak
-            y = y0 + k * bar
-            body.append(f'<rect x="{LABEL_WIDTH}" y="{y:.1f}" width="{max(w, 0.5):.1f}" height="{bar - 2}" '
+            y = y0 + (row - bar * len(series)) / 2 - 2 + k * bar if two_lines else y0 + k * bar
+            body.append(f'<rect x="{label_width}" y="{y:.1f}" width="{max(w, 0.5):.1f}" height="{bar - 2}" '
                         f'fill="{color}"><title>{escape(f"{label} · {name}: {fmt(value)}")}</title></rect>')
-            body.append(_text(LABEL_WIDTH + w + 4, y + bar - 4, fmt(value), size=11))
+            body.append(_text(label_width + w + 4, y + bar - 4, fmt(value), size=11))
     return _svg(width, height, body, title)
 
 
 def vbars(title: str, categories: list[str], series: list[tuple[str, list[float], str]], width: int = 640,
           height: int = 220, stacked: bool = True, markers: list[tuple[float, str]] | None = None,
-          x_label: str = "", y_label: str = "", tick_every: int | None = None) -> str:
+          x_label: str = "", y_label: str = "", tick_every: int | None = None, values: bool = False) -> str:
     """Vertical bars per category, stacked (or side by side); `markers` are (category position, label)
-    dashed vertical lines, positions in category units (0 = the first category's center)."""
+    dashed vertical lines, positions in category units (0 = the first category's center); `values`
+    writes each category's total above its bar."""
     if not categories or not any(any(v for v in values) for _, values, _ in series):
         return empty(title)
     left, right, top, bottom = 44, 12, 26, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     totals = [sum(values[i] for _, values, _ in series) if stacked else max(values[i] for _, values, _ in series)
               for i in range(len(categories))]
-    peak = max(totals) or 1
+    axis = ticks(max(totals))
+    peak = axis[-1]
     slot = plot_w / len(categories)
-    body = [f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" stroke="#889"/>',
-            _text(left - 6, top + 4, _fmt(peak), "end", 11), _text(left - 6, top + plot_h, "0", "end", 11)]
+    body = [*_y_axis(axis, left, width - right, lambda v: top + plot_h - plot_h * v / peak),
+            f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" stroke="#889"/>']
     if len(series) > 1:
         body += legend([(name, color) for name, _, color in series], left, 14)
     bar_w = slot * 0.7 / (1 if stacked else len(series))
@@ -105,6 +134,9 @@ def vbars(title: str, categories: list[str], series: list[tuple[str, list[float]
                         f'<title>{escape(f"{category} · {name}: {_fmt(value)}")}</title></rect>')
             if stacked:
                 base += h
+        if values and totals[i]:
+            body.append(_text(left + (i + 0.5) * slot, top + plot_h - plot_h * totals[i] / peak - 3,
+                              _fmt(totals[i]), "middle", 11))
         if i % every == 0:
             body.append(_text(left + (i + 0.5) * slot, top + plot_h + 14, _short(category, 10), "middle", 11))
     for position, label in markers or []:
@@ -153,16 +185,17 @@ def boxplots(title: str, groups: list[str], series: list[tuple[str, list[list[fl
         return empty(title)
     left, right, top, bottom = 44, 12, 26, 30
     plot_w, plot_h = width - left - right, height - top - bottom
-    peak = max(max(vals) for _, per_group, _ in series for vals in per_group if vals) or 1
+    axis = ticks(max(max(vals) for _, per_group, _ in series for vals in per_group if vals))
+    peak = axis[-1]
     slot = plot_w / len(groups)
     box_w = slot * 0.6 / len(series)
 
     def y(v: float) -> float:
         return top + plot_h - plot_h * v / peak
 
-    body = [f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" stroke="#889"/>',
-            _text(left - 6, top + 4, _fmt(peak), "end", 11), _text(left - 6, top + plot_h, "0", "end", 11)]
-    body += legend([(name, color) for name, _, color in series], left, 14)
+    body = [*_y_axis(axis, left, width - right, y),
+            f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" stroke="#889"/>']
+    body += legend([(name, color) for name, _, color in series], left + (7.2 * len(y_label) + 12 if y_label else 0), 14)
     for i, group in enumerate(groups):
         for k, (name, per_group, color) in enumerate(series):
             vals = per_group[i]

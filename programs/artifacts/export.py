@@ -38,7 +38,7 @@ import yaml
 from ..errors import CodecError, SpecError
 from ..redact import redact_text
 from .quality import quality_metrics
-from .rundata import file_sources, read_run_json, source_fields, spec_nodes
+from .rundata import file_sources, outcomes, read_run_json, source_fields, spec_nodes, top_failures
 from .store import ARTIFACTS, DAMAGED_RUN, write_atomic
 
 MARKER = ".codeclm-export"
@@ -368,9 +368,9 @@ def _counts(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any], 
     if status:
         lines.append(f"| instructions | {sum(v for v in status.values() if isinstance(v, int))} |")
     lines.append(f"| kept (rows here) | {rows} |")
-    for name in ("dropped", "failed", "over_limit"):
-        if name in status or name != "over_limit":
-            lines.append(f"| {name.replace('_', ' ')} | {status.get(name, 0)} |")
+    for name, count in outcomes(manifest, {k: v for k, v in status.items() if isinstance(v, int)}).items():
+        if name != "kept":
+            lines.append(f"| {name} | {count} |")
     totals = manifest.get("totals") if isinstance(manifest.get("totals"), dict) else {}
     if totals:
         lines.append(f"| model calls made / answered by the cache | {totals.get('calls', 0)} / "
@@ -380,11 +380,18 @@ def _counts(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any], 
             lines.append(f"| dollars spent | {totals['cost_usd']:.4f} |")
     if isinstance(manifest.get("wall_seconds"), (int, float)):
         lines.append(f"| wall time | {manifest['wall_seconds']:.1f} s |")
-    reasons = counts.get("failure_reasons") if isinstance(counts.get("failure_reasons"), dict) else {}
+    reasons, rest = top_failures(manifest, 5)
     if reasons:
         lines += ["", "Most common failures:", ""]
-        lines += [f"- {count} x {_figure(reason)}" for reason, count in list(reasons.items())[:5]]
+        lines += [f"- {count} x {_figure(reason)}" for reason, count in reasons]
+        lines += [f"- {rest} x other causes"] if rest else []
     return lines
+
+
+def _a_role(spec: dict[str, Any]) -> str:
+    """A role of the spec's own for the card's rerun example (the first of its `models:`)."""
+    models = spec.get("models") if isinstance(spec.get("models"), dict) else {}
+    return str(next(iter(models), "ROLE"))
 
 
 def _seed_count(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any]) -> int | None:
@@ -493,7 +500,8 @@ def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spe
                   f"codeclm run {PIPELINE}/spec.yaml --replay --out replayed{limit_flag}", "```", ""]
     lines += ["Rerun it on your own models (only the calls whose model or prompt changed are made again):", "",
               "```bash", f"codeclm run {PIPELINE}/spec.yaml --out rerun{limit_flag} \\",
-              "    --set models.strong.model=openai/gpt-4o-mini   # any role, any provider codeclm supports", "```",
+              f"    --set models.{_a_role(spec)}.model=openai/gpt-4o-mini   # any role, any provider codeclm supports",
+              "```",
               "", f"Made with codeclm {versions.get('codeclm') or '?'} (code sha256 "
               f"`{str(manifest.get('code_sha256', '?'))[:16]}`), DSPy {versions.get('dspy') or '?'}, Python "
               f"{versions.get('python') or '?'}. A replay is bit for bit with the same codeclm code, since answers "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -26,8 +27,8 @@ from typing import Any
 from ..errors import SpecError
 from . import charts
 from .charts import PALETTE
-from .quality import NEAR_DUPLICATE, quality_metrics, tokens
-from .rundata import RunData, resolved_spec, spec_nodes
+from .quality import MAX_PAIRS, NEAR_DUPLICATE, quality_metrics, tokens
+from .rundata import RunData, has_judge, outcomes, resolved_spec, spec_nodes, status_label
 from .store import is_own_run, write_atomic
 
 MAX_RECORDS = 5000  # records in the browser, at most (the page stays light enough to open)
@@ -38,8 +39,9 @@ STATUS_COLORS = {"kept": PALETTE[2], "dropped": PALETTE[5], "failed": PALETTE[3]
                  "decoded": PALETTE[4]}
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
-    """Write RUN_DIR's report (default RUN_DIR/report.html) and return its path."""
+def write_report(run_dir: Path, out: Path | str | None = None) -> Path:
+    """Write RUN_DIR's report (default RUN_DIR/report.html) and return its path. `out` names the file, or a
+    folder to write report.html into: one that exists, or a path ending in a slash (made if missing)."""
     run = RunData.open(run_dir)
     if not Path(run_dir).is_dir() or not run.exists():
         raise SpecError(str(run_dir), "no run artifacts here: is this a folder `codeclm run` wrote?",
@@ -48,7 +50,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         raise SpecError(str(run_dir), "not a folder codeclm wrote (no .codeclm-run marker or run manifest): "
                         "the report is not written into it", hint="pass --out PATH for the report")
     path = Path(out) if out else Path(run_dir) / "report.html"
-    if path.is_dir():
+    if path.is_dir() or str(out or "").endswith(("/", os.sep)):
         path = path / "report.html"
     if path.is_file() and path.stat().st_size and b"<title>codeclm report" not in path.read_bytes()[:4096]:
         raise SpecError(str(path), "exists and is not a codeclm report: a report never writes over a file it "
@@ -86,6 +88,7 @@ def render(run: RunData) -> str:
     script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
     csp = (f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
            f"script-src 'sha256-{script_hash}'; connect-src 'none'; form-action 'none'; base-uri 'none'")
+    sections = [section for section in sections if section[2]]  # one the run has no data for is left out
     nav = "".join(f'<a href="#{key}">{escape(title)}</a>' for key, title, _ in sections)
     body = "".join(f'<section id="{key}"><h2>{escape(title)}</h2>{content}</section>'
                    for key, title, content in sections)
@@ -108,9 +111,8 @@ def render(run: RunData) -> str:
 
 def tiles(run: RunData) -> str:
     totals = run.manifest.get("totals") or {}
-    status = run.status_counts
-    items = [(label, status.get(key, 0), key) for key, label in
-             (("kept", "kept"), ("dropped", "dropped"), ("failed", "failed"))]
+    items = [(name, count, name.split()[0])
+             for name, count in outcomes(run.manifest, run.status_counts).items()]
     items += [("model calls", totals.get("calls", "-"), ""), ("cache hits", totals.get("cache_hits", "-"), "")]
     if totals.get("cost_usd"):
         items.append(("spent", f"${totals['cost_usd']:.4f}", ""))
@@ -167,7 +169,7 @@ def funnel_section(run: RunData) -> str:
     if run.histories is not None:
         rows.append(("instructions", len(run.histories), PALETTE[0]))
         for status, count in run.status_counts.items():
-            rows.append((status.replace("_", " "), count, STATUS_COLORS.get(status, PALETTE[5])))
+            rows.append((status_label(status), count, STATUS_COLORS.get(status, PALETTE[5])))
     parts = []
     if rows:
         labels = [r[0] for r in rows]
@@ -223,31 +225,34 @@ def _stage_counts(run: RunData) -> dict[str, tuple[int, int, int]]:
 
 
 def kept_section(run: RunData) -> str:
+    """Kept pairs by iteration; none (the section is left out) for a spec whose pairs record no iteration."""
     kept = run.kept
-    if not kept:
+    if not kept and run.histories is not None:
         return charts.empty("kept pairs by iteration", "no kept pairs")
-    if not any(pair.get("iteration") for pair in kept):  # a pipeline whose provenance has no iteration
-        return note(f"{len(kept)} kept pairs (their provenance records no iteration to chart).")
+    if not any(pair.get("iteration") for pair in kept):
+        return ""
     by_iteration: dict[str, Counter] = defaultdict(Counter)
     for pair in kept:
         by_iteration[str(pair.get("iteration") or "-")][str(pair.get("response_from") or "-")] += 1
-    iterations = sorted(by_iteration, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
+    numbered = [int(k) for k in by_iteration if k.isdigit()]
+    iterations = [str(i) for i in range(1, max(numbered, default=0) + 1)]  # every one: a gap reads as a gap
+    iterations += sorted(k for k in by_iteration if not k.isdigit() or int(k) < 1)
     sources = sorted({s for c in by_iteration.values() for s in c})
     series = [(s, [by_iteration[i][s] for i in iterations], PALETTE[k % len(PALETTE)]) for k, s in enumerate(sources)]
     first = sum(by_iteration.get("1", Counter()).values())
-    text = note(f"{len(kept)} kept pairs; {first} ({100 * first / len(kept):.0f}%) from the first iteration "
-                "(the paper saw over 70%).")
+    text = note(f"{len(kept)} kept pairs; {first} ({100 * first / len(kept):.0f}%) from the first iteration"
+                + (" (the paper saw over 70%)." if has_judge(run.manifest) else
+                   ": this spec has no judge, so which iteration it keeps is its own rule, not a judge's."))
     answers = Counter(str(p.get("response_from") or "-") for p in kept)
     return (charts.vbars("kept pairs by iteration, by whose answer was kept", iterations,
-                         series, x_label="iteration of the kept instruction", y_label="pairs") + text
+                         series, x_label="iteration of the kept instruction", y_label="pairs", values=True) + text
             + table(["answer kept", "pairs"], [[k, v] for k, v in answers.most_common()]))
 
 
 def judge_section(run: RunData, metrics: dict[str, Any]) -> str:
     judged = run.judgements
-    if not judged:
-        charts_of_scores = [_score_histogram(*found) for found in _judge_scores(run)]
-        return "".join(charts_of_scores) or charts.empty("judge", "no judgements in this run")
+    if not judged:  # another spec's judges: their scores as an output writes them; none, no section
+        return "".join(_score_histogram(*found) for found in _judge_scores(run))
     scale = run.params.get("score_scale") or [1, 10]
     span = float(scale[1] - scale[0]) if isinstance(scale, list) and len(scale) == 2 else 9.0
     threshold = run.params.get("threshold")
@@ -344,8 +349,8 @@ def _at(row: Any, path: tuple[str, ...]) -> Any:
 
 
 def coverage_section(run: RunData, metrics: dict[str, Any]) -> str:
-    if run.pool is None:
-        return charts.empty("coverage", "no pool.jsonl in this run")
+    if run.pool is None:  # a spec without CodecLM's metadata pool: no section
+        return ""
     kept_meta = [p["metadata"] for p in run.kept]
     parts = []
     for key, title, limit in (("use_case", "use cases", 30), ("skills", "skills", 40)):
@@ -388,10 +393,10 @@ def lengths_section(run: RunData) -> str:
     groups = [f"iteration {i}" for i in iterations]
     names = sorted(answers, key=lambda n: (n not in (a, b), n))
     inst = charts.boxplots("instruction length (words) by iteration", groups,
-                           [("instruction", [instructions[i] for i in iterations], PALETTE[4])])
+                           [("instruction", [instructions[i] for i in iterations], PALETTE[4])], y_label="words")
     resp = charts.boxplots("answer length (words) by iteration", groups,
                            [(n, [answers[n][i] for i in iterations], PALETTE[k % len(PALETTE)])
-                            for k, n in enumerate(names)])
+                            for k, n in enumerate(names)], y_label="words")
     return (f'<div class="grid">{inst}{resp}</div>'
             + note("Every record's every iteration (kept, dropped and failed). Boxes: quartiles and median; "
                    "whiskers: min and max."))
@@ -403,10 +408,11 @@ def _kept_lengths(run: RunData) -> str:
     if not kept:
         return charts.empty("lengths", "no kept pairs")
     inst = charts.boxplots("instruction length (words)", ["kept pairs"],
-                           [("instruction", [[len(tokens(p["instruction"])) for p in kept]], PALETTE[4])])
+                           [("instruction", [[len(tokens(p["instruction"])) for p in kept]], PALETTE[4])],
+                           y_label="words")
     resp = charts.boxplots("response length (words)", ["kept pairs"],
                            [("response", [[len(tokens(p["response"])) for p in kept
-                                           if isinstance(p.get("response"), str)]], PALETTE[0])])
+                                           if isinstance(p.get("response"), str)]], PALETTE[0])], y_label="words")
     return (f'<div class="grid">{inst}{resp}</div>'
             + note("The kept pairs of dataset.jsonl. Boxes: quartiles and median; whiskers: min and max."))
 
@@ -417,14 +423,17 @@ QUALITY_ROWS = (
     ("pairwise ROUGE-L, mean", ("rouge_l", "mean"), "mean longest-common-subsequence F between kept instructions "
                                                      "(lower: more varied)"),
     ("pairwise ROUGE-L, max", ("rouge_l", "max"), "the closest pair"),
-    ("pairs compared", ("rouge_l", "pairs_compared"), "all pairs, or a deterministic sample above 100,000"),
+    ("pairs compared", ("rouge_l", "pairs_compared"), f"all pairs, or a deterministic sample of {MAX_PAIRS:,} "
+                                                       f"above {MAX_PAIRS:,}"),
     ("near-duplicate pairs", ("near_duplicates", "near_duplicate_pairs"),
      f"pairs with ROUGE-L >= {NEAR_DUPLICATE} (Self-Instruct's filter)"),
     ("instructions in a near-duplicate pair", ("near_duplicates", "near_duplicate_instructions"), ""),
     ("exact duplicates", ("near_duplicates", "exact_duplicates"), "same words, ignoring case and punctuation"),
     ("ROUGE-L to nearest seed, mean", ("seed_closeness", "rouge_l_mean"), "how close kept instructions stay to "
                                                                           "the seeds"),
-    ("ROUGE-L to nearest seed, max", ("seed_closeness", "rouge_l_max"), "1 means a seed was copied"),
+    ("ROUGE-L to nearest seed, max", ("seed_closeness", "rouge_l_max"), "1: a kept instruction is a seed's, "
+                                                                        "as in specs that carry the seed's "
+                                                                        "instruction over"),
     ("embedding similarity to nearest seed, mean", ("seed_closeness", "embedding_mean"), "WordLlama cosine"),
     ("embedding similarity to nearest seed, max", ("seed_closeness", "embedding_max"), ""),
     ("embedding similarity between kept, mean", ("seed_closeness", "embedding_mean_pairwise"), ""),
@@ -436,16 +445,18 @@ QUALITY_ROWS = (
 
 
 def quality_section(metrics: dict[str, Any]) -> str:
+    """The metrics the run has data for: a row without a value (no pool, no judge, no seeds) is left out."""
     rows = []
     for label, path, meaning in QUALITY_ROWS:
         value: Any = metrics
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
-        rows.append([label, value, meaning])
+        if value is not None:
+            rows.append([label, value, meaning])
     notes = "".join(note(n) for n in metrics.get("notes", []))
-    return (note(f"{metrics.get('kept', 0)} kept instructions, measured by programs/quality.py (also in the "
-                 "manifest and `codeclm inspect --json`).") + table(["metric", "value", "what it means"], rows, 1, 2)
-            + notes)
+    return (note(f"{metrics.get('kept', 0)} kept instructions, measured by programs/artifacts/quality.py (also in "
+                 "`codeclm inspect --json` and the dataset card of `codeclm export`).")
+            + table(["metric", "value", "what it means"], rows, 1, 2) + notes)
 
 
 def calls_section(run: RunData) -> str:
@@ -471,8 +482,9 @@ def calls_section(run: RunData) -> str:
     wall = run.manifest.get("wall_seconds")
     text = note((f"Wall time {wall:.1f} s. " if isinstance(wall, (int, float)) else "")
                 + ("" if timed else "Time per stage is not recorded in this manifest; the wall time is the run's. ")
-                + "Calls count requests to a model (cache hits included); dollars come from LiteLLM's price map "
-                  "(0 for local models and unpriced ones).")
+                + "Calls count the answers a model gave; cache hits, counted apart, are answers the cache gave "
+                  "(or an identical call in flight shared), which cost nothing. Dollars come from LiteLLM's price "
+                  "map (0 for local models and unpriced ones).")
     return f'<div class="grid">{calls_chart}{token_chart}</div>' + table(header, body, 2) + text
 
 
@@ -485,7 +497,8 @@ def failures_section(run: RunData) -> str:
         groups[(f["stage"], f["error"][:160])].append(f)
     ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
     chart = charts.hbars("failures by stage and reason", [f"{s}: {e}" for (s, e), _ in ordered[:15]],
-                         [("failures", [len(v) for _, v in ordered[:15]], PALETTE[3])])
+                         [("failures", [len(v) for _, v in ordered[:15]], PALETTE[3])], width=960, label_width=440,
+                         two_lines=": ")  # the node, then the cause: causes at one node differ only late
     items = []
     for (stage, error), group in ordered:
         example = next((f for f in group if f["raw"]), group[0])
@@ -496,16 +509,27 @@ def failures_section(run: RunData) -> str:
         items.append(f'<details class="failure"><summary><b>{len(group)}</b> × <code>{escape(stage)}</code> '
                      f'{escape(error)} <span class="muted">({escape(where)})</span></summary><p>example: '
                      f'<code>{escape(example["id"])}</code> in {escape(example["artifact"])}</p>{raw_html}</details>')
-    text = note("Failed items of every artifact. A failed Self-Rubrics entry (rubrics.jsonl) also fails each "
-                "instruction that needed its actions (instructions.jsonl), so one cause can count in both.")
-    return chart + "".join(items) + text
+    return chart + "".join(items) + note(_failures_note(run))
+
+
+def _failures_note(run: RunData) -> str:
+    """What the failures are, in the words of the files this run has."""
+    if run.histories is None:
+        return ("Every record a node failed on (failures.jsonl): a failed record goes no further, so the failures "
+                "of a node before the dataset's are counted as failed upstream.")
+    text = "Failed items of every artifact."
+    if run.rubrics is not None:
+        text += (" A failed Self-Rubrics entry (rubrics.jsonl) also fails each instruction that needed its actions "
+                 "(instructions.jsonl), so one cause can count in both.")
+    return text
 
 
 def browser_section() -> str:
     return """<div class="browser">
 <div class="controls"><input id="search" type="search" placeholder="search instructions, answers, ids, use cases"
  aria-label="search records"><select id="status" aria-label="filter by status"><option value="">every status</option>
-</select><span id="count" class="muted"></span></div>
+</select><button id="prev" type="button">previous</button><button id="next" type="button">next</button>
+<span id="count" class="muted"></span></div>
 <div class="panes"><ol id="list"></ol><div id="detail"><p class="muted">Click a record to see its whole history.</p>
 </div></div></div>"""
 
@@ -597,7 +621,7 @@ border:1px solid var(--line);border-radius:4px;padding:6px 8px;margin:4px 0;max-
 font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}.text{font-family:inherit;font-size:13px}
 .controls{display:flex;gap:10px;align-items:center;margin-bottom:10px}
 #search{flex:1;max-width:480px;padding:6px 8px;border:1px solid var(--line);border-radius:4px;font:inherit}
-select{padding:5px;border:1px solid var(--line);border-radius:4px;font:inherit}
+select,.controls button{padding:5px;border:1px solid var(--line);border-radius:4px;font:inherit}
 .panes{display:grid;grid-template-columns:minmax(260px,2fr) 5fr;gap:14px}
 #list{list-style:none;margin:0;padding:0;max-height:720px;overflow:auto;border:1px solid var(--line);
 border-radius:6px}#list li{padding:6px 8px;border-bottom:1px solid var(--line);cursor:pointer}
@@ -642,14 +666,22 @@ SCRIPT = r"""
   Object.keys(statuses).sort().forEach(function (s) {
     var o = el("option", null, s + " (" + statuses[s] + ")"); o.value = s; status.appendChild(o);
   });
-  var shown = [];
+  var prev = document.getElementById("prev"), next = document.getElementById("next");
+  var PAGE = 500, page = 0, shown = [];
   function refresh() {
     var q = search.value.trim().toLowerCase(), s = status.value;
-    list.textContent = "";
     shown = records.filter(function (r) {
       return (!s || (r.status || "unknown") === s) && (!q || haystack(r).indexOf(q) >= 0);
     });
-    shown.slice(0, 1000).forEach(function (r) {
+    page = 0;
+    draw();
+  }
+  function draw() {
+    var pages = Math.max(1, Math.ceil(shown.length / PAGE)), from = page * PAGE;
+    list.textContent = "";
+    prev.hidden = next.hidden = pages < 2;
+    prev.disabled = page === 0; next.disabled = page >= pages - 1;
+    shown.slice(from, from + PAGE).forEach(function (r) {
       var li = el("li"); li.setAttribute("data-id", r.id);
       li.appendChild(el("span", "badge " + (r.status || ""), r.status || "?"));
       li.appendChild(el("span", "rid", r.id));
@@ -658,7 +690,7 @@ SCRIPT = r"""
       list.appendChild(li);
     });
     count.textContent = shown.length + " of " + records.length + " records" +
-      (shown.length > 1000 ? " (first 1000 listed: search to narrow)" : "") +
+      (pages > 1 ? " (" + (from + 1) + "-" + Math.min(from + PAGE, shown.length) + " listed)" : "") +
       (DATA.truncated ? "; " + DATA.truncated + " more are in instructions.jsonl only" : "") +
       (DATA.cut < 20000 ? "; texts cut at " + DATA.cut + " characters to keep the page light" : "");
   }
@@ -733,6 +765,8 @@ SCRIPT = r"""
       detail.appendChild(el("pre", null, JSON.stringify(rest, null, 2)));
     }
   }
+  prev.addEventListener("click", function () { page -= 1; draw(); });
+  next.addEventListener("click", function () { page += 1; draw(); });
   search.addEventListener("input", refresh);
   status.addEventListener("change", refresh);
   refresh();

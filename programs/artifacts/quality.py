@@ -44,7 +44,8 @@ from statistics import mean
 from typing import Any
 
 from ..lang.rouge import rouge_l, tokens
-from .rundata import Judged, RunData
+from .rundata import Judged, RunData, has_judge
+from .store import ARTIFACTS
 
 NEAR_DUPLICATE = 0.7  # Self-Instruct drops a new instruction whose ROUGE-L to any kept one is >= 0.7
 MAX_PAIRS = 20_000  # ROUGE-L comparisons per measure, at most (a deterministic sample above it): about a second
@@ -305,10 +306,10 @@ def quality_metrics(run_dir: Path | str | RunData, embeddings: bool = True) -> d
     if not any_seed:
         notes.append("no seed texts in this run (metadata.jsonl absent or hand-written metadata)")
     pool = run.pool
-    if pool is None:
+    if pool is None and run.declares(ARTIFACTS["pool"]):  # a spec without a pool has nothing to cover
         notes.append("no pool.jsonl: metadata coverage not measured")
     judge = judge_consistency(loaded.get("judgements") or run.iter_judgements())
-    if not judge["judged_both_orders"]:
+    if not judge["judged_both_orders"] and run.declares(ARTIFACTS["instructions"]) and has_judge(run.manifest):
         notes.append("no judgement scored in both orders: position bias and order agreement not measured")
     return {
         "kept": len(texts),

@@ -13,7 +13,7 @@ from statistics import mean
 from typing import Any
 
 from .quality import format_quality, quality_metrics
-from .rundata import declares_histories, read_run_json
+from .rundata import declares_histories, outcomes, read_run_json, top_failures
 from .store import ARTIFACTS, read_artifact
 
 
@@ -40,7 +40,7 @@ def run_report(run_dir: Path) -> dict[str, Any]:
         "mean_abs_gap_of_kept": _mean(abs(p["gap"]) for p in kept if p.get("gap") is not None),
         "mean_gap_at_last_iteration": _mean(gaps),
         "actions_per_kept_pair": _mean(len(p.get("actions") or []) for p in kept),
-        "failure_reasons": manifest.get("counts", {}).get("failure_reasons", {}),
+        **_counted(manifest, dict(status)),
         "calls": manifest.get("totals", {}),
         "quality": quality_metrics(run_dir),
         **_stopped(manifest),
@@ -75,9 +75,16 @@ def general_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Any spec's figures: the statuses of the records its dataset reads, calls, failures, quality."""
     status = (manifest.get("counts") or {}).get("instructions") or {}
     return {"run": str(run_dir), "instructions": sum(status.values()), "status": dict(status),
-            "kept_by_iteration": {}, "mean_gap_at_last_iteration": None,
-            "failure_reasons": manifest.get("counts", {}).get("failure_reasons", {}),
+            "kept_by_iteration": {}, "mean_gap_at_last_iteration": None, **_counted(manifest, dict(status)),
             "calls": manifest.get("totals", {}), "quality": quality_metrics(run_dir), **_stopped(manifest)}
+
+
+def _counted(manifest: dict[str, Any], status: dict[str, int]) -> dict[str, Any]:
+    """What became of the records (the report's and the card's counts), and every failure cause the
+    manifest keeps, most common first, with how many failures the causes it left out account for."""
+    reasons, left_out = top_failures(manifest, 10**9)
+    return {"outcomes": outcomes(manifest, status), "failure_reasons": dict(reasons),
+            "failures_of_causes_left_out": left_out}
 
 
 def _stopped(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -89,8 +96,7 @@ def _stopped(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     kept = report["status"].get("kept", 0) if report["kept_by_iteration"] else 0
-    statuses = ", ".join(f"{count} {status}" for status, count in report["status"].items())
-    lines = [f"{report['run']}: {report['instructions']} records" + (f": {statuses}" if statuses else "")]
+    lines = [_records_line(report)]
     if kept:
         by_iteration = ", ".join(f"{it}: {n} ({100 * n / kept:.0f}%)" for it, n in report["kept_by_iteration"].items())
         lines += [f"kept by iteration   {by_iteration}",
@@ -109,11 +115,26 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"model calls {calls.get('calls', 0)}, cache hits {calls.get('cache_hits', 0)}, "
                      f"retries {calls.get('retries', 0)}, failures {calls.get('failures', 0)}, "
                      f"truncated {calls.get('truncated', 0)}")
-    for reason, count in list(report["failure_reasons"].items())[:5]:
+    reasons = list(report["failure_reasons"].items())
+    for reason, count in reasons[:5]:
         lines.append(f"  {count:>4} x {reason}")
+    rest = sum(count for _, count in reasons[5:]) + report.get("failures_of_causes_left_out", 0)
+    if rest:
+        lines.append(f"  {rest:>4} x other causes")
     if report.get("quality"):
         lines += format_quality(report["quality"])
     return "\n".join(lines)
+
+
+def _records_line(report: dict[str, Any]) -> str:
+    """RUN: N records: their statuses (`ok` named for a user); then those an earlier node failed or a
+    filter removed, which reached no status (the printed run summary's `upstream` and `filtered out`)."""
+    before = {"failed upstream", "filtered out"}
+    counted = report.get("outcomes") or {}
+    statuses = ", ".join(f"{count} {name}" for name, count in counted.items() if count and name not in before)
+    earlier = ", ".join(f"{count} more {name}" for name, count in counted.items() if name in before)
+    return (f"{report['run']}: {report['instructions']} records" + (f": {statuses}" if statuses else "")
+            + (f"; {earlier}" if earlier else ""))
 
 
 def _figure(value: float | None) -> str:

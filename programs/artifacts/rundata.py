@@ -350,6 +350,54 @@ def damaged_run(folder: Path, exc: BaseException) -> Exception:
                      f"({type(exc).__name__}: {exc})", hint=hint)
 
 
+def outcomes(manifest: dict[str, Any], statuses: dict[str, int]) -> dict[str, int]:
+    """What became of the run's records, as the printed run summary counts them, so the report, `inspect`
+    and the card add up to failures.jsonl: the statuses of the records the dataset reads (kept, dropped
+    and failed always), `failed upstream` (at an earlier node, so no status above counts them),
+    `filtered out` (by a filter, dedup or when:), and, named for a user, the other statuses."""
+    stages = [row for row in ((manifest.get("counts") or {}).get("stages") or {}).values() if isinstance(row, dict)]
+    failed = statuses.get("failed", 0)
+    found = {"kept": statuses.get("kept", 0), "dropped": statuses.get("dropped", 0), "failed": failed,
+             "failed upstream": max(0, sum(_int(row.get("failed")) for row in stages) - failed),
+             "filtered out": sum(_int(row.get("removed")) for row in stages)}
+    pairs = declares_dataset(manifest)
+    for status, count in statuses.items():
+        if status not in ("kept", "dropped", "failed"):
+            found[status_label(status, pairs)] = found.get(status_label(status, pairs), 0) + count
+    return {k: v for k, v in found.items() if v or k in ("kept", "dropped", "failed")}
+
+
+def status_label(status: str, pairs: bool = True) -> str:
+    """A status as a user reads it: `ok` at the dataset's node is a record its `where:` left out."""
+    return "not in the dataset" if status == "ok" and pairs else status.replace("_", " ")
+
+
+def declares_dataset(manifest: dict[str, Any]) -> bool:
+    """Whether the run's spec writes a dataset of pairs (True when its manifest does not say)."""
+    outputs = resolved_spec(manifest).get("outputs") if isinstance(manifest.get("spec"), dict) else None
+    return not isinstance(outputs, dict) or not outputs or "dataset" in outputs
+
+
+def top_failures(manifest: dict[str, Any], count: int) -> tuple[list[tuple[str, int]], int]:
+    """The `count` most common failure causes (ties by name: the manifest's JSON holds them A-Z), and how
+    many failures the rest of the causes, those the manifest left out included, account for."""
+    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    reasons = counts.get("failure_reasons") if isinstance(counts.get("failure_reasons"), dict) else {}
+    ranked = sorted(((str(k), v) for k, v in reasons.items() if isinstance(v, int)), key=lambda kv: (-kv[1], kv[0]))
+    left_out = counts.get("failure_reasons_left_out") if isinstance(counts.get("failure_reasons_left_out"), dict) \
+        else {}
+    return ranked[:count], sum(v for _, v in ranked[count:]) + _int(left_out.get("failures"))
+
+
+def has_judge(manifest: dict[str, Any]) -> bool:
+    """Whether the run's spec has a judge node (CodecLM's Contrastive Filtering keeps by its verdict)."""
+    return any(node.get("type") == "judge" for _, node in spec_nodes(resolved_spec(manifest)))
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def declares_histories(manifest: dict[str, Any]) -> bool | None:
     """Whether the run's spec declares CodecLM's instruction histories as its `instructions` output
     (one with `iterations`): True, False (an output of another shape), or None (no manifest says)."""

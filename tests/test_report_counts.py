@@ -1,0 +1,121 @@
+"""The counts a run's readers show (the report's headline, `inspect`, the export's card) add up with the
+printed run summary and failures.jsonl: failures before the dataset's node, records filters removed,
+records a `where:` left out, and every failure cause, most common first. Hand-made run folders."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from codeclm.programs.artifacts.export import ExportOptions, _counts, render_card
+from codeclm.programs.artifacts.html_report import render
+from codeclm.programs.artifacts.manifest import MAX_FAILURE_REASONS, _failure_reasons
+from codeclm.programs.artifacts.report import format_report, run_report
+from codeclm.programs.artifacts.rundata import RunData
+from codeclm.programs.artifacts.store import MARKER
+
+ROW = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}],
+       "provenance": {"id": "r0"}}
+
+
+def run_folder(folder: Path, statuses: dict[str, int], stages: dict[str, dict[str, int]],
+               reasons: dict[str, int] | None = None, models: tuple[str, ...] = ("writer", "judge"),
+               **counts: Any) -> Path:
+    """A finished run of a spec with a dataset: its manifest, dataset.jsonl, and failures.jsonl."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {"name": "made", "models": {role: {"model": "local"} for role in models},
+            "nodes": {}, "outputs": {"dataset": {"from": "last", "fields": {}}}}
+    manifest = {"spec": {"name": "made", "resolved": spec},
+                "counts": {"instructions": statuses, "stages": stages, "failure_reasons": reasons or {}, **counts},
+                "totals": {"calls": 10, "cache_hits": 0}}
+    (folder / "manifest.json").write_text(json.dumps(manifest, sort_keys=True))
+    (folder / "dataset.jsonl").write_text(json.dumps(ROW) + "\n" * statuses.get("kept", 0) if statuses.get("kept")
+                                          else "")
+    failed = sum(row.get("failed", 0) for row in stages.values())
+    (folder / "failures.jsonl").write_text("".join(json.dumps({"id": f"f{i}", "node": "n", "error": "e"}) + "\n"
+                                                   for i in range(failed)))
+    (folder / MARKER).write_text("{}")
+    return folder
+
+
+def tiles(html: str) -> dict[str, str]:
+    return {label: value for value, label in re.findall(r'<div class="tile [^"]*"><b>([^<]*)</b><span>([^<]*)', html)}
+
+
+def card_counts(folder: Path) -> dict[str, str]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    lines = _counts(folder, manifest, manifest["spec"]["resolved"], manifest["counts"]["instructions"].get("kept", 0))
+    return {cells[0]: cells[1] for line in lines if len(cells := [c.strip() for c in line.strip("|").split("|")]) == 2}
+
+
+def test_failures_before_the_dataset_node_are_counted_everywhere(tmp_path):
+    """critique-rewrite with faults: kept 2, failed 6 at the loop, 2 more at draft; failures.jsonl has 8."""
+    run = run_folder(tmp_path / "run", {"failed": 6, "kept": 2},
+                     {"seeds": {"done": 10, "failed": 0}, "draft": {"done": 10, "failed": 2},
+                      "improve": {"done": 8, "failed": 6}})
+    shown = tiles(render(RunData.open(run)))
+    assert shown["failed"] == "6" and shown["failed upstream"] == "2"
+    failures = (run / "failures.jsonl").read_text().splitlines()
+    assert int(shown["failed"]) + int(shown["failed upstream"]) == len(failures)
+    first = format_report(run_report(run)).splitlines()[0]
+    assert first.endswith("8 records: 2 kept, 6 failed; 2 more failed upstream")
+    assert card_counts(run)["failed upstream"] == "2" and card_counts(run)["failed"] == "6"
+
+
+def test_records_removed_on_purpose_are_counted_and_never_called_ok(tmp_path):
+    """AlpaGasus keeps 3 of 10 (its filter removed 7); Evol-Instruct's where: leaves records out ("ok")."""
+    alpagasus = run_folder(tmp_path / "alpagasus", {"kept": 3}, {"pairs": {"done": 10, "failed": 0},
+                                                                 "keep": {"done": 10, "failed": 0, "removed": 7}})
+    assert tiles(render(RunData.open(alpagasus)))["filtered out"] == "7"
+    assert format_report(run_report(alpagasus)).splitlines()[0].endswith("3 records: 3 kept; 7 more filtered out")
+    assert card_counts(alpagasus)["filtered out"] == "7"
+    evol = run_folder(tmp_path / "evol", {"kept": 20, "ok": 4}, {"evolve": {"done": 24, "failed": 0}})
+    html = render(RunData.open(evol))
+    assert tiles(html)["not in the dataset"] == "4"
+    text = format_report(run_report(evol))
+    assert "20 kept, 4 not in the dataset" in text and " ok" not in text
+    assert card_counts(evol)["not in the dataset"] == "4" and "ok" not in card_counts(evol)
+
+
+def test_failure_causes_are_read_most_common_first(tmp_path):
+    """The manifest's JSON holds its causes A-Z; the first five of that missed the most common."""
+    reasons = {f"a{i}: rare": 1 for i in range(6)} | {"z: common": 9, "y: often": 5}
+    run = run_folder(tmp_path / "run", {"failed": 20}, {"n": {"done": 20, "failed": 20}}, reasons)
+    text = format_report(run_report(run))
+    assert text.index("9 x z: common") < text.index("5 x y: often") < text.index("1 x a0: rare")
+    assert "3 x other causes" in text  # a3..a5: not among the five shown
+    card = "\n".join(_counts(run, json.loads((run / "manifest.json").read_text()), {}, 0))
+    assert "- 9 x z: common\n- 5 x y: often\n- 1 x a0: rare" in card and "- 3 x other causes" in card
+
+
+def test_the_manifest_says_how_many_failures_its_causes_leave_out(tmp_path):
+    reasons = {f"n: cause {i:03d}": 1 for i in range(MAX_FAILURE_REASONS + 5)} | {"n: worst": 50}
+    kept = _failure_reasons(reasons)
+    assert len(kept["failure_reasons"]) == MAX_FAILURE_REASONS and next(iter(kept["failure_reasons"])) == "n: worst"
+    assert kept["failure_reasons_left_out"] == {"causes": 6, "failures": 6}
+    run = run_folder(tmp_path / "run", {"failed": 155}, {"n": {"done": 155, "failed": 155}},
+                     kept["failure_reasons"], failure_reasons_left_out=kept["failure_reasons_left_out"])
+    assert f" {MAX_FAILURE_REASONS - 5 + 6} x other causes" in format_report(run_report(run))
+
+
+def test_the_cards_rerun_example_names_a_role_of_the_spec(tmp_path):
+    """AlpaGasus has no `strong` role: the card suggested --set models.strong.model=..."""
+    run = run_folder(tmp_path / "run", {"kept": 1}, {"n": {"done": 1, "failed": 0}}, models=("judge",))
+    manifest = json.loads((run / "manifest.json").read_text())
+    card = render_card(run, run, manifest, manifest["spec"]["resolved"], [ROW], {}, ExportOptions(), None, None)
+    assert "--set models.judge.model=" in card and "models.strong" not in card
+
+
+def test_report_out_ending_in_a_slash_is_a_folder(tmp_path):
+    """`--out /tmp/x/outdir/` (a folder not made yet) wrote an HTML file named `outdir`; help says a folder."""
+    from click.testing import CliRunner
+    from codeclm import cli
+
+    run = run_folder(tmp_path / "run", {"kept": 1}, {"n": {"done": 1, "failed": 0}})
+    done = CliRunner().invoke(cli.main, ["report", str(run), "--out", f"{tmp_path}/x/outdir/"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "x" / "outdir" / "report.html").is_file()
+    assert done.output.strip() == f"report: {tmp_path / 'x' / 'outdir' / 'report.html'}"
+    assert "ending in /" in CliRunner().invoke(cli.main, ["report", "--help"]).output
