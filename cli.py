@@ -798,14 +798,14 @@ def cache_import(bundle: Path, cache_dir: Path | None) -> None:
 
 def _summary(result: Any, report: Path | None = None) -> None:
     """What a run made and spent, its warnings, and exit 1 when its dataset is empty for a reason."""
-    from codeclm.programs.artifacts.rundata import outcomes, resolved_spec
+    from codeclm.programs.artifacts.rundata import declares_dataset, outcomes, resolved_spec
 
     counts, totals = result.counts, result.manifest["totals"]
     kept = counts.get("kept", 0)
     counted = outcomes(result.manifest, counts)  # as the report, `inspect` and the dataset card count them
     upstream, removed = counted.get("failed upstream", 0), counted.get("filtered out", 0)
     declared = list(resolved_spec(result.manifest).get("outputs") or {})
-    pairs = "dataset" in declared or not declared  # else its outputs are not pairs, and nothing is "kept"
+    pairs = declares_dataset(result.manifest)  # else its outputs are not pairs, and nothing is "kept"
     click.secho(_counts_line(counts, upstream, removed, pairs), bold=True)
     for name, row in result.calls.items():
         click.echo(f"  {name:<28} calls {row['calls']:>5}  cached {row['cache_hits']:>5}  "
