@@ -620,3 +620,44 @@ def test_seeds_option_for_a_spec_that_reads_no_file_is_refused(tmp_path):
     done = cli("run", str(REPO / "specs" / "no_seed.yaml"), "--seeds", str(seeds), "--dry-run",
                "--cache-dir", str(tmp_path / "cache"))
     assert_reports(done, "--seeds", "the spec reads no file", "drop --seeds")
+
+
+class _Plant:
+    """What a hostile cache folder would pickle: unpickling it calls os.system."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_cache_entry_never_runs_code_when_read(tmp_path, capsys):
+    """diskcache pickles values, and a pickle can name any callable: a cache folder from elsewhere
+    (a CI artifact, a shared mount) ran `os.system` on replay. Such an entry is damage now."""
+    folder, marker = tmp_path / "cache", tmp_path / "PWNED"
+    keys = filled_cache(folder, 3)
+    _set_raw_value(folder, keys[1], pickle.dumps({"text": _Plant(marker)}))
+    with sqlite3.connect(folder / "cache.db") as con:  # a value "file" outside the cache's own files
+        con.execute("UPDATE Cache SET value = NULL, filename = ? WHERE key = ?", (str(tmp_path / "x.val"), keys[2]))
+    (tmp_path / "x.val").write_bytes(pickle.dumps({"text": "planted", "usage": {}}))
+    for mode in ("replay", "read", "live"):
+        cache = CallCache(folder, mode)
+        assert cache.get(keys[0])["text"] == "an answer"
+        assert cache.get(keys[1]) is None and cache.get(keys[2]) is None
+        cache.close()
+        assert f"entry {keys[1][:12]} is damaged" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_a_long_answer_in_a_value_file_still_reads(tmp_path):
+    """diskcache keeps a value over 32 KB in a file of its own: the safe reader reads those."""
+    cache = CallCache(tmp_path / "cache")
+    entry = {"text": "word " * 20_000, "usage": {"prompt_tokens": 1, "completion_tokens": 20_000}}
+    cache.put("a" * 64, "m", entry, strict=True)
+    cache.close()
+    assert list((tmp_path / "cache").rglob("*.val"))
+    for mode in ("replay", "live"):
+        again = CallCache(tmp_path / "cache", mode)
+        assert again.get("a" * 64)["text"] == entry["text"]
+        again.close()

@@ -332,6 +332,8 @@ class _WritableStore:
     def __init__(self, folder: Path):
         import diskcache
 
+        from .safe_disk import SafeDisk
+
         self.folder, self.db = folder, folder / DB_NAME
         _refuse_foreign_db(self.db)
         try:
@@ -339,8 +341,8 @@ class _WritableStore:
             # default maps 64 MiB of the file, resident once touched) and a 16 MiB page cache, so a
             # 100k-call run holds no more than a 10k-call one. Nothing expires or is evicted, so a
             # write skips diskcache's query for expired entries (cull_limit=0).
-            self.cache = diskcache.Cache(str(folder), size_limit=2**40, eviction_policy="none", cull_limit=0,
-                                         sqlite_mmap_size=0, sqlite_cache_size=2**12)
+            self.cache = diskcache.Cache(str(folder), disk=SafeDisk, size_limit=2**40, eviction_policy="none",
+                                         cull_limit=0, sqlite_mmap_size=0, sqlite_cache_size=2**12)
         except sqlite3.OperationalError as exc:  # a locked, read-only or unopenable database
             if not os.access(folder, os.W_OK) or "readonly" in str(exc) or "unable to open" in str(exc):
                 raise _not_writable(folder, str(exc)) from None
@@ -353,7 +355,7 @@ class _WritableStore:
     def get(self, key: str) -> Any:
         try:
             return self.cache.get(key)
-        except Exception as exc:  # noqa: BLE001 - unpickling runs arbitrary code paths; all are damage
+        except Exception as exc:  # noqa: BLE001 - a refused or unreadable value, whatever the error: damage
             raise _Damaged(f"{type(exc).__name__}: {exc}") from None
 
     def set_many(self, entries: Iterable[tuple[str, tuple[Any, str]]]) -> None:
@@ -402,9 +404,9 @@ class _ReadOnlyStore:
         self.con: sqlite3.Connection | None = None
         if not self.db.is_file():
             return
-        import diskcache
+        from .safe_disk import SafeDisk
 
-        self.disk = diskcache.Disk(str(folder))
+        self.disk = SafeDisk(str(folder))
         self.lock = threading.Lock()  # one connection, shared by the hub's threads
         # A -wal or -shm file means a writer is (or was, and crashed) at work: read through SQLite's
         # locks. Without them, no connection is open: immutable reads take no lock and write nothing.
@@ -448,7 +450,7 @@ class _ReadOnlyStore:
             return None
         try:
             return self.disk.fetch(row[0], row[1], row[2], False)
-        except Exception as exc:  # noqa: BLE001 - unpickling runs arbitrary code paths; all are damage
+        except Exception as exc:  # noqa: BLE001 - a refused or unreadable value, whatever the error: damage
             raise _Damaged(f"{type(exc).__name__}: {exc}") from None
 
     def set_many(self, entries: Iterable[tuple[str, tuple[Any, str]]]) -> None:
