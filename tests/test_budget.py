@@ -129,6 +129,9 @@ def test_a_budget_stops_the_run_writes_the_data_so_far_and_resumes(tmp_path, see
         if importlib.util.find_spec("pyarrow"):  # the export extra
             exported = invoke("export", out, tmp_path / "export", "--no-cache-bundle")
             assert exported.exit_code == 0 and "stopped by its budget" in exported.output
+        replayed = invoke("replay", out, "--out", tmp_path / "replayed", "--cache-dir", cache)
+        assert replayed.exit_code == 3 and "budget stopped it before this call was made" in replayed.output, \
+            replayed.output  # it blamed "the sample slot (identical metadata entries)"
 
         before = server.completions
         resumed = invoke("run", spec, "-q", "--no-report", "--out", out, "--cache-dir", cache, "--budget-usd", 1000)

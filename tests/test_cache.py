@@ -59,6 +59,19 @@ def test_replay_miss_says_what_changed(tmp_path, seeds_file, scripted):
     assert "code changed" not in caught.value.reason
 
 
+def test_replay_miss_of_a_call_the_run_made_says_its_answer_is_gone(tmp_path, seeds_file, scripted):
+    """It compared the call with another of the same node and item (a judge's other order) and blamed the prompt."""
+    import sqlite3
+
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    first = scripted(spec, out="live")
+    with sqlite3.connect(scripted.cache_dir / "cache.db") as con:  # as `cache clear` of one entry would
+        con.execute("DELETE FROM Cache WHERE rowid = (SELECT MAX(rowid) FROM Cache)")
+    with pytest.raises(ReplayMiss) as caught:
+        scripted(spec, out="replay", mode="replay", recorded_run=first.out)
+    assert "the recorded run asked for this very call, but the cache holds no answer" in caught.value.reason
+
+
 def test_replay_miss_after_a_code_change_says_so(tmp_path, seeds_file, scripted):
     spec = write_spec(tmp_path, base_spec(seeds_file))
     first = scripted(spec, out="live")

@@ -137,6 +137,7 @@ async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: A
             live_hub.recorded = recorded_calls(options.recorded_run)
             recorded = read_run_json(manifest)
             live_hub.recorded_code = recorded.get("code_sha256") if isinstance(recorded, dict) else None
+            live_hub.recorded_stop = recorded.get("stopped") if isinstance(recorded, dict) else None
         live_hub.budget = BudgetTracker(spec.budget) if spec.budget and not options.dry_run else None
         return await Engine(spec, options, live_hub, observe).run()
 

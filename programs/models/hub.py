@@ -73,6 +73,7 @@ class ModelHub:
         self.fatal: CodecError | None = None  # a replay miss: the runner stops on it
         self.recorded: dict[tuple[str, str], list[dict[str, Any]]] = {}  # a recorded run's calls, for misses
         self.recorded_code: str | None = None  # the code_sha256 of that run's manifest
+        self.recorded_stop: str | None = None  # why that run stopped early ("budget"), if it did
         self.backoff_base = 0.5
         self.answered: set[str] = set()  # roles whose model has answered a call in this run
         self.unresponsive: dict[str, str] = {}  # role -> why: its calls time out and none was ever answered
@@ -287,6 +288,13 @@ class ModelHub:
         if identity.key in self.cache.damaged_keys:
             return "nothing: the cache holds this call, but its entry is damaged and cannot be read"
         recorded = self.recorded.get((ctx.stage, ctx.item), [])
+        made = any(call["key"] == identity.key for call in recorded)  # the very call, asked for by the recorded run
+        if self.recorded_stop == "budget" and (made or not recorded):
+            return ("nothing: the recorded run's budget stopped it before this call was made, and a replay stops "
+                    "where the cache ends; run the spec live with a larger budget to finish it, then replay")
+        if made:
+            return ("nothing: the recorded run asked for this very call, but the cache holds no answer for it (the "
+                    "call failed in a run older than the failures the cache keeps, or its entry was cleared)")
         if not recorded:
             return (f"the recorded run made no '{ctx.stage}' call for item '{ctx.item}': an input upstream "
                     "changed (a seed, a parameter, or a parse) or the stage is new" + self._code_changed())
