@@ -1,12 +1,12 @@
 """codeclm: specs in a small node language, run by a streaming engine over a cached model hub.
 
-Packages and modules, in the order data flows:
-  spec        YAML spec -> models, params and the checked graph (errors with file:line and a fix)
-  lang/       the language: node types, expressions, graph checks, parsers, dry-run bounds (no DSPy)
+Packages, in the order data flows (README.md's Layout names every module):
+  lang/       the spec language: YAML spec -> checked graph (file:line and a fix), expressions,
+              templates, parsers, dry-run bounds; no DSPy
   engine/     running a graph: records flowing node to node, the DSPy module of each llm node, outputs
-  templates   Jinja (sandboxed) -> chat messages; adapter.py holds the DSPy glue
-  hub         every model call: identity, cache, limits, retries, accounting (backends.py talks to models)
-  store       the run directory
+  models/     every model call: identity, cache, limits, retries, accounting, and the backends
+  artifacts/  the run folder and its manifest, reading them back, quality, the report and the export
+  tuning/     the `optimize:` section and its metrics (optimize.py runs them)
 """
 
 import os

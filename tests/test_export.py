@@ -3,6 +3,7 @@ it alone), the folders it refuses, and the push to the Hub (huggingface_hub mock
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -278,6 +279,9 @@ def test_the_shipped_spec_names_local_copies_of_what_the_run_read(tmp_path):
                      "seeds/other.jsonl": tmp_path / "other.jsonl",
                      "programs/encode.json": tmp_path / "specs" / "encode.json"}
     assert any("encode.jinja changed since the run" in note for note in notes)
+    (tmp_path / "prompts" / "encode.jinja").write_bytes(b'{% include "part.jinja" %}\r\nbye\r\n')  # Windows lines
+    manifest["templates"]["encode.jinja"] = hashlib.sha256(b'{% include "part.jinja" %}\nbye\n').hexdigest()
+    assert not pipeline_files(manifest)[2], "a template with \\r\\n lines was called changed (hashed as bytes)"
     pipeline = tmp_path / "export" / "pipeline"
     for name, source in files.items():
         (pipeline / name).parent.mkdir(parents=True, exist_ok=True)

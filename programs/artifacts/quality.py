@@ -3,7 +3,8 @@
 `quality_metrics(run_dir)` is what `codeclm inspect --json`, `codeclm report`, `compare` and the
 export's dataset card show, computed from the run's files when asked (a run does not compute
 them). Each metric is a small function here with a unit test on hand-made inputs
-(tests/test_quality.py):
+(tests/test_quality.py), but the mean lengths, which `quality_metrics` sums in its one pass over
+the kept pairs:
 
 - diversity: distinct-1 and distinct-2 of the kept instructions (unique n-grams / all n-grams,
   over the whole set, Li et al. 2016); mean and max pairwise ROUGE-L among kept instructions;
@@ -258,18 +259,6 @@ def _add(partials: list[float], *values: float) -> list[float]:
 
 def _verdict(a: float, b: float) -> str:
     return "a" if a > b else "b" if b > a else "tie"
-
-
-def lengths(pairs: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    inst, resp = [0, 0], [0, 0]  # word total, count: one pass, `pairs` may be a stream
-    for p in pairs:
-        inst[0] += len(tokens(p["instruction"]))
-        inst[1] += 1
-        if isinstance(p.get("response"), str):
-            resp[0] += len(tokens(p["response"]))
-            resp[1] += 1
-    return {"instruction_words_mean": _round(inst[0] / inst[1]) if inst[1] else None,
-            "response_words_mean": _round(resp[0] / resp[1]) if resp[1] else None}
 
 
 def quality_metrics(run_dir: Path | str | RunData, embeddings: bool = True) -> dict[str, Any]:

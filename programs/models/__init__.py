@@ -1,2 +1,2 @@
 """The model layer: every call's identity, cache, limits and retries (hub), the backends that talk
-to models (the embedded one in a worker process), prices and key masking."""
+to models (the embedded one in a worker process), prices and budgets. Keys are masked by redact.py."""
