@@ -37,6 +37,7 @@ import yaml
 
 from ..errors import CodecError, SpecError
 from ..redact import redact_text
+from .manifest import template_sha
 from .quality import quality_metrics
 from .rundata import file_sources, outcomes, read_run_json, source_fields, spec_nodes, top_failures
 from .store import ARTIFACTS, DAMAGED_RUN, write_atomic
@@ -202,12 +203,6 @@ def _template_files(prompts_dir: Path, names: list[str]) -> dict[str, Path]:
     return found
 
 
-def _sha(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
 def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path], list[str]]:
     """The spec to ship (paths rewritten into pipeline/), the files it needs {relative name: source}, and notes.
 
@@ -232,7 +227,7 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     templates = manifest.get("templates") if isinstance(manifest.get("templates"), dict) else {}
     for name, path in sorted(_template_files(prompts_dir, list(templates)).items()):
         files[f"prompts/{name}"] = path
-        if name in templates and _sha(path.read_bytes()) != templates[name]:
+        if name in templates and template_sha(path) != templates[name]:
             notes.append(f"template {name} changed since the run: the copy is the current file, so a replay "
                          "of it may miss the cache")
     missing = [name for name in templates if f"prompts/{name}" not in files]
@@ -664,8 +659,13 @@ def _write(run_dir: Path, dest: Path, options: ExportOptions, manifest: dict[str
 
 
 def _report(run_dir: Path, dest: Path) -> str | None:
-    """DEST/report.html, made now from the run it ships: a report.html in the run folder may be an earlier run's
-    (one an older codeclm left there at a `--no-report` rerun). A note (never a failed export) when it cannot be."""
+    """DEST/report.html: the run's own report when it wrote one, else made now; a note (never a failed export) when
+    neither works."""
+    if (run_dir / REPORT).is_file():
+        tmp = dest / f".{REPORT}.tmp"
+        shutil.copyfile(run_dir / REPORT, tmp)
+        os.replace(tmp, dest / REPORT)
+        return None
     try:
         from .html_report import write_report
 

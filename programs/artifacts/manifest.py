@@ -27,6 +27,11 @@ def _sha(text: str | bytes) -> str:
     return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
 
 
+def template_sha(path: Path) -> str:
+    """A template's hash as the manifest records it: of its text as Jinja reads it (newlines as \n)."""
+    return _sha(path.read_text(encoding="utf-8"))
+
+
 def code_sha() -> str:
     """A hash of codeclm's own sources. Parsing happens after the cache, so a changed parser can
     change what a replay asks for; a replay miss then says that the code changed."""
@@ -51,7 +56,7 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
                    progress: Progress, failure_reasons: dict[str, int] | None = None,
                    without_messages: dict[str, int] | None = None) -> dict[str, Any]:
     store = TemplateStore(spec.prompts_dir)
-    templates = {n.template: _sha(store.get(n.template).source) for n in spec.graph.model_nodes()}
+    templates = {n.template: template_sha(store.get(n.template).path) for n in spec.graph.model_nodes()}
     calls = hub.summary()
     totals = {key: sum(row[key] for row in calls.values())
               for key in ("calls", "cache_hits", "failures", "retries", "truncated", "prompt_tokens",
