@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..artifacts.manifest import build_manifest
+from ..artifacts.manifest import build_manifest, code_sha
 from ..artifacts.rundata import read_run_json
 from ..artifacts.store import RunStore
 from ..errors import CodecError, SpecError, SpecErrors
@@ -136,8 +136,9 @@ async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: A
         if manifest and manifest.is_file():
             live_hub.recorded = recorded_calls(options.recorded_run)
             recorded = read_run_json(manifest)
-            live_hub.recorded_code = recorded.get("code_sha256") if isinstance(recorded, dict) else None
-            live_hub.recorded_stop = recorded.get("stopped") if isinstance(recorded, dict) else None
+            recorded = recorded if isinstance(recorded, dict) else {}
+            live_hub.code_changed = recorded.get("code_sha256") not in (None, code_sha())
+            live_hub.recorded_stop = recorded.get("stopped")
         live_hub.budget = BudgetTracker(spec.budget) if spec.budget and not options.dry_run else None
         return await Engine(spec, options, live_hub, observe).run()
 

@@ -72,7 +72,7 @@ class ModelHub:
         self.saved: dict[tuple[str, str], float] = defaultdict(float)
         self.fatal: CodecError | None = None  # a replay miss: the runner stops on it
         self.recorded: dict[tuple[str, str], list[dict[str, Any]]] = {}  # a recorded run's calls, for misses
-        self.recorded_code: str | None = None  # the code_sha256 of that run's manifest
+        self.code_changed = False  # whether codeclm's code changed since that run (its manifest's code_sha256)
         self.recorded_stop: str | None = None  # why that run stopped early ("budget"), if it did
         self.backoff_base = 0.5
         self.answered: set[str] = set()  # roles whose model has answered a call in this run
@@ -310,9 +310,7 @@ class ModelHub:
         return ("; ".join(changes) or "the sample slot (identical metadata entries) differs") + self._code_changed()
 
     def _code_changed(self) -> str:
-        from ..artifacts.manifest import code_sha
-
-        if self.recorded_code is None or self.recorded_code == code_sha():
+        if not self.code_changed:
             return ""
         return ("; and codeclm's code changed since that run (its parsers read the cached text anew, "
                 "so their output and what follows can differ)")
