@@ -778,7 +778,7 @@ def cache_clear(model: str | None, cache_dir: Path | None, yes: bool) -> None:
 @reports_errors
 def cache_export(run_dir: Path, bundle: Path, cache_dir: Path | None) -> None:
     """Write exactly the calls RUN_DIR used to BUNDLE (JSONL, .gz compresses), for offline replay."""
-    from codeclm.programs.models.bundle import export_bundle
+    from codeclm.programs.artifacts.bundle import export_bundle
 
     count = export_bundle(run_dir, bundle, cache_dir)
     click.echo(f"exported {count} calls to {bundle}")
@@ -790,7 +790,7 @@ def cache_export(run_dir: Path, bundle: Path, cache_dir: Path | None) -> None:
 @reports_errors
 def cache_import(bundle: Path, cache_dir: Path | None) -> None:
     """Load a bundle written by `cache export` into the cache."""
-    from codeclm.programs.models.bundle import import_bundle
+    from codeclm.programs.artifacts.bundle import import_bundle
 
     count = import_bundle(bundle, cache_dir)
     click.echo(f"imported {count} calls")

@@ -17,10 +17,10 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from codeclm.programs.artifacts.bundle import export_bundle, import_bundle
 from codeclm.programs.errors import ReplayMiss, SpecError, SpecErrors
 from codeclm.programs.lang.seeds import read_seeds
 from codeclm.programs.lang.spec import load_spec
-from codeclm.programs.models.bundle import export_bundle, import_bundle
 from codeclm.programs.models.cache import CallCache, CallIdentity
 from conftest import REPO, ScriptedBackend, ScriptedRun, base_spec, write_spec
 

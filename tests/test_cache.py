@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from codeclm.programs.artifacts.bundle import export_bundle, import_bundle
 from codeclm.programs.engine.dryrun import dry_run
 from codeclm.programs.engine.run import RunOptions
 from codeclm.programs.errors import ReplayMiss
 from codeclm.programs.lang.spec import load_spec
-from codeclm.programs.models.bundle import export_bundle, import_bundle
 from codeclm.programs.models.cache import CallCache
 from codeclm.programs.models.hub import CallContext, ModelHub
 from conftest import REPO, ScriptedBackend, base_spec, hand_written, write_spec

@@ -32,7 +32,7 @@ def test_shipped_spec_reproduces_its_golden_files(tmp_path, spec):
 
 
 def test_a_cache_filled_by_the_old_engine_replays_codeclm_with_no_model_call(tmp_path):
-    from codeclm.programs.models.bundle import import_bundle
+    from codeclm.programs.artifacts.bundle import import_bundle
 
     import_bundle(BUNDLE, tmp_path / "cache")
     result = golden_run("codeclm", tmp_path / "run", tmp_path / "cache", "http://127.0.0.1:9/v1", mode="replay")

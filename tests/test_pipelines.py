@@ -68,7 +68,7 @@ def test_pipeline_runs_over_http_with_provenance_and_replays(runs, spec):
 def test_pipeline_cache_bundle_replays_in_a_fresh_cache(runs, spec, tmp_path):
     """`cache export` finds a pipeline's calls in whatever outputs its spec declares (it read
     CodecLM's artifact names only, and exported none of these), and the bundle alone replays it."""
-    from codeclm.programs.models.bundle import export_bundle, import_bundle
+    from codeclm.programs.artifacts.bundle import export_bundle, import_bundle
 
     live = runs[spec]
     exported = export_bundle(live.out, tmp_path / "bundle.jsonl.gz")

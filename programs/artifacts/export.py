@@ -684,7 +684,7 @@ def _mark(dest: Path, run_dir: Path, manifest: dict[str, Any], files: list[str],
 def _bundle(run_dir: Path, dest: Path, manifest: dict[str, Any],
             cache_dir: Path | None) -> tuple[int | None, str | None]:
     """pipeline/calls.jsonl.gz through `codeclm cache export`'s code, when the run's cache is reachable."""
-    from ..models.bundle import export_bundle, run_call_keys
+    from .bundle import export_bundle, run_call_keys
 
     recorded = (manifest.get("options") or {}).get("cache_dir")
     folder = Path(cache_dir).expanduser() if cache_dir else Path(recorded) if isinstance(recorded, str) else None

@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..artifacts.bundle import recorded_calls
 from ..artifacts.manifest import build_manifest, code_sha
 from ..artifacts.rundata import read_run_json
 from ..artifacts.store import RunStore
@@ -32,7 +33,6 @@ from ..lang.nodes import DedupNode, LLMNode, MixNode, Node, SourceNode
 from ..lang.spec import Spec
 from ..models.backends import missing_key
 from ..models.budget import BudgetTracker
-from ..models.bundle import recorded_calls
 from ..models.cache import CallCache, default_cache_dir
 from ..models.hub import ModelHub
 from .drawn import DrawnCollection

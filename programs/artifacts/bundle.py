@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..artifacts.store import ARTIFACTS, DAMAGED_RUN
 from ..errors import SpecError, first_clause
 from ..lang.yaml_lines import has_surrogate
-from .cache import CallCache, default_cache_dir, entry_problem, failure_problem, warn
+from ..models.cache import CallCache, default_cache_dir, entry_problem, failure_problem, warn
+from .store import ARTIFACTS, DAMAGED_RUN
 
 
 def run_call_keys(run_dir: Path) -> list[str]:
