@@ -17,7 +17,7 @@ from codeclm.programs.artifacts.quality import (
     seed_closeness,
 )
 from codeclm.programs.artifacts.rundata import Judged
-from codeclm.programs.lang.rouge import lcs_length, rouge_l, tokens
+from codeclm.programs.lang.rouge import lcs_length, rouge_l, tokens, words
 
 
 def lcs_table(a: list[str], b: list[str]) -> int:
@@ -32,6 +32,15 @@ def lcs_table(a: list[str], b: list[str]) -> int:
 
 def test_tokens_are_lowercase_letters_and_digits():
     assert tokens("Hello, World_x 42! Ça va?") == ["hello", "world", "x", "42", "ça", "va"]
+
+
+def test_words_are_what_a_reader_counts_and_what_the_spec_helper_gives():
+    """The report's lengths "in words" counted ROUGE's tokens (5 here), the spec's `words()` whitespace words."""
+    from codeclm.programs.lang.expressions import Expression
+
+    text = "Don't sort_list(x), please!"
+    assert words(text) == 3 == Expression("words(t)").evaluate({"t": text})
+    assert len(tokens(text)) == 6
 
 
 def test_distinct_n_counts_unique_ngrams_over_all_texts():

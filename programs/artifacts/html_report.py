@@ -25,9 +25,10 @@ from statistics import mean
 from typing import Any
 
 from ..errors import SpecError
+from ..lang.rouge import words
 from . import charts
 from .charts import PALETTE
-from .quality import MAX_PAIRS, NEAR_DUPLICATE, quality_metrics, tokens
+from .quality import MAX_PAIRS, NEAR_DUPLICATE, quality_metrics
 from .rundata import RunData, has_judge, outcomes, resolved_spec, spec_nodes, status_label
 from .store import is_own_run, write_atomic
 
@@ -383,10 +384,10 @@ def lengths_section(run: RunData) -> str:
             if not isinstance(it, int):
                 continue
             if isinstance(step.get("instruction"), str):
-                instructions[it].append(len(tokens(step["instruction"])))
+                instructions[it].append(words(step["instruction"]))
             for name, text in (step.get("answers") or {}).items() if isinstance(step.get("answers"), dict) else ():
                 if isinstance(text, str):
-                    answers[name][it].append(len(tokens(text)))
+                    answers[name][it].append(words(text))
     iterations = sorted(set(instructions) | {i for per in answers.values() for i in per})
     if not iterations:
         return _kept_lengths(run)
@@ -408,10 +409,10 @@ def _kept_lengths(run: RunData) -> str:
     if not kept:
         return charts.empty("lengths", "no kept pairs")
     inst = charts.boxplots("instruction length (words)", ["kept pairs"],
-                           [("instruction", [[len(tokens(p["instruction"])) for p in kept]], PALETTE[4])],
+                           [("instruction", [[words(p["instruction"]) for p in kept]], PALETTE[4])],
                            y_label="words")
     resp = charts.boxplots("response length (words)", ["kept pairs"],
-                           [("response", [[len(tokens(p["response"])) for p in kept
+                           [("response", [[words(p["response"]) for p in kept
                                            if isinstance(p.get("response"), str)]], PALETTE[0])], y_label="words")
     return (f'<div class="grid">{inst}{resp}</div>'
             + note("The kept pairs of dataset.jsonl. Boxes: quartiles and median; whiskers: min and max."))

@@ -44,7 +44,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from ..lang.rouge import rouge_l, tokens
+from ..lang.rouge import rouge_l, tokens, words
 from .rundata import Judged, RunData, has_judge
 from .store import ARTIFACTS
 
@@ -273,7 +273,7 @@ def quality_metrics(run_dir: Path | str | RunData, embeddings: bool = True) -> d
         metadata.append({k: pair["metadata"].get(k) for k in ("use_case", "skills")})
         for field in length:
             if isinstance(pair.get(field), str):
-                length[field][0] += len(tokens(pair[field]))
+                length[field][0] += words(pair[field])
                 length[field][1] += 1
 
     def seeds() -> Iterator[str]:  # read again each time it is needed: never all seeds in memory

@@ -15,6 +15,12 @@ def tokens(text: str) -> list[str]:
     return _TOKEN.findall(str(text).lower())
 
 
+def words(text: str) -> int:
+    """Words as a reader counts them, split on whitespace: the spec helper `words()` and the report's and
+    quality metrics' lengths in words (tokens() above splits off punctuation too, for ROUGE-L)."""
+    return len(str(text).split())
+
+
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
     """Length of the longest common subsequence, bit-parallel (Hyyrö 2004): one pass over b, with
     a's positions as the bits of an integer. Same result as the quadratic table, far faster in Python."""
