@@ -457,3 +457,23 @@ def test_a_run_killed_mid_way_still_owns_what_it_began(tmp_path):
     resume.write_json("manifest", {"spec": {"resolved": {"outputs": {"dataset": {}, "metadata": {}}}}})
     assert sorted(p.name for p in folder.iterdir()) == sorted([MARKER, "dataset.jsonl", "metadata.jsonl",
                                                                 "manifest.json"])
+
+
+@pytest.mark.parametrize("folder_kind", ["foreign", "own"])
+def test_compare_never_replaces_a_file_it_did_not_write(tmp_path, seeds_file, folder_kind):
+    """The trial's repro: `compare --out mydir` over the user's compare.txt and compare.json replaced them.
+    Now a folder of the user's files is refused as `run` refuses it, and in codeclm's own folder a compare
+    file it did not write is too: exit 2 before any call, every file as it was."""
+    spec = unreachable_spec(tmp_path, seeds_file)
+    folder = tmp_path / "mydir"
+    if folder_kind == "own":
+        RunStore(folder).write_jsonl("metadata", [{"id": "m"}])
+    folder.mkdir(exist_ok=True)
+    (folder / "compare.txt").write_text("my own notes\n")
+    (folder / "compare.json").write_text(USER_DATA)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = codeclm("compare", str(spec), "--set-b", "params.threshold=2", "--judge", "strong",
+                     "--out", str(folder), "--cache-dir", str(tmp_path / "cache"))
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert str(folder) in result.output
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
