@@ -620,3 +620,21 @@ def test_seeds_option_for_a_spec_that_reads_no_file_is_refused(tmp_path):
     done = cli("run", str(REPO / "specs" / "no_seed.yaml"), "--seeds", str(seeds), "--dry-run",
                "--cache-dir", str(tmp_path / "cache"))
     assert_reports(done, "--seeds", "the spec reads no file", "drop --seeds")
+
+
+@pytest.mark.parametrize("damage", ["manifest", "dataset"])
+def test_report_and_inspect_name_a_damaged_run_file_with_its_line(tmp_path, seeds_file, damage):
+    """The trial's repro: a truncated manifest.json (inspect exit 2, report exit 0 and a page), a truncated last
+    line in dataset.jsonl (both exit 0; export named line 13). Now both exit 2 naming the file and line, as export."""
+    run = ScriptedRun(tmp_path)(write_spec(tmp_path, base_spec(seeds_file)), out="run").out
+    if damage == "manifest":
+        (run / "manifest.json").write_bytes((run / "manifest.json").read_bytes()[:300])
+        where = f"{run / 'manifest.json'}:1:"
+    else:
+        lines = (run / "dataset.jsonl").read_text(encoding="utf-8").count("\n")
+        with (run / "dataset.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write('{"messages": [\n')
+        where = f"{run / 'dataset.jsonl'}:{lines + 1}:"
+    for args in (["inspect", str(run)], ["report", str(run)], ["report", str(run), "--out", str(tmp_path / "r.html")]):
+        assert_reports(cli(*args), where, "damaged")
+    assert not (run / "report.html").exists() and not (tmp_path / "r.html").exists()

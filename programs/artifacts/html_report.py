@@ -28,7 +28,7 @@ from ..errors import SpecError
 from . import charts
 from .charts import PALETTE
 from .quality import MAX_PAIRS, NEAR_DUPLICATE, quality_metrics, tokens
-from .rundata import RunData, has_judge, outcomes, resolved_spec, spec_nodes, status_label
+from .rundata import RunData, check_intact, has_judge, outcomes, resolved_spec, spec_nodes, status_label
 from .store import REPORT, is_codeclm_report, is_own_run, note_own, write_atomic
 
 MAX_RECORDS = 5000  # records in the browser, at most (the page stays light enough to open)
@@ -46,6 +46,7 @@ def write_report(run_dir: Path, out: Path | str | None = None) -> Path:
     if not Path(run_dir).is_dir() or not run.exists():
         raise SpecError(str(run_dir), "no run artifacts here: is this a folder `codeclm run` wrote?",
                         hint="pass a run folder, e.g. runs/demo")
+    check_intact(Path(run_dir))  # a damaged file is named with its line, never shown as a smaller run
     if out is None and not is_own_run(Path(run_dir)):  # read anything, write only into codeclm's own folders
         raise SpecError(str(run_dir), "not a folder codeclm wrote (no .codeclm-run marker or run manifest): "
                         "the report is not written into it", hint="pass --out PATH for the report")
