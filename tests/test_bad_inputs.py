@@ -638,3 +638,13 @@ def test_report_and_inspect_name_a_damaged_run_file_with_its_line(tmp_path, seed
     for args in (["inspect", str(run)], ["report", str(run)], ["report", str(run), "--out", str(tmp_path / "r.html")]):
         assert_reports(cli(*args), where, "damaged")
     assert not (run / "report.html").exists() and not (tmp_path / "r.html").exists()
+
+
+def test_a_users_file_beside_a_run_is_not_called_damage(tmp_path, seeds_file):
+    """A user's notes in metadata.jsonl beside a run that writes none: not the run's file, so not its damage."""
+    data = base_spec(seeds_file)
+    del data["outputs"]["metadata"]
+    run = ScriptedRun(tmp_path)(write_spec(tmp_path, data), out="run").out
+    (run / "metadata.jsonl").write_text("my notes - not from codeclm\n")
+    done = cli("report", str(run))
+    assert done.returncode == 0 and (run / "report.html").is_file(), done.stderr

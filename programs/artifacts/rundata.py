@@ -339,7 +339,7 @@ def check_intact(folder: Path) -> None:
     """Raise the SpecError (exit 2) naming the first file and line of the run's JSON files that is not what
     codeclm wrote. The readers here skip such lines, so `report` and `inspect` would show a truncated manifest
     or dataset as a smaller run; a user's own file in the folder is not the run's and is not read."""
-    names = {*ARTIFACTS.values(), *own_files(Path(folder))}
+    names = {ARTIFACTS["manifest"], *own_files(Path(folder))}
     paths = sorted(Path(folder) / name for name in names if name.endswith((".json", ".jsonl")))
     found = _first_damage(path for path in paths if path.is_file())
     if found is not None:
