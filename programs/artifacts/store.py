@@ -104,10 +104,12 @@ def is_own_run(folder: Path) -> bool:
 
 
 def _is_manifest(value: Any) -> bool:
+    """Whether a parsed manifest.json has the keys every codeclm run's manifest has (not a user's file)."""
     return isinstance(value, dict) and {"spec", "code_sha256", "options", "calls"} <= value.keys()
 
 
 def _signed(folder: Path, name: str) -> bool:
+    """Whether the folder's summary `name` (a key of SIGNED) holds the keys codeclm writes into it."""
     written = _json_or_none(folder / name)
     return isinstance(written, dict) and SIGNED[name][0] <= written.keys()
 
