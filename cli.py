@@ -502,7 +502,8 @@ def compare(spec_a: str, spec_b: str | None, set_a: tuple[str, ...], set_b: tupl
 
     Prints A's wins, ties and losses with a seeded bootstrap interval of (wins - losses) / judged,
     and cost and data-quality figures side by side; writes compare.json, compare.txt and every
-    verdict (compare.jsonl).
+    verdict (compare.jsonl). --out must be new, empty or codeclm's own, as for `run`: a file
+    codeclm did not write is never replaced (exit 2 before any call).
 
     \b
     After editing a template, against the committed one:

@@ -23,6 +23,7 @@ from typing import Any
 
 from .artifacts.quality import quality_metrics
 from .artifacts.rundata import RunData
+from .artifacts.store import check_out_folder, claim_folder, note_own, own_files, write_atomic
 from .engine.run import RunOptions, run_spec
 from .errors import SpecError
 from .lang.parsers import ParseError, parse_scores
@@ -31,6 +32,7 @@ from .lang.templates import TemplateStore
 from .models.cache import CallCache, default_cache_dir
 from .models.hub import CallContext, ModelHub
 
+FILES = ("compare.jsonl", "compare.json", "compare.txt")  # what compare writes, beside the runs a/ and b/
 PAIRED_QUESTION = ("Which of the two instruction-response pairs is better training data for an assistant: "
                    "a clear, useful instruction with a correct, helpful response?")
 
@@ -71,8 +73,9 @@ def compare(spec_a: Spec, spec_b: Spec, options: CompareOptions, hub_a: ModelHub
     if options.judge not in spec_a.models:
         raise SpecError(str(spec_a.path), f"no model role '{options.judge}' to judge with",
                         hint=f"roles in models: {', '.join(spec_a.models)}")
+    check_folder(options.out)
     cache_dir = options.cache_dir or spec_a.cache_dir or default_cache_dir()
-    options.out.mkdir(parents=True, exist_ok=True)
+    claim_folder(options.out)
     sides = {}
     for name, spec, hub in (("a", spec_a, hub_a), ("b", spec_b, hub_b)):
         run = run_spec(spec, RunOptions(out=options.out / name, cache_dir=cache_dir, cache_mode=options.cache_mode,
@@ -109,15 +112,27 @@ def compare(spec_a: Spec, spec_b: Spec, options: CompareOptions, hub_a: ModelHub
                            failed=len(verdicts) - len(outcomes), unmatched=unmatched, mean=round(mean, 4),
                            interval=bootstrap_interval(values, options.samples, options.confidence, options.seed),
                            sides=sides, out=options.out)
-    with (options.out / "compare.jsonl").open("w") as handle:
-        for verdict in verdicts:
-            handle.write(json.dumps(verdict, ensure_ascii=False) + "\n")
+    check_folder(options.out)  # again: the folder may have changed while the runs and the judge ran
+    note_own(options.out, FILES)
+    write_atomic(options.out / "compare.jsonl", "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in verdicts))
     summary = {"wins": result.wins, "ties": result.ties, "losses": result.losses, "failed": result.failed,
                "unmatched": result.unmatched, "mean": result.mean, "interval": list(result.interval),
                "confidence": options.confidence, "samples": options.samples, "judge": options.judge, "sides": sides}
-    (options.out / "compare.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    (options.out / "compare.txt").write_text(format_table(result) + "\n")
+    write_atomic(options.out / "compare.json", json.dumps(summary, indent=2, ensure_ascii=False))
+    write_atomic(options.out / "compare.txt", format_table(result) + "\n")
     return result
+
+
+def check_folder(out: Path) -> None:
+    """Before any call, as `run` checks its --out: the folder is new, empty or codeclm's own (so are the runs'
+    folders a/ and b/), and no file compare writes would replace one codeclm did not write there. SpecError."""
+    for folder in (out, out / "a", out / "b"):
+        check_out_folder(folder)
+    own = own_files(out) if out.is_dir() else set()
+    for name in FILES:
+        if (out / name).exists() and name not in own:
+            raise SpecError(str(out / name), "exists and codeclm did not write it: compare would replace it",
+                            hint="move the file away, or choose another --out (a new or empty folder)")
 
 
 async def _judge_all(spec: Spec, hub: ModelHub, options: CompareOptions,

@@ -661,3 +661,31 @@ def test_a_long_answer_in_a_value_file_still_reads(tmp_path):
         again = CallCache(tmp_path / "cache", mode)
         assert again.get("a" * 64)["text"] == entry["text"]
         again.close()
+
+
+@pytest.mark.parametrize("damage", ["manifest", "dataset"])
+def test_report_and_inspect_name_a_damaged_run_file_with_its_line(tmp_path, seeds_file, damage):
+    """The trial's repro: a truncated manifest.json (inspect exit 2, report exit 0 and a page), a truncated last
+    line in dataset.jsonl (both exit 0; export named line 13). Now both exit 2 naming the file and line, as export."""
+    run = ScriptedRun(tmp_path)(write_spec(tmp_path, base_spec(seeds_file)), out="run").out
+    if damage == "manifest":
+        (run / "manifest.json").write_bytes((run / "manifest.json").read_bytes()[:300])
+        where = f"{run / 'manifest.json'}:1:"
+    else:
+        lines = (run / "dataset.jsonl").read_text(encoding="utf-8").count("\n")
+        with (run / "dataset.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write('{"messages": [\n')
+        where = f"{run / 'dataset.jsonl'}:{lines + 1}:"
+    for args in (["inspect", str(run)], ["report", str(run)], ["report", str(run), "--out", str(tmp_path / "r.html")]):
+        assert_reports(cli(*args), where, "damaged")
+    assert not (run / "report.html").exists() and not (tmp_path / "r.html").exists()
+
+
+def test_a_users_file_beside_a_run_is_not_called_damage(tmp_path, seeds_file):
+    """A user's notes in metadata.jsonl beside a run that writes none: not the run's file, so not its damage."""
+    data = base_spec(seeds_file)
+    del data["outputs"]["metadata"]
+    run = ScriptedRun(tmp_path)(write_spec(tmp_path, data), out="run").out
+    (run / "metadata.jsonl").write_text("my notes - not from codeclm\n")
+    done = cli("report", str(run))
+    assert done.returncode == 0 and (run / "report.html").is_file(), done.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 from fnmatch import fnmatch
 from pathlib import Path
@@ -302,3 +303,25 @@ def test_the_card_gives_a_loop_its_bodys_calls():
     improve = next(line for line in lines if line.startswith("- **improve**"))
     assert "no model call" not in improve and "rewrite (`llm`, model role `writer`)" in improve
     assert next(line for line in lines if line.startswith("- **seeds**")).endswith("no model call")
+
+
+def test_a_no_report_rerun_removes_its_stale_report_and_export_ships_a_fresh_one(run, tmp_path):
+    """The trial's repro: a rerun with --no-report kept the first run's report.html (its counts, not the
+    dataset's now), and export shipped it. Now the rerun removes it (codeclm's own file), and export makes
+    the report from the run it ships, whatever report.html lies in the run folder."""
+    from codeclm.programs.artifacts.store import is_codeclm_report
+
+    folder = tmp_path / "run"
+    shutil.copytree(run["run"], folder)
+    assert is_codeclm_report(folder / "report.html")
+    spec = run["run"].parent / "spec.yaml"
+    again = CliRunner().invoke(cli.main, ["run", str(spec), "-q", "--no-report", "--out", str(folder),
+                                          "--cache-dir", str(run["cache"])])
+    assert again.exit_code == 0, again.output
+    assert not (folder / "report.html").exists() and (folder / "manifest.json").is_file()
+    stale = (run["run"] / "report.html").read_text(encoding="utf-8").replace("<h1>", "<h1>STALE-REPORT ", 1)
+    (folder / "report.html").write_text(stale, encoding="utf-8")  # e.g. left by an older codeclm
+    done = export(folder, tmp_path / "export", "--no-cache-bundle")
+    assert done.exit_code == 0, done.output
+    shipped = (tmp_path / "export" / "report.html").read_text(encoding="utf-8")
+    assert is_codeclm_report(tmp_path / "export" / "report.html") and "STALE-REPORT" not in shipped

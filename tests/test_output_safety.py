@@ -156,12 +156,13 @@ def test_a_rerun_into_its_own_run_folder_replaces_its_own_artifacts(tmp_path, se
 
 def test_a_finished_rerun_leaves_no_artifact_of_the_earlier_run(tmp_path):
     """The manifest goes at the first write (the folder is unfinished until the end); an earlier run's
-    artifact the new run did not write goes when the new manifest is written."""
+    artifact the new run did not write goes when the new manifest is written (here an older codeclm's
+    folder: its manifest names the pool as its run's)."""
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / MARKER).write_text("{}")
     (folder / "pool.jsonl").write_text("old\n")
-    (folder / "manifest.json").write_text("{}")
+    (folder / "manifest.json").write_text(json.dumps({"spec": {"resolved": {"outputs": {"pool": {}}}}}))
     (folder / "notes.txt").write_text("mine")
     store = RunStore(folder)
     assert (folder / "manifest.json").exists()  # nothing is touched before the first write
@@ -270,16 +271,16 @@ def test_an_output_never_replaces_a_file_codeclm_did_not_write(tmp_path, seeds_f
     assert (folder / "notes.jsonl").read_text() == USER_DATA
     RunStore(folder).check_outputs(["dataset", "histories"])  # its own: fine
     marker = json.loads((folder / MARKER).read_text())
-    assert marker["files"] == ["histories.jsonl"]
+    assert marker["written"] == ["histories.jsonl"]
     victim = tmp_path / "victim.jsonl"
     victim.write_text(USER_DATA)
-    (folder / MARKER).write_text(json.dumps({**marker, "files": ["../victim.jsonl", "histories.jsonl"]}))
+    (folder / MARKER).write_text(json.dumps({**marker, "written": ["../victim.jsonl", "histories.jsonl"]}))
     rerun = RunStore(folder)
     rerun.write_jsonl("ratings", [{"id": "b"}])
     rerun.write_json("manifest", {"spec": {"resolved": {"outputs": {"ratings": {}}}}})
     assert victim.read_text() == USER_DATA and (folder / "notes.jsonl").read_text() == USER_DATA
     assert not (folder / "histories.jsonl").exists()  # the earlier run's output, not this one's
-    assert json.loads((folder / MARKER).read_text())["files"] == ["ratings.jsonl"]
+    assert json.loads((folder / MARKER).read_text())["written"] == ["manifest.json", "ratings.jsonl"]
 
 
 def test_a_run_refuses_an_output_over_a_foreign_file_before_any_call(tmp_path, seeds_file):
@@ -397,3 +398,82 @@ def test_call_keys_is_not_an_output_name(tmp_path, seeds_file):
     result = codeclm("validate", str(spec), "--set", "outputs.call_keys.from=seeds",
                      "--set", "outputs.call_keys.fields.id=record.id")
     assert result.exit_code == 2 and "call_keys" in result.output, result.output
+
+
+def test_a_rerun_keeps_a_users_file_named_like_an_artifact(tmp_path, seeds_file, scripted):
+    """The trial's repro: a run writing no metadata.jsonl or pool.jsonl, the user's files of those names
+    put in its folder, the same run again: they were deleted (every artifact name counted as codeclm's).
+    Now they stay; a spec that writes metadata.jsonl is refused there (exit 2) before it writes anything."""
+    data = base_spec(seeds_file)
+    del data["outputs"]["metadata"], data["outputs"]["pool"]
+    spec = write_spec(tmp_path, data)
+    first = scripted(spec, out="run")
+    (first.out / "metadata.jsonl").write_text(USER_DATA)
+    (first.out / "pool.jsonl").write_text(USER_DATA)
+    again = scripted(spec, out="run")
+    assert (again.out / "manifest.json").is_file()
+    assert (again.out / "metadata.jsonl").read_text() == USER_DATA == (again.out / "pool.jsonl").read_text()
+    before = {p.name: p.read_bytes() for p in first.out.iterdir()}
+    with pytest.raises(SpecError, match="codeclm did not write it: output 'metadata' would replace it"):
+        scripted(write_spec(tmp_path, base_spec(seeds_file), "full.yaml"), out="run")
+    assert {p.name: p.read_bytes() for p in first.out.iterdir()} == before
+
+
+def test_an_older_folder_owns_only_what_its_manifest_names(tmp_path):
+    """A folder an older codeclm wrote (a marker with no list): a file of an artifact's name that its
+    manifest does not name is the user's; the files it names (the outputs, every run's own) are codeclm's."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / MARKER).write_text(json.dumps({"written_by": "codeclm"}) + "\n")
+    for name in ("dataset.jsonl", "failures.jsonl", "call_keys.txt", "metadata.jsonl"):
+        (folder / name).write_text(USER_DATA)
+    (folder / "manifest.json").write_text(json.dumps({"spec": {"resolved": {"outputs": {"dataset": {}}}}}))
+    with pytest.raises(SpecError, match="output 'metadata' would replace it"):
+        RunStore(folder).check_outputs(["dataset", "metadata"])
+    rerun = RunStore(folder)
+    rerun.check_outputs(["dataset"])
+    rerun.write_jsonl("rubrics", [{"id": "r"}])
+    rerun.write_json("manifest", {"spec": {"resolved": {"outputs": {"rubrics": {}}}}})
+    assert (folder / "metadata.jsonl").read_text() == USER_DATA  # never the earlier run's
+    assert not (folder / "dataset.jsonl").exists() and not (folder / "failures.jsonl").exists()
+
+
+def test_a_run_killed_mid_way_still_owns_what_it_began(tmp_path):
+    """The marker lists each file before it is written: a run killed after writing the metadata and
+    while streaming a journal leaves a folder whose resume replaces both, and finishes clean."""
+    folder = tmp_path / "run"
+    killed = RunStore(folder)
+    killed.write_jsonl("metadata", [{"id": "m"}])
+    killed.open_journal("dataset")
+    killed.append("dataset", (0,), {"id": "d"})
+    killed.note_calls([{"key": "k1"}])
+    killed.release()  # the process is gone: no manifest, the journals left behind
+    resume = RunStore(folder)
+    resume.check_outputs(["dataset", "metadata"])
+    resume.write_jsonl("metadata", [{"id": "m"}])
+    resume.open_journal("dataset")
+    resume.append("dataset", (0,), {"id": "d"})
+    resume.finish_journals()
+    resume.write_json("manifest", {"spec": {"resolved": {"outputs": {"dataset": {}, "metadata": {}}}}})
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MARKER, "dataset.jsonl", "metadata.jsonl",
+                                                                "manifest.json"])
+
+
+@pytest.mark.parametrize("folder_kind", ["foreign", "own"])
+def test_compare_never_replaces_a_file_it_did_not_write(tmp_path, seeds_file, folder_kind):
+    """The trial's repro: `compare --out mydir` over the user's compare.txt and compare.json replaced them.
+    Now a folder of the user's files is refused as `run` refuses it, and in codeclm's own folder a compare
+    file it did not write is too: exit 2 before any call, every file as it was."""
+    spec = unreachable_spec(tmp_path, seeds_file)
+    folder = tmp_path / "mydir"
+    if folder_kind == "own":
+        RunStore(folder).write_jsonl("metadata", [{"id": "m"}])
+    folder.mkdir(exist_ok=True)
+    (folder / "compare.txt").write_text("my own notes\n")
+    (folder / "compare.json").write_text(USER_DATA)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = codeclm("compare", str(spec), "--set-b", "params.threshold=2", "--judge", "strong",
+                     "--out", str(folder), "--cache-dir", str(tmp_path / "cache"))
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert str(folder) in result.output
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -62,7 +62,7 @@ def test_the_page_is_self_contained(hostile):
 
 def test_a_run_with_only_some_artifacts_still_reports(tmp_path):
     history = {"id": "n1.x", "status": "kept", "node": "writer", "iterations": [{"iteration": 1, "instruction": "Hi"}]}
-    (tmp_path / "instructions.jsonl").write_text(json.dumps(history) + "\n" + "not json\n")
+    (tmp_path / "instructions.jsonl").write_text(json.dumps(history) + "\n")  # a damaged line: test_bad_inputs
     (tmp_path / MARKER).write_text("{}")  # a run that stopped early: its folder is marked, its manifest missing
     html = write_report(tmp_path).read_text()
     assert "Not in this run folder" in html and "manifest.json" in html and "pool.jsonl" in html

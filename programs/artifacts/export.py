@@ -659,13 +659,8 @@ def _write(run_dir: Path, dest: Path, options: ExportOptions, manifest: dict[str
 
 
 def _report(run_dir: Path, dest: Path) -> str | None:
-    """DEST/report.html: the run's own report when it wrote one, else made now; a note (never a failed export) when
-    neither works."""
-    if (run_dir / REPORT).is_file():
-        tmp = dest / f".{REPORT}.tmp"
-        shutil.copyfile(run_dir / REPORT, tmp)
-        os.replace(tmp, dest / REPORT)
-        return None
+    """DEST/report.html, made now from the run it ships: a report.html in the run folder may be an earlier run's
+    (one an older codeclm left there at a `--no-report` rerun). A note (never a failed export) when it cannot be."""
     try:
         from .html_report import write_report
 

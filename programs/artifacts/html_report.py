@@ -29,8 +29,8 @@ from ..lang.rouge import words
 from . import charts
 from .charts import PALETTE
 from .quality import MAX_PAIRS, NEAR_DUPLICATE, quality_metrics
-from .rundata import RunData, has_judge, outcomes, resolved_spec, spec_nodes, status_label
-from .store import is_own_run, write_atomic
+from .rundata import RunData, check_intact, has_judge, outcomes, resolved_spec, spec_nodes, status_label
+from .store import REPORT, is_codeclm_report, is_own_run, note_own, write_atomic
 
 MAX_RECORDS = 5000  # records in the browser, at most (the page stays light enough to open)
 MAX_TEXT = 20_000  # characters of one text field in the browser (the artifact keeps it whole)
@@ -47,16 +47,19 @@ def write_report(run_dir: Path, out: Path | str | None = None) -> Path:
     if not Path(run_dir).is_dir() or not run.exists():
         raise SpecError(str(run_dir), "no run artifacts here: is this a folder `codeclm run` wrote?",
                         hint="pass a run folder, e.g. runs/demo")
+    check_intact(Path(run_dir))  # a damaged file is named with its line, never shown as a smaller run
     if out is None and not is_own_run(Path(run_dir)):  # read anything, write only into codeclm's own folders
         raise SpecError(str(run_dir), "not a folder codeclm wrote (no .codeclm-run marker or run manifest): "
                         "the report is not written into it", hint="pass --out PATH for the report")
     path = Path(out) if out else Path(run_dir) / "report.html"
     if path.is_dir() or str(out or "").endswith(("/", os.sep)):
         path = path / "report.html"
-    if path.is_file() and path.stat().st_size and b"<title>codeclm report" not in path.read_bytes()[:4096]:
+    if path.is_file() and path.stat().st_size and not is_codeclm_report(path):
         raise SpecError(str(path), "exists and is not a codeclm report: a report never writes over a file it "
                         "did not make", hint="pass --out a new path (or a report this command wrote)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name == REPORT and path.parent.resolve() == Path(run_dir).resolve() and is_own_run(Path(run_dir)):
+        note_own(Path(run_dir), {path.name})  # the run's files: a later run that writes no report removes it
     write_atomic(path, render(run))
     return path
 

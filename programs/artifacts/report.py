@@ -13,11 +13,12 @@ from statistics import mean
 from typing import Any
 
 from .quality import format_quality, quality_metrics
-from .rundata import declares_histories, outcomes, read_run_json, top_failures
+from .rundata import check_intact, declares_histories, outcomes, read_run_json, top_failures
 from .store import ARTIFACTS, read_artifact
 
 
 def run_report(run_dir: Path) -> dict[str, Any]:
+    check_intact(run_dir)  # a damaged file is named with its line, never read as a smaller run
     manifest_path = run_dir / ARTIFACTS["manifest"]
     manifest = read_run_json(manifest_path) if manifest_path.is_file() else {}
     histories = _codec_histories(run_dir, manifest)

@@ -2,7 +2,8 @@
 and the export read run artifacts.
 
 Every artifact is optional and read tolerantly: a missing file reads as absent (and is listed in
-`missing`), a line that is not a JSON object is skipped and counted in `bad_lines`. Fields are read
+`missing`), a line that is not a JSON object is skipped and counted in `bad_lines` (`report` and
+`inspect` first call check_intact, so a damaged run file is named with its line, exit 2). Fields are read
 with defaults, so a run of another spec (records per node, no judge, no pool) gives what it has and
 nothing breaks on what it lacks. Nothing here knows CodecLM's stage names except as fallbacks.
 """
@@ -11,14 +12,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from ..lang.nodes import path_like
-from .store import ARTIFACTS
+from .store import ARTIFACTS, own_files
 
 JSONL = ("instructions", "dataset", "metadata", "pool", "rubrics")
 
@@ -320,21 +321,43 @@ def read_run_json(path: Path) -> Any:
         raise damaged_run(Path(path).parent, exc) from None
 
 
+DAMAGE_HINT = "pass a run folder `codeclm run` wrote, unedited; or write it again: rerun, or `codeclm replay` it"
+
+
 def damaged_run(folder: Path, exc: BaseException) -> Exception:
     """The error to show for a run folder a reader choked on (`exc`, a ValueError, KeyError, ...):
     the first file and line that is not UTF-8 JSON, else the shape the reader did not expect. Run
     folders are inputs too: a damaged one is a message (exit 2), never a traceback."""
     from ..errors import SpecError
 
-    hint = "pass a run folder `codeclm run` wrote, unedited; or write it again: rerun, or `codeclm replay` it"
-    for path in sorted(Path(folder).glob("*.json*")):
+    found = _first_damage(sorted(Path(folder).glob("*.json*")))
+    return found or SpecError(str(folder), f"a file of this run folder does not hold what codeclm wrote "
+                              f"({type(exc).__name__}: {exc})", hint=DAMAGE_HINT)
+
+
+def check_intact(folder: Path) -> None:
+    """Raise the SpecError (exit 2) naming the first file and line of the run's JSON files that is not what
+    codeclm wrote. The readers here skip such lines, so `report` and `inspect` would show a truncated manifest
+    or dataset as a smaller run; a user's own file in the folder is not the run's and is not read."""
+    names = {ARTIFACTS["manifest"], *own_files(Path(folder))}
+    paths = sorted(Path(folder) / name for name in names if name.endswith((".json", ".jsonl")))
+    found = _first_damage(path for path in paths if path.is_file())
+    if found is not None:
+        raise found
+
+
+def _first_damage(paths: Iterable[Path]) -> Exception | None:
+    """The SpecError for the first of `paths` (JSON, or JSONL by its suffix) that is not UTF-8 JSON objects."""
+    from ..errors import SpecError
+
+    for path in paths:
         if not path.is_file() or path.suffix not in (".json", ".jsonl"):
             continue
         try:
             text = path.read_bytes().decode("utf-8")
         except UnicodeDecodeError as bad:
             line = path.read_bytes()[:bad.start].count(b"\n") + 1
-            return SpecError(str(path), f"damaged: not UTF-8 (byte {bad.start})", line=line, hint=hint)
+            return SpecError(str(path), f"damaged: not UTF-8 (byte {bad.start})", line=line, hint=DAMAGE_HINT)
         chunks = [text] if path.suffix == ".json" else text.splitlines()
         for number, chunk in enumerate(chunks, 1):
             if not chunk.strip():
@@ -342,12 +365,11 @@ def damaged_run(folder: Path, exc: BaseException) -> Exception:
             try:
                 value = json.loads(chunk)
             except (ValueError, RecursionError) as bad:
-                return SpecError(str(path), f"damaged: not JSON ({bad})", line=number, hint=hint)
+                return SpecError(str(path), f"damaged: not JSON ({bad})", line=number, hint=DAMAGE_HINT)
             if not isinstance(value, dict):
                 return SpecError(str(path), f"damaged: a {type(value).__name__} where a JSON object belongs",
-                                 line=number, hint=hint)
-    return SpecError(str(folder), f"a file of this run folder does not hold what codeclm wrote "
-                     f"({type(exc).__name__}: {exc})", hint=hint)
+                                 line=number, hint=DAMAGE_HINT)
+    return None
 
 
 def outcomes(manifest: dict[str, Any], statuses: dict[str, int]) -> dict[str, int]:

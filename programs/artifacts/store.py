@@ -8,9 +8,10 @@ order records finished in.
 A run writes only into a folder that is new, empty or one of codeclm's own runs (marked by
 `.codeclm-run`, or a codeclm manifest), never into the root, the home folder or the run a
 replay checks; and it touches the folder only once it has something to write. The marker
-lists the outputs codeclm wrote there: an output never replaces any other file, and once a
-run finishes, the files of earlier runs it did not write again go. While it writes, a run
-holds the folder (an advisory lock), so a second run into it at once is refused.
+lists every file codeclm wrote there, each before it is written (a run killed mid-way still
+owns what it began): a file it does not list is the user's, never replaced nor deleted, and
+once a run finishes, the files of earlier runs it did not write again go. While it writes, a
+run holds the folder (an advisory lock), so a second run into it at once is refused.
 """
 
 from __future__ import annotations
@@ -85,17 +86,90 @@ def write_atomic(path: Path, text: str) -> None:
 MARKER = ".codeclm-run"  # written first into every run folder: what makes a folder codeclm's own
 
 
+REPORT = "report.html"  # the run's report (`codeclm report`), written into the run folder by default
+WRITTEN = "written"  # the marker's list of every file codeclm wrote in the folder
+# Summaries codeclm writes beside no manifest, the keys that show one is codeclm's, and the files it comes with:
+# what makes a folder written before the marker (or its list) codeclm's.
+SIGNED = {"eval.json": ({"candidate", "reference", "judge", "summary"}, ("eval.json", "eval.jsonl")),
+          "compare.json": ({"wins", "ties", "losses", "judge", "sides"}, ("compare.json", "compare.jsonl",
+                                                                          "compare.txt"))}
+
+
 def is_own_run(folder: Path) -> bool:
-    """A folder codeclm wrote: it holds the marker, or (made before the marker) a run's manifest or an
-    evaluation's eval.json."""
+    """A folder codeclm wrote: it holds the marker, or (made before the marker) a run's manifest or the
+    summary of an evaluation (eval.json) or a comparison (compare.json)."""
     if (folder / MARKER).is_file():
         return True
-    for name, keys in ((ARTIFACTS["manifest"], {"spec", "code_sha256", "options", "calls"}),
-                       ("eval.json", {"candidate", "reference", "judge", "summary"})):  # `codeclm evaluate`'s
-        written = _json_or_none(folder / name)
-        if isinstance(written, dict) and keys <= written.keys():
-            return True
-    return False
+    return _is_manifest(_json_or_none(folder / ARTIFACTS["manifest"])) or any(_signed(folder, name) for name in SIGNED)
+
+
+def _is_manifest(value: Any) -> bool:
+    """Whether a parsed manifest.json has the keys every codeclm run's manifest has (not a user's file)."""
+    return isinstance(value, dict) and {"spec", "code_sha256", "options", "calls"} <= value.keys()
+
+
+def _signed(folder: Path, name: str) -> bool:
+    """Whether the folder's summary `name` (a key of SIGNED) holds the keys codeclm writes into it."""
+    written = _json_or_none(folder / name)
+    return isinstance(written, dict) and SIGNED[name][0] <= written.keys()
+
+
+def is_codeclm_report(path: Path) -> bool:
+    """Whether the file is a page `codeclm report` wrote (its title says so)."""
+    try:
+        with path.open("rb") as handle:
+            return b"<title>codeclm report" in handle.read(4096)
+    except OSError:
+        return False
+
+
+def own_files(folder: Path) -> set[str]:
+    """The files of `folder` codeclm wrote: those its marker lists. A folder an older codeclm wrote (no
+    list): only what its records name, since a user's metadata.jsonl there is not codeclm's for its name."""
+    marker = _json_or_none(folder / MARKER)
+    listed = marker.get(WRITTEN) if isinstance(marker, dict) else None
+    if isinstance(listed, list):
+        return _plain(listed)
+    return _named_before_the_list(folder, marker)
+
+
+def _plain(names: Iterable[Any]) -> set[str]:
+    """File names inside the folder only: a list naming ../victim.jsonl never reaches outside it."""
+    return {name for name in names if isinstance(name, str) and not path_like(name)}
+
+
+def _named_before_the_list(folder: Path, marker: Any) -> set[str]:
+    """What an older codeclm's folder shows it wrote: the outputs its marker listed, the files its run's
+    manifest names (the spec's outputs, and those every run writes), an evaluation's or a comparison's
+    files beside their summary, and a page codeclm's report wrote."""
+    listed = marker.get("files") if isinstance(marker, dict) else None
+    names = _plain(listed) if isinstance(listed, list) else set()
+    manifest = _json_or_none(folder / ARTIFACTS["manifest"])
+    if isinstance(manifest, dict) and isinstance(manifest.get("spec"), dict):
+        names |= {ARTIFACTS[name] for name in RESERVED_OUTPUTS} | {_file_of(name) for name in _outputs_of(manifest)}
+    for name, (_, files) in SIGNED.items():
+        if _signed(folder, name):
+            names.update(files)
+    if is_codeclm_report(folder / REPORT):
+        names.add(REPORT)
+    return {name for name in names if (folder / name).exists()}
+
+
+def note_own(folder: Path, names: Iterable[str]) -> None:
+    """Add files to the marker's list before they are written, so a run killed while writing them
+    still owns them on its resume. The first note also lists what an older codeclm's folder shows."""
+    marker = _json_or_none(folder / MARKER)
+    marker = marker if isinstance(marker, dict) else {"written_by": "codeclm"}
+    owned = own_files(folder)
+    names = _plain(names)
+    if WRITTEN not in marker or not names <= owned:
+        _list_in_marker(folder, marker, owned | names)
+
+
+def _list_in_marker(folder: Path, marker: dict[str, Any], names: set[str]) -> None:
+    """The marker with `names` as its list (the older `files` list, outputs only, goes: it is in there)."""
+    kept = {key: value for key, value in marker.items() if key != "files"}
+    write_atomic(folder / MARKER, json.dumps({**kept, WRITTEN: sorted(names)}) + "\n")
 
 
 def check_out_folder(folder: Path, protect: Path | None = None) -> Path:
@@ -169,17 +243,21 @@ def _json_or_none(path: Path) -> Any:
         return None
 
 
-def _outputs_of(manifest: Path) -> set[str]:
-    """The outputs a finished run's manifest says its spec declared (none if it cannot be read): a
-    rerun into the folder with another spec removes those it does not write again."""
+def _outputs_of(manifest: Any) -> set[str]:
+    """The outputs a finished run's manifest says its spec declared (none if it says none)."""
     try:
-        outputs = _json_or_none(manifest)["spec"]["resolved"]["outputs"]
+        outputs = manifest["spec"]["resolved"]["outputs"]
     except (KeyError, TypeError):
         return set()
     if not isinstance(outputs, dict):
         return set()
     # a name that is a path, or a file every run writes itself, is never an output's
     return {name for name in outputs if isinstance(name, str) and not path_like(name) and name not in RESERVED_OUTPUTS}
+
+
+def _file_of(artifact: str) -> str:
+    """A known artifact's file name, else an output's: NAME.jsonl."""
+    return ARTIFACTS.get(artifact, f"{artifact}.jsonl")
 
 
 class RunStore:
@@ -206,8 +284,8 @@ class RunStore:
             return
         claim_folder(self.folder, self.protect)
         self.hold()
-        self._earlier_files = self._own_files()
-        self._list_owned(self._earlier_files)  # the manifest that also names them goes next
+        self._earlier_files = own_files(self.folder)
+        note_own(self.folder, self._earlier_files)  # listed before the manifest that names them (older folders) goes
         self.path("manifest").unlink(missing_ok=True)
         self._claimed = True
 
@@ -240,58 +318,42 @@ class RunStore:
             self._lock_fd = None
 
     def check_outputs(self, names: Iterable[str]) -> None:
-        """Before anything runs: no output may replace a file of the folder that codeclm did not
-        write (a user's notes.jsonl beside a run, then an output named notes). SpecError (exit 2)."""
+        """Before anything runs: no file the run writes (an output, its journal, the files every run
+        writes) may replace a file of the folder that codeclm did not write (a user's notes.jsonl beside a
+        run, then an output named notes; a user's metadata.jsonl, then a spec writing metadata). SpecError."""
         if not self.folder.is_dir():
             return
-        own = self._own_files()
-        for name in names:
-            path = self.path(name)
-            if path.exists() and path.name not in own:
-                raise SpecError(str(path), f"exists and codeclm did not write it: output '{name}' would replace it",
-                                hint="move the file away, name the output otherwise, or choose another --out")
-
-    def _own_files(self) -> set[str]:
-        """Files of the folder codeclm wrote: its fixed artifacts, the outputs the marker lists, and those
-        the last finished run's manifest declared (a folder from before the marker listed them)."""
-        listed = _json_or_none(self.folder / MARKER)
-        files = listed.get("files") if isinstance(listed, dict) else None
-        return {*ARTIFACTS.values(), *(f for f in files or [] if isinstance(f, str) and not path_like(f)),
-                *(self.path(name).name for name in _outputs_of(self.path("manifest")))}
+        own = own_files(self.folder)
+        names = list(names)
+        fixed = ["failures", "call_keys", "manifest", *(["dataset_info"] if "dataset" in names else [])]
+        for name in [*names, *fixed]:
+            for path in (self.path(name), self.journal_path(name)):
+                if path.exists() and path.name not in own:
+                    what = f"output '{name}'" if name in names else f"the run's own {path.name}"
+                    raise SpecError(str(path), f"exists and codeclm did not write it: {what} would replace it",
+                                    hint="move the file away, name the output otherwise, or choose another --out")
 
     def _remove_stale(self) -> None:
-        """The files earlier runs wrote that this one did not (another spec's outputs); the marker then
-        lists this run's outputs only."""
+        """The files earlier runs wrote that this one did not (another spec's outputs, a report this run
+        does not write); the marker then lists this run's files only."""
         written = {self.path(artifact).name for artifact in self._written} | {ARTIFACTS["manifest"]}
         for name in self._earlier_files - written:
             (self.folder / name).unlink(missing_ok=True)
         marker = _json_or_none(self.folder / MARKER)
-        if isinstance(marker, dict) and "files" in marker:
-            outputs = sorted(name for name in written if name not in ARTIFACTS.values())
-            write_atomic(self.folder / MARKER, json.dumps({**marker, "files": outputs}) + "\n")
+        _list_in_marker(self.folder, marker if isinstance(marker, dict) else {"written_by": "codeclm"}, written)
 
     def _owned(self, artifact: str) -> None:
-        """Note in the marker that codeclm writes this output's file, before it is written."""
-        self._list_owned({self.path(artifact).name})
-
-    def _list_owned(self, names: set[str]) -> None:
-        """Add output files to the marker's list (a folder from before the list: those its manifest
-        named, kept when a rerun removes that manifest and then stops before writing its own)."""
-        names = {name for name in names if name not in ARTIFACTS.values()}
-        marker = _json_or_none(self.folder / MARKER)
-        marker = marker if isinstance(marker, dict) else {"written_by": "codeclm"}
-        files = {f for f in marker.get("files") or [] if isinstance(f, str)}
-        if not names <= files:
-            write_atomic(self.folder / MARKER, json.dumps({**marker, "files": sorted(files | names)}) + "\n")
+        """Note in the marker that codeclm writes this artifact's file, before it is written."""
+        self._written.add(artifact)
+        note_own(self.folder, {self.path(artifact).name})
 
     def path(self, artifact: str) -> Path:
         """A known artifact's file, else an output's: NAME.jsonl."""
-        return self.folder / ARTIFACTS.get(artifact, f"{artifact}.jsonl")
+        return self.folder / _file_of(artifact)
 
     def write_jsonl(self, artifact: str, records: Iterable[dict[str, Any]]) -> None:
         self.claim()
         self._owned(artifact)
-        self._written.add(artifact)
         write_atomic(self.path(artifact), "".join(dumps(r) + "\n" for r in records))
 
     def write_dataset_info(self, name: str) -> None:
@@ -304,7 +366,8 @@ class RunStore:
         self.claim()
         if artifact == "manifest":  # the run is complete: files of an earlier run it did not rewrite go
             self._remove_stale()
-        self._written.add(artifact)
+        else:
+            self._owned(artifact)
         write_atomic(self.path(artifact), json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
         if artifact == "manifest":  # written last: the run is complete
             self.release()
@@ -316,6 +379,7 @@ class RunStore:
 
     def open_journal(self, artifact: str) -> None:
         self.claim()
+        note_own(self.folder, {self.journal_path(artifact).name})
         self._journals[artifact] = _Journal(self.journal_path(artifact))  # a rerun rebuilds it
         if artifact in self._index:
             self._index[artifact].close()
@@ -334,6 +398,7 @@ class RunStore:
             return
         if self._call_log is None:
             self.claim()
+            note_own(self.folder, {self.journal_path("call_keys").name, self.path("call_keys").name})
             self._call_log = self.journal_path("call_keys").open("wb", buffering=_Journal.BUFFER)
         self._call_log.write("".join(call["key"] + "\n" for call in calls).encode("ascii"))
 
@@ -360,7 +425,6 @@ class RunStore:
     def _atomic_lines(self, artifact: str) -> _AtomicFile:
         self.claim()
         self._owned(artifact)
-        self._written.add(artifact)
         return _AtomicFile(self.path(artifact))
 
 
