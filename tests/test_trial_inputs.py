@@ -1,0 +1,51 @@
+"""Defects a user trial found: each bad input is exit 2 with the file, the line and the fix, or a
+recorded failure, never a traceback or a silent surprise (a paid model called, a run named None)."""
+
+from __future__ import annotations
+
+import pytest
+from codeclm.programs.lang.spec import load_spec
+from conftest import base_spec, write_spec
+from test_bad_inputs import assert_reports, cli, raw_spec, spec_error
+
+VLLM = ["models.strong.model=hosted_vllm/strong", "models.strong.api_base=http://127.0.0.1:9/v1"]
+
+
+# -- a --set for a model role the spec does not declare ---------------------------------------
+
+
+def test_a_set_for_a_role_nothing_reads_is_a_typo(tmp_path, seeds_file):
+    path = write_spec(tmp_path, base_spec(seeds_file))
+    with pytest.raises(Exception) as caught:
+        load_spec(path, ["models.stong.model=hosted_vllm/mine", "models.stong.api_base=http://127.0.0.1:9/v1"], ())
+    errors = getattr(caught.value, "errors", [caught.value])
+    assert [e.file for e in errors] == ["--set models.stong.model"]
+    assert "did you mean 'strong'?" in errors[0].hint and "strong, target" in errors[0].hint
+
+
+def test_a_set_role_a_node_or_the_command_reads_is_kept(tmp_path, seeds_file):
+    path = write_spec(tmp_path, base_spec(seeds_file))
+    spec = load_spec(path, ["models.cheap.model=local", "nodes.encode.model=cheap"], ())
+    assert spec.graph.every["encode"].model == "cheap"
+    assert "tuned" in load_spec(path, ["models.tuned.model=local"], ("tuned",)).models  # evaluate --candidate
+    assert "tuned" in load_spec(path, ["models.tuned.model=local"]).models  # no roles given: no check
+
+
+def test_a_set_role_typo_through_the_cli(tmp_path, seeds_file):
+    path = write_spec(tmp_path, base_spec(seeds_file))
+    assert_reports(cli("run", str(path), "--set", "models.stong.model=local", "--dry-run"),
+                   "--set models.stong.model", "did you mean 'strong'?")
+
+
+# -- name: ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("line", "message"), [("name:", "name is empty"), ("name: 2024", "name must be text")])
+def test_an_empty_or_non_text_name_is_refused_at_its_line(tmp_path, seeds_file, line, message):
+    data = base_spec(seeds_file)
+    del data["name"]
+    path = write_spec(tmp_path, data)
+    path.write_text(f"{line}\n{path.read_text()}")
+    error = spec_error(path)
+    assert error.line == 1 and message in error.message and "name: demo" in error.hint
+    assert load_spec(raw_spec(tmp_path, path.read_text().split("\n", 1)[1])).name == "spec"  # no key: the file's
