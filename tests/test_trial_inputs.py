@@ -49,3 +49,31 @@ def test_an_empty_or_non_text_name_is_refused_at_its_line(tmp_path, seeds_file, 
     error = spec_error(path)
     assert error.line == 1 and message in error.message and "name: demo" in error.hint
     assert load_spec(raw_spec(tmp_path, path.read_text().split("\n", 1)[1])).name == "spec"  # no key: the file's
+
+
+# -- a Gemini or Anthropic model with no key ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "env"), [("gemini/gemini-1.5-pro", "GEMINI_API_KEY or GOOGLE_API_KEY"),
+                                            ("anthropic/claude-3-5-sonnet-latest", "ANTHROPIC_API_KEY")])
+def test_a_provider_key_missing_stops_the_run_before_it_starts(tmp_path, seeds_file, model, env):
+    data = base_spec(seeds_file)
+    data["models"] = {"strong": {"model": model}, "target": {"model": "hosted_vllm/t", "api_base": "http://127.0.0.1:9"}}
+    path = write_spec(tmp_path, data)
+    unset = {name: "" for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "ANTHROPIC_API_KEY")}
+    done = cli("run", str(path), "--out", str(tmp_path / "run"), "-q", env=unset)
+    assert_reports(done, f"{path}:", f"needs the {env} environment variable")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_provider_key_is_read_where_dspy_reads_it(monkeypatch):
+    from codeclm.programs.lang.spec import ModelSpec
+    from codeclm.programs.models.backends import missing_key
+
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "MY_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GOOGLE_API_KEY", "k")
+    assert missing_key(ModelSpec("strong", "gemini/gemini-1.5-pro")) is None  # either of Gemini's variables
+    assert "MY_KEY" in missing_key(ModelSpec("strong", "gemini/gemini-1.5-pro", api_key_env="MY_KEY"))
+    monkeypatch.setenv("MY_KEY", "k")
+    assert missing_key(ModelSpec("strong", "anthropic/claude", api_key_env="MY_KEY")) is None

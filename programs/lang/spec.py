@@ -307,7 +307,8 @@ class Checker:
             close = difflib.get_close_matches(role, declared, n=1)
             self.errors.append(SpecError(
                 f"--set {key}", f"model role '{role}' is not in {self.path.name}, and no node reads it",
-                hint=(f"did you mean '{close[0]}'? " if close else "") + f"the spec's roles: {', '.join(declared) or 'none'}"
+                hint=(f"did you mean '{close[0]}'? " if close else "")
+                + f"the spec's roles: {', '.join(declared) or 'none'}"
                 f"; a new role needs a node to read it, e.g. --set nodes.NODE.model={role}"))
 
     def name(self) -> str:
