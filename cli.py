@@ -155,6 +155,18 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
     return value
 
 
+def _cache_mode(replay: bool, refresh: bool) -> str | None:
+    """`run`'s --replay or --refresh. Both at once used to let the last one win: a replay meant to
+    call nothing became a live run that overwrote the cache."""
+    from codeclm.programs.errors import SpecError
+
+    if replay and refresh:
+        raise SpecError("--replay", "--replay and --refresh contradict each other: --replay calls no model and "
+                        "writes no cache entry, --refresh calls every model again and overwrites the cache",
+                        hint="drop one of them")
+    return "replay" if replay else "refresh" if refresh else None
+
+
 def _load(spec_path: str, overrides: tuple[str, ...], roles: tuple[str | None, ...] | None = None) -> Any:
     """SPEC is a path, or the name of a shipped spec (`demo`, `codeclm`, ...). `roles`: the model roles
     the command reads by name; given, a `--set models.ROLE...` that nothing reads is refused (a typo)."""
@@ -202,8 +214,8 @@ def init(folder: Path) -> None:
               help="Use only the first N records of each file the spec reads (records written in the spec: all).")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight per model (overrides the spec).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
-@click.option("--replay", "mode", flag_value="replay", help="Cache read-only, no model contacted; a miss exits 3.")
-@click.option("--refresh", "mode", flag_value="refresh", help="Call the models again and overwrite the cache.")
+@click.option("--replay", is_flag=True, help="Cache read-only, no model contacted; a miss exits 3.")
+@click.option("--refresh", is_flag=True, help="Call the models again and overwrite the cache (not with --replay).")
 @click.option("--dry-run", is_flag=True, help="Estimate before spending: per node and model, the calls (at most), "
               "how many are cached, input and output tokens, and dollars.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the estimate as JSON.")
@@ -218,7 +230,7 @@ def init(folder: Path) -> None:
                    "[default: the spec's executor:, else local].")
 @reports_errors
 def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, ...], limit: int | None,
-        concurrency: int | None, cache_dir: Path | None, mode: str | None, dry_run: bool, quiet: bool,
+        concurrency: int | None, cache_dir: Path | None, replay: bool, refresh: bool, dry_run: bool, quiet: bool,
         no_report: bool, executor: str | None, as_json: bool = False, budget_usd: float | None = None,
         budget_tokens: int | None = None) -> None:
     """Run SPEC and write a run directory: dataset.jsonl and its artifacts, and
@@ -239,6 +251,7 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
 
     if as_json and not dry_run:
         raise SpecError("--json", "--json prints the dry run's estimate", hint="add --dry-run, or drop --json")
+    mode = _cache_mode(replay, refresh)
     overrides = (*overrides, *([f"budget.usd={budget_usd!r}"] if budget_usd is not None else []),
                  *([f"budget.tokens={budget_tokens}"] if budget_tokens is not None else []))
     loaded = _load(spec, overrides, roles=())

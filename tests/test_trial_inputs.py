@@ -77,3 +77,17 @@ def test_a_provider_key_is_read_where_dspy_reads_it(monkeypatch):
     assert "MY_KEY" in missing_key(ModelSpec("strong", "gemini/gemini-1.5-pro", api_key_env="MY_KEY"))
     monkeypatch.setenv("MY_KEY", "k")
     assert missing_key(ModelSpec("strong", "anthropic/claude", api_key_env="MY_KEY")) is None
+
+
+# -- contradicting flags ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags", [("--replay", "--refresh"), ("--refresh", "--replay")])
+def test_replay_and_refresh_together_are_refused(tmp_path, seeds_file, flags):
+    data = base_spec(seeds_file)
+    data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": "http://127.0.0.1:9/v1", "retries": 0}
+                      for role in ("strong", "target")}  # were it run, no model answers
+    path = write_spec(tmp_path, data)
+    done = cli("run", str(path), *flags, "--out", str(tmp_path / "run"))
+    assert_reports(done, "--replay and --refresh contradict each other", "drop one of them")
+    assert not (tmp_path / "run").exists()
