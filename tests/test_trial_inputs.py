@@ -91,3 +91,18 @@ def test_replay_and_refresh_together_are_refused(tmp_path, seeds_file, flags):
     done = cli("run", str(path), *flags, "--out", str(tmp_path / "run"))
     assert_reports(done, "--replay and --refresh contradict each other", "drop one of them")
     assert not (tmp_path / "run").exists()
+
+
+# -- an output name longer than a file name ---------------------------------------------------
+
+
+def test_an_output_name_past_a_file_name_is_refused_at_its_line(tmp_path, seeds_file):
+    data = base_spec(seeds_file)
+    data["outputs"] = {("o" * 260 if name == "pool" else name): body for name, body in data["outputs"].items()}
+    path = write_spec(tmp_path, data)
+    error = spec_error(path)
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "o" * 260 in text)
+    assert error.line == line and "260 bytes long" in error.message and "200 bytes or less" in error.hint
+    data["outputs"] = {("o" * 200 if name == "pool" else name): body for name, body in base_spec(seeds_file)
+                       ["outputs"].items()}
+    load_spec(write_spec(tmp_path, data))

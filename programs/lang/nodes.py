@@ -23,6 +23,7 @@ LOOP_FIELDS = ("index", "first", "last", "max", "calls", "failure")
 LOOP_OUTPUTS = ("exit", "iteration", "iterations")
 RECORD_FIELDS = ("id", "status", "failure", "sources", "calls")  # `record.*`, in outputs
 RESERVED_OUTPUTS = ("failures", "manifest", "dataset_info", "call_keys")  # files every run writes itself
+MAX_OUTPUT_BYTES = 200  # an output is the file NAME.jsonl(.partial): a file name holds 255 bytes; as a spec's name
 
 
 def _json_object(path: Path) -> bool:
@@ -595,6 +596,11 @@ class NodeReader:
             self.checker.error(where, f"output name {name!r} " + ("is a file every run writes itself"
                                if name in RESERVED_OUTPUTS else "is not a plain name: it names the file NAME.jsonl "
                                "in the run folder"), "a name, not a path: letters, digits and _ (e.g. dataset)")
+            return None
+        if len(name.encode("utf-8", "replace")) > MAX_OUTPUT_BYTES:  # else the run fails writing it, .partial left
+            self.checker.error(where, f"output name is {len(name.encode('utf-8', 'replace'))} bytes long: it names "
+                               "the file NAME.jsonl (NAME.jsonl.partial while the run writes it), and a file name "
+                               "holds 255 bytes", f"shorten it to {MAX_OUTPUT_BYTES} bytes or less")
             return None
         raw = self.checker.mapping(where, raw, f"output '{name}'")
         self.checker.check_keys(where, raw, {"from", "where", "fields", "description"})
