@@ -106,3 +106,38 @@ def test_an_output_name_past_a_file_name_is_refused_at_its_line(tmp_path, seeds_
     data["outputs"] = {("o" * 200 if name == "pool" else name): body for name, body in base_spec(seeds_file)
                        ["outputs"].items()}
     load_spec(write_spec(tmp_path, data))
+
+
+# -- a hand-edited program file ---------------------------------------------------------------
+
+PROGRAM = {"predict": {"traces": [], "train": [], "demos": [{"instruction": "Sort a list.", "use_case": "code"}],
+                       "signature": {"instructions": "Analyze.", "fields": [{"prefix": "Instruction:",
+                                                                             "description": "${instruction}"}]},
+                       "lm": None}, "codeclm": {"node": "encode"}}
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"demos": 7}, "predict.demos must be a list of examples (mappings), got a number"),
+    ({"demos": ["x"]}, "predict.demos must be a list of examples (mappings), got a list of text"),
+    ({"signature": "x"}, "predict.signature needs 'instructions'"),
+], ids=["demos-number", "demos-text", "signature"])
+def test_a_damaged_program_file_is_refused_when_the_spec_loads(tmp_path, seeds_file, edit, message):
+    import json
+
+    program = tmp_path / "encode.json"
+    program.write_text(json.dumps({**PROGRAM, "predict": {**PROGRAM["predict"], **edit}}))
+    path = write_spec(tmp_path, base_spec(seeds_file))
+    error = spec_error(path, [f"nodes.encode.program={program}"])
+    assert error.file == "--set nodes.encode.program" and str(program) in error.message and message in error.message
+    assert "codeclm optimize" in error.hint and "remove that key" in error.hint
+    for command in (("validate",), ("render", "--input", '{"instruction": "x"}')):
+        where = [command[0], str(path), *(["encode", *command[1:]] if command[0] == "render" else [])]
+        assert_reports(cli(*where, "--set", f"nodes.encode.program={program}"), str(program), message)
+
+
+def test_a_sound_program_file_loads(tmp_path, seeds_file):
+    import json
+
+    program = tmp_path / "encode.json"
+    program.write_text(json.dumps(PROGRAM))
+    load_spec(write_spec(tmp_path, base_spec(seeds_file)), [f"nodes.encode.program={program}"])
