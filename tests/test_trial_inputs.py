@@ -141,3 +141,48 @@ def test_a_sound_program_file_loads(tmp_path, seeds_file):
     program = tmp_path / "encode.json"
     program.write_text(json.dumps(PROGRAM))
     load_spec(write_spec(tmp_path, base_spec(seeds_file)), [f"nodes.encode.program={program}"])
+
+
+# -- expressions that would grow without bound ------------------------------------------------
+
+
+def test_range_is_capped_as_in_templates():
+    from codeclm.programs.lang.expressions import Expression
+
+    with pytest.raises(OverflowError):
+        Expression("range(10**9) | list").evaluate({})
+    assert Expression("range(3) | list").evaluate({}) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("source", ["state.s ~ state.s", "state.s + state.s", "[state.s] * 1000",
+                                    "[state.s, state.s] | join"])
+def test_a_computed_value_past_max_made_is_refused(source):
+    from codeclm.programs.lang.expressions import Expression
+    from jinja2.exceptions import SecurityError
+
+    with pytest.raises(SecurityError, match="more than 1,000,000"):
+        Expression(source).evaluate({"state": {"s": "ab" * 300_000}})
+    assert len(Expression(source).evaluate({"state": {"s": "ab"}})) >= 2
+
+
+GROWING = {
+    "name": "growing", "models": {"strong": {"model": "local"}},
+    "nodes": {"seeds": {"type": "source", "records": [{"instruction": "Sort a list."}]},
+              "grow": {"type": "loop", "for_each": "seeds", "max": 60, "state": {"s": "'ab'"},
+                       "body": {"decide": {"type": "switch", "cases": [{"name": "again"}]}},
+                       "next": {"s": "state.s ~ state.s"}, "trace": {"size": "state.s | length"}}},
+    "outputs": {"dataset": {"from": "grow", "fields": {"size": "state.s | length"}},
+                "counts": {"from": "seeds", "fields": {"iteration": "range(10**9) | list"}}},
+}
+
+
+def test_a_loop_state_or_an_output_that_grows_without_bound_is_a_recorded_failure(tmp_path, scripted):
+    import json
+
+    data = {**GROWING, "prompts": str(tmp_path)}
+    scripted(write_spec(tmp_path, data))
+    failures = [json.loads(line) for line in (tmp_path / "run" / "failures.jsonl").read_text().splitlines()]
+    errors = sorted(f"{f['stage']}: {f['error']}" for f in failures)
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("grow: next.s: SecurityError: 'state.s ~ state.s' made a value of more than")
+    assert errors[1].startswith("output counts: its fields or where: failed: OverflowError: Range too big")
