@@ -155,8 +155,21 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
     return value
 
 
-def _load(spec_path: str, overrides: tuple[str, ...]) -> Any:
-    """SPEC is a path, or the name of a shipped spec (`demo`, `codeclm`, ...)."""
+def _cache_mode(replay: bool, refresh: bool) -> str | None:
+    """`run`'s --replay or --refresh. Both at once used to let the last one win: a replay meant to
+    call nothing became a live run that overwrote the cache."""
+    from codeclm.programs.errors import SpecError
+
+    if replay and refresh:
+        raise SpecError("--replay", "--replay and --refresh contradict each other: --replay calls no model and "
+                        "writes no cache entry, --refresh calls every model again and overwrites the cache",
+                        hint="drop one of them")
+    return "replay" if replay else "refresh" if refresh else None
+
+
+def _load(spec_path: str, overrides: tuple[str, ...], roles: tuple[str | None, ...] | None = None) -> Any:
+    """SPEC is a path, or the name of a shipped spec (`demo`, `codeclm`, ...). `roles`: the model roles
+    the command reads by name; given, a `--set models.ROLE...` that nothing reads is refused (a typo)."""
     from codeclm.programs.errors import SpecError
     from codeclm.programs.lang.spec import load_spec
     from codeclm.programs.starter import builtin_specs, resolve_spec
@@ -165,7 +178,8 @@ def _load(spec_path: str, overrides: tuple[str, ...]) -> Any:
     if not path.exists() and path == Path(spec_path) and not path.suffix and len(path.parts) == 1:  # a name
         raise SpecError(spec_path, "no such spec file, and no shipped spec of that name",
                         hint=f"give a path, or one of: {', '.join(builtin_specs())} (`codeclm init` copies them)")
-    return load_spec(str(path), list(overrides))
+    named = None if roles is None else [role for role in roles if role]
+    return load_spec(str(path), list(overrides), named)
 
 
 @main.command()
@@ -200,8 +214,8 @@ def init(folder: Path) -> None:
               help="Use only the first N records of each file the spec reads (records written in the spec: all).")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight per model (overrides the spec).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
-@click.option("--replay", "mode", flag_value="replay", help="Cache read-only, no model contacted; a miss exits 3.")
-@click.option("--refresh", "mode", flag_value="refresh", help="Call the models again and overwrite the cache.")
+@click.option("--replay", is_flag=True, help="Cache read-only, no model contacted; a miss exits 3.")
+@click.option("--refresh", is_flag=True, help="Call the models again and overwrite the cache (not with --replay).")
 @click.option("--dry-run", is_flag=True, help="Estimate before spending: per node and model, the calls (at most), "
               "how many are cached, input and output tokens, and dollars.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the estimate as JSON.")
@@ -216,7 +230,7 @@ def init(folder: Path) -> None:
                    "[default: the spec's executor:, else local].")
 @reports_errors
 def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, ...], limit: int | None,
-        concurrency: int | None, cache_dir: Path | None, mode: str | None, dry_run: bool, quiet: bool,
+        concurrency: int | None, cache_dir: Path | None, replay: bool, refresh: bool, dry_run: bool, quiet: bool,
         no_report: bool, executor: str | None, as_json: bool = False, budget_usd: float | None = None,
         budget_tokens: int | None = None) -> None:
     """Run SPEC and write a run directory: dataset.jsonl and its artifacts, and
@@ -237,9 +251,10 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
 
     if as_json and not dry_run:
         raise SpecError("--json", "--json prints the dry run's estimate", hint="add --dry-run, or drop --json")
+    mode = _cache_mode(replay, refresh)
     overrides = (*overrides, *([f"budget.usd={budget_usd!r}"] if budget_usd is not None else []),
                  *([f"budget.tokens={budget_tokens}"] if budget_tokens is not None else []))
-    loaded = _load(spec, overrides)
+    loaded = _load(spec, overrides, roles=())
     check_templates(loaded)  # every check `validate` makes, before the first call
     if mode == "replay" and out is None:  # never overwrite the run being replayed
         out = Path("runs") / f"{loaded.name}-replay"
@@ -397,7 +412,7 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
     options = EvalOptions(benchmarks=list(benchmarks), candidate=candidate, reference=reference, limit=limit,
                           out=out, cache_dir=cache_dir, cache_mode=mode or "live", concurrency=concurrency,
                           progress=Progress(stream=None if quiet else sys.stderr))
-    loaded = _load(spec, overrides)
+    loaded = _load(spec, overrides, roles=(candidate, reference))
     check_templates(loaded)  # every check `validate` makes, before the first call
     result = run_evaluation(loaded, options)
     options.progress.close()
@@ -468,7 +483,7 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
                               reflection=reflection,
                               max_metric_calls=max_metric_calls, auto=auto, out=out, cache_dir=cache_dir,
                               progress=None if quiet else sys.stderr)
-    loaded = _load(spec, overrides)
+    loaded = _load(spec, overrides, roles=(teacher, reflection))
     check_templates(loaded)  # every check `validate` makes, before the first call
     result = run_optimizer(loaded, options)
     click.echo(result.table)
@@ -658,7 +673,7 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
     from codeclm.programs.engine.llm import check_templates
     from codeclm.programs.lang.describe import words
 
-    loaded = _load(spec, overrides)
+    loaded = _load(spec, overrides, roles=())
     check_templates(loaded)
     click.echo(f"{spec}: valid.")
     click.echo(words(loaded.graph))
@@ -679,7 +694,7 @@ def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) ->
     from codeclm.programs.lang.yaml_lines import has_surrogate
     from codeclm.programs.optimize import model_node
 
-    loaded = _load(spec, overrides)
+    loaded = _load(spec, overrides, roles=())
     llm_node = model_node(loaded, node)
     try:
         given = json.loads(input_json)
@@ -723,7 +738,7 @@ def graph(spec: str, mermaid: bool, overrides: tuple[str, ...]) -> None:
     from codeclm.programs.lang.describe import mermaid as as_mermaid
     from codeclm.programs.lang.describe import words
 
-    loaded = _load(spec, overrides)
+    loaded = _load(spec, overrides, roles=())
     click.echo(as_mermaid(loaded.graph) if mermaid else words(loaded.graph))
 
 

@@ -86,6 +86,15 @@ class NodeRunner:
         except (TypeError, ValueError, ArithmeticError, jinja2.TemplateError) as exc:  # 1/0, 2.0 ** 10**8
             raise NodeFailed({"error": f"{what}: {type(exc).__name__}: {exc}", "raw": None}) from None
 
+    @staticmethod
+    def present(tree: dict[str, Any], scope: dict[str, Any], what: str) -> dict[str, Any]:
+        """`value` for a mapping whose absent keys are left out (a loop's trace): a field that fails
+        fails the record, as in `value`, rather than the run."""
+        try:
+            return evaluate_present(tree, scope)
+        except (TypeError, ValueError, ArithmeticError, jinja2.TemplateError) as exc:
+            raise NodeFailed({"error": f"{what}: {type(exc).__name__}: {exc}", "raw": None}) from None
+
     # -- dispatch -------------------------------------------------------------------------------
 
     async def run(self, node: Node, record: Record, extra: dict[str, Any] | None = None,
@@ -317,7 +326,7 @@ class LoopRun:
             self.calls += calls
             views = {**_views(body), "state": View(state)}
             loop_view = View({**loop, "calls": calls, **({"failure": failure} if failure else {})})
-            self.trace.append(evaluate_present(node.trace, {**self.scope, **views, "loop": loop_view}))
+            self.trace.append(runner.present(node.trace, {**self.scope, **views, "loop": loop_view}, "trace"))
             if node.emit == "each":
                 emitted.append(self.emit(index, exit_name, failure, views, each=True))
             if exit_name or failure:

@@ -17,14 +17,15 @@ from typing import Any
 import jinja2
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from .rouge import rouge_l
 
-# Functions every expression may call, besides Jinja's own filters and tests.
+# Functions every expression may call, besides Jinja's own filters and tests. `range` is Jinja's
+# sandboxed one, capped as in templates: Python's made `range(10**9) | list` a MemoryError.
 HELPERS: dict[str, Any] = {
     "ceil": math.ceil, "floor": math.floor, "min": min, "max": max, "len": len, "abs": abs, "round": round,
-    "sum": sum, "sorted": sorted, "range": range, "words": lambda text: len(str(text).split()),
+    "sum": sum, "sorted": sorted, "range": safe_range, "words": lambda text: len(str(text).split()),
     "rouge_l": rouge_l,
 }
 _MUTATORS = {"append", "extend", "insert", "pop", "remove", "clear", "update", "setdefault", "popitem", "sort",
@@ -44,7 +45,9 @@ class Sandbox(ImmutableSandboxedEnvironment):
     change after, so the snapshot is safe.
 
     `*` and `**` are checked before they compute (Jinja caps `range` alone): `"x" * 10**10` took
-    all the memory of the machine, and `10 ** 10**9` would compute for hours."""
+    all the memory of the machine, and `10 ** 10**9` would compute for hours. What `*` repeats is
+    counted whole (`[text] * n` repeats the text n times once joined). Each computed value is
+    checked after (`checked_size`), so what a loop's state grows to step by step stays bounded."""
 
     intercepted_binops = frozenset({"*", "**"})
 
@@ -54,13 +57,43 @@ class Sandbox(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_MADE:
-                    raise SecurityError(f"repeating a value of {len(seq):,} items {times:,} times makes more than "
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
+                        and (size := made_size(seq)) * times > MAX_MADE:
+                    raise SecurityError(f"repeating a value of {size:,} items {times:,} times makes more than "
                                         f"{MAX_MADE:,}")
         elif isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0 \
                 and right * math.log10(abs(left)) > MAX_MADE:
             raise SecurityError(f"{left} ** {right} has more than {MAX_MADE:,} digits")
         return super().call_binop(context, operator, left, right)
+
+
+def made_size(value: Any, limit: int = MAX_MADE) -> int:
+    """Characters and items in a value, lists and mappings inside it counted too; counting stops
+    once past `limit`, so a large value costs no more than the limit to measure."""
+    total, stack = 0, [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, (str, bytes)):
+            total += len(item)
+        elif isinstance(item, dict):
+            total += len(item)
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            total += len(item)
+            stack += item
+        else:
+            total += 1
+    return total
+
+
+def checked_size(value: Any, source: str) -> Any:
+    """A computed value, refused past MAX_MADE: a loop's `next: {s: "state.s ~ state.s"}` doubled its
+    text each iteration until the machine ran out of memory. A SecurityError: the node or output
+    fails on that record (recorded, with this message), and the run goes on."""
+    if (isinstance(value, str) and len(value) > MAX_MADE) or \
+            (isinstance(value, (list, tuple, dict, set, frozenset)) and made_size(value) > MAX_MADE):
+        raise SecurityError(f"{source!r} made a value of more than {MAX_MADE:,} characters and items")
+    return value
 
 
 _ENV = Sandbox(undefined=jinja2.StrictUndefined)
@@ -139,7 +172,7 @@ class Expression:
                 return value
         if self._literal is not None:
             return self._literal[0]
-        return self._compiled(scope)  # not **scope: Jinja copies the mapping anyway
+        return checked_size(self._compiled(scope), self.source)  # not **scope: Jinja copies the mapping anyway
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"

@@ -23,18 +23,54 @@ LOOP_FIELDS = ("index", "first", "last", "max", "calls", "failure")
 LOOP_OUTPUTS = ("exit", "iteration", "iterations")
 RECORD_FIELDS = ("id", "status", "failure", "sources", "calls")  # `record.*`, in outputs
 RESERVED_OUTPUTS = ("failures", "manifest", "dataset_info", "call_keys")  # files every run writes itself
+MAX_OUTPUT_BYTES = 200  # an output is the file NAME.jsonl(.partial): a file name holds 255 bytes; as a spec's name
 
 
-def _json_object(path: Path) -> bool:
-    """Whether a file (at most 64 MiB) holds a JSON object: what a saved program is."""
+def _program_problem(path: Path) -> str | None:
+    """What makes a file (at most 64 MiB) other than a program `codeclm optimize` saved; None when it
+    is one. Checked when the spec loads: a hand-edited file (`demos: 7`) passed validate, then the
+    run and `render` died in DSPy's loader or the adapter with a traceback."""
     import json
 
     try:
         if path.stat().st_size > 64 << 20:
-            return False
-        return isinstance(json.loads(path.read_bytes().decode("utf-8")), dict)
-    except (OSError, ValueError, RecursionError):
-        return False
+            return "it is over 64 MiB"
+        state = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        return f"it is not JSON ({type(exc).__name__})"
+    if not isinstance(state, dict):
+        return "it is not a JSON object"
+    predict = state.get("predict")
+    if not isinstance(predict, dict):
+        return "it has no 'predict' mapping (the tuned predictor)"
+    return _predict_problem(predict)
+
+
+def _predict_problem(predict: dict[str, Any]) -> str | None:
+    """What in a saved predictor's state DSPy's loader or the node's template cannot take; else None."""
+    signature = predict.get("signature")
+    if not isinstance(signature, dict) or not isinstance(signature.get("instructions"), str):
+        return "predict.signature needs 'instructions' (text)"
+    fields = signature.get("fields", [])
+    if not isinstance(fields, list) or not all(isinstance(f, dict) and isinstance(f.get("prefix"), str)
+                                                and isinstance(f.get("description"), str) for f in fields):
+        return "predict.signature.fields must be a list of {prefix, description} texts"
+    if "lm" not in predict or not isinstance(predict["lm"], (dict, type(None))):
+        return "predict.lm must be there, null or a mapping"
+    for key, what in (("demos", "examples (mappings)"), ("train", "examples"), ("traces", "traces")):
+        value = predict.get(key, [])
+        if not isinstance(value, list) or (key == "demos" and not all(isinstance(d, dict) for d in value)):
+            return f"predict.{key} must be a list of {what}, got {_json_kind(value)}"
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    """A JSON value's kind, as a user who edited the file would name it: `a list of text`."""
+    if isinstance(value, list):
+        return "a list of " + (", ".join(sorted({_json_kind(item) for item in value})) or "nothing")
+    if isinstance(value, bool) or value is None:
+        return "true/false" if value is not None else "null"
+    return {dict: "a mapping", str: "text"}.get(type(value), "a number")
 
 
 def path_like(name: str) -> bool:
@@ -416,9 +452,10 @@ class NodeReader:
         if program and not program.is_file():
             self.checker.error((*where, "program"), f"optimized program {program} not found",
                                "make one with codeclm optimize SPEC NODE, or drop 'program:'")
-        elif program and not _json_object(program):
-            self.checker.error((*where, "program"), f"{program} is not a program `codeclm optimize` saved "
-                               "(a JSON object)", "make one with codeclm optimize SPEC NODE, or drop 'program:'")
+        elif program and (problem := _program_problem(program)):
+            self.checker.error((*where, "program"), f"{program} is not a program `codeclm optimize` saved: {problem}",
+                               "run codeclm optimize SPEC NODE again to remake it, remove that key from the file, "
+                               "or drop 'program:'")
         for key, low, high in (("temperature", 0, 2), ("max_tokens", 1, 1_000_000)):
             value = raw.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -595,6 +632,11 @@ class NodeReader:
             self.checker.error(where, f"output name {name!r} " + ("is a file every run writes itself"
                                if name in RESERVED_OUTPUTS else "is not a plain name: it names the file NAME.jsonl "
                                "in the run folder"), "a name, not a path: letters, digits and _ (e.g. dataset)")
+            return None
+        if len(name.encode("utf-8", "replace")) > MAX_OUTPUT_BYTES:  # else the run fails writing it, .partial left
+            self.checker.error(where, f"output name is {len(name.encode('utf-8', 'replace'))} bytes long: it names "
+                               "the file NAME.jsonl (NAME.jsonl.partial while the run writes it), and a file name "
+                               "holds 255 bytes", f"shorten it to {MAX_OUTPUT_BYTES} bytes or less")
             return None
         raw = self.checker.mapping(where, raw, f"output '{name}'")
         self.checker.check_keys(where, raw, {"from", "where", "fields", "description"})

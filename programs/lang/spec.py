@@ -12,6 +12,7 @@ import copy
 import difflib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,14 +128,22 @@ def _distinct(errors: list[SpecError], copies: dict[str, str]) -> list[SpecError
     return distinct
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    """Read, override (`key.sub=value`), and check a spec. Raises SpecError(s)."""
+def load_spec(path: str | Path, overrides: list[str] | None = None, named_roles: Iterable[str] | None = None) -> Spec:
+    """Read, override (`key.sub=value`), and check a spec. Raises SpecError(s).
+
+    `named_roles`: the roles the command itself reads by name (evaluate's --candidate, ...). Given,
+    a `--set models.ROLE...` for a role the file does not declare must be read by a node, the spec
+    or the command: else it is a typo whose settings nothing would use. None: no such check."""
     path = Path(path)
     data, lines = load_with_lines(path)
     if not isinstance(data, dict):
         raise SpecError(str(path), "a spec must be a YAML mapping", line=1, hint="start from specs/demo.yaml")
+    declared = set(data["models"]) if isinstance(data.get("models"), dict) else set()
     data = apply_overrides(data, overrides or [], str(path))
-    return Checker(path, data, lines, [item.partition("=")[0] for item in overrides or []]).build()
+    checker = Checker(path, data, lines, [item.partition("=")[0] for item in overrides or []])
+    if named_roles is not None:
+        checker.new_roles = NewRoles(declared, set(named_roles))
+    return checker.build()
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
@@ -176,6 +185,14 @@ def _refuse_body_node(nodes: dict[str, Any], name: str, parts: list[str], raw_va
                             hint=f"--set {path}={raw_value}")
 
 
+@dataclass
+class NewRoles:
+    """What a `--set models.ROLE...` may add: the roles the spec file declares, and those a command names."""
+
+    declared: set[str]
+    named: set[str]
+
+
 class Checker:
     """Collects every problem in a spec, each located by its YAML key path, then raises them together."""
 
@@ -187,6 +204,7 @@ class Checker:
         # may be a credential (refused, never echoed)
         self.overridden = {tuple(key.split(".")): key for key in set_keys or []}
         self.unreadable_expressions = 0  # expressions that did not compile: what they read is unknown
+        self.new_roles: NewRoles | None = None  # set by load_spec when the command checks --set roles
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -248,7 +266,7 @@ class Checker:
             self.error(("executor",), f"executor must be one of {', '.join(EXECUTORS)}, got {data['executor']!r}")
         if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
             self.error(("seed",), "seed must be an integer")
-        name = str(data.get("name", self.path.stem))
+        name = self.name()
         if name.strip() in ("", ".") or ".." in name or "/" in name or "\\" in name or not name.isprintable():
             self.error(("name",), f"name must be a plain name (it names the run folder runs/NAME), got {name!r}",
                        "a name is not a path: no '/', '\\' or '..'; pass --out DIR to write elsewhere")
@@ -262,12 +280,47 @@ class Checker:
         from ..tuning.config import check_optimize
 
         optimize = check_optimize(self, data.get("optimize"), graph, models)
+        self.unread_set_roles(graph, optimize, budget)
         self.raise_errors()
-        return Spec(path=self.path, name=str(data.get("name", self.path.stem)), seed=int(data.get("seed", 0)),
+        return Spec(path=self.path, name=name, seed=int(data.get("seed", 0)),
                     prompts_dir=prompts_dir,
                     cache_dir=self.relative(str(data["cache"])) if data.get("cache") else None,
                     models=models, params=params, graph=graph, raw=data, budget=budget,
                     optimize=optimize, executor=str(data.get("executor", "local")))
+
+    def unread_set_roles(self, graph: Any, optimize: dict[str, Any], budget: Any) -> None:
+        """A `--set models.stong.model=...` (a typo of `strong`) made a new role nothing reads, and every
+        node still went to the spec's model (maybe a paid one): refuse a role the file does not declare
+        unless a node, the spec's optimize:/budget: or the command reads it."""
+        if self.new_roles is None:
+            return
+        read = {node.model for node in graph.model_nodes()} | self.new_roles.named
+        read |= {m.settings.get("model") for tuning in optimize.values() for m in tuning.metrics.values()}
+        read |= set(budget.per_model) if budget is not None else set()
+        declared = sorted(self.new_roles.declared)
+        reported: set[str] = set()
+        for parts, key in self.overridden.items():
+            role = parts[1] if len(parts) > 1 and parts[0] == "models" else None
+            if role is None or role in self.new_roles.declared or role in read or role in reported:
+                continue
+            reported.add(role)
+            close = difflib.get_close_matches(role, declared, n=1)
+            self.errors.append(SpecError(
+                f"--set {key}", f"model role '{role}' is not in {self.path.name}, and no node reads it",
+                hint=(f"did you mean '{close[0]}'? " if close else "")
+                + f"the spec's roles: {', '.join(declared) or 'none'}"
+                f"; a new role needs a node to read it, e.g. --set nodes.NODE.model={role}"))
+
+    def name(self) -> str:
+        """The spec's name: the file's stem when `name:` is absent. `name:` left empty is YAML's null,
+        and a number is not text: taken as they were, they named the run folder runs/None."""
+        name = self.data.get("name", self.path.stem)
+        if isinstance(name, str):
+            return name
+        self.error(("name",), "name is empty" if name is None else f"name must be text, got {name!r}",
+                   "give the run a name, e.g. name: demo (quote one that YAML reads otherwise: name: '2024'), "
+                   "or delete the line to use the file's name")
+        return self.path.stem
 
     def models(self, raw: dict[str, Any]) -> dict[str, ModelSpec]:
         models = {}

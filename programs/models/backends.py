@@ -262,15 +262,22 @@ def build_backend(spec: ModelSpec) -> Backend:
     return DSPyBackend(spec)
 
 
+# provider prefix -> the variables DSPy reads its key from (any one will do), for providers through dspy.LM
+DSPY_KEYS = {"gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "anthropic": ("ANTHROPIC_API_KEY",)}
+
+
 def missing_key(spec: ModelSpec) -> str | None:
     """Why every call to this model would fail before reaching it: the variable holding its key is
-    unset (the one `api_key_env` names, or OpenAI's own without an `api_base`); else None."""
+    unset (the one `api_key_env` names, or the provider's own without an `api_base`: OpenAI's,
+    Gemini's, Anthropic's); else None."""
     if spec.is_local:
         return None
-    default_env = OPENAI_COMPATIBLE.get(spec.model.partition("/")[0], (None, None))[1]
-    env = spec.api_key_env or (default_env if not spec.api_base else None)
-    if env and not os.environ.get(env, "").strip():
-        return f"model '{spec.role}' ({spec.model}) needs the {env} environment variable"
+    provider = spec.model.partition("/")[0]
+    defaults = DSPY_KEYS.get(provider) or (OPENAI_COMPATIBLE.get(provider, (None, None))[1],)
+    envs = (spec.api_key_env,) if spec.api_key_env else defaults if not spec.api_base else ()
+    envs = tuple(env for env in envs if env)
+    if envs and not any(os.environ.get(env, "").strip() for env in envs):
+        return f"model '{spec.role}' ({spec.model}) needs the {' or '.join(envs)} environment variable"
     return None
 
 

@@ -1,0 +1,188 @@
+"""Defects a user trial found: each bad input is exit 2 with the file, the line and the fix, or a
+recorded failure, never a traceback or a silent surprise (a paid model called, a run named None)."""
+
+from __future__ import annotations
+
+import pytest
+from codeclm.programs.lang.spec import load_spec
+from conftest import base_spec, write_spec
+from test_bad_inputs import assert_reports, cli, raw_spec, spec_error
+
+VLLM = ["models.strong.model=hosted_vllm/strong", "models.strong.api_base=http://127.0.0.1:9/v1"]
+
+
+# -- a --set for a model role the spec does not declare ---------------------------------------
+
+
+def test_a_set_for_a_role_nothing_reads_is_a_typo(tmp_path, seeds_file):
+    path = write_spec(tmp_path, base_spec(seeds_file))
+    with pytest.raises(Exception) as caught:
+        load_spec(path, ["models.stong.model=hosted_vllm/mine", "models.stong.api_base=http://127.0.0.1:9/v1"], ())
+    errors = getattr(caught.value, "errors", [caught.value])
+    assert [e.file for e in errors] == ["--set models.stong.model"]
+    assert "did you mean 'strong'?" in errors[0].hint and "strong, target" in errors[0].hint
+
+
+def test_a_set_role_a_node_or_the_command_reads_is_kept(tmp_path, seeds_file):
+    path = write_spec(tmp_path, base_spec(seeds_file))
+    spec = load_spec(path, ["models.cheap.model=local", "nodes.encode.model=cheap"], ())
+    assert spec.graph.every["encode"].model == "cheap"
+    assert "tuned" in load_spec(path, ["models.tuned.model=local"], ("tuned",)).models  # evaluate --candidate
+    assert "tuned" in load_spec(path, ["models.tuned.model=local"]).models  # no roles given: no check
+
+
+def test_a_set_role_typo_through_the_cli(tmp_path, seeds_file):
+    path = write_spec(tmp_path, base_spec(seeds_file))
+    assert_reports(cli("run", str(path), "--set", "models.stong.model=local", "--dry-run"),
+                   "--set models.stong.model", "did you mean 'strong'?")
+
+
+# -- name: ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("line", "message"), [("name:", "name is empty"), ("name: 2024", "name must be text")])
+def test_an_empty_or_non_text_name_is_refused_at_its_line(tmp_path, seeds_file, line, message):
+    data = base_spec(seeds_file)
+    del data["name"]
+    path = write_spec(tmp_path, data)
+    path.write_text(f"{line}\n{path.read_text()}")
+    error = spec_error(path)
+    assert error.line == 1 and message in error.message and "name: demo" in error.hint
+    assert load_spec(raw_spec(tmp_path, path.read_text().split("\n", 1)[1])).name == "spec"  # no key: the file's
+
+
+# -- a Gemini or Anthropic model with no key ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "env"), [("gemini/gemini-1.5-pro", "GEMINI_API_KEY or GOOGLE_API_KEY"),
+                                            ("anthropic/claude-3-5-sonnet-latest", "ANTHROPIC_API_KEY")])
+def test_a_provider_key_missing_stops_the_run_before_it_starts(tmp_path, seeds_file, model, env):
+    data = base_spec(seeds_file)
+    data["models"] = {"strong": {"model": model}, "target": {"model": "hosted_vllm/t", "api_base": "http://127.0.0.1:9"}}
+    path = write_spec(tmp_path, data)
+    unset = {name: "" for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "ANTHROPIC_API_KEY")}
+    done = cli("run", str(path), "--out", str(tmp_path / "run"), "-q", env=unset)
+    assert_reports(done, f"{path}:", f"needs the {env} environment variable")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_provider_key_is_read_where_dspy_reads_it(monkeypatch):
+    from codeclm.programs.lang.spec import ModelSpec
+    from codeclm.programs.models.backends import missing_key
+
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "MY_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GOOGLE_API_KEY", "k")
+    assert missing_key(ModelSpec("strong", "gemini/gemini-1.5-pro")) is None  # either of Gemini's variables
+    assert "MY_KEY" in missing_key(ModelSpec("strong", "gemini/gemini-1.5-pro", api_key_env="MY_KEY"))
+    monkeypatch.setenv("MY_KEY", "k")
+    assert missing_key(ModelSpec("strong", "anthropic/claude", api_key_env="MY_KEY")) is None
+
+
+# -- contradicting flags ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags", [("--replay", "--refresh"), ("--refresh", "--replay")])
+def test_replay_and_refresh_together_are_refused(tmp_path, seeds_file, flags):
+    data = base_spec(seeds_file)
+    data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": "http://127.0.0.1:9/v1", "retries": 0}
+                      for role in ("strong", "target")}  # were it run, no model answers
+    path = write_spec(tmp_path, data)
+    done = cli("run", str(path), *flags, "--out", str(tmp_path / "run"))
+    assert_reports(done, "--replay and --refresh contradict each other", "drop one of them")
+    assert not (tmp_path / "run").exists()
+
+
+# -- an output name longer than a file name ---------------------------------------------------
+
+
+def test_an_output_name_past_a_file_name_is_refused_at_its_line(tmp_path, seeds_file):
+    data = base_spec(seeds_file)
+    data["outputs"] = {("o" * 260 if name == "pool" else name): body for name, body in data["outputs"].items()}
+    path = write_spec(tmp_path, data)
+    error = spec_error(path)
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "o" * 260 in text)
+    assert error.line == line and "260 bytes long" in error.message and "200 bytes or less" in error.hint
+    data["outputs"] = {("o" * 200 if name == "pool" else name): body for name, body in base_spec(seeds_file)
+                       ["outputs"].items()}
+    load_spec(write_spec(tmp_path, data))
+
+
+# -- a hand-edited program file ---------------------------------------------------------------
+
+PROGRAM = {"predict": {"traces": [], "train": [], "demos": [{"instruction": "Sort a list.", "use_case": "code"}],
+                       "signature": {"instructions": "Analyze.", "fields": [{"prefix": "Instruction:",
+                                                                             "description": "${instruction}"}]},
+                       "lm": None}, "codeclm": {"node": "encode"}}
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"demos": 7}, "predict.demos must be a list of examples (mappings), got a number"),
+    ({"demos": ["x"]}, "predict.demos must be a list of examples (mappings), got a list of text"),
+    ({"signature": "x"}, "predict.signature needs 'instructions'"),
+], ids=["demos-number", "demos-text", "signature"])
+def test_a_damaged_program_file_is_refused_when_the_spec_loads(tmp_path, seeds_file, edit, message):
+    import json
+
+    program = tmp_path / "encode.json"
+    program.write_text(json.dumps({**PROGRAM, "predict": {**PROGRAM["predict"], **edit}}))
+    path = write_spec(tmp_path, base_spec(seeds_file))
+    error = spec_error(path, [f"nodes.encode.program={program}"])
+    assert error.file == "--set nodes.encode.program" and str(program) in error.message and message in error.message
+    assert "codeclm optimize" in error.hint and "remove that key" in error.hint
+    for command in (("validate",), ("render", "--input", '{"instruction": "x"}')):
+        where = [command[0], str(path), *(["encode", *command[1:]] if command[0] == "render" else [])]
+        assert_reports(cli(*where, "--set", f"nodes.encode.program={program}"), str(program), message)
+
+
+def test_a_sound_program_file_loads(tmp_path, seeds_file):
+    import json
+
+    program = tmp_path / "encode.json"
+    program.write_text(json.dumps(PROGRAM))
+    load_spec(write_spec(tmp_path, base_spec(seeds_file)), [f"nodes.encode.program={program}"])
+
+
+# -- expressions that would grow without bound ------------------------------------------------
+
+
+def test_range_is_capped_as_in_templates():
+    from codeclm.programs.lang.expressions import Expression
+
+    with pytest.raises(OverflowError):
+        Expression("range(10**9) | list").evaluate({})
+    assert Expression("range(3) | list").evaluate({}) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("source", ["state.s ~ state.s", "state.s + state.s", "[state.s] * 1000",
+                                    "[state.s, state.s] | join"])
+def test_a_computed_value_past_max_made_is_refused(source):
+    from codeclm.programs.lang.expressions import Expression
+    from jinja2.exceptions import SecurityError
+
+    with pytest.raises(SecurityError, match="more than 1,000,000"):
+        Expression(source).evaluate({"state": {"s": "ab" * 300_000}})
+    assert len(Expression(source).evaluate({"state": {"s": "ab"}})) >= 2
+
+
+GROWING = {
+    "name": "growing", "models": {"strong": {"model": "local"}},
+    "nodes": {"seeds": {"type": "source", "records": [{"instruction": "Sort a list."}]},
+              "grow": {"type": "loop", "for_each": "seeds", "max": 60, "state": {"s": "'ab'"},
+                       "body": {"decide": {"type": "switch", "cases": [{"name": "again"}]}},
+                       "next": {"s": "state.s ~ state.s"}, "trace": {"size": "state.s | length"}}},
+    "outputs": {"dataset": {"from": "grow", "fields": {"size": "state.s | length"}},
+                "counts": {"from": "seeds", "fields": {"iteration": "range(10**9) | list"}}},
+}
+
+
+def test_a_loop_state_or_an_output_that_grows_without_bound_is_a_recorded_failure(tmp_path, scripted):
+    import json
+
+    data = {**GROWING, "prompts": str(tmp_path)}
+    scripted(write_spec(tmp_path, data))
+    failures = [json.loads(line) for line in (tmp_path / "run" / "failures.jsonl").read_text().splitlines()]
+    errors = sorted(f"{f['stage']}: {f['error']}" for f in failures)
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("grow: next.s: SecurityError: 'state.s ~ state.s' made a value of more than")
+    assert errors[1].startswith("output counts: its fields or where: failed: OverflowError: Range too big")
