@@ -75,8 +75,6 @@ class OptimizeOptions:
 class OptimizeResult:
     path: Path
     demos: int
-    parsed_before: int  # kept for the bootstrap-on-parse callers: sums of held-out scores
-    parsed_after: int
     checked: int  # held-out items
     metric: str = "parse"
     optimizer: str = "bootstrap"
@@ -182,8 +180,8 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
                         "instructions": tuned.node.predict.signature.instructions}
     path.write_text(json.dumps(saved, indent=2, ensure_ascii=False))
     path.with_suffix(".scores.txt").write_text(table + "\n")
-    return OptimizeResult(path, len(tuned.node.predict.demos), round(sum(before)), round(sum(after)), len(held),
-                          metric.name, options.optimizer, _mean(before), _mean(after),
+    return OptimizeResult(path, len(tuned.node.predict.demos), len(held), metric.name, options.optimizer,
+                          _mean(before), _mean(after),
                           tuned.node.predict.signature.instructions, calls_all, table)
 
 

@@ -92,7 +92,7 @@ def test_optimize_bootstraps_demos_that_parse_and_checks_them(tmp_path):
     hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": backend, "target": backend})
     result = optimize(spec, options, hub)
     # The seeded split holds out 3 of the 8 seeds; 1 of them parses before, all 3 after.
-    assert (result.checked, result.parsed_before, result.parsed_after) == (3, 1, 3)
+    assert (result.checked, result.before, result.after) == (3, pytest.approx(1 / 3, abs=1e-3), 1.0)
     saved = json.loads(result.path.read_text())
     demos = saved["predict"]["demos"]
     assert result.demos == len(demos) >= 1  # training seeds whose answers parsed: the even-numbered ones
@@ -114,7 +114,7 @@ def test_optimize_with_a_teacher_role(tmp_path):
     teacher = ScriptedBackend("scripted/target", answer=lambda m: "Use case: teaching\nSkills: patience")
     hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": student, "target": teacher})
     result = optimize(spec, options, hub)
-    assert result.demos == 4 and result.parsed_after == result.checked == 3
+    assert result.demos == 4 and result.checked == 3 and result.after == 1.0
     assert all(d["use_case"] == "teaching" for d in json.loads(result.path.read_text())["predict"]["demos"])
 
 
@@ -138,7 +138,7 @@ def test_optimize_judge_from_a_finished_run(tmp_path, scripted, seeds_file):
     hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends=scripted.backends)
     result = optimize(spec, OptimizeOptions(stage="judge", run_dir=run.out, examples=6,
                                             out=tmp_path / "judge.json"), hub)
-    assert result.parsed_after == result.checked >= 1 and result.demos >= 1
+    assert result.after == 1.0 and result.checked >= 1 and result.demos >= 1
     demo = json.loads(result.path.read_text())["predict"]["demos"][0]
     assert {"answer_1", "answer_2", "score_1", "score_2"} <= set(demo)
     # Loaded into the stage, the demo reaches the judge's prompt as a scored example.

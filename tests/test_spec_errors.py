@@ -536,12 +536,16 @@ def test_a_set_typo_is_reported_at_the_set_not_at_a_line_of_the_file(tmp_path, s
     assert done.returncode == 2 and "error: --set nodes.encode.templat: unknown key 'templat'" in done.stderr
 
 
-@pytest.mark.parametrize(("parse", "outputs"), [("field", ["a", "b"]), ("txt", ["answer"])])
-def test_an_unknown_parser_is_one_error(tmp_path, spec_data, parse, outputs):
-    """A typo in parse: also said "parser 'text' makes one value", of a parser the spec never named."""
+@pytest.mark.parametrize(("parse", "outputs", "close"),
+                         [("field", ["a", "b"], "fields"), ("txt", ["answer"], "text"), ("jsn", [], "json")])
+def test_an_unknown_parser_is_one_error(tmp_path, spec_data, parse, outputs, close):
+    """A typo in parse: also said "parser 'text' makes one value", of a parser the spec never named (with no
+    outputs declared too); it names the closest parser, and lists each with what it reads."""
     spec_data["nodes"]["encode"].update(parse=parse, outputs=outputs)
     errors = errors_of(write_spec(tmp_path, spec_data))
-    assert [e.message for e in errors if "parser" in e.message] == [f"unknown parser '{parse}'"], errors
+    assert [e.message for e in errors if "parser" in e.message] == \
+        [f"unknown parser '{parse}': did you mean '{close}'?"], errors
+    assert "json (a JSON object holding every declared output)" in next(e.hint for e in errors if "parser" in e.message)
 
 
 def test_a_judge_with_outputs_is_told_what_a_judge_gives(tmp_path, spec_data):

@@ -19,13 +19,13 @@ from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
-from .rouge import rouge_l
+from .rouge import rouge_l, words
 
 # Functions every expression may call, besides Jinja's own filters and tests. `range` is Jinja's
 # sandboxed one, capped as in templates: Python's made `range(10**9) | list` a MemoryError.
 HELPERS: dict[str, Any] = {
     "ceil": math.ceil, "floor": math.floor, "min": min, "max": max, "len": len, "abs": abs, "round": round,
-    "sum": sum, "sorted": sorted, "range": safe_range, "words": lambda text: len(str(text).split()),
+    "sum": sum, "sorted": sorted, "range": safe_range, "words": words,
     "rouge_l": rouge_l,
 }
 _MUTATORS = {"append", "extend", "insert", "pop", "remove", "clear", "update", "setdefault", "popitem", "sort",

@@ -264,7 +264,7 @@ class _GraphCheck:
                 seen[other.name] = "join"
         return seen
 
-    def scope_roots(self, node: Node | None, in_loop: bool, with_record: bool) -> set[str]:
+    def scope_roots(self, in_loop: bool, with_record: bool) -> set[str]:
         roots = {"params"}
         if in_loop:
             roots |= {"state", "loop"}
@@ -330,7 +330,7 @@ class _GraphCheck:
             return {**visible, **{b: "body" for b in node.body}}, {"params", "state", "loop"}, set(node.state)
         if isinstance(node, LoopNode) and key.startswith(("state.", "max")):
             return visible, {"params"}, set()
-        return visible, self.scope_roots(node, node.loop is not None, False), self.state_keys(node)
+        return visible, self.scope_roots(node.loop is not None, False), self.state_keys(node)
 
     def check_node(self, node: Node) -> None:
         graph = self.graph
@@ -407,7 +407,7 @@ class _GraphCheck:
                 if ref.root == "outputs" and ref.field in graph.outputs and ref.field not in earlier:
                     continue  # refused once, below
                 self.check_reference(where, f"output '{output.name}' {key}", ref, visible,
-                                     self.scope_roots(None, in_loop, True), self.state_keys(source), joins, name)
+                                     self.scope_roots(in_loop, True), self.state_keys(source), joins, name)
             graph.joins[f"output:{output.name}:{name}"] = joins
         for key, ref in output.references():
             if ref.root == "outputs" and ref.field in graph.outputs and ref.field not in earlier:

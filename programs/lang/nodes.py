@@ -447,7 +447,7 @@ class NodeReader:
         if not isinstance(declared, list) or not all(isinstance(d, str) for d in declared):
             self.checker.error((*where, "outputs"), "outputs must list names")
             declared = []
-        declared = declared or list(PARSERS[parse.name].fixed_outputs or ["text"]) if parse else declared
+        declared = declared or (list(PARSERS[parse.name].fixed_outputs or ["text"]) if parse else ["text"])
         program = self.checker.relative(str(raw["program"])) if raw.get("program") else None
         if program and not program.is_file():
             self.checker.error((*where, "program"), f"optimized program {program} not found",
@@ -478,7 +478,9 @@ class NodeReader:
             args = {k: v for k, v in raw.items() if k != "name"}
             raw = raw.get("name")
         if not isinstance(raw, str) or raw not in PARSERS:
-            self.checker.error(where, f"unknown parser {raw!r}", f"parsers: {', '.join(PARSERS)}")
+            close = difflib.get_close_matches(str(raw), list(PARSERS), n=1)
+            self.checker.error(where, f"unknown parser {raw!r}" + (f": did you mean '{close[0]}'?" if close else ""),
+                               "parsers: " + "; ".join(f"{p.name} ({p.doc})" for p in PARSERS.values()))
             return None
         parser = PARSERS[raw]
         for key in args:

@@ -22,7 +22,7 @@ class Parser:
     read: Callable[..., Any]  # (text, outputs, **args) -> value or mapping
     fixed_outputs: tuple[str, ...] | None  # the mapping's keys, or None: one value, or the declared names
     args: tuple[str, ...] = ()  # arguments the parser takes (`parse: {name: rubrics, count: ...}`)
-    doc: str = ""
+    doc: str = ""  # what it reads, for the unknown-parser message
 
     @property
     def maps(self) -> bool:

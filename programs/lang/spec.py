@@ -63,7 +63,7 @@ class Spec:
     params: dict[str, Any]
     graph: Any  # programs.lang.graph.Graph: the checked nodes and outputs
     raw: dict[str, Any]  # the spec as loaded, overrides applied (recorded in the manifest)
-    budget: Any = None  # programs.budget.Budget: what a run may spend on new calls, or None
+    budget: Any = None  # programs.models.budget.Budget: what a run may spend on new calls, or None
     executor: str = "local"  # local | ray (programs/engine/ray_executor.py)
     optimize: dict[str, Any] = field(default_factory=dict)  # node -> programs.tuning.config.NodeTuning
 
