@@ -49,7 +49,7 @@ def answer_in_process(latency: float) -> None:
     from codeclm.programs.models import backends
     from fake_openai_server import answer_text
 
-    async def complete(self, messages, params):  # noqa: ANN001, ANN202 - the backend's own signature
+    async def complete(self, messages, params):  # the backend's own signature
         await asyncio.sleep(latency)
         return backends.Completion(answer_text(messages, self.model), "stop", 10, 10)
 

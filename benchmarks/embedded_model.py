@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codeclm.programs.lang.spec import ModelSpec  # noqa: E402
-from codeclm.programs.models.backends import CallParams, LocalBackend  # noqa: E402
-from codeclm.programs.models.local_model import default_threads, local_model_path  # noqa: E402
+from codeclm.programs.lang.spec import ModelSpec
+from codeclm.programs.models.backends import CallParams, LocalBackend
+from codeclm.programs.models.local_model import default_threads, local_model_path
 
 # About 250 prompt tokens, as in the measurement; 128 tokens generated.
 PROMPT = ("You are reviewing a pull request that changes how a web service caches database queries. "

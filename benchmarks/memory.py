@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import REPO, SPEC, overrides, start_server  # noqa: E402
+from throughput import REPO, SPEC, overrides, start_server
 
 TOPICS = ["a refund email", "a Python function", "a SQL query", "a bash script", "a cover letter",
           "a unit test", "a regex", "a poem", "a recipe", "a travel plan", "a bug report", "a summary"]

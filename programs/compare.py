@@ -26,7 +26,7 @@ from .artifacts.rundata import RunData
 from .artifacts.store import check_out_folder, claim_folder, note_own, own_files, write_atomic
 from .engine.run import RunOptions, run_spec
 from .errors import SpecError
-from .lang.parsers import ParseError, parse_scores
+from .lang.parsers import parse_scores
 from .lang.spec import Spec
 from .lang.templates import TemplateStore
 from .models.cache import CallCache, default_cache_dir
@@ -154,7 +154,7 @@ async def _judge_all(spec: Spec, hub: ModelHub, options: CompareOptions,
             try:
                 entry = await hub.complete(options.judge, messages, params, ctx)
                 s1, s2 = parse_scores(entry["text"], (1, 10))
-            except (ParseError, Exception) as exc:  # a failed judgement is counted, not fatal
+            except Exception as exc:  # noqa: BLE001 - a failed judgement (a parse, a call) is counted, not fatal
                 if hub.fatal is not None:
                     raise hub.fatal from None
                 return {"id": item, "outcome": None, "error": str(exc)}

@@ -27,7 +27,7 @@ except ImportError:
     pytest.skip("ray is not installed (pip install 'codeclm[ray]'); the Ray executor is not tested",
                 allow_module_level=True)
 
-from codeclm.programs.engine.ray_executor import LAST_RUN, live_workers, run_on_ray  # noqa: E402
+from codeclm.programs.engine.ray_executor import LAST_RUN, live_workers, run_on_ray
 
 FILES = ("dataset.jsonl", "instructions.jsonl", "metadata.jsonl", "pool.jsonl", "rubrics.jsonl", "failures.jsonl")
 

@@ -276,7 +276,7 @@ def quality(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
     """The data-quality metrics of the run's files (quality.py), and a note if they could not be computed."""
     try:
         metrics = quality_metrics(run_dir)
-    except Exception as exc:  # metrics are a courtesy of the card: never a reason not to ship the data
+    except Exception as exc:  # noqa: BLE001 - metrics are a courtesy of the card: never a reason not to ship data
         return None, f"quality metrics could not be computed ({type(exc).__name__}: {exc}); card made without them"
     return (metrics if isinstance(metrics, dict) and metrics else None), None
 
@@ -665,7 +665,7 @@ def _report(run_dir: Path, dest: Path) -> str | None:
         from .html_report import write_report
 
         write_report(run_dir, dest / REPORT)
-    except Exception as exc:  # the report is a courtesy beside the data
+    except Exception as exc:  # noqa: BLE001 - the report is a courtesy beside the data
         (dest / REPORT).unlink(missing_ok=True)
         return f"no report.html shipped ({type(exc).__name__}: {exc})"
     return None
@@ -730,7 +730,7 @@ def push(dest: Path, repo: str, files: list[str], private: bool, token: str) -> 
         api.upload_folder(repo_id=repo, folder_path=str(dest), repo_type="dataset",
                           allow_patterns=[glob.escape(name) for name in files],  # fnmatch patterns: [ * ? literal
                           commit_message="Upload dataset exported by codeclm")
-    except Exception as exc:  # HTTP, network and auth errors of any huggingface_hub version
+    except Exception as exc:  # noqa: BLE001 - HTTP, network and auth errors of any huggingface_hub version
         raise CodecError(f"push to the Hub dataset {repo} failed: {type(exc).__name__}: {exc}\n"
                          f"  the export folder {dest} is complete; fix the cause and run the same command again") \
             from None

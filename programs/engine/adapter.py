@@ -93,7 +93,7 @@ class AsyncHubEngine:
                         usage=Usage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"],
                                     total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]))
 
-    async def stream(self, request: Any):  # noqa: ANN201 - DSPy's engine protocol
+    async def stream(self, request: Any):  # DSPy's engine protocol
         from dspy.lm15 import response_to_events
 
         for event in response_to_events(await self.complete(request)):
@@ -130,7 +130,7 @@ class HubEngine:
 
         return run_on_hub_loop(call())
 
-    def stream(self, request: Any):  # noqa: ANN201 - DSPy's engine protocol
+    def stream(self, request: Any):  # DSPy's engine protocol
         from dspy.lm15 import response_to_events
 
         return response_to_events(self.complete(request))

@@ -120,7 +120,7 @@ class NodeModule(dspy.Module):
             identity, entry = self.hub.lookup(self.role, messages, self.call_params, ctx)
             if entry is None:
                 entry = await self.hub.fetch(self.role, identity, messages, self.call_params, ctx)
-        except Exception as exc:  # failure is data: recorded on the record, the run goes on
+        except Exception as exc:  # noqa: BLE001 - failure is data: recorded on the record, the run goes on
             if self.hub.fatal is not None:
                 raise self.hub.fatal from None
             return StepResult(ok=False, error=describe(exc), raw=ctx.raw, calls=ctx.calls)
@@ -146,7 +146,7 @@ class NodeModule(dspy.Module):
                 yield call
             call.result = StepResult(ok=True, values=dict(call.prediction.items()), raw=call.ctx.raw,
                                      calls=call.ctx.calls)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - failure is data, as in run()
             if self.hub.fatal is not None:
                 raise self.hub.fatal from None
             ctx = call.ctx

@@ -328,7 +328,7 @@ class Checker:
             self.error(("models",), "no models declared", "declare at least `models: {strong: {model: local}}`")
         for role, conf in raw.items():
             where = ("models", role)
-            from .nodes import path_like  # noqa: PLC0415 - with the rest of the language, below
+            from .nodes import path_like  # with the rest of the language, below
 
             if path_like(str(role)):
                 self.error(where, f"model role {str(role)!r} is not a plain name",

@@ -226,7 +226,7 @@ class DSPyBackend:
         request = Request(model=self.lm.model, messages=tuple(turns), system=system, config=config)
         try:
             response = await self.lm.acall(request)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any provider's error, classified as retryable or not
             raise _classify_dspy_error(self.name, exc) from None
         usage = response.usage
         return Completion(response.text or "", str(response.finish_reason or "stop"),

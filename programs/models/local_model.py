@@ -91,7 +91,7 @@ def machine_fingerprint() -> str:
         from importlib.metadata import version
 
         llama_version = version("llama-cpp-python")
-    except Exception:  # not installed, or odd metadata: the worker will say so
+    except Exception:  # noqa: BLE001 - not installed, or odd metadata: the worker will say so
         llama_version = "?"
     text = "\n".join([platform.machine(), platform.release(), llama_version, cpu])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -329,7 +329,7 @@ def _serve(requests: IO[bytes], answers: IO[str]) -> None:
         if config.get("warmup"):
             _generate(llama, {"messages": WARMUP_MESSAGES, "temperature": 0.0, "top_p": 1.0, "max_tokens": 4,
                               "seed": 0})
-    except Exception as exc:  # a missing or unreadable model file: a message, not a crash
+    except Exception as exc:  # noqa: BLE001 - a missing or unreadable model file: a message, not a crash
         answer({"error": f"{type(exc).__name__}: {exc}"})
         return
     answer({"ready": True})
