@@ -303,21 +303,13 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
     Takes the spec and options RUN_DIR's manifest recorded, reads the cache read-only,
     and compares the replayed dataset with the recorded one.
     """
+    from codeclm.programs.artifacts.rundata import finished_run_manifest
     from codeclm.programs.engine.progress import Progress
     from codeclm.programs.engine.run import RunOptions, run_spec
-    from codeclm.programs.errors import SpecError
 
     manifest_path = run_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise SpecError(str(manifest_path), "no manifest: this is not a finished run directory")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        for section, key in (("options", "cache_dir"), ("options", "overrides"), ("options", "seeds"),
-                             ("options", "limit"), ("spec", "path")):  # what replay reads
-            manifest[section][key]
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise SpecError(str(manifest_path), f"not a codeclm run manifest ({type(exc).__name__}: {exc})",
-                        hint="replay a folder `codeclm run` finished, or run the spec again") from None
+    manifest = finished_run_manifest(run_dir, ("options.cache_dir", "options.overrides", "options.seeds",
+                                               "options.limit", "spec.path"))  # what replay reads
     recorded = manifest["options"]
     loaded = _load_recorded(manifest["spec"]["path"], tuple(recorded["overrides"]), manifest_path)
     base = run_dir if run_dir.name else run_dir.resolve()  # `replay .` names the folder it is in

@@ -34,7 +34,7 @@ from typing import Any, TextIO
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from .artifacts.rundata import read_run_json
+from .artifacts.rundata import finished_run_manifest
 from .engine.adapter import AsyncHubEngine, HubEngine, run_on_hub_loop
 from .engine.llm import NodeModule, build_module, output_names, quiet_copies
 from .engine.run import RunOptions, run_spec
@@ -374,15 +374,8 @@ def _run_cache(run_dir: Path | None) -> Path | None:
     """The cache a finished run (`--from RUN_DIR`) used; a folder that is not one is a SpecError."""
     if run_dir is None:
         return None
-    manifest = run_dir / "manifest.json"
-    if not manifest.is_file():
-        raise SpecError(str(run_dir), "not a finished run (no manifest.json)",
-                        hint="pass --from a folder `codeclm run` finished, e.g. runs/demo")
-    try:
-        return Path(read_run_json(manifest)["options"]["cache_dir"])
-    except (KeyError, TypeError):
-        raise SpecError(str(manifest), "not a codeclm run manifest (no options.cache_dir)",
-                        hint="pass --from a folder `codeclm run` finished") from None
+    fix = "pass --from a folder `codeclm run` finished, e.g. runs/demo"
+    return Path(str(finished_run_manifest(run_dir, ("options.cache_dir",), fix)["options"]["cache_dir"]))
 
 
 def node_inputs(spec: Spec, node: LLMNode, options: OptimizeOptions, cache_dir: Path,

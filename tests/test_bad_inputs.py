@@ -538,9 +538,11 @@ def test_export_and_import_round_trip_and_a_damaged_manifest(tmp_path, seeds_fil
     assert count == first.manifest["totals"]["calls"] and snapshot(scripted.cache_dir) == before
     assert import_bundle(bundle, tmp_path / "other") == count
     (first.out / "manifest.json").write_text("{not json")
-    assert_reports(cli("cache", "export", str(first.out), str(tmp_path / "x.jsonl")), "manifest.json",
-                   "cannot read the run's manifest")
-    assert_reports(cli("replay", str(first.out)), "manifest.json", "not a codeclm run manifest")
+    for command in (["cache", "export", str(first.out), str(tmp_path / "x.jsonl")], ["replay", str(first.out)],
+                    ["optimize", str(spec), "encode", "--from", str(first.out)]):  # one reader, one message
+        assert_reports(cli(*command), "manifest.json:1", "damaged: not JSON")
+    (first.out / "manifest.json").write_text('{"options": {}}')
+    assert_reports(cli("replay", str(first.out)), "manifest.json", "not a codeclm run manifest (no options.cache_dir)")
 
 
 def test_a_completion_with_a_lone_surrogate_is_written_not_crashed_on(tmp_path, seeds_file, scripted):

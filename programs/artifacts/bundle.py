@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import SpecError, first_clause
 from ..lang.yaml_lines import has_surrogate
 from ..models.cache import CallCache, default_cache_dir, entry_problem, failure_problem, warn
+from .rundata import finished_run_manifest
 from .store import ARTIFACTS, DAMAGED_RUN
 
 
@@ -143,19 +144,10 @@ def _record(bundle: Path, number: int, line: str) -> tuple[str, dict[str, Any]]:
     return key, entry
 
 
-def _json_of(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise SpecError(str(path), f"cannot read the run's manifest ({first_clause(exc)})",
-                        hint="pass a run folder `codeclm run` finished") from None
-
-
 def export_bundle(run_dir: Path, bundle: Path, cache_dir: Path | None = None) -> int:
-    if not (run_dir / ARTIFACTS["manifest"]).is_file():
-        raise SpecError(str(run_dir), "not a finished run directory (no manifest.json)")
-    manifest = _json_of(run_dir / ARTIFACTS["manifest"])
-    recorded = manifest.get("options", {}).get("cache_dir") if isinstance(manifest, dict) else None
+    manifest = finished_run_manifest(run_dir)
+    options = manifest.get("options")
+    recorded = options.get("cache_dir") if isinstance(options, dict) else None
     if cache_dir is None and not isinstance(recorded, str):
         raise SpecError(str(run_dir / ARTIFACTS["manifest"]), "the manifest names no cache folder",
                         hint="pass --cache-dir DIR")

@@ -39,7 +39,15 @@ from ..errors import CodecError, SpecError
 from ..redact import redact_text
 from .manifest import template_sha
 from .quality import quality_metrics
-from .rundata import file_sources, outcomes, read_run_json, source_fields, spec_nodes, top_failures
+from .rundata import (
+    FINISHED_RUN_FIX,
+    file_sources,
+    finished_run_manifest,
+    outcomes,
+    source_fields,
+    spec_nodes,
+    top_failures,
+)
 from .store import ARTIFACTS, DAMAGED_RUN, write_atomic
 
 MARKER = ".codeclm-export"
@@ -106,17 +114,10 @@ def require(module: str, what: str) -> Any:
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The run's manifest and dataset rows; a SpecError (exit 2) for a folder that is not a finished run."""
-    manifest_path = run_dir / ARTIFACTS["manifest"]
     dataset_path = run_dir / ARTIFACTS["dataset"]
-    fix = "pass a folder `codeclm run` finished, e.g. runs/demo"
-    if not manifest_path.is_file():
-        raise SpecError(str(run_dir), "not a finished run (no manifest.json)", hint=fix)
-    manifest = read_run_json(manifest_path)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("spec"), dict) \
-            or not isinstance(manifest["spec"].get("resolved"), dict):
-        raise SpecError(str(manifest_path), "not a codeclm run manifest (no spec.resolved)", hint=fix)
+    manifest = finished_run_manifest(run_dir, ("spec.resolved",))
     if not dataset_path.is_file():
-        raise SpecError(str(run_dir), "the run has no dataset.jsonl", hint=fix)
+        raise SpecError(str(run_dir), "the run has no dataset.jsonl", hint=FINISHED_RUN_FIX)
     rows = []
     with dataset_path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):

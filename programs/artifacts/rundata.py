@@ -321,6 +321,30 @@ def read_run_json(path: Path) -> Any:
         raise damaged_run(Path(path).parent, exc) from None
 
 
+FINISHED_RUN_FIX = "pass a folder `codeclm run` finished, e.g. runs/demo"
+
+
+def finished_run_manifest(run_dir: Path, needs: Iterable[str] = (), fix: str = FINISHED_RUN_FIX) -> dict[str, Any]:
+    """The manifest of a run folder that a command needs finished (replay, export, cache export, optimize
+    --from), holding each dotted key of `needs` (its value may be null); else a SpecError, exit 2: no
+    manifest, an unreadable or damaged one (`read_run_json`), or one of another shape."""
+    from ..errors import SpecError
+
+    path = Path(run_dir) / ARTIFACTS["manifest"]
+    if not path.is_file():
+        raise SpecError(str(run_dir), "not a finished run (no manifest.json)", hint=fix)
+    manifest = read_run_json(path)
+    for key in needs:
+        value = manifest
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise SpecError(str(path), f"not a codeclm run manifest (no {key})", hint=fix)
+            value = value[part]
+    if not isinstance(manifest, dict):
+        raise SpecError(str(path), "not a codeclm run manifest (not a JSON object)", hint=fix)
+    return manifest
+
+
 DAMAGE_HINT = "pass a run folder `codeclm run` wrote, unedited; or write it again: rerun, or `codeclm replay` it"
 
 
