@@ -1,5 +1,6 @@
-"""A finished run folder, read for looking at it: the one way the quality metrics, `codeclm report`
-and the export read run artifacts.
+"""A finished run folder, read back: `RunData` for looking at it (the quality metrics, `codeclm report`,
+the export's card), `finished_run_manifest` for the commands that need a run finished (replay, export,
+cache export, optimize --from), and the counts they share with `inspect` and the run summary.
 
 Every artifact is optional and read tolerantly: a missing file reads as absent (and is listed in
 `missing`), a line that is not a JSON object is skipped and counted in `bad_lines` (`report` and
