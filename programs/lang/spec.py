@@ -327,75 +327,86 @@ class Checker:
         if not raw:
             self.error(("models",), "no models declared", "declare at least `models: {strong: {model: local}}`")
         for role, conf in raw.items():
-            where = ("models", role)
-            from .nodes import path_like  # with the rest of the language, below
-
-            if path_like(str(role)):
-                self.error(where, f"model role {str(role)!r} is not a plain name",
-                           "name roles like variables: letters, digits and _ (e.g. strong)")
-                continue
-            if isinstance(conf, str):
-                conf = {"model": conf}
-            conf = self.mapping(where, conf, f"model '{role}'")
-            self.check_keys(where, conf, MODEL_KEYS | {"api_key"})  # api_key gets its own message below
-            if "api_key" in conf:
-                self.error((*where, "api_key"), "API keys never go in a spec",
-                           "export the key in the environment; name the variable with api_key_env")
-            self.credentials(where, conf)
-            if not check_price(self, (*where, "price"), conf.get("price")):
-                conf = {k: v for k, v in conf.items() if k != "price"}
-            model = conf.get("model")
-            if not isinstance(model, str) or not model:
-                self.error(where, f"model '{role}' needs a 'model' string",
-                           "e.g. local, openai/gpt-4o-mini, gemini/gemini-1.5-pro, hosted_vllm/NAME")
-                continue
-            if (problem := _provider_problem(model)) is not None:
-                self.error((*where, "model"), f"model '{role}': {problem}",
-                           "local (the embedded model), openai/gpt-4o-mini, hosted_vllm/NAME with api_base, "
-                           "ollama/NAME, gemini/..., anthropic/... (README: Models)")
-            elif model.startswith("hosted_vllm/") and not conf.get("api_base"):
-                self.error(where, f"model '{role}' ({model}) needs api_base",
-                           "e.g. api_base: http://127.0.0.1:8000/v1")
-            elif conf.get("api_base") is not None and (problem := _url_problem(conf["api_base"])):
-                self.error((*where, "api_base"), f"api_base {problem}", "e.g. api_base: http://127.0.0.1:8000/v1")
-            try:
-                spec = ModelSpec(role=role, **{k: v for k, v in conf.items() if k in MODEL_KEYS})
-            except TypeError as exc:
-                self.error(where, f"bad model settings: {exc}")
-                continue
-            reported = set()  # one message per setting
-            for key in ("temperature", "max_tokens", "concurrency", "timeout", "retries"):
-                value = getattr(spec, key)
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
-                    self.error((*where, key), f"{key} must be a non-negative number, got {value!r}")
-                    reported.add(key)
-            # no model writes or reads a million tokens at once; more only made the dry run's estimate
-            # build that much text (an OverflowError past the index size)
-            for key, whole, low, high in (("max_tokens", True, 1, 1_000_000), ("retries", True, 0, None),
-                                          ("n_ctx", True, 1, 1_000_000), ("timeout", False, 0, None),
-                                          ("top_p", False, 0, 1), ("rpm", False, 0, None)):
-                value = getattr(spec, key)
-                if (value is None and key in ("top_p", "rpm")) or key in reported:
-                    continue
-                number = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
-                if not number or not (low <= value < math.inf) or (high is not None and value > high) \
-                        or (key in ("timeout", "rpm") and value == 0):
-                    span = f"from {low} to {high}" if high is not None else \
-                        f"{'above' if key in ('timeout', 'rpm') else 'at least'} {low}"
-                    self.error((*where, key), f"{key} must be {'a whole number' if whole else 'a number'} {span}, "
-                               f"got {value!r}")
-            if not isinstance(spec.extra, dict):
-                self.error((*where, "extra"), f"extra must be a mapping of decoding parameters, got {spec.extra!r}",
-                           "e.g. extra: {presence_penalty: 0.5}")
-                spec.extra = {}
-            for path, value in _non_finite(spec.extra, (*where, "extra")):
-                self.error(path, f"{'.'.join(map(str, path[len(where):]))} must be a finite number, got {value!r}: "
-                           "a request cannot carry it as JSON", "give a number, or leave the key out")
-            if isinstance(spec.concurrency, int) and spec.concurrency < 1:
-                self.error((*where, "concurrency"), "concurrency must be at least 1")
-            spec.line = self.lines.get(where)
-            models[role] = spec
+            spec = self.model(role, conf)
+            if spec is not None:
+                models[role] = spec
         return models
+
+    def model(self, role: Any, conf: Any) -> ModelSpec | None:
+        """One role's model, checked; None when it cannot be built (the errors say why)."""
+        from .nodes import path_like  # with the rest of the language, below
+
+        where = ("models", role)
+        if path_like(str(role)):
+            self.error(where, f"model role {str(role)!r} is not a plain name",
+                       "name roles like variables: letters, digits and _ (e.g. strong)")
+            return None
+        conf = self.mapping(where, {"model": conf} if isinstance(conf, str) else conf, f"model '{role}'")
+        self.check_keys(where, conf, MODEL_KEYS | {"api_key"})  # api_key gets its own message below
+        if "api_key" in conf:
+            self.error((*where, "api_key"), "API keys never go in a spec",
+                       "export the key in the environment; name the variable with api_key_env")
+        self.credentials(where, conf)
+        if not check_price(self, (*where, "price"), conf.get("price")):
+            conf = {k: v for k, v in conf.items() if k != "price"}
+        model = conf.get("model")
+        if not isinstance(model, str) or not model:
+            self.error(where, f"model '{role}' needs a 'model' string",
+                       "e.g. local, openai/gpt-4o-mini, gemini/gemini-1.5-pro, hosted_vllm/NAME")
+            return None
+        self.endpoint(where, role, model, conf)
+        try:
+            spec = ModelSpec(role=role, **{k: v for k, v in conf.items() if k in MODEL_KEYS})
+        except TypeError as exc:
+            self.error(where, f"bad model settings: {exc}")
+            return None
+        self.model_numbers(where, spec)
+        if not isinstance(spec.extra, dict):
+            self.error((*where, "extra"), f"extra must be a mapping of decoding parameters, got {spec.extra!r}",
+                       "e.g. extra: {presence_penalty: 0.5}")
+            spec.extra = {}
+        for path, value in _non_finite(spec.extra, (*where, "extra")):
+            self.error(path, f"{'.'.join(map(str, path[len(where):]))} must be a finite number, got {value!r}: "
+                       "a request cannot carry it as JSON", "give a number, or leave the key out")
+        spec.line = self.lines.get(where)
+        return spec
+
+    def endpoint(self, where: Path_, role: Any, model: str, conf: dict[str, Any]) -> None:
+        """The provider prefix is one codeclm knows, and a server's api_base is there and a URL."""
+        if (problem := _provider_problem(model)) is not None:
+            self.error((*where, "model"), f"model '{role}': {problem}",
+                       "local (the embedded model), openai/gpt-4o-mini, hosted_vllm/NAME with api_base, "
+                       "ollama/NAME, gemini/..., anthropic/... (README: Models)")
+        elif model.startswith("hosted_vllm/") and not conf.get("api_base"):
+            self.error(where, f"model '{role}' ({model}) needs api_base", "e.g. api_base: http://127.0.0.1:8000/v1")
+        elif conf.get("api_base") is not None and (problem := _url_problem(conf["api_base"])):
+            self.error((*where, "api_base"), f"api_base {problem}", "e.g. api_base: http://127.0.0.1:8000/v1")
+
+    def model_numbers(self, where: Path_, spec: ModelSpec) -> None:
+        """Decoding and serving numbers in range, one message per setting."""
+        reported = set()
+        for key in ("temperature", "max_tokens", "concurrency", "timeout", "retries"):
+            value = getattr(spec, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+                self.error((*where, key), f"{key} must be a non-negative number, got {value!r}")
+                reported.add(key)
+        # no model writes or reads a million tokens at once; more only made the dry run's estimate
+        # build that much text (an OverflowError past the index size)
+        for key, whole, low, high in (("max_tokens", True, 1, 1_000_000), ("retries", True, 0, None),
+                                      ("n_ctx", True, 1, 1_000_000), ("timeout", False, 0, None),
+                                      ("top_p", False, 0, 1), ("rpm", False, 0, None)):
+            value = getattr(spec, key)
+            if (value is None and key in ("top_p", "rpm")) or key in reported:
+                continue
+            number = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+            if not number or not (low <= value < math.inf) or (high is not None and value > high) \
+                    or (key in ("timeout", "rpm") and value == 0):
+                span = f"from {low} to {high}" if high is not None else \
+                    f"{'above' if key in ('timeout', 'rpm') else 'at least'} {low}"
+                self.error((*where, key), f"{key} must be {'a whole number' if whole else 'a number'} {span}, "
+                           f"got {value!r}")
+        if isinstance(spec.concurrency, int) and spec.concurrency < 1 and "concurrency" not in reported:
+            self.error((*where, "concurrency"), "concurrency must be at least 1")
 
     def credentials(self, where: Path_, conf: dict[str, Any]) -> None:
         """Keys come from the environment only: refuse one in `extra:` (any key named like a
