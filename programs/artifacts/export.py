@@ -421,30 +421,46 @@ def card_header(name: str, rows: int, options: ExportOptions) -> dict[str, Any]:
 def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any],
                 rows: list[dict[str, Any]], columns: dict[str, str], options: ExportOptions,
                 metrics: dict[str, Any] | None, bundle_calls: int | None, has_report: bool = False) -> str:
+    """The dataset card (README.md): the Hub's YAML header, then its sections in order."""
     name = str(manifest["spec"].get("name") or run_dir.name)
     header = card_header(name, len(rows), options)
-    where = options.repo or f"path/to/{name}"
-    limit = (manifest.get("options") or {}).get("limit")
-    limit_flag = f" --limit {limit}" if isinstance(limit, int) else ""
-    versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
-    column_lines = [f"- `{column}`: {kind}" for column, kind in columns.items()]
-    description = spec.get("description")
-    codeclm_graph = any(c.get("template") in ("encode.jinja", "decode.jinja")
-                        for _, c in spec_nodes(spec))
+    codeclm_graph = any(c.get("template") in ("encode.jinja", "decode.jinja") for _, c in spec_nodes(spec))
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-             f"# {header['pretty_name']}", ""]
-    if isinstance(description, str) and description.strip():
-        lines += [description.strip(), ""]
-    lines += [f"Synthetic instruction-tuning data: {len(rows)} chat conversations (`messages`) made by "
-              f"codeclm from the spec `{name}`, each row with its `provenance`: where it "
-              "came from and the model calls behind it.", "",
-              "## Dataset structure", "", "One split, `train`. Columns:", "", *column_lines, "",
-              f"Files: `{PARQUET}` (what `load_dataset` reads), `{JSONL}` (the run's `dataset.jsonl` byte for byte, "
-              "`provenance` as a nested object), "
-              + (f"`{REPORT}` (the run's report: funnel, judge, coverage, every record's history; open it in a "
-                 "browser, it needs no network), " if has_report else "")
-              + f"`{PIPELINE}/` (everything needed to rerun or replay the run).", "",
-              "## How it was made", ""]
+             f"# {header['pretty_name']}", "",
+             *_card_structure(name, spec, len(rows), columns, has_report),
+             *_card_how_made(spec, manifest, pipeline_dir, len(rows), codeclm_graph),
+             *_card_quality(metrics),
+             *_card_use(name, options.repo or f"path/to/{name}"),
+             *_card_replay(manifest, spec, bundle_calls),
+             "## Limitations", "",
+             "The instructions and answers were written by language models and were not reviewed by people: they "
+             "can be wrong, biased or unsafe. The judge is a model too. Check the terms of use of the models above "
+             "before training on or sharing this data; the `license` above was chosen by whoever exported it.", ""]
+    if codeclm_graph:
+        lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
+    return "\n".join(lines)
+
+
+def _card_structure(name: str, spec: dict[str, Any], rows: int, columns: dict[str, str],
+                    has_report: bool) -> list[str]:
+    description = spec.get("description")
+    lines = [description.strip(), ""] if isinstance(description, str) and description.strip() else []
+    return lines + [
+        f"Synthetic instruction-tuning data: {rows} chat conversations (`messages`) made by "
+        f"codeclm from the spec `{name}`, each row with its `provenance`: where it "
+        "came from and the model calls behind it.", "",
+        "## Dataset structure", "", "One split, `train`. Columns:", "",
+        *[f"- `{column}`: {kind}" for column, kind in columns.items()], "",
+        f"Files: `{PARQUET}` (what `load_dataset` reads), `{JSONL}` (the run's `dataset.jsonl` byte for byte, "
+        "`provenance` as a nested object), "
+        + (f"`{REPORT}` (the run's report: funnel, judge, coverage, every record's history; open it in a "
+           "browser, it needs no network), " if has_report else "")
+        + f"`{PIPELINE}/` (everything needed to rerun or replay the run).", ""]
+
+
+def _card_how_made(spec: dict[str, Any], manifest: dict[str, Any], pipeline_dir: Path, rows: int,
+                   codeclm_graph: bool) -> list[str]:
+    lines = ["## How it was made", ""]
     if codeclm_graph:
         lines += ["With the CodecLM method (Wang et al., *CodecLM: Aligning Language Models with Tailored Synthetic "
                   "Data*, Findings of NAACL 2024): a strong model encodes each seed instruction into metadata (a use "
@@ -452,39 +468,54 @@ def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spe
                   "Self-Rubrics make an instruction harder step by step, and Contrastive Filtering keeps an "
                   "instruction only where the judge scores the strong model's answer clearly apart from the target "
                   "model's.", ""]
-    lines += ["The spec's graph:", "", *_graph(spec), "", "## Models", "", *_models(spec, manifest), "",
-              "Keys are not part of it: codeclm never writes one to the spec or the manifest. The models' "
-              "endpoints (`api_base`) are, in pipeline/spec.yaml and pipeline/manifest.json.",
-              "", "## Counts", "", *_counts(pipeline_dir, manifest, spec, len(rows)), ""]
-    if metrics:
-        shown = {key: value for key, value in metrics.items() if key != "notes"}
-        notes = metrics.get("notes") if isinstance(metrics.get("notes"), list) else []
-        lines += ["## Quality", "", "Measured by `codeclm` on the kept rows (and their seeds): diversity (distinct-n, "
-                  "pairwise ROUGE-L), near duplicates, closeness to the seeds, metadata coverage and the judge's "
-                  "consistency, where the run has what each needs.", "",
-                  "| metric | value |", "| --- | --- |",
-                  *[f"| {key} | {_figure(value)} |" for key, value in _flat(shown)], "",
-                  *[f"- {_figure(note)}" for note in notes], *([""] if notes else [])]
-    lines += ["## Use it", "", "With 🤗 Datasets:", "", "```python", "from datasets import load_dataset", "",
-              f'ds = load_dataset("{where}", split="train")',
-              'print(ds[0]["messages"])',
-              "import json; provenance = json.loads(ds[0][\"provenance\"])  # where the row came from", "```", "",
-              "TRL (`SFTTrainer` reads the `messages` column as conversations):", "", "```python",
-              "from trl import SFTConfig, SFTTrainer", "",
-              'trainer = SFTTrainer(model="YOUR/BASE-MODEL", train_dataset=ds.select_columns(["messages"]),',
-              '                     args=SFTConfig(output_dir="sft-out"))', "trainer.train()", "```", "",
-              "axolotl:", "", "```yaml", "datasets:", f"  - path: {where}", "    type: chat_template",
-              "    field_messages: messages", "```", "",
-              "LLaMA-Factory (an entry in your `dataset_info.json`, then `dataset: " + name + "`):", "", "```json",
-              json.dumps({name: {"hf_hub_url": where, "formatting": "sharegpt", "columns": {"messages": "messages"},
-                                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                                          "assistant_tag": "assistant", "system_tag": "system"}}}, indent=2),
-              "```", "",
-              f"For a local copy, LLaMA-Factory can also read `{JSONL}` (`\"file_name\": \"PATH/{JSONL}\"`).", "",
-              "## Replay or rerun it", "",
-              f"`{PIPELINE}/` holds the spec as it ran (`spec.yaml`, overrides applied, paths local to the folder), "
-              "the templates it rendered (`prompts/`), the seeds, and the run's `manifest.json` (template hashes, "
-              "package versions, the hash of codeclm's code, calls, tokens and time per stage and model).", ""]
+    return lines + ["The spec's graph:", "", *_graph(spec), "", "## Models", "", *_models(spec, manifest), "",
+                    "Keys are not part of it: codeclm never writes one to the spec or the manifest. The models' "
+                    "endpoints (`api_base`) are, in pipeline/spec.yaml and pipeline/manifest.json.",
+                    "", "## Counts", "", *_counts(pipeline_dir, manifest, spec, rows), ""]
+
+
+def _card_quality(metrics: dict[str, Any] | None) -> list[str]:
+    if not metrics:
+        return []
+    shown = {key: value for key, value in metrics.items() if key != "notes"}
+    notes = metrics.get("notes") if isinstance(metrics.get("notes"), list) else []
+    return ["## Quality", "", "Measured by `codeclm` on the kept rows (and their seeds): diversity (distinct-n, "
+            "pairwise ROUGE-L), near duplicates, closeness to the seeds, metadata coverage and the judge's "
+            "consistency, where the run has what each needs.", "",
+            "| metric | value |", "| --- | --- |",
+            *[f"| {key} | {_figure(value)} |" for key, value in _flat(shown)], "",
+            *[f"- {_figure(note)}" for note in notes], *([""] if notes else [])]
+
+
+def _card_use(name: str, where: str) -> list[str]:
+    """Loading it with 🤗 Datasets, and training on it with TRL, axolotl and LLaMA-Factory."""
+    return ["## Use it", "", "With 🤗 Datasets:", "", "```python", "from datasets import load_dataset", "",
+            f'ds = load_dataset("{where}", split="train")',
+            'print(ds[0]["messages"])',
+            "import json; provenance = json.loads(ds[0][\"provenance\"])  # where the row came from", "```", "",
+            "TRL (`SFTTrainer` reads the `messages` column as conversations):", "", "```python",
+            "from trl import SFTConfig, SFTTrainer", "",
+            'trainer = SFTTrainer(model="YOUR/BASE-MODEL", train_dataset=ds.select_columns(["messages"]),',
+            '                     args=SFTConfig(output_dir="sft-out"))', "trainer.train()", "```", "",
+            "axolotl:", "", "```yaml", "datasets:", f"  - path: {where}", "    type: chat_template",
+            "    field_messages: messages", "```", "",
+            "LLaMA-Factory (an entry in your `dataset_info.json`, then `dataset: " + name + "`):", "", "```json",
+            json.dumps({name: {"hf_hub_url": where, "formatting": "sharegpt", "columns": {"messages": "messages"},
+                               "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                        "assistant_tag": "assistant", "system_tag": "system"}}}, indent=2),
+            "```", "",
+            f"For a local copy, LLaMA-Factory can also read `{JSONL}` (`\"file_name\": \"PATH/{JSONL}\"`).", ""]
+
+
+def _card_replay(manifest: dict[str, Any], spec: dict[str, Any], bundle_calls: int | None) -> list[str]:
+    """What pipeline/ holds, the commands that replay and rerun the run, and what made it."""
+    limit = (manifest.get("options") or {}).get("limit")
+    limit_flag = f" --limit {limit}" if isinstance(limit, int) else ""
+    versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
+    lines = ["## Replay or rerun it", "",
+             f"`{PIPELINE}/` holds the spec as it ran (`spec.yaml`, overrides applied, paths local to the folder), "
+             "the templates it rendered (`prompts/`), the seeds, and the run's `manifest.json` (template hashes, "
+             "package versions, the hash of codeclm's code, calls, tokens and time per stage and model).", ""]
     if bundle_calls:
         lines += [f"`{BUNDLE}` holds the {bundle_calls} model completions the run used, so the run replays "
                   "bit for bit with no model and no key:", "", "```bash",
@@ -494,21 +525,15 @@ def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spe
     else:
         lines += ["No cache bundle was shipped, so a replay needs the run's cache; with it:", "", "```bash",
                   f"codeclm run {PIPELINE}/spec.yaml --replay --out replayed{limit_flag}", "```", ""]
-    lines += ["Rerun it on your own models (only the calls whose model or prompt changed are made again):", "",
-              "```bash", f"codeclm run {PIPELINE}/spec.yaml --out rerun{limit_flag} \\",
-              f"    --set models.{_a_role(spec)}.model=openai/gpt-4o-mini   # any role, any provider codeclm supports",
-              "```",
-              "", f"Made with codeclm {versions.get('codeclm') or '?'} (code sha256 "
-              f"`{str(manifest.get('code_sha256', '?'))[:16]}`), DSPy {versions.get('dspy') or '?'}, Python "
-              f"{versions.get('python') or '?'}. A replay is bit for bit with the same codeclm code, since answers "
-              "are parsed after the cache.", "",
-              "## Limitations", "",
-              "The instructions and answers were written by language models and were not reviewed by people: they "
-              "can be wrong, biased or unsafe. The judge is a model too. Check the terms of use of the models above "
-              "before training on or sharing this data; the `license` above was chosen by whoever exported it.", ""]
-    if codeclm_graph:
-        lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
-    return "\n".join(lines)
+    return lines + [
+        "Rerun it on your own models (only the calls whose model or prompt changed are made again):", "",
+        "```bash", f"codeclm run {PIPELINE}/spec.yaml --out rerun{limit_flag} \\",
+        f"    --set models.{_a_role(spec)}.model=openai/gpt-4o-mini   # any role, any provider codeclm supports",
+        "```",
+        "", f"Made with codeclm {versions.get('codeclm') or '?'} (code sha256 "
+        f"`{str(manifest.get('code_sha256', '?'))[:16]}`), DSPy {versions.get('dspy') or '?'}, Python "
+        f"{versions.get('python') or '?'}. A replay is bit for bit with the same codeclm code, since answers "
+        "are parsed after the cache.", ""]
 
 
 # -- data files -----------------------------------------------------------------------------------------------
