@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..lang.nodes import JudgeNode, LLMNode
+
 METRIC_TYPES: dict[str, set[str]] = {
     "parse": set(),
     "judge": {"judge", "model", "inputs", "field"},
@@ -67,8 +69,6 @@ def node_fields(node: Any) -> set[str]:
 
 def check_optimize(checker: Any, raw: Any, graph: Any, models: dict[str, Any]) -> dict[str, NodeTuning]:
     """The `optimize:` section, checked; problems go to the spec checker (file, line, fix)."""
-    from ..lang.nodes import JudgeNode, LLMNode
-
     section = checker.mapping(("optimize",), raw, "optimize")
     found: dict[str, NodeTuning] = {}
     model_nodes = sorted(n.name for n in graph.model_nodes())
@@ -93,7 +93,7 @@ def check_optimize(checker: Any, raw: Any, graph: Any, models: dict[str, Any]) -
                 continue
             checker.check_keys(spot, body, METRIC_TYPES[kind] | {"type"}, f"metric '{metric_name}'")
             settings = {k: v for k, v in body.items() if k != "type"}
-            _check_metric(checker, spot, node, kind, settings, graph, models, JudgeNode, LLMNode)
+            _check_metric(checker, spot, node, kind, settings, graph, models)
             tuning.metrics[metric_name] = MetricSpec(metric_name, kind, settings)
         default = conf.get("metric", "parse")
         if default != "parse" and default not in tuning.metrics:
@@ -105,7 +105,7 @@ def check_optimize(checker: Any, raw: Any, graph: Any, models: dict[str, Any]) -
 
 
 def _check_metric(checker: Any, spot: tuple, node: Any, kind: str, settings: dict[str, Any], graph: Any,
-                  models: dict[str, Any], judge_type: type, llm_type: type) -> None:
+                  models: dict[str, Any]) -> None:
     fields = node_fields(node)
     if "field" in settings and settings["field"] not in fields:
         checker.error((*spot, "field"), f"'{node.name}' has no field {settings['field']!r}",
@@ -115,9 +115,9 @@ def _check_metric(checker: Any, spot: tuple, node: Any, kind: str, settings: dic
     if kind in ("judge", "pairwise"):
         judge = graph.every.get(settings.get("judge"))
         pairwise = kind == "pairwise"
-        if not isinstance(judge, judge_type) or bool(judge.pair) != pairwise:
+        if not isinstance(judge, JudgeNode) or bool(judge.pair) != pairwise:
             what = "a pairwise judge node (with pair:)" if pairwise else "a pointwise judge node (no pair:)"
-            names = [n.name for n in graph.model_nodes() if isinstance(n, judge_type) and bool(n.pair) == pairwise]
+            names = [n.name for n in graph.model_nodes() if isinstance(n, JudgeNode) and bool(n.pair) == pairwise]
             checker.error((*spot, "judge"), f"judge: {settings.get('judge')!r} is not {what}",
                           f"{what}s in this spec: {', '.join(names) or 'none'}")
             return
@@ -134,7 +134,7 @@ def _check_metric(checker: Any, spot: tuple, node: Any, kind: str, settings: dic
     elif kind == "codec":
         for key in ("encode", "decode"):
             other = graph.every.get(settings.get(key))
-            if not isinstance(other, llm_type) or isinstance(other, judge_type):
+            if not isinstance(other, LLMNode) or isinstance(other, JudgeNode):
                 checker.error((*spot, key), f"{key}: {settings.get(key)!r} is not an llm node",
                               f"name the spec's {key} node, e.g. {key}: {key}")
                 return
