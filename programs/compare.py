@@ -23,7 +23,7 @@ from typing import Any
 
 from .artifacts.quality import quality_metrics
 from .artifacts.rundata import RunData
-from .artifacts.store import check_out_folder, claim_folder, note_own, own_files, write_atomic
+from .artifacts.store import check_out_folder, claim_folder, note_own, refuse_foreign, write_atomic
 from .engine.run import RunOptions, run_spec
 from .errors import SpecError
 from .lang.parsers import parse_scores
@@ -128,11 +128,7 @@ def check_folder(out: Path) -> None:
     folders a/ and b/), and no file compare writes would replace one codeclm did not write there. SpecError."""
     for folder in (out, out / "a", out / "b"):
         check_out_folder(folder)
-    own = own_files(out) if out.is_dir() else set()
-    for name in FILES:
-        if (out / name).exists() and name not in own:
-            raise SpecError(str(out / name), "exists and codeclm did not write it: compare would replace it",
-                            hint="move the file away, or choose another --out (a new or empty folder)")
+    refuse_foreign(out, FILES, "compare")
 
 
 async def _judge_all(spec: Spec, hub: ModelHub, options: CompareOptions,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts.store import check_out_folder, claim_folder, dumps, write_atomic
+from .artifacts.store import check_out_folder, claim_folder, dumps, note_own, refuse_foreign, write_atomic
 from .engine.llm import NodeModule, StepResult, build_module
 from .engine.progress import Progress
 from .engine.run import item_window, opened_hub
@@ -29,6 +29,7 @@ from .lang.spec import Spec
 from .models.hub import ModelHub
 
 WIN, TIE, LOSS, FAILED = "win", "tie", "loss", "failed"
+FILES = ("eval.jsonl", "eval.json")  # what evaluate writes in its --out
 
 
 @dataclass
@@ -76,8 +77,14 @@ def evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None = None) -> E
         raise SpecError(str(spec.path), f"--candidate and --reference are both '{options.candidate}': a model "
                         "against itself only measures the judge's position bias",
                         hint="compare two roles, e.g. --candidate target --reference strong")
-    check_out_folder(options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}")  # before any call
+    _check_out(options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}")  # before any call
     return asyncio.run(_evaluate(spec, options, hub))
+
+
+def _check_out(out: Path) -> None:
+    """As `run` checks its --out: new, empty or codeclm's own, and no eval file there that codeclm did not write."""
+    check_out_folder(out)
+    refuse_foreign(out, FILES, "evaluate")
 
 
 async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> EvalResult:
@@ -104,7 +111,10 @@ async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> E
     summary = {name: tally([r["verdict"] for r in records if r["benchmark"] == name])
                for name in dict.fromkeys(r["benchmark"] for r in records)}
     summary["all"] = tally([r["verdict"] for r in records])
-    out = claim_folder(options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}")
+    out = options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}"
+    _check_out(out)  # again: the folder may have changed while the calls ran
+    out = claim_folder(out)
+    note_own(out, FILES)
     write_atomic(out / "eval.jsonl", "".join(dumps(r) + "\n" for r in records))
     report = {"candidate": evaluator.describe(options.candidate), "reference": evaluator.describe(options.reference),
               "judge": evaluator.judge_stage.name, "benchmarks": [str(p) for p in options.benchmarks],

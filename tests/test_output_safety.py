@@ -224,17 +224,21 @@ def test_an_interrupted_validate_does_not_speak_of_cached_calls(tmp_path, seeds_
     assert "cached" not in result.output
 
 
-def test_evaluate_refuses_a_foreign_folder_before_any_call(tmp_path, seeds_file):
+@pytest.mark.parametrize("folder_kind", ["foreign", "own"])
+def test_evaluate_refuses_a_foreign_folder_before_any_call(tmp_path, seeds_file, folder_kind):
+    """In codeclm's own folder too (a run's), an eval.json codeclm did not write is not replaced: it was."""
     folder = tmp_path / "mine"
-    folder.mkdir()
-    (folder / "eval.jsonl").write_text(USER_DATA)
+    if folder_kind == "own":
+        RunStore(folder).write_jsonl("metadata", [{"id": "m"}])
+    folder.mkdir(exist_ok=True)
+    (folder / "eval.json").write_text(USER_DATA)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
     bench = tmp_path / "bench.jsonl"
     bench.write_text('{"id": "b1", "instruction": "Say hi."}\n')
     result = codeclm("evaluate", str(unreachable_spec(tmp_path, seeds_file)), str(bench), "-q", "--out", str(folder),
                      "--cache-dir", str(tmp_path / "cache"))
     assert result.exit_code == 2 and str(folder) in result.output, result.output
-    assert sorted(p.name for p in folder.iterdir()) == ["eval.jsonl"]
-    assert (folder / "eval.jsonl").read_text() == USER_DATA
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_a_rerun_with_another_spec_removes_only_the_earlier_runs_outputs(tmp_path):

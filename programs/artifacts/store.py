@@ -155,6 +155,15 @@ def _named_before_the_list(folder: Path, marker: Any) -> set[str]:
     return {name for name in names if (folder / name).exists()}
 
 
+def refuse_foreign(folder: Path, names: Iterable[str], command: str) -> None:
+    """No file `command` writes in `folder` may replace one codeclm did not write there (SpecError)."""
+    own = own_files(folder) if folder.is_dir() else set()
+    for name in names:
+        if (folder / name).exists() and name not in own:
+            raise SpecError(str(folder / name), f"exists and codeclm did not write it: {command} would replace it",
+                            hint="move the file away, or choose another --out (a new or empty folder)")
+
+
 def note_own(folder: Path, names: Iterable[str]) -> None:
     """Add files to the marker's list before they are written, so a run killed while writing them
     still owns them on its resume. The first note also lists what an older codeclm's folder shows."""
