@@ -481,3 +481,19 @@ def test_compare_never_replaces_a_file_it_did_not_write(tmp_path, seeds_file, fo
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert str(folder) in result.output
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_users_file_beside_a_run_is_not_read_as_its_data(tmp_path, seeds_file, scripted):
+    """A run kept a user's metadata.jsonl (it writes none) and the report read it as the run's seeds."""
+    from codeclm.programs.artifacts.rundata import RunData
+    from conftest import hand_written
+
+    records = [{"id": "h0", "use_case": "poems", "skills": ["rhyme"]},
+               {"id": "h1", "use_case": "code", "skills": ["sql"]}]
+    run = scripted(write_spec(tmp_path, hand_written(base_spec(seeds_file), records)), out="run").out
+    (run / "metadata.jsonl").write_text(json.dumps({"id": "u", "instruction": "MY OWN SEED"}) + "\n")
+    data = RunData.open(run)
+    assert data.stream("metadata") is None and "metadata.jsonl" in data.missing
+    assert all("MY OWN SEED" not in seed["text"] for seed in data.iter_seeds())
+    page = codeclm("report", str(run), "--out", str(tmp_path / "page.html"))
+    assert page.exit_code == 0 and "MY OWN SEED" not in (tmp_path / "page.html").read_text()

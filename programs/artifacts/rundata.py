@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..lang.nodes import path_like
-from .store import ARTIFACTS, own_files
+from .store import ARTIFACTS, own_files, written_files
 
 JSONL = ("instructions", "dataset", "metadata", "pool", "rubrics")
 
@@ -71,7 +71,7 @@ class RunData:
 
     def exists(self) -> bool:
         """Whether the folder holds anything a run writes."""
-        return any((self.folder / name).is_file() for name in ARTIFACTS.values())
+        return any(self._readable(self.folder / name) for name in ARTIFACTS.values())
 
     def _jsonl(self, artifact: str) -> list[dict[str, Any]] | None:
         rows = self.stream(artifact)
@@ -80,7 +80,7 @@ class RunData:
     def stream(self, artifact: str) -> Iterator[dict[str, Any]] | None:
         """An artifact's rows one at a time (memory does not grow with the file), or None if absent."""
         path = self.folder / ARTIFACTS[artifact]
-        if not path.is_file():
+        if not self._readable(path):
             self.missing.append(ARTIFACTS[artifact])
             return None
         return self._rows(path, ARTIFACTS[artifact])
@@ -88,7 +88,17 @@ class RunData:
     def stream_output(self, name: str) -> Iterator[dict[str, Any]]:
         """The rows of the spec's output NAME (NAME.jsonl; a plain name, never a path), or none."""
         path = self.folder / f"{name}.jsonl"
-        return self._rows(path, path.name) if not path_like(name) and path.is_file() else iter(())
+        return self._rows(path, path.name) if not path_like(name) and self._readable(path) else iter(())
+
+    def _readable(self, path: Path) -> bool:
+        """A file of the run: where the folder's marker lists what codeclm wrote, a file it does not list is
+        the user's (a metadata.jsonl of their own beside the run), not run data; a folder without the list
+        (hand-made, or an older codeclm's) is read by its files' names."""
+        return path.is_file() and (self._written is None or path.name in self._written)
+
+    @cached_property
+    def _written(self) -> set[str] | None:
+        return written_files(self.folder)
 
     def _rows(self, path: Path, name: str) -> Iterator[dict[str, Any]]:
         try:
@@ -168,7 +178,7 @@ class RunData:
         """Seed instructions as the run read them, {id, text}, one at a time from the encode records of
         metadata.jsonl (which keep the seed's text, failed or not); in a run without that file, from the
         seed file its spec read (the first field of its one file source); none for a run without seeds."""
-        if not (self.folder / ARTIFACTS["metadata"]).is_file():
+        if not self._readable(self.folder / ARTIFACTS["metadata"]):
             yield from self._seed_file_texts()
             return
         seen: set[str] = set()

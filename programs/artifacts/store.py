@@ -126,11 +126,15 @@ def is_codeclm_report(path: Path) -> bool:
 def own_files(folder: Path) -> set[str]:
     """The files of `folder` codeclm wrote: those its marker lists. A folder an older codeclm wrote (no
     list): only what its records name, since a user's metadata.jsonl there is not codeclm's for its name."""
+    listed = written_files(folder)
+    return listed if listed is not None else _named_before_the_list(folder, _json_or_none(folder / MARKER))
+
+
+def written_files(folder: Path) -> set[str] | None:
+    """The files the folder's marker lists as codeclm's; None for a folder with no such list."""
     marker = _json_or_none(folder / MARKER)
     listed = marker.get(WRITTEN) if isinstance(marker, dict) else None
-    if isinstance(listed, list):
-        return _plain(listed)
-    return _named_before_the_list(folder, marker)
+    return _plain(listed) if isinstance(listed, list) else None
 
 
 def _plain(names: Iterable[Any]) -> set[str]:
