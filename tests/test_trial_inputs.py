@@ -165,6 +165,31 @@ def test_a_computed_value_past_max_made_is_refused(source):
     assert len(Expression(source).evaluate({"state": {"s": "ab"}})) >= 2
 
 
+@pytest.mark.parametrize("source", ["x | center(10**9)", "x | indent(10**7)", "x | replace('', y)",
+                                    "'%999999999s' | format(1)", "items | join(y)", "x.center(10**9)",
+                                    "x.ljust(10**9)", "x.zfill(10**9)", "x.expandtabs(10**7)", "y.join(items)",
+                                    "x.replace('a', y)"])
+def test_a_filter_or_method_that_would_make_too_much_is_refused_before_it_runs(source):
+    """A value's size was checked only after it was made: `x | center(10**9)` first took a gigabyte."""
+    from codeclm.programs.lang.expressions import Expression
+    from jinja2.exceptions import SecurityError
+
+    scope = {"x": "a\tb\nc" * 10, "y": "z" * 200_000, "items": ["w"] * 100}
+    with pytest.raises(SecurityError, match="would make .* characters, more than 1,000,000"):
+        Expression(source).evaluate(scope)
+    small = source.replace("10**9", "9").replace("10**7", "2").replace("999999999", "9")
+    assert Expression(small).evaluate({**scope, "y": "z"}) is not None
+
+
+def test_a_template_is_bounded_as_expressions_are(tmp_path):
+    from codeclm.programs.errors import SpecError
+    from codeclm.programs.lang.templates import TemplateStore
+
+    (tmp_path / "t.jinja").write_text('{% call message("user") %}{{ x | center(10**9) }}{% endcall %}')
+    with pytest.raises(SpecError, match="t.jinja:1: template failed to render: [|]center would make"):
+        TemplateStore(tmp_path).get("t.jinja").render({"x": "hi"})
+
+
 GROWING = {
     "name": "growing", "models": {"strong": {"model": "local"}},
     "nodes": {"seeds": {"type": "source", "records": [{"instruction": "Sort a list."}]},

@@ -9,8 +9,10 @@ names it reads (`judge.gap` -> ("judge", "gap")) so the graph can check every re
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +53,21 @@ class Sandbox(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**"})
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        for name, size in _FILTER_SIZES.items():  # filters that can make text far larger than their input
+            self.filters[name] = _bounded(f"|{name}", self.filters[name], size)
+
     def make_globals(self, d: Any) -> Any:
         return {**self.globals, **(d or {})}
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # Jinja's own signature
+        """A str method that can make text far larger than its input (`x.center(10**9)`) is checked first."""
+        size = _STR_METHOD_SIZES.get(getattr(__obj, "__name__", "")) if isinstance(
+            getattr(__obj, "__self__", None), str) else None
+        if size is not None:
+            _refuse_past_limit(f".{__obj.__name__}()", _estimate(size, __obj.__self__, *args, **kwargs))
+        return super().call(__context, __obj, *args, **kwargs)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -65,6 +80,70 @@ class Sandbox(ImmutableSandboxedEnvironment):
                 and right * math.log10(abs(left)) > MAX_MADE:
             raise SecurityError(f"{left} ** {right} has more than {MAX_MADE:,} digits")
         return super().call_binop(context, operator, left, right)
+
+
+def _width(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else len(str(value))
+
+
+def _replaced_size(text: str, old: Any, new: Any, count: Any = None) -> int:
+    times = text.count(str(old)) if str(old) else len(text) + 1
+    if isinstance(count, int) and count >= 0:
+        times = min(times, count)
+    return len(text) + times * (len(str(new)) - len(str(old)))
+
+
+def _joined_size(separator: Any, items: Any) -> int:
+    return made_size(items) + len(str(separator)) * len(items) if isinstance(items, (list, tuple)) else 0
+
+
+def _formatted_size(text: Any, *args: Any, **kwargs: Any) -> int:
+    """`"%10s" | format(x)`: the text, its arguments, and every width or precision it asks for."""
+    text = str(text)
+    widths = sum(int(n) for n in re.findall(r"%[#0 +\-]*(\d+)", text) + re.findall(r"%[#0 +\-\d]*\.(\d+)", text))
+    stars = sum(abs(a) for a in args if isinstance(a, int)) if "*" in text else 0
+    return len(text) + made_size([*args, *kwargs.values()]) + widths + stars
+
+
+# (the filter's or method's own arguments) -> the size of what it would make, checked before it runs
+_FILTER_SIZES: dict[str, Callable[..., int]] = {
+    "center": lambda value, width=80, *_: max(len(str(value)), _width(width)),
+    "indent": lambda text, width=4, *_, **__: len(str(text)) + _width(width) * (str(text).count("\n") + 1),
+    "join": lambda _ctx, items, separator="", *_, **__: _joined_size(separator, items),
+    "replace": lambda _ctx, text, old, new, count=None: _replaced_size(str(text), old, new, count),
+    "format": _formatted_size,
+}
+_STR_METHOD_SIZES: dict[str, Callable[..., int]] = {
+    **{name: (lambda text, width, *_: max(len(text), _width(width))) for name in ("center", "ljust", "rjust")},
+    "zfill": lambda text, width: max(len(text), _width(width)),
+    "expandtabs": lambda text, tabsize=8: len(text) + text.count("\t") * _width(tabsize),
+    "replace": lambda text, old, new, count=-1: _replaced_size(text, old, new, count),
+    "join": _joined_size,
+}
+
+
+def _estimate(size: Callable[..., int], *args: Any, **kwargs: Any) -> int:
+    """The size a call would make; 0 where its arguments do not fit it (the call itself then says why)."""
+    try:
+        return size(*args, **kwargs)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _refuse_past_limit(what: str, size: int) -> None:
+    if size > MAX_MADE:
+        raise SecurityError(f"{what} would make {size:,} characters, more than {MAX_MADE:,}")
+
+
+def _bounded(what: str, function: Callable[..., Any], size: Callable[..., int]) -> Callable[..., Any]:
+    """`function` (a Jinja filter; its pass_context marks kept by wraps), refused where it would make more
+    than MAX_MADE."""
+    @functools.wraps(function)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        _refuse_past_limit(what, _estimate(size, *args, **kwargs))
+        return function(*args, **kwargs)
+
+    return bounded
 
 
 def made_size(value: Any, limit: int = MAX_MADE) -> int:
