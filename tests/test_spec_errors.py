@@ -570,3 +570,13 @@ def test_a_bare_field_name_is_pointed_at_its_node(tmp_path, spec_data):
     error = only_error(write_spec(tmp_path, spec_data))
     assert "reads 'instruction', which is not a node" in error.message
     assert error.hint == "a field is read through its node: seeds.instruction?"
+
+
+@pytest.mark.parametrize(("value", "fine"), [("false", True), ("1", True), ("[1]", False), ("{a: 1}", False)])
+def test_an_outputs_where_of_another_type_is_read_or_refused_never_a_traceback(value, fine):
+    """`where: false` on an output was an AttributeError traceback (bool has no references)."""
+    done = cli("validate", str(REPO / "specs" / "demo.yaml"), "--set", f"outputs.dataset.where={value}")
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == (0 if fine else 2), done.stderr
+    if not fine:
+        assert "where must be an expression" in done.stderr

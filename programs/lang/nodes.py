@@ -650,5 +650,15 @@ class NodeReader:
         fields = self.checker.mapping((*where, "fields"), raw.get("fields"), "fields")
         if not fields:
             self.checker.error(where, f"output '{name}' needs fields: (what each line holds)")
-        return Output(name, where, sources, self.expr((*where, "where"), raw["where"]) if "where" in raw else None,
+        return Output(name, where, sources, self.condition((*where, "where"), raw["where"]) if "where" in raw else None,
                       {str(k): self.expr((*where, "fields", k), v, tree=True) for k, v in fields.items()})
+
+    def condition(self, where: Path_, value: Any) -> Expression | None:
+        """An output's `where:`: an expression, or a YAML true/false (or number) written as its literal."""
+        if isinstance(value, (bool, int, float)):
+            value = str(value).lower() if isinstance(value, bool) else repr(value)
+        if not isinstance(value, str):
+            self.checker.error(where, f"where must be an expression, got {type(value).__name__}",
+                               "e.g. where: \"record.status == 'kept'\"")
+            return None
+        return self.expr(where, value)
