@@ -832,10 +832,11 @@ def _summary(result: Any, report: Path | None = None) -> None:
     if result.manifest.get("stopped") == "budget":
         _budget_stop(result)
     _warnings(result)
-    if pairs and kept == 0 and (counts.get("failed") or counts.get("dropped") or upstream or removed):
+    if pairs and kept == 0 and (sum(counts.values()) or upstream or removed):
         where = "instructions.jsonl for each decision and failure" if (result.out / "instructions.jsonl").is_file() \
             else "failures.jsonl for each failure, and the run's outputs for each decision"
-        how = "dropped, filtered out or failed" if removed else "dropped or failed"
+        how = ", ".join(["dropped", *(["filtered out"] if removed else []),
+                         *(["left out by the dataset's where:"] if counts.get("ok") else [])]) + " or failed"
         click.secho(f"no pairs kept: every record was {how}; see {where}", fg="red", err=True)
         sys.exit(1)
 
@@ -843,7 +844,9 @@ def _summary(result: Any, report: Path | None = None) -> None:
 def _counts_line(counts: dict[str, int], upstream: int, removed: int, pairs: bool) -> str:
     """kept | dropped | failed, then the dataset node's other statuses (a loop's own exits; 'not in the
     dataset' for the records its where: left out), what filters removed, what went over a limit."""
-    others = "".join(f" | {'not in the dataset' if status == 'ok' and pairs else status.replace('_', ' ')} {count}"
+    from codeclm.programs.artifacts.rundata import status_label
+
+    others = "".join(f" | {status_label(status, pairs)} {count}"
                      for status, count in counts.items() if status not in ("kept", "dropped", "failed", "over_limit"))
     return (f"kept {counts.get('kept', 0)} | dropped {counts.get('dropped', 0)} | failed {counts.get('failed', 0)}"
             + (f" (and {upstream} upstream)" if upstream else "") + others

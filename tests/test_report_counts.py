@@ -9,12 +9,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner
+from codeclm import cli
 from codeclm.programs.artifacts.export import ExportOptions, _counts, render_card
 from codeclm.programs.artifacts.html_report import render
 from codeclm.programs.artifacts.manifest import MAX_FAILURE_REASONS, _failure_reasons
 from codeclm.programs.artifacts.report import format_report, run_report
 from codeclm.programs.artifacts.rundata import RunData
 from codeclm.programs.artifacts.store import MARKER
+from conftest import base_spec, write_spec
 
 ROW = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}],
        "provenance": {"id": "r0"}}
@@ -119,3 +122,33 @@ def test_report_out_ending_in_a_slash_is_a_folder(tmp_path):
     assert (tmp_path / "x" / "outdir" / "report.html").is_file()
     assert done.output.strip() == f"report: {tmp_path / 'x' / 'outdir' / 'report.html'}"
     assert "ending in /" in CliRunner().invoke(cli.main, ["report", "--help"]).output
+
+
+def test_records_the_datasets_where_leaves_out_are_not_counted_kept_and_an_empty_dataset_exits_1(tmp_path,
+                                                                                                  seeds_file):
+    """The summary said `kept 12` and `12 pairs` for an empty dataset.jsonl, exit 0, when the dataset's where:
+    left out the loop's kept records; and inspect failed (KeyError: 'record') on a run whose dataset reads a
+    node below the loop. Both on the fake server, as a user runs them."""
+    from fake_openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        data = base_spec(seeds_file)
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
+                          for role in ("strong", "target")}
+        spec = str(write_spec(tmp_path, data))
+        common = ["-q", "--no-report", "--cache-dir", str(tmp_path / "cache")]
+        empty = CliRunner().invoke(cli.main, ["run", spec, "--out", str(tmp_path / "empty"), *common,
+                                              "--set", "outputs.dataset.where=record.id == 'zzz'"])
+        below = CliRunner().invoke(cli.main, [
+            "run", spec, "--out", str(tmp_path / "below"), *common,
+            "--set", "nodes.good={type: filter, for_each: refine, where: refine.iteration >= 1}",
+            "--set", "outputs.dataset.from=good", "--set", "outputs.dataset.where=refine.exit == 'kept'"])
+    assert empty.exit_code == 1, empty.output
+    assert (tmp_path / "empty" / "dataset.jsonl").read_text() == ""
+    assert "kept 0 |" in empty.output and "not in the dataset" in empty.output and "(0 pairs)" in empty.output
+    assert "left out by the dataset's where:" in empty.output
+    assert below.exit_code == 0, below.output
+    inspected = CliRunner().invoke(cli.main, ["inspect", str(tmp_path / "below")])
+    assert inspected.exit_code == 0, inspected.output
+    rows = (tmp_path / "below" / "dataset.jsonl").read_text().count("\n")
+    assert rows and f"{rows} kept" in inspected.output

@@ -26,8 +26,10 @@ def run_report(run_dir: Path) -> dict[str, Any]:
         if not manifest and not (run_dir / ARTIFACTS["instructions"]).is_file():
             read_artifact(run_dir, "instructions")  # raises: not a run folder, and the error says so
         return general_report(run_dir, manifest)  # a spec that keeps no CodecLM instruction histories
-    status = Counter(h["status"] for h in histories)
-    kept = [h["record"]["provenance"] for h in histories if h["status"] == "kept"]
+    counted = (manifest.get("counts") or {}).get("instructions")  # the dataset's view of them, as the run summary
+    status = Counter(counted) if isinstance(counted, dict) and counted else Counter(h["status"] for h in histories)
+    kept = [row["provenance"] for h in histories if h["status"] == "kept"  # one the dataset wrote carries its row
+            and isinstance(row := h.get("record"), dict) and isinstance(row.get("provenance"), dict)]
     finals = [h["iterations"][-1] for h in histories if h["iterations"]]
     gaps = [step["scores"]["gap"] for step in finals if isinstance(step, dict) and step.get("scores")]
     return {

@@ -88,8 +88,9 @@ class OutputWriter:
             if "messages" in output.fields and "messages" not in lines[output.name]:
                 self.without_messages[output.name] += 1  # said at the end: such a line trains nothing
             self.store.append(output.name, (position, *record.order), lines[output.name])
-        if node in self.counted:  # a record the dataset took counts as kept, whatever its node called it
-            self.statuses["kept" if "dataset" in lines else status] += 1
+        if node in self.counted:  # a record the dataset took counts as kept, whatever its node called it;
+            # one its where: left out is not kept, whatever its node called it (`ok`: not in the dataset)
+            self.statuses["kept" if "dataset" in lines else "ok" if status == "kept" else status] += 1
 
     def _fail(self, order: tuple, node: str, record: Record, failure: dict[str, Any]) -> None:
         """A record's failure, in failures.jsonl (at `order`) and the manifest's reasons."""
