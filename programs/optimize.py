@@ -375,7 +375,11 @@ def _run_cache(run_dir: Path | None) -> Path | None:
     if run_dir is None:
         return None
     fix = "pass --from a folder `codeclm run` finished, e.g. runs/demo"
-    return Path(str(finished_run_manifest(run_dir, ("options.cache_dir",), fix)["options"]["cache_dir"]))
+    cache_dir = finished_run_manifest(run_dir, ("options.cache_dir",), fix)["options"]["cache_dir"]
+    if not isinstance(cache_dir, str) or not cache_dir:
+        raise SpecError(str(run_dir / "manifest.json"), "the manifest names no cache folder (options.cache_dir)",
+                        hint="pass --from a folder `codeclm run` finished, or --cache-dir DIR")
+    return Path(cache_dir)
 
 
 def node_inputs(spec: Spec, node: LLMNode, options: OptimizeOptions, cache_dir: Path,

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -691,3 +692,35 @@ def test_a_users_file_beside_a_run_is_not_called_damage(tmp_path, seeds_file):
     (run / "metadata.jsonl").write_text("my notes - not from codeclm\n")
     done = cli("report", str(run))
     assert done.returncode == 0 and (run / "report.html").is_file(), done.stderr
+
+
+def test_review_cases_are_messages_not_tracebacks(tmp_path, seeds_file, scripted):
+    """A count that reaches range's cap (OverflowError), a bundle entry that is a number, a manifest whose
+    cache_dir is null (optimize --from used a folder named 'None'), a template no longer UTF-8 at export."""
+    assert_reports(cli("validate", str(REPO / "specs" / "demo.yaml"), "--set",
+                       "nodes.augment.count=range(200000) | list | length"), "Range too big")
+    bundle = tmp_path / "b.jsonl"
+    for entry in ("5", "null"):
+        bundle.write_text('{"key": "' + "a" * 64 + '", "entry": ' + entry + "}\n")
+        assert_reports(cli("cache", "import", str(bundle), "--cache-dir", str(tmp_path / "x")),
+                       "not a codeclm cache bundle line")
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    run = scripted(spec, out="run").out
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["options"]["cache_dir"] = None
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert_reports(cli("optimize", str(spec), "encode", "--from", str(run)), "names no cache folder")
+
+
+def test_export_notes_a_template_damaged_since_the_run(tmp_path, seeds_file, scripted):
+    pytest.importorskip("pyarrow")
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "prompts", prompts)
+    data = base_spec(seeds_file)
+    data["prompts"] = str(prompts)
+    run = scripted(write_spec(tmp_path, data), out="run").out
+    with (prompts / "improve.jinja").open("ab") as handle:
+        handle.write(b"\xff\xfe")
+    done = cli("export", str(run), str(tmp_path / "export"), "--no-cache-bundle")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "template improve.jinja changed since the run" in done.stdout + done.stderr

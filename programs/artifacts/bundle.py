@@ -136,7 +136,7 @@ def _record(bundle: Path, number: int, line: str) -> tuple[str, dict[str, Any]]:
     key, entry = record["key"], record["entry"]
     if not isinstance(key, str) or len(key) != 64 or not set(key) <= KEY_CHARS:
         raise bad("the key is not a call key (64 hex digits)")
-    problem = entry_problem(entry) if "error" not in entry else failure_problem(entry)
+    problem = failure_problem(entry) if isinstance(entry, dict) and "error" in entry else entry_problem(entry)
     if problem:
         raise bad(f"the entry has {problem}" if problem.startswith("no ") else f"the entry is {problem}")
     if has_surrogate(json.dumps(entry, ensure_ascii=False)):

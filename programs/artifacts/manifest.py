@@ -28,8 +28,10 @@ def _sha(text: str | bytes) -> str:
 
 
 def template_sha(path: Path) -> str:
-    """A template's hash as the manifest records it: of its text as Jinja reads it (newlines as \n)."""
-    return _sha(path.read_text(encoding="utf-8"))
+    """A template's hash as the manifest records it: of its text as Jinja reads it (newlines as \n). Bytes
+    that are not UTF-8 (a file damaged since) hash as replacement characters: a different hash, never an error."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    return _sha(text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 def code_sha() -> str:

@@ -152,7 +152,7 @@ def static_value(checker: Checker, params: dict[str, Any], node: Node, key: str,
         return None
     try:
         result = evaluate_value(value, {"params": params})
-    except (jinja2.UndefinedError, TypeError, ValueError, ZeroDivisionError) as exc:
+    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:  # range's cap: OverflowError
         checker.error(where, f"node '{node.name}' {key}: {exc}")
         return None
     too_large = _too_large(limit or key, result)
