@@ -497,3 +497,18 @@ def test_a_users_file_beside_a_run_is_not_read_as_its_data(tmp_path, seeds_file,
     assert all("MY OWN SEED" not in seed["text"] for seed in data.iter_seeds())
     page = codeclm("report", str(run), "--out", str(tmp_path / "page.html"))
     assert page.exit_code == 0 and "MY OWN SEED" not in (tmp_path / "page.html").read_text()
+
+
+def test_a_rerun_keeps_what_evaluate_and_compare_wrote_in_its_folder(tmp_path, seeds_file, scripted):
+    """Since evaluate and compare list their files in the marker, a rerun took them for a stale run's and
+    deleted them."""
+    from codeclm.programs.artifacts.store import note_own
+
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    run = scripted(spec, out="run").out
+    note_own(run, {"eval.json", "eval.jsonl", "compare.txt"})  # as `codeclm evaluate --out RUN` does
+    for name in ("eval.json", "eval.jsonl", "compare.txt"):
+        (run / name).write_text("results\n")
+    scripted(spec, out="run")
+    assert all((run / name).read_text() == "results\n" for name in ("eval.json", "eval.jsonl", "compare.txt"))
+    assert {"eval.json", "compare.txt"} <= set(json.loads((run / MARKER).read_text())["written"])

@@ -94,6 +94,8 @@ SIGNED = {"eval.json": ({"candidate", "reference", "judge", "summary"}, ("eval.j
           "compare.json": ({"wins", "ties", "losses", "judge", "sides"}, ("compare.json", "compare.jsonl",
                                                                           "compare.txt"))}
 
+OTHER_COMMANDS_FILES = {name for _, files in SIGNED.values() for name in files}  # not a run's: a rerun keeps them
+
 
 def is_own_run(folder: Path) -> bool:
     """A folder codeclm wrote: it holds the marker, or (made before the marker) a run's manifest or the
@@ -348,12 +350,15 @@ class RunStore:
 
     def _remove_stale(self) -> None:
         """The files earlier runs wrote that this one did not (another spec's outputs, a report this run
-        does not write); the marker then lists this run's files only."""
+        does not write); the marker then lists this run's files, and those of `evaluate` or `compare` in the
+        folder, which are not a run's and stay."""
         written = {self.path(artifact).name for artifact in self._written} | {ARTIFACTS["manifest"]}
-        for name in self._earlier_files - written:
+        others = self._earlier_files & OTHER_COMMANDS_FILES
+        for name in self._earlier_files - written - others:
             (self.folder / name).unlink(missing_ok=True)
         marker = _json_or_none(self.folder / MARKER)
-        _list_in_marker(self.folder, marker if isinstance(marker, dict) else {"written_by": "codeclm"}, written)
+        _list_in_marker(self.folder, marker if isinstance(marker, dict) else {"written_by": "codeclm"},
+                        written | others)
 
     def _owned(self, artifact: str) -> None:
         """Note in the marker that codeclm writes this artifact's file, before it is written."""
