@@ -329,3 +329,25 @@ def test_a_full_disk_is_not_called_a_damaged_cache():
 
     message = str(_damaged_db(Path("/x/cache.db"), sqlite3.OperationalError("database or disk is full")))
     assert "the disk is full" in message and "damaged" not in message and "free space" in message
+
+
+def test_a_refresh_runs_failed_call_replaces_the_answer_so_its_replay_fails_it_too(tmp_path, seeds_file, scripted):
+    """A call that failed in a --refresh run left the earlier run's answer in place, and a replay of the
+    refresh run served that answer: not the run it replayed."""
+    from codeclm.programs.errors import ModelCallError
+
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    scripted(spec, out="first")
+    answer = scripted.backends["strong"].answer
+
+    def failing(messages):
+        if "Use case" in messages[-1]["content"] or "use case" in messages[-1]["content"]:
+            raise ModelCallError("scripted/strong: HTTP 500 down", retryable=False)
+        return answer(messages)
+
+    scripted.backends["strong"].answer = failing
+    refreshed = scripted(spec, out="refresh", mode="refresh")
+    assert (refreshed.out / "failures.jsonl").read_text().count("HTTP 500 down")
+    replayed = scripted(spec, out="replay", mode="replay", recorded_run=refreshed.out)
+    for name in ("dataset.jsonl", "failures.jsonl"):
+        assert (replayed.out / name).read_bytes() == (refreshed.out / name).read_bytes(), name

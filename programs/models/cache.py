@@ -234,6 +234,10 @@ class CallCache:
     def put_failure(self, key: str, model: str, error: str, *, strict: bool = False) -> bool:
         """Remember that a call failed for good, and with what error: a replay fails it the same way
         (the run's failures are data, replayed like its answers); a live run calls it again."""
+        if self.mode == "refresh":  # a refresh replaces what the cache held: its failure too, or a replay of it
+            with self._lock:       # would get the answer an earlier run had
+                self._pending.pop(key, None)
+            self.store.delete(key)
         return self.put(FAILED + key, model, {"error": error}, strict=strict)
 
     def failure(self, key: str) -> dict[str, Any] | None:
@@ -357,6 +361,13 @@ class _WritableStore:
             return self.cache.get(key)
         except Exception as exc:  # noqa: BLE001 - a refused or unreadable value, whatever the error: damage
             raise _Damaged(f"{type(exc).__name__}: {exc}") from None
+
+    def delete(self, key: str) -> None:
+        """Remove an entry, best effort: a write that fails warns when the batch is written."""
+        import diskcache
+
+        with contextlib.suppress(sqlite3.Error, OSError, diskcache.Timeout):
+            self.cache.delete(key)
 
     def set_many(self, entries: Iterable[tuple[str, tuple[Any, str]]]) -> None:
         """(key, (value, tag)) pairs, in one transaction."""
