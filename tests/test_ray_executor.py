@@ -228,6 +228,7 @@ def test_the_coordinator_dedups_hands_a_dead_owners_calls_on_and_frees_its_slots
     import asyncio
 
     from codeclm.programs.engine.ray_executor import CallCoordinator
+    from codeclm.programs.errors import ModelCallError
 
     entry = {"text": "answer", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
 
@@ -245,6 +246,10 @@ def test_the_coordinator_dedups_hands_a_dead_owners_calls_on_and_frees_its_slots
         assert not waiter.done()  # it owns w1's key now, and waits for the one slot
         coordinator.put(other, "w2", "m", entry, release="strong")
         assert await asyncio.wait_for(waiter, 5) == ("own", True)
+        # w1, declared dead but still running, gives up the call w2 owns now: neither its error nor its
+        # abandon is the call's (it was kept as the call's failure, and failed every claim of it)
+        coordinator.abandon(key, "w1", ModelCallError("this worker was declared dead by the driver"), "m")
+        assert coordinator.failed == {} and coordinator.cache.failure(key) is None
         third = asyncio.ensure_future(coordinator.claim(key, "w3"))  # identical call in flight: waits for it
         await asyncio.sleep(0.01)
         coordinator.put(key, "w2", "m", entry, release="strong")

@@ -202,7 +202,11 @@ class CallCoordinator:
 
     def abandon(self, key: str, owner: str, error: BaseException | None, model: str = "?") -> None:
         """The owner's call failed (its error is the waiters' failure too, and kept for replay) or was
-        cancelled (they retry)."""
+        cancelled (they retry). A worker that no longer owns the call (declared dead, its call handed on)
+        settles nothing, and its error is not the call's."""
+        held = self.inflight.get(key)
+        if held is None or held[0] != owner:
+            return
         if error is not None and is_recorded_failure(error):
             self.failed[key] = redact_text(str(error))
             self.cache.put_failure(key, model, self.failed[key])
