@@ -442,6 +442,21 @@ def test_an_older_folder_owns_only_what_its_manifest_names(tmp_path):
     assert not (folder / "dataset.jsonl").exists() and not (folder / "failures.jsonl").exists()
 
 
+def test_an_older_codeclms_run_killed_before_its_manifest_resumes(tmp_path):
+    """An older codeclm removed the manifest as a run began and listed no files in its marker: its killed
+    run left a folder whose artifacts no manifest names, and the rerun refused them as the user's."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / MARKER).write_text(json.dumps({"written_by": "codeclm"}) + "\n")
+    for name in ("metadata.jsonl", "dataset.jsonl.partial", "failures.jsonl.partial"):
+        (folder / name).write_text('{"id": "old"}\n')
+    rerun = RunStore(folder)
+    rerun.check_outputs(["dataset", "metadata"])
+    rerun.write_jsonl("metadata", [{"id": "m"}])
+    rerun.write_json("manifest", {"spec": {"resolved": {"outputs": {"metadata": {}}}}})
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MARKER, "manifest.json", "metadata.jsonl"])
+
+
 def test_a_run_killed_mid_way_still_owns_what_it_began(tmp_path):
     """The marker lists each file before it is written: a run killed after writing the metadata and
     while streaming a journal leaves a folder whose resume replaces both, and finishes clean."""

@@ -153,6 +153,10 @@ def _named_before_the_list(folder: Path, marker: Any) -> set[str]:
     manifest = _json_or_none(folder / ARTIFACTS["manifest"])
     if isinstance(manifest, dict) and isinstance(manifest.get("spec"), dict):
         names |= {ARTIFACTS[name] for name in RESERVED_OUTPUTS} | {_file_of(name) for name in _outputs_of(manifest)}
+    elif isinstance(marker, dict) and not (folder / ARTIFACTS["manifest"]).exists():
+        # an older codeclm's run killed before its manifest (it removed the last one as it began): its
+        # marker makes the artifact files and their journals its own, so the rerun resumes into it
+        names |= {*ARTIFACTS.values(), *(f"{name}.partial" for name in {*ARTIFACTS.values(), *names})}
     for name, (_, files) in SIGNED.items():
         if _signed(folder, name):
             names.update(files)
