@@ -116,7 +116,8 @@ def reads_run(command: Callable[..., Any]) -> Callable[..., Any]:
 def main() -> None:
     """Generate instruction-tuning data tailored to your seeds, with CodecLM.
 
-    A spec (YAML) declares the models and a graph of nodes (docs/spec.md). The CodecLM
+    A spec (YAML) declares the models and a graph of nodes (docs/spec.md, which
+    `codeclm init` copies into a project beside the specs). The CodecLM
     spec encodes seeds into metadata, grows a metadata pool, decodes it into instructions,
     improves them with Self-Rubrics, and keeps the pairs that Contrastive Filtering selects;
     other specs in specs/ are Self-Instruct, Evol-Instruct, AlpaGasus and critique-rewrite.
@@ -187,7 +188,8 @@ def _load(spec_path: str, overrides: tuple[str, ...], roles: tuple[str | None, .
 @reports_errors
 def init(folder: Path) -> None:
     """Start a project in FOLDER [default: here]: the shipped specs, their prompts,
-    example seeds and a README of what to edit first. Never overwrites a file.
+    example seeds, the spec reference (docs/spec.md) and a README of what to edit first.
+    Never overwrites a file.
 
     \b
       codeclm init my-data && cd my-data

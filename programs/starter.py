@@ -13,7 +13,7 @@ from .artifacts.store import unwritable_reason
 from .errors import SpecError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-STARTER_FOLDERS = ("specs", "prompts", "seeds")
+STARTER_FOLDERS = ("specs", "prompts", "seeds", "docs")
 FIRST_STEPS = """\
 # A codeclm project
 
@@ -25,6 +25,8 @@ Made by `codeclm init`. Everything here is yours to edit; nothing is read from c
 - `prompts/`: one Jinja template per model call; the specs name them.
 - `seeds/`: example seed instructions. Replace `example.jsonl` with your own (JSONL with an
   `instruction` field, CSV, or one instruction per line).
+- `docs/spec.md`: the spec language, every node type, key, parser and expression helper, with
+  examples: what to read to change a pipeline or write your own.
 
 What to edit first:
 
@@ -66,7 +68,7 @@ def starter_files() -> list[Path]:
 
 
 def init_project(destination: Path) -> list[Path]:
-    """Copy the shipped specs, prompts and seeds, and a README of first steps, into
+    """Copy the shipped specs, prompts, seeds and spec reference, and a README of first steps, into
     `destination`. Refuses, writing nothing, if any of those files already exists there."""
     destination = Path(destination).expanduser()
     if destination.exists() and not destination.is_dir():

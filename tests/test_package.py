@@ -47,6 +47,7 @@ def test_init_and_a_shipped_spec_work_from_an_empty_folder(installed, tmp_path):
     done = in_empty_folder(installed, tmp_path, codeclm, "init")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "specs" / "demo.yaml").is_file() and (tmp_path / "prompts").is_dir()
+    assert "## Expressions" in (tmp_path / "docs" / "spec.md").read_text()  # the reference the help points to
     done = in_empty_folder(installed, tmp_path, codeclm, "run", "specs/demo.yaml", "--out", "runs/mine", *small)
     assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr  # 1: no pair kept
     assert (tmp_path / "runs" / "mine" / "manifest.json").is_file()
