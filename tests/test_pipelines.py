@@ -257,3 +257,32 @@ def test_records_a_when_stops_are_counted_as_filtered_out(tmp_path):
                                              "--set", "nodes.rate.when=false", *sets])
     pairs = sum(1 for line in (REPO / "seeds" / "alpaca_pairs.jsonl").read_text().splitlines() if line.strip())
     assert done.exit_code == 1 and f"filtered out {pairs}" in done.output, done.output
+
+
+def test_a_node_below_a_loop_reads_its_final_state(tmp_path, seeds_file):
+    """docs/spec.md says so, and outputs could; a node per the loop's records was refused ("exists only
+    in a loop body"), so a judge after the loop could only rate the unimproved instruction."""
+    from click.testing import CliRunner
+    from codeclm import cli
+    from conftest import base_spec, write_spec
+    from fake_openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        data = base_spec(seeds_file)
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
+                          for role in ("strong", "target")}
+        data["nodes"]["rate"] = {"type": "judge", "for_each": "refine", "model": "strong",
+                                 "template": "critique_judge.jinja", "scale": [1, 10],
+                                 "inputs": {"instruction": "state.instruction", "answer": "decide.response"}}
+        data["outputs"]["rated"] = {"from": "rate", "fields": {"id": "record.id", "instruction": "state.instruction",
+                                                              "score": "rate.score"}}
+        ran = CliRunner().invoke(cli.main, ["run", str(write_spec(tmp_path, data)), "-q", "--no-report",
+                                            "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")])
+    assert ran.exit_code == 0, ran.output
+    histories = {h["id"]: h for h in map(json.loads, (tmp_path / "run" / "instructions.jsonl").open())}
+    rated = [json.loads(line) for line in (tmp_path / "run" / "rated.jsonl").open()]
+    assert rated and all(isinstance(r["score"], (int, float)) for r in rated)
+    improved = [r for r in rated if len(histories[r["id"]]["iterations"]) > 1]
+    assert improved, "no instruction was improved: the test shows nothing"
+    for row in improved:  # the final state's instruction: the improved one, not decode's
+        assert row["instruction"] == histories[row["id"]]["iterations"][-1]["instruction"]

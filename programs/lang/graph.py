@@ -330,7 +330,10 @@ class _GraphCheck:
             return {**visible, **{b: "body" for b in node.body}}, {"params", "state", "loop"}, set(node.state)
         if isinstance(node, LoopNode) and key.startswith(("state.", "max")):
             return visible, {"params"}, set()
-        return visible, self.scope_roots(node.loop is not None, False), self.state_keys(node)
+        roots = self.scope_roots(node.loop is not None, False)
+        if node.loop is None and self.graph.loops_on(node.name):  # below a loop: its final state, as outputs read
+            roots |= {"state"}
+        return visible, roots, self.state_keys(node)
 
     def check_node(self, node: Node) -> None:
         graph = self.graph
