@@ -305,6 +305,7 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
     Takes the spec and options RUN_DIR's manifest recorded, reads the cache read-only,
     and compares the replayed dataset with the recorded one.
     """
+    from codeclm.programs.artifacts.manifest import sources
     from codeclm.programs.artifacts.rundata import finished_run_manifest
     from codeclm.programs.engine.progress import Progress
     from codeclm.programs.engine.run import RunOptions, run_spec
@@ -314,6 +315,10 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
                                                "options.limit", "spec.path"))  # what replay reads
     recorded = manifest["options"]
     loaded = _load_recorded(manifest["spec"]["path"], tuple(recorded["overrides"]), manifest_path)
+    changed = _changed_since(manifest, sources(loaded))
+    if changed:  # said first: a miss (exit 3) or a different dataset is then no surprise
+        click.secho("warning: changed since the run: " + "; ".join(changed) + ". The replay reads them as they are "
+                    "now, so it may miss the cache (exit 3) or give another dataset", fg="yellow", err=True)
     base = run_dir if run_dir.name else run_dir.resolve()  # `replay .` names the folder it is in
     out = out or base.with_name(base.name + "-replay")
     options = RunOptions(out=out, cache_dir=cache_dir or Path(recorded["cache_dir"]), cache_mode="replay",

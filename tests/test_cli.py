@@ -130,3 +130,28 @@ def test_replay_names_the_manifest_for_an_error_in_a_recorded_set(tmp_path):
     assert replayed.exit_code == 2, replayed.output
     assert f"{run_dir / 'manifest.json'} (the run's --set params.no_such_param)" in replayed.output
     assert "run it again rather than replay it" in replayed.output and "Traceback" not in replayed.output
+
+
+def test_replay_says_first_what_changed_since_the_run(tmp_path, seeds_file):
+    """An edited template made the replay miss (exit 3) blaming "an input upstream"; the manifest's hashes
+    say which file changed, and the replay now says so before it starts."""
+    import shutil
+
+    from fake_openai_server import FakeOpenAIServer
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "prompts", prompts)
+    data = base_spec(seeds_file)
+    data["prompts"] = str(prompts)
+    cache, run = str(tmp_path / "cache"), str(tmp_path / "run")
+    with FakeOpenAIServer() as server:
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
+                          for role in ("strong", "target")}
+        spec = str(write_spec(tmp_path, data))
+        assert CliRunner().invoke(cli.main, ["run", spec, "-q", "--out", run, "--cache-dir", cache]).exit_code == 0
+    same = CliRunner().invoke(cli.main, ["replay", run, "--cache-dir", cache])
+    assert same.exit_code == 0 and "changed since the run" not in same.output, same.output
+    with (prompts / "improve.jinja").open("a") as handle:
+        handle.write("\nBe brief.\n")
+    edited = CliRunner().invoke(cli.main, ["replay", run, "--out", str(tmp_path / "again"), "--cache-dir", cache])
+    assert "warning: changed since the run: templates improve.jinja" in edited.output, edited.output

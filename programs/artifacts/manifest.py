@@ -54,11 +54,24 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def sources(spec: Spec) -> dict[str, Any]:
+    """What a run's prompts come from, hashed: the spec file, its templates, its tuned programs, codeclm's
+    code. A manifest records them; a replay compares them with the files as they are now."""
+    store = TemplateStore(spec.prompts_dir)
+    return {
+        "spec": {"path": str(spec.path.resolve()), "name": spec.name, "sha256": _sha(spec.path.read_bytes())},
+        "templates": {n.template: template_sha(store.get(n.template).path) for n in spec.graph.model_nodes()},
+        # tuned programs (`program:`) by node: what the prompts held, as the templates' hashes do
+        "programs": {n.name: {"path": str(n.program), "sha256": _sha(n.program.read_bytes())}
+                     for n in spec.graph.model_nodes() if n.program and n.program.is_file()},
+        "code_sha256": code_sha(),
+    }
+
+
 def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[str, int], wall: float,
                    progress: Progress, failure_reasons: dict[str, int] | None = None,
                    without_messages: dict[str, int] | None = None) -> dict[str, Any]:
-    store = TemplateStore(spec.prompts_dir)
-    templates = {n.template: template_sha(store.get(n.template).path) for n in spec.graph.model_nodes()}
+    hashed = sources(spec)
     calls = hub.summary()
     totals = {key: sum(row[key] for row in calls.values())
               for key in ("calls", "cache_hits", "failures", "retries", "truncated", "prompt_tokens",
@@ -66,16 +79,11 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
     for model in spec.models.values():
         register_key_env(model.api_key_env)
     return redact({  # keys never reach the manifest, however they got into the spec or options
-        "spec": {"path": str(spec.path.resolve()), "name": spec.name, "sha256": _sha(spec.path.read_bytes()),
-                 "resolved": spec.raw,
+        **hashed,
+        "spec": {**hashed["spec"], "resolved": spec.raw,
                  # the same in YAML: a spec's mappings are ordered (a loop body runs in its order), JSON here is sorted
                  "resolved_yaml": yaml.safe_dump(spec.raw, sort_keys=False, allow_unicode=True)},
-        "templates": templates,
-        # tuned programs (`program:`) by node: what the prompts held, as the templates' hashes do
-        "programs": {n.name: {"path": str(n.program), "sha256": _sha(n.program.read_bytes())}
-                     for n in spec.graph.model_nodes() if n.program and n.program.is_file()},
         "versions": versions(),
-        "code_sha256": code_sha(),
         "options": {"overrides": options.overrides,  # --seeds absolute: a replay from another folder finds it
                     "seeds": str(Path(options.seeds).resolve()) if options.seeds else None,
                     "limit": options.limit, "concurrency": options.concurrency, "cache_mode": options.cache_mode,
