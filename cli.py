@@ -760,8 +760,8 @@ def cache_stats(cache_dir: Path | None) -> None:
         cache.close()
     failures = f" (and {stats['failures']} failed calls, kept for replay)" if stats["failures"] else ""
     click.echo(f"{stats['folder']}: {stats['entries']} entries{failures}, {stats['bytes'] / 1e6:.1f} MB")
-    for model, count in sorted(stats["per_model"].items()):
-        click.echo(f"  {model}: {count}")
+    for model, (answers, failed) in sorted(stats["per_model"].items()):
+        click.echo(f"  {model}: {answers}" + (f" (and {failed} failed calls)" if failed else ""))
 
 
 @cache.command("clear")
@@ -782,7 +782,7 @@ def cache_clear(model: str | None, cache_dir: Path | None, yes: bool) -> None:
         removed = cache.clear(model)
     finally:
         cache.close()
-    click.echo(f"removed {removed} entries")
+    click.echo(f"removed {removed} entries (answers, and failed calls kept for replay)")
 
 
 @cache.command("export")

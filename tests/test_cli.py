@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from codeclm import cli
 from codeclm.programs.errors import SpecError
 from codeclm.programs.lang.templates import TemplateStore
+from codeclm.programs.models.cache import CallCache
 from conftest import REPO, base_spec, write_spec
 
 
@@ -51,6 +52,14 @@ def test_cache_stats_clear(tmp_path, seeds_file, scripted):
     assert cleared.exit_code == 0
     stats = CliRunner().invoke(cli.main, ["cache", "stats", "--cache-dir", cache_dir])
     assert "scripted/target" not in stats.output and "scripted/strong" in stats.output
+    cache = CallCache(scripted.cache_dir)
+    cache.put_failure("f" * 64, "scripted/failing", "HTTP 500", strict=True)  # a model with failures only
+    cache.close()
+    stats = CliRunner().invoke(cli.main, ["cache", "stats", "--cache-dir", cache_dir])
+    assert "scripted/failing: 0 (and 1 failed calls)" in stats.output, stats.output  # clear --model can name it
+    cleared = CliRunner().invoke(cli.main, ["cache", "clear", "--model", "scripted/failing", "--yes",
+                                            "--cache-dir", cache_dir])
+    assert "removed 1 entries (answers, and failed calls kept for replay)" in cleared.output
 
 
 def test_templates_render_in_a_sandbox(tmp_path):

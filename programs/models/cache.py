@@ -268,7 +268,7 @@ class CallCache:
         counts = self.store.per_model()
         return {"folder": str(self.folder), "entries": sum(a for a, _ in counts.values()),
                 "failures": sum(f for _, f in counts.values()), "bytes": self.store.volume(),
-                "per_model": {model: answers for model, (answers, _) in counts.items() if answers}}
+                "per_model": counts}  # model -> (answers, failures)
 
     def clear(self, model: str | None = None) -> int:
         if self.read_only:
