@@ -7,6 +7,7 @@ Heavy imports (DSPy, llama.cpp) happen inside the commands that need them, so th
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -447,11 +448,12 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
 @click.option("--max-metric-calls", type=click.IntRange(min=1), help="gepa: the budget, in metric calls.")
 @click.option("--auto", type=click.Choice(["light", "medium", "heavy"]),
               help="gepa/mipro: a budget level [default for gepa without --max-metric-calls: light].")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to save the tuned node [default: runs/NAME-optimize/NODE.json].")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Where to save the tuned node: a .json file, or a folder that gets NODE.json "
+                   "[default: runs/NAME-optimize/NODE.json].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines, nor DSPy's own logs and progress bars.")
 @reports_errors
 def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, optimizer: str, metric: str | None,
              examples: int, demos: int, teacher: str | None, threshold: float, reflection: str | None,
@@ -473,10 +475,14 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
     Few-shot demos that parse, written by the strong model:
       codeclm optimize specs/demo.yaml answer_target --from runs/demo --teacher strong
     """
+    if quiet:  # DSPy's own progress bars, read by tqdm from the environment when DSPy first imports it
+        os.environ["TQDM_DISABLE"] = "1"
     from codeclm.programs.engine.llm import check_templates
     from codeclm.programs.optimize import OptimizeOptions
     from codeclm.programs.optimize import optimize as run_optimizer
 
+    if quiet:  # and its INFO lines
+        logging.getLogger("dspy").setLevel(logging.WARNING)
     options = OptimizeOptions(stage=node, optimizer=optimizer, metric=metric, run_dir=run_dir, seeds=seeds,
                               examples=examples, demos=demos, teacher=teacher, threshold=threshold,
                               reflection=reflection,

@@ -22,7 +22,9 @@ as a program file the node's `program:` key loads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import threading
 from collections import Counter
@@ -157,7 +159,8 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
     student = Tuned(original)
     calls_before = _calls(hub)
     before = _evaluate(student, held, score)
-    with quiet_copies():
+    # DSPy prints its own progress ("Bootstrapped 4 full traces ..."): with the progress lines, or nowhere
+    with quiet_copies(), contextlib.redirect_stdout(options.progress or io.StringIO()):
         tuned = _compile(options, spec, node, hub, student, trainset, valset, metric_fn)
     tuned.node.predict.set_lm(original.predict.lm)  # compile may reset the copy's LM
     after = _evaluate(tuned, held, score)
@@ -344,7 +347,9 @@ def program_prompt(path: Path) -> tuple[str, list[dict[str, Any]]]:
 def program_path(spec: Spec, node: LLMNode, options: OptimizeOptions) -> Path:
     """Where the tuned program goes; refused if a file there (or its scores table) is not one a
     previous `codeclm optimize` wrote, so tuning never replaces a file of the user's."""
-    path = options.out or Path("runs") / f"{spec.name}-optimize" / f"{node.name}.json"
+    path = options.out or Path("runs") / f"{spec.name}-optimize"
+    if path.suffix != ".json":  # a folder (DSPy saves a program only as .json): the node's file in it
+        path = path / f"{node.name}.json"
     ours = _is_program_file(path)
     for target in (path, path.with_suffix(".scores.txt")):
         if (target.exists() or target.is_symlink()) and not ours:

@@ -481,3 +481,25 @@ def test_optimize_never_writes_over_a_file_it_did_not_make(tmp_path, seeds_file)
     assert result.exit_code == 2 and "was not written by `codeclm optimize`" in result.output, result.output
     assert mine.read_text() == '{"mine": true}\n'
     assert not (tmp_path / "cache").exists()  # refused before the cache was opened, let alone a model
+
+
+def test_optimize_quiet_prints_only_its_result_and_out_may_be_a_folder(tmp_path, seeds_file):
+    """`-q` still printed DSPy's INFO lines, tqdm bars and "Bootstrapped ..." (that one on stdout, with the
+    result); `--out DIR` crashed in DSPy's save ("path must end with .json") with a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    with FakeOpenAIServer() as server:
+        data = base_spec(seeds_file)
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
+                          for role in ("strong", "target")}
+        spec = write_spec(tmp_path, data)
+        done = subprocess.run([sys.executable, "-m", "codeclm.cli", "optimize", str(spec), "encode", "-q",
+                               "--examples", "4", "--out", str(tmp_path / "tuned"),
+                               "--cache-dir", str(tmp_path / "cache")],
+                              capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
+    assert "Bootstrapped" not in done.stdout and done.stdout.startswith("node ")
+    assert (tmp_path / "tuned" / "encode.json").is_file()
