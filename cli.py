@@ -502,6 +502,8 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
 @main.command()
 @click.argument("spec_a", type=click.Path())
 @click.argument("spec_b", type=click.Path(), required=False)
+@click.option("--set", "set_both", multiple=True, metavar="KEY=VALUE",
+              help="Override a field of A and of B (e.g. the models both run on), before --set-a/--set-b.")
 @click.option("--set-a", "set_a", multiple=True, metavar="KEY=VALUE", help="Override a field of A.")
 @click.option("--set-b", "set_b", multiple=True, metavar="KEY=VALUE", help="Override a field of B [B: A's spec "
               "when SPEC_B is not given].")
@@ -515,9 +517,9 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
 @click.option("--replay", "mode", flag_value="replay", help="Cache read-only, no model contacted; a miss exits 3.")
 @reports_errors
-def compare(spec_a: str, spec_b: str | None, set_a: tuple[str, ...], set_b: tuple[str, ...], judge: str,
-            template: str, seeds: Path | None, limit: int | None, samples: int, out: Path | None,
-            cache_dir: Path | None, mode: str | None) -> None:
+def compare(spec_a: str, spec_b: str | None, set_both: tuple[str, ...], set_a: tuple[str, ...],
+            set_b: tuple[str, ...], judge: str, template: str, seeds: Path | None, limit: int | None, samples: int,
+            out: Path | None, cache_dir: Path | None, mode: str | None) -> None:
     """Run A and B on the same seeds and judge their datasets pairwise, in both orders.
 
     Prints A's wins, ties and losses with a seeded bootstrap interval of (wins - losses) / judged,
@@ -530,10 +532,14 @@ def compare(spec_a: str, spec_b: str | None, set_a: tuple[str, ...], set_b: tupl
       codeclm compare specs/demo.yaml --set-b prompts=../prompts-edited --judge strong
     Two settings of one spec (records are matched by id: two specs must make the same ids):
       codeclm compare specs/demo.yaml --set-a params.threshold=2 --set-b params.threshold=4 --judge strong
+    Both on another model:
+      codeclm compare specs/demo.yaml --set models.strong.model=openai/gpt-4o-mini --set-b params.threshold=4 \\
+        --judge strong
     """
     from codeclm.programs.compare import CompareOptions, format_table
     from codeclm.programs.compare import compare as run_compare
 
+    set_a, set_b = (*set_both, *set_a), (*set_both, *set_b)
     a = _load(spec_a, set_a)
     b = _load(spec_b or spec_a, set_b)
     options = CompareOptions(judge=judge, out=out or Path("runs") / f"{a.name}-compare", template=template,

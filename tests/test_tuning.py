@@ -285,10 +285,9 @@ def test_cli_compare_with_variants_over_http(tmp_path):
 
     with FakeOpenAIServer() as server:
         path = answer_spec(tmp_path)
-        overrides = ["--set-a", f"models.strong.api_base={server.url}", "--set-a",
-                     "models.strong.model=hosted_vllm/strong", "--set-a", f"models.target.api_base={server.url}",
-                     "--set-a", "models.target.model=hosted_vllm/t"]
-        overrides += [o.replace("--set-a", "--set-b") for o in overrides] + ["--set-b", "nodes.answer.model=target"]
+        overrides = ["--set", f"models.strong.api_base={server.url}", "--set",  # --set: both A and B
+                     "models.strong.model=hosted_vllm/strong", "--set", f"models.target.api_base={server.url}",
+                     "--set", "models.target.model=hosted_vllm/t", "--set-b", "nodes.answer.model=target"]
         result = CliRunner().invoke(main, ["compare", str(path), *overrides, "--judge", "strong",
                                            "--out", str(tmp_path / "cmp"), "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
