@@ -13,7 +13,7 @@ from statistics import mean
 from typing import Any
 
 from .quality import format_quality, quality_metrics
-from .rundata import check_intact, declares_histories, outcomes, read_run_json, top_failures
+from .rundata import check_intact, damaged_run, declares_histories, outcomes, read_run_json, top_failures
 from .store import ARTIFACTS, read_artifact
 
 
@@ -61,17 +61,13 @@ def _codec_histories(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, 
     if declared is False:
         return None
     histories = read_artifact(run_dir, "instructions")
-    if declared:  # rows of another shape than the spec declares are a damaged file: said by the reader
-        return histories
-
-    def shaped(history: Any) -> bool:
-        if not (isinstance(history, dict) and isinstance(history.get("status"), str)
-                and isinstance(history.get("iterations"), list)):
-            return False
-        record = history.get("record")
-        return history["status"] != "kept" or (isinstance(record, dict) and isinstance(record.get("provenance"), dict))
-
-    return histories if all(shaped(h) for h in histories) else None
+    shaped = [isinstance(h, dict) and isinstance(h.get("status"), str) and isinstance(h.get("iterations"), list)
+              for h in histories]
+    if declared and not all(shaped):  # rows of another shape than the spec declares: a damaged file
+        line = shaped.index(False) + 1
+        raise damaged_run(run_dir, ValueError(f"{ARTIFACTS['instructions']} line {line} is not an instruction "
+                                              "history (a status and a list of iterations)"))
+    return histories if all(shaped) else None
 
 
 def general_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
