@@ -540,8 +540,8 @@ def compare(spec_a: str, spec_b: str | None, set_both: tuple[str, ...], set_a: t
     from codeclm.programs.compare import compare as run_compare
 
     set_a, set_b = (*set_both, *set_a), (*set_both, *set_b)
-    a = _load(spec_a, set_a)
-    b = _load(spec_b or spec_a, set_b)
+    a = _load(spec_a, set_a, roles=(judge,))  # a --set of a role nothing reads is a typo, as for run
+    b = _load(spec_b or spec_a, set_b, roles=())
     options = CompareOptions(judge=judge, out=out or Path("runs") / f"{a.name}-compare", template=template,
                              seeds=seeds, limit=limit, cache_dir=cache_dir, cache_mode=mode or "live",
                              samples=samples)

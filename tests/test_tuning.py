@@ -502,3 +502,15 @@ def test_optimize_quiet_prints_only_its_result_and_out_may_be_a_folder(tmp_path,
     assert done.stderr == "", done.stderr
     assert "Bootstrapped" not in done.stdout and done.stdout.startswith("node ")
     assert (tmp_path / "tuned" / "encode.json").is_file()
+
+
+def test_compare_refuses_a_set_of_a_role_nothing_reads(tmp_path, seeds_file):
+    """As run does: `--set models.stong...` (strong) would leave both sides on the spec's own model."""
+    from codeclm.cli import main
+
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    result = CliRunner().invoke(main, ["compare", str(spec), "--set", "models.stong.model=hosted_vllm/x",
+                                       "--set-b", "params.threshold=2", "--judge", "strong",
+                                       "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 2 and "did you mean 'strong'?" in result.output, result.output
+    assert not (tmp_path / "cmp").exists()
