@@ -292,6 +292,11 @@ def test_the_shipped_spec_names_local_copies_of_what_the_run_read(tmp_path):
     assert "| seeds | 2 |" in text  # the copy, read as the run read it, to --limit
     assert "--replay --out replayed --limit 2" in text and "--out rerun --limit 2" in text
     assert "api.example" not in text and "OPENAI_API_KEY" not in text and "## Quality" not in text
+    assert "Caution" not in text  # encode.jinja is as the run rendered it (its \r\n lines read as \n)
+    manifest["templates"]["encode.jinja"] = "0" * 64  # as if edited after the run
+    text = render_card(tmp_path, pipeline, manifest, spec, [{"messages": []}], {"messages": "x"}, ExportOptions(),
+                       None, None)
+    assert "**Caution:** `encode.jinja` changed after the run" in text  # the card said "bit for bit" regardless
 
 
 def test_the_card_gives_a_loop_its_bodys_calls():

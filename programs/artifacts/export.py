@@ -431,7 +431,7 @@ def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spe
              *_card_how_made(spec, manifest, pipeline_dir, len(rows), codeclm_graph),
              *_card_quality(metrics),
              *_card_use(name, options.repo or f"path/to/{name}"),
-             *_card_replay(manifest, spec, bundle_calls),
+             *_card_replay(manifest, spec, bundle_calls, _changed_templates(manifest, pipeline_dir)),
              "## Limitations", "",
              "The instructions and answers were written by language models and were not reviewed by people: they "
              "can be wrong, biased or unsafe. The judge is a model too. Check the terms of use of the models above "
@@ -507,8 +507,17 @@ def _card_use(name: str, where: str) -> list[str]:
             f"For a local copy, LLaMA-Factory can also read `{JSONL}` (`\"file_name\": \"PATH/{JSONL}\"`).", ""]
 
 
-def _card_replay(manifest: dict[str, Any], spec: dict[str, Any], bundle_calls: int | None) -> list[str]:
-    """What pipeline/ holds, the commands that replay and rerun the run, and what made it."""
+def _changed_templates(manifest: dict[str, Any], pipeline_dir: Path) -> list[str]:
+    """The shipped templates whose text is not what the run rendered (edited since): its manifest's hashes."""
+    recorded = manifest.get("templates") if isinstance(manifest.get("templates"), dict) else {}
+    return [name for name, sha in sorted(recorded.items())
+            if (pipeline_dir / "prompts" / name).is_file() and template_sha(pipeline_dir / "prompts" / name) != sha]
+
+
+def _card_replay(manifest: dict[str, Any], spec: dict[str, Any], bundle_calls: int | None,
+                 changed: list[str]) -> list[str]:
+    """What pipeline/ holds, the commands that replay and rerun the run, and what made it; a caution where
+    a shipped template was edited since the run (its replay then misses the cache where it renders anew)."""
     limit = (manifest.get("options") or {}).get("limit")
     limit_flag = f" --limit {limit}" if isinstance(limit, int) else ""
     versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
@@ -525,6 +534,10 @@ def _card_replay(manifest: dict[str, Any], spec: dict[str, Any], bundle_calls: i
     else:
         lines += ["No cache bundle was shipped, so a replay needs the run's cache; with it:", "", "```bash",
                   f"codeclm run {PIPELINE}/spec.yaml --replay --out replayed{limit_flag}", "```", ""]
+    if changed:
+        lines += [f"**Caution:** {', '.join(f'`{name}`' for name in changed)} changed after the run, and "
+                  f"`{PIPELINE}/prompts/` holds the changed file{'s' if len(changed) > 1 else ''}: a replay makes "
+                  "the calls they render differently, which the bundle does not hold (exit 3).", ""]
     return lines + [
         "Rerun it on your own models (only the calls whose model or prompt changed are made again):", "",
         "```bash", f"codeclm run {PIPELINE}/spec.yaml --out rerun{limit_flag} \\",
