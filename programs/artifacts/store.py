@@ -128,13 +128,20 @@ def is_codeclm_report(path: Path) -> bool:
 def own_files(folder: Path) -> set[str]:
     """The files of `folder` codeclm wrote: those its marker lists. A folder an older codeclm wrote (no
     list): only what its records name, since a user's metadata.jsonl there is not codeclm's for its name."""
-    listed = written_files(folder)
-    return listed if listed is not None else _named_before_the_list(folder, _json_or_none(folder / MARKER))
+    return _own_files(folder, _json_or_none(folder / MARKER))
+
+
+def _own_files(folder: Path, marker: Any) -> set[str]:
+    listed = _listed(marker)
+    return listed if listed is not None else _named_before_the_list(folder, marker)
 
 
 def written_files(folder: Path) -> set[str] | None:
     """The files the folder's marker lists as codeclm's; None for a folder with no such list."""
-    marker = _json_or_none(folder / MARKER)
+    return _listed(_json_or_none(folder / MARKER))
+
+
+def _listed(marker: Any) -> set[str] | None:
     listed = marker.get(WRITTEN) if isinstance(marker, dict) else None
     return _plain(listed) if isinstance(listed, list) else None
 
@@ -178,8 +185,8 @@ def note_own(folder: Path, names: Iterable[str]) -> None:
     """Add files to the marker's list before they are written, so a run killed while writing them
     still owns them on its resume. The first note also lists what an older codeclm's folder shows."""
     marker = _json_or_none(folder / MARKER)
+    owned = _own_files(folder, marker)  # the marker read once
     marker = marker if isinstance(marker, dict) else {"written_by": "codeclm"}
-    owned = own_files(folder)
     names = _plain(names)
     if WRITTEN not in marker or not names <= owned:
         _list_in_marker(folder, marker, owned | names)
