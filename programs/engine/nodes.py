@@ -58,6 +58,24 @@ class NodeRunner:
         self.join_targets = {j for joins in self.graph.joins.values() for j in joins}
         # the names each node reads (a loop body's node waits for the siblings it reads), listed once
         self.reads = {name: {r.root for _, r in node.references()} for name, node in self.graph.every.items()}
+        self._inline_plans: dict[tuple[str, ...], tuple[bool, ...]] = {}
+
+    def inline_plan(self, segment: list[Node]) -> tuple[bool, ...]:
+        """Per node of a loop body's segment: whether every sibling after it reads it (itself, or through
+        others): such a node can run in the segment's own task, since nothing after it could start sooner."""
+        names = tuple(n.name for n in segment)
+        plan = self._inline_plans.get(names)
+        if plan is None:
+            waits_for = {name: self.reads[name] & set(names) for name in names}
+            for name in names:  # close over siblings: what a sibling it waits for waits for, and so on
+                pending = list(waits_for[name])
+                while pending:
+                    more = waits_for[pending.pop()] - waits_for[name]
+                    waits_for[name] |= more
+                    pending += more
+            plan = tuple(all(name in waits_for[later] for later in names[i + 1:]) for i, name in enumerate(names))
+            self._inline_plans[names] = plan
+        return plan
 
     # -- scopes ---------------------------------------------------------------------------------
 
@@ -173,10 +191,12 @@ class NodeRunner:
             return record.child(node.name, result.values, calls=result.calls) if result.ok else \
                 _failed(record, node.name, result)
         a, b = (self.value(p, scope, "pair") for p in node.pair)
-        orders = [self.call(node, item, record.slot, {**inputs, "answer_1": a, "answer_2": b})]
+        swapped = None  # the second order beside the first, in a task of its own; the first in this one
         if self.graph.static(node.both_orders):
-            orders.append(self.call(node, item, record.slot, {**inputs, "answer_1": b, "answer_2": a}))
-        results = await asyncio.gather(*orders)
+            swapped = _background(self.call(node, item, record.slot, {**inputs, "answer_1": b, "answer_2": a}))
+        results = [await self.call(node, item, record.slot, {**inputs, "answer_1": a, "answer_2": b})]
+        if swapped is not None:
+            results.append(await swapped)
         calls = [c for r in results for c in r.calls]
         bad = next((r for r in results if not r.ok), None)
         if bad is not None:
@@ -379,20 +399,44 @@ class LoopRun:
 
     async def run_segment(self, segment: list[Node], done: dict[str, Record], extra: dict[str, Any],
                           item: str) -> None:
+        """The segment's nodes, each as soon as the siblings it reads have finished. A node every later
+        sibling waits for runs in this task, not a task of its own: nothing could start beside it, and a
+        task is most of a small node's cost (CodecLM's body needs one task an iteration, not five)."""
         finished = {n.name: asyncio.get_running_loop().create_future() for n in segment}
 
         async def one(body_node: Node) -> None:
-            needs = self.runner.reads[body_node.name] & finished.keys()
-            for name in needs:
-                await finished[name]
-            if any(done[name].status in ("failed", "blocked") for name in needs):
-                done[body_node.name] = self.record.child(body_node.name, {}, status="blocked")
-            else:
-                (done[body_node.name],) = await self.runner.run(body_node, self.record,
-                                                                {**extra, **_views(done)}, item)
-            finished[body_node.name].set_result(None)
+            outcome = finished[body_node.name]
+            try:
+                needs = self.runner.reads[body_node.name] & finished.keys()
+                for name in needs:
+                    await finished[name]
+                if any(done[name].status in ("failed", "blocked") for name in needs):
+                    done[body_node.name] = self.record.child(body_node.name, {}, status="blocked")
+                else:
+                    (done[body_node.name],) = await self.runner.run(body_node, self.record,
+                                                                    {**extra, **_views(done)}, item)
+            except BaseException as exc:  # the run stops (a replay miss, Ctrl-C): siblings waiting on it too
+                outcome.set_exception(exc)
+                outcome.exception()  # retrieved: whoever waits on it gets it, and no one waiting is fine
+                raise
+            outcome.set_result(None)
 
-        await asyncio.gather(*(one(n) for n in segment))
+        started = []
+        for body_node, inline in zip(segment, self.runner.inline_plan(segment), strict=True):
+            if inline:
+                await one(body_node)
+            else:
+                started.append(_background(one(body_node)))
+        for task in started:
+            await task
+
+
+def _background(coroutine: Awaitable[Any]) -> asyncio.Future[Any]:
+    """A task whose failure, if no one awaits it after another failure stopped its caller, is not
+    logged as never retrieved: the caller's failure is the one that stops the run."""
+    task = asyncio.ensure_future(coroutine)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return task
 
 
 def seed_file(spec: Spec, node: SourceNode, replacement: Path | None) -> Path:
