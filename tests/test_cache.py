@@ -175,6 +175,32 @@ def test_answers_are_written_in_batches_and_read_back_at_once(tmp_path):
     assert writes == [3, 1, 1]
 
 
+def test_a_batch_writes_the_rows_diskcache_writes_and_replaces_a_value_file(tmp_path):
+    """The batch write is diskcache's row, read back by diskcache itself; an entry written again (a
+    refresh) replaces the row, and the file a large value had is removed, as `Cache.set` does."""
+    import diskcache
+
+    entry = {"text": "a short answer", "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    large = {**entry, "text": "x" * 100_000}  # past diskcache's 32 KiB: kept in a file of its own
+    cache = CallCache(tmp_path / "cache")
+    cache.put("short", "m", entry, strict=True)
+    cache.put("large", "m", large, strict=True)
+    cache.close()
+    files = list((tmp_path / "cache").rglob("*.val"))
+    assert len(files) == 1
+
+    refresh = CallCache(tmp_path / "cache", "refresh")
+    refresh.put("large", "m", entry)
+    refresh.put("short", "m2", large)
+    refresh.close()
+    assert not files[0].exists() and len(list((tmp_path / "cache").rglob("*.val"))) == 1
+
+    with diskcache.Cache(str(tmp_path / "cache")) as plain:  # diskcache's own reading and bookkeeping
+        assert plain.get("large")["text"] == "a short answer" and plain.get("short")["text"] == "x" * 100_000
+        assert len(plain) == 2 and plain.check() == []
+    assert CallCache(tmp_path / "cache", "replay").stats()["per_model"] == {"m": (1, 0), "m2": (1, 0)}
+
+
 def test_calls_answered_together_are_written_together(tmp_path):
     spec = load_spec(write_spec(tmp_path, base_spec(tmp_path / "unused.jsonl")))
     backend = ScriptedBackend("scripted/strong", answer=lambda m: m[-1]["content"].upper(), delay=0.05)

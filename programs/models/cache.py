@@ -330,6 +330,42 @@ def _per_model(execute: Any, db: Path) -> dict[str, tuple[int, int]]:
     return {model: (answers, failures) for model, (answers, failures) in counts.items()}
 
 
+# diskcache's own row for a str key (raw = 1), no expiry, as `Cache.set` writes it; a key already there
+# is updated in place (its count and size triggers then see an update, as after `set`)
+_INSERT = ("INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, "
+           "filename, value) VALUES (?, 1, ?, NULL, ?, 0, ?, ?, ?, ?, ?)")
+_UPSERT = (_INSERT + " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, expire_time = NULL, "
+           "access_time = excluded.access_time, access_count = 0, tag = excluded.tag, size = excluded.size, "
+           "mode = excluded.mode, filename = excluded.filename, value = excluded.value")
+
+
+def _replace_rows(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[str]:
+    """Write rows some of whose keys are there; returns the value files the replaced rows had (to be
+    removed once the transaction is in). Rows the batch insert wrote before it met one are rewritten."""
+    replaced = []
+    for row in rows:
+        old = con.execute("SELECT filename FROM Cache WHERE key = ? AND raw = 1", (row[0],)).fetchone()
+        con.execute(_UPSERT, row)
+        if old is not None and old[0] is not None and old[0] != row[6]:  # row[6]: the new row's filename
+            replaced.append(old[0])
+    return replaced
+
+
+def _read_entry(execute: Callable[..., Any], disk: Any, key: str) -> Any:
+    """The value diskcache stored under `key`, or None; what cannot be read is _Damaged."""
+    try:
+        row = execute("SELECT mode, filename, value, expire_time FROM Cache WHERE key = ? AND raw = 1",
+                      (key,)).fetchone()
+    except sqlite3.Error as exc:
+        raise _Damaged(f"database: {exc}") from None
+    if row is None or (row[3] is not None and row[3] < time.time()):
+        return None
+    try:
+        return disk.fetch(row[0], row[1], row[2], False)
+    except Exception as exc:  # noqa: BLE001 - a refused or unreadable value, whatever the error: damage
+        raise _Damaged(f"{type(exc).__name__}: {exc}") from None
+
+
 class _WritableStore:
     """diskcache.Cache, with its failures turned into the errors CallCache promises."""
 
@@ -355,12 +391,12 @@ class _WritableStore:
             raise _damaged_db(self.db, exc) from None
         except OSError as exc:
             raise _not_writable(folder, exc.strerror or str(exc)) from None
+        self.disk = self.cache.disk
 
     def get(self, key: str) -> Any:
-        try:
-            return self.cache.get(key)
-        except Exception as exc:  # noqa: BLE001 - a refused or unreadable value, whatever the error: damage
-            raise _Damaged(f"{type(exc).__name__}: {exc}") from None
+        # diskcache's get asks for its thread's connection several times a call (a getpid each):
+        # the same query on it, read as the read-only store reads
+        return _read_entry(self.cache._con.execute, self.disk, key)
 
     def delete(self, key: str) -> None:
         """Remove an entry, best effort: a write that fails warns when the batch is written."""
@@ -370,13 +406,22 @@ class _WritableStore:
             self.cache.delete(key)
 
     def set_many(self, entries: Iterable[tuple[str, tuple[Any, str]]]) -> None:
-        """(key, (value, tag)) pairs, in one transaction."""
+        """(key, (value, tag)) pairs, in one transaction: the rows `Cache.set` writes, by one statement
+        for the batch (diskcache's `set` is a SELECT, an INSERT and its bookkeeping per entry)."""
         import diskcache
 
+        now = time.time()
         try:
+            rows = [(key, now, now, tag, *self.disk.store(value, False, key=key)) for key, (value, tag) in entries]
+            replaced: list[str] = []
             with self.cache.transact():
-                for key, (value, tag) in entries:
-                    self.cache.set(key, value, tag=tag)
+                con = self.cache._con  # this thread's connection, in the transaction
+                try:
+                    con.executemany(_INSERT, rows)  # the usual batch: each a call's first answer
+                except sqlite3.IntegrityError:  # a key already there: a refresh, a damaged entry called again
+                    replaced = _replace_rows(con, rows)
+            for name in replaced:
+                self.disk.remove(name)
         except (sqlite3.Error, OSError, diskcache.Timeout) as exc:  # Timeout: another writer held the lock
             raise CacheWriteError(f"cannot write to the cache {self.folder}: {exc or type(exc).__name__}") from None
 
@@ -451,18 +496,8 @@ class _ReadOnlyStore:
     def get(self, key: str) -> Any:
         if self.con is None:
             return None
-        try:
-            with self.lock:
-                row = self.con.execute("SELECT mode, filename, value, expire_time FROM Cache WHERE key = ? "
-                                       "AND raw = 1", (key,)).fetchone()
-        except sqlite3.Error as exc:
-            raise _Damaged(f"database: {exc}") from None
-        if row is None or (row[3] is not None and row[3] < time.time()):
-            return None
-        try:
-            return self.disk.fetch(row[0], row[1], row[2], False)
-        except Exception as exc:  # noqa: BLE001 - a refused or unreadable value, whatever the error: damage
-            raise _Damaged(f"{type(exc).__name__}: {exc}") from None
+        with self.lock:
+            return _read_entry(self.con.execute, self.disk, key)
 
     def set_many(self, entries: Iterable[tuple[str, tuple[Any, str]]]) -> None:
         raise CacheWriteError(f"the cache {self.folder} is open read-only")
