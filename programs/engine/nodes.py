@@ -416,10 +416,12 @@ class LoopRun:
                     (done[body_node.name],) = await self.runner.run(body_node, self.record,
                                                                     {**extra, **_views(done)}, item)
             except BaseException as exc:  # the run stops (a replay miss, Ctrl-C): siblings waiting on it too
-                outcome.set_exception(exc)
-                outcome.exception()  # retrieved: whoever waits on it gets it, and no one waiting is fine
+                if not outcome.done():  # a waiter cancelled (Ctrl-C) cancels what it waits on
+                    outcome.set_exception(exc)
+                    outcome.exception()  # retrieved: whoever waits on it gets it, and no one waiting is fine
                 raise
-            outcome.set_result(None)
+            if not outcome.done():
+                outcome.set_result(None)
 
         started = []
         for body_node, inline in zip(segment, self.runner.inline_plan(segment), strict=True):
