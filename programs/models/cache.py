@@ -18,8 +18,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -53,41 +51,48 @@ def default_cache_dir() -> Path:
     return Path(base) / "codeclm"
 
 
-@dataclass(frozen=True)
 class CallIdentity:
-    """What makes two calls the same call."""
+    """What makes two calls the same call: its model, rendered messages, decoding parameters and
+    sample slot. Its key and the messages' short hash are made at once: every call reads both."""
 
-    model: str
-    messages: tuple[tuple[str, str], ...]
-    params: tuple[tuple[str, Any], ...]
-    slot: int = 0
+    __slots__ = ("model", "messages", "params", "slot", "key", "messages_sha")
+
+    def __init__(self, model: str, messages: tuple[tuple[str, str], ...], params: tuple[tuple[str, Any], ...],
+                 slot: int = 0):
+        self.model, self.messages, self.params, self.slot = model, messages, params, slot
+        # `_json(messages)`, composed: the strings are nearly all of it, and orjson encodes them
+        messages_json = "[" + ", ".join(f"[{_string_json(role)}, {_string_json(content)}]"
+                                        for role, content in messages) + "]"
+        # the SHA-256 of {"model", "messages", "params", "slot"} as sorted-key JSON, composed from the
+        # parts' JSON texts into exactly the text `json.dumps` would give the dict
+        self.key = _sha256(f'{{"messages": {messages_json}, "model": {_json(model)}, '
+                           f'"params": {_params_json(params)}, "slot": {_json(slot)}}}')
+        # a short hash of the rendered messages: in every call's provenance, and what a replay miss compares
+        self.messages_sha = _sha256(messages_json)[:12]
 
     @classmethod
     def of(cls, model: str, messages: list[dict[str, str]], params: dict[str, Any], slot: int = 0) -> CallIdentity:
         return cls(model, tuple((m["role"], m["content"]) for m in messages), tuple(sorted(params.items())), slot)
 
-    @cached_property  # read several times per call on the hot path: hash once
-    def key(self) -> str:
-        """The SHA-256 of {"model", "messages", "params", "slot"} as sorted-key JSON, composed from the
-        parts' JSON texts (each made once) into exactly the text `json.dumps` would give the dict."""
-        text = (f'{{"messages": {self._messages_json}, "model": {_json(self.model)}, '
-                f'"params": {_json(self.params)}, "slot": {_json(self.slot)}}}')
-        return _sha256(text)
-
-    @cached_property
-    def messages_sha(self) -> str:
-        """A short hash of the rendered messages: in every call's provenance, and what a replay miss compares."""
-        return _sha256(self._messages_json)[:12]
-
-    @cached_property
-    def _messages_json(self) -> str:
-        """`_json(self.messages)`, composed: the strings are nearly all of it, and orjson encodes them."""
-        return "[" + ", ".join(f"[{_string_json(role)}, {_string_json(content)}]"
-                               for role, content in self.messages) + "]"
-
     def seed(self) -> int:
         """A per-call sampling seed for models that take one: the same call samples the same."""
         return int(self.key[:8], 16)
+
+
+_PARAMS_JSON: dict[tuple[Any, ...], str] = {}  # a node's parameters are the same every call: encoded once
+
+
+def _params_json(params: tuple[tuple[str, Any], ...]) -> str:
+    known = (params, *(type(value) for _, value in params))  # the types too: 1, 1.0 and True are equal keys
+    try:
+        text = _PARAMS_JSON.get(known)
+    except TypeError:  # a list among the values (a stop list): not a key, encoded each time
+        return _json(params)
+    if text is None:
+        if len(_PARAMS_JSON) > 1000:
+            _PARAMS_JSON.clear()
+        text = _PARAMS_JSON[known] = _json(params)
+    return text
 
 
 # json.dumps(value, sort_keys=True, ensure_ascii=False), without building an encoder for every value
