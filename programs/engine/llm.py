@@ -114,18 +114,20 @@ class NodeModule(dspy.Module):
 
     async def run(self, item: str, slot: int, inputs: dict[str, Any]) -> StepResult:
         """The engine's path: render once, look up once, call the model on a miss, parse."""
+        # each read once: a dspy.Module reads every attribute through a Python-level __getattribute__
+        hub, role, params, adapter = self.hub, self.role, self.call_params, self.adapter
         ctx = CallContext(stage=self.name, item=item, slot=slot)
         try:
             messages = self.render(inputs)
-            identity, entry = self.hub.lookup(self.role, messages, self.call_params, ctx)
+            identity, entry = hub.lookup(role, messages, params, ctx)
             if entry is None:
-                entry = await self.hub.fetch(self.role, identity, messages, self.call_params, ctx)
+                entry = await hub.fetch(role, identity, messages, params, ctx)
         except Exception as exc:  # noqa: BLE001 - failure is data: recorded on the record, the run goes on
-            if self.hub.fatal is not None:
-                raise self.hub.fatal from None
+            if hub.fatal is not None:
+                raise hub.fatal from None
             return StepResult(ok=False, error=describe(exc), raw=ctx.raw, calls=ctx.calls)
         try:
-            values = self.adapter.parse_text(entry["text"])
+            values = adapter.parse_text(entry["text"])
         except ParseError as exc:
             return StepResult(ok=False, error=f"unparsable completion: {exc}", raw=entry["text"], calls=ctx.calls)
         return StepResult(ok=True, values=values, raw=entry["text"], calls=ctx.calls)

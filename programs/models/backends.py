@@ -139,7 +139,7 @@ class OpenAICompatibleBackend:
         if loop_id not in self._sessions:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             self._sessions[loop_id] = aiohttp.ClientSession(
-                # No timer of aiohttp's own: the hub times every attempt out (`_within`), and a second
+                # No timer of aiohttp's own: the hub times every attempt out (models/deadlines.py), and a second
                 # timer per request cost CPU for nothing.
                 headers=headers, timeout=aiohttp.ClientTimeout(),
                 connector=aiohttp.TCPConnector(limit=0),  # the hub's semaphore is the concurrency limit

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -23,6 +22,7 @@ from ..redact import redact_text
 from .backends import Backend, CallParams, build_backend
 from .budget import BudgetReached, BudgetTracker
 from .cache import CallCache, CallIdentity
+from .deadlines import Deadlines
 from .pricing import cost_of
 
 STAT_KEYS = ("calls", "cache_hits", "failures", "retries", "truncated", "prompt_tokens", "completion_tokens")
@@ -58,6 +58,7 @@ class _LoopState:
         self.semaphores = {role: asyncio.Semaphore(concurrency or spec.concurrency) for role, spec in models.items()}
         self.inflight: dict[str, asyncio.Future] = {}
         self.next_slot_at: dict[str, float] = defaultdict(float)
+        self.deadlines = Deadlines()  # every attempt's timeout, one timer between them
 
 
 class ModelHub:
@@ -198,7 +199,7 @@ class ModelHub:
                 started, timed_out = time.monotonic(), False
                 try:
                     timeout = spec.timeout if budget is None else min(spec.timeout, budget - spent)
-                    completion = await self._attempt(backend, spec, messages, params, timeout)
+                    completion = await self._attempt(backend, spec, messages, params, timeout, state.deadlines)
                     self._account(stat, backend.name, completion)
                     self.answered.add(role)
                     return completion
@@ -235,12 +236,13 @@ class ModelHub:
                 f"If the server is up but slow, raise models.{role}.timeout")
 
     async def _attempt(self, backend: Backend, spec: ModelSpec, messages: list[dict[str, str]],
-                       params: CallParams, timeout: float) -> Any:
-        """One attempt; asyncio.TimeoutError when a remote model gives no answer within `timeout`."""
+                       params: CallParams, timeout: float, deadlines: Deadlines) -> Any:
+        """One attempt; asyncio.TimeoutError when a remote model gives no answer within `timeout`. The
+        attempt runs in the caller's task (wait_for would wrap every call in a task of its own)."""
         if spec.is_local:  # generation in a thread cannot be cancelled; a timeout would only leak it
             completion = await backend.complete(messages, params)
         else:
-            completion = await _within(max(timeout, 0.001), backend.complete(messages, params))
+            completion = await deadlines.within(max(timeout, 0.001), backend.complete(messages, params))
         if backend.retry_empty and not completion.text.strip():
             raise ModelCallError(f"{backend.name}: empty completion", retryable=True)
         return completion
@@ -336,11 +338,3 @@ def is_recorded_failure(exc: BaseException) -> bool:
     retry. Not a budget stop or an interrupt (nothing was answered: a resumed run makes the call)."""
     return isinstance(exc, ModelCallError) and not isinstance(exc, BudgetReached)
 
-
-async def _within(seconds: float, call: Any) -> Any:
-    """Await `call`, raising asyncio.TimeoutError after `seconds`. From Python 3.11 a timeout scope,
-    which runs the call in the caller's task; wait_for wraps every call in a task of its own."""
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(seconds):
-            return await call
-    return await asyncio.wait_for(call, seconds)
