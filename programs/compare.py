@@ -23,7 +23,14 @@ from typing import Any
 
 from .artifacts.quality import quality_metrics
 from .artifacts.rundata import RunData
-from .artifacts.store import check_out_folder, claim_folder, note_own, refuse_foreign, write_atomic
+from .artifacts.store import (
+    check_out_folder,
+    claim_folder,
+    note_own,
+    refuse_foreign,
+    write_atomic,
+    writing_beside_runs,
+)
 from .engine.run import RunOptions, run_spec
 from .errors import SpecError
 from .lang.parsers import parse_scores
@@ -113,13 +120,14 @@ def compare(spec_a: Spec, spec_b: Spec, options: CompareOptions, hub_a: ModelHub
                            interval=bootstrap_interval(values, options.samples, options.confidence, options.seed),
                            sides=sides, out=options.out)
     check_folder(options.out)  # again: the folder may have changed while the runs and the judge ran
-    note_own(options.out, FILES)
-    write_atomic(options.out / "compare.jsonl", "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in verdicts))
     summary = {"wins": result.wins, "ties": result.ties, "losses": result.losses, "failed": result.failed,
                "unmatched": result.unmatched, "mean": result.mean, "interval": list(result.interval),
                "confidence": options.confidence, "samples": options.samples, "judge": options.judge, "sides": sides}
-    write_atomic(options.out / "compare.json", json.dumps(summary, indent=2, ensure_ascii=False))
-    write_atomic(options.out / "compare.txt", format_table(result) + "\n")
+    with writing_beside_runs(options.out):
+        note_own(options.out, FILES)
+        write_atomic(options.out / "compare.jsonl", "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in verdicts))
+        write_atomic(options.out / "compare.json", json.dumps(summary, indent=2, ensure_ascii=False))
+        write_atomic(options.out / "compare.txt", format_table(result) + "\n")
     return result
 
 

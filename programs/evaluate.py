@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts.store import check_out_folder, claim_folder, dumps, note_own, refuse_foreign, write_atomic
+from .artifacts.store import (
+    check_out_folder,
+    claim_folder,
+    dumps,
+    note_own,
+    refuse_foreign,
+    write_atomic,
+    writing_beside_runs,
+)
 from .engine.llm import NodeModule, StepResult, build_module
 from .engine.progress import Progress
 from .engine.run import item_window, opened_hub
@@ -114,12 +122,13 @@ async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> E
     out = options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}"
     _check_out(out)  # again: the folder may have changed while the calls ran
     out = claim_folder(out)
-    note_own(out, FILES)
-    write_atomic(out / "eval.jsonl", "".join(dumps(r) + "\n" for r in records))
     report = {"candidate": evaluator.describe(options.candidate), "reference": evaluator.describe(options.reference),
               "judge": evaluator.judge_stage.name, "benchmarks": [str(p) for p in options.benchmarks],
               "limit": options.limit, "summary": summary, "calls": calls, "wall_seconds": time.time() - started}
-    write_atomic(out / "eval.json", dumps(report) + "\n")
+    with writing_beside_runs(out):
+        note_own(out, FILES)
+        write_atomic(out / "eval.jsonl", "".join(dumps(r) + "\n" for r in records))
+        write_atomic(out / "eval.json", dumps(report) + "\n")
     if summary["all"]["crr"] is None:
         raise CodecError(f"no item could be judged: every one failed; see {out / 'eval.jsonl'}")
     return EvalResult(out, summary, calls)

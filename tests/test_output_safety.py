@@ -367,6 +367,29 @@ def test_a_second_run_into_a_busy_run_folder_is_refused_before_any_call(tmp_path
     assert list(folder.iterdir()) == []  # nothing written either
 
 
+def test_a_report_into_a_folder_a_run_is_writing_waits_its_turn(tmp_path):
+    """`codeclm report RUN` rewrote the marker's file list while a run in that folder was adding to it,
+    so a name could drop out (and the run's file then count as someone else's). A command writing
+    beside a run now takes the run's folder lock: refused while a run holds it, written after."""
+    from codeclm.programs.artifacts.html_report import write_report
+    from codeclm.programs.artifacts.store import own_files
+
+    folder = tmp_path / "run"
+    finished = RunStore(folder)
+    finished.write_jsonl("metadata", [{"id": "m0", "status": "ok"}])
+    finished.write_json("manifest", {"spec": {"name": "t"}, "totals": {"calls": 0}})
+    rerun = RunStore(folder)
+    rerun.hold()  # a rerun into the folder, writing now
+    try:
+        with pytest.raises(SpecError, match="another codeclm run is writing into this folder"):
+            write_report(folder)
+        assert "report.html" not in own_files(folder) and not (folder / "report.html").exists()
+    finally:
+        rerun.release()
+    write_report(folder)
+    assert "report.html" in own_files(folder) and "metadata.jsonl" in own_files(folder)
+
+
 def test_a_folder_from_before_the_marker_listed_outputs_still_resumes(tmp_path):
     """A folder whose marker lists no files: a rerun removed the manifest naming its outputs, then
     stopped; the next run refused those outputs as not codeclm's. They are now listed at the claim."""

@@ -30,7 +30,7 @@ from . import charts
 from .charts import PALETTE
 from .quality import MAX_PAIRS, NEAR_DUPLICATE, quality_metrics
 from .rundata import RunData, check_intact, has_judge, outcomes, resolved_spec, spec_nodes, status_label
-from .store import REPORT, is_codeclm_report, is_own_run, note_own, write_atomic
+from .store import REPORT, is_codeclm_report, is_own_run, note_own, write_atomic, writing_beside_runs
 
 MAX_RECORDS = 5000  # records in the browser, at most (the page stays light enough to open)
 MAX_TEXT = 20_000  # characters of one text field in the browser (the artifact keeps it whole)
@@ -58,9 +58,11 @@ def write_report(run_dir: Path, out: Path | str | None = None) -> Path:
         raise SpecError(str(path), "exists and is not a codeclm report: a report never writes over a file it "
                         "did not make", hint="pass --out a new path (or a report this command wrote)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.name == REPORT and path.parent.resolve() == Path(run_dir).resolve() and is_own_run(Path(run_dir)):
-        note_own(Path(run_dir), {path.name})  # the run's files: a later run that writes no report removes it
-    write_atomic(path, render(run))
+    page = render(run)
+    with writing_beside_runs(path.parent):
+        if path.name == REPORT and path.parent.resolve() == Path(run_dir).resolve() and is_own_run(Path(run_dir)):
+            note_own(Path(run_dir), {path.name})  # the run's files: a later run that writes no report removes it
+        write_atomic(path, page)
     return path
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -198,6 +199,40 @@ def _list_in_marker(folder: Path, marker: dict[str, Any], names: set[str]) -> No
     write_atomic(folder / MARKER, json.dumps({**kept, WRITTEN: sorted(names)}) + "\n")
 
 
+def lock_folder(folder: Path) -> int | None:
+    """An advisory lock on the folder itself (no file of its own), for one writer at a time: a run,
+    or a report, evaluate or compare writing beside one. Returns the descriptor to close to let go
+    (None where locks do not exist: Windows, some network mounts); a folder another process holds
+    is a SpecError."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise SpecError(str(folder), "another codeclm run is writing into this folder now",
+                            hint="wait for it to finish, or choose another --out") from None
+        return None  # a file system without such locks: the writer goes on unlocked
+    return fd
+
+
+@contextmanager
+def writing_beside_runs(folder: Path) -> Iterator[None]:
+    """Hold `folder` while a command other than a run adds its files there (the marker's list, then
+    the files): a run writing there at the same time would rewrite the marker from what it read
+    before, and drop the names this command added."""
+    fd = lock_folder(folder) if folder.is_dir() else None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def check_out_folder(folder: Path, protect: Path | None = None) -> Path:
     """Where a run may write, checked without touching anything: a new folder, an empty one, or one of
     codeclm's own runs; never the filesystem root, the home folder, or `protect` (the run a replay checks).
@@ -316,26 +351,12 @@ class RunStore:
         self._claimed = True
 
     def hold(self) -> None:
-        """Hold the folder for this run (an advisory lock on the folder itself, no file of its own): a
-        second run into it at the same time, which would mix and delete each other's journals, is a
-        SpecError. Taken before the run's first call when the folder exists (a rerun, a resume), else
-        at its first write; the OS drops the lock when the process ends."""
-        if self._lock_fd is not None or not self.folder.is_dir():
-            return
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks
-            return
-        fd = os.open(self.folder, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise SpecError(str(self.folder), "another codeclm run is writing into this folder now",
-                                hint="wait for it to finish, or choose another --out") from None
-            return  # a file system without such locks (some network mounts): the run goes on unlocked
-        self._lock_fd = fd
+        """Hold the folder for this run (`lock_folder`): a second run into it at the same time, which
+        would mix and delete each other's journals, is a SpecError. Taken before the run's first call
+        when the folder exists (a rerun, a resume), else at its first write; the OS drops the lock
+        when the process ends."""
+        if self._lock_fd is None and self.folder.is_dir():
+            self._lock_fd = lock_folder(self.folder)
 
     def release(self) -> None:
         """Let another run write into the folder: this one is over (its manifest is written, or it stopped)."""
