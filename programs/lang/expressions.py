@@ -62,7 +62,12 @@ class Sandbox(ImmutableSandboxedEnvironment):
         return {**self.globals, **(d or {})}
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # Jinja's own signature
-        """A str method that can make text far larger than its input (`x.center(10**9)`) is checked first."""
+        """A str method that can make text far larger than its input (`x.center(10**9)`) is checked first.
+        codeclm's own callables (a class with `trusted_call`: a template's `message`) are called directly."""
+        if getattr(type(__obj), "trusted_call", False):
+            kwargs.pop("_block_vars", None)  # what Jinja's Context.call drops before calling
+            kwargs.pop("_loop_vars", None)
+            return __obj(*args, **kwargs)
         size = _STR_METHOD_SIZES.get(getattr(__obj, "__name__", "")) if isinstance(
             getattr(__obj, "__self__", None), str) else None
         if size is not None:

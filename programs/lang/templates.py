@@ -102,18 +102,9 @@ class StageTemplate:
 
     def render(self, variables: dict[str, Any]) -> list[dict[str, str]]:
         """Render to chat messages. Variables are data: their text is never evaluated as Jinja."""
-        messages: list[dict[str, str]] = []
-
-        def message(role: str, caller: Any) -> str:
-            if role not in ROLES:
-                raise SpecError(str(self.path), f"message role {role!r} is not one of {ROLES}")
-            content = caller().strip()
-            if content:
-                messages.append({"role": role, "content": content})
-            return ""
-
+        messages = _Messages(self.path)
         try:
-            self.template.render({**variables, "message": message})
+            self.template.render({**variables, "message": messages})
         except jinja2.UndefinedError as exc:
             raise SpecError(str(self.path), f"template uses an undefined variable: {exc.message}",
                             line=_template_line(exc),
@@ -125,10 +116,30 @@ class StageTemplate:
         except Exception as exc:  # noqa: BLE001 - 1/0, int('x'), ...: the template's error, with its line
             raise SpecError(str(self.path), f"template failed to render: {type(exc).__name__}: {exc}",
                             line=_template_line(exc)) from None
-        if not messages:
+        if not messages.made:
             raise SpecError(str(self.path), "template rendered no messages",
                             hint='wrap the prompt in {% call message("user") %}...{% endcall %}')
-        return messages
+        return messages.made
+
+
+class _Messages:
+    """A template's `message(role)` call block: each call adds the block's text as one chat message.
+    The sandbox calls it directly (`trusted_call`): it is codeclm's own, and Jinja's checks of a
+    callable were a fifth of a small template's render."""
+
+    trusted_call = True
+    __slots__ = ("path", "made")
+
+    def __init__(self, path: Path):
+        self.path, self.made = path, []
+
+    def __call__(self, role: str, caller: Any) -> str:
+        if role not in ROLES:
+            raise SpecError(str(self.path), f"message role {role!r} is not one of {ROLES}")
+        content = caller().strip()
+        if content:
+            self.made.append({"role": role, "content": content})
+        return ""
 
 
 def _block_line(template: jinja2.Template, exc: BaseException) -> int | None:
