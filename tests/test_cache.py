@@ -201,6 +201,26 @@ def test_a_batch_writes_the_rows_diskcache_writes_and_replaces_a_value_file(tmp_
     assert CallCache(tmp_path / "cache", "replay").stats()["per_model"] == {"m": (1, 0), "m2": (1, 0)}
 
 
+def test_a_batch_that_cannot_be_written_leaves_no_value_file(tmp_path, monkeypatch):
+    """A large answer's value file is made before its row; a write that fails (another writer holds
+    the lock past the timeout) left the file behind with no row naming it."""
+    import contextlib
+
+    import diskcache
+
+    cache = CallCache(tmp_path / "cache")
+
+    @contextlib.contextmanager
+    def locked(*args, **kwargs):
+        raise diskcache.Timeout("database is locked")
+        yield
+
+    monkeypatch.setattr(cache.store.cache, "transact", locked)
+    large = {"text": "x" * 100_000, "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    cache.put("large", "m", large)  # no event loop: written at once, and that fails (with a warning)
+    assert cache.get("large") is None and not list((tmp_path / "cache").rglob("*.val"))
+
+
 def test_calls_answered_together_are_written_together(tmp_path):
     spec = load_spec(write_spec(tmp_path, base_spec(tmp_path / "unused.jsonl")))
     backend = ScriptedBackend("scripted/strong", answer=lambda m: m[-1]["content"].upper(), delay=0.05)

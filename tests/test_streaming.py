@@ -3,10 +3,12 @@ ignores Ctrl-C; a seed file is read as records are worked on."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from pathlib import Path
 
+import pytest
 from codeclm.programs.lang.seeds import read_records, stream_records
 from conftest import base_spec, write_spec
 from fake_openai_server import FakeOpenAIServer
@@ -93,3 +95,45 @@ def test_a_fan_out_queues_no_more_records_than_the_window(tmp_path, scripted, mo
     assert len((result.out / "dataset.jsonl").read_text().splitlines()) == 2000
     assert window == 64 and most[0] < 4 * window, most[0]
     assert waiting[0] <= window, waiting[0]  # never more than the window's size waiting for a place
+
+
+def test_a_stopped_loop_iteration_stops_the_work_it_started_beside_it():
+    """A loop body runs some nodes in tasks beside the iteration's own; when the iteration's task is
+    cancelled (Ctrl-C, a run stopping on its first fatal error) those were left calling models while
+    the run closed its models and cache. They are now cancelled with it, and waited for."""
+    from types import SimpleNamespace
+
+    from codeclm.programs.engine.nodes import LoopRun, NodeRunner
+
+    log: list[tuple[str, str]] = []
+
+    class Runner:  # the two things run_segment asks of a NodeRunner
+        reads = {"a": set(), "b": set(), "c": {"b"}}  # a and b apart; c reads b
+        _inline_plans: dict = {}
+        inline_plan = NodeRunner.inline_plan
+
+        async def run(self, node, record, views, item):
+            log.append(("start", node.name))
+            try:
+                await asyncio.sleep({"a": 0.3, "b": 0.1}.get(node.name, 0.1))
+            except asyncio.CancelledError:
+                log.append(("cancelled", node.name))
+                raise
+            log.append(("end", node.name))
+            return (SimpleNamespace(status="ok", ok=True),)
+
+    async def stop_an_iteration() -> None:
+        body = [SimpleNamespace(name=name) for name in "abc"]
+        loop = LoopRun.__new__(LoopRun)
+        loop.runner, loop.record = Runner(), None
+        assert loop.runner.inline_plan(body) == (False, True, True)  # a in a task of its own
+        iteration = asyncio.ensure_future(loop.run_segment(body, {}, {}, "i"))
+        await asyncio.sleep(0.05)
+        iteration.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await iteration
+        assert ("cancelled", "a") in log  # stopped, and before the iteration's own task ended
+        await asyncio.sleep(0.4)
+        assert ("end", "a") not in log
+
+    asyncio.run(stop_an_iteration())

@@ -59,9 +59,11 @@ def write_report(run_dir: Path, out: Path | str | None = None) -> Path:
                         "did not make", hint="pass --out a new path (or a report this command wrote)")
     path.parent.mkdir(parents=True, exist_ok=True)
     page = render(run)
-    with writing_beside_runs(path.parent):
-        if path.name == REPORT and path.parent.resolve() == Path(run_dir).resolve() and is_own_run(Path(run_dir)):
-            note_own(Path(run_dir), {path.name})  # the run's files: a later run that writes no report removes it
+    if path.name == REPORT and path.parent.resolve() == Path(run_dir).resolve() and is_own_run(Path(run_dir)):
+        with writing_beside_runs(path.parent):  # the run's files: a later run that writes no report removes it
+            note_own(Path(run_dir), {path.name})
+            write_atomic(path, page)
+    else:
         write_atomic(path, page)
     return path
 

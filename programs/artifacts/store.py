@@ -208,14 +208,18 @@ def lock_folder(folder: Path) -> int | None:
         import fcntl
     except ImportError:  # Windows: no advisory locks
         return None
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder that can be written but not read: no lock to take, as without locks
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise SpecError(str(folder), "another codeclm run is writing into this folder now",
-                            hint="wait for it to finish, or choose another --out") from None
+                            hint="wait for it to finish (a run, or a report, evaluate or compare writing "
+                                 "beside one), or choose another --out") from None
         return None  # a file system without such locks: the writer goes on unlocked
     return fd
 

@@ -194,9 +194,13 @@ class NodeRunner:
         swapped = None  # the second order beside the first, in a task of its own; the first in this one
         if self.graph.static(node.both_orders):
             swapped = _background(self.call(node, item, record.slot, {**inputs, "answer_1": b, "answer_2": a}))
-        results = [await self.call(node, item, record.slot, {**inputs, "answer_1": a, "answer_2": b})]
-        if swapped is not None:
-            results.append(await swapped)
+        try:
+            results = [await self.call(node, item, record.slot, {**inputs, "answer_1": a, "answer_2": b})]
+            if swapped is not None:
+                results.append(await swapped)
+        except BaseException:
+            await _stop([swapped] if swapped is not None else [])
+            raise
         calls = [c for r in results for c in r.calls]
         bad = next((r for r in results if not r.ok), None)
         if bad is not None:
@@ -423,14 +427,18 @@ class LoopRun:
             if not outcome.done():
                 outcome.set_result(None)
 
-        started = []
-        for body_node, inline in zip(segment, self.runner.inline_plan(segment), strict=True):
-            if inline:
-                await one(body_node)
-            else:
-                started.append(_background(one(body_node)))
-        for task in started:
-            await task
+        started: list[asyncio.Future[Any]] = []
+        try:
+            for body_node, inline in zip(segment, self.runner.inline_plan(segment), strict=True):
+                if inline:
+                    await one(body_node)
+                else:
+                    started.append(_background(one(body_node)))
+            for task in started:
+                await task
+        except BaseException:
+            await _stop(started)
+            raise
 
 
 def _background(coroutine: Awaitable[Any]) -> asyncio.Future[Any]:
@@ -439,6 +447,16 @@ def _background(coroutine: Awaitable[Any]) -> asyncio.Future[Any]:
     task = asyncio.ensure_future(coroutine)
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
     return task
+
+
+async def _stop(tasks: list[asyncio.Future[Any]]) -> None:
+    """Cancel the tasks a record's work started beside it, and wait for them: its task stops (Ctrl-C, a
+    fatal error), and the run closes its models and cache only once nothing is calling them."""
+    unfinished = [task for task in tasks if not task.done()]
+    for task in unfinished:
+        task.cancel()
+    if unfinished:
+        await asyncio.wait(unfinished)
 
 
 def seed_file(spec: Spec, node: SourceNode, replacement: Path | None) -> Path:

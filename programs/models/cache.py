@@ -66,7 +66,7 @@ class CallIdentity:
         # the SHA-256 of {"model", "messages", "params", "slot"} as sorted-key JSON, composed from the
         # parts' JSON texts into exactly the text `json.dumps` would give the dict
         self.key = _sha256(f'{{"messages": {messages_json}, "model": {_json(model)}, '
-                           f'"params": {_params_json(params)}, "slot": {_json(slot)}}}')
+                           f'"params": {_json(params)}, "slot": {_json(slot)}}}')
         # a short hash of the rendered messages: in every call's provenance, and what a replay miss compares
         self.messages_sha = _sha256(messages_json)[:12]
 
@@ -77,22 +77,6 @@ class CallIdentity:
     def seed(self) -> int:
         """A per-call sampling seed for models that take one: the same call samples the same."""
         return int(self.key[:8], 16)
-
-
-_PARAMS_JSON: dict[tuple[Any, ...], str] = {}  # a node's parameters are the same every call: encoded once
-
-
-def _params_json(params: tuple[tuple[str, Any], ...]) -> str:
-    known = (params, *(type(value) for _, value in params))  # the types too: 1, 1.0 and True are equal keys
-    try:
-        text = _PARAMS_JSON.get(known)
-    except TypeError:  # a list among the values (a stop list): not a key, encoded each time
-        return _json(params)
-    if text is None:
-        if len(_PARAMS_JSON) > 1000:
-            _PARAMS_JSON.clear()
-        text = _PARAMS_JSON[known] = _json(params)
-    return text
 
 
 # json.dumps(value, sort_keys=True, ensure_ascii=False), without building an encoder for every value
@@ -416,15 +400,23 @@ class _WritableStore:
         import diskcache
 
         now = time.time()
+        rows: list[tuple[Any, ...]] = []
         try:
-            rows = [(key, now, now, tag, *self.disk.store(value, False, key=key)) for key, (value, tag) in entries]
-            replaced: list[str] = []
-            with self.cache.transact():
-                con = self.cache._con  # this thread's connection, in the transaction
-                try:
-                    con.executemany(_INSERT, rows)  # the usual batch: each a call's first answer
-                except sqlite3.IntegrityError:  # a key already there: a refresh, a damaged entry called again
-                    replaced = _replace_rows(con, rows)
+            try:
+                for key, (value, tag) in entries:
+                    rows.append((key, now, now, tag, *self.disk.store(value, False, key=key)))
+                replaced: list[str] = []
+                with self.cache.transact():
+                    con = self.cache._con  # this thread's connection, in the transaction
+                    try:
+                        con.executemany(_INSERT, rows)  # the usual batch: each a call's first answer
+                    except sqlite3.IntegrityError:  # a key already there: a refresh, a damaged entry called again
+                        replaced = _replace_rows(con, rows)
+            except BaseException:  # nothing written: the value files of large answers made for it go too
+                for row in rows:
+                    if row[6] is not None:  # row[6]: its value file's name
+                        self.disk.remove(row[6])
+                raise
             for name in replaced:
                 self.disk.remove(name)
         except (sqlite3.Error, OSError, diskcache.Timeout) as exc:  # Timeout: another writer held the lock
