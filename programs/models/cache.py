@@ -319,23 +319,25 @@ def _per_model(execute: Any, db: Path) -> dict[str, tuple[int, int]]:
     return {model: (answers, failures) for model, (answers, failures) in counts.items()}
 
 
-# diskcache's own row for a str key (raw = 1), no expiry, as `Cache.set` writes it; a key already there
-# is updated in place (its count and size triggers then see an update, as after `set`)
+# diskcache's own row for a str key (raw = 1), no expiry, as `Cache.set` writes it
 _INSERT = ("INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, "
            "filename, value) VALUES (?, 1, ?, NULL, ?, 0, ?, ?, ?, ?, ?)")
-_UPSERT = (_INSERT + " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, expire_time = NULL, "
-           "access_time = excluded.access_time, access_count = 0, tag = excluded.tag, size = excluded.size, "
-           "mode = excluded.mode, filename = excluded.filename, value = excluded.value")
+# the same row over one already there, as `Cache.set` updates it (diskcache's size trigger sees an update)
+_UPDATE = ("UPDATE Cache SET store_time = ?, expire_time = NULL, access_time = ?, access_count = 0, tag = ?, "
+           "size = ?, mode = ?, filename = ?, value = ? WHERE key = ? AND raw = 1")
 
 
 def _replace_rows(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[str]:
     """Write rows some of whose keys are there; returns the value files the replaced rows had (to be
     removed once the transaction is in). Rows the batch insert wrote before it met one are rewritten."""
     replaced = []
-    for row in rows:
-        old = con.execute("SELECT filename FROM Cache WHERE key = ? AND raw = 1", (row[0],)).fetchone()
-        con.execute(_UPSERT, row)
-        if old is not None and old[0] is not None and old[0] != row[6]:  # row[6]: the new row's filename
+    for key, *columns in rows:
+        old = con.execute("SELECT filename FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchone()
+        if old is None:
+            con.execute(_INSERT, (key, *columns))
+            continue
+        con.execute(_UPDATE, (*columns, key))
+        if old[0] is not None and old[0] != columns[5]:  # columns[5]: the new row's value file
             replaced.append(old[0])
     return replaced
 
