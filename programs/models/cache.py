@@ -401,28 +401,33 @@ class _WritableStore:
         for the batch (diskcache's `set` is a SELECT, an INSERT and its bookkeeping per entry)."""
         import diskcache
 
+        try:
+            replaced = self._write_rows(entries)
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:  # Timeout: another writer held the lock
+            raise CacheWriteError(f"cannot write to the cache {self.folder}: {exc or type(exc).__name__}") from None
+        for name in replaced:
+            self.disk.remove(name)
+
+    def _write_rows(self, entries: Iterable[tuple[str, tuple[Any, str]]]) -> list[str]:
+        """Store the values and write their rows; returns the value files of the rows replaced. When
+        nothing is written, the value files made for large answers are removed too."""
         now = time.time()
         rows: list[tuple[Any, ...]] = []
         try:
-            try:
-                for key, (value, tag) in entries:
-                    rows.append((key, now, now, tag, *self.disk.store(value, False, key=key)))
-                replaced: list[str] = []
-                with self.cache.transact():
-                    con = self.cache._con  # this thread's connection, in the transaction
-                    try:
-                        con.executemany(_INSERT, rows)  # the usual batch: each a call's first answer
-                    except sqlite3.IntegrityError:  # a key already there: a refresh, a damaged entry called again
-                        replaced = _replace_rows(con, rows)
-            except BaseException:  # nothing written: the value files of large answers made for it go too
-                for row in rows:
-                    if row[6] is not None:  # row[6]: its value file's name
-                        self.disk.remove(row[6])
-                raise
-            for name in replaced:
-                self.disk.remove(name)
-        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:  # Timeout: another writer held the lock
-            raise CacheWriteError(f"cannot write to the cache {self.folder}: {exc or type(exc).__name__}") from None
+            for key, (value, tag) in entries:
+                rows.append((key, now, now, tag, *self.disk.store(value, False, key=key)))
+            with self.cache.transact():
+                con = self.cache._con  # this thread's connection, in the transaction
+                try:
+                    con.executemany(_INSERT, rows)  # the usual batch: each a call's first answer
+                    return []
+                except sqlite3.IntegrityError:  # a key already there: a refresh, a damaged entry called again
+                    return _replace_rows(con, rows)
+        except BaseException:
+            for row in rows:
+                if row[6] is not None:  # row[6]: its value file's name
+                    self.disk.remove(row[6])
+            raise
 
     def __len__(self) -> int:
         try:
