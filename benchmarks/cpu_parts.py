@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("cache-writes", "journals")  # what --without can switch off
+PARTS = ("cache-writes", "cache-lookups", "journals")  # what --without can switch off
 
 
 def switch_off(part: str) -> None:
@@ -35,6 +35,10 @@ def switch_off(part: str) -> None:
         from codeclm.programs.models.cache import CallCache
 
         CallCache.put = lambda self, *args, **kwargs: True  # type: ignore[method-assign]
+    elif part == "cache-lookups":  # every lookup a miss, as on the fresh cache a run starts with
+        from codeclm.programs.models.cache import CallCache
+
+        CallCache.get = lambda self, key: None  # type: ignore[method-assign]
     elif part == "journals":
         from codeclm.programs.artifacts.store import RunStore
 
