@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import shutil
 import statistics
 import subprocess
@@ -47,27 +48,31 @@ def switch_off(part: str) -> None:
         raise SystemExit(f"unknown part {part!r}: one of {', '.join(PARTS)}")
 
 
-def answer_in_process(latency: float) -> None:
-    """The HTTP backend sleeps `latency` and answers as the fake server would: no socket, no server."""
+def answer_in_process(latency: float, spread: float = 0.0) -> None:
+    """The HTTP backend sleeps `latency` (give or take `spread`/2, seeded) and answers as the fake server
+    would: no socket, no server. With no spread a batch's answers arrive at one turn of the event loop
+    and are handled back to back, which on a small VM costs less CPU than the same work spread out in
+    time, as answers over HTTP are (RESULTS.md, eighth pass)."""
+    draw = random.Random(0).random
     sys.path.insert(0, str(REPO / "tests"))
     from codeclm.programs.models import backends
     from fake_openai_server import answer_text
 
     async def complete(self, messages, params):  # the backend's own signature
-        await asyncio.sleep(latency)
+        await asyncio.sleep(latency + (draw() - 0.5) * spread)
         return backends.Completion(answer_text(messages, self.model), "stop", 10, 10)
 
     backends.OpenAICompatibleBackend.complete = complete  # type: ignore[method-assign]
 
 
-def measure_one(calls: int, concurrency: int, latency: float, without: str) -> dict[str, float]:
+def measure_one(calls: int, concurrency: int, latency: float, without: str, spread: float = 0.0) -> dict[str, float]:
     """One live run on a fresh cache; CPU seconds and calls made."""
     sys.path.insert(0, str(Path(__file__).parent))
     import throughput
     from codeclm.programs.engine.run import RunOptions, run_spec
     from codeclm.programs.lang.spec import load_spec
 
-    answer_in_process(latency)
+    answer_in_process(latency, spread)
     for part in filter(None, without.split(",")):
         switch_off(part)
     seeds = throughput.DEFAULT_SEEDS
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=2000, help="approximate calls per run")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight per model role")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds each answer takes")
+    parser.add_argument("--spread", type=float, default=0.0,
+                        help="answers take latency +- spread/2 seconds (uniform): spread out in time, as over HTTP")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (medians reported)")
     parser.add_argument("--without", default="", help=f"comma-separated parts to switch off: {', '.join(PARTS)}")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: JSON of one configuration
@@ -96,13 +103,14 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure_one(**json.loads(args.one))))
         return
     configs = [""] + [part for part in args.without.split(",") if part]
-    print(f"calls ~{args.calls}, concurrency {args.concurrency}, latency {args.latency}s, "
+    print(f"calls ~{args.calls}, concurrency {args.concurrency}, latency {args.latency}s +- {args.spread / 2:g}s, "
           f"python {sys.version.split()[0]}")
     print("| switched off | calls | cpu ms/call (median) | range |\n|---|---|---|---|")
     for without in configs:
         per_call = []
         for _ in range(args.repeat):  # each run in a fresh process: no part stays switched off for the next
             one = json.dumps({"calls": args.calls, "concurrency": args.concurrency, "latency": args.latency,
+                              "spread": args.spread,
                               "without": without})
             done = subprocess.run([sys.executable, __file__, "--one", one], capture_output=True, text=True, check=True)
             figures = json.loads(done.stdout.strip().splitlines()[-1])
