@@ -177,6 +177,27 @@ def test_a_judge_without_a_pair_is_pointwise_and_its_readers_are_told(tmp_path, 
     assert_cli_reports(cli("validate", str(path)), "spec.yaml:", "makes score")
 
 
+@pytest.mark.parametrize("word", ["tie", "fail"])
+def test_unparsable_takes_the_bare_words_the_reference_shows(tmp_path, spec_data, word):
+    """`unparsable: tie`, as docs/spec.md writes it, was read as a node named tie and refused."""
+    spec_data["nodes"]["refine"]["body"]["judge"]["unparsable"] = word
+    del spec_data["params"]["unparsable_score"]
+    path = write_spec(tmp_path, spec_data)
+    judge = load_spec(path).graph.every["judge"]
+    assert load_spec(path).graph.static(judge.unparsable) == word
+
+
+def test_unparsable_tie_on_a_pointwise_judge_is_refused(tmp_path, spec_data):
+    """A tie is a gap of 0, which only a pairwise judge has: on a pointwise one it changed nothing."""
+    del spec_data["nodes"]["refine"]["body"]["judge"]["pair"]
+    spec_data["nodes"]["refine"]["body"]["judge"]["unparsable"] = "tie"
+    del spec_data["params"]["unparsable_score"]
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path)
+    assert any("only a pairwise judge" in e.message and e.line == line_of(path, "unparsable: tie")
+               for e in errors), [str(e) for e in errors]
+
+
 @pytest.mark.parametrize("pair", [["answer_strong.answer"], 5, ["answer_strong.answer", "nope.answer"]],
                          ids=["one", "not-a-list", "unknown"])
 def test_judge_with_a_bad_pair(tmp_path, spec_data, pair):

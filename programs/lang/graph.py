@@ -500,8 +500,11 @@ class _GraphCheck:
                        ("both_orders", node.both_orders, "bool")]
         if isinstance(node, LLMNode) and node.explode and node.explode.limit is not None:
             wanted.append(("explode.limit", node.explode.limit, "count"))
-        for key, value, kind in wanted:
-            static_value(self.checker, self.graph.params, node, key, value, kind)
+        computed = {key: static_value(self.checker, self.graph.params, node, key, value, kind)
+                    for key, value, kind in wanted}
+        if isinstance(node, JudgeNode) and not node.pair and computed["unparsable"] == "tie":
+            self.error((*node.where, "unparsable"), f"judge '{node.name}' unparsable: tie makes an unreadable "
+                       "judgement a gap of 0, which only a pairwise judge has", "add pair: [A, B], or use fail")
 
     # -- whole-graph checks -----------------------------------------------------------------------
 

@@ -434,7 +434,7 @@ class NodeReader:
         return JudgeNode(**common, **keys, pair=[self.expr((*where, "pair"), p) for p in pair] if pair else None,
                          both_orders=self.expr((*where, "both_orders"), raw.get("both_orders", True)),
                          scale=self.expr((*where, "scale"), raw.get("scale", [1, 10])),
-                         unparsable=self.expr((*where, "unparsable"), raw.get("unparsable", "'fail'")))
+                         unparsable=self.expr((*where, "unparsable"), _word(raw.get("unparsable", "fail"))))
 
     def _llm_keys(self, raw: dict[str, Any], where: Path_) -> dict[str, Any]:
         for key in ("model", "template"):
@@ -662,3 +662,9 @@ class NodeReader:
                                "e.g. where: \"record.status == 'kept'\"")
             return None
         return self.expr(where, value)
+
+
+def _word(value: Any) -> Any:
+    """`unparsable: tie` as the reference writes it: the bare words `fail` and `tie` are the values
+    themselves (as a quoted `'tie'` is), not a name to look up; anything else stays an expression."""
+    return f"'{value}'" if value in ("fail", "tie") else value
