@@ -682,9 +682,11 @@ def report(run_dir: Path, out: str | None, open_it: bool) -> None:
 def validate(spec: str, overrides: tuple[str, ...]) -> None:
     """Check SPEC and render each of its templates once; exit 2 on any problem."""
     from codeclm.programs.engine.llm import check_templates
+    from codeclm.programs.engine.nodes import check_source_files
     from codeclm.programs.lang.describe import words
 
     loaded = _load(spec, overrides, roles=())
+    check_source_files(loaded, None)
     check_templates(loaded)
     click.echo(f"{spec}: valid.")
     click.echo(words(loaded.graph))

@@ -356,6 +356,23 @@ def run_fast(tmp_path: Path, spec: Path, *extra: str) -> subprocess.CompletedPro
     return done
 
 
+def test_a_missing_seed_file_is_found_by_validate_at_its_path_line(tmp_path, spec_data):
+    """`validate` said "valid." for a spec whose seed file did not exist; the run then failed with no
+    line of the spec. Now validate, a dry run and a run stop at the `path:` line (or the --set),
+    and --seeds FILE, which replaces that file, still runs."""
+    spec_data["nodes"]["seeds"]["path"] = "no_such_seeds.jsonl"
+    path = write_spec(tmp_path, spec_data)
+    where = f"spec.yaml:{line_of(path, 'path: no_such_seeds.jsonl')}"
+    assert_cli_reports(cli("validate", str(path)), where, "source 'seeds' reads", "does not exist", "--seeds FILE")
+    assert_cli_reports(run_fast(tmp_path, path, "--dry-run"), where, "does not exist")
+    assert_cli_reports(run_fast(tmp_path, path), where, "does not exist")
+    done = cli("validate", str(path), "--set", f"nodes.seeds.path={tmp_path}")
+    assert_cli_reports(done, "--set nodes.seeds.path", "is not a file")
+    seeds = tmp_path / "seeds.jsonl"
+    done = run_fast(tmp_path, path, "--dry-run", "--seeds", str(seeds))
+    assert done.returncode == 0, done.stderr
+
+
 def test_run_with_invalid_json_on_line_3(tmp_path, spec_data):
     seeds = tmp_path / "bad_seeds.jsonl"
     seeds.write_text(json.dumps({"id": "a", "instruction": SEEDS[0]}) + "\n"

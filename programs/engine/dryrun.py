@@ -9,11 +9,12 @@ from ..lang.nodes import SourceNode
 from ..lang.seeds import stream_records
 from ..lang.spec import Spec
 from ..models.hub import ModelHub
-from .nodes import seed_file
+from .nodes import check_source_files, seed_file
 from .run import RunOptions, run_spec
 
 
 def dry_run(spec: Spec, options: RunOptions, hub: ModelHub | None = None) -> dict[str, dict[str, int]]:
+    check_source_files(spec, options.seeds)
     sources = {}
     for node in spec.graph.nodes.values():
         if isinstance(node, SourceNode):

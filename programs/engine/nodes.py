@@ -14,7 +14,7 @@ from typing import Any
 
 import jinja2
 
-from ..errors import CodecError, SpecError
+from ..errors import CodecError, SpecError, SpecErrors
 from ..lang.expressions import evaluate_present, evaluate_value
 from ..lang.nodes import (
     DedupNode,
@@ -465,6 +465,17 @@ def seed_file(spec: Spec, node: SourceNode, replacement: Path | None) -> Path:
         return node.path
     check_seeds_option(spec)
     return replacement
+
+
+def check_source_files(spec: Spec, seeds: Path | None) -> None:
+    """Every file the spec reads is there before anything runs, each error at its `path:` line (or
+    its --set); `--seeds FILE` replaces the spec's one file, which then need not exist."""
+    if seeds is not None:
+        check_seeds_option(spec)
+    elif len(spec.missing_files) == 1:
+        raise spec.missing_files[0]
+    elif spec.missing_files:
+        raise SpecErrors(spec.missing_files)
 
 
 def check_seeds_option(spec: Spec) -> None:

@@ -37,7 +37,7 @@ from ..models.cache import CallCache, default_cache_dir
 from ..models.hub import ModelHub
 from .drawn import DrawnCollection
 from .llm import build_modules
-from .nodes import NodeRunner, check_seeds_option
+from .nodes import NodeRunner, check_source_files
 from .outputs import OutputWriter
 from .progress import Progress
 from .records import Record
@@ -126,8 +126,7 @@ def freeze_imports() -> None:
 
 
 async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: Any) -> RunResult:
-    if options.seeds is not None:
-        check_seeds_option(spec)
+    check_source_files(spec, options.seeds)
     if options.cache_mode in ("live", "refresh") and not options.dry_run and hub is None:  # a hub given is the caller's
         check_keys(spec)
     async with opened_hub(spec, options.cache_dir, options.cache_mode, options.concurrency, hub,

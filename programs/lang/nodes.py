@@ -404,6 +404,11 @@ class NodeReader:
         if raw.get("id_field", "id") is not None and not isinstance(raw.get("id_field", "id"), str):
             self.checker.error((*where, "id_field"), "id_field must name the field holding a record's id (or null)")
         path = self.checker.relative(str(raw["path"])) if "path" in raw else None
+        if path is not None and not path.is_file():
+            what = "is not a file (a folder, a pipe or a device)" if path.exists() else "does not exist"
+            self.checker.missing_files.append(self.checker.located(
+                (*where, "path"), f"source '{common['name']}' reads {path}, which {what}",
+                "path: is relative to the spec's folder; or pass --seeds FILE to read another file"))
         return SourceNode(**common, path=path, records=records, fields={str(k): str(v) for k, v in fields.items()},
                           id_field=raw.get("id_field", "id"))
 

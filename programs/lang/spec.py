@@ -66,6 +66,9 @@ class Spec:
     budget: Any = None  # programs.models.budget.Budget: what a run may spend on new calls, or None
     executor: str = "local"  # local | ray (programs/engine/ray_executor.py)
     optimize: dict[str, Any] = field(default_factory=dict)  # node -> programs.tuning.config.NodeTuning
+    # Sources whose file is not there, each located at its `path:`: an error for `validate` and for a
+    # run that reads them, not for one whose --seeds FILE replaces the file (check_source_files).
+    missing_files: list[SpecError] = field(default_factory=list)
 
 
 # Providers a `model:` names without LiteLLM being asked: codeclm's own and the most used of
@@ -205,21 +208,25 @@ class Checker:
         self.overridden = {tuple(key.split(".")): key for key in set_keys or []}
         self.unreadable_expressions = 0  # expressions that did not compile: what they read is unknown
         self.new_roles: NewRoles | None = None  # set by load_spec when the command checks --set roles
+        self.missing_files: list[SpecError] = []  # sources whose file is not there (Spec.missing_files)
 
     # -- reporting -------------------------------------------------------------------------
 
     def error(self, where: Path_, message: str, hint: str | None = None) -> None:
+        self.errors.append(self.located(where, message, hint))
+
+    def located(self, where: Path_, message: str, hint: str | None = None) -> SpecError:
+        """The error at the key `where`: its line, or the `--set` that gave it."""
         for cut in range(len(where), 0, -1):  # at or under a key a --set gave: the command line's error
             item = self.overridden.get(tuple(map(str, where[:cut])))
             if item is not None:
-                self.errors.append(SpecError(f"--set {item}", message, hint=hint))
-                return
+                return SpecError(f"--set {item}", message, hint=hint)
         line = None
         for cut in range(len(where), -1, -1):  # nearest enclosing key that has a line
             line = self.lines.get(where[:cut])
             if line:
                 break
-        self.errors.append(SpecError(str(self.path), message, line=line, hint=hint))
+        return SpecError(str(self.path), message, line=line, hint=hint)
 
     def check_keys(self, where: Path_, mapping: dict[str, Any], allowed: set[str], what: str | None = None) -> None:
         for key in mapping:
@@ -286,7 +293,8 @@ class Checker:
                     prompts_dir=prompts_dir,
                     cache_dir=self.relative(str(data["cache"])) if data.get("cache") else None,
                     models=models, params=params, graph=graph, raw=data, budget=budget,
-                    optimize=optimize, executor=str(data.get("executor", "local")))
+                    optimize=optimize, executor=str(data.get("executor", "local")),
+                    missing_files=self.missing_files)
 
     def unread_set_roles(self, graph: Any, optimize: dict[str, Any], budget: Any) -> None:
         """A `--set models.stong.model=...` (a typo of `strong`) made a new role nothing reads, and every
