@@ -286,3 +286,26 @@ def test_a_node_below_a_loop_reads_its_final_state(tmp_path, seeds_file):
     assert improved, "no instruction was improved: the test shows nothing"
     for row in improved:  # the final state's instruction: the improved one, not decode's
         assert row["instruction"] == histories[row["id"]]["iterations"][-1]["instruction"]
+
+
+def test_a_chat_dataset_never_takes_a_failed_record(scripted):
+    """Self-Instruct's dataset reads its answers with no where:, and an answer whose call failed was
+    written as a line with no messages (and counted kept): `export` then refused the run's own file."""
+    from conftest import ScriptedBackend
+    from fake_openai_server import answer_text
+
+    def answer(messages):  # every other respond call gets an empty completion, a failure after retries
+        prompt = messages[-1]["content"]
+        if "new tasks" not in prompt and len(prompt) % 2:
+            return ""
+        return answer_text(messages, "scripted/strong")
+
+    scripted.backends["strong"] = ScriptedBackend("scripted/strong", answer)
+    result = scripted(REPO / "specs" / "self_instruct.yaml", overrides=SMALL["self_instruct"])
+    dataset = lines(result.out / "dataset.jsonl")
+    failed = [f for f in lines(result.out / "failures.jsonl") if f["node"].startswith("answer")]
+    assert dataset and failed
+    assert all(len(row["messages"]) == 2 for row in dataset)
+    counts = result.manifest["counts"]["instructions"]
+    assert counts["kept"] == len(dataset) and counts["failed"] == len(failed)
+    assert result.manifest["counts"]["without_messages"] == {}

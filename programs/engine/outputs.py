@@ -70,6 +70,8 @@ class OutputWriter:
         lines: dict[str, Any] = {}
         status = record.status
         for output, position in self.by_node.get(node, []):
+            if not record.ok and "messages" in output.fields:
+                continue  # a chat line of a failed record has no messages to train on: failures.jsonl has it
             try:
                 scope = await joins(f"{output.name}:{node}", record)
             except NodeFailed:  # a join this record needed failed: what the lineage shows still counts
