@@ -330,3 +330,30 @@ def test_a_no_report_rerun_removes_its_stale_report_and_export_ships_a_fresh_one
     assert done.exit_code == 0, done.output
     shipped = (tmp_path / "export" / "report.html").read_text(encoding="utf-8")
     assert is_codeclm_report(tmp_path / "export" / "report.html") and "STALE-REPORT" not in shipped
+
+
+@pytest.mark.parametrize("name", ["ablation_metadata", "ablation_rubrics", "no_seed", "self_instruct", "alpagasus"])
+def test_the_card_tells_each_spec_its_own_method(name, tmp_path):
+    """The card told every graph with CodecLM's templates that Self-Rubrics and Contrastive Filtering
+    made it (the ablations have neither, no_seed has no seeds), and the other specs nothing at all."""
+    from codeclm.programs.artifacts.export import _card_how_made
+
+    spec = yaml.safe_load((REPO / "specs" / f"{name}.yaml").read_text())
+    manifest = {"spec": spec, "calls": {}, "counts": {"instructions": {}}}
+    text = "\n".join(_card_how_made(spec, manifest, tmp_path, 0))
+    assert " ".join(spec["description"].split()) in " ".join(text.split())
+    if name.startswith("ablation"):
+        assert "No Contrastive Filtering" in text or "no Contrastive Filtering" in text
+        assert "Contrastive Filtering keeps" not in text
+
+
+def test_the_cards_quality_table_leaves_out_what_the_run_has_no_data_for():
+    from codeclm.programs.artifacts.export import _card_quality
+
+    metrics = {"distinct_1": 0.5, "coverage": None,
+               "judge": {"judged_both_orders": 0, "position_bias": None, "order_agreement": None}}
+    table = "\n".join(_card_quality(metrics))
+    assert "| distinct_1 | 0.5 |" in table and "coverage" not in table.split("| --- |")[1] and "judge." not in table
+    judged = {"judge": {"judged_both_orders": 3, "order_agreement": 1.0, "position_bias": None}}
+    table = "\n".join(_card_quality(judged))
+    assert "| judge.judged_both_orders | 3 |" in table and "position_bias" not in table

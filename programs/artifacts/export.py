@@ -428,14 +428,15 @@ def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spe
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# {header['pretty_name']}", "",
              *_card_structure(name, spec, len(rows), columns, has_report),
-             *_card_how_made(spec, manifest, pipeline_dir, len(rows), codeclm_graph),
+             *_card_how_made(spec, manifest, pipeline_dir, len(rows)),
              *_card_quality(metrics),
              *_card_use(name, options.repo or f"path/to/{name}"),
              *_card_replay(manifest, spec, bundle_calls, _changed_templates(manifest, pipeline_dir)),
              "## Limitations", "",
-             "The instructions and answers were written by language models and were not reviewed by people: they "
-             "can be wrong, biased or unsafe. The judge is a model too. Check the terms of use of the models above "
-             "before training on or sharing this data; the `license` above was chosen by whoever exported it.", ""]
+             "The rows were written or chosen by language models and were not reviewed by people: they can be "
+             "wrong, biased or unsafe, and so can any model that judged them. Check the terms of use of the models "
+             "above (and of any file the spec read) before training on or sharing this data; the `license` above "
+             "was chosen by whoever exported it.", ""]
     if codeclm_graph:
         lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
     return "\n".join(lines)
@@ -443,9 +444,7 @@ def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spe
 
 def _card_structure(name: str, spec: dict[str, Any], rows: int, columns: dict[str, str],
                     has_report: bool) -> list[str]:
-    description = spec.get("description")
-    lines = [description.strip(), ""] if isinstance(description, str) and description.strip() else []
-    return lines + [
+    return [
         f"Synthetic instruction-tuning data: {rows} chat conversations (`messages`) made by "
         f"codeclm from the spec `{name}`, each row with its `provenance`: where it "
         "came from and the model calls behind it.", "",
@@ -453,21 +452,18 @@ def _card_structure(name: str, spec: dict[str, Any], rows: int, columns: dict[st
         *[f"- `{column}`: {kind}" for column, kind in columns.items()], "",
         f"Files: `{PARQUET}` (what `load_dataset` reads), `{JSONL}` (the run's `dataset.jsonl` byte for byte, "
         "`provenance` as a nested object), "
-        + (f"`{REPORT}` (the run's report: funnel, judge, coverage, every record's history; open it in a "
-           "browser, it needs no network), " if has_report else "")
+        + (f"`{REPORT}` (the run's report: its funnel, every record's history, and what the run has data for; "
+           "open it in a browser, it needs no network), " if has_report else "")
         + f"`{PIPELINE}/` (everything needed to rerun or replay the run).", ""]
 
 
-def _card_how_made(spec: dict[str, Any], manifest: dict[str, Any], pipeline_dir: Path, rows: int,
-                   codeclm_graph: bool) -> list[str]:
+def _card_how_made(spec: dict[str, Any], manifest: dict[str, Any], pipeline_dir: Path, rows: int) -> list[str]:
+    """The method in the spec's own words (its `description:`; the card never guesses one from the
+    graph: an ablation of CodecLM is not CodecLM), then the graph, the models and the counts."""
+    description = spec.get("description")
     lines = ["## How it was made", ""]
-    if codeclm_graph:
-        lines += ["With the CodecLM method (Wang et al., *CodecLM: Aligning Language Models with Tailored Synthetic "
-                  "Data*, Findings of NAACL 2024): a strong model encodes each seed instruction into metadata (a use "
-                  "case and skills), the metadata is recombined into a pool and decoded into new instructions, "
-                  "Self-Rubrics make an instruction harder step by step, and Contrastive Filtering keeps an "
-                  "instruction only where the judge scores the strong model's answer clearly apart from the target "
-                  "model's.", ""]
+    if isinstance(description, str) and description.strip():
+        lines += [description.strip(), ""]
     return lines + ["The spec's graph:", "", *_graph(spec), "", "## Models", "", *_models(spec, manifest), "",
                     "Keys are not part of it: codeclm never writes one to the spec or the manifest. The models' "
                     "endpoints (`api_base`) are, in pipeline/spec.yaml and pipeline/manifest.json.",
@@ -478,12 +474,15 @@ def _card_quality(metrics: dict[str, Any] | None) -> list[str]:
     if not metrics:
         return []
     shown = {key: value for key, value in metrics.items() if key != "notes"}
+    if isinstance(shown.get("judge"), dict) and not shown["judge"].get("judged_both_orders"):
+        del shown["judge"]  # no pair was judged in both orders: every consistency figure is empty
+    rows = [(key, value) for key, value in _flat(shown) if value is not None]  # as the report: no row without data
     notes = metrics.get("notes") if isinstance(metrics.get("notes"), list) else []
     return ["## Quality", "", "Measured by `codeclm` on the kept rows (and their seeds): diversity (distinct-n, "
             "pairwise ROUGE-L), near duplicates, closeness to the seeds, metadata coverage and the judge's "
             "consistency, where the run has what each needs.", "",
             "| metric | value |", "| --- | --- |",
-            *[f"| {key} | {_figure(value)} |" for key, value in _flat(shown)], "",
+            *[f"| {key} | {_figure(value)} |" for key, value in rows], "",
             *[f"- {_figure(note)}" for note in notes], *([""] if notes else [])]
 
 
