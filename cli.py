@@ -297,7 +297,8 @@ def _write_report(run_dir: Path) -> Path | None:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Where to write the replayed run [default: RUN_DIR-replay].")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Cache folder (default: the one the run used, as its manifest recorded it).")
 @reports_errors
 @reads_run
 def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
