@@ -76,6 +76,7 @@ def tally(verdicts: list[str]) -> dict[str, Any]:
 
 def evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None = None) -> EvalResult:
     """Answer, judge and tally every benchmark item; write eval.jsonl and eval.json."""
+    pairwise_judge(spec)  # first: without one, no --set of a role could make the spec evaluable
     for role in (options.candidate, options.reference):
         if role not in spec.models:
             raise SpecError(str(spec.path), f"no model role '{role}' to evaluate",
@@ -134,19 +135,23 @@ async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> E
     return EvalResult(out, summary, calls)
 
 
+def pairwise_judge(spec: Spec) -> tuple[JudgeNode, Any]:
+    """The spec's first pairwise judge, and the node that makes the first answer it compares."""
+    judges = [n for n in spec.graph.model_nodes() if isinstance(n, JudgeNode) and n.pair]
+    answer = judges[0].pair[0].references()[0].root if judges and judges[0].pair[0].references() else None
+    if not judges or answer not in spec.graph.every:
+        raise SpecError(str(spec.path), "evaluation needs a pairwise judge node whose pair names the nodes "
+                        "that answer", hint="evaluate with specs/codeclm.yaml, overriding its models with --set")
+    return judges[0], spec.graph.every[answer]
+
+
 class Evaluator:
     """One comparison, built from the spec: its pairwise judge (template and model) at temperature 0,
     as the paper's protocol says, and the node that made the judge's first answer, for both answers."""
 
     def __init__(self, spec: Spec, options: EvalOptions, hub: ModelHub):
         self.spec, self.hub = spec, hub
-        judges = [n for n in spec.graph.model_nodes() if isinstance(n, JudgeNode) and n.pair]
-        answer = judges[0].pair[0].references()[0].root if judges and judges[0].pair[0].references() else None
-        if not judges or answer not in spec.graph.every:
-            raise SpecError(str(spec.path), "evaluation needs a pairwise judge node whose pair names the nodes "
-                            "that answer", hint="evaluate with specs/codeclm.yaml, overriding its models with --set")
-        self.judge_stage = judges[0]
-        answer_node = spec.graph.every[answer]
+        self.judge_stage, answer_node = pairwise_judge(spec)
         self.answer = {side: build_module(dataclasses.replace(answer_node, name=f"answer_{side}"), spec, hub, role)
                        for side, role in (("candidate", options.candidate), ("reference", options.reference))}
         self.judge = build_module(dataclasses.replace(self.judge_stage, temperature=0.0), spec, hub)

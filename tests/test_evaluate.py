@@ -131,6 +131,15 @@ def test_unknown_role_is_a_spec_error(tmp_path, seeds_file):
         evaluate(spec, EvalOptions(benchmarks=[seeds_file], candidate="tuned"))
 
 
+def test_a_spec_without_a_pairwise_judge_says_so_before_asking_for_roles(tmp_path, seeds_file):
+    """Self-Instruct asked for a 'target' role, then (once given) for a pairwise judge it can never have."""
+    from codeclm.programs.errors import SpecError
+
+    spec = load_spec(REPO / "specs" / "self_instruct.yaml")
+    with pytest.raises(SpecError, match="needs a pairwise judge"):
+        evaluate(spec, EvalOptions(benchmarks=[seeds_file], candidate="target"))
+
+
 @pytest.mark.skipif(not BENCHMARKS.is_dir(),
                     reason="the paper's benchmark sets are not beside the repo (set CODECLM_BENCHMARKS)")
 def test_cli_on_the_paper_benchmarks_through_the_fake_server(tmp_path):
