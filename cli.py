@@ -551,11 +551,14 @@ def compare(spec_a: str, spec_b: str | None, set_both: tuple[str, ...], set_a: t
     result = run_compare(a, b, options)
     click.echo(format_table(result))
     click.echo(f"verdicts: {result.out / 'compare.jsonl'}")
-    if result.judged == 0 and result.failed == 0:  # the interval above would read as a measured tie
-        click.secho(f"nothing was judged: A and B kept no record of the same id ({result.unmatched} unmatched). "
-                    "compare judges the two answers to one record, so A and B must make the same records: one "
-                    "spec with --set-a/--set-b, or two specs with the same nodes up to the dataset; the table "
-                    "above still compares their cost and data quality", fg="red", err=True)
+    if result.judged == 0 and result.failed == 0:
+        empty = [side.upper() for side in ("a", "b") if not result.sides.get(side, {}).get("kept")]
+        why = (f"{' and '.join(empty)} kept no rows: there is nothing to pair" if empty else
+               f"A and B kept no record of the same id ({result.unmatched} unmatched). compare judges the two "
+               "answers to one record, so A and B must make the same records: one spec with --set-a/--set-b, or "
+               "two specs with the same nodes up to the dataset")
+        click.secho(f"nothing was judged: {why}; the table above still compares their cost and data quality",
+                    fg="red", err=True)
         sys.exit(1)
 
 

@@ -178,7 +178,7 @@ def loop_figures(run_dir: Path) -> dict[str, Any]:
     kept = list(data.iter_kept())
     figures: dict[str, Any] = {"kept": len(kept)}
     statuses = data.status_counts  # CodecLM's histories, or the manifest's counts (critique-rewrite's loop)
-    if statuses and (data.histories or set(statuses) - {"kept"}):  # records can end otherwise: the share kept
+    if statuses:  # 1 where every record was kept (it read "-" beside the other side's share)
         figures["kept_share"] = round(statuses.get("kept", 0) / sum(statuses.values()), 4)
     iterations = [k["iteration"] for k in kept if isinstance(k.get("iteration"), (int, float))]
     if iterations:
@@ -202,9 +202,10 @@ def bootstrap_interval(values: list[int], samples: int, confidence: float, seed:
 def format_table(result: CompareResult) -> str:
     low, high = result.interval
     verdict = ("A is better" if low > 0 else "B is better" if high < 0 else "no clear difference")
+    measured = f"mean (win +1, tie 0, loss -1): {result.mean:+.3f}, interval [{low:+.3f}, {high:+.3f}]: {verdict}"
     lines = [f"judged {result.judged} pairs: A wins {result.wins}, ties {result.ties}, loses {result.losses} "
              f"(failed {result.failed}, unmatched {result.unmatched})",
-             f"mean (win +1, tie 0, loss -1): {result.mean:+.3f}, interval [{low:+.3f}, {high:+.3f}]: {verdict}",
+             measured if result.judged else "no pair was judged: no verdict (an interval of nothing is not a tie)",
              "", f"{'':<28} {'A':>14} {'B':>14}"]
     a, b = result.sides.get("a", {}), result.sides.get("b", {})
     shown = ("kept", "kept_share", "mean_iteration", "calls", "cache_hits", "tokens", "cost_usd")

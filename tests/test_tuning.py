@@ -307,6 +307,23 @@ def test_cli_compare_of_specs_that_share_no_record_says_so(tmp_path):
         result = CliRunner().invoke(main, ["compare", str(path), *overrides, "--judge", "strong",
                                            "--out", str(tmp_path / "cmp"), "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code == 1 and "nothing was judged: A and B kept no record of the same id" in result.output
+    assert "no pair was judged: no verdict" in result.output and "no clear difference" not in result.output
+
+
+def test_cli_compare_with_a_side_that_kept_nothing_names_it(tmp_path):
+    """B kept no rows: the note blamed the setup (A and B must make the same records), not the empty side."""
+    from codeclm.cli import main
+
+    with FakeOpenAIServer() as server:
+        path = answer_spec(tmp_path)
+        overrides = ["--set-a", f"models.strong.api_base={server.url}", "--set-a", "models.strong.model=hosted_vllm/s"]
+        overrides += [o.replace("--set-a", "--set-b") for o in overrides]
+        overrides += ["--set-b", "outputs.dataset.where=record.status == 'none'"]
+        result = CliRunner().invoke(main, ["compare", str(path), *overrides, "--judge", "strong",
+                                           "--out", str(tmp_path / "cmp"), "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 1 and "nothing was judged: B kept no rows" in result.output, result.output
+    kept_share = next(line for line in result.output.splitlines() if line.startswith("kept_share"))
+    assert kept_share.split()[1:] == ["1", "0"]
 
 
 # -- judge and pairwise metrics, scripted models -----------------------------------------------------
