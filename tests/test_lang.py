@@ -271,3 +271,7 @@ def test_render_gives_a_computed_list_input_a_list():
     """`examples: prompts.human + prompts.machine` rendered "<examples>" one character per task."""
     shown = CliRunner().invoke(cli.main, ["render", str(REPO / "specs" / "self_instruct.yaml"), "generate_2"])
     assert shown.exit_code == 0 and "Task 1: <human>\\nTask 2: <machine>" in shown.output, shown.output
+    # round 1 draws its machine tasks from an empty pool: [], as the run draws them (the sum was unknown,
+    # and "<examples>" was shown one character per task)
+    shown = CliRunner().invoke(cli.main, ["render", str(REPO / "specs" / "self_instruct.yaml"), "generate_1"])
+    assert shown.exit_code == 0 and "Task 1: <human>\\nWrite 8 new tasks" in shown.output, shown.output

@@ -186,7 +186,9 @@ def field_sample(node: Any, field: str, graph: Graph | None, name: str) -> Any:
         return text_sample(name)  # a file's fields are text
     if isinstance(node, MixNode) and graph is not None and field in node.draws:
         draw = node.draws[field]
-        drawn = graph.every.get(draw.nodes[0]) if draw.nodes else None
+        if not draw.nodes:  # drawn from nothing (round 1's pool of earlier rounds): as the run draws it
+            return [] if draw.kind == "sample" else UNKNOWN
+        drawn = graph.every.get(draw.nodes[0])
         one = UNKNOWN if drawn is None or isinstance(drawn, MixNode) else field_sample(drawn, draw.field, graph, name)
         if one is UNKNOWN or draw.kind == "choice":
             return one
