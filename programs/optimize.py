@@ -106,9 +106,11 @@ def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) 
     cache_dir = options.cache_dir or _run_cache(options.run_dir) or spec.cache_dir or default_cache_dir()
     inputs = _dedupe(node_inputs(spec, node, options, cache_dir, hub))[: options.examples]
     if len(inputs) < 3:
+        hint = ("the run made the node this few inputs: rerun it with more records reaching the node (more "
+                "seeds, or larger counts in params), then pass --from again") if options.run_dir else \
+            "run the spec first, then pass --from runs/NAME (its cache holds the inputs), or pass more seeds"
         raise SpecError(str(options.run_dir or spec.path), f"node '{node.name}': {len(inputs)} example input(s), "
-                        "need at least 3", hint="run the spec first, then pass --from runs/NAME (its cache holds the "
-                        "inputs), or pass more seeds")
+                        "need at least 3", hint=hint)
     train, val, held = split(inputs, spec.seed)
     cache = None
     if hub is None:

@@ -130,6 +130,19 @@ def test_optimize_later_stages_needs_a_run(tmp_path, scripted, seeds_file):
     assert result.exit_code == 2 and "no llm node named 'augment'" in result.output
 
 
+def test_optimize_from_a_run_with_too_few_inputs_does_not_ask_for_from_again(tmp_path, scripted, seeds_file):
+    """With --from given, the fix said to pass --from: the run itself made the node too few inputs."""
+    from codeclm.programs.errors import SpecError
+    from codeclm.programs.optimize import OptimizeOptions, optimize
+
+    spec = load_spec(write_spec(tmp_path, base_spec(seeds_file, pool_size=1, dataset_size=2)))
+    run = scripted(spec)
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends=scripted.backends)
+    with pytest.raises(SpecError, match="need at least 3") as caught:
+        optimize(spec, OptimizeOptions(stage="decode", run_dir=run.out, out=tmp_path / "decode.json"), hub)
+    assert "--from runs/NAME" not in caught.value.hint and "more records reaching the node" in caught.value.hint
+
+
 def test_optimize_judge_from_a_finished_run(tmp_path, scripted, seeds_file):
     from codeclm.programs.optimize import OptimizeOptions, optimize
 
