@@ -204,3 +204,11 @@ def test_inspect_computes_the_metrics_the_run_does_not(tmp_path, seeds_file, scr
     found = json.loads(shown.output)["quality"]
     assert found["kept"] == result.counts.get("kept", 0)
     assert found == quality_metrics(result.out)
+
+
+def test_inspect_leaves_out_the_seed_line_of_a_run_without_seeds():
+    """no_seed's inspect printed `closeness to seeds ... mean - max -`; the report left it out."""
+    lines = quality.format_quality({"distinct_1": 0.5, "seed_closeness": {"rouge_l_mean": None}})
+    assert not any(line.startswith("closeness to seeds") for line in lines)
+    lines = quality.format_quality({"seed_closeness": {"rouge_l_mean": 0.25, "rouge_l_max": 0.5}})
+    assert "closeness to seeds  ROUGE-L to the nearest seed mean 0.250 max 0.500" in lines

@@ -329,11 +329,12 @@ def format_quality(metrics: dict[str, Any]) -> list[str]:
              + (f" ({rouge.get('pairs_compared')} sampled pairs)" if rouge.get("sampled") else ""),
              f"near duplicates     {near.get('near_duplicate_pairs', '-')} pairs with ROUGE-L >= "
              f"{near.get('threshold', NEAR_DUPLICATE)} ({near.get('near_duplicate_instructions', '-')} instructions),"
-             f" {near.get('exact_duplicates', '-')} exact",
-             f"closeness to seeds  ROUGE-L to the nearest seed mean {f(seeds.get('rouge_l_mean'))} "
-             f"max {f(seeds.get('rouge_l_max'))}"
-             + (f"; embedding mean {f(seeds.get('embedding_mean'))} max {f(seeds.get('embedding_max'))}"
-                if seeds.get("embedding_mean") is not None else "")]
+             f" {near.get('exact_duplicates', '-')} exact"]
+    if seeds.get("rouge_l_mean") is not None:  # a run with seeds (no_seed's metadata is written by hand)
+        lines.append(f"closeness to seeds  ROUGE-L to the nearest seed mean {f(seeds.get('rouge_l_mean'))} "
+                     f"max {f(seeds.get('rouge_l_max'))}"
+                     + (f"; embedding mean {f(seeds.get('embedding_mean'))} max {f(seeds.get('embedding_max'))}"
+                        if seeds.get("embedding_mean") is not None else ""))
     cover = metrics.get("coverage")
     if cover:
         lines.append("coverage            " + ", ".join(

@@ -100,8 +100,9 @@ def format_report(report: dict[str, Any]) -> str:
         by_iteration = ", ".join(f"{it}: {n} ({100 * n / kept:.0f}%)" for it, n in report["kept_by_iteration"].items())
         lines += [f"kept by iteration   {by_iteration}",
                   "answer kept from    " + ", ".join(f"{k} {v}" for k, v in report["kept_answer_from"].items()),
-                  f"mean |gap| of kept  {_figure(report['mean_abs_gap_of_kept'])}   "
-                  f"actions per kept pair {report['actions_per_kept_pair']:.2f}",
+                  (f"mean |gap| of kept  {_figure(report['mean_abs_gap_of_kept'])}   "
+                   if report["mean_abs_gap_of_kept"] is not None else "")  # no judge, no gap (the ablations)
+                  + f"actions per kept pair {report['actions_per_kept_pair']:.2f}",
                   "top use cases       " + ", ".join(f"{k} ({v})" for k, v in report["kept_use_cases"].items())]
     if report["mean_gap_at_last_iteration"] is not None:
         lines.append("mean gap (strong - target) at each instruction's last iteration "
