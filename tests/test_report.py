@@ -206,7 +206,8 @@ def test_inspect_shows_no_gap_line_for_a_run_without_a_judge():
     """The ablations (no judge) printed `mean |gap| of kept  -`."""
     from codeclm.programs.artifacts.report import format_report
 
-    report = {"run": "runs/ablation", "instructions": 2, "status": {"kept": 2}, "kept_by_iteration": {"3": 2}, "kept_answer_from": {"strong": 2},
+    report = {"run": "runs/ablation", "instructions": 2, "status": {"kept": 2}, "kept_by_iteration": {"3": 2},
+              "kept_answer_from": {"strong": 2},
               "mean_abs_gap_of_kept": None, "actions_per_kept_pair": 2.0, "kept_use_cases": {"x": 2},
               "mean_gap_at_last_iteration": None, "calls": {}, "failure_reasons": {}}
     text = format_report(report)
