@@ -574,6 +574,20 @@ def test_a_set_typo_is_reported_at_the_set_not_at_a_line_of_the_file(tmp_path, s
     assert done.returncode == 2 and "error: --set nodes.encode.templat: unknown key 'templat'" in done.stderr
 
 
+@pytest.mark.parametrize(("override", "where", "says"), [
+    ("models.stong.model=hosted_vllm/x", "--set models.stong.model", "needs api_base"),
+    ("nodes.encod.model=strong", "--set nodes.encod.model", "did you mean node 'encode'?"),
+    ("params.threshold=[", "--set params.threshold", "quote it to make it text"),
+])
+def test_what_only_a_set_made_is_reported_at_the_set(tmp_path, spec_data, override, where, says):
+    """A role or node a --set typo made, or a --set value YAML cannot read, was reported at a line of
+    the file (`models:`, `nodes:`, line 1), where no such thing is."""
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path, [override])
+    assert all(e.file == where and e.line is None for e in errors), [str(e) for e in errors]
+    assert any(says in f"{e.message} {e.hint}" for e in errors), [str(e) for e in errors]
+
+
 @pytest.mark.parametrize(("parse", "outputs", "close"),
                          [("field", ["a", "b"], "fields"), ("txt", ["answer"], "text"), ("jsn", [], "json")])
 def test_an_unknown_parser_is_one_error(tmp_path, spec_data, parse, outputs, close):

@@ -161,7 +161,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> di
         if has_surrogate(item) or not all(part.strip() for part in parts):
             what = "is not valid text" if has_surrogate(item) else "has an empty key part"
             raise SpecError(file, f"--set {item!r} {what}", hint="e.g. --set params.threshold=2")
-        value = load_value(raw_value, file, f"--set {key}")
+        value = load_value(raw_value, f"--set {key}")
         node = data
         for depth, part in enumerate(parts[:-1]):
             if depth == 1 and parts[0] == "nodes" and node.get(part) is None:
@@ -221,6 +221,11 @@ class Checker:
             item = self.overridden.get(tuple(map(str, where[:cut])))
             if item is not None:
                 return SpecError(f"--set {item}", message, hint=hint)
+        named = tuple(map(str, where))
+        if named not in self.lines:  # a key only a --set made (models.writr by models.writr.model=...)
+            made = [item for keys, item in self.overridden.items() if keys[:len(named)] == named]
+            if made:
+                return SpecError(f"--set {made[0]}", message, hint=hint)
         line = None
         for cut in range(len(where), -1, -1):  # nearest enclosing key that has a line
             line = self.lines.get(where[:cut])

@@ -52,9 +52,14 @@ def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
     return data, lines
 
 
-def load_value(text: str, file: str, what: str) -> Any:
-    """A single YAML value (e.g. of `--set KEY=VALUE`), with the same checks as a file."""
-    _, data = _compose_and_construct(text, file, what=what)
+def load_value(text: str, what: str) -> Any:
+    """The YAML value of a `--set KEY=VALUE` (`what`: "--set KEY"), with the same checks as a file;
+    an error names the --set, not a line of the spec (the value is not in it)."""
+    try:
+        _, data = _compose_and_construct(text, what)
+    except SpecError as exc:
+        raise SpecError(what, exc.message, hint="the value is read as YAML: quote it to make it text, e.g. "
+                        f"{what}='\"{text}\"'" if "invalid YAML" in exc.message else exc.hint) from None
     return data
 
 
