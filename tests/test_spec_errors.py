@@ -546,6 +546,16 @@ def test_an_output_may_read_one_declared_above(tmp_path, spec_data):
     load_spec(write_spec(tmp_path, spec_data))
 
 
+def test_an_output_reading_an_output_of_other_records_is_refused(tmp_path, spec_data):
+    """`outputs.dataset` from an output of metadata records validated, and was missing from every line:
+    it is the line the same record wrote there, and dataset writes only the loop's records."""
+    spec_data["outputs"]["metadata"]["fields"]["in_dataset"] = "outputs.dataset"
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path)
+    assert any("reads outputs.dataset, which writes records of refine, not of encode" in e.message
+               and e.line == line_of(path, "in_dataset") for e in errors), [str(e) for e in errors]
+
+
 def test_exit_on_a_switch_outside_a_loop_is_refused(tmp_path, seeds_file):
     """`exit:` only ends a loop's iteration: on a top-level switch it validated, `graph` drew it, and
     the records it named went on into the dataset."""

@@ -413,11 +413,22 @@ class _GraphCheck:
                                      self.scope_roots(in_loop, True), self.state_keys(source), joins, name)
             graph.joins[f"output:{output.name}:{name}"] = joins
         for key, ref in output.references():
-            if ref.root == "outputs" and ref.field in graph.outputs and ref.field not in earlier:
+            if ref.root != "outputs" or ref.field not in graph.outputs:
+                continue
+            if ref.field not in earlier:
                 when = "by this output" if ref.field == output.name else "after it"
                 self.error((*output.where_path, *key.split(".")), f"output '{output.name}' {key} reads "
                            f"outputs.{ref.field}, which is written {when}, so it has no value",
                            "outputs.NAME reads an output declared above this one: move it up, or read its "
+                           "fields from the nodes instead")
+                continue
+            other = graph.outputs[ref.field].sources
+            elsewhere = [source for source in output.sources if source not in other]
+            if elsewhere:  # outputs.NAME is the line the same record wrote there: a record of another node never did
+                self.error((*output.where_path, *key.split(".")), f"output '{output.name}' {key} reads "
+                           f"outputs.{ref.field}, which writes records of {', '.join(other)}, not of "
+                           f"{', '.join(elsewhere)}: it would never have a value",
+                           f"read it from an output of the same from: ({', '.join(elsewhere)}), or read the "
                            "fields from the nodes instead")
 
     # -- per-type details -------------------------------------------------------------------------
