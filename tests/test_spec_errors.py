@@ -642,3 +642,10 @@ def test_an_outputs_where_of_another_type_is_read_or_refused_never_a_traceback(v
     assert done.returncode == (0 if fine else 2), done.stderr
     if not fine:
         assert "where must be an expression" in done.stderr
+
+
+@pytest.mark.parametrize("threshold", ["1.5", "-3", "0", "'high'"])
+def test_a_dedup_threshold_outside_rouge_ls_range_is_refused(threshold):
+    """A ROUGE-L threshold of 1.5 kept every near duplicate and -3 dropped every record, silently."""
+    errors = errors_of(REPO / "specs" / "self_instruct.yaml", [f"params.similarity={threshold}"])
+    assert any("at most 1" in e.message for e in errors), [str(e) for e in errors]

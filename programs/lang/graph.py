@@ -511,6 +511,8 @@ class _GraphCheck:
                        ("both_orders", node.both_orders, "bool")]
         if isinstance(node, LLMNode) and node.explode and node.explode.limit is not None:
             wanted.append(("explode.limit", node.explode.limit, "count"))
+        if isinstance(node, DedupNode):
+            wanted.append(("threshold", node.threshold, "fraction"))
         computed = {key: static_value(self.checker, self.graph.params, node, key, value, kind)
                     for key, value, kind in wanted}
         if isinstance(node, JudgeNode) and not node.pair and computed["unparsable"] == "tie":
@@ -639,6 +641,9 @@ def _static_problem(kind: str, value: Any) -> str | None:
         ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value) \
             and value[0] < value[1]
         return None if ok else "must be [low, high]"
+    if kind == "fraction":  # a ROUGE-L threshold: 1.5 kept everything and -3 dropped everything, silently
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
+        return None if ok else "must be a number above 0 and at most 1 (a ROUGE-L F-score)"
     if kind == "unparsable":
         return None if value in ("fail", "tie") else "must be 'fail' or 'tie'"
     if kind == "bool":
