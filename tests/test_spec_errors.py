@@ -649,3 +649,9 @@ def test_a_dedup_threshold_outside_rouge_ls_range_is_refused(threshold):
     """A ROUGE-L threshold of 1.5 kept every near duplicate and -3 dropped every record, silently."""
     errors = errors_of(REPO / "specs" / "self_instruct.yaml", [f"params.similarity={threshold}"])
     assert any("at most 1" in e.message for e in errors), [str(e) for e in errors]
+
+
+def test_a_reserved_output_name_is_told_to_choose_another(tmp_path, spec_data):
+    spec_data["outputs"]["failures"] = spec_data["outputs"].pop("metadata")
+    error = next(e for e in errors_of(write_spec(tmp_path, spec_data)) if "'failures'" in e.message)
+    assert "every run writes itself" in error.message and "my_failures" in error.hint and "path" not in error.hint

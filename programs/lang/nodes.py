@@ -638,10 +638,13 @@ class NodeReader:
                           body=body)
 
     def read_output(self, name: str, raw: Any, where: Path_) -> Output | None:
-        if path_like(name) or name in RESERVED_OUTPUTS:
-            self.checker.error(where, f"output name {name!r} " + ("is a file every run writes itself"
-                               if name in RESERVED_OUTPUTS else "is not a plain name: it names the file NAME.jsonl "
-                               "in the run folder"), "a name, not a path: letters, digits and _ (e.g. dataset)")
+        if name in RESERVED_OUTPUTS:
+            self.checker.error(where, f"output name {name!r} is a file every run writes itself",
+                               f"choose another name (e.g. my_{name}); reserved: {', '.join(sorted(RESERVED_OUTPUTS))}")
+            return None
+        if path_like(name):
+            self.checker.error(where, f"output name {name!r} is not a plain name: it names the file NAME.jsonl in "
+                               "the run folder", "a name, not a path: letters, digits and _ (e.g. dataset)")
             return None
         if len(name.encode("utf-8", "replace")) > MAX_OUTPUT_BYTES:  # else the run fails writing it, .partial left
             self.checker.error(where, f"output name is {len(name.encode('utf-8', 'replace'))} bytes long: it names "
