@@ -655,3 +655,12 @@ def test_a_reserved_output_name_is_told_to_choose_another(tmp_path, spec_data):
     spec_data["outputs"]["failures"] = spec_data["outputs"].pop("metadata")
     error = next(e for e in errors_of(write_spec(tmp_path, spec_data)) if "'failures'" in e.message)
     assert "every run writes itself" in error.message and "my_failures" in error.hint and "path" not in error.hint
+
+
+@pytest.mark.parametrize(("key", "typo", "meant"), [("for_each", "seedz", "seeds"), ("model", "strnog", "strong")])
+def test_a_typo_in_for_each_or_model_suggests_the_name_it_meant(tmp_path, spec_data, key, typo, meant):
+    spec_data["nodes"]["encode"][key] = typo
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path)
+    assert any(f"did you mean '{meant}'?" in (e.hint or "") and e.line == line_of(path, f"{key}: {typo}")
+               for e in errors), [str(e) for e in errors]

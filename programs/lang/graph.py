@@ -217,7 +217,8 @@ class _GraphCheck:
             if parent is None or parent.loop:
                 self.error((*node.where, "for_each"), f"for_each names {node.for_each!r}, which is not a "
                            "top-level node",
-                           graph.rounds_hint(node.for_each) or f"nodes: {', '.join(graph.nodes)}")
+                           graph.rounds_hint(node.for_each) or (_did_you_mean(node.for_each, list(graph.nodes))
+                                                                or "") + f"nodes: {', '.join(graph.nodes)}")
                 continue
             graph.children.setdefault(node.for_each, []).append(node.name)
         self.check_for_each_cycles()
@@ -436,7 +437,8 @@ class _GraphCheck:
     def check_llm(self, node: LLMNode) -> None:
         if node.model not in self.models:
             self.error((*node.where, "model"), f"node '{node.name}' uses model {node.model!r}, which is not declared",
-                       f"declared models: {', '.join(self.models) or 'none'}")
+                       (_did_you_mean(node.model, list(self.models)) or "")
+                       + f"declared models: {', '.join(self.models) or 'none'}")
         parser = PARSERS[node.parse.name]
         if parser.fixed_outputs and not set(node.declared) <= set(parser.fixed_outputs):
             self.error((*node.where, "outputs"), f"parser '{parser.name}' makes {', '.join(parser.fixed_outputs)}",
@@ -649,6 +651,11 @@ def _static_problem(kind: str, value: Any) -> str | None:
     if kind == "bool":
         return None if isinstance(value, bool) else "must be true or false"
     return None
+
+
+def _did_you_mean(name: str, names: list[str]) -> str | None:
+    close = difflib.get_close_matches(str(name), names, n=1)
+    return f"did you mean '{close[0]}'? " if close else None
 
 
 def _walk(nodes: Any) -> Iterator[Node]:
