@@ -283,3 +283,36 @@ def test_parse_scores_explanation_with_labelled_numbers_ignored():
 def test_parse_scores_negative_is_out_of_scale():
     with pytest.raises(ParseError):
         parse_scores("-1 3")
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    ('{"answer": ' + "[" * 50_000 + "]" * 50_000 + "}", "nested too deeply"),
+    ('{"answer": ' + "9" * 10_000 + "}", "unreadable JSON"),
+    ('{"answer": "a\\ud800"}', "lone surrogate"),
+    ('{"answer": NaN}', "NaN"),
+    ('{"answer": -Infinity}', "Infinity"),
+])
+def test_a_json_answer_no_file_can_hold_is_a_parse_error(content, says):
+    """Each crashed the run (a traceback, and the cached answer crashed every rerun), or wrote NaN into
+    dataset.jsonl, which is then not JSON: a malformed answer is a recorded failure."""
+    from codeclm.programs.lang.parsing import PARSERS
+
+    with pytest.raises(ParseError, match=says):
+        PARSERS["json"].read(content, ["answer"])
+
+
+def test_a_score_of_more_digits_than_a_float_holds_is_a_parse_error():
+    from codeclm.programs.lang.parsing import PARSERS
+
+    with pytest.raises(ParseError, match="digits"):
+        PARSERS["score"].read("Score: " + "9" * 5000, ["score"])
+    assert PARSERS["score"].read("Score: 7", ["score"]) == 7.0
+
+
+@pytest.mark.parametrize(("sent", "kept"), [(float("nan"), 0), (-5, 0), ("12", 0), (True, 0), (12.0, 12), (7, 7)])
+def test_a_servers_token_count_that_is_not_a_count_is_zero(sent, kept):
+    """NaN usage reached the manifest (not JSON) and the cache, whose entry then read as damaged."""
+    from codeclm.programs.models.backends import Completion
+
+    completion = Completion("text", "stop", sent, sent)
+    assert (completion.prompt_tokens, completion.completion_tokens) == (kept, kept)

@@ -8,6 +8,7 @@ ParseError with the reason; the engine records the failure with the raw text.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,9 +51,16 @@ def _json(text: str, outputs: list[str]) -> dict[str, Any]:
     fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
     body = fenced.group(1) if fenced else text[text.find("{"): text.rfind("}") + 1]
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_constant=_refuse_constant)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # a "\ud800" escape: not text any file can hold
     except json.JSONDecodeError as exc:
         raise ParseError(f"not a JSON object: {exc.msg}") from None
+    except RecursionError:
+        raise ParseError("JSON nested too deeply to read") from None
+    except UnicodeEncodeError:
+        raise ParseError("the JSON holds a lone surrogate escape (\\ud800-\\udfff), not text") from None
+    except ValueError as exc:  # an integer of more digits than Python reads
+        raise ParseError(f"unreadable JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ParseError("not a JSON object")
     missing = [name for name in outputs if name not in value]
@@ -61,12 +69,19 @@ def _json(text: str, outputs: list[str]) -> dict[str, Any]:
     return {name: value[name] for name in outputs}
 
 
+def _refuse_constant(name: str) -> None:
+    """NaN and Infinity, which Python's json reads but no JSON file may hold (the run's lines would not be JSON)."""
+    raise ParseError(f"the JSON holds {name}, which is not a JSON number")
+
+
 def _score(text: str, outputs: list[str], scale: list[float] | None = None) -> float:
     """The first number of the completion, within the scale when one is given."""
     match = re.search(r"(?<![\w.])-?\d+(?:\.\d+)?", text)
     if not match:
         raise ParseError("no score")
     score = float(match.group(0))
+    if not math.isfinite(score):  # 400 digits read as a float are infinity, which no JSON line may hold
+        raise ParseError(f"score of {len(match.group(0))} digits is not a number a file can hold")
     if scale and not scale[0] <= score <= scale[1]:
         raise ParseError(f"score {score} outside the scale {scale[0]}-{scale[1]}")
     return score

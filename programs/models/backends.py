@@ -50,6 +50,9 @@ class Completion:
         # A server can send a lone surrogate ("\ud800" in its JSON): not text, and it would crash
         # every later write. It becomes U+FFFD here, the one door completions come in through.
         self.text = LONE_SURROGATE.sub("\ufffd", self.text)
+        # Token counts as a server sent them: NaN, negative or text would be written to the manifest and the
+        # cache (whose entries then read as damaged) and counted against a budget. Such a count is 0.
+        self.prompt_tokens, self.completion_tokens = _count(self.prompt_tokens), _count(self.completion_tokens)
 
     def to_entry(self) -> dict[str, Any]:
         return {"text": self.text, "finish_reason": self.finish_reason,
@@ -291,6 +294,13 @@ def _env_proxy(url: str) -> str | None:
     if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
         return None
     return urllib.request.getproxies().get(parts.scheme)
+
+
+def _count(value: Any) -> int:
+    """A token count: a whole number of at least 0 (12.0 is 12), anything else 0."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _request_json(body: dict[str, Any]) -> bytes:
