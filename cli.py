@@ -150,6 +150,13 @@ def _quiet_stdout() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def _yaml_float(value: float) -> str:
+    """A float as YAML reads it back as one: YAML 1.1 wants a dot, so 5e-05 (Python's repr) is 5.0e-05
+    (the bare form was read as text and refused: `--budget-usd 0.00005`)."""
+    text = repr(value)
+    return text if "." in text or "e" not in text else text.replace("e", ".0e", 1)
+
+
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     """A number option that must be finite (FloatRange lets nan and inf through)."""
     if value is not None and not math.isfinite(value):
@@ -255,7 +262,7 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
     if as_json and not dry_run:
         raise SpecError("--json", "--json prints the dry run's estimate", hint="add --dry-run, or drop --json")
     mode = _cache_mode(replay, refresh)
-    overrides = (*overrides, *([f"budget.usd={budget_usd!r}"] if budget_usd is not None else []),
+    overrides = (*overrides, *([f"budget.usd={_yaml_float(budget_usd)}"] if budget_usd is not None else []),
                  *([f"budget.tokens={budget_tokens}"] if budget_tokens is not None else []))
     loaded = _load(spec, overrides, roles=())
     check_templates(loaded)  # every check `validate` makes, before the first call

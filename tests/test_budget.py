@@ -188,6 +188,23 @@ def test_a_dollar_budget_needs_a_price_for_every_model(tmp_path, seeds_file):
         load_spec(write_spec(tmp_path, data))
     bad = invoke("run", write_spec(tmp_path, base_spec(seeds_file)), "--budget-usd", "0")
     assert bad.exit_code == 2
+    for nan in (".nan", ".inf"):  # a NaN price spent "$nan", never reached the budget, and put NaN in the manifest
+        data["models"]["strong"]["price"] = {"input_per_mtok": 1, "output_per_mtok": nan}
+        spec = write_spec(tmp_path, data)
+        spec.write_text(spec.read_text().replace(f"'{nan}'", nan))  # YAML's NaN and infinity, not the text
+        with pytest.raises(SpecErrors, match="output_per_mtok must be a non-negative number of dollars, got"):
+            load_spec(spec)
+
+
+def test_a_small_or_large_budget_usd_is_read_as_a_number(tmp_path, seeds_file):
+    """`--budget-usd 0.00005` was passed on as `budget.usd=5e-05`, which YAML reads as text: refused."""
+    data = base_spec(seeds_file)
+    data["models"]["strong"] = {"model": "openai/gpt-4o-mini", "max_tokens": 64}
+    data["models"]["target"]["price"] = {"input_per_mtok": 0, "output_per_mtok": 0}
+    for usd, shown in (("0.00005", "budget: $0.0001"), ("1e16", "budget: $10,000,000,000,000,000.0000")):
+        done = invoke("run", write_spec(tmp_path, data), "--dry-run", "--budget-usd", usd,
+                      "--cache-dir", tmp_path / "cache")
+        assert done.exit_code == 0 and shown in done.output, done.output
 
 
 def test_prices_and_the_tracker():

@@ -67,7 +67,9 @@ def _json_line(path: Path, raw: bytes, number: int) -> Any:
                         hint=DAMAGED_RUN) from None
 
 
-_encode_line = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # one encoder for every line
+# One encoder for every line. allow_nan=False: NaN and Infinity are not JSON, and a line holding one
+# made the whole file unreadable to every JSON reader (a ValueError instead: the record fails).
+_encode_line = json.JSONEncoder(ensure_ascii=False, sort_keys=True, allow_nan=False).encode
 
 
 def dumps(record: Any) -> str:

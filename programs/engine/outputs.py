@@ -80,16 +80,18 @@ class OutputWriter:
             try:
                 if output.where is not None and not _holds(output.where, scope):
                     continue
-                lines[output.name] = evaluate_present(output.fields, scope)
+                line = evaluate_present(output.fields, scope)
+                # written here, in the try: a value no JSON line can hold (NaN from `'nan' | float`) fails the record
+                self.store.append(output.name, (position, *record.order), line)
             except (TypeError, ValueError, ArithmeticError, jinja2.TemplateError) as exc:  # 1/0, "x" * 10**9
                 error = f"its fields or where: failed: {type(exc).__name__}: {exc}"
                 self._fail((record.order, node, output.name), node, record,
                            {"stage": f"output {output.name}", "error": error, "raw": None})
                 status = "failed" if output.name == self.main else status  # the dataset could not take it
                 continue
-            if "messages" in output.fields and "messages" not in lines[output.name]:
+            lines[output.name] = line
+            if "messages" in output.fields and "messages" not in line:
                 self.without_messages[output.name] += 1  # said at the end: such a line trains nothing
-            self.store.append(output.name, (position, *record.order), lines[output.name])
         if node in self.counted:  # a record the dataset took counts as kept, whatever its node called it;
             # one its where: left out is not kept, whatever its node called it (`ok`: not in the dataset)
             self.statuses["kept" if "dataset" in lines else "ok" if status == "kept" else status] += 1

@@ -13,6 +13,7 @@ self-hosted models cost $0. A dollar limit over a model with no known price is r
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ class BudgetReached(ModelCallError):
 # -- checking the spec ----------------------------------------------------------------------------
 
 def _number(checker: Checker, where: tuple, value: Any, integer: bool, what: str) -> float | int | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf  # .nan fails too
     if ok and integer and not float(value).is_integer():
         ok = False
     if not ok:
@@ -127,7 +128,7 @@ def check_price(checker: Checker, where: tuple, raw: Any) -> bool:
     checker.check_keys(where, raw, PRICE_KEYS, ".".join(map(str, where)))
     for key in PRICE_KEYS & set(raw):
         value = raw[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:  # .nan
             checker.error((*where, key), f"{key} must be a non-negative number of dollars, got {value!r}", hint)
     return len(checker.errors) == errors
 
