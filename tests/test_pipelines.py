@@ -309,3 +309,19 @@ def test_a_chat_dataset_never_takes_a_failed_record(scripted):
     counts = result.manifest["counts"]["instructions"]
     assert counts["kept"] == len(dataset) and counts["failed"] == len(failed)
     assert result.manifest["counts"]["without_messages"] == {}
+
+
+def test_a_value_no_json_line_can_hold_fails_its_record_not_the_run(scripted, tmp_path):
+    """`'nan' | float` in an output wrote NaN into the file, which no JSON reader then reads."""
+    spec = {"name": "nan", "prompts": str(REPO / "prompts"), "models": {"strong": {"model": "local"}},
+            "nodes": {"q": {"type": "source", "records": [{"instruction": "Say hi."}, {"instruction": "Say no."}]},
+                      "answer": {"type": "llm", "for_each": "q", "model": "strong", "template": "respond.jinja",
+                                 "inputs": {"instruction": "q.instruction"}, "outputs": ["answer"]}},
+            "outputs": {"dataset": {"from": "answer", "fields": {
+                "id": "record.id", "x": "('nan' if q.instruction == 'Say no.' else '1') | float"}}}}
+    path = tmp_path / "nan.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = scripted(path)
+    assert [json.loads(line)["x"] for line in (result.out / "dataset.jsonl").read_text().splitlines()] == [1.0]
+    (failure,) = lines(result.out / "failures.jsonl")
+    assert "not JSON compliant" in failure["error"] and failure["node"] == "answer"
