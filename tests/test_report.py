@@ -212,3 +212,29 @@ def test_inspect_shows_no_gap_line_for_a_run_without_a_judge():
               "mean_gap_at_last_iteration": None, "calls": {}, "failure_reasons": {}}
     text = format_report(report)
     assert "mean |gap|" not in text and "actions per kept pair 2.00" in text
+
+
+@pytest.mark.parametrize("kind", ["fifo", "empty", "device-like"])
+def test_report_out_never_replaces_what_it_did_not_make(hostile, tmp_path, kind):
+    """`report --out` replaced an empty file, a FIFO and, run as root, /dev/null with a regular file
+    (the check looked at non-empty regular files only); `cache export` did the same."""
+    import os
+
+    from codeclm.programs.artifacts.bundle import export_bundle
+    from codeclm.programs.errors import SpecError
+
+    target = tmp_path / "target"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "empty":
+        target.write_bytes(b"")
+    else:  # a link to nowhere stands for what is not a regular file without needing root for mknod
+        target.symlink_to(tmp_path / "nowhere")
+    for write in (lambda: write_report(hostile, target), lambda: export_bundle(hostile, target)):
+        with pytest.raises(SpecError, match="never writes over"):
+            write()
+        assert target.is_symlink() or (target.exists() and not target.is_dir())
+    if kind == "fifo":
+        assert not target.is_file()
+    elif kind == "empty":
+        assert target.read_bytes() == b""

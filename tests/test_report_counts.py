@@ -142,7 +142,9 @@ def test_records_the_datasets_where_leaves_out_are_not_counted_kept_and_an_empty
         below = CliRunner().invoke(cli.main, [
             "run", spec, "--out", str(tmp_path / "below"), *common,
             "--set", "nodes.good={type: filter, for_each: refine, where: refine.iteration >= 1}",
-            "--set", "outputs.dataset.from=good", "--set", "outputs.dataset.where=refine.exit == 'kept'"])
+            "--set", "outputs.dataset.from=good", "--set", "outputs.dataset.where=refine.exit == 'kept'",
+            # instructions (from refine) read outputs.dataset, which now writes good's records: never a value
+            "--set", "outputs.instructions.fields.record=null"])
     assert empty.exit_code == 1, empty.output
     assert (tmp_path / "empty" / "dataset.jsonl").read_text() == ""
     assert "kept 0 |" in empty.output and "not in the dataset" in empty.output and "(0 pairs)" in empty.output

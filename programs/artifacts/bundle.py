@@ -14,7 +14,7 @@ from ..errors import SpecError, first_clause
 from ..lang.yaml_lines import has_surrogate
 from ..models.cache import CallCache, default_cache_dir, entry_problem, failure_problem, warn
 from .rundata import finished_run_manifest
-from .store import ARTIFACTS, DAMAGED_RUN
+from .store import ARTIFACTS, DAMAGED_RUN, refuse_replacing
 
 
 def run_call_keys(run_dir: Path) -> list[str]:
@@ -172,9 +172,8 @@ def export_bundle(run_dir: Path, bundle: Path, cache_dir: Path | None = None) ->
         cache.close()
     if skipped:
         warn(f"{skipped} entries hold text that is not valid Unicode; left out of the bundle")
-    if bundle.is_file() and bundle.stat().st_size and not _is_bundle(bundle):
-        raise SpecError(str(bundle), "exists and is not a codeclm cache bundle: an export never writes over a file "
-                        "it did not make", hint="pass a new path (or a bundle `codeclm cache export` wrote)")
+    refuse_replacing(bundle, _is_bundle, "a codeclm cache bundle",
+                     "pass a new path (or a bundle `codeclm cache export` wrote)")
     tmp = bundle.with_name(f".{bundle.name}.tmp")
     try:
         with (gzip.open(tmp, "wt", encoding="utf-8") if bundle.suffix == ".gz"

@@ -30,7 +30,15 @@ from . import charts
 from .charts import PALETTE
 from .quality import MAX_PAIRS, NEAR_DUPLICATE, quality_metrics
 from .rundata import RunData, check_intact, has_judge, outcomes, resolved_spec, spec_nodes, status_label
-from .store import REPORT, is_codeclm_report, is_own_run, note_own, write_atomic, writing_beside_runs
+from .store import (
+    REPORT,
+    is_codeclm_report,
+    is_own_run,
+    note_own,
+    refuse_replacing,
+    write_atomic,
+    writing_beside_runs,
+)
 
 MAX_RECORDS = 5000  # records in the browser, at most (the page stays light enough to open)
 MAX_TEXT = 20_000  # characters of one text field in the browser (the artifact keeps it whole)
@@ -54,9 +62,8 @@ def write_report(run_dir: Path, out: Path | str | None = None) -> Path:
     path = Path(out) if out else Path(run_dir) / "report.html"
     if path.is_dir() or str(out or "").endswith(("/", os.sep)):
         path = path / "report.html"
-    if path.is_file() and path.stat().st_size and not is_codeclm_report(path):
-        raise SpecError(str(path), "exists and is not a codeclm report: a report never writes over a file it "
-                        "did not make", hint="pass --out a new path (or a report this command wrote)")
+    refuse_replacing(path, is_codeclm_report, "a codeclm report",
+                     "pass --out a new path (or a report this command wrote)")
     path.parent.mkdir(parents=True, exist_ok=True)
     page = render(run)
     if path.name == REPORT and path.parent.resolve() == Path(run_dir).resolve() and is_own_run(Path(run_dir)):

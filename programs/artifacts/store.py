@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -126,6 +126,20 @@ def is_codeclm_report(path: Path) -> bool:
             return b"<title>codeclm report" in handle.read(4096)
     except OSError:
         return False
+
+
+def refuse_replacing(path: Path, ours: Callable[[Path], bool], what: str, hint: str) -> None:
+    """A file a command writes at a path the user named never replaces what it did not make there: a
+    file `ours` does not recognise (an empty one too), or anything that is not a regular file (a
+    device, a pipe: /dev/null was replaced by a report). SpecError, before anything is written."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not path.is_file():
+        raise SpecError(str(path), f"exists and is not a regular file (a device, a pipe or a broken link): {what} "
+                        "never writes over it", hint=hint)
+    if not ours(path):
+        raise SpecError(str(path), f"exists and is not {what}: it never writes over a file it did not make",
+                        hint=hint)
 
 
 def own_files(folder: Path) -> set[str]:
