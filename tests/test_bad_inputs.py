@@ -724,3 +724,17 @@ def test_export_notes_a_template_damaged_since_the_run(tmp_path, seeds_file, scr
     done = cli("export", str(run), str(tmp_path / "export"), "--no-cache-bundle")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "template improve.jinja changed since the run" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("yaml_text", "kind"), [("description: {1: one, b: two}", "int"),
+                                                 ("description: {true: one}", "bool"),
+                                                 ("description: {on: one}", "bool"),
+                                                 ("description: {~: one}", "null")])
+def test_a_key_that_is_not_text_is_refused_at_its_line(tmp_path, seeds_file, yaml_text, kind):
+    """`1:` as a key validated, then the run made every call and crashed writing its manifest (sort_keys
+    met an int beside a str); in inputs, state or fields too."""
+    path = write_spec(tmp_path, base_spec(seeds_file))
+    path.write_text(path.read_text().replace("description:", "old_description:") + yaml_text + "\n")
+    line = len(path.read_text().splitlines())
+    error = spec_error(path, [])
+    assert f"is not text: YAML reads it as {kind}" in error.message and error.line == line

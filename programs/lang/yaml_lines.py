@@ -131,6 +131,7 @@ def _compose_and_construct(text: str, file: str, what: str = "") -> tuple[yaml.N
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 INT_TAG = "tag:yaml.org,2002:int"
+STR_TAG = "tag:yaml.org,2002:str"
 MAX_INT_DIGITS = sys.get_int_max_str_digits() or 4300  # int() refuses longer digit strings (a ValueError)
 
 
@@ -152,6 +153,17 @@ class _Checker:
             raise self.error(root, f"anchors and aliases expand to more than {MAX_NODES:,} values beyond "
                                    "what is written", "write the values out, or use fewer nested aliases "
                                                       "(an alias bomb?)")
+
+    def check_key(self, key: yaml.Node) -> None:
+        """A key is text: `1:`, `true:` (and YAML 1.1's `on:`, `yes:`) or `~:` read as a number, a bool or
+        null, which every JSON file a run writes refused after all its calls were made."""
+        if key.tag in (STR_TAG, MERGE_TAG):
+            return
+        if not isinstance(key, yaml.ScalarNode):
+            raise self.error(key, "a key is a list or a mapping, not text", "a key is a name: write it as text")
+        kind = key.tag.rsplit(":", 1)[-1]
+        raise self.error(key, f"the key {key.value[:60]!r} is not text: YAML reads it as {kind}",
+                         f"quote it: '{key.value[:60]}': ...")
 
     def size(self, node: yaml.Node) -> int:
         known = self.sizes.get(id(node))
@@ -175,6 +187,7 @@ class _Checker:
         elif isinstance(node, yaml.MappingNode):
             seen: dict[Any, yaml.Node] = {}
             for key_node, value_node in node.value:
+                self.check_key(key_node)
                 if isinstance(key_node, yaml.ScalarNode):
                     key = (key_node.tag, key_node.value)
                     if key in seen:
