@@ -66,7 +66,8 @@ def test_a_template_reaching_for_python_internals_is_refused(tmp_path, seeds_fil
     assert [p for p in found if "respond.jinja" in p and "reaches for '__" in p and "sandbox" in p] == found[:1]
 
 
-@pytest.mark.parametrize("source", ['"x" * 10**10', "[1, 2] * 10**9", "10**9 * 'ab'", "2 ** 100000000"])
+@pytest.mark.parametrize("source", ['"x" * 10**10', "[1, 2] * 10**9", "10**9 * 'ab'", "2 ** 100000000",
+                                    "[1] | batch(10**9, 'x') | list", "[1] | slice(10**9) | list"])
 def test_expressions_that_would_fill_the_memory_are_refused(source):
     """Jinja caps range() alone: `"x" * 10**10` took all the memory of the machine, `2 ** 10**8`
     computes for minutes. Both now stop at once; smaller ones compute."""
@@ -75,6 +76,8 @@ def test_expressions_that_would_fill_the_memory_are_refused(source):
     with pytest.raises(SecurityError, match="more than 1,000,000"):
         Expression(source).evaluate({})
     assert Expression("'ab' * 3").evaluate({}) == "ababab" and Expression("2 ** 10").evaluate({}) == 1024
+    assert Expression("[1, 2, 3] | batch(2, 0) | list").evaluate({}) == [[1, 2], [3, 0]]
+    assert Expression("[1, 2, 3] | slice(2) | list").evaluate({}) == [[1, 2], [3]]
 
 
 def test_a_template_that_would_fill_the_memory_is_refused_at_validate(tmp_path, seeds_file):
@@ -275,3 +278,12 @@ def test_render_gives_a_computed_list_input_a_list():
     # and "<examples>" was shown one character per task)
     shown = CliRunner().invoke(cli.main, ["render", str(REPO / "specs" / "self_instruct.yaml"), "generate_1"])
     assert shown.exit_code == 0 and "Task 1: <human>\\nWrite 8 new tasks" in shown.output, shown.output
+
+
+def test_a_template_nested_past_compiling_is_a_spec_error(tmp_path, seeds_file):
+    """3,000 nested {% if %} was a RecursionError traceback from validate."""
+    spec = spec_with_respond(tmp_path, seeds_file, '{% call message("user") %}' + "{% if true %}" * 3000 + "x"
+                             + "{% endif %}" * 3000 + "{% endcall %}")
+    done = subprocess.run([sys.executable, "-m", "codeclm.cli", "validate", str(spec)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "nested too deeply" in done.stderr, done.stderr

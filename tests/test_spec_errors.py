@@ -664,3 +664,17 @@ def test_a_typo_in_for_each_or_model_suggests_the_name_it_meant(tmp_path, spec_d
     errors = errors_of(path)
     assert any(f"did you mean '{meant}'?" in (e.hint or "") and e.line == line_of(path, f"{key}: {typo}")
                for e in errors), [str(e) for e in errors]
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    (None, "input 'instruction' is empty"),
+    (" ", "an empty expression"),
+    ("(" * 500 + "seeds.instruction" + ")" * 500, "nested too deeply"),
+])
+def test_an_empty_or_unreadable_input_is_a_spec_error_not_a_traceback(tmp_path, spec_data, value, says):
+    """`instruction:` left empty sent the text None in every prompt; `" "` and 500 nested parentheses
+    were tracebacks (TemplateSyntaxError, RecursionError) from validate."""
+    spec_data["nodes"]["encode"]["inputs"]["instruction"] = value
+    path = write_spec(tmp_path, spec_data)
+    assert any(says in e.message for e in errors_of(path)), [str(e) for e in errors_of(path)]
+    assert_cli_reports(cli("validate", str(path)), "spec.yaml:", says)

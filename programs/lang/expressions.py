@@ -102,6 +102,13 @@ def _joined_size(separator: Any, items: Any) -> int:
     return made_size(items) + len(str(separator)) * len(items) if isinstance(items, (list, tuple)) else 0
 
 
+def _batched_size(items: Any, count: Any, fill_with: Any) -> int:
+    size, count = made_size(items), _width(count)
+    if fill_with is None or count < 1:
+        return size
+    return size + count + len(items) // count + 1  # the last batch is filled up to count items
+
+
 def _formatted_size(text: Any, *args: Any, **kwargs: Any) -> int:
     """`"%10s" | format(x)`: the text, its arguments, and every width or precision it asks for."""
     text = str(text)
@@ -117,6 +124,9 @@ _FILTER_SIZES: dict[str, Callable[..., int]] = {
     "join": lambda _ctx, items, separator="", *_, **__: _joined_size(separator, items),
     "replace": lambda _ctx, text, old, new, count=None: _replaced_size(str(text), old, new, count),
     "format": _formatted_size,
+    # `[1] | batch(10**9, 'x')` fills one batch up to 10**9 items; `[1] | slice(10**9)` makes 10**9 lists
+    "batch": lambda items, count, fill_with=None: _batched_size(items, count, fill_with),
+    "slice": lambda _ctx, items, slices, fill_with=None: made_size(items) + _width(slices),
 }
 _STR_METHOD_SIZES: dict[str, Callable[..., int]] = {
     **{name: (lambda text, width, *_: max(len(text), _width(width))) for name in ("center", "ljust", "rjust")},
@@ -206,14 +216,19 @@ class Expression:
 
     def __init__(self, source: str):
         self.source = source
+        if not source.strip():  # `where: ""`: Jinja reads `( )` as an empty tuple, always false
+            raise ExpressionError("an empty expression: write one, or quote a text as 'text'")
         try:
             tree = _ENV.parse(f"{{{{ ({source}) }}}}")
+            check_sandbox(tree, f"expression {source!r}")
+            self._references = _references(tree)
+            # compiled as parsed, in parentheses: `a) ~ (b` parses wrapped and not bare
+            self._compiled = _ENV.compile_expression(f"({source})", undefined_to_none=False)
         except jinja2.TemplateSyntaxError as exc:
             raise ExpressionError(f"expression {source!r} does not parse: {exc.message}") from None
-        check_sandbox(tree, f"expression {source!r}")
-        self._references = _references(tree)
+        except RecursionError:  # 500 nested parentheses
+            raise ExpressionError(f"expression {source[:60]!r}... is nested too deeply to read") from None
         self.numeric_params = _numeric_params(tree)  # params this expression compares or computes with
-        self._compiled = _ENV.compile_expression(source, undefined_to_none=False)
         # Most expressions are a plain path (`augment.use_case`): read it directly, the way the
         # sandbox reads it (an item of a mapping), without a Jinja context per evaluation.
         path = source.strip()

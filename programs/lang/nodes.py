@@ -449,6 +449,9 @@ class NodeReader:
             if not isinstance(raw.get(key), str):
                 self.checker.error(where, f"an llm node needs {key}: (a {'model role' if key == 'model' else 'file'})")
         inputs = self.checker.mapping((*where, "inputs"), raw.get("inputs"), "inputs")
+        for name in [name for name, value in inputs.items() if value is None]:  # `instruction:` left empty
+            self.checker.error((*where, "inputs", name), f"input '{name}' is empty: every prompt would say None",
+                               f"give it an expression ({name}: NODE.FIELD) or a text in quotes ({name}: \"'text'\")")
         parse = self._parse(raw.get("parse", "text"), (*where, "parse"))
         declared = raw.get("outputs", [])
         declared = [declared] if isinstance(declared, str) else declared
