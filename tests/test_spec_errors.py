@@ -678,3 +678,18 @@ def test_an_empty_or_unreadable_input_is_a_spec_error_not_a_traceback(tmp_path, 
     path = write_spec(tmp_path, spec_data)
     assert any(says in e.message for e in errors_of(path)), [str(e) for e in errors_of(path)]
     assert_cli_reports(cli("validate", str(path)), "spec.yaml:", says)
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("params.rubrics=0", "must be a positive integer"),
+    ("nodes.answer_target.parse={name: score, scale: 10}", "must be [low, high]"),
+    ("nodes.answer_target.parse={name: score, scale: [10, 1]}", "must be [low, high]"),
+])
+def test_a_parsers_own_arguments_are_checked_before_the_run(tmp_path, spec_data, override, says):
+    """`parse: {name: score, scale: 10}` validated, and the run failed with a TypeError on every record."""
+    if "answer_target" in override:  # the loop body's node: set where it is
+        override = override.replace("nodes.answer_target", "nodes.refine.body.answer_target")
+        spec_data["nodes"]["refine"]["body"]["answer_target"]["outputs"] = ["score"]
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path, [override])
+    assert any(says in e.message for e in errors), [str(e) for e in errors]

@@ -515,6 +515,9 @@ class _GraphCheck:
             wanted.append(("explode.limit", node.explode.limit, "count"))
         if isinstance(node, DedupNode):
             wanted.append(("threshold", node.threshold, "fraction"))
+        if isinstance(node, LLMNode) and not isinstance(node, JudgeNode):  # a parser's own arguments
+            kinds = {"scale": "scale", "count": "count"}  # score's scale, rubrics' count
+            wanted += [(f"parse.{arg}", value, kinds[arg]) for arg, value in node.parse.args.items() if arg in kinds]
         computed = {key: static_value(self.checker, self.graph.params, node, key, value, kind)
                     for key, value, kind in wanted}
         if isinstance(node, JudgeNode) and not node.pair and computed["unparsable"] == "tie":
