@@ -124,7 +124,7 @@ def test_inspect_summarizes_a_run(tmp_path, seeds_file, scripted):
     text = CliRunner().invoke(cli.main, ["inspect", str(result.out)])
     assert text.exit_code == 0 and "kept by iteration" in text.output
     missing = CliRunner().invoke(cli.main, ["inspect", str(tmp_path)])
-    assert missing.exit_code == 2 and "is this a finished run directory?" in missing.output
+    assert missing.exit_code == 2 and "manifest.json: not found: not a finished run" in missing.output
 
 
 def test_replay_names_the_manifest_for_an_error_in_a_recorded_set(tmp_path):

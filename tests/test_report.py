@@ -238,3 +238,15 @@ def test_report_out_never_replaces_what_it_did_not_make(hostile, tmp_path, kind)
         assert not target.is_file()
     elif kind == "empty":
         assert target.read_bytes() == b""
+
+
+def test_an_empty_manifest_is_named_as_damage_by_report_and_inspect(hostile, tmp_path):
+    """An empty manifest.json made a report (exit 0); inspect said 'a file of this run folder'."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(hostile, run)
+    (run / "manifest.json").write_text("")
+    for command in (["report", str(run), "--out", str(tmp_path / "r.html")], ["inspect", str(run)]):
+        done = CliRunner().invoke(cli.main, command)
+        assert done.exit_code == 2 and "manifest.json:1: damaged: empty" in done.output, done.output

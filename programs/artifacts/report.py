@@ -12,6 +12,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from ..errors import SpecError
 from .quality import format_quality, quality_metrics
 from .rundata import check_intact, damaged_run, declares_histories, outcomes, read_run_json, top_failures
 from .store import ARTIFACTS, read_artifact
@@ -23,8 +24,11 @@ def run_report(run_dir: Path) -> dict[str, Any]:
     manifest = read_run_json(manifest_path) if manifest_path.is_file() else {}
     histories = _codec_histories(run_dir, manifest)
     if histories is None:
-        if not manifest and not (run_dir / ARTIFACTS["instructions"]).is_file():
-            read_artifact(run_dir, "instructions")  # raises: not a run folder, and the error says so
+        if not manifest and not (run_dir / ARTIFACTS["instructions"]).is_file():  # no run, or one not finished
+            raise SpecError(str(manifest_path), "not found: not a finished run (a run writes its manifest last; "
+                            "one stopped before the end has none)",
+                            hint="pass the folder `codeclm run` wrote, e.g. runs/demo; rerun a stopped run to finish "
+                                 "it (its calls come from the cache)")
         return general_report(run_dir, manifest)  # a spec that keeps no CodecLM instruction histories
     counted = (manifest.get("counts") or {}).get("instructions")  # the dataset's view of them, as the run summary
     status = Counter(counted) if isinstance(counted, dict) and counted else Counter(h["status"] for h in histories)

@@ -393,6 +393,8 @@ def _first_damage(paths: Iterable[Path]) -> Exception | None:
         except UnicodeDecodeError as bad:
             line = path.read_bytes()[:bad.start].count(b"\n") + 1
             return SpecError(str(path), f"damaged: not UTF-8 (byte {bad.start})", line=line, hint=DAMAGE_HINT)
+        if path.suffix == ".json" and not text.strip():  # a JSON file is one object: empty is damage, not none
+            return SpecError(str(path), "damaged: empty", line=1, hint=DAMAGE_HINT)
         chunks = [text] if path.suffix == ".json" else text.splitlines()
         for number, chunk in enumerate(chunks, 1):
             if not chunk.strip():
