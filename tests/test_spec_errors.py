@@ -693,3 +693,16 @@ def test_a_parsers_own_arguments_are_checked_before_the_run(tmp_path, spec_data,
     path = write_spec(tmp_path, spec_data)
     errors = errors_of(path, [override])
     assert any(says in e.message for e in errors), [str(e) for e in errors]
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("description=[1]", "description must be text"),
+    ("cache=[1]", "cache must be text"),
+    ("models.strong.retries=1000000000", "retries"),
+    ("outputs.metadata.from=[encode, encode]", "lists 'encode' twice in from:"),
+])
+def test_values_a_run_would_misuse_are_refused(tmp_path, spec_data, override, says):
+    """`cache: [1]` made a folder named [1]; a billion retries retried a broken server for ever;
+    `from: [polish, polish]` wrote every record twice. Each validated."""
+    errors = errors_of(write_spec(tmp_path, spec_data), [override])
+    assert any(says in e.message for e in errors), [str(e) for e in errors]

@@ -661,6 +661,10 @@ class NodeReader:
             self.checker.error(where, f"output '{name}' needs from: (the node, or a list of nodes, whose records "
                                "it writes)")
             return None
+        if len(set(sources)) < len(sources):  # `from: [polish, polish]` wrote every record twice
+            twice = next(x for x in sources if sources.count(x) > 1)
+            self.checker.error((*where, "from"), f"output '{name}' lists '{twice}' twice in from:",
+                               "list each node once")
         fields = self.checker.mapping((*where, "fields"), raw.get("fields"), "fields")
         if not fields:
             self.checker.error(where, f"output '{name}' needs fields: (what each line holds)")

@@ -278,6 +278,9 @@ class Checker:
             self.error(("executor",), f"executor must be one of {', '.join(EXECUTORS)}, got {data['executor']!r}")
         if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
             self.error(("seed",), "seed must be an integer")
+        for key, what in (("description", "free text"), ("cache", "a folder"), ("prompts", "a folder")):
+            if key in data and not isinstance(data[key], str):  # `cache: [1]` became the folder "[1]"
+                self.error((key,), f"{key} must be text ({what}), got {data[key]!r}"[:200])
         name = self.name()
         if name.strip() in ("", ".") or ".." in name or "/" in name or "\\" in name or not name.isprintable():
             self.error(("name",), f"name must be a plain name (it names the run folder runs/NAME), got {name!r}",
@@ -405,7 +408,7 @@ class Checker:
                 reported.add(key)
         # no model writes or reads a million tokens at once; more only made the dry run's estimate
         # build that much text (an OverflowError past the index size)
-        for key, whole, low, high in (("max_tokens", True, 1, 1_000_000), ("retries", True, 0, None),
+        for key, whole, low, high in (("max_tokens", True, 1, 1_000_000), ("retries", True, 0, 100),
                                       ("n_ctx", True, 1, 1_000_000), ("timeout", False, 0, None),
                                       ("top_p", False, 0, 1), ("rpm", False, 0, None)):
             value = getattr(spec, key)
