@@ -157,6 +157,18 @@ def _yaml_float(value: float) -> str:
     return text if "." in text or "e" not in text else text.replace("e", ".0e", 1)
 
 
+class _Folder(click.Path):
+    """A folder option: an empty value (`--cache-dir "$UNSET"`) is refused, not read as the current folder."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path (an unset shell variable?): name a folder, or leave the option out", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+FOLDER = _Folder(file_okay=False, path_type=Path)
+
+
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     """A number option that must be finite (FloatRange lets nan and inf through)."""
     if value is not None and not math.isfinite(value):
@@ -216,14 +228,14 @@ def init(folder: Path) -> None:
 @click.argument("spec", type=click.Path())
 @click.option("--seeds", type=click.Path(dir_okay=False, path_type=Path), help="Seed file (JSONL, CSV or text); "
               "replaces the path of the spec's source node (when it reads one file).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=FOLDER,
               help="Run directory [default: runs/NAME; with --replay, runs/NAME-replay].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any spec field, e.g. --set params.threshold=2 --set models.strong.model=openai/gpt-4o.")
 @click.option("--limit", type=click.IntRange(min=1),
               help="Use only the first N records of each file the spec reads (records written in the spec: all).")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight per model (overrides the spec).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("--cache-dir", type=FOLDER, help=CACHE_DIR_HELP)
 @click.option("--replay", is_flag=True, help="Cache read-only, no model contacted; a miss exits 3.")
 @click.option("--refresh", is_flag=True, help="Call the models again and overwrite the cache (not with --replay).")
 @click.option("--dry-run", is_flag=True, help="Estimate before spending: per node and model, the calls (at most), "
@@ -302,9 +314,9 @@ def _write_report(run_dir: Path) -> Path | None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=FOLDER,
               help="Where to write the replayed run [default: RUN_DIR-replay].")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--cache-dir", type=FOLDER,
               help="Cache folder (default: the one the run used, as its manifest recorded it).")
 @reports_errors
 @reads_run
@@ -388,11 +400,11 @@ def _changed_since(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
               help="Model role under test: a key of the spec's models (add one with --set).")
 @click.option("--reference", default="strong", show_default=True, help="Model role to compare with.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N items of each benchmark.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=FOLDER,
               help="Where to write eval.jsonl and eval.json [default: runs/NAME-eval-CANDIDATE].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight per model (overrides the spec).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("--cache-dir", type=FOLDER, help=CACHE_DIR_HELP)
 @click.option("--replay", "mode", flag_value="replay", help="Cache read-only, no model contacted; a miss exits 3.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @reports_errors
@@ -460,7 +472,7 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
               help="Where to save the tuned node: a .json file, or a folder that gets NODE.json "
                    "[default: runs/NAME-optimize/NODE.json].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("--cache-dir", type=FOLDER, help=CACHE_DIR_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines, nor DSPy's own logs and progress bars.")
 @reports_errors
 def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, optimizer: str, metric: str | None,
@@ -520,9 +532,9 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
 @click.option("--seeds", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Seeds for both runs.")
 @click.option("--limit", type=click.IntRange(min=1), help="Records read per file source.")
 @click.option("--samples", type=click.IntRange(min=100), default=2000, show_default=True, help="Bootstrap resamples.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=FOLDER,
               help="Folder for both runs and the verdicts [default: runs/NAME-compare].")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("--cache-dir", type=FOLDER, help=CACHE_DIR_HELP)
 @click.option("--replay", "mode", flag_value="replay", help="Cache read-only, no model contacted; a miss exits 3.")
 @reports_errors
 def compare(spec_a: str, spec_b: str | None, set_both: tuple[str, ...], set_a: tuple[str, ...],
@@ -595,7 +607,7 @@ def inspect(run_dir: Path, as_json: bool) -> None:
               help="Language of the data, repeatable [default: en].")
 @click.option("--pretty-name", help="The card's title [default: the spec's name].")
 @click.option("--no-cache-bundle", is_flag=True, help="Leave out pipeline/calls.jsonl.gz, the run's cached calls.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--cache-dir", type=FOLDER,
               help="Where the run's calls are cached [default: the folder its manifest names].")
 @reports_errors
 @reads_run
@@ -772,7 +784,7 @@ def cache() -> None:
 
 
 @cache.command("stats")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=SHARED_CACHE_HELP)
+@click.option("--cache-dir", type=FOLDER, help=SHARED_CACHE_HELP)
 @reports_errors
 def cache_stats(cache_dir: Path | None) -> None:
     """Entries, size on disk and entries per model (reads the cache read-only)."""
@@ -791,7 +803,7 @@ def cache_stats(cache_dir: Path | None) -> None:
 
 @cache.command("clear")
 @click.option("--model", help="Clear only this model's entries (as `cache stats` names it).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=SHARED_CACHE_HELP)
+@click.option("--cache-dir", type=FOLDER, help=SHARED_CACHE_HELP)
 @click.option("--yes", is_flag=True, help="Do not ask before deleting.")
 @reports_errors
 def cache_clear(model: str | None, cache_dir: Path | None, yes: bool) -> None:
@@ -813,7 +825,7 @@ def cache_clear(model: str | None, cache_dir: Path | None, yes: bool) -> None:
 @cache.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--cache-dir", type=FOLDER,
               help="Cache folder (default: the one the run's manifest names).")
 @reports_errors
 def cache_export(run_dir: Path, bundle: Path, cache_dir: Path | None) -> None:
@@ -826,7 +838,7 @@ def cache_export(run_dir: Path, bundle: Path, cache_dir: Path | None) -> None:
 
 @cache.command("import")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=SHARED_CACHE_HELP)
+@click.option("--cache-dir", type=FOLDER, help=SHARED_CACHE_HELP)
 @reports_errors
 def cache_import(bundle: Path, cache_dir: Path | None) -> None:
     """Load a bundle written by `cache export` into the cache."""

@@ -164,3 +164,12 @@ def test_replay_says_first_what_changed_since_the_run(tmp_path, seeds_file):
         handle.write("\nBe brief.\n")
     edited = CliRunner().invoke(cli.main, ["replay", run, "--out", str(tmp_path / "again"), "--cache-dir", cache])
     assert "warning: changed since the run: templates improve.jinja" in edited.output, edited.output
+
+
+def test_an_empty_folder_option_is_refused_not_read_as_here(tmp_path, monkeypatch):
+    """`--cache-dir ''` (an unset shell variable) made cache.db in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    for command in (["cache", "stats", "--cache-dir", ""], ["cache", "clear", "--cache-dir", " ", "--yes"]):
+        done = CliRunner().invoke(cli.main, command)
+        assert done.exit_code == 2 and "an empty path" in done.output, done.output
+    assert list(tmp_path.iterdir()) == []
