@@ -77,6 +77,11 @@ def tally(verdicts: list[str]) -> dict[str, Any]:
 def evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None = None) -> EvalResult:
     """Answer, judge and tally every benchmark item; write eval.jsonl and eval.json."""
     pairwise_judge(spec)  # first: without one, no --set of a role could make the spec evaluable
+    stems = [path.stem for path in options.benchmarks]  # a benchmark is named by its file's stem in the tally
+    twice = next((stem for stem in stems if stems.count(stem) > 1), None)
+    if twice is not None:
+        raise SpecError(twice, f"two benchmark files are named '{twice}': their items would be counted as one "
+                        "benchmark, each item twice if it is the same file", hint="give each file once, or rename one")
     for role in (options.candidate, options.reference):
         if role not in spec.models:
             raise SpecError(str(spec.path), f"no model role '{role}' to evaluate",

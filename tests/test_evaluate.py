@@ -164,3 +164,12 @@ def test_cli_on_the_paper_benchmarks_through_the_fake_server(tmp_path):
     assert rows["all"][1] == "8"
     summary = json.loads((tmp_path / "eval" / "eval.json").read_text())["summary"]
     assert summary["all"]["items"] == 8 and summary["all"]["failed"] == 0
+
+
+def test_the_same_benchmark_twice_is_refused(tmp_path, seeds_file):
+    """Given twice (or two files of one stem), a benchmark's items were merged and counted twice."""
+    from codeclm.programs.errors import SpecError
+
+    spec = load_spec(write_spec(tmp_path, base_spec(seeds_file)))
+    with pytest.raises(SpecError, match="two benchmark files are named"):
+        evaluate(spec, EvalOptions(benchmarks=[seeds_file, seeds_file], candidate="target"))
