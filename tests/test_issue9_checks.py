@@ -296,7 +296,9 @@ def test_report_and_cache_export_never_write_over_a_file_they_did_not_make(tmp_p
 
 
 @pytest.mark.parametrize(("content", "message"), [("root:x:0:0:root:/root:/bin/bash\n", "is not a program"),
-                                                  ('{"predict": 5}', "not a program `codeclm optimize` saved")])
+                                                  ('{"predict": 5}', "not a program `codeclm optimize` saved"),
+                                                  ('{"predict": {"signature": {"instructions": "x"}, "lm": null}}',
+                                                   "no 'metadata.dependency_versions'")])
 def test_a_program_file_that_is_not_a_saved_program_is_exit_2(tmp_path, seeds_file, content, message):
     """`program: /etc/passwd` was a traceback from DSPy's loader."""
     program = tmp_path / "program.json"

@@ -40,6 +40,10 @@ def _program_problem(path: Path) -> str | None:
         return f"it is not JSON ({type(exc).__name__})"
     if not isinstance(state, dict):
         return "it is not a JSON object"
+    metadata = state.get("metadata")  # DSPy's loader reads metadata.dependency_versions, each a known package
+    versions = metadata.get("dependency_versions") if isinstance(metadata, dict) else None
+    if not isinstance(versions, dict) or not set(versions) <= {"python", "dspy", "cloudpickle"}:
+        return "it has no 'metadata.dependency_versions' of python, dspy and cloudpickle (what optimize saves)"
     predict = state.get("predict")
     if not isinstance(predict, dict):
         return "it has no 'predict' mapping (the tuned predictor)"
