@@ -113,7 +113,8 @@ def test_an_output_name_past_a_file_name_is_refused_at_its_line(tmp_path, seeds_
 PROGRAM = {"predict": {"traces": [], "train": [], "demos": [{"instruction": "Sort a list.", "use_case": "code"}],
                        "signature": {"instructions": "Analyze.", "fields": [{"prefix": "Instruction:",
                                                                              "description": "${instruction}"}]},
-                       "lm": None}, "codeclm": {"node": "encode"}}
+                       "lm": None}, "codeclm": {"node": "encode"},
+           "metadata": {"dependency_versions": {"python": "3.11", "dspy": "3.4.1", "cloudpickle": "3.1"}}}
 
 
 @pytest.mark.parametrize(("edit", "message"), [
