@@ -833,6 +833,10 @@ def cache_export(run_dir: Path, bundle: Path, cache_dir: Path | None) -> None:
     from codeclm.programs.artifacts.bundle import export_bundle
 
     count = export_bundle(run_dir, bundle, cache_dir)
+    if not count:
+        click.secho(f"nothing exported: the cache holds none of {run_dir}'s calls (cleared, or another --cache-dir?); "
+                    f"{bundle} not written", fg="yellow", err=True)
+        sys.exit(1)
     click.echo(f"exported {count} calls to {bundle}")
 
 

@@ -80,8 +80,10 @@ def evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None = None) -> E
     stems = [path.stem for path in options.benchmarks]  # a benchmark is named by its file's stem in the tally
     twice = next((stem for stem in stems if stems.count(stem) > 1), None)
     if twice is not None:
-        raise SpecError(twice, f"two benchmark files are named '{twice}': their items would be counted as one "
-                        "benchmark, each item twice if it is the same file", hint="give each file once, or rename one")
+        paths = [str(path) for path in options.benchmarks if path.stem == twice]
+        raise SpecError(paths[-1], f"two benchmark files are named '{twice}' ({', '.join(dict.fromkeys(paths))}): "
+                        "their items would be counted as one benchmark, each item twice if it is the same file",
+                        hint="give each file once, or rename one")
     for role in (options.candidate, options.reference):
         if role not in spec.models:
             raise SpecError(str(spec.path), f"no model role '{role}' to evaluate",

@@ -316,3 +316,12 @@ def test_a_servers_token_count_that_is_not_a_count_is_zero(sent, kept):
 
     completion = Completion("text", "stop", sent, sent)
     assert (completion.prompt_tokens, completion.completion_tokens) == (kept, kept)
+
+
+def test_a_json_number_past_a_float_is_a_parse_error():
+    from codeclm.programs.lang.parsing import PARSERS
+
+    with pytest.raises(ParseError, match="past what a float holds"):
+        PARSERS["json"].read('{"answer": 1e400}', ["answer"])
+    with pytest.raises(ParseError, match="^the JSON holds NaN"):  # said once, not inside "unreadable JSON: ..."
+        PARSERS["json"].read('{"answer": NaN}', ["answer"])

@@ -250,3 +250,15 @@ def test_an_empty_manifest_is_named_as_damage_by_report_and_inspect(hostile, tmp
     for command in (["report", str(run), "--out", str(tmp_path / "r.html")], ["inspect", str(run)]):
         done = CliRunner().invoke(cli.main, command)
         assert done.exit_code == 2 and "manifest.json:1: damaged: empty" in done.output, done.output
+
+
+def test_an_export_of_no_calls_writes_no_bundle(hostile, tmp_path):
+    """An export with nothing in the cache wrote an empty file, which the next export refused as not
+    a bundle: now it writes nothing (the CLI says so, exit 1)."""
+    from codeclm.programs.artifacts.bundle import export_bundle
+
+    target = tmp_path / "calls.jsonl"
+    assert export_bundle(hostile, target, tmp_path / "empty-cache") == 0 and not target.exists()
+    done = CliRunner().invoke(cli.main, ["cache", "export", str(hostile), str(target),
+                                         "--cache-dir", str(tmp_path / "empty-cache")])
+    assert done.exit_code == 1 and "nothing exported" in done.output and not target.exists()

@@ -706,3 +706,27 @@ def test_values_a_run_would_misuse_are_refused(tmp_path, spec_data, override, sa
     `from: [polish, polish]` wrote every record twice. Each validated."""
     errors = errors_of(write_spec(tmp_path, spec_data), [override])
     assert any(says in e.message for e in errors), [str(e) for e in errors]
+
+
+def test_review_of_the_new_checks_keeps_what_was_valid(tmp_path, spec_data):
+    """What the checks added this session must still accept: an empty description: or cache: (the
+    default), number keys in a model's extra (logit_bias), and outputs.NAME read by an output whose
+    from: shares a node with NAME's."""
+    spec_data["description"] = None
+    spec_data["cache"] = None
+    spec_data["models"]["strong"]["extra"] = {"logit_bias": {50256: -100}}
+    spec_data["outputs"]["both"] = {"from": ["refine", "decode"], "fields": {"id": "record.id",
+                                                                           "row": "outputs.dataset"}}
+    load_spec(write_spec(tmp_path, spec_data))
+    spec_data["models"]["strong"]["extra"] = {1: 2}  # extra's own keys are request fields: text
+    errors = errors_of(write_spec(tmp_path, spec_data))
+    assert any("the key '1' is not text" in e.message for e in errors), [str(e) for e in errors]
+
+
+@pytest.mark.parametrize("source", ["1, 2", "a ) ( b", "seeds.instruction) ~ (seeds.instruction",
+                                    " + ".join(["seeds.instruction"] * 210)])
+def test_an_expression_that_parses_only_in_parentheses_or_does_not_compile_is_refused(source):
+    from codeclm.programs.lang.expressions import Expression, ExpressionError
+
+    with pytest.raises(ExpressionError):
+        Expression(source)

@@ -174,6 +174,8 @@ def export_bundle(run_dir: Path, bundle: Path, cache_dir: Path | None = None) ->
         warn(f"{skipped} entries hold text that is not valid Unicode; left out of the bundle")
     refuse_replacing(bundle, _is_bundle, "a codeclm cache bundle",
                      "pass a new path (or a bundle `codeclm cache export` wrote)")
+    if not lines:  # no file: an empty one would look like no bundle to the next export, which refuses it
+        return 0
     tmp = bundle.with_name(f".{bundle.name}.tmp")
     try:
         with (gzip.open(tmp, "wt", encoding="utf-8") if bundle.suffix == ".gz"

@@ -89,7 +89,7 @@ from ..models.hub import CallContext, ModelHub, _LoopState, is_recorded_failure
 from ..models.pricing import cost_of
 from ..redact import redact_text
 from .llm import build_modules
-from .nodes import NodeRunner
+from .nodes import NodeRunner, check_source_files
 from .progress import Progress
 from .records import Record
 from .run import Engine, RunOptions, RunResult, Window, check_keys, gc_for_runs, raise_open_file_limit, run_gc
@@ -720,8 +720,9 @@ def run_on_ray(spec: Spec, options: RunOptions) -> RunResult:
     if getattr(spec, "budget", None) is not None and options.cache_mode != "replay":
         raise SpecError("--executor", "a budget is enforced by the local executor only, not yet on Ray",
                         hint="drop --executor ray, or the budget (budget:, --budget-usd, --budget-tokens)")
+    check_source_files(spec, options.seeds)  # as the local executor does, before a worker starts
     if options.cache_mode in ("live", "refresh"):
-        check_keys(spec)  # as the local executor does, before a worker starts
+        check_keys(spec)
     raise_open_file_limit()
     ray = import_ray()
     started = False

@@ -222,12 +222,13 @@ class Expression:
             tree = _ENV.parse(f"{{{{ ({source}) }}}}")
             check_sandbox(tree, f"expression {source!r}")
             self._references = _references(tree)
-            # compiled as parsed, in parentheses: `a) ~ (b` parses wrapped and not bare
-            self._compiled = _ENV.compile_expression(f"({source})", undefined_to_none=False)
+            # bare, as written: `1, 2` or `a) ~ (b` parse only inside the parentheses above, and are refused
+            self._compiled = _ENV.compile_expression(source, undefined_to_none=False)
         except jinja2.TemplateSyntaxError as exc:
             raise ExpressionError(f"expression {source!r} does not parse: {exc.message}") from None
-        except RecursionError:  # 500 nested parentheses
-            raise ExpressionError(f"expression {source[:60]!r}... is nested too deeply to read") from None
+        except (RecursionError, SyntaxError, MemoryError):  # 500 nested parentheses; 200 terms of `+`
+            raise ExpressionError(f"expression {source[:60]!r}... is too long or nested too deeply to "
+                                  "compile") from None
         self.numeric_params = _numeric_params(tree)  # params this expression compares or computes with
         # Most expressions are a plain path (`augment.use_case`): read it directly, the way the
         # sandbox reads it (an item of a mapping), without a Jinja context per evaluation.

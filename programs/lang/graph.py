@@ -424,12 +424,11 @@ class _GraphCheck:
                            "fields from the nodes instead")
                 continue
             other = graph.outputs[ref.field].sources
-            elsewhere = [source for source in output.sources if source not in other]
-            if elsewhere:  # outputs.NAME is the line the same record wrote there: a record of another node never did
+            if not set(other) & set(output.sources):  # the line the same record wrote there: none ever did
                 self.error((*output.where_path, *key.split(".")), f"output '{output.name}' {key} reads "
                            f"outputs.{ref.field}, which writes records of {', '.join(other)}, not of "
-                           f"{', '.join(elsewhere)}: it would never have a value",
-                           f"read it from an output of the same from: ({', '.join(elsewhere)}), or read the "
+                           f"{', '.join(output.sources)}: it would never have a value",
+                           f"read it in an output whose from: shares a node with {ref.field}'s, or read the "
                            "fields from the nodes instead")
 
     # -- per-type details -------------------------------------------------------------------------

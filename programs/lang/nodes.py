@@ -40,10 +40,13 @@ def _program_problem(path: Path) -> str | None:
         return f"it is not JSON ({type(exc).__name__})"
     if not isinstance(state, dict):
         return "it is not a JSON object"
-    metadata = state.get("metadata")  # DSPy's loader reads metadata.dependency_versions, each a known package
+    from dspy.primitives.base_module import get_dependency_versions  # only where a spec names a program
+
+    metadata = state.get("metadata")  # DSPy's loader reads metadata.dependency_versions, each a package it knows
     versions = metadata.get("dependency_versions") if isinstance(metadata, dict) else None
-    if not isinstance(versions, dict) or not set(versions) <= {"python", "dspy", "cloudpickle"}:
-        return "it has no 'metadata.dependency_versions' of python, dspy and cloudpickle (what optimize saves)"
+    known = set(get_dependency_versions())
+    if not isinstance(versions, dict) or not set(versions) <= known:
+        return f"it has no 'metadata.dependency_versions' of {', '.join(sorted(known))} (what optimize saves)"
     predict = state.get("predict")
     if not isinstance(predict, dict):
         return "it has no 'predict' mapping (the tuned predictor)"
@@ -415,7 +418,8 @@ class NodeReader:
             what = "is not a file (a folder, a pipe or a device)" if path.exists() else "does not exist"
             self.checker.missing_files.append(self.checker.located(
                 (*where, "path"), f"source '{common['name']}' reads {path}, which {what}",
-                "path: is relative to the spec's folder; or pass --seeds FILE to read another file"))
+                f"path: is relative to the spec's folder; or give another file: --set nodes.{common['name']}.path=FILE "
+                "(run: --seeds FILE)"))
         return SourceNode(**common, path=path, records=records, fields={str(k): str(v) for k, v in fields.items()},
                           id_field=raw.get("id_field", "id"))
 

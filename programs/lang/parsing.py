@@ -51,8 +51,10 @@ def _json(text: str, outputs: list[str]) -> dict[str, Any]:
     fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
     body = fenced.group(1) if fenced else text[text.find("{"): text.rfind("}") + 1]
     try:
-        value = json.loads(body, parse_constant=_refuse_constant)
+        value = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
         json.dumps(value, ensure_ascii=False).encode("utf-8")  # a "\ud800" escape: not text any file can hold
+    except ParseError:
+        raise
     except json.JSONDecodeError as exc:
         raise ParseError(f"not a JSON object: {exc.msg}") from None
     except RecursionError:
@@ -72,6 +74,14 @@ def _json(text: str, outputs: list[str]) -> dict[str, Any]:
 def _refuse_constant(name: str) -> None:
     """NaN and Infinity, which Python's json reads but no JSON file may hold (the run's lines would not be JSON)."""
     raise ParseError(f"the JSON holds {name}, which is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; 1e400 (infinity once read) is no number a file can hold."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ParseError(f"the JSON holds {text[:40]}, past what a float holds")
+    return value
 
 
 def _score(text: str, outputs: list[str], scale: list[float] | None = None) -> float:

@@ -279,7 +279,7 @@ class Checker:
         if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
             self.error(("seed",), "seed must be an integer")
         for key, what in (("description", "free text"), ("cache", "a folder"), ("prompts", "a folder")):
-            if key in data and not isinstance(data[key], str):  # `cache: [1]` became the folder "[1]"
+            if data.get(key) is not None and not isinstance(data[key], str):  # `cache: [1]` made a folder "[1]"
                 self.error((key,), f"{key} must be text ({what}), got {data[key]!r}"[:200])
         name = self.name()
         if name.strip() in ("", ".") or ".." in name or "/" in name or "\\" in name or not name.isprintable():

@@ -70,8 +70,8 @@ def _load(store: TemplateStore, name: str) -> StageTemplate:
     except UnicodeDecodeError:  # a template that is not UTF-8: the same located error as a spec's
         decode_utf8(store.path_of(name).read_bytes(), str(store.path_of(name)))
         raise
-    except RecursionError:  # thousands of nested {% if %}: Jinja's compiler recurses per level
-        raise SpecError(str(store.path_of(name)), "template nested too deeply to compile",
+    except (RecursionError, SyntaxError, MemoryError):  # thousands of nested {% if %}, 200 terms of `+`
+        raise SpecError(str(store.path_of(name)), "template too long or nested too deeply to compile",
                         hint="a prompt needs a few levels of {% if %} and {% for %}, not thousands") from None
 
 

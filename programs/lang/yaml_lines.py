@@ -56,7 +56,7 @@ def load_value(text: str, what: str) -> Any:
     """The YAML value of a `--set KEY=VALUE` (`what`: "--set KEY"), with the same checks as a file;
     an error names the --set, not a line of the spec (the value is not in it)."""
     try:
-        _, data = _compose_and_construct(text, what)
+        _, data = _compose_and_construct(text, what, at=tuple(what.removeprefix("--set ").split(".")))
     except SpecError as exc:
         raise SpecError(what, exc.message, hint="the value is read as YAML: quote it to make it text, e.g. "
                         f"{what}='\"{text}\"'" if "invalid YAML" in exc.message else exc.hint) from None
@@ -102,14 +102,14 @@ _Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_st
 NOT_JSON_TAGS = {f"tag:yaml.org,2002:{name}": name for name in ("binary", "set", "omap", "pairs")}
 
 
-def _compose_and_construct(text: str, file: str, what: str = "") -> tuple[yaml.Node | None, Any]:
+def _compose_and_construct(text: str, file: str, what: str = "", at: Path_ = ()) -> tuple[yaml.Node | None, Any]:
     prefix = f"{what}: " if what else ""
     loader = None
     try:
         loader = _Loader(text)
         node = loader.get_single_node()
         if node is not None:
-            _Checker(file, prefix).check(node)
+            _Checker(file, prefix).check(node, at)
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -147,18 +147,34 @@ class _Checker:
     def error(self, node: yaml.Node, message: str, hint: str) -> SpecError:
         return SpecError(self.file, self.prefix + message, line=node.start_mark.line + 1, hint=hint)
 
-    def check(self, root: yaml.Node) -> None:
+    def check(self, root: yaml.Node, at: Path_ = ()) -> None:
+        """`at`: where the root sits in a spec (a --set value's key path), for the key rule."""
         self.limit = _written(root) + MAX_NODES  # what the text holds, plus at most MAX_NODES from aliases
         if self.size(root) > self.limit:
             raise self.error(root, f"anchors and aliases expand to more than {MAX_NODES:,} values beyond "
                                    "what is written", "write the values out, or use fewer nested aliases "
                                                       "(an alias bomb?)")
+        self.check_keys(root, at, set())  # bounded: the size check above bounds the walk
 
-    def check_key(self, key: yaml.Node) -> None:
-        """A key is text: `1:`, `true:` (and YAML 1.1's `on:`, `yes:`) or `~:` read as a number, a bool or
-        null, which every JSON file a run writes refused after all its calls were made."""
-        if key.tag in (STR_TAG, MERGE_TAG):
+    def check_keys(self, node: yaml.Node, at: Path_, seen: set[tuple[int, Path_]]) -> None:
+        """Every key is text, except numbers inside a model's `extra:` (`logit_bias: {50256: -100}`), which
+        JSON sends as text. `1:`, `true:` (YAML 1.1's `on:`, `yes:` too) or `~:` elsewhere read as a number,
+        a bool or null, which every JSON file a run writes refused after all its calls were made."""
+        if (id(node), at) in seen:
             return
+        seen.add((id(node), at))
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.check_keys(item, (*at, index), seen)
+        if not isinstance(node, yaml.MappingNode):
+            return
+        numbers = "extra" in at[:-1] and all(k.tag == INT_TAG for k, _ in node.value)  # below extra's own keys
+        for key, value in node.value:
+            if key.tag not in (STR_TAG, MERGE_TAG) and not numbers:
+                self.refuse_key(key)
+            self.check_keys(value, (*at, str(key.value) if isinstance(key, yaml.ScalarNode) else "?"), seen)
+
+    def refuse_key(self, key: yaml.Node) -> None:
         if not isinstance(key, yaml.ScalarNode):
             raise self.error(key, "a key is a list or a mapping, not text", "a key is a name: write it as text")
         kind = key.tag.rsplit(":", 1)[-1]
@@ -187,7 +203,6 @@ class _Checker:
         elif isinstance(node, yaml.MappingNode):
             seen: dict[Any, yaml.Node] = {}
             for key_node, value_node in node.value:
-                self.check_key(key_node)
                 if isinstance(key_node, yaml.ScalarNode):
                     key = (key_node.tag, key_node.value)
                     if key in seen:
