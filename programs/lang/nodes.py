@@ -40,13 +40,10 @@ def _program_problem(path: Path) -> str | None:
         return f"it is not JSON ({type(exc).__name__})"
     if not isinstance(state, dict):
         return "it is not a JSON object"
-    from dspy.primitives.base_module import get_dependency_versions  # only where a spec names a program
-
-    metadata = state.get("metadata")  # DSPy's loader reads metadata.dependency_versions, each a package it knows
+    metadata = state.get("metadata")  # DSPy's loader reads metadata.dependency_versions (package -> version)
     versions = metadata.get("dependency_versions") if isinstance(metadata, dict) else None
-    known = set(get_dependency_versions())
-    if not isinstance(versions, dict) or not set(versions) <= known:
-        return f"it has no 'metadata.dependency_versions' of {', '.join(sorted(known))} (what optimize saves)"
+    if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
+        return "it has no 'metadata.dependency_versions' (package versions, which optimize saves)"
     predict = state.get("predict")
     if not isinstance(predict, dict):
         return "it has no 'predict' mapping (the tuned predictor)"
