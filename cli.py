@@ -157,16 +157,16 @@ def _yaml_float(value: float) -> str:
     return text if "." in text or "e" not in text else text.replace("e", ".0e", 1)
 
 
-class _Folder(click.Path):
-    """A folder option: an empty value (`--cache-dir "$UNSET"`) is refused, not read as the current folder."""
+class _NamedPath(click.Path):
+    """A path option: an empty value (`--cache-dir "$UNSET"`) is refused, not read as the current folder."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and not value.strip():
-            self.fail("an empty path (an unset shell variable?): name a folder, or leave the option out", param, ctx)
+            self.fail("an empty path (an unset shell variable?): name one, or leave the option out", param, ctx)
         return super().convert(value, param, ctx)
 
 
-FOLDER = _Folder(file_okay=False, path_type=Path)
+FOLDER = _NamedPath(file_okay=False, path_type=Path)
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -468,7 +468,7 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
 @click.option("--max-metric-calls", type=click.IntRange(min=1), help="gepa: the budget, in metric calls.")
 @click.option("--auto", type=click.Choice(["light", "medium", "heavy"]),
               help="gepa/mipro: a budget level [default for gepa without --max-metric-calls: light].")
-@click.option("--out", type=click.Path(path_type=Path),
+@click.option("--out", type=_NamedPath(path_type=Path),
               help="Where to save the tuned node: a .json file, or a folder that gets NODE.json "
                    "[default: runs/NAME-optimize/NODE.json].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
@@ -587,8 +587,9 @@ def compare(spec_a: str, spec_b: str | None, set_both: tuple[str, ...], set_a: t
 @reports_errors
 @reads_run
 def inspect(run_dir: Path, as_json: bool) -> None:
-    """Summarize a finished run: what was kept, from which iteration and model,
-    the judge's gaps, and the most common failures."""
+    """Summarize a finished run: its records by status, and where the spec has them, what was kept
+    from which iteration and model and the judge's gaps; the calls, the most common failures and
+    the data-quality figures."""
     from codeclm.programs.artifacts.report import format_report, run_report
 
     report = run_report(run_dir)
@@ -657,7 +658,7 @@ def export(run_dir: Path, dest: Path, repo: str | None, private: bool, license_i
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=True),  # a str: Path would drop the trailing slash that means a folder
+@click.option("--out", type=_NamedPath(dir_okay=True),  # a str: Path would drop the trailing slash that means a folder
               help="Where to write the page [default: RUN_DIR/report.html]; a folder (one that exists, or a path "
                    "ending in /) gets report.html inside.")
 @click.option("--open", "open_it", is_flag=True, help="Open the page in your web browser when written.")
@@ -667,15 +668,16 @@ def report(run_dir: Path, out: str | None, open_it: bool) -> None:
     """Write RUN_DIR's report: one HTML file that opens offline, to look at a run.
 
     \b
-    It shows:
-      funnel        seeds, metadata, pool, instructions; kept, dropped, failed
-      kept pairs    by iteration, and whose answer was kept
+    It shows, each section where the run has data for it:
+      funnel        records per node: made, kept, dropped, failed, filtered
+      kept pairs    by iteration, and whose answer was kept (a loop's dataset)
       judge         gap histogram with the threshold, each answer's score shown
                     first and second (position bias), order agreement
       coverage      use cases and skills in the pool against the kept pairs
-      lengths       instructions and answers by iteration
+                    (CodecLM's metadata)
+      lengths       instructions and answers (by iteration, in a loop)
       data quality  diversity, near duplicates, closeness to seeds (quality.py)
-      calls         calls, cache hits, tokens, dollars per stage and model
+      calls         calls, cache hits, tokens, dollars per node and model
       failures      by reason, each with an example and the raw text
       records       search, filter by status, click one for its whole history
     \b
@@ -703,7 +705,10 @@ def report(run_dir: Path, out: str | None, open_it: bool) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field first.")
 @reports_errors
 def validate(spec: str, overrides: tuple[str, ...]) -> None:
-    """Check SPEC and render each of its templates once; exit 2 on any problem."""
+    """Check SPEC and render each of its templates once; exit 2 on any problem.
+
+    On success it prints the graph in words, as `codeclm graph SPEC` does.
+    """
     from codeclm.programs.engine.llm import check_templates
     from codeclm.programs.engine.nodes import check_source_files
     from codeclm.programs.lang.describe import words

@@ -78,6 +78,9 @@ def evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None = None) -> E
     """Answer, judge and tally every benchmark item; write eval.jsonl and eval.json."""
     pairwise_judge(spec)  # first: without one, no --set of a role could make the spec evaluable
     stems = [path.stem for path in options.benchmarks]  # a benchmark is named by its file's stem in the tally
+    if "all" in stems:  # the tally's total is "all": a benchmark of that name would be overwritten by it
+        raise SpecError(str(options.benchmarks[stems.index("all")]), "a benchmark file named 'all' shares its name "
+                        "with the total over every benchmark", hint="rename the file (e.g. all_items.jsonl)")
     twice = next((stem for stem in stems if stems.count(stem) > 1), None)
     if twice is not None:
         paths = [str(path) for path in options.benchmarks if path.stem == twice]

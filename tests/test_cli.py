@@ -169,7 +169,8 @@ def test_replay_says_first_what_changed_since_the_run(tmp_path, seeds_file):
 def test_an_empty_folder_option_is_refused_not_read_as_here(tmp_path, monkeypatch):
     """`--cache-dir ''` (an unset shell variable) made cache.db in the current folder."""
     monkeypatch.chdir(tmp_path)
-    for command in (["cache", "stats", "--cache-dir", ""], ["cache", "clear", "--cache-dir", " ", "--yes"]):
+    for command in (["cache", "stats", "--cache-dir", ""], ["cache", "clear", "--cache-dir", " ", "--yes"],
+                    ["optimize", "spec.yaml", "encode", "--out", ""], ["report", ".", "--out", ""]):
         done = CliRunner().invoke(cli.main, command)
         assert done.exit_code == 2 and "an empty path" in done.output, done.output
     assert list(tmp_path.iterdir()) == []

@@ -173,3 +173,17 @@ def test_the_same_benchmark_twice_is_refused(tmp_path, seeds_file):
     spec = load_spec(write_spec(tmp_path, base_spec(seeds_file)))
     with pytest.raises(SpecError, match="two benchmark files are named"):
         evaluate(spec, EvalOptions(benchmarks=[seeds_file, seeds_file], candidate="target"))
+
+
+
+def test_a_benchmark_named_all_is_refused(tmp_path, seeds_file):
+    """The tally's total is named "all": a benchmark all.jsonl shared its row."""
+    import shutil
+
+    from codeclm.programs.errors import SpecError
+
+    bench = tmp_path / "all.jsonl"
+    shutil.copy(seeds_file, bench)
+    spec = load_spec(write_spec(tmp_path, base_spec(seeds_file)))
+    with pytest.raises(SpecError, match="named 'all'"):
+        evaluate(spec, EvalOptions(benchmarks=[bench], candidate="target"))

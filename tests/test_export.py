@@ -357,3 +357,11 @@ def test_the_cards_quality_table_leaves_out_what_the_run_has_no_data_for():
     judged = {"judge": {"judged_both_orders": 3, "order_agreement": 1.0, "position_bias": None}}
     table = "\n".join(_card_quality(judged))
     assert "| judge.judged_both_orders | 3 |" in table and "position_bias" not in table
+
+
+
+def test_the_card_counts_one_conversation_in_the_singular():
+    from codeclm.programs.artifacts.export import _card_structure
+
+    assert "1 chat conversation (`messages`)" in "\n".join(_card_structure("x", {}, 1, {}, False))
+    assert "2 chat conversations" in "\n".join(_card_structure("x", {}, 2, {}, False))

@@ -445,7 +445,7 @@ def render_card(run_dir: Path, pipeline_dir: Path, manifest: dict[str, Any], spe
 def _card_structure(name: str, spec: dict[str, Any], rows: int, columns: dict[str, str],
                     has_report: bool) -> list[str]:
     return [
-        f"Synthetic instruction-tuning data: {rows} chat conversations (`messages`) made by "
+        f"Synthetic instruction-tuning data: {rows} chat conversation{'' if rows == 1 else 's'} (`messages`) made by "
         f"codeclm from the spec `{name}`, each row with its `provenance`: where it "
         "came from and the model calls behind it.", "",
         "## Dataset structure", "", "One split, `train`. Columns:", "",
