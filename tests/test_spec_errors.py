@@ -730,3 +730,12 @@ def test_an_expression_that_parses_only_in_parentheses_or_does_not_compile_is_re
 
     with pytest.raises(ExpressionError):
         Expression(source)
+
+
+def test_two_cases_of_one_name_are_refused(tmp_path, spec_data):
+    """NODE.case and the run's decisions count cases by name: two of one name were counted as one."""
+    cases = spec_data["nodes"]["refine"]["body"]["decide"]["cases"]
+    cases[1]["name"] = cases[0]["name"]
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path)
+    assert any(f"two cases are named '{cases[0]['name']}'" in e.message for e in errors), [str(e) for e in errors]

@@ -580,6 +580,9 @@ class NodeReader:
             self.checker.check_keys(at, case, {"name", "when", "exit", "set"})
             if not isinstance(case.get("name"), str):
                 self.checker.error(at, "each case needs a name (it is recorded as NODE.case)")
+            elif case["name"] in {c.name for c in cases}:  # NODE.case could not tell the two apart
+                self.checker.error((*at, "name"), f"two cases are named '{case['name']}'",
+                                   "name each case once: NODE.case and the run's decisions count cases by name")
             if case.get("exit") is not None and (not isinstance(case["exit"], str) or case["exit"] == "failed"):
                 self.checker.error((*at, "exit"), "exit names how the loop ends (e.g. kept, dropped), not 'failed'")
             sets = self.checker.mapping((*at, "set"), case.get("set"), "set")
