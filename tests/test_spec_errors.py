@@ -739,3 +739,10 @@ def test_two_cases_of_one_name_are_refused(tmp_path, spec_data):
     path = write_spec(tmp_path, spec_data)
     errors = errors_of(path)
     assert any(f"two cases are named '{cases[0]['name']}'" in e.message for e in errors), [str(e) for e in errors]
+
+
+def test_a_mix_field_with_both_choice_and_sample_is_refused(tmp_path, spec_data):
+    """The sample: was silently ignored."""
+    spec_data["nodes"]["augment"]["fields"]["use_case"]["sample"] = "encode.skills"
+    errors = errors_of(write_spec(tmp_path, spec_data))
+    assert any("not both" in e.message for e in errors), [str(e) for e in errors]

@@ -533,6 +533,9 @@ class NodeReader:
     def _draw(self, conf: Any, where: Path_) -> Draw | None:
         conf = self.checker.mapping(where, conf, "a mix field")
         self.checker.check_keys(where, conf, {"choice", "sample", "k", "flatten", "unique"})
+        if "choice" in conf and "sample" in conf:  # the sample was silently ignored
+            self.checker.error(where, "a mix field is a choice: (one value) or a sample: (k values), not both")
+            return None
         kind = "choice" if "choice" in conf else "sample" if "sample" in conf else None
         path = conf.get(kind) if kind else None
         if not isinstance(path, str) or path.count(".") != 1:
