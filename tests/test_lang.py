@@ -287,3 +287,19 @@ def test_a_template_nested_past_compiling_is_a_spec_error(tmp_path, seeds_file):
     done = subprocess.run([sys.executable, "-m", "codeclm.cli", "validate", str(spec)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "nested too deeply" in done.stderr, done.stderr
+
+
+def test_nested_ranges_in_a_template_are_bounded_together(tmp_path, seeds_file):
+    """`range(100000)` inside `range(100000)`: each range was capped, not their product, and validate ran
+    for hours. A render's ranges now make at most 1,000,000 items in all; a loop of a few is fine."""
+    spec = spec_with_respond(tmp_path, seeds_file, '{% call message("user") %}{% for i in range(100000) %}'
+                             '{% for j in range(100000) %}{% endfor %}{% endfor %}{{ instruction }}{% endcall %}')
+    done = subprocess.run([sys.executable, "-m", "codeclm.cli", "validate", str(spec)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "ranges make more than 1,000,000 items" in done.stderr, done.stderr
+    (tmp_path / "small").mkdir()
+    spec = spec_with_respond(tmp_path / "small", seeds_file, '{% call message("user") %}{% for i in range(3) %}'
+                             '{% for j in range(3) %}{{ i * j }}{% endfor %}{% endfor %}{{ instruction }}{% endcall %}')
+    done = subprocess.run([sys.executable, "-m", "codeclm.cli", "validate", str(spec)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

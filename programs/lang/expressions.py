@@ -9,6 +9,7 @@ names it reads (`judge.gap` -> ("judge", "gap")) so the graph can check every re
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
 import re
@@ -23,11 +24,27 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from .rouge import rouge_l, words
 
+# What the ranges of one template render have made so far ([items]), or None outside a render.
+RANGED: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("ranged", default=None)
+
+
+def bounded_range(*args: int) -> range:
+    """Jinja's sandboxed `range` (at most 100,000 items), and within one template render at most MAX_MADE
+    items over all its ranges: `range(100000)` inside `range(100000)` looped for hours."""
+    made = safe_range(*args)
+    ranged = RANGED.get()
+    if ranged is not None:
+        ranged[0] += len(made)
+        if ranged[0] > MAX_MADE:
+            raise SecurityError(f"the template's ranges make more than {MAX_MADE:,} items in all (nested loops?)")
+    return made
+
+
 # Functions every expression may call, besides Jinja's own filters and tests. `range` is Jinja's
 # sandboxed one, capped as in templates: Python's made `range(10**9) | list` a MemoryError.
 HELPERS: dict[str, Any] = {
     "ceil": math.ceil, "floor": math.floor, "min": min, "max": max, "len": len, "abs": abs, "round": round,
-    "sum": sum, "sorted": sorted, "range": safe_range, "words": words,
+    "sum": sum, "sorted": sorted, "range": bounded_range, "words": words,
     "rouge_l": rouge_l,
 }
 _MUTATORS = {"append", "extend", "insert", "pop", "remove", "clear", "update", "setdefault", "popitem", "sort",
@@ -55,6 +72,7 @@ class Sandbox(ImmutableSandboxedEnvironment):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.globals["range"] = bounded_range
         for name, size in _FILTER_SIZES.items():  # filters that can make text far larger than their input
             self.filters[name] = _bounded(f"|{name}", self.filters[name], size)
 

@@ -19,7 +19,7 @@ import jinja2
 from jinja2 import meta
 
 from ..errors import SpecError
-from .expressions import Sandbox
+from .expressions import RANGED, Sandbox
 from .yaml_lines import decode_utf8
 
 ROLES = ("system", "user", "assistant")
@@ -81,6 +81,9 @@ class StageTemplate:
     def __init__(self, name: str, template: jinja2.Template, path: Path):
         self.name, self.template, self.path = name, template, path
         self.source = path.read_text(encoding="utf-8")
+        # Only a template that can call range (itself, or a template it pulls in) counts its ranges per
+        # render: the shipped ones do not, and counting costs every render of theirs nothing then.
+        self.counts_ranges = any(word in self.source for word in ("range", "include", "import", "extends"))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> StageTemplate:
         return self  # compiled and never changed; DSPy deep-copies modules that hold one
@@ -106,6 +109,7 @@ class StageTemplate:
     def render(self, variables: dict[str, Any]) -> list[dict[str, str]]:
         """Render to chat messages. Variables are data: their text is never evaluated as Jinja."""
         messages = _Messages(self.path)
+        ranged = RANGED.set([0]) if self.counts_ranges else None  # counted together: expressions.bounded_range
         try:
             self.template.render({**variables, "message": messages})
         except jinja2.UndefinedError as exc:
@@ -119,6 +123,9 @@ class StageTemplate:
         except Exception as exc:  # noqa: BLE001 - 1/0, int('x'), ...: the template's error, with its line
             raise SpecError(str(self.path), f"template failed to render: {type(exc).__name__}: {exc}",
                             line=_template_line(exc)) from None
+        finally:
+            if ranged is not None:
+                RANGED.reset(ranged)
         if not messages.made:
             raise SpecError(str(self.path), "template rendered no messages",
                             hint='wrap the prompt in {% call message("user") %}...{% endcall %}')
