@@ -365,3 +365,36 @@ def test_the_card_counts_one_conversation_in_the_singular():
 
     assert "1 chat conversation (`messages`)" in "\n".join(_card_structure("x", {}, 1, {}, False))
     assert "2 chat conversations" in "\n".join(_card_structure("x", {}, 2, {}, False))
+
+
+def test_the_card_of_a_rerun_from_the_cache_counts_the_calls_behind_the_data(run, tmp_path):
+    """A rerun into the same folder, all from the cache, made the card say 0 calls, 0 tokens and 0.0 s."""
+    rerun = tmp_path / "run"
+    shutil.copytree(run["run"], rerun)
+    first = json.loads((rerun / "manifest.json").read_text())["totals"]
+    again = CliRunner().invoke(cli.main, ["run", str(run["run"].parent / "spec.yaml"), "-q", "--no-report",
+                                          "--out", str(rerun), "--cache-dir", str(run["cache"])])
+    assert again.exit_code == 0, again.output
+    assert json.loads((rerun / "manifest.json").read_text())["totals"]["calls"] == 0  # this run made none
+    dest = tmp_path / "export"
+    assert export(rerun, dest).exit_code == 0
+    body = card(dest)[1]
+    behind = first["calls"] + first["cache_hits"]
+    assert f"| model calls behind the data | {behind} (every call served from the cache in this run) |" in body
+    assert "| tokens in / out | 0 / 0 |" not in body and "not recorded: this run took every call" in body
+    assert "| wall time of this run |" in body and "not what the data took" in body
+
+
+def test_the_cards_cost_says_which_figures_are_this_runs_alone():
+    from codeclm.programs.artifacts.export import _cost
+
+    live = {"totals": {"calls": 5, "cache_hits": 0, "prompt_tokens": 50, "completion_tokens": 7}, "wall_seconds": 2}
+    assert _cost(live) == ["| model calls behind the data | 5 |", "| tokens in / out | 50 / 7 |",
+                           "| wall time | 2.0 s |"]
+    resumed = {"totals": {"calls": 3, "cache_hits": 1, "prompt_tokens": 30, "completion_tokens": 4,
+                          "cost_usd": 0.03, "saved_usd": 0.01}, "wall_seconds": 1.5}
+    assert _cost(resumed) == [
+        "| model calls behind the data | 4 (1 call served from the cache in this run) |",
+        "| tokens in / out, of the 3 calls made in this run | 30 / 4 |",
+        "| dollars the calls cost | 0.0400 (0.0100 of it saved by the cache in this run) |",
+        "| wall time of this run | 1.5 s (not what the data took: 1 call came from the cache) |"]

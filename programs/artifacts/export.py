@@ -367,20 +367,48 @@ def _counts(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any], 
     for name, count in outcomes(manifest, {k: v for k, v in status.items() if isinstance(v, int)}).items():
         if name != "kept":
             lines.append(f"| {name} | {count} |")
-    totals = manifest.get("totals") if isinstance(manifest.get("totals"), dict) else {}
-    if totals:
-        lines.append(f"| model calls made / answered by the cache | {totals.get('calls', 0)} / "
-                     f"{totals.get('cache_hits', 0)} |")
-        lines.append(f"| tokens in / out | {totals.get('prompt_tokens', 0)} / {totals.get('completion_tokens', 0)} |")
-        if totals.get("cost_usd"):
-            lines.append(f"| dollars spent | {totals['cost_usd']:.4f} |")
-    if isinstance(manifest.get("wall_seconds"), (int, float)):
-        lines.append(f"| wall time | {manifest['wall_seconds']:.1f} s |")
+    lines += _cost(manifest)
     reasons, rest = top_failures(manifest, 5)
     if reasons:
         lines += ["", "Most common failures:", ""]
         lines += [f"- {count} x {_figure(reason)}" for reason, count in reasons]
         lines += [f"- {rest} x other causes"] if rest else []
+    return lines
+
+
+def _number(table: dict[str, Any], key: str) -> float:
+    """A figure of the manifest, 0 where it is missing or not a number (an edited manifest)."""
+    value = table.get(key)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def _cost(manifest: dict[str, Any]) -> list[str]:
+    """What the data took to make. The manifest is the last run's into the folder, and a rerun from the cache
+    (or a resumed run) counts what it found there as cache hits, not calls: the calls behind the data are
+    both. Tokens and wall time are this run's alone, and say so when some calls came from the cache."""
+    totals = manifest.get("totals") if isinstance(manifest.get("totals"), dict) else {}
+    made, cached = int(_number(totals, "calls")), int(_number(totals, "cache_hits"))
+    from_cache = "every call" if not made else f"{cached} call{'' if cached == 1 else 's'}"
+    lines = []
+    if totals:
+        lines.append(f"| model calls behind the data | {made + cached}"
+                     + (f" ({from_cache} served from the cache in this run)" if cached else "") + " |")
+        tokens = f"{int(_number(totals, 'prompt_tokens'))} / {int(_number(totals, 'completion_tokens'))}"
+        if not cached:
+            lines.append(f"| tokens in / out | {tokens} |")
+        elif made:
+            lines.append(f"| tokens in / out, of the {made} calls made in this run | {tokens} |")
+        else:
+            lines.append("| tokens in / out | not recorded: this run took every call from the cache |")
+        spent, saved = _number(totals, "cost_usd"), _number(totals, "saved_usd")  # saved: the cached calls, priced
+        if spent or saved:
+            lines.append(f"| dollars the calls cost | {spent + saved:.4f}"
+                         + (f" ({saved:.4f} of it saved by the cache in this run)" if saved else "") + " |")
+    wall = manifest.get("wall_seconds")
+    if isinstance(wall, (int, float)) and not isinstance(wall, bool):
+        lines.append(f"| wall time | {wall:.1f} s |" if not cached else
+                     f"| wall time of this run | {wall:.1f} s (not what the data took: {from_cache} came from "
+                     "the cache) |")
     return lines
 
 
