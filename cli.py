@@ -209,7 +209,8 @@ def _load(spec_path: str, overrides: tuple[str, ...], roles: tuple[str | None, .
 def init(folder: Path) -> None:
     """Start a project in FOLDER [default: here]: the shipped specs, their prompts,
     example seeds, the spec reference (docs/spec.md) and a README of what to edit first.
-    Never overwrites a file.
+    Writes each of these files that is missing and keeps each one you have: never
+    overwrites or deletes a file, so running it again restores a deleted one.
 
     \b
       codeclm init my-data && cd my-data
@@ -217,11 +218,21 @@ def init(folder: Path) -> None:
     """
     from codeclm.programs.starter import init_project
 
-    written = init_project(folder)
-    specs = sorted(p.name for p in written if p.parent.name == "specs")
-    click.echo(f"wrote {len(written)} files to {folder}: specs ({', '.join(specs)}), prompts/, seeds/, README.md")
+    written, kept = init_project(folder)
+    click.echo(f"wrote {len(written)} file{'' if len(written) == 1 else 's'} to {folder}"
+               + (f": {_init_summary(written)}" if written else ""))
+    if kept:
+        shown = ", ".join(map(str, kept[:10])) + (f", ... and {len(kept) - 10} more" if len(kept) > 10 else "")
+        click.echo(f"kept {len(kept)} file{'' if len(kept) == 1 else 's'} you have: {shown}")
     click.echo(f"next: cd {folder} && codeclm run specs/demo.yaml" if str(folder) != "." else
                "next: codeclm run specs/demo.yaml")
+
+
+def _init_summary(written: list[Path]) -> str:
+    """What init wrote, in short: the specs by name (what to run), the other folders and files by name."""
+    specs = [p.name for p in written if p.parts[0] == "specs"]
+    others = dict.fromkeys(f"{p.parts[0]}/" if len(p.parts) > 1 else str(p) for p in written if p.parts[0] != "specs")
+    return ", ".join(([f"specs ({', '.join(specs)})"] if specs else []) + list(others))
 
 
 @main.command()

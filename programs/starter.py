@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .artifacts.store import unwritable_reason
-from .errors import SpecError
+from .errors import SpecError, SpecErrors
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 STARTER_FOLDERS = ("specs", "prompts", "seeds", "docs")
@@ -67,10 +67,34 @@ def starter_files() -> list[Path]:
     return files
 
 
-def init_project(destination: Path) -> list[Path]:
+def init_project(destination: Path) -> tuple[list[Path], list[Path]]:
     """Copy the shipped specs, prompts, seeds and spec reference, and a README of first steps, into
-    `destination`. Refuses, writing nothing, if any of those files already exists there."""
-    destination = Path(destination).expanduser()
+    `destination`: every one that is missing there. A file that exists is the user's and is kept as it is
+    (never overwritten, never deleted), so `init` run again restores what was deleted. Returns the files
+    written and kept, relative to `destination`."""
+    destination = _project_folder(Path(destination).expanduser())
+    planned: dict[Path, Path | None] = {relative: PACKAGE_ROOT / relative for relative in starter_files()}
+    planned[Path("README.md")] = None  # written from FIRST_STEPS
+    # A folder where a file belongs, or a file where a folder belongs, refuses the whole init, before anything
+    # is written: writing the rest would leave a project whose specs name a template or folder that is not
+    # there, failing at its first run far from the cause; and since init fills in only what is missing,
+    # refusing costs nothing: move that one path aside and run init again.
+    _refuse_clashes(destination, list(planned))
+    kept = sorted(relative for relative in planned if _taken(destination / relative))
+    missing = sorted(set(planned) - set(kept))
+    for relative in missing:
+        target = destination / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = planned[relative]
+        if source is None:
+            target.write_text(FIRST_STEPS, encoding="utf-8")
+        else:
+            target.write_bytes(source.read_bytes())
+    return missing, kept
+
+
+def _project_folder(destination: Path) -> Path:
+    """`destination` if a project may be started there; a SpecError if not."""
     if destination.exists() and not destination.is_dir():
         raise SpecError(str(destination), "is a file, not a folder", hint="name a new or existing folder")
     resolved = destination.resolve()
@@ -80,17 +104,29 @@ def init_project(destination: Path) -> list[Path]:
     problem = unwritable_reason(resolved)
     if problem:
         raise SpecError(str(destination), f"cannot be written: {problem}", hint="name another folder")
-    planned = {destination / relative: PACKAGE_ROOT / relative for relative in starter_files()}
-    planned[destination / "README.md"] = None  # written from FIRST_STEPS
-    taken = sorted(str(path) for path in planned if path.exists() or path.is_symlink())
-    if taken:
-        listed = "\n  ".join(taken[:10]) + (f"\n  ... and {len(taken) - 10} more" if len(taken) > 10 else "")
-        raise SpecError(str(destination), f"would overwrite {len(taken)} existing file(s):\n  {listed}",
-                        hint="run `codeclm init` in a new or empty folder, e.g. `codeclm init my-project`")
-    for target, source in planned.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source is None:
-            target.write_text(FIRST_STEPS, encoding="utf-8")
-        else:
-            target.write_bytes(source.read_bytes())
-    return sorted(planned)
+    return destination
+
+
+def _taken(path: Path) -> bool:
+    """Something is at `path`: a file, or a link (even a broken one: writing through it would write
+    wherever it points)."""
+    return path.exists() or path.is_symlink()
+
+
+def _refuse_clashes(destination: Path, planned: list[Path]) -> None:
+    """SpecErrors naming every path where a folder stands in for one of init's files, or a file (or a
+    broken link) for one of its folders."""
+    errors = []
+    folders = sorted({parent for relative in planned for parent in relative.parents if parent != Path(".")})
+    for folder in folders:
+        path = destination / folder
+        if _taken(path) and not path.is_dir():
+            errors.append(SpecError(str(path), "is a file, where codeclm init puts a folder",
+                                    hint="move or rename it, then run `codeclm init` again"))
+    for relative in planned:
+        path = destination / relative
+        if path.is_dir():
+            errors.append(SpecError(str(path), "is a folder, where codeclm init puts a file",
+                                    hint="move or rename it, then run `codeclm init` again"))
+    if errors:
+        raise SpecErrors(errors)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 from click.testing import CliRunner
 from codeclm.cli import main
@@ -25,16 +27,48 @@ def test_init_writes_an_editable_project_that_validates(tmp_path, monkeypatch):
         assert prompts == (project / "prompts").resolve()
 
 
-def test_init_refuses_to_overwrite_and_writes_nothing(tmp_path):
+def test_init_writes_what_is_missing_and_keeps_what_you_have(tmp_path):
+    """init into a folder holding some of its files refused as a whole: a deleted spec could not be had back."""
     project = tmp_path / "project"
     (project / "specs").mkdir(parents=True)
     mine = project / "specs" / "demo.yaml"
     mine.write_text("my own spec\n")
+    (project / "notes.txt").write_text("mine\n")
     result = CliRunner().invoke(main, ["init", str(project)])
-    assert result.exit_code == 2 and "would overwrite 1 existing file" in result.output
-    assert "Traceback" not in result.output
-    assert mine.read_text() == "my own spec\n"
-    assert sorted(p.name for p in project.rglob("*")) == ["demo.yaml", "specs"]
+    assert result.exit_code == 0, result.output
+    assert "kept 1 file you have: specs/demo.yaml" in result.output
+    assert mine.read_text() == "my own spec\n" and (project / "notes.txt").read_text() == "mine\n"
+    for relative in starter_files():
+        if relative != Path("specs/demo.yaml"):
+            assert (project / relative).read_bytes() == (PACKAGE_ROOT / relative).read_bytes()
+    (project / "specs" / "codeclm.yaml").unlink()  # deleted by the user: init again restores it alone
+    (project / "README.md").write_text("my readme\n")
+    again = CliRunner().invoke(main, ["init", str(project)])
+    assert again.exit_code == 0, again.output
+    assert again.output.startswith(f"wrote 1 file to {project}: specs (codeclm.yaml)\n")
+    assert f"kept {len(starter_files())} files you have: README.md, " in again.output
+    assert (project / "specs" / "codeclm.yaml").read_bytes() == (PACKAGE_ROOT / "specs" / "codeclm.yaml").read_bytes()
+    assert (project / "README.md").read_text() == "my readme\n" and mine.read_text() == "my own spec\n"
+
+
+def test_init_refuses_a_folder_where_a_file_belongs_and_a_file_where_a_folder_belongs(tmp_path):
+    """Each such path is named, exit 2, and nothing at all is written: fix it and init again."""
+    project = tmp_path / "project"
+    (project / "specs" / "demo.yaml").mkdir(parents=True)  # a folder where the demo spec goes
+    (project / "prompts").write_text("not a folder\n")  # a file where the prompts go
+    result = CliRunner().invoke(main, ["init", str(project)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{project / 'prompts'}: is a file, where codeclm init puts a folder" in result.output
+    assert f"{project / 'specs' / 'demo.yaml'}: is a folder, where codeclm init puts a file" in result.output
+    assert "fix: move or rename it, then run `codeclm init` again" in result.output
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == ["prompts", "specs", "specs/demo.yaml"]
+    assert (project / "prompts").read_text() == "not a folder\n"
+    alone = tmp_path / "alone"  # the file alone: init wrote the specs, then stopped at mkdir (exit 1)
+    alone.mkdir()
+    (alone / "prompts").write_text("not a folder\n")
+    result = CliRunner().invoke(main, ["init", str(alone)])
+    assert result.exit_code == 2 and "is a file, where codeclm init puts a folder" in result.output
+    assert [p.name for p in alone.iterdir()] == ["prompts"]
 
 
 def test_init_into_a_file_is_refused(tmp_path):
