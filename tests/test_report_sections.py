@@ -96,3 +96,19 @@ def test_failure_labels_tell_causes_at_one_node_apart():
     assert {"hosted_vllm/target: HTTP 500 server error", "hosted_vllm/target: empty completion",
             "hosted_vllm/target: malformed response body"} <= set(texts)
     assert all(f"<title>{label}</title>" in svg for label in labels)  # the whole text as a tooltip
+
+
+def test_a_pool_of_another_shape_has_no_coverage_section_or_figures(tmp_path):
+    """A spec of the user's own writes a `pool` output of tasks (no use cases, no skills): the page showed
+    CodecLM's coverage charts with nothing in them and `inspect` a coverage of 0/0."""
+    from codeclm.programs.artifacts.report import format_report, run_report
+
+    run = run_folder(tmp_path / "run", {"kept": 1}, {"n": {"done": 1, "failed": 0}})
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["spec"]["resolved"]["outputs"]["pool"] = {"from": "n", "fields": {"instruction": "n.text"}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (run / "pool.jsonl").write_text(json.dumps({"instruction": "Sort a list."}) + "\n")
+    html = page(run)
+    assert "coverage" not in sections(html) and "use cases covered" not in html
+    assert "coverage" not in format_report(run_report(run))
+

@@ -364,7 +364,7 @@ def _at(row: Any, path: tuple[str, ...]) -> Any:
 
 
 def coverage_section(run: RunData, metrics: dict[str, Any]) -> str:
-    if run.pool is None:  # a spec without CodecLM's metadata pool: no section
+    if not metrics.get("coverage"):  # no pool of CodecLM's metadata (use cases, skills): no section
         return ""
     kept_meta = [p["metadata"] for p in run.kept]
     parts = []

@@ -13,7 +13,8 @@ the kept pairs:
 - closeness to the seeds: for each kept instruction, its ROUGE-L to its nearest seed; the mean and
   max of those. With `wordllama` installed (`pip install 'codeclm[quality]'`; its weights ship in
   its wheel), the same with the cosine similarity of WordLlama embeddings;
-- metadata coverage: the use cases and skills of the pool, and how many of them kept pairs carry;
+- metadata coverage: the use cases and skills of the pool, and how many of them kept pairs carry
+  (none for a pool whose entries carry neither, another spec's);
 - the judge: position bias (mean score of the same answer shown first minus shown second) and
   order agreement (share of judgements whose two orders prefer the same answer, a tie being a
   verdict too).
@@ -308,7 +309,7 @@ def quality_metrics(run_dir: Path | str | RunData, embeddings: bool = True) -> d
         "near_duplicates": {k: rouge[k] for k in ("threshold", "near_duplicate_pairs",
                                                   "near_duplicate_instructions", "exact_duplicates")},
         "seed_closeness": closeness,
-        "coverage": coverage(pool, metadata) if pool is not None else None,
+        "coverage": coverage(pool, metadata) if pool and any(_use_cases(e) or _skills(e) for e in pool) else None,
         "judge": judge,
         "lengths": {f"{field}_words_mean": _round(total / count) if count else None
                     for field, (total, count) in length.items()},
