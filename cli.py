@@ -599,8 +599,9 @@ def compare(spec_a: str, spec_b: str | None, set_both: tuple[str, ...], set_a: t
 @reads_run
 def inspect(run_dir: Path, as_json: bool) -> None:
     """Summarize a finished run: its records by status, and where the spec has them, what was kept
-    from which iteration and model and the judge's gaps; the calls, the most common failures and
-    the data-quality figures."""
+    from which iteration and model and the judge's gaps, what each loop's switches decided (exits,
+    mean iterations, each case per iteration) and what each filter removed; the calls, the most
+    common failures and the data-quality figures."""
     from codeclm.programs.artifacts.report import format_report, run_report
 
     report = run_report(run_dir)
@@ -681,6 +682,8 @@ def report(run_dir: Path, out: str | None, open_it: bool) -> None:
     \b
     It shows, each section where the run has data for it:
       funnel        records per node: made, kept, dropped, failed, filtered
+      loops and     each loop's exits, mean iterations and switch cases (per
+      filters       iteration); what each filter or dedup removed
       kept pairs    by iteration, and whose answer was kept (a loop's dataset)
       judge         gap histogram with the threshold, each answer's score shown
                     first and second (position bias), order agreement

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
+from html import unescape
 from pathlib import Path
 from typing import Any
 
+import yaml
 from click.testing import CliRunner
 from codeclm import cli
 from codeclm.programs.artifacts.export import ExportOptions, _counts, render_card
@@ -17,7 +20,7 @@ from codeclm.programs.artifacts.manifest import MAX_FAILURE_REASONS, _failure_re
 from codeclm.programs.artifacts.report import format_report, run_report
 from codeclm.programs.artifacts.rundata import RunData
 from codeclm.programs.artifacts.store import MARKER
-from conftest import base_spec, write_spec
+from conftest import REPO, base_spec, write_spec
 
 ROW = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}],
        "provenance": {"id": "r0"}}
@@ -154,3 +157,101 @@ def test_records_the_datasets_where_leaves_out_are_not_counted_kept_and_an_empty
     assert inspected.exit_code == 0, inspected.output
     rows = (tmp_path / "below" / "dataset.jsonl").read_text().count("\n")
     assert rows and f"{rows} kept" in inspected.output
+
+
+def shipped_run(folder: Path, spec: str, statuses: dict[str, int], stages: dict[str, dict[str, int]],
+                decisions: dict[str, int]) -> Path:
+    """`run_folder` with a shipped spec's graph in its manifest (JSON sorted, and the YAML in its order)."""
+    run = run_folder(folder, statuses, stages, decisions=decisions)
+    manifest = json.loads((run / "manifest.json").read_text())
+    text = (REPO / "specs" / f"{spec}.yaml").read_text()
+    manifest["spec"].update(name=spec, resolved=yaml.safe_load(text), resolved_yaml=text)
+    (run / "manifest.json").write_text(json.dumps(manifest, sort_keys=True))
+    return run
+
+
+def shown_by_all(run: Path) -> tuple[str, str, str]:
+    """What `inspect`, the report page and the card's counts say of RUN."""
+    inspected = CliRunner().invoke(cli.main, ["inspect", str(run)])
+    assert inspected.exit_code == 0, inspected.output
+    manifest = json.loads((run / "manifest.json").read_text())
+    card = "\n".join(_counts(run, manifest, manifest["spec"]["resolved"], 0))
+    return inspected.output, unescape(render(RunData.open(run))), card
+
+
+def test_a_loops_decisions_are_shown_by_inspect_the_report_and_the_card(tmp_path):
+    """critique_rewrite's decisions (which records stopped at the score, which ran out of rewrites, how many
+    rewrites each took) were in the manifest only."""
+    decisions = {"good": 9, "out_of_rewrites": 3, "rewrite@1": 8, "rewrite@2": 5, "rewrite@3": 3}
+    run = shipped_run(tmp_path / "run", "critique_rewrite", {"kept": 9, "dropped": 3},
+                      {"seeds": {"done": 12, "failed": 0}, "draft": {"done": 12, "failed": 0},
+                       "improve": {"done": 12, "failed": 0}}, decisions)
+    loop = "loop improve: 12 records; exits: kept 9, dropped 3, ran to max 0 (status dropped); mean iterations 2.33"
+    cases = "decide: good 9 -> kept, out_of_rewrites 3 -> dropped, rewrite 16 (iteration 1: 8, 2: 5, 3: 3)"
+    inspected, html, card = shown_by_all(run)
+    assert f"{loop}\n  {cases}\n" in inspected
+    assert f"- {loop}\n  - {cases}" in card
+    assert loop in html and re.search(r"<td>decide</td><td>rewrite</td><td class=num>16</td><td>goes on</td>"
+                                      r"<td>1: 8, 2: 5, 3: 3</td>", html)
+
+
+def test_an_elimination_that_never_fired_and_a_filters_drops_are_shown(tmp_path):
+    """evol_instruct's eliminations: each check's count per round, a check that dropped nothing as 0;
+    AlpaGasus's filter: how many it removed."""
+    decisions = {"evolved@1": 3, "evolved@2": 2, "no_gain@1": 1, "no_gain@2": 1, "leaked_prompt@2": 1}
+    evol = shipped_run(tmp_path / "evol", "evol_instruct", {"kept": 5, "ok": 3},
+                       {"seeds": {"done": 4, "failed": 0}, "evolve": {"done": 4, "failed": 0}}, decisions)
+    inspected, html, card = shown_by_all(evol)
+    cases = ("check: no_gain 2 (iteration 1: 1, 2: 1), apology 0, leaked_prompt 1 (iteration 2: 1), "
+             "evolved 5 (iteration 1: 3, 2: 2)")
+    assert "loop evolve: 4 records; exits: ran to max 4; mean iterations 2.00" in inspected
+    assert cases in inspected and cases in card and "<td>check</td><td>apology</td><td class=num>0</td>" in html
+    alpagasus = run_folder(tmp_path / "alpagasus", {"kept": 3}, {"pairs": {"done": 10, "failed": 0},
+                                                                 "keep": {"done": 10, "failed": 0, "removed": 7}})
+    inspected, html, card = shown_by_all(alpagasus)
+    assert "node keep: removed 7 of 10" in inspected and "- node keep: removed 7 of 10" in card
+    assert "<td>keep</td><td>node</td><td class=num>10</td><td class=num>7</td><td class=num>3</td>" in html
+
+
+def test_a_case_name_two_loops_share_is_not_given_to_either(tmp_path):
+    """The manifest counts decisions by case name: two loops' `good` cases are one count it cannot split."""
+    decisions = {"good": 5, "rewrite@1": 4}
+    run = shipped_run(tmp_path / "run", "critique_rewrite", {"kept": 5}, {"improve": {"done": 5, "failed": 0}},
+                      decisions)
+    manifest = json.loads((run / "manifest.json").read_text())
+    for spec in (manifest["spec"]["resolved"], None):
+        data = spec if spec is not None else yaml.safe_load(manifest["spec"]["resolved_yaml"])
+        data["nodes"]["again"] = {**data["nodes"]["improve"], "for_each": "improve"}
+        if spec is None:
+            manifest["spec"]["resolved_yaml"] = yaml.safe_dump(data, sort_keys=False)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    inspected, html, _ = shown_by_all(run)
+    assert "decide: good ? -> kept" in inspected and "exits: kept ?, dropped ?, ran to max ?" in inspected
+    assert "one that two loops share shows as -" in html
+
+
+def test_a_run_without_loops_or_filters_shows_none(tmp_path):
+    run = run_folder(tmp_path / "run", {"kept": 2}, {"n": {"done": 2, "failed": 0}})
+    inspected, html, card = shown_by_all(run)
+    assert "loop " not in inspected and "Loops and filters" not in card and 'id="flow"' not in html
+
+
+def test_the_figures_shown_are_those_of_the_records_the_shipped_specs_wrote(tmp_path):
+    """On the fake server: a loop's exits and mean iterations as histories.jsonl has them, each elimination
+    check's count as rounds.jsonl has it (the manifest's decisions read as the engine writes them)."""
+    from fake_openai_server import FakeOpenAIServer
+    from test_pipelines import run as run_pipeline
+
+    with FakeOpenAIServer() as server:
+        critique = run_pipeline("critique_rewrite", tmp_path / "critique", server.url).out
+        evol = run_pipeline("evol_instruct", tmp_path / "evol", server.url).out
+    histories = [json.loads(line) for line in (critique / "histories.jsonl").read_text().splitlines()]
+    status = Counter(h["status"] for h in histories)
+    mean_iterations = sum(len(h["iterations"]) for h in histories) / len(histories)
+    report = run_report(critique)["flow"]["loops"]["improve"]
+    assert report["exits"] == {"kept": status["kept"], "dropped": status["dropped"]} and report["at_max"] == 0
+    assert report["mean_iterations"] == round(mean_iterations, 2)
+    rounds = [json.loads(line) for line in (evol / "rounds.jsonl").read_text().splitlines()]
+    checks = run_report(evol)["flow"]["loops"]["evolve"]["switches"]["check"]
+    assert {case: row["count"] for case, row in checks.items()} == \
+        {case: sum(r["check"] == case for r in rounds) for case in ("no_gain", "apology", "leaked_prompt", "evolved")}

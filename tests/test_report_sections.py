@@ -112,3 +112,9 @@ def test_a_pool_of_another_shape_has_no_coverage_section_or_figures(tmp_path):
     assert "coverage" not in sections(html) and "use cases covered" not in html
     assert "coverage" not in format_report(run_report(run))
 
+
+def test_loops_and_filters_come_after_the_funnel_and_only_where_a_run_has_them(tmp_path):
+    run = run_folder(tmp_path / "run", {"kept": 3}, {"keep": {"done": 10, "failed": 0, "removed": 7}})
+    assert sections(page(run))[:2] == ["funnel", "flow"]
+    plain = run_folder(tmp_path / "plain", {"kept": 3}, {"n": {"done": 3, "failed": 0}})
+    assert "flow" not in sections(page(plain))

@@ -39,10 +39,12 @@ from ..errors import CodecError, SpecError
 from ..redact import redact_text
 from .manifest import template_sha
 from .quality import quality_metrics
+from .report import format_flow
 from .rundata import (
     FINISHED_RUN_FIX,
     file_sources,
     finished_run_manifest,
+    node_flow,
     outcomes,
     source_fields,
     spec_nodes,
@@ -368,6 +370,10 @@ def _counts(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any], 
         if name != "kept":
             lines.append(f"| {name} | {count} |")
     lines += _cost(manifest)
+    flow = format_flow(node_flow(manifest))
+    if flow:  # what the loops' switches decided (an elimination check too) and what the filters removed
+        lines += ["", "Loops and filters:", ""]
+        lines += [f"  - {line.strip()}" if line.startswith(" ") else f"- {line}" for line in flow]
     reasons, rest = top_failures(manifest, 5)
     if reasons:
         lines += ["", "Most common failures:", ""]

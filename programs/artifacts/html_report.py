@@ -29,7 +29,17 @@ from ..lang.rouge import words
 from . import charts
 from .charts import PALETTE
 from .quality import MAX_PAIRS, NEAR_DUPLICATE, quality_metrics
-from .rundata import RunData, check_intact, has_judge, outcomes, resolved_spec, spec_nodes, status_label
+from .report import loop_line
+from .rundata import (
+    RunData,
+    check_intact,
+    has_judge,
+    node_flow,
+    outcomes,
+    resolved_spec,
+    spec_nodes,
+    status_label,
+)
 from .store import (
     REPORT,
     is_codeclm_report,
@@ -83,6 +93,7 @@ def render(run: RunData) -> str:
     name = (run.manifest.get("spec") or {}).get("name") or run.folder.resolve().name
     sections = [
         ("funnel", "Funnel", funnel_section(run)),
+        ("flow", "Loops and filters", flow_section(run)),
         ("kept", "Kept pairs", kept_section(run)),
         ("judge", "Judge", judge_section(run, metrics)),
         ("coverage", "Coverage", coverage_section(run, metrics)),
@@ -237,6 +248,33 @@ def _stage_counts(run: RunData) -> dict[str, tuple[int, int, int]]:
     return {str(name): tuple(int(c.get(k) or 0) for k in keys) for name, c in  # type: ignore[misc]
             sorted(stages.items(), key=lambda item: place(str(item[0])))
             if isinstance(c, dict) and all(isinstance(c.get(k) or 0, int) for k in keys)}
+
+
+def flow_section(run: RunData) -> str:
+    """What each loop's switches decided (every case, an elimination that never fired too) and what each
+    filter removed, as the manifest counted them; none (the section is left out) for a spec with neither."""
+    flow = node_flow(run.manifest)
+    parts = []
+    for name, loop in (flow.get("loops") or {}).items():
+        rows = [[switch, case, row["count"], row["exit"] or "goes on",
+                 ", ".join(f"{i}: {n}" for i, n in (row.get("by_iteration") or {}).items()) or None]
+                for switch, cases in loop["switches"].items() for case, row in cases.items()]
+        parts.append(f"<h3>loop {escape(name)}</h3>" + note(loop_line(name, loop))
+                     + (table(["switch", "case", "taken", "exit", "taken at iteration"], rows, 2, 3) if rows else ""))
+    filters = flow.get("filters") or {}
+    if filters:
+        parts.append("<h3>Filters</h3>" + table(
+            ["node", "type", "records", "removed", "let through"],
+            [[name, row["type"], row["records"], row["removed"], row["records"] - row["removed"]]
+             for name, row in filters.items()], 2))
+    if flow.get("loops"):
+        shared = any(row["count"] is None for loop in flow["loops"].values()
+                     for cases in loop["switches"].values() for row in cases.values())
+        parts.append(note("As the run counted them (manifest.json): a switch decides once in each iteration that "
+                          "reaches it; an exit ends the record's loop; a record that ran to max took no exit case."
+                          + (" The manifest counts cases by name: one that two loops share shows as -." if shared
+                             else "")))
+    return "".join(parts)
 
 
 def kept_section(run: RunData) -> str:

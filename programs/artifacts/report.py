@@ -14,7 +14,15 @@ from typing import Any
 
 from ..errors import SpecError
 from .quality import format_quality, quality_metrics
-from .rundata import check_intact, damaged_run, declares_histories, outcomes, read_run_json, top_failures
+from .rundata import (
+    check_intact,
+    damaged_run,
+    declares_histories,
+    node_flow,
+    outcomes,
+    read_run_json,
+    top_failures,
+)
 from .store import ARTIFACTS, read_artifact
 
 
@@ -86,7 +94,7 @@ def _counted(manifest: dict[str, Any], status: dict[str, int]) -> dict[str, Any]
     """What became of the records (the report's and the card's counts), and every failure cause the
     manifest keeps, most common first, with how many failures the causes it left out account for."""
     reasons, left_out = top_failures(manifest, 10**9)
-    return {"outcomes": outcomes(manifest, status), "failure_reasons": dict(reasons),
+    return {"outcomes": outcomes(manifest, status), "flow": node_flow(manifest), "failure_reasons": dict(reasons),
             "failures_of_causes_left_out": left_out}
 
 
@@ -111,6 +119,7 @@ def format_report(report: dict[str, Any]) -> str:
     if report["mean_gap_at_last_iteration"] is not None:
         lines.append("mean gap (strong - target) at each instruction's last iteration "
                      f"{report['mean_gap_at_last_iteration']:.2f}")
+    lines += format_flow(report.get("flow") or {})
     if report.get("stopped") == "budget":
         lines.append(f"stopped: budget reached ({report.get('budget_reached')}): the data so far; "
                      "rerun with a higher budget to resume")
@@ -128,6 +137,45 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("quality"):
         lines += format_quality(report["quality"])
     return "\n".join(lines)
+
+
+def format_flow(flow: dict[str, Any]) -> list[str]:
+    """`node_flow` in lines of text (inspect, the dataset card): per loop its records, exits, records that ran
+    to `max` and mean iterations, then each switch's cases; per filter, what it removed."""
+    lines = []
+    for name, loop in (flow.get("loops") or {}).items():
+        lines.append(loop_line(name, loop))
+        for switch, cases in loop["switches"].items():
+            lines.append(f"  {switch}: " + ", ".join(_case_text(case, row) for case, row in cases.items()))
+    for name, row in (flow.get("filters") or {}).items():
+        lines.append(f"{row['type']} {name}: removed {row['removed']} of {row['records']}")
+    return lines
+
+
+def loop_line(name: str, loop: dict[str, Any]) -> str:
+    """One loop of `node_flow`: its records, how they left it, and the mean iterations."""
+    line = f"loop {name}: " + (f"{loop['records']} records" if loop["records"] is not None else
+                               "records not counted (a loop inside another)")
+    line += f", {loop['failed']} failed" if loop["failed"] else ""
+    ends = [f"{exit_name} {_count(n)}" for exit_name, n in loop["exits"].items()]
+    ends.append(f"ran to max {_count(loop['at_max'])}"
+                + (f" (status {loop['exhausted']})" if loop["emit"] == "last" else ""))
+    line += "; exits: " + ", ".join(ends)
+    if loop["mean_iterations"] is not None:
+        line += f"; mean iterations {loop['mean_iterations']:.2f}"
+    return line
+
+
+def _case_text(case: str, row: dict[str, Any]) -> str:
+    """A switch case: how often it was taken, the exit it takes, or per iteration when the loop goes on."""
+    by_iteration = row.get("by_iteration") or {}
+    return (f"{case} {_count(row['count'])}" + (f" -> {row['exit']}" if row["exit"] else "")
+            + (" (iteration " + ", ".join(f"{i}: {n}" for i, n in by_iteration.items()) + ")" if by_iteration else ""))
+
+
+def _count(value: int | None) -> str:
+    """A count, or `?` where the manifest cannot tell it (a case name two loops share)."""
+    return "?" if value is None else str(value)
 
 
 def _records_line(report: dict[str, Any]) -> str:

@@ -19,6 +19,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..lang.nodes import path_like
 from .store import ARTIFACTS, own_files, written_files
 
@@ -426,6 +428,89 @@ def outcomes(manifest: dict[str, Any], statuses: dict[str, int]) -> dict[str, in
     return {k: v for k, v in found.items() if v or k in ("kept", "dropped", "failed")}
 
 
+def node_flow(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the run's loops decided and its filters removed, from the manifest's counts (any spec's):
+    `loops`, per loop node, its records, failures, each switch's cases (count, exit, and per iteration for
+    a case that goes on), the exits, the records that ran to `max`, and the mean iterations; `filters`,
+    per filter, dedup or `when:` node, the records it saw and those it let no further. Empty without them."""
+    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    stages = counts.get("stages") if isinstance(counts.get("stages"), dict) else {}
+    decisions = {str(k): v for k, v in (counts.get("decisions") or {}).items() if isinstance(v, int)} \
+        if isinstance(counts.get("decisions"), dict) else {}
+    nodes = dict(spec_nodes(ordered_spec(manifest)))
+    loops = {name: node for name, node in nodes.items() if node.get("type") == "loop"}
+    switches = {name: _switches(node) for name, node in loops.items()}
+    names = Counter(case for found in switches.values() for cases in found.values() for case in cases)
+    flow: dict[str, Any] = {}
+    loop_rows = {name: _loop_flow(loops[name], switches[name], stages.get(name), decisions, names)
+                 for name in loops if switches[name] or isinstance(stages.get(name), dict)}
+    if loop_rows:
+        flow["loops"] = loop_rows
+    filters = {}
+    for stage, row in sorted(stages.items(), key=lambda item: _graph_place(str(item[0]), list(nodes))):
+        node = nodes.get(str(stage)) or nodes.get(str(stage).rpartition("_")[0]) or {}  # a round's copy: its node
+        if isinstance(row, dict) and (node.get("type") in ("filter", "dedup") or _int(row.get("removed"))):
+            filters[str(stage)] = {"type": str(node.get("type") or "node"), "records": _int(row.get("done")),
+                                   "removed": _int(row.get("removed"))}
+    if filters:
+        flow["filters"] = filters
+    return flow
+
+
+def _graph_place(stage: str, names: list[str]) -> tuple[int, int, str]:
+    """Where a stage comes in the run: its round (a rounds node's copies are NODE_ROUND), then its node's
+    place in the spec."""
+    base, _, round_ = stage.rpartition("_")
+    if stage not in names and base in names and round_.isdigit():
+        return int(round_), names.index(base), stage
+    return 0, names.index(stage) if stage in names else len(names), stage
+
+
+def _switches(loop: dict[str, Any]) -> dict[str, dict[str, str | None]]:
+    """A loop body's switches, in body order, each as {case: its exit or None}."""
+    body = loop.get("body") if isinstance(loop.get("body"), dict) else {}
+    return {str(name): {str(case["name"]): case.get("exit") if isinstance(case.get("exit"), str) else None
+                        for case in node.get("cases") or [] if isinstance(case, dict) and "name" in case}
+            for name, node in body.items() if isinstance(node, dict) and node.get("type") == "switch"}
+
+
+def _loop_flow(loop: dict[str, Any], switches: dict[str, dict[str, str | None]], stage: Any,
+               decisions: dict[str, int], names: Counter) -> dict[str, Any]:
+    """One loop's figures. Its iterations are those that reached its first switch (which decides once in
+    each), so a failed iteration is not counted; the records that ran to `max` are those no exit took."""
+    stage = stage if isinstance(stage, dict) else {}
+    records, failed = (_int(stage.get("done")), _int(stage.get("failed"))) if stage else (None, None)
+    cases = {switch: {case: _case_row(case, exit_name, decisions, names[case] > 1) for case, exit_name in found.items()}
+             for switch, found in switches.items()}
+    rows = [row for found in cases.values() for row in found.values()]
+    exits: dict[str, int | None] = {}
+    for row in rows:
+        if row["exit"]:
+            known = exits.get(row["exit"], 0)
+            exits[row["exit"]] = None if known is None or row["count"] is None else known + row["count"]
+    counted = None if any(row["count"] is None for row in rows) else sum(v or 0 for v in exits.values())
+    first = list(next(iter(cases.values()), {}).values())
+    iterations = sum(r["count"] for r in first) if first and all(r["count"] is not None for r in first) else None
+    return {"records": records, "failed": failed, "switches": cases, "exits": exits,
+            "at_max": None if records is None or counted is None else max(0, records - (failed or 0) - counted),
+            "exhausted": str(loop.get("exhausted", "dropped")), "emit": str(loop.get("emit", "last")),
+            "iterations": iterations,
+            "mean_iterations": round(iterations / records, 2) if iterations is not None and records else None}
+
+
+def _case_row(case: str, exit_name: str | None, decisions: dict[str, int], shared: bool) -> dict[str, Any]:
+    """A switch case: how often it was taken, from the manifest's decisions (`case` for a case that exits,
+    `case@ITERATION` for one that goes on). They count cases by name, so a name two loops' switches share
+    cannot be told apart: its count is None."""
+    if shared:
+        return {"exit": exit_name, "count": None}
+    if exit_name:
+        return {"exit": exit_name, "count": decisions.get(case, 0)}
+    per = {int(at): count for key, count in decisions.items()
+           if (parts := key.rpartition("@"))[0] == case and (at := parts[2]).isdigit()}
+    return {"exit": None, "count": sum(per.values()), "by_iteration": dict(sorted(per.items()))}
+
+
 def status_label(status: str, pairs: bool = True) -> str:
     """A status as a user reads it: `ok` at the dataset's node is a record its `where:` left out."""
     return "not in the dataset" if status == "ok" and pairs else status.replace("_", " ")
@@ -473,6 +558,17 @@ def resolved_spec(manifest: dict[str, Any]) -> dict[str, Any]:
     a mapping raises AttributeError, which the run readers report as a damaged run folder."""
     resolved = (manifest.get("spec") or {}).get("resolved")
     return resolved if isinstance(resolved, dict) else {}
+
+
+def ordered_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    """`resolved_spec` in the order it was written (the manifest's YAML copy; its JSON is sorted), where a
+    loop body's order matters; the sorted one when the manifest has no readable copy."""
+    text = (manifest.get("spec") or {}).get("resolved_yaml")
+    try:
+        ordered = yaml.safe_load(text) if isinstance(text, str) else None
+    except yaml.YAMLError:
+        ordered = None
+    return ordered if isinstance(ordered, dict) else resolved_spec(manifest)
 
 
 def spec_nodes(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
