@@ -38,7 +38,7 @@ from dspy.utils.exceptions import AdapterParseError
 
 from .artifacts.rundata import finished_run_manifest
 from .engine.adapter import AsyncHubEngine, HubEngine, run_on_hub_loop
-from .engine.llm import NodeModule, build_module, output_names, quiet_copies
+from .engine.llm import NodeModule, build_module, quiet_copies
 from .engine.run import RunOptions, run_spec
 from .errors import CodecError, SpecError
 from .lang.nodes import LLMNode
@@ -96,7 +96,7 @@ def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) 
         if role and role not in spec.models:
             raise SpecError(str(spec.path), f"no model role '{role}'",
                             hint=f"roles in models: {', '.join(spec.models)}")
-    both = sorted(set(node.inputs) & set(output_names(node)))
+    both = sorted(set(node.inputs) & set(node.call_outputs()))
     if both:  # a DSPy signature's fields are inputs or outputs, never both (demos crashed on it)
         raise SpecError(str(spec.path), f"node '{node.name}' reads and writes '{both[0]}': optimize needs an "
                         "input and an output of different names",

@@ -110,7 +110,8 @@ def test_an_output_name_past_a_file_name_is_refused_at_its_line(tmp_path, seeds_
 
 # -- a hand-edited program file ---------------------------------------------------------------
 
-PROGRAM = {"predict": {"traces": [], "train": [], "demos": [{"instruction": "Sort a list.", "use_case": "code"}],
+PROGRAM = {"predict": {"traces": [], "train": [], "demos": [{"instruction": "Sort a list.", "use_case": "code",
+                                                            "skills": ["sorting"]}],
                        "signature": {"instructions": "Analyze.", "fields": [{"prefix": "Instruction:",
                                                                              "description": "${instruction}"}]},
                        "lm": None}, "codeclm": {"node": "encode"},
@@ -142,6 +143,113 @@ def test_a_sound_program_file_loads(tmp_path, seeds_file):
     program = tmp_path / "encode.json"
     program.write_text(json.dumps(PROGRAM))
     load_spec(write_spec(tmp_path, base_spec(seeds_file)), [f"nodes.encode.program={program}"])
+
+
+@pytest.mark.parametrize(("node", "demo", "missing", "outputs"), [
+    ("encode", {"instruction": "Sort a list.", "use_case": "code"}, "'skills'", "use_case, skills"),
+    ("refine.body.judge", {"instruction": "Hi.", "answer_1": "a", "answer_2": "b", "score_1": 3}, "'score_2'",
+     "score_1, score_2"),  # a pairwise judge's call gives the scores of one order
+], ids=["llm", "pair-judge"])
+def test_a_program_demo_without_an_output_is_refused_when_the_spec_loads(tmp_path, seeds_file, node, demo, missing,
+                                                                         outputs):
+    """A demo without one of the node's outputs passed validate, then every record failed on its
+    prompt (encode.jinja reads each demo's skills)."""
+    import json
+
+    program = tmp_path / "program.json"
+    demos = [{**PROGRAM["predict"]["demos"][0], "score_1": 1, "score_2": 2}, demo]
+    program.write_text(json.dumps({**PROGRAM, "predict": {**PROGRAM["predict"], "demos": demos}}))
+    path = write_spec(tmp_path, base_spec(seeds_file))
+    key = f"nodes.{node}.program"
+    error = spec_error(path, [f"{key}={program}"])
+    assert error.file == f"--set {key}" and str(program) in error.message
+    assert f"demo 2 of 2 (predict.demos[1]) has no {missing}, an output of node '{node.split('.')[-1]}'" \
+        in error.message
+    assert f"each demo holds the node's outputs ({outputs})" in error.hint and "codeclm optimize" in error.hint
+    data = base_spec(seeds_file)
+    data["nodes"]["encode"]["program"] = str(program) if node == "encode" else None
+    data["nodes"]["refine"]["body"]["judge"]["program"] = str(program) if node != "encode" else None
+    path = write_spec(tmp_path, data)
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if str(program) in text)
+    assert_reports(cli("validate", str(path)), f"{path}:{line}: {program}: demo 2 of 2", missing, "fix: each demo")
+
+
+# -- a pick from an empty list, a param that is NaN -------------------------------------------
+
+PICK = {"name": "pick", "models": {"strong": {"model": "local"}}, "params": {"styles": ["as a haiku"]},
+        "nodes": {"questions": {"type": "source", "records": [{"instruction": "Describe the moon."}]},
+                  "style": {"type": "pick", "for_each": "questions", "from": "params.styles"},
+                  "answer": {"type": "llm", "for_each": "style", "model": "strong", "template": "respond.jinja",
+                             "inputs": {"instruction": "questions.instruction ~ style.value"}, "outputs": ["answer"]}},
+        "outputs": {"dataset": {"from": "answer", "fields": {"id": "record.id", "answer": "answer.answer"}}}}
+
+
+@pytest.mark.parametrize(("params", "choices", "where", "message"), [
+    ({"styles": []}, "params.styles", "styles:", "params.styles must be a non-empty list"),
+    ({"styles": ["x"]}, "[]", "from: '[]'", "node 'style' from must be a non-empty list"),
+    ({"styles": "as a haiku"}, "params.styles", "styles:", "params.styles must be a non-empty list"),
+], ids=["empty-param", "empty-literal", "text-param"])
+def test_a_pick_from_an_empty_list_known_at_load_is_refused(tmp_path, params, choices, where, message):
+    """Each record failed with 'nothing to pick from' at run time."""
+    from conftest import REPO
+
+    data = {**PICK, "prompts": str(REPO / "prompts"), "params": params}
+    data["nodes"] = {**PICK["nodes"], "style": {**PICK["nodes"]["style"], "from": choices}}
+    path = write_spec(tmp_path, data)
+    error = spec_error(path)
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if where in text)
+    assert (error.file, error.line) == (str(path), line) and message in error.message, str(error)
+    assert "a pick draws one of its items" in error.message
+    load_spec(write_spec(tmp_path, {**data, "params": {"styles": ["x"]}, "nodes": PICK["nodes"]}))
+
+
+@pytest.mark.parametrize(("value", "name", "where"), [(float("nan"), "params.threshold", "  threshold: .nan"),
+                                                    (float("inf"), "params.threshold", "  threshold: .inf"),
+                                                    ([1, float("-inf")], "params.threshold.1", "  - -.inf")],
+                         ids=["nan", "inf", "in-a-list"])
+def test_a_param_that_is_nan_or_infinite_is_refused_at_its_line(tmp_path, seeds_file, value, name, where):
+    """`threshold: .nan` made every comparison with it false: every record was dropped, silently."""
+    path = write_spec(tmp_path, base_spec(seeds_file, threshold=value))
+    error = spec_error(path)
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if text == where)
+    assert (error.file, error.line) == (str(path), line), str(error)
+    assert f"{name} must be a finite number" in error.message
+    assert "write a number" in error.hint
+    error = spec_error(write_spec(tmp_path, base_spec(seeds_file)), ["params.threshold=.nan"])
+    assert error.file == "--set params.threshold" and "got nan" in error.message
+
+
+# -- a template reading a field a value lacks --------------------------------------------------
+
+
+def test_a_template_reading_a_field_a_demo_lacks_says_which_variable_and_its_fields(tmp_path):
+    """`demo.answer` where the node's output is `reply`: the hint listed the variables given (demos,
+    instruction, ...), which all were; it now says what the demo lacks and holds."""
+    (tmp_path / "r.jinja").write_text('{% for demo in demos %}{% call message("user") %}{{ demo.instruction }}'
+                                      '{% endcall %}\n{% call message("assistant") %}{{ demo.answer }}{% endcall %}'
+                                      '{% endfor %}{% call message("user") %}{{ instruction }}{% endcall %}')
+    data = {**PICK, "prompts": str(tmp_path)}
+    data["nodes"] = {**PICK["nodes"], "answer": {**PICK["nodes"]["answer"], "template": "r.jinja",
+                                                 "outputs": ["reply"]}}
+    data["outputs"] = {"dataset": {"from": "answer", "fields": {"id": "record.id", "reply": "answer.reply"}}}
+    assert_reports(cli("validate", str(write_spec(tmp_path, data))), f"{tmp_path / 'r.jinja'}:2: ",
+                   "has no attribute 'answer'", "fix: demo has no field 'answer'; a demo holds the node's inputs and "
+                   "outputs by name: instruction, reply", "name an output 'answer'")
+
+
+def test_an_undefined_field_hint_names_the_variable_and_its_fields(tmp_path):
+    from codeclm.programs.errors import SpecError
+    from codeclm.programs.lang.templates import TemplateStore
+
+    (tmp_path / "t.jinja").write_text('{% call message("user") %}\n{{ item["topic"] }} {{ name.upper }}'
+                                      '{{ missing }}{% endcall %}')
+    template = TemplateStore(tmp_path).get("t.jinja")
+    with pytest.raises(SpecError) as caught:
+        template.render({"item": {"use_case": "x", "skills": []}, "name": "n"})
+    assert caught.value.line == 2 and caught.value.hint == "item has no field 'topic'; its fields: skills, use_case"
+    with pytest.raises(SpecError) as caught:
+        template.render({"item": {"topic": "x"}, "name": "n"})
+    assert caught.value.hint == "variables given: item, name"  # a variable none gives: the variables are the fix
 
 
 # -- expressions that would grow without bound ------------------------------------------------

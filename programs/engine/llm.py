@@ -48,13 +48,6 @@ class StepResult:
         return {"stage": node, "error": self.error, "raw": self.raw}
 
 
-def output_names(node: LLMNode) -> list[str]:
-    """What one call of the node parses into (a pairwise judge: the two scores of one order)."""
-    if isinstance(node, JudgeNode) and node.pair:
-        return ["score_1", "score_2"]
-    return list(node.declared)
-
-
 def make_parser(node: LLMNode, graph: Graph) -> Callable[[str], dict[str, Any]]:
     """The node's named parser, with its static arguments, returning {output: value}."""
     if isinstance(node, JudgeNode):
@@ -72,7 +65,7 @@ def make_parser(node: LLMNode, graph: Graph) -> Callable[[str], dict[str, Any]]:
 
 def make_signature(node: LLMNode, instructions: str) -> type[dspy.Signature]:
     fields = {name: (Any, dspy.InputField()) for name in sorted(node.template_variables())}
-    fields.update({name: (Any, dspy.OutputField()) for name in output_names(node)})
+    fields.update({name: (Any, dspy.OutputField()) for name in node.call_outputs()})
     return dspy.Signature(fields, instructions or NO_INSTRUCTIONS)
 
 
@@ -225,7 +218,7 @@ def check_templates(spec: Spec) -> None:
     for node in spec.graph.model_nodes():
         template = store.get(node.template)
         inputs, unknown = sample_inputs(node, spec.graph)
-        outputs, unknown_outputs = output_samples(node, output_names(node))
+        outputs, unknown_outputs = output_samples(node, node.call_outputs())
         instructions = node.instructions or template.default_instructions
         first_error: SpecError | None = None
         # a value whose kind the spec does not say: first as AnyValue, then as a "<name>" text (|tojson)

@@ -35,6 +35,7 @@ from .nodes import (
     Node,
     NodeReader,
     Output,
+    PickNode,
     RoundsNode,
     SwitchNode,
 )
@@ -514,6 +515,8 @@ class _GraphCheck:
             wanted.append(("explode.limit", node.explode.limit, "count"))
         if isinstance(node, DedupNode):
             wanted.append(("threshold", node.threshold, "fraction"))
+        if isinstance(node, PickNode) and all(r.root == "params" for r in tree_references(node.choices)):
+            wanted.append(("from", node.choices, "choices"))  # known now: an empty list failed every record
         if isinstance(node, LLMNode) and not isinstance(node, JudgeNode):  # a parser's own arguments
             kinds = {"scale": "scale", "count": "count"}  # score's scale, rubrics' count
             wanted += [(f"parse.{arg}", value, kinds[arg]) for arg, value in node.parse.args.items() if arg in kinds]
@@ -652,6 +655,8 @@ def _static_problem(kind: str, value: Any) -> str | None:
         return None if value in ("fail", "tie") else "must be 'fail' or 'tie'"
     if kind == "bool":
         return None if isinstance(value, bool) else "must be true or false"
+    if kind == "choices":
+        return None if isinstance(value, list) and value else "must be a non-empty list (a pick draws one of its items)"
     return None
 
 

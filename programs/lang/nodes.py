@@ -26,10 +26,10 @@ RESERVED_OUTPUTS = ("failures", "manifest", "dataset_info", "call_keys")  # file
 MAX_OUTPUT_BYTES = 200  # an output is the file NAME.jsonl(.partial): a file name holds 255 bytes; as a spec's name
 
 
-def _program_problem(path: Path) -> str | None:
-    """What makes a file (at most 64 MiB) other than a program `codeclm optimize` saved; None when it
-    is one. Checked when the spec loads: a hand-edited file (`demos: 7`) passed validate, then the
-    run and `render` died in DSPy's loader or the adapter with a traceback."""
+def _saved_predictor(path: Path) -> str | dict[str, Any]:
+    """The tuned predictor's state in a program `codeclm optimize` saved (at most 64 MiB); else, as
+    text, what makes the file other than one. Checked when the spec loads: a hand-edited file
+    (`demos: 7`) passed validate, then the run and `render` died in DSPy's loader or the adapter."""
     import json
 
     try:
@@ -47,7 +47,7 @@ def _program_problem(path: Path) -> str | None:
     predict = state.get("predict")
     if not isinstance(predict, dict):
         return "it has no 'predict' mapping (the tuned predictor)"
-    return _predict_problem(predict)
+    return _predict_problem(predict) or predict
 
 
 def _predict_problem(predict: dict[str, Any]) -> str | None:
@@ -159,6 +159,10 @@ class LLMNode(Node):
     def outputs(self) -> list[str]:
         return [self.explode.as_] if self.explode else list(self.declared)
 
+    def call_outputs(self) -> list[str]:
+        """What one call parses into: its DSPy signature's outputs, so what each demo of its program holds."""
+        return list(self.declared)
+
     def template_variables(self) -> set[str]:
         return set(self.inputs)
 
@@ -179,6 +183,9 @@ class JudgeNode(LLMNode):
 
     def outputs(self) -> list[str]:
         return ["a", "b", "gap", "a_first", "b_first"] if self.pair else ["score"]
+
+    def call_outputs(self) -> list[str]:
+        return ["score_1", "score_2"] if self.pair else super().call_outputs()  # pairwise: one order's scores
 
     def template_variables(self) -> set[str]:
         pair_vars = {"answer_1", "answer_2"} if self.pair else set()
@@ -430,7 +437,39 @@ class NodeReader:
                                    "which other records have", hint="give every inline record the same fields")
 
     def read_llm(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
-        return LLMNode(**common, **self._llm_keys(raw, where))
+        return self._check_program(LLMNode(**common, **self._llm_keys(raw, where)))
+
+    def _check_program(self, node: LLMNode) -> LLMNode:
+        """The node, its `program:` checked: a file `codeclm optimize` saved, each demo holding the
+        node's outputs (a demo without one passed validate, then failed every record's prompt)."""
+        program, where = node.program, (*node.where, "program")
+        if program is None:
+            return node
+        if not program.is_file():
+            self.checker.error(where, f"optimized program {program} not found",
+                               "make one with codeclm optimize SPEC NODE, or drop 'program:'")
+            return node
+        predictor = _saved_predictor(program)
+        if isinstance(predictor, str):
+            self.checker.error(where, f"{program} is not a program `codeclm optimize` saved: {predictor}",
+                               "run codeclm optimize SPEC NODE again to remake it, remove that key from the file, "
+                               "or drop 'program:'")
+        else:
+            self._check_demos(node, predictor.get("demos", []), where)
+        return node
+
+    def _check_demos(self, node: LLMNode, demos: list[dict[str, Any]], where: Path_) -> None:
+        outputs = node.call_outputs()
+        for index, demo in enumerate(demos):
+            missing = [name for name in outputs if name not in demo]
+            if missing:
+                fields = ", ".join(map(repr, missing))
+                self.checker.error(where, f"{node.program}: demo {index + 1} of {len(demos)} (predict.demos[{index}]) "
+                                   f"has no {fields}, an output of node '{node.name}'",
+                                   f"each demo holds the node's outputs ({', '.join(outputs)}), which its prompt "
+                                   f"shows: add {fields} to that demo, delete the demo, run codeclm optimize SPEC "
+                                   f"{node.name} again, or drop 'program:'")
+                return  # one demo said: the others are most likely the same
 
     def _flag(self, raw: dict[str, Any], where: Path_, key: str) -> bool:
         if not isinstance(raw.get(key, False), bool):
@@ -444,10 +483,11 @@ class NodeReader:
             self.checker.error((*where, "pair"), "pair must list two expressions: the answers compared",
                                "e.g. pair: [answer_strong.answer, answer_target.answer]")
             pair = None
-        return JudgeNode(**common, **keys, pair=[self.expr((*where, "pair"), p) for p in pair] if pair else None,
+        node = JudgeNode(**common, **keys, pair=[self.expr((*where, "pair"), p) for p in pair] if pair else None,
                          both_orders=self.expr((*where, "both_orders"), raw.get("both_orders", True)),
                          scale=self.expr((*where, "scale"), raw.get("scale", [1, 10])),
                          unparsable=self.expr((*where, "unparsable"), _word(raw.get("unparsable", "fail"))))
+        return self._check_program(node)
 
     def _llm_keys(self, raw: dict[str, Any], where: Path_) -> dict[str, Any]:
         for key in ("model", "template"):
@@ -465,13 +505,6 @@ class NodeReader:
             declared = []
         declared = declared or (list(PARSERS[parse.name].fixed_outputs or ["text"]) if parse else ["text"])
         program = self.checker.relative(str(raw["program"])) if raw.get("program") else None
-        if program and not program.is_file():
-            self.checker.error((*where, "program"), f"optimized program {program} not found",
-                               "make one with codeclm optimize SPEC NODE, or drop 'program:'")
-        elif program and (problem := _program_problem(program)):
-            self.checker.error((*where, "program"), f"{program} is not a program `codeclm optimize` saved: {problem}",
-                               "run codeclm optimize SPEC NODE again to remake it, remove that key from the file, "
-                               "or drop 'program:'")
         for key, low, high in (("temperature", 0, 2), ("max_tokens", 1, 1_000_000)):
             value = raw.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

@@ -270,6 +270,10 @@ class Checker:
                        "write the graph under 'nodes:' (see docs/spec.md and specs/codeclm.yaml)")
         models = self.models(self.mapping(("models",), data.get("models"), "models"))
         params = self.mapping(("params",), data.get("params"), "params")
+        for path, value in _non_finite(params, ("params",)):  # `.nan`: every comparison with it is false
+            self.error(path, f"{'.'.join(map(str, path))} must be a finite number, got {value!r}: a filter or "
+                       "case comparing with NaN is always false, and no count or scale is infinite",
+                       "write a number, e.g. 3 or 0.5")
         prompts_dir = self.relative(str(data.get("prompts", "../prompts")))
         if not prompts_dir.is_dir():
             self.error(("prompts",), f"prompts folder {prompts_dir} does not exist",
@@ -447,7 +451,7 @@ class Checker:
 
 
 def _non_finite(value: Any, path: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], float]]:
-    """(path, value) for each NaN or infinity in a model's `extra:` settings, however deep."""
+    """(path, value) for each NaN or infinity in a value (a model's `extra:`, params), however deep."""
     if isinstance(value, float) and not math.isfinite(value):
         return [(path, value)]
     if isinstance(value, dict):

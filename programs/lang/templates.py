@@ -11,12 +11,14 @@ the default, and a stage renders `{{ instructions }}` when DSPy changed them.
 
 from __future__ import annotations
 
-from functools import cached_property, lru_cache
+import re
+from functools import cached_property, lru_cache, partial
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from jinja2 import meta
+from jinja2.utils import missing, object_type_repr
 
 from ..errors import SpecError
 from .expressions import RANGED, Sandbox
@@ -49,7 +51,7 @@ def _environment(folder: str) -> Sandbox:
     process (Jinja's cache recompiles it when its file changes), not once per node and per check."""
     return Sandbox(
         loader=jinja2.FileSystemLoader(folder),
-        undefined=jinja2.StrictUndefined,
+        undefined=_Undefined,
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
@@ -113,9 +115,9 @@ class StageTemplate:
         try:
             self.template.render({**variables, "message": messages})
         except jinja2.UndefinedError as exc:
-            raise SpecError(str(self.path), f"template uses an undefined variable: {exc.message}",
-                            line=_template_line(exc),
-                            hint=f"variables given: {', '.join(sorted(variables))}") from None
+            line = _template_line(exc)
+            raise SpecError(str(self.path), f"template uses an undefined variable: {exc.message}", line=line,
+                            hint=self._undefined_hint(exc, variables, line)) from None
         except jinja2.TemplateError as exc:
             raise SpecError(str(self.path), f"template failed to render: {exc}", line=_template_line(exc)) from None
         except SpecError:
@@ -130,6 +132,49 @@ class StageTemplate:
             raise SpecError(str(self.path), "template rendered no messages",
                             hint='wrap the prompt in {% call message("user") %}...{% endcall %}')
         return messages.made
+
+    def _undefined_hint(self, exc: jinja2.UndefinedError, variables: dict[str, Any], line: int | None) -> str:
+        """The fix of an undefined name: the variables given; or, for a field a value lacks
+        (`demo.answer`), which variable lacks it and the fields it has, which the variables don't say."""
+        if not isinstance(exc, _UndefinedUse) or exc.owner is missing:
+            return f"variables given: {', '.join(sorted(variables))}"
+        lines = self.source.splitlines()
+        owner = _owner_of(exc.name, lines[line - 1]) if line and line <= len(lines) else None
+        what = f"{owner or 'the value'} has no field {exc.name!r}"
+        if not isinstance(exc.owner, dict):
+            return f"{what}: it is {object_type_repr(exc.owner)}"
+        fields = ", ".join(sorted(map(str, exc.owner))[:30]) or "none"
+        if any(exc.owner is demo for demo in variables.get("demos") or ()):  # a demo: the node's inputs, outputs
+            return (f"{what}; a demo holds the node's inputs and outputs by name: {fields}; read one of these, "
+                    f"or name an output {exc.name!r} (outputs: [...])")
+        return f"{what}; its fields: {fields}"
+
+
+class _UndefinedUse(jinja2.UndefinedError):
+    """Jinja's undefined error, keeping the value that lacks the name (Jinja's keeps only a message)."""
+
+    def __init__(self, message: str | None = None, owner: Any = missing, name: Any = None):
+        super().__init__(message)
+        self.owner, self.name = owner, name
+
+
+class _Undefined(jinja2.StrictUndefined):
+    """StrictUndefined whose error is an _UndefinedUse, for the hint."""
+
+    __slots__ = ()
+
+    def __init__(self, hint: str | None = None, obj: Any = missing, name: str | None = None,
+                 exc: Any = jinja2.UndefinedError):
+        if exc is jinja2.UndefinedError:
+            exc = partial(_UndefinedUse, owner=obj, name=name)
+        super().__init__(hint, obj, name, exc)
+
+
+def _owner_of(name: Any, line: str) -> str | None:
+    """The variable read as `VAR.name` or `VAR['name']` on a template line, or None."""
+    field = re.escape(str(name))
+    match = re.search(rf"([A-Za-z_]\w*)\s*(?:\.\s*{field}\b|\[\s*['\"]?{field}['\"]?\s*\])", line)
+    return match.group(1) if match else None
 
 
 class _Messages:
