@@ -328,6 +328,49 @@ def test_a_full_disk_mid_run_is_a_message_not_a_traceback(tmp_path, seeds_file, 
     assert result.exit_code == 1, result.output
     assert "metadata.jsonl.partial: No space left on device" in result.output and "resume" in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()  # its journals are gone, and the folder it made for them
+
+
+def test_a_failed_replay_removes_the_journals_it_began(tmp_path, seeds_file):
+    """A replay that missed the cache (exit 3) left dataset.jsonl.partial and every other journal in its
+    --out. Now it removes what it began and nothing else: a new folder goes again, an empty one stays
+    empty, a reused run folder keeps the files its earlier run finished and the user's."""
+    run, cache, again = tmp_path / "run", str(tmp_path / "cache"), tmp_path / "again"
+    with FakeOpenAIServer() as server:
+        data = base_spec(seeds_file)
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
+                          for role in ("strong", "target")}
+        spec = str(write_spec(tmp_path, data))
+        assert codeclm("run", spec, "-q", "--no-report", "--out", str(run), "--cache-dir", cache).exit_code == 0
+    assert codeclm("replay", str(run), "--out", str(again), "--cache-dir", cache).exit_code == 0
+    (again / "notes.txt").write_text(USER_DATA)
+    (tmp_path / "empty").mkdir()
+    kept = sorted(path.name for path in again.iterdir() if path.name != "manifest.json")  # a rerun's first write
+    cleared = codeclm("cache", "clear", "--model", "hosted_vllm/target", "--yes", "--cache-dir", cache)
+    assert cleared.exit_code == 0, cleared.output  # the replay now misses mid-way, its journals begun
+    for out in ("new", "empty", "again"):
+        missed = codeclm("replay", str(run), "--out", str(tmp_path / out), "--cache-dir", cache)
+        assert missed.exit_code == 3 and "Traceback" not in missed.output, missed.output
+    assert not (tmp_path / "new").exists() and list((tmp_path / "empty").iterdir()) == []
+    assert sorted(path.name for path in again.iterdir()) == kept
+    assert (again / "notes.txt").read_text() == USER_DATA
+
+
+def test_a_write_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A full disk at a file's last flush left its temporary `.NAME.tmp` beside the run's files."""
+    import errno
+
+    from codeclm.programs.artifacts.store import _AtomicFile, write_atomic
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(tmp_path / "manifest.json", "{}\n")
+    with pytest.raises(OSError, match="No space"), _AtomicFile(tmp_path / "dataset.jsonl") as handle:
+        handle.write("{}\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_two_runs_into_one_folder_at_once_the_second_is_refused(tmp_path):

@@ -3,7 +3,9 @@
 Finished files are written to a temporary name and renamed into place (atomic). While a
 run is going, each output's records stream to a `.partial` journal, so memory stays flat;
 each journal is sorted into its final file at the end, giving the same bytes whatever
-order records finished in.
+order records finished in. A run that stops on an error or Ctrl-C removes the journals and
+temporary files it began (a rerun rebuilds them from the cache); only SIGKILL leaves them,
+for its rerun to replace.
 
 A run writes only into a folder that is new, empty or one of codeclm's own runs (marked by
 `.codeclm-run`, or a codeclm manifest), never into the root, the home folder or the run a
@@ -20,9 +22,9 @@ import errno
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import IO, Any, BinaryIO, TextIO
 
 from ..errors import SpecError, first_clause
 from ..lang.nodes import RESERVED_OUTPUTS, path_like
@@ -79,11 +81,16 @@ def dumps(record: Any) -> str:
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two processes never share one
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: the half-written temporary file is ours, and useless
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 MARKER = ".codeclm-run"  # written first into every run folder: what makes a folder codeclm's own
@@ -355,6 +362,8 @@ class RunStore:
         self._index: dict[str, OrderedSpill] = {}  # each journal's line offsets, under the lines' orders
         self._call_log: BinaryIO | None = None
         self._earlier_files: set[str] = set()  # what codeclm had written in the folder before this run
+        # what this run made, for a failed run that wrote nothing else to leave the folder as it was
+        self._made_folder = self._made_marker = False
         self._lock_fd: int | None = None
 
     def claim(self) -> None:
@@ -363,6 +372,8 @@ class RunStore:
         never taken as finished. The previous run's other artifacts are replaced one by one."""
         if self._claimed:
             return
+        self._made_folder = not self.folder.exists()
+        self._made_marker = not (self.folder / MARKER).is_file()
         claim_folder(self.folder, self.protect)
         self.hold()
         self._earlier_files = own_files(self.folder)
@@ -490,12 +501,42 @@ class RunStore:
             self.journal_path(artifact).unlink()
             lines[artifact] = len(index)
             index.close()
+        self._journals.clear()
         return lines
+
+    def abandon(self) -> None:
+        """The run failed: remove the journals it began, which no rerun reads (a rerun rebuilds them from
+        the cache), and the marker (and folder) it made if it wrote nothing else there. Only this run's
+        files go: the finished files it wrote, an earlier run's and the user's stay. Never raises, so
+        the error that stopped the run is the one reported."""
+        if self._call_log is not None:
+            _discard(self._call_log, self.journal_path("call_keys"))
+            self._call_log = None
+        for artifact, journal in self._journals.items():
+            _discard(journal.handle, self.journal_path(artifact))
+        self._journals.clear()
+        for index in self._index.values():
+            index.close()
+        self._index.clear()
+        if self._claimed and self._made_marker:
+            with suppress(OSError):  # a file someone put there meanwhile keeps the folder
+                if [path.name for path in self.folder.iterdir()] == [MARKER]:
+                    (self.folder / MARKER).unlink()
+                    if self._made_folder:
+                        self.folder.rmdir()
 
     def _atomic_lines(self, artifact: str) -> _AtomicFile:
         self.claim()
         self._owned(artifact)
         return _AtomicFile(self.path(artifact))
+
+
+def _discard(handle: IO[Any], path: Path) -> None:
+    """Close and remove a file of a failed run; its last buffered lines may fail to flush (a full disk)."""
+    with suppress(OSError):
+        handle.close()
+    with suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 class _Journal:
@@ -532,10 +573,14 @@ class _AtomicFile:
         return self.handle
 
     def __exit__(self, kind, value, traceback) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        if kind is None:
+        if kind is not None:  # the writing failed: the temporary file is ours, and useless
+            _discard(self.handle, self.tmp)
+            return
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
             os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        except BaseException:  # a full disk at the last flush
+            _discard(self.handle, self.tmp)
+            raise

@@ -120,6 +120,10 @@ class OutputWriter:
         if self.store:
             self.store.release()
 
+    def abandon(self) -> None:
+        if self.store:
+            self.store.abandon()
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         if self.store:
             self.store.write_json("manifest", manifest)

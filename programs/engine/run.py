@@ -336,6 +336,9 @@ class Engine:
             manifest = build_manifest(self.spec, self.options, self.hub, counts, time.time() - started,
                                       self.progress, self.outputs.failure_reasons, self.outputs.without_messages)
             self.outputs.write_manifest(manifest)
+        except BaseException:  # a failure, a replay miss, Ctrl-C: the journals it began go, finished files stay
+            self.outputs.abandon()
+            raise
         finally:
             self.outputs.release()
         return RunResult(self.outputs.folder, counts, manifest, manifest["calls"])
