@@ -329,13 +329,17 @@ def _write_report(run_dir: Path) -> Path | None:
               help="Where to write the replayed run [default: RUN_DIR-replay].")
 @click.option("--cache-dir", type=FOLDER,
               help="Cache folder (default: the one the run used, as its manifest recorded it).")
+@click.option("--spec", "moved_spec", type=_NamedPath(exists=True, dir_okay=False, path_type=Path),
+              help="Where the run's spec file is now, if it moved (default: the path its manifest recorded); "
+                   "it must be the same file, unedited.")
 @reports_errors
 @reads_run
-def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
+def replay(run_dir: Path, out: Path | None, cache_dir: Path | None, moved_spec: Path | None) -> None:
     """Re-run a finished run from the cache alone: no model, no key, same bytes.
 
     Takes the spec and options RUN_DIR's manifest recorded, reads the cache read-only,
-    and compares the replayed dataset with the recorded one.
+    and compares the replayed dataset with the recorded one. To run an edited spec from
+    the cache instead, use `codeclm run SPEC --replay`.
     """
     from codeclm.programs.artifacts.manifest import sources
     from codeclm.programs.artifacts.rundata import finished_run_manifest
@@ -346,7 +350,8 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
     manifest = finished_run_manifest(run_dir, ("options.cache_dir", "options.overrides", "options.seeds",
                                                "options.limit", "spec.path"))  # what replay reads
     recorded = manifest["options"]
-    loaded = _load_recorded(manifest["spec"]["path"], tuple(recorded["overrides"]), manifest_path)
+    loaded = _load_recorded(_recorded_spec(manifest, manifest_path, moved_spec), tuple(recorded["overrides"]),
+                            manifest_path)
     changed = _changed_since(manifest, sources(loaded))
     if changed:  # said first: a miss (exit 3) or a different dataset is then no surprise
         click.secho("warning: changed since the run: " + "; ".join(changed) + ". The replay reads them as they are "
@@ -367,6 +372,26 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None) -> None:
         click.secho("changed since the run: " + ("; ".join(changed) if changed else "nothing codeclm records (the "
                     "cache entries the run read were replaced, e.g. by a --refresh run)"), fg="red", err=True)
         sys.exit(1)
+
+
+def _recorded_spec(manifest: dict[str, Any], manifest_path: Path, moved: Path | None) -> str:
+    """The spec file a replay runs: the one the manifest names, or the same file where it is now (`--spec`).
+    A replay checks the recorded run, so a file of other bytes is refused, not replayed (SpecError)."""
+    from codeclm.programs.artifacts.manifest import spec_sha
+    from codeclm.programs.errors import SpecError
+
+    recorded = str(manifest["spec"]["path"])
+    if moved is None:
+        if not Path(recorded).is_file():
+            raise SpecError(str(manifest_path), f"the run's spec file {recorded} is no longer there",
+                            hint=f"put it back at that path, or name where it is now: "
+                                 f"codeclm replay {manifest_path.parent} --spec PATH")
+        return recorded
+    if spec_sha(moved) != manifest["spec"].get("sha256"):
+        raise SpecError(str(moved), f"not the spec file the run used (its hash is not the one {manifest_path} "
+                        "recorded)", hint=f"name the run's own spec file (it was {recorded}); to run an edited spec "
+                                          "from the cache, use `codeclm run SPEC --replay`")
+    return str(moved)
 
 
 def _load_recorded(spec_path: str, overrides: tuple[str, ...], manifest_path: Path) -> Any:

@@ -166,6 +166,34 @@ def test_replay_says_first_what_changed_since_the_run(tmp_path, seeds_file):
     assert "warning: changed since the run: templates improve.jinja" in edited.output, edited.output
 
 
+def test_replay_of_a_moved_spec_names_the_recorded_path_and_takes_the_same_file(tmp_path, seeds_file):
+    """The spec moved since the run: replay said "cannot read file", never that the path was the manifest's
+    nor what to do. Now it names the path and the fix; `--spec` takes the same file where it is now, and
+    refuses another (a replay checks the recorded run)."""
+    from fake_openai_server import FakeOpenAIServer
+
+    invoke = CliRunner().invoke
+    data = base_spec(seeds_file)
+    cache, run = str(tmp_path / "cache"), tmp_path / "run"
+    with FakeOpenAIServer() as server:
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
+                          for role in ("strong", "target")}
+        spec = write_spec(tmp_path, data)
+        assert invoke(cli.main, ["run", str(spec), "-q", "--out", str(run), "--cache-dir", cache]).exit_code == 0
+    moved = spec.rename(tmp_path / "moved.yaml")
+    gone = invoke(cli.main, ["replay", str(run), "--cache-dir", cache])
+    assert gone.exit_code == 2 and "Traceback" not in gone.output, gone.output
+    assert f"{run / 'manifest.json'}: the run's spec file {spec.resolve()} is no longer there" in gone.output
+    assert f"codeclm replay {run} --spec PATH" in gone.output
+    again = invoke(cli.main, ["replay", str(run), "--spec", str(moved), "--cache-dir", cache])
+    assert again.exit_code == 0 and "dataset.jsonl identical to the recorded run" in again.output, again.output
+    moved.write_text(moved.read_text() + "# edited\n")
+    edited = invoke(cli.main, ["replay", str(run), "--spec", str(moved), "--out", str(tmp_path / "edited"),
+                               "--cache-dir", cache])
+    assert edited.exit_code == 2 and f"{moved}: not the spec file the run used" in edited.output, edited.output
+    assert "codeclm run SPEC --replay" in edited.output and not (tmp_path / "edited").exists()
+
+
 def test_an_empty_folder_option_is_refused_not_read_as_here(tmp_path, monkeypatch):
     """`--cache-dir ''` (an unset shell variable) made cache.db in the current folder."""
     monkeypatch.chdir(tmp_path)

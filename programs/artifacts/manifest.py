@@ -27,6 +27,11 @@ def _sha(text: str | bytes) -> str:
     return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
 
 
+def spec_sha(path: Path) -> str:
+    """A spec file's hash as the manifest records it: of its bytes."""
+    return _sha(path.read_bytes())
+
+
 def template_sha(path: Path) -> str:
     """A template's hash as the manifest records it: of its text as Jinja reads it (newlines as \n). Bytes
     that are not UTF-8 (a file damaged since) hash as replacement characters: a different hash, never an error."""
@@ -59,7 +64,7 @@ def sources(spec: Spec) -> dict[str, Any]:
     code. A manifest records them; a replay compares them with the files as they are now."""
     store = TemplateStore(spec.prompts_dir)
     return {
-        "spec": {"path": str(spec.path.resolve()), "name": spec.name, "sha256": _sha(spec.path.read_bytes())},
+        "spec": {"path": str(spec.path.resolve()), "name": spec.name, "sha256": spec_sha(spec.path)},
         "templates": {n.template: template_sha(store.get(n.template).path) for n in spec.graph.model_nodes()},
         # tuned programs (`program:`) by node: what the prompts held, as the templates' hashes do
         "programs": {n.name: {"path": str(n.program), "sha256": _sha(n.program.read_bytes())}
