@@ -194,6 +194,25 @@ def test_replay_of_a_moved_spec_names_the_recorded_path_and_takes_the_same_file(
     assert "codeclm run SPEC --replay" in edited.output and not (tmp_path / "edited").exists()
 
 
+def test_replay_from_another_folder_finds_a_cache_named_relative(tmp_path, seeds_file, monkeypatch):
+    """`run --cache-dir cache` recorded `cache` as it was typed: a replay from another folder read an empty
+    cache there and missed every call (exit 3). The manifest records the folder absolute, as it does --seeds."""
+    from fake_openai_server import FakeOpenAIServer
+
+    invoke = CliRunner().invoke
+    data = base_spec(seeds_file)
+    monkeypatch.chdir(tmp_path)
+    with FakeOpenAIServer() as server:
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
+                          for role in ("strong", "target")}
+        spec = str(write_spec(tmp_path, data))
+        assert invoke(cli.main, ["run", spec, "-q", "--out", "run", "--cache-dir", "cache"]).exit_code == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    replayed = invoke(cli.main, ["replay", str(tmp_path / "run")])
+    assert replayed.exit_code == 0 and "identical to the recorded run" in replayed.output, replayed.output
+
+
 def test_an_empty_folder_option_is_refused_not_read_as_here(tmp_path, monkeypatch):
     """`--cache-dir ''` (an unset shell variable) made cache.db in the current folder."""
     monkeypatch.chdir(tmp_path)

@@ -92,7 +92,7 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
         "options": {"overrides": options.overrides,  # --seeds absolute: a replay from another folder finds it
                     "seeds": str(Path(options.seeds).resolve()) if options.seeds else None,
                     "limit": options.limit, "concurrency": options.concurrency, "cache_mode": options.cache_mode,
-                    "cache_dir": str(hub.cache.folder)},
+                    "cache_dir": str(Path(hub.cache.folder).resolve())},  # absolute too, as --seeds
         "counts": {"instructions": counts, "stages": {s: _stage_row(progress, s) for s in progress.total},
                    "decisions": dict(progress.decisions),
                    **_failure_reasons(failure_reasons or {}),
