@@ -4,8 +4,8 @@ Finished files are written to a temporary name and renamed into place (atomic). 
 run is going, each output's records stream to a `.partial` journal, so memory stays flat;
 each journal is sorted into its final file at the end, giving the same bytes whatever
 order records finished in. A run that stops on an error or Ctrl-C removes the journals and
-temporary files it began (a rerun rebuilds them from the cache); only SIGKILL leaves them,
-for its rerun to replace.
+temporary files it began (a rerun rebuilds them from the cache); only SIGKILL (or a power
+loss) leaves them, for its rerun to replace.
 
 A run writes only into a folder that is new, empty or one of codeclm's own runs (marked by
 `.codeclm-run`, or a codeclm manifest), never into the root, the home folder or the run a
