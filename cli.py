@@ -6,6 +6,7 @@ Heavy imports (DSPy, llama.cpp) happen inside the commands that need them, so th
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -365,6 +366,10 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None, moved_spec: 
     options.progress.close()
     _summary(result)
     same = (run_dir / "dataset.jsonl").read_bytes() == (out / "dataset.jsonl").read_bytes()
+    if not same and _same_records(run_dir / "dataset.jsonl", out / "dataset.jsonl"):
+        click.secho("dataset.jsonl holds the same records as the recorded run, in another JSON encoding (an earlier "
+                    "codeclm wrote a space after each `,` and `:`)", fg="green")
+        return
     click.secho(f"dataset.jsonl {'identical to' if same else 'DIFFERS from'} the recorded run",
                 fg="green" if same else "red")
     if not same:
@@ -372,6 +377,18 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None, moved_spec: 
         click.secho("changed since the run: " + ("; ".join(changed) if changed else "nothing codeclm records (the "
                     "cache entries the run read were replaced, e.g. by a --refresh run)"), fg="red", err=True)
         sys.exit(1)
+
+
+def _same_records(recorded: Path, replayed: Path) -> bool:
+    """Whether two JSONL files hold the same records, line for line, however each was encoded."""
+    with recorded.open("rb") as first, replayed.open("rb") as second:
+        for a, b in itertools.zip_longest(first, second):
+            try:
+                if a is None or b is None or json.loads(a) != json.loads(b):
+                    return False
+            except (ValueError, RecursionError):
+                return False
+    return True
 
 
 def _recorded_spec(manifest: dict[str, Any], manifest_path: Path, moved: Path | None) -> str:

@@ -194,6 +194,32 @@ def test_replay_of_a_moved_spec_names_the_recorded_path_and_takes_the_same_file(
     assert "codeclm run SPEC --replay" in edited.output and not (tmp_path / "edited").exists()
 
 
+def test_replay_of_a_run_written_in_the_older_encoding_finds_the_same_records(tmp_path, seeds_file):
+    """Lines were json's `{"a": 1, "b": 2}` until orjson wrote them compact: a run recorded before said
+    "DIFFERS" on replay (exit 1) and blamed codeclm's parsers. Records equal line for line are the same
+    data, said so (exit 0); a record that differs still DIFFERS."""
+    from fake_openai_server import FakeOpenAIServer
+
+    invoke = CliRunner().invoke
+    data = base_spec(seeds_file)
+    cache, run = str(tmp_path / "cache"), tmp_path / "run"
+    with FakeOpenAIServer() as server:
+        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
+                          for role in ("strong", "target")}
+        spec = str(write_spec(tmp_path, data))
+        assert invoke(cli.main, ["run", spec, "-q", "--out", str(run), "--cache-dir", cache]).exit_code == 0
+    dataset = run / "dataset.jsonl"
+    records = [json.loads(line) for line in dataset.read_text().splitlines()]
+    assert records and '":' in dataset.read_text() and '": ' not in dataset.read_text()  # compact today
+    dataset.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records))
+    older = invoke(cli.main, ["replay", str(run), "--out", str(tmp_path / "r1"), "--cache-dir", cache])
+    assert older.exit_code == 0 and "holds the same records as the recorded run" in older.output, older.output
+    records[0]["id"] = "edited"
+    dataset.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    edited = invoke(cli.main, ["replay", str(run), "--out", str(tmp_path / "r2"), "--cache-dir", cache])
+    assert edited.exit_code == 1 and "DIFFERS from the recorded run" in edited.output, edited.output
+
+
 def test_replay_from_another_folder_finds_a_cache_named_relative(tmp_path, seeds_file, monkeypatch):
     """`run --cache-dir cache` recorded `cache` as it was typed: a replay from another folder read an empty
     cache there and missed every call (exit 3). The manifest records the folder absolute, as it does --seeds."""

