@@ -4,6 +4,7 @@ recorded failure, never a traceback or a silent surprise (a paid model called, a
 from __future__ import annotations
 
 import pytest
+from codeclm.programs.errors import SpecError, SpecErrors
 from codeclm.programs.lang.spec import load_spec
 from conftest import base_spec, write_spec
 from test_bad_inputs import assert_reports, cli, raw_spec, spec_error
@@ -186,7 +187,7 @@ PICK = {"name": "pick", "models": {"strong": {"model": "local"}}, "params": {"st
 
 @pytest.mark.parametrize(("params", "choices", "where", "message"), [
     ({"styles": []}, "params.styles", "styles:", "params.styles must be a non-empty list"),
-    ({"styles": ["x"]}, "[]", "from: '[]'", "node 'style' from must be a non-empty list"),
+    ({"styles": ["x"]}, "[]", "from: '[]'", "node 'style' from must be a non-empty list, range or mapping"),
     ({"styles": "as a haiku"}, "params.styles", "styles:", "params.styles must be a non-empty list"),
 ], ids=["empty-param", "empty-literal", "text-param"])
 def test_a_pick_from_an_empty_list_known_at_load_is_refused(tmp_path, params, choices, where, message):
@@ -201,6 +202,29 @@ def test_a_pick_from_an_empty_list_known_at_load_is_refused(tmp_path, params, ch
     assert (error.file, error.line) == (str(path), line) and message in error.message, str(error)
     assert "a pick draws one of its items" in error.message
     load_spec(write_spec(tmp_path, {**data, "params": {"styles": ["x"]}, "nodes": PICK["nodes"]}))
+
+
+@pytest.mark.parametrize(("choices", "params"), [("range(0, params.n)", {"n": 3}),
+                                                 ("params.by_style", {"by_style": {"haiku": 1}})],
+                         ids=["range", "mapping"])
+def test_a_pick_from_a_range_or_a_mapping_known_at_load_validates(tmp_path, choices, params):
+    """A pick draws from any collection (a mapping's keys): the check of an empty list refused both."""
+    from conftest import REPO
+
+    data = {**PICK, "prompts": str(REPO / "prompts"), "params": params}
+    data["nodes"] = {**PICK["nodes"], "style": {**PICK["nodes"]["style"], "from": choices}}
+    load_spec(write_spec(tmp_path, data))
+
+
+def test_a_pick_without_from_is_one_error(tmp_path):
+    from conftest import REPO
+
+    data = {**PICK, "prompts": str(REPO / "prompts"), "params": {}}
+    data["nodes"] = {**PICK["nodes"], "style": {"type": "pick", "for_each": "questions"}}
+    with pytest.raises((SpecError, SpecErrors)) as caught:
+        load_spec(write_spec(tmp_path, data))
+    errors = getattr(caught.value, "errors", [caught.value])
+    assert len(errors) == 1 and "a pick needs from:" in errors[0].message, [str(e) for e in errors]
 
 
 @pytest.mark.parametrize(("value", "name", "where"), [(float("nan"), "params.threshold", "  threshold: .nan"),

@@ -515,7 +515,8 @@ class _GraphCheck:
             wanted.append(("explode.limit", node.explode.limit, "count"))
         if isinstance(node, DedupNode):
             wanted.append(("threshold", node.threshold, "fraction"))
-        if isinstance(node, PickNode) and all(r.root == "params" for r in tree_references(node.choices)):
+        if isinstance(node, PickNode) and node.choices is not None and \
+                all(r.root == "params" for r in tree_references(node.choices)):
             wanted.append(("from", node.choices, "choices"))  # known now: an empty list failed every record
         if isinstance(node, LLMNode) and not isinstance(node, JudgeNode):  # a parser's own arguments
             kinds = {"scale": "scale", "count": "count"}  # score's scale, rubrics' count
@@ -655,8 +656,9 @@ def _static_problem(kind: str, value: Any) -> str | None:
         return None if value in ("fail", "tie") else "must be 'fail' or 'tie'"
     if kind == "bool":
         return None if isinstance(value, bool) else "must be true or false"
-    if kind == "choices":
-        return None if isinstance(value, list) and value else "must be a non-empty list (a pick draws one of its items)"
+    if kind == "choices":  # what a pick draws from: the items of a list or range, the keys of a mapping
+        ok = isinstance(value, (list, tuple, range, dict)) and len(value) > 0
+        return None if ok else "must be a non-empty list, range or mapping (a pick draws one of its items or keys)"
     return None
 
 

@@ -580,9 +580,10 @@ class NodeReader:
                     bool(conf.get("unique")))
 
     def read_pick(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
-        if "from" not in raw:
+        if "from" not in raw:  # said once: no expression stands in for it, to be refused again as empty
             self.checker.error(where, "a pick needs from: (an expression giving a list)")
-        return PickNode(**common, choices=self.expr((*where, "from"), raw.get("from", "[]")))
+            return PickNode(**common)
+        return PickNode(**common, choices=self.expr((*where, "from"), raw["from"]))
 
     def read_filter(self, raw: dict[str, Any], where: Path_, common: dict[str, Any]) -> Node:
         if "where" not in raw:
