@@ -574,6 +574,20 @@ def test_exit_on_a_switch_outside_a_loop_is_refused(tmp_path, seeds_file):
     assert "filter" in error.hint and error.line == line_of(path, "exit: dropped")
 
 
+@pytest.mark.parametrize("status", ["ok", "skipped", "blocked", "failed"])
+def test_an_exit_named_as_an_engine_status_is_refused(tmp_path, status):
+    """`exit: ok` validated, and the loop went on past the case (ok is how a case says "go on"): every
+    record ran to max and was dropped. The engine's own statuses are refused as exit names."""
+    (tmp_path / "specs").mkdir()
+    path = tmp_path / "specs" / "critique.yaml"
+    text = (REPO / "specs" / "critique_rewrite.yaml").read_text().replace("prompts: ../prompts",
+                                                                          f"prompts: {REPO / 'prompts'}")
+    path.write_text(text.replace("exit: kept}", f"exit: {status}}}"))
+    error = only_error(path)
+    assert "not one of the engine's own statuses" in error.message and "exit: kept" in error.hint, str(error)
+    assert error.line == line_of(path, f"exit: {status}}}")
+
+
 def test_a_set_typo_is_reported_at_the_set_not_at_a_line_of_the_file(tmp_path, spec_data):
     """`--set params.max_iteratons=3` was reported at a line of the spec, where no such key is."""
     path = write_spec(tmp_path, spec_data)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 VIRTUAL_FIELDS = ("id", "calls")  # every node's records have them: NODE.id, NODE.calls
 LOOP_FIELDS = ("index", "first", "last", "max", "calls", "failure")
 LOOP_OUTPUTS = ("exit", "iteration", "iterations")
+# statuses the engine gives records itself: a case that exits names another (ok: a case that goes on)
+ENGINE_STATUSES = ("ok", "failed", "skipped", "blocked")
 RECORD_FIELDS = ("id", "status", "failure", "sources", "calls")  # `record.*`, in outputs
 RESERVED_OUTPUTS = ("failures", "manifest", "dataset_info", "call_keys")  # files every run writes itself
 MAX_OUTPUT_BYTES = 200  # an output is the file NAME.jsonl(.partial): a file name holds 255 bytes; as a spec's name
@@ -620,8 +622,11 @@ class NodeReader:
             elif case["name"] in {c.name for c in cases}:  # NODE.case could not tell the two apart
                 self.checker.error((*at, "name"), f"two cases are named '{case['name']}'",
                                    "name each case once: NODE.case and the run's decisions count cases by name")
-            if case.get("exit") is not None and (not isinstance(case["exit"], str) or case["exit"] == "failed"):
-                self.checker.error((*at, "exit"), "exit names how the loop ends (e.g. kept, dropped), not 'failed'")
+            if case.get("exit") is not None and (not isinstance(case["exit"], str) or case["exit"] in ENGINE_STATUSES):
+                # `ok` is how a case says "go on": `exit: ok` went on, never ending the loop
+                self.checker.error((*at, "exit"), "exit names how the loop ends (e.g. kept, dropped), not one of the "
+                                   f"engine's own statuses ({', '.join(ENGINE_STATUSES)})",
+                                   "name the status the record ends with, e.g. exit: kept; leave exit out to go on")
             sets = self.checker.mapping((*at, "set"), case.get("set"), "set")
             cases.append(Case(str(case.get("name", f"case{i}")),
                               self.expr((*at, "when"), case["when"]) if "when" in case else None,
