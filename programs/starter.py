@@ -121,7 +121,8 @@ def _refuse_clashes(destination: Path, planned: list[Path]) -> None:
     for folder in folders:
         path = destination / folder
         if _taken(path) and not path.is_dir():
-            errors.append(SpecError(str(path), "is a file, where codeclm init puts a folder",
+            what = "is a broken link" if not path.exists() else "is a file"
+            errors.append(SpecError(str(path), f"{what}, where codeclm init puts a folder",
                                     hint="move or rename it, then run `codeclm init` again"))
     for relative in planned:
         path = destination / relative

@@ -348,10 +348,11 @@ def test_a_failed_replay_removes_the_journals_it_began(tmp_path, seeds_file):
     kept = sorted(path.name for path in again.iterdir() if path.name != "manifest.json")  # a rerun's first write
     cleared = codeclm("cache", "clear", "--model", "hosted_vllm/target", "--yes", "--cache-dir", cache)
     assert cleared.exit_code == 0, cleared.output  # the replay now misses mid-way, its journals begun
-    for out in ("new", "empty", "again"):
+    for out in ("new", "empty", "again", "made/for/it", "empty/inside"):
         missed = codeclm("replay", str(run), "--out", str(tmp_path / out), "--cache-dir", cache)
         assert missed.exit_code == 3 and "Traceback" not in missed.output, missed.output
     assert not (tmp_path / "new").exists() and list((tmp_path / "empty").iterdir()) == []
+    assert not (tmp_path / "made").exists()  # the parents it made go too; `empty`, which it did not make, stays
     assert sorted(path.name for path in again.iterdir()) == kept
     assert (again / "notes.txt").read_text() == USER_DATA
 

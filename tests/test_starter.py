@@ -69,6 +69,10 @@ def test_init_refuses_a_folder_where_a_file_belongs_and_a_file_where_a_folder_be
     result = CliRunner().invoke(main, ["init", str(alone)])
     assert result.exit_code == 2 and "is a file, where codeclm init puts a folder" in result.output
     assert [p.name for p in alone.iterdir()] == ["prompts"]
+    (alone / "prompts").unlink()
+    (alone / "prompts").symlink_to(tmp_path / "nowhere")  # a broken link: not "a file"
+    result = CliRunner().invoke(main, ["init", str(alone)])
+    assert result.exit_code == 2 and "prompts: is a broken link, where codeclm init puts a folder" in result.output
 
 
 def test_init_into_a_file_is_refused(tmp_path):

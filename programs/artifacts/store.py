@@ -337,6 +337,16 @@ def claim_folder(folder: Path, protect: Path | None = None) -> Path:
     return folder
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and each of its parents that does not exist yet, deepest first: what making it makes."""
+    missing, folder = [], folder.absolute()
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return missing
+
+
 def _json_or_none(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -376,7 +386,8 @@ class RunStore:
         self._call_log: BinaryIO | None = None
         self._earlier_files: set[str] = set()  # what codeclm had written in the folder before this run
         # what this run made, for a failed run that wrote nothing else to leave the folder as it was
-        self._made_folder = self._made_marker = False
+        self._made_folders: list[Path] = []  # the run folder and the parents it made, deepest first
+        self._made_marker = False
         self._lock_fd: int | None = None
 
     def claim(self) -> None:
@@ -385,7 +396,7 @@ class RunStore:
         never taken as finished. The previous run's other artifacts are replaced one by one."""
         if self._claimed:
             return
-        self._made_folder = not self.folder.exists()
+        self._made_folders = _missing_folders(self.folder)
         self._made_marker = not (self.folder / MARKER).is_file()
         claim_folder(self.folder, self.protect)
         self.hold()
@@ -535,8 +546,8 @@ class RunStore:
             with suppress(OSError):  # a file someone put there meanwhile keeps the folder
                 if [path.name for path in self.folder.iterdir()] == [MARKER]:
                     (self.folder / MARKER).unlink()
-                    if self._made_folder:
-                        self.folder.rmdir()
+                    for folder in self._made_folders:  # rmdir: a folder someone filled meanwhile stays
+                        folder.rmdir()
 
     def _atomic_lines(self, artifact: str) -> _AtomicFile:
         self.claim()
