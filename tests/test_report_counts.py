@@ -255,3 +255,55 @@ def test_the_figures_shown_are_those_of_the_records_the_shipped_specs_wrote(tmp_
     checks = run_report(evol)["flow"]["loops"]["evolve"]["switches"]["check"]
     assert {case: row["count"] for case, row in checks.items()} == \
         {case: sum(r["check"] == case for r in rounds) for case in ("no_gain", "apology", "leaked_prompt", "evolved")}
+
+
+def test_a_loop_in_a_rounds_body_adds_up_its_rounds(tmp_path):
+    """critique_rewrite's draft and improve in two rounds: the manifest counts improve_1 and improve_2 (its
+    decisions by case name, every round's together); the loop showed "records not counted" and "ran to max ?"."""
+    run = shipped_run(tmp_path / "run", "critique_rewrite", {"kept": 18, "dropped": 6},
+                      {"seeds": {"done": 12, "failed": 0}, "draft_1": {"done": 12, "failed": 0},
+                       "draft_2": {"done": 12, "failed": 0}, "improve_1": {"done": 12, "failed": 0},
+                       "improve_2": {"done": 12, "failed": 0}},
+                      {"good": 18, "out_of_rewrites": 6, "rewrite@1": 14, "rewrite@2": 10, "rewrite@3": 6})
+    manifest = json.loads((run / "manifest.json").read_text())
+    written = yaml.safe_load(manifest["spec"]["resolved_yaml"])
+    for spec in (manifest["spec"]["resolved"], written):
+        body = {name: spec["nodes"].pop(name) for name in ("draft", "improve")}
+        spec["nodes"]["grow"] = {"type": "rounds", "count": 2, "keep": "improve", "body": body}
+    manifest["spec"]["resolved_yaml"] = yaml.safe_dump(written, sort_keys=False)
+    (run / "manifest.json").write_text(json.dumps(manifest, sort_keys=True))
+    loop = "loop improve: 24 records; exits: kept 18, dropped 6, ran to max 0 (status dropped); mean iterations 2.25"
+    for shown in shown_by_all(run):
+        assert loop in shown
+
+
+def test_the_mean_iterations_are_those_of_the_records_that_did_not_fail(tmp_path):
+    """12 records: 6 failed before the switch, 6 kept at the first judgement; the mean read 0.50."""
+    run = shipped_run(tmp_path / "run", "critique_rewrite", {"kept": 6, "failed": 6},
+                      {"seeds": {"done": 12, "failed": 0}, "draft": {"done": 12, "failed": 0},
+                       "improve": {"done": 12, "failed": 6}}, {"good": 6})
+    assert run_report(run)["flow"]["loops"]["improve"]["mean_iterations"] == 1.0
+    inspected, html, card = shown_by_all(run)
+    loop = ("loop improve: 12 records, 6 failed; exits: kept 6, dropped 0, ran to max 0 (status dropped); "
+            "mean iterations 1.00 (of the 6 that did not fail)")
+    assert loop in inspected and loop in html and loop in card
+
+
+def test_a_damaged_yaml_copy_of_the_spec_falls_back_to_its_sorted_copy(tmp_path):
+    """A manifest's resolved_yaml nested too deep for the parser ended inspect, report and export in a
+    RecursionError; they read the JSON copy (sorted), and export says its shipped spec is that one."""
+    run = shipped_run(tmp_path / "run", "critique_rewrite", {"kept": 2}, {"improve": {"done": 2, "failed": 0}},
+                      {"good": 2})
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["spec"]["resolved_yaml"] = "[" * 5000 + "]" * 5000
+    (run / "manifest.json").write_text(json.dumps(manifest, sort_keys=True))
+    loop = "loop improve: 2 records; exits: kept 2, dropped 0, ran to max 0 (status dropped); mean iterations 1.00"
+    inspected, html, card = shown_by_all(run)
+    assert loop in inspected and loop in html and loop in card
+    report = CliRunner().invoke(cli.main, ["report", str(run), "--out", f"{tmp_path}/page/"])
+    assert report.exit_code == 0, report.output
+    exported = CliRunner().invoke(cli.main, ["export", str(run), str(tmp_path / "export")])
+    assert exported.exit_code == 0, exported.output
+    assert "YAML copy of the spec is damaged" in exported.output
+    assert "judge" in yaml.safe_load((tmp_path / "export" / "pipeline" / "spec.yaml").read_text())["nodes"][
+        "improve"]["body"]

@@ -49,6 +49,7 @@ from .rundata import (
     source_fields,
     spec_nodes,
     top_failures,
+    written_spec,
 )
 from .store import ARTIFACTS, DAMAGED_RUN, write_atomic
 
@@ -213,12 +214,16 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     `prompts: prompts`, a source node's `path: seeds/FILE`, `program: programs/STAGE.json`. `cache:` is dropped
     (a folder of the machine that ran it)."""
     recorded = manifest["spec"]
-    ordered = recorded.get("resolved_yaml")  # in its order: a loop body runs in the order it is written
-    spec = yaml.safe_load(ordered) if isinstance(ordered, str) else json.loads(json.dumps(recorded["resolved"]))
+    spec = written_spec(manifest)  # in its order: a loop body runs in the order it is written
+    notes: list[str] = []
+    if spec is None:
+        spec = json.loads(json.dumps(recorded["resolved"]))
+        if "resolved_yaml" in recorded:
+            notes.append("the manifest's YAML copy of the spec is damaged: pipeline/spec.yaml is its sorted JSON "
+                         "copy, where a loop body's nodes are in A-Z order, not the order the run ran them in")
     spec_dir = Path(str(recorded.get("path", "."))).parent
     options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
     files: dict[str, Path] = {}
-    notes: list[str] = []
 
     def local(value: Any) -> Path:
         path = Path(str(value)).expanduser()

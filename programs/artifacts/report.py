@@ -162,7 +162,8 @@ def loop_line(name: str, loop: dict[str, Any]) -> str:
                 + (f" (status {loop['exhausted']})" if loop["emit"] == "last" else ""))
     line += "; exits: " + ", ".join(ends)
     if loop["mean_iterations"] is not None:
-        line += f"; mean iterations {loop['mean_iterations']:.2f}"
+        line += f"; mean iterations {loop['mean_iterations']:.2f}" + (
+            f" (of the {loop['records'] - loop['failed']} that did not fail)" if loop["failed"] else "")
     return line
 
 

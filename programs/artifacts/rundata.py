@@ -431,7 +431,8 @@ def outcomes(manifest: dict[str, Any], statuses: dict[str, int]) -> dict[str, in
 def node_flow(manifest: dict[str, Any]) -> dict[str, Any]:
     """What the run's loops decided and its filters removed, from the manifest's counts (any spec's):
     `loops`, per loop node, its records, failures, each switch's cases (count, exit, and per iteration for
-    a case that goes on), the exits, the records that ran to `max`, and the mean iterations; `filters`,
+    a case that goes on), the exits, the records that ran to `max`, and the mean iterations of the records
+    that did not fail (a loop in a rounds body: all its rounds' copies together); `filters`,
     per filter, dedup or `when:` node, the records it saw and those it let no further. Empty without them."""
     counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
     stages = counts.get("stages") if isinstance(counts.get("stages"), dict) else {}
@@ -441,9 +442,12 @@ def node_flow(manifest: dict[str, Any]) -> dict[str, Any]:
     loops = {name: node for name, node in nodes.items() if node.get("type") == "loop"}
     switches = {name: _switches(node) for name, node in loops.items()}
     names = Counter(case for found in switches.values() for cases in found.values() for case in cases)
+    in_rounds = {str(name) for node in nodes.values() if node.get("type") == "rounds"
+                 and isinstance(node.get("body"), dict) for name in node["body"]}
+    rows = {name: _loop_stage(name, stages, name in in_rounds) for name in loops}
     flow: dict[str, Any] = {}
-    loop_rows = {name: _loop_flow(loops[name], switches[name], stages.get(name), decisions, names)
-                 for name in loops if switches[name] or isinstance(stages.get(name), dict)}
+    loop_rows = {name: _loop_flow(loops[name], switches[name], rows[name], decisions, names)
+                 for name in loops if switches[name] or rows[name]}
     if loop_rows:
         flow["loops"] = loop_rows
     filters = {}
@@ -466,6 +470,16 @@ def _graph_place(stage: str, names: list[str]) -> tuple[int, int, str]:
     return 0, names.index(stage) if stage in names else len(names), stage
 
 
+def _loop_stage(name: str, stages: dict[str, Any], in_rounds: bool) -> dict[str, int] | None:
+    """A loop's stage row (None for a loop in another's body, which has none). A loop in a rounds body ran
+    as one copy per round (NAME_1, NAME_2, ...): their rows added up, as its decisions are (by case name)."""
+    if not in_rounds:
+        return stages[name] if isinstance(stages.get(name), dict) else None
+    copies = [row for stage, row in stages.items() if isinstance(row, dict)
+              and (parts := str(stage).rpartition("_"))[0] == name and parts[2].isdigit()]
+    return {key: sum(_int(row.get(key)) for row in copies) for key in ("done", "failed")} if copies else None
+
+
 def _switches(loop: dict[str, Any]) -> dict[str, dict[str, str | None]]:
     """A loop body's switches, in body order, each as {case: its exit or None}."""
     body = loop.get("body") if isinstance(loop.get("body"), dict) else {}
@@ -474,11 +488,13 @@ def _switches(loop: dict[str, Any]) -> dict[str, dict[str, str | None]]:
             for name, node in body.items() if isinstance(node, dict) and node.get("type") == "switch"}
 
 
-def _loop_flow(loop: dict[str, Any], switches: dict[str, dict[str, str | None]], stage: Any,
+def _loop_flow(loop: dict[str, Any], switches: dict[str, dict[str, str | None]], stage: dict[str, Any] | None,
                decisions: dict[str, int], names: Counter) -> dict[str, Any]:
     """One loop's figures. Its iterations are those that reached its first switch (which decides once in
-    each), so a failed iteration is not counted; the records that ran to `max` are those no exit took."""
-    stage = stage if isinstance(stage, dict) else {}
+    each), so a failed iteration is not counted; the mean is theirs per record that did not fail (exact
+    when none failed; a failed record's iterations before its failure count too). The records that ran
+    to `max` are those that neither failed nor took an exit."""
+    stage = stage or {}
     records, failed = (_int(stage.get("done")), _int(stage.get("failed"))) if stage else (None, None)
     cases = {switch: {case: _case_row(case, exit_name, decisions, names[case] > 1) for case, exit_name in found.items()}
              for switch, found in switches.items()}
@@ -491,11 +507,12 @@ def _loop_flow(loop: dict[str, Any], switches: dict[str, dict[str, str | None]],
     counted = None if any(row["count"] is None for row in rows) else sum(v or 0 for v in exits.values())
     first = list(next(iter(cases.values()), {}).values())
     iterations = sum(r["count"] for r in first) if first and all(r["count"] is not None for r in first) else None
+    finished = None if records is None else records - (failed or 0)  # the records that did not fail
     return {"records": records, "failed": failed, "switches": cases, "exits": exits,
-            "at_max": None if records is None or counted is None else max(0, records - (failed or 0) - counted),
+            "at_max": None if finished is None or counted is None else max(0, finished - counted),
             "exhausted": str(loop.get("exhausted", "dropped")), "emit": str(loop.get("emit", "last")),
             "iterations": iterations,
-            "mean_iterations": round(iterations / records, 2) if iterations is not None and records else None}
+            "mean_iterations": round(iterations / finished, 2) if iterations is not None and finished else None}
 
 
 def _case_row(case: str, exit_name: str | None, decisions: dict[str, int], shared: bool) -> dict[str, Any]:
@@ -561,14 +578,21 @@ def resolved_spec(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def ordered_spec(manifest: dict[str, Any]) -> dict[str, Any]:
-    """`resolved_spec` in the order it was written (the manifest's YAML copy; its JSON is sorted), where a
-    loop body's order matters; the sorted one when the manifest has no readable copy."""
+    """`resolved_spec` in the order it was written, where a loop body's order matters; the sorted one when
+    the manifest has no readable copy."""
+    written = written_spec(manifest)
+    return written if written is not None else resolved_spec(manifest)
+
+
+def written_spec(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's YAML copy of the spec, in the order it was written (its JSON copy is sorted); None
+    when it has none or a damaged one (nested too deep for the parser: a RecursionError)."""
     text = (manifest.get("spec") or {}).get("resolved_yaml")
     try:
-        ordered = yaml.safe_load(text) if isinstance(text, str) else None
-    except yaml.YAMLError:
-        ordered = None
-    return ordered if isinstance(ordered, dict) else resolved_spec(manifest)
+        written = yaml.safe_load(text) if isinstance(text, str) else None
+    except (yaml.YAMLError, RecursionError):
+        return None
+    return written if isinstance(written, dict) else None
 
 
 def spec_nodes(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
