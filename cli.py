@@ -733,7 +733,8 @@ def report(run_dir: Path, out: str | None, open_it: bool) -> None:
                     (CodecLM's metadata)
       lengths       instructions and answers (by iteration, in a loop)
       data quality  diversity, near duplicates, closeness to seeds (quality.py)
-      calls         calls, cache hits, tokens, dollars per node and model
+      calls         calls, cache hits, shared calls (asked again in the run,
+                    answered once), tokens, dollars per node and model
       failures      by reason, each with an example and the raw text
       records       search, filter by status, click one for its whole history
     \b
@@ -913,6 +914,12 @@ def cache_import(bundle: Path, cache_dir: Path | None) -> None:
     click.echo(f"imported {count} calls")
 
 
+def _shared(totals: dict[str, Any]) -> str:
+    """Calls the run asked again and answered once (ModelHub's `shared`), where there were any."""
+    shared = totals.get("shared") or 0
+    return f", {shared} asked again and answered by the same call" if shared else ""
+
+
 def _summary(result: Any, report: Path | None = None) -> None:
     """What a run made and spent, its warnings, and exit 1 when its dataset is empty for a reason."""
     from codeclm.programs.artifacts.rundata import declares_dataset, outcomes, resolved_spec
@@ -926,11 +933,12 @@ def _summary(result: Any, report: Path | None = None) -> None:
     click.secho(_counts_line(counts, upstream, removed, pairs), bold=True)
     for name, row in result.calls.items():
         click.echo(f"  {name:<28} calls {row['calls']:>5}  cached {row['cache_hits']:>5}  "
-                   f"failed {row['failures']:>3}  tokens {row['prompt_tokens']}+{row['completion_tokens']}"
+                   f"shared {row.get('shared', 0):>5}  failed {row['failures']:>3}  "
+                   f"tokens {row['prompt_tokens']}+{row['completion_tokens']}"
                    + (f"  ${row['cost_usd']:.4f}" if row["cost_usd"] else ""))
     cost = f", ${totals['cost_usd']:.4f} spent, ${totals['saved_usd']:.4f} saved by the cache" \
         if totals["cost_usd"] or totals["saved_usd"] else ""
-    click.echo(f"model calls {totals['calls']}, cache hits {totals['cache_hits']}{cost}; "
+    click.echo(f"model calls {totals['calls']}, cache hits {totals['cache_hits']}{_shared(totals)}{cost}; "
                f"{result.manifest['wall_seconds']:.1f}s")
     if pairs:
         click.echo(f"output: {result.out / 'dataset.jsonl'} ({kept} pair{'' if kept == 1 else 's'})")

@@ -91,6 +91,7 @@ def compare(spec_a: Spec, spec_b: Spec, options: CompareOptions, hub_a: ModelHub
         quality = quality_metrics(options.out / name, embeddings=False)
         sides[name] = {"spec": str(spec.path), "run": str(options.out / name), **loop_figures(options.out / name),
                        "calls": totals.get("calls", 0), "cache_hits": totals.get("cache_hits", 0),
+                       "shared": totals.get("shared", 0),
                        "tokens": totals.get("prompt_tokens", 0) + totals.get("completion_tokens", 0),
                        "cost_usd": totals.get("cost_usd", 0.0),
                        "quality": {k: v for k, v in quality.items() if isinstance(v, (int, float))
@@ -208,7 +209,7 @@ def format_table(result: CompareResult) -> str:
              measured if result.judged else "no pair was judged: no verdict (an interval of nothing is not a tie)",
              "", f"{'':<28} {'A':>14} {'B':>14}"]
     a, b = result.sides.get("a", {}), result.sides.get("b", {})
-    shown = ("kept", "kept_share", "mean_iteration", "calls", "cache_hits", "tokens", "cost_usd")
+    shown = ("kept", "kept_share", "mean_iteration", "calls", "cache_hits", "shared", "tokens", "cost_usd")
     for key in shown:
         lines.append(f"{key:<28} {_fmt(a.get(key)):>14} {_fmt(b.get(key)):>14}")
     for key in sorted((set(a.get("quality", {})) | set(b.get("quality", {}))) - set(shown)):  # `kept` once

@@ -83,7 +83,7 @@ class OptimizeResult:
     before: float = 0.0  # mean metric on held-out
     after: float = 0.0
     instructions: str = ""
-    calls: dict[str, int] = field(default_factory=dict)  # model calls and cache hits of the whole optimization
+    calls: dict[str, int] = field(default_factory=dict)  # model calls, cache hits, shared of the whole optimization
     table: str = ""
 
 
@@ -327,13 +327,15 @@ def _calls(hub: ModelHub) -> dict[str, int]:
     for counter in hub.stats.values():
         totals["calls"] += counter.get("calls", 0)
         totals["cache_hits"] += counter.get("cache_hits", 0)
+        totals["shared"] += counter.get("shared", 0)
     return dict(totals)
 
 
 def score_table(metric: str, node: str, items: int, before: float, after: float, calls: dict[str, int]) -> str:
-    rows = [f"{'node':<14} {'metric':<14} {'held-out':>8} {'before':>8} {'after':>8} {'calls':>7} {'cached':>7}",
+    rows = [f"{'node':<14} {'metric':<14} {'held-out':>8} {'before':>8} {'after':>8} {'calls':>7} {'cached':>7} "
+            f"{'shared':>7}",
             f"{node:<14} {metric:<14} {items:>8} {before:>8.3f} {after:>8.3f} {calls.get('calls', 0):>7} "
-            f"{calls.get('cache_hits', 0):>7}"]
+            f"{calls.get('cache_hits', 0):>7} {calls.get('shared', 0):>7}"]
     return "\n".join(rows)
 
 

@@ -136,6 +136,35 @@ def test_identical_calls_in_flight_reach_the_model_once(tmp_path):
     assert {e["text"] for e in entries} == {"hello"}
 
 
+def test_a_call_asked_again_in_a_run_is_shared_not_a_cache_hit(tmp_path):
+    """A call that waited for an identical one in flight counted as a cache hit: a fresh run reported cache
+    hits, and the calls behind its data (calls + cache hits) counted the one call twice. Each call counts
+    once (a call made, or a cache hit the first time the run asks it); its repeats are `shared`, saving
+    no dollars (the call's are counted already)."""
+    data = base_spec(tmp_path / "unused.jsonl")
+    data["models"]["strong"]["price"] = {"input_per_mtok": 1e6, "output_per_mtok": 0}  # $1 a prompt token
+    spec = load_spec(write_spec(tmp_path, data))
+    backend = ScriptedBackend("scripted/strong", answer=lambda m: "hello", delay=0.05)
+    messages = [{"role": "user", "content": "same question"}]  # 2 prompt tokens: $2 a call
+    params = {"temperature": 0.7, "max_tokens": 8}
+
+    def asked(hub: ModelHub, times: int) -> dict:
+        async def ask() -> None:
+            await asyncio.gather(*(hub.complete("strong", messages, params, CallContext("t", str(i)))
+                                   for i in range(times)))  # at once: all but the first wait for it
+            await hub.complete("strong", messages, params, CallContext("t", "later"))  # once it is answered
+        asyncio.run(ask())
+        (row,) = hub.summary().values()
+        return {key: row[key] for key in ("calls", "cache_hits", "shared", "cost_usd", "saved_usd")}
+
+    live = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": backend})
+    assert asked(live, 3) == {"calls": 1, "cache_hits": 0, "shared": 3, "cost_usd": 2.0, "saved_usd": 0.0}
+    live.cache.flush()
+    again = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": backend})  # the next run
+    assert asked(again, 3) == {"calls": 0, "cache_hits": 1, "shared": 3, "cost_usd": 0.0, "saved_usd": 2.0}
+    assert len(backend.calls) == 1
+
+
 def counted_writes(cache: CallCache) -> list[int]:
     """The size of each transaction the cache writes, from now on."""
     sizes: list[int] = []

@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 from codeclm import cli
 from codeclm.programs.artifacts.export import MARKER, PARQUET, ExportOptions, pipeline_files, render_card, size_category
-from conftest import REPO, SEEDS, base_spec, write_spec
+from conftest import REPO, SEEDS, ScriptedRun, base_spec, write_spec
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -385,6 +385,26 @@ def test_the_card_of_a_rerun_from_the_cache_counts_the_calls_behind_the_data(run
     assert "| wall time of this run |" in body and "not what the data took" in body
 
 
+def test_a_fresh_run_that_repeats_calls_takes_nothing_from_the_cache(tmp_path, scripted: ScriptedRun):
+    """Duplicate seeds on an empty cache: the repeated calls (each waiting for the identical one in flight)
+    counted as cache hits, so the card said calls "came from the cache", counted them twice behind the
+    data, and called the wall time not what the data took."""
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"id": f"s{i}", "instruction": s}) + "\n"
+                             for i, s in enumerate(SEEDS[:2] * 2)))  # s2, s3 repeat s0, s1
+    spec = write_spec(tmp_path, base_spec(seeds))
+    totals = scripted(spec).manifest["totals"]
+    made = scripted.calls()
+    assert (totals["calls"], totals["cache_hits"], totals["shared"]) == (made, 0, 2)  # the 2 repeated encodings
+    assert export(tmp_path / "run", tmp_path / "export").exit_code == 0
+    body = card(tmp_path / "export")[1]
+    assert f"| model calls behind the data | {made} (asked {made + 2} times: identical calls were answered once) |" \
+        in body
+    assert "from the cache" not in body.split("## Use it")[0] and "| wall time | " in body
+    replay = scripted(spec, out="replay", mode="replay").manifest["totals"]  # each call once from the cache
+    assert (replay["calls"], replay["cache_hits"], replay["shared"]) == (0, made, 2)
+
+
 def test_the_cards_cost_says_which_figures_are_this_runs_alone():
     from codeclm.programs.artifacts.export import _cost
 
@@ -398,3 +418,9 @@ def test_the_cards_cost_says_which_figures_are_this_runs_alone():
         "| tokens in / out, of the 3 calls made in this run | 30 / 4 |",
         "| dollars the calls cost | 0.0400 (0.0100 of it saved by the cache in this run) |",
         "| wall time of this run | 1.5 s (not what the data took: 1 call came from the cache) |"]
+    old = {"totals": {"calls": 5, "cache_hits": 0}}  # a manifest from before `shared`: read as none
+    assert _cost(old) == _cost({"totals": {**old["totals"], "shared": 0}})
+    assert _cost(old)[0] == "| model calls behind the data | 5 |"
+    both = {"totals": {"calls": 3, "cache_hits": 1, "shared": 2}}
+    assert _cost(both)[0] == ("| model calls behind the data | 4 (1 call served from the cache in this run; asked 6 "
+                              "times: identical calls were answered once) |")

@@ -78,7 +78,7 @@ def test_codeclm_on_ray_equals_local_replays_locally_and_limits_hold_globally(lo
     assert ray_calls == local_calls == on_ray.manifest["totals"]["calls"]
     assert on_ray.manifest["counts"]["stages"] == local.manifest["counts"]["stages"]
     assert on_ray.manifest["counts"]["decisions"] == local.manifest["counts"]["decisions"]
-    # accounting per node and model: calls, cache hits (in-flight dedup included), tokens, failures
+    # accounting per node and model: calls, cache hits, shared (asked again, answered once), tokens, failures
     assert on_ray.manifest["calls"] == local.manifest["calls"]
     # A local replay (no Ray, no server) of the Ray run's cache folder: zero calls, the same bytes.
     replay = run(spec, tmp_path / "replay", tmp_path / "cache-ray", mode="replay")
@@ -255,8 +255,9 @@ def test_the_coordinator_dedups_hands_a_dead_owners_calls_on_and_frees_its_slots
         coordinator.put(key, "w2", "m", entry, release="strong")
         kind, got = await asyncio.wait_for(third, 5)
         assert kind == "dedup" and got["text"] == "answer"
-        assert (await coordinator.claim(key, "w3"))[0] == "hit"
+        assert (await coordinator.claim(key, "w3"))[0] == "dedup"  # answered before in this run: shared
         coordinator.forget("w2")
+        assert (await coordinator.claim(key, "w3"))[0] == "hit"  # w2's accounting died with it: counted anew
         assert coordinator.in_flight() == {"calls:0": 0}
         late = await coordinator.claim("c" * 64, "w1")  # a dead worker's claim never owns a key
         assert late[0] == "error"

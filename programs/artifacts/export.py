@@ -396,14 +396,18 @@ def _number(table: dict[str, Any], key: str) -> float:
 def _cost(manifest: dict[str, Any]) -> list[str]:
     """What the data took to make. The manifest is the last run's into the folder, and a rerun from the cache
     (or a resumed run) counts what it found there as cache hits, not calls: the calls behind the data are
-    both. Tokens and wall time are this run's alone, and say so when some calls came from the cache."""
+    both. A call the run asked again (`shared`: duplicate seeds, a round's repeated prompt) is one of them,
+    not one more. Tokens and wall time are this run's alone, and say so when some calls came from the cache."""
     totals = manifest.get("totals") if isinstance(manifest.get("totals"), dict) else {}
     made, cached = int(_number(totals, "calls")), int(_number(totals, "cache_hits"))
+    shared = int(_number(totals, "shared"))  # 0 in a manifest older than the count
     from_cache = "every call" if not made else f"{cached} call{'' if cached == 1 else 's'}"
     lines = []
     if totals:
+        notes = [f"{from_cache} served from the cache in this run"] if cached else []
+        notes += [f"asked {made + cached + shared} times: identical calls were answered once"] if shared else []
         lines.append(f"| model calls behind the data | {made + cached}"
-                     + (f" ({from_cache} served from the cache in this run)" if cached else "") + " |")
+                     + (f" ({'; '.join(notes)})" if notes else "") + " |")
         tokens = f"{int(_number(totals, 'prompt_tokens'))} / {int(_number(totals, 'completion_tokens'))}"
         if not cached:
             lines.append(f"| tokens in / out | {tokens} |")

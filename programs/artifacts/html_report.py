@@ -140,6 +140,8 @@ def tiles(run: RunData) -> str:
     items = [(name, count, name.split()[0])
              for name, count in outcomes(run.manifest, run.status_counts).items()]
     items += [("model calls", totals.get("calls", "-"), ""), ("cache hits", totals.get("cache_hits", "-"), "")]
+    if totals.get("shared"):
+        items.append(("shared calls", totals["shared"], ""))
     if totals.get("cost_usd"):
         items.append(("spent", f"${totals['cost_usd']:.4f}", ""))
     if run.manifest.get("wall_seconds") is not None:
@@ -519,9 +521,9 @@ def calls_section(run: RunData) -> str:
     names = list(calls)
     rows = [calls[n] if isinstance(calls[n], dict) else {} for n in names]
     timed = any("seconds" in r for r in rows)
-    header = ["stage/role", "model", "calls", "cache hits", "prompt tokens", "completion tokens", "$ spent",
+    header = ["stage/role", "model", "calls", "cache hits", "shared", "prompt tokens", "completion tokens", "$ spent",
               "$ saved by cache", "failures", "retries", "truncated"] + (["seconds"] if timed else [])
-    keys = ["calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd", "failures",
+    keys = ["calls", "cache_hits", "shared", "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd", "failures",
             "retries", "truncated"] + (["seconds"] if timed else [])
     body = [[n, r.get("model", "-"), *(r.get(k) for k in keys)] for n, r in zip(names, rows, strict=True)]
     totals = run.manifest.get("totals") or {}
@@ -536,8 +538,9 @@ def calls_section(run: RunData) -> str:
     text = note((f"Wall time {wall:.1f} s. " if isinstance(wall, (int, float)) else "")
                 + ("" if timed else "Time per stage is not recorded in this manifest; the wall time is the run's. ")
                 + "Calls count the answers a model gave; cache hits, counted apart, are answers the cache gave "
-                  "(or an identical call in flight shared), which cost nothing. Dollars come from LiteLLM's price "
-                  "map (0 for local models and unpriced ones).")
+                  "(each call once), which cost nothing; shared, calls this run asked again (duplicate seeds, "
+                  "repeated prompts), answered by the same call: not more calls behind the data. Dollars come "
+                  "from LiteLLM's price map (0 for local models and unpriced ones).")
     return f'<div class="grid">{calls_chart}{token_chart}</div>' + table(header, body, 2) + text
 
 

@@ -80,7 +80,7 @@ def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[
     hashed = sources(spec)
     calls = hub.summary()
     totals = {key: sum(row[key] for row in calls.values())
-              for key in ("calls", "cache_hits", "failures", "retries", "truncated", "prompt_tokens",
+              for key in ("calls", "cache_hits", "shared", "failures", "retries", "truncated", "prompt_tokens",
                           "completion_tokens", "cost_usd", "saved_usd")}
     for model in spec.models.values():
         register_key_env(model.api_key_env)

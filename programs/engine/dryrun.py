@@ -27,5 +27,10 @@ def dry_run(spec: Spec, options: RunOptions, hub: ModelHub | None = None) -> dic
     if hub is not None:
         hub.dry_run = True
     result = run_spec(spec, options, hub)
-    return {f"{node}/{role}": {"upper_bound": bound, "cached": result.calls.get(f"{node}/{role}", {})
-                               .get("cache_hits", 0)} for (node, role), bound in bounds.items()}
+    return {f"{node}/{role}": {"upper_bound": bound, "cached": _cached(result.calls.get(f"{node}/{role}", {}))}
+            for (node, role), bound in bounds.items()}
+
+
+def _cached(row: dict[str, int]) -> int:
+    """The node's calls the cache answered: a call the walk asked twice (shared) is in the bound twice."""
+    return row.get("cache_hits", 0) + row.get("shared", 0)

@@ -63,7 +63,8 @@ What is not the same as the local executor
   cache hits).
 - Progress moves when a unit comes back (a pool entry's whole loop, in CodecLM), not per call.
 - A join needed by records of two different units is made in both (its calls reach the model
-  once: the second is a cache hit or waits in the dedup), so cache hits can exceed the local run's.
+  once: the second is answered by the first, counted as shared), so shared calls can exceed the
+  local run's.
 """
 
 from __future__ import annotations
@@ -86,7 +87,6 @@ from ..lang.spec import Spec, load_spec
 from ..models.backends import CallParams
 from ..models.cache import CallCache, CallIdentity, default_cache_dir
 from ..models.hub import CallContext, ModelHub, _LoopState, is_recorded_failure
-from ..models.pricing import cost_of
 from ..redact import redact_text
 from .llm import build_modules
 from .nodes import NodeRunner, check_source_files
@@ -133,6 +133,9 @@ class CallCoordinator:
         self.next_slot_at: dict[str, float] = defaultdict(float)
         self.dead: set[str] = set()
         self.failed: dict[str, str] = {}  # call key -> error: the calls of this run that failed for good
+        # hash() of each call key answered in this run -> the worker it was answered to first (a dead one's
+        # accounting is lost with it: its units' rerun counts the call again, as a cache hit)
+        self.served: dict[int, str] = {}
 
     def _semaphore(self, role: str) -> asyncio.Semaphore:
         if role not in self.semaphores:
@@ -140,14 +143,14 @@ class CallCoordinator:
         return self.semaphores[role]
 
     async def claim(self, key: str, owner: str, role: str | None = None) -> tuple[str, Any]:
-        """("hit", entry) | ("dedup", entry) | ("error", exc) | in replay ("failed", the recorded run's error)
-        or ("miss", None) | ("own", slot):
+        """("hit", entry) | ("dedup", entry: answered before in this run) | ("error", exc) | in replay
+        ("failed", the recorded run's error) or ("miss", None) | ("own", slot):
         the caller makes the call; with `role`, the slot of its first attempt comes with it (True), one
         round trip instead of two."""
         while True:
             entry = self.cache.get(key)
             if entry is not None:
-                return "hit", entry
+                return self._hit(key, owner), entry
             if self.mode == "replay" or key in self.failed:
                 return self._unanswered(key)
             if key in self.inflight:
@@ -168,7 +171,7 @@ class CallCoordinator:
         for key, role in items:
             entry = self.cache.get(key)
             if entry is not None:
-                answers.append(("hit", entry))
+                answers.append((self._hit(key, owner), entry))
             elif self.mode == "replay" or key in self.failed:
                 answers.append(self._unanswered(key))
             elif key in self.inflight:
@@ -190,7 +193,18 @@ class CallCoordinator:
         if release:
             self.release(release, owner)
         self.cache.put(key, model, entry)
+        self.served[hash(key)] = owner
         self._settle(key, owner, ("dedup", entry))
+
+    def _hit(self, key: str, owner: str) -> str:
+        """A cached call's kind, as ModelHub.first_answer tells it: "hit" its first time in this run,
+        "dedup" (counted shared) after, unless the worker that counted it first has died since."""
+        fingerprint = hash(key)
+        first = self.served.get(fingerprint)
+        if first is not None and first not in self.dead:
+            return "dedup"
+        self.served[fingerprint] = owner
+        return "hit"
 
     def _unanswered(self, key: str) -> tuple[str, Any]:
         """A call the cache holds no answer for, in replay or after it failed earlier in this run (one
@@ -391,12 +405,11 @@ class CoordinatedHub(ModelHub):
         kind, value = await self.batches.claim(identity.key, role)
         if kind == "wait":  # in flight elsewhere: wait for it alone, not in a batch
             kind, value = await self.coordinator.claim.remote(identity.key, self.owner, role)
-        if kind in ("hit", "dedup"):
-            self._count(stat, "cache_hits")
+        if kind in ("hit", "dedup"):  # the coordinator tells a call's first answer in the run from a repeat
             if kind == "hit":
-                saved = cost_of(backend.name, **value["usage"])
-                if saved:
-                    self.saved[stat] += saved
+                self.count_hit(stat, backend.name, value)
+            else:
+                self._count(stat, "shared")
             ctx.raw = value["text"]
             return value
         if kind == "error":

@@ -25,7 +25,10 @@ from .cache import CallCache, CallIdentity
 from .deadlines import Deadlines
 from .pricing import cost_of
 
-STAT_KEYS = ("calls", "cache_hits", "failures", "retries", "truncated", "prompt_tokens", "completion_tokens")
+# calls: completions a model gave; cache_hits: calls the cache answered, each call once (its first time in the run);
+# shared: a call answered again in the same run, while in flight or after (duplicate seeds, prompts a round
+# repeats): the same call as the one counted, not one more, so calls + cache_hits are the calls behind the data.
+STAT_KEYS = ("calls", "cache_hits", "shared", "failures", "retries", "truncated", "prompt_tokens", "completion_tokens")
 # A remote call may spend at most this many times its model's `timeout` waiting on the model, over
 # all its attempts (queueing for a slot, the rpm limit and backoff sleeps do not count): a server
 # that accepts and never answers fails a call after two timeouts, not after `retries` + 1 of them.
@@ -71,6 +74,7 @@ class ModelHub:
         self.stats: dict[tuple[str, str], Counter] = defaultdict(Counter)
         self.cost: dict[tuple[str, str], float] = defaultdict(float)
         self.saved: dict[tuple[str, str], float] = defaultdict(float)
+        self.served: set[int] = set()  # hash() of each call key answered in this run: a repeat is shared
         self.fatal: CodecError | None = None  # a replay miss: the runner stops on it
         self.recorded: dict[tuple[str, str], list[dict[str, Any]]] = {}  # a recorded run's calls, for misses
         self.code_changed = False  # whether codeclm's code changed since that run (its manifest's code_sha256)
@@ -111,11 +115,10 @@ class ModelHub:
         if self.on_lookup is not None:
             self.on_lookup(ctx.stage, role, messages, entry)
         if entry is not None:
-            stat = (ctx.stage, role)
-            self._count(stat, "cache_hits")
-            saved = cost_of(backend.name, **entry["usage"], price=self.models[role].price)
-            if saved:
-                self.saved[stat] += saved
+            if self.first_answer(identity.key):
+                self.count_hit((ctx.stage, role), backend.name, entry)
+            else:
+                self._count((ctx.stage, role), "shared")
             ctx.raw = entry["text"]
         return identity, entry
 
@@ -156,8 +159,9 @@ class ModelHub:
         state = self._state()
         key = identity.key
         if key in state.inflight:
-            self._count(stat, "cache_hits")
-            return await asyncio.shield(state.inflight[key])
+            entry = await asyncio.shield(state.inflight[key])
+            self._count(stat, "shared")  # once answered: a failure is the owner's, counted there
+            return entry
         failed = self.failed.get(key)
         if failed is not None:  # failed for good earlier in this run: one outcome per call, as a replay gives
             self._count(stat, "failures")
@@ -169,6 +173,7 @@ class ModelHub:
             completion = await self._with_retries(role, backend, messages, CallParams(params, identity.seed()), stat)
             entry = completion.to_entry()
             self.cache.put(key, backend.name, entry)
+            self.first_answer(key)  # a later identical call in this run is shared, not a cache hit
             future.set_result(entry)
             return entry
         except BaseException as exc:
@@ -265,6 +270,26 @@ class ModelHub:
             with self._lock:
                 state = self._loops.setdefault(loop_id, _LoopState(self.models, self.concurrency))
         return state
+
+    def first_answer(self, key: str) -> bool:
+        """Note that the call `key` was answered in this run; False if it already was (a repeat). A hash, not
+        the key: some 80 bytes a distinct call (80 MB at a million calls), half what the keys would take."""
+        fingerprint = hash(key)
+        with self._lock:
+            if fingerprint in self.served:
+                return False
+            self.served.add(fingerprint)
+            return True
+
+    def count_hit(self, stat: tuple[str, str], model: str, entry: dict[str, Any]) -> None:
+        """A call the cache answered, its first time in this run. The dollars it would have cost count as
+        saved; a shared call's never do: the call it repeats is already in this run's cost_usd (made) or
+        saved_usd (a hit), so counting it again would make spent + saved, what the data cost, too high."""
+        self._count(stat, "cache_hits")
+        saved = cost_of(model, **entry["usage"], price=self.models[stat[1]].price)
+        if saved:
+            with self._lock:
+                self.saved[stat] += saved
 
     def _count(self, stat: tuple[str, str], name: str, amount: int = 1) -> None:
         with self._lock:
