@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from codeclm.programs.errors import SpecError, SpecErrors
+from codeclm.programs.lang.seeds import read_records
 from codeclm.programs.lang.spec import load_spec
 from conftest import base_spec, write_spec
 from test_bad_inputs import assert_reports, cli, raw_spec, spec_error
@@ -344,3 +345,49 @@ def test_a_loop_state_or_an_output_that_grows_without_bound_is_a_recorded_failur
     assert len(errors) == 2, errors
     assert errors[0].startswith("grow: next.s: SecurityError: 'state.s ~ state.s' made a value of more than")
     assert errors[1].startswith("output counts: its fields or where: failed: OverflowError: Range too big")
+
+
+# -- seed files: a text file read for several fields, a CSV row of extra values, an empty field ----
+
+
+def test_a_text_file_read_for_several_fields_is_refused(tmp_path, seeds_file):
+    """Each declared field was filled with the whole line ("topic": "What is a hash map?"), exit 0."""
+    seeds = tmp_path / "q.txt"
+    seeds.write_text("What is a hash map?\nWhat is DNS?\n")
+    data = base_spec(seeds_file)
+    data["nodes"]["seeds"]["fields"] = {"instruction": "question", "topic": "topic"}
+    done = cli("run", str(write_spec(tmp_path, data)), "--dry-run", "--seeds", str(seeds))
+    assert_reports(done, f"{seeds}: a text file gives one field per line", "question, topic",
+                   "JSONL", "CSV", "declare one field")
+    with pytest.raises(SpecError, match="one field per line"):
+        read_records(seeds, {"question": "question", "topic": "topic"})
+    assert read_records(seeds, {"question": "question"}) == [  # one field: the line, whatever its name
+        {"id": "s00000", "question": "What is a hash map?"}, {"id": "s00001", "question": "What is DNS?"}]
+
+
+@pytest.mark.parametrize(("rows", "message"), [('"What is up?",x,extra', "3 values for 2 columns"),
+                                               ("What is up?", "1 value for 2 columns")], ids=["long", "short"])
+def test_a_csv_row_of_more_or_fewer_values_than_columns_is_refused_at_its_line(tmp_path, rows, message):
+    """An unquoted comma shifted values into the wrong fields, silently."""
+    seeds = tmp_path / "q.csv"
+    seeds.write_text(f'question,topic\n"What is a hash map?",data\n{rows}\n')
+    for fields in ({"question": "question", "topic": "topic"}, {"question": "question"}):
+        with pytest.raises(SpecError) as caught:
+            read_records(seeds, fields)
+        error = caught.value
+        assert (error.file, error.line, error.message) == (str(seeds), 3, message) and "quote" in error.hint
+    seeds.write_text('question,topic\n"What is up, then?",x\n')
+    assert read_records(seeds, {"question": "question"})[0]["question"] == "What is up, then?"
+
+
+@pytest.mark.parametrize(("name", "content"), [("q.jsonl", '{"id": "a", "question": " ", "topic": "t"}\n'),
+                                               ("q2.jsonl", '{"id": "a", "question": null}\n'),
+                                               ("q.csv", "id,question,topic\na,,t\n")])
+def test_an_empty_field_is_called_empty(tmp_path, name, content):
+    """An empty field read "record has no text in field 'question'" then "fields here: id, question"."""
+    seeds = tmp_path / name
+    seeds.write_text(content)
+    with pytest.raises(SpecError) as caught:
+        read_records(seeds, {"question": "question"})
+    assert caught.value.line == (2 if name.endswith(".csv") else 1)
+    assert caught.value.message == "field 'question' is empty" and "fields here" not in caught.value.hint

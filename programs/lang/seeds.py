@@ -45,10 +45,8 @@ def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "i
 
 def _iter_seeds(path: Path, field: str, id_field: str | None, limit: int | None) -> Iterator[dict[str, Any]]:
     """`read_seeds`'s rows one at a time (only the ids seen stay in memory)."""
-    suffix = path.suffix.lower()
-    reader = _jsonl if suffix in (".jsonl", ".json") else _csv if suffix == ".csv" else _text
     ids: set[str] = set()
-    for line, record in reader(path, field, id_field):
+    for line, record in _reader(path)(path, field, id_field):
         seed_id = str(record.get("id") or f"s{len(ids):05d}")
         if seed_id in ids:
             raise SpecError(str(path), f"duplicate seed id {seed_id!r}", line=line, hint="ids must be unique")
@@ -56,6 +54,12 @@ def _iter_seeds(path: Path, field: str, id_field: str | None, limit: int | None)
         yield {"id": seed_id, "instruction": record["instruction"], "line": line}
         if limit is not None and len(ids) >= limit:
             break
+
+
+def _reader(path: Path):
+    """The reader for the file's kind, by its suffix: JSONL, CSV, else text (one record per line)."""
+    suffix = path.suffix.lower()
+    return _jsonl if suffix in (".jsonl", ".json") else _csv if suffix == ".csv" else _text
 
 
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # universal newlines: \n, \r\n, and a lone \r end a line
@@ -127,11 +131,23 @@ def _csv(path: Path, field: str, id_field: str | None):
                             hint="rename or remove one of the columns")
         last = rows.line_num
         for row in rows:
+            _check_width(row, len(rows.fieldnames), path, rows.line_num)
             yield rows.line_num, _pick(row, field, id_field, path, rows.line_num)
             last = rows.line_num
     except csv.Error as exc:
         raise SpecError(str(path), f"invalid CSV: {exc}", line=last + 1,
                         hint="check the quotes of the record starting on this line") from None
+
+
+def _check_width(row: dict[str | None, Any], columns: int, path: Path, line: int) -> None:
+    """Refuse a row of more or fewer values than the header has columns: an unquoted comma (or a
+    missing one) shifts values into the wrong fields. DictReader files extra values under the key
+    None and reads a missing one as None."""
+    values = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or ())
+    if values != columns:
+        raise SpecError(str(path), f"{values} value{'s' * (values != 1)} for {columns} columns", line=line,
+                        hint='quote a value that holds a comma ("What is up, then?"), so that each row has '
+                             "one value per column")
 
 
 def _text(path: Path, field: str, id_field: str | None):
@@ -149,7 +165,10 @@ def _pick(record: Any, field: str, id_field: str | None, path: Path, line: int) 
         raise SpecError(str(path), f"field '{field}' holds {kind}, not text: a seed file's fields are text",
                         line=line, hint="write it as text in the file (quoted, in JSON), or write the records in the "
                                         "spec (records:), where a field may hold any YAML value")
-    if not isinstance(value, str) or not value.strip():
+    if field in record and (value is None or not value.strip()):
+        raise SpecError(str(path), f"field '{field}' is empty", line=line,
+                        hint=f"give the record text in '{field}', or leave the record out")
+    if not isinstance(value, str):
         raise SpecError(str(path), f"record has no text in field '{field}'", line=line,
                         hint=f"fields here: {', '.join(map(str, record))}; map one in the source node's fields: "
                              "(e.g. fields: {instruction: FIELD})")
@@ -168,12 +187,7 @@ def read_records(path: Path, fields: dict[str, str], id_field: str | None = "id"
                  limit: int | None = None) -> list[dict[str, Any]]:
     """Records with one or more text fields: [{id, NAME: text, ...}] for `fields` {NAME: file field},
     each field checked as `read_seeds` checks a seed's instruction."""
-    (first, first_field), *others = fields.items()
-    rows = [{"id": s["id"], first: s["instruction"]} for s in read_seeds(path, first_field, id_field, limit)]
-    for name, file_field in others:
-        for row, other in zip(rows, read_seeds(path, file_field, id_field, limit), strict=True):
-            row[name] = other["instruction"]
-    return rows
+    return list(stream_records(path, fields, id_field, limit)[1])
 
 
 def stream_records(path: Path, fields: dict[str, str], id_field: str | None = "id",
@@ -181,9 +195,10 @@ def stream_records(path: Path, fields: dict[str, str], id_field: str | None = "i
     """`read_records` for a file of any size: every field of every row is checked now (the same
     errors, before anything runs), then the rows are read again one at a time as they are used, so
     memory does not grow with the file. Returns the row count and the rows."""
+    read_seeds(path, next(iter(fields.values())), id_field, 1)  # the file's checks (exists, readable, not empty)
+    _check_one_field(Path(path), list(fields.values()))
     count = 0
-    for _, file_field in fields.items():
-        read_seeds(path, file_field, id_field, 1)  # the file's own checks (exists, readable, not empty)
+    for file_field in fields.values():
         count = sum(1 for _ in _iter_seeds(Path(path), file_field, id_field, limit))
 
     def rows() -> Iterator[dict[str, Any]]:
@@ -196,3 +211,13 @@ def stream_records(path: Path, fields: dict[str, str], id_field: str | None = "i
             yield row
 
     return count, rows()
+
+
+def _check_one_field(path: Path, file_fields: list[str]) -> None:
+    """A text file's line is one field: read for several, it filled each with the whole line."""
+    if _reader(path) is _text and len(file_fields) > 1:
+        names = ", ".join(file_fields)
+        raise SpecError(str(path), f"a text file gives one field per line, and the source reads "
+                                   f"{len(file_fields)} ({names})",
+                        hint=f"write the records as JSONL (fields {names}) or CSV (columns {names}), "
+                             "or declare one field in the source node's fields:")
