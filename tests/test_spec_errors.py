@@ -760,3 +760,47 @@ def test_a_mix_field_with_both_choice_and_sample_is_refused(tmp_path, spec_data)
     spec_data["nodes"]["augment"]["fields"]["use_case"]["sample"] = "encode.skills"
     errors = errors_of(write_spec(tmp_path, spec_data))
     assert any("not both" in e.message for e in errors), [str(e) for e in errors]
+
+
+@pytest.mark.parametrize(("reader", "key", "later"), [("improve", "inputs.style", "uniq"),
+                                                      ("decide", "cases.2.when", "final_rate")])
+def test_visible_here_lists_no_node_that_runs_after_the_reader(tmp_path, spec_data, reader, key, later):
+    """A dedup (and a filter) on the loop's records, below the loop, were listed as visible in its body;
+    reading one as told then failed as "the graph has a cycle"."""
+    spec_data["nodes"]["uniq"] = {"type": "dedup", "for_each": "refine", "field": "state.instruction"}
+    spec_data["nodes"]["final_rate"] = {"type": "filter", "for_each": "refine", "where": "refine.iterations > 1"}
+    body = spec_data["nodes"]["refine"]["body"]
+    body["improve"]["inputs"]["style"] = "briefly"
+    body["decide"]["cases"][2]["when"] = "nowhere"
+    errors = errors_of(write_spec(tmp_path, spec_data))
+    hint = next(e.hint for e in errors if f"node '{reader}' {key} reads" in e.message)
+    assert "visible here: nodes " in hint and "judge" in hint and later not in hint, hint
+
+    body["improve"]["inputs"]["style"] = "uniq.similarity"
+    body["decide"]["cases"][2]["when"] = "final_rate.id"
+    path = write_spec(tmp_path, spec_data)
+    errors = errors_of(path)
+    error = next(e for e in errors if f"node '{reader}' {key} reads" in e.message)
+    assert f"reads '{later}', which is not an ancestor of '{reader}'" in error.message, error
+    if later == "uniq":  # a case's when is reported at cases: (list items are not located yet)
+        assert error.line == line_of(path, "uniq.similarity")
+    assert not any("cycle" in e.message for e in errors), [str(e) for e in errors]
+
+
+def test_a_bare_word_that_names_nothing_is_told_to_quote_it(tmp_path, spec_data):
+    """`style: briefly`, meant as the text 'briefly', got no word about quoting."""
+    spec_data["nodes"]["encode"]["inputs"]["style"] = "briefly"
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert "reads 'briefly', which is not a node" in error.message and error.line == line_of(path, "style: briefly")
+    assert error.hint.startswith("to pass the text itself, quote it inside the YAML string: \"'briefly'\"; "
+                                 "visible here: nodes seeds; params"), error.hint
+    assert_cli_reports(cli("validate", str(path)), f"spec.yaml:{error.line}", "quote it inside the YAML string")
+
+
+def test_a_typo_in_a_node_type_suggests_the_type(tmp_path, spec_data):
+    spec_data["nodes"]["refine"]["body"]["judge"]["type"] = "jugde"
+    path = write_spec(tmp_path, spec_data)
+    error = next(e for e in errors_of(path) if "unknown type" in e.message)
+    assert error.line == line_of(path, "type: jugde")
+    assert error.hint.startswith("did you mean 'judge'? types: source, llm"), error.hint

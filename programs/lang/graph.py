@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -260,11 +261,36 @@ class _GraphCheck:
                     for name in loop.body:
                         seen.setdefault(name, "body")
         ancestors = [a for a, how in seen.items() if how == "ancestor"]
+        later = set() if upto_self else self.runs_after(node)
         for other in graph.nodes.values():
             if other.for_each in ancestors and other.name not in seen and other.name != node.name \
-                    and node.name not in graph.lineage(other.name):
+                    and node.name not in graph.lineage(other.name) and other.name not in later:
                 seen[other.name] = "join"
         return seen
+
+    def runs_after(self, node: Node) -> set[str]:
+        """The nodes that wait for `node` or for a loop it is in (they read them, or run on their
+        records): reading one from `node` is a cycle, so none is visible there."""
+        after = {node.name}
+        owner = node.loop
+        while owner is not None:
+            after.add(owner)
+            owner = self.graph.every[owner].loop
+        todo = list(after)
+        while todo:
+            waiting = self.waiting[todo.pop()] - after
+            after |= waiting
+            todo += waiting
+        return after - {node.name}
+
+    @cached_property
+    def waiting(self) -> dict[str, set[str]]:
+        """Node -> the nodes that depend on it directly (read it, or run on its records)."""
+        found: dict[str, set[str]] = {name: set() for name in self.graph.every}
+        for node in self.graph.every.values():
+            for dep in self.dependencies(node) & found.keys():
+                found[dep].add(node.name)
+        return found
 
     def scope_roots(self, in_loop: bool, with_record: bool) -> set[str]:
         roots = {"params"}
@@ -297,8 +323,11 @@ class _GraphCheck:
                          and ref.root in graph.every[n].outputs()]  # `instruction` for `ask.instruction`
             hint = graph.rounds_hint(ref.root) or (f"a field is read through its node: {' or '.join(fields_of)}?"
                                                    if fields_of else None)
+            if hint is None and ref.field is None:  # `style: briefly`, meant as the text 'briefly'
+                hint = f"to pass the text itself, quote it inside the YAML string: \"'{ref.root}'\"; " \
+                       + _visible_hint(visible, roots)
             self.error(where, f"{context} reads '{ref.root}', which is not a node nor params/state/loop/record",
-                       hint or f"visible here: {', '.join(sorted(visible)) or 'params only'}")
+                       hint or _visible_hint(visible, roots))
             return
         loop = graph.every[owner].loop if owner in graph.every else None
         if ref.root not in visible and loop is not None and graph.every[ref.root].loop == loop:
@@ -310,7 +339,7 @@ class _GraphCheck:
         if ref.root not in visible:
             self.error(where, f"{context} reads '{ref.root}', which is not an ancestor of '{owner}' "
                        "(nor an earlier node of its loop body, nor a node per record of an ancestor)",
-                       f"visible here: {', '.join(sorted(visible)) or 'params only'}")
+                       _visible_hint(visible, roots))
             return
         target = graph.every[ref.root]
         if ref.field is not None and ref.field not in (*target.outputs(), *VIRTUAL_FIELDS):
@@ -660,6 +689,12 @@ def _static_problem(kind: str, value: Any) -> str | None:
         ok = isinstance(value, (list, tuple, range, dict)) and len(value) > 0
         return None if ok else "must be a non-empty list, range or mapping (a pick draws one of its items or keys)"
     return None
+
+
+def _visible_hint(visible: dict[str, str], roots: set[str]) -> str:
+    """What an expression may read where one read something else: its visible nodes, then its roots."""
+    nodes = ", ".join(sorted(visible)) or "none"
+    return f"visible here: nodes {nodes}; {', '.join(sorted(roots))}"
 
 
 def _did_you_mean(name: str, names: list[str]) -> str | None:

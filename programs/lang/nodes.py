@@ -378,10 +378,12 @@ class NodeReader:
         if not isinstance(kind, str) or kind not in NODE_KEYS:
             siblings = [str(n) for n in (self.checker.data.get("nodes") or {}) if n != name]
             close = difflib.get_close_matches(str(name), siblings, n=1) if not kind else []
+            close_type = difflib.get_close_matches(str(kind).lower(), list(NODE_KEYS), n=1) if kind else []
             self.checker.error((*where, "type") if "type" in raw else where,
                                f"node '{name}' has unknown type {kind!r}" if kind else f"node '{name}' needs a type",
                                f"did you mean node '{close[0]}'?" if close else
-                               f"types: {', '.join(NODE_KEYS)} (docs/spec.md)")
+                               (f"did you mean '{close_type[0]}'? " if close_type else "")
+                               + f"types: {', '.join(NODE_KEYS)} (docs/spec.md)")
             return None
         if kind == "judge" and "outputs" in raw:  # a judge's outputs are fixed: say which, not "inputs?"
             self.checker.error((*where, "outputs"), f"a judge declares no outputs: node '{name}' gives score "
