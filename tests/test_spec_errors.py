@@ -782,8 +782,7 @@ def test_visible_here_lists_no_node_that_runs_after_the_reader(tmp_path, spec_da
     errors = errors_of(path)
     error = next(e for e in errors if f"node '{reader}' {key} reads" in e.message)
     assert f"reads '{later}', which is not an ancestor of '{reader}'" in error.message, error
-    if later == "uniq":  # a case's when is reported at cases: (list items are not located yet)
-        assert error.line == line_of(path, "uniq.similarity")
+    assert error.line == line_of(path, "uniq.similarity" if later == "uniq" else "final_rate.id")
     assert not any("cycle" in e.message for e in errors), [str(e) for e in errors]
 
 
@@ -804,3 +803,11 @@ def test_a_typo_in_a_node_type_suggests_the_type(tmp_path, spec_data):
     error = next(e for e in errors_of(path) if "unknown type" in e.message)
     assert error.line == line_of(path, "type: jugde")
     assert error.hint.startswith("did you mean 'judge'? types: source, llm"), error.hint
+
+
+def test_an_expression_in_a_list_item_is_reported_at_its_line(tmp_path, spec_data):
+    """A switch case's when (cases.2.when) was reported at `cases:`, many lines above it."""
+    spec_data["nodes"]["refine"]["body"]["decide"]["cases"][2]["when"] = "nope.x"
+    path = write_spec(tmp_path, spec_data)
+    error = only_error(path)
+    assert "reads 'nope'" in error.message and error.line == line_of(path, "when: nope.x"), error
