@@ -63,11 +63,35 @@ def test_the_page_is_self_contained(hostile):
 def test_a_run_with_only_some_artifacts_still_reports(tmp_path):
     history = {"id": "n1.x", "status": "kept", "node": "writer", "iterations": [{"iteration": 1, "instruction": "Hi"}]}
     (tmp_path / "instructions.jsonl").write_text(json.dumps(history) + "\n")  # a damaged line: test_bad_inputs
-    (tmp_path / MARKER).write_text("{}")  # a run that stopped early: its folder is marked, its manifest missing
-    html = write_report(tmp_path).read_text()
+    # a folder of files without their manifest (hand-made, or copied in part; codeclm's own run folder without
+    # one is a run that did not finish: test_an_interrupted_rerun_is_not_shown_as_the_earlier_run)
+    html = write_report(tmp_path, tmp_path / "page.html").read_text()
     assert "Not in this run folder" in html and "manifest.json" in html and "pool.jsonl" in html
     assert "Per node" in html and "writer" in html
     assert embedded_data(html)["records"][0]["id"] == "n1.x"
+
+
+def test_an_interrupted_rerun_is_not_shown_as_the_earlier_run(hostile, tmp_path):
+    """A rerun into a finished run's folder removes its manifest as it begins; stopped (Ctrl-C), it leaves the
+    earlier run's files. inspect printed them as the run (exit 0) and report rewrote report.html from them."""
+    import shutil
+
+    from codeclm.programs.artifacts.store import RunStore
+
+    run = tmp_path / "run"
+    shutil.copytree(hostile, run)
+    page = write_report(run).read_bytes()
+    rerun = RunStore(run)
+    rerun.claim()  # what a rerun does before its first write; then it is interrupted
+    rerun.abandon()
+    rerun.release()
+    assert (run / MARKER).is_file() and (run / "dataset.jsonl").is_file() and not (run / "manifest.json").exists()
+    for command in ("inspect", "report", "export"):
+        done = CliRunner().invoke(cli.main, [command, str(run), *([str(tmp_path / "out")] * (command == "export"))])
+        assert done.exit_code == 2, (command, done.output)
+        assert f"{run}: the run did not finish" in done.output and "rerun the same command to resume" in done.output
+        assert "Traceback" not in done.output
+    assert (run / "report.html").read_bytes() == page and not (tmp_path / "out").exists()
 
 
 def test_report_command(hostile, tmp_path):

@@ -156,13 +156,11 @@ def test_every_record_is_reachable_by_paging(browser, tmp_path):
     """The browser listed the first 1,000 records and no more: the rest only a search could find."""
     import json
 
-    from codeclm.programs.artifacts.store import MARKER
-
     rows = [{"messages": [{"role": "user", "content": f"Task number {i}."}], "provenance": {"id": f"r{i:04d}"}}
             for i in range(1200)]
     (tmp_path / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / MARKER).write_text("{}")
-    context, page, seen = open_report(browser, write_report(tmp_path))
+    # a folder of files (no manifest, no marker: a marked one is a run that did not finish, never reported)
+    context, page, seen = open_report(browser, write_report(tmp_path, tmp_path / "report.html"))
     try:
         ids = page.locator("#list li .rid").all_text_contents()
         assert ids[0] == "r0000" and page.locator("#prev").is_disabled()

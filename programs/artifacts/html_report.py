@@ -36,6 +36,7 @@ from .rundata import (
     has_judge,
     node_flow,
     outcomes,
+    refuse_unfinished,
     resolved_spec,
     spec_nodes,
     status_label,
@@ -62,6 +63,7 @@ def write_report(run_dir: Path, out: Path | str | None = None) -> Path:
     """Write RUN_DIR's report (default RUN_DIR/report.html) and return its path. `out` names the file, or a
     folder to write report.html into: one that exists, or a path ending in a slash (made if missing)."""
     run = RunData.open(run_dir)
+    refuse_unfinished(Path(run_dir))  # an interrupted rerun's folder holds the earlier run's files: never shown as it
     if not Path(run_dir).is_dir() or not run.exists():
         raise SpecError(str(run_dir), "no run artifacts here: is this a folder `codeclm run` wrote?",
                         hint="pass a run folder, e.g. runs/demo")

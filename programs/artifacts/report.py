@@ -21,12 +21,14 @@ from .rundata import (
     node_flow,
     outcomes,
     read_run_json,
+    refuse_unfinished,
     top_failures,
 )
 from .store import ARTIFACTS, read_artifact
 
 
 def run_report(run_dir: Path) -> dict[str, Any]:
+    refuse_unfinished(run_dir)  # an interrupted rerun's folder holds the earlier run's files: never shown as it
     check_intact(run_dir)  # a damaged file is named with its line, never read as a smaller run
     manifest_path = run_dir / ARTIFACTS["manifest"]
     manifest = read_run_json(manifest_path) if manifest_path.is_file() else {}

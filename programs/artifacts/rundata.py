@@ -1,6 +1,7 @@
 """A finished run folder, read back: `RunData` for looking at it (the quality metrics, `codeclm report`,
 the export's card), `finished_run_manifest` for the commands that need a run finished (replay, export,
-cache export, optimize --from), and the counts they share with `inspect` and the run summary.
+cache export, optimize --from), `refuse_unfinished` for those that read any run folder (inspect, report),
+and the counts they share with `inspect` and the run summary.
 
 Every artifact is optional and read tolerantly: a missing file reads as absent (and is listed in
 `missing`), a line that is not a JSON object is skipped and counted in `bad_lines` (`report` and
@@ -22,7 +23,7 @@ from typing import Any
 import yaml
 
 from ..lang.nodes import path_like
-from .store import ARTIFACTS, own_files, written_files
+from .store import ARTIFACTS, MARKER, OTHER_COMMANDS_FILES, REPORT, own_files, written_files
 
 JSONL = ("instructions", "dataset", "metadata", "pool", "rubrics")
 
@@ -337,12 +338,30 @@ def read_run_json(path: Path) -> Any:
 FINISHED_RUN_FIX = "pass a folder `codeclm run` finished, e.g. runs/demo"
 
 
-def finished_run_manifest(run_dir: Path, needs: Iterable[str] = (), fix: str = FINISHED_RUN_FIX) -> dict[str, Any]:
-    """The manifest of a run folder that a command needs finished (replay, export, cache export, optimize
-    --from), holding each dotted key of `needs` (its value may be null); else a SpecError, exit 2: no
-    manifest, an unreadable or damaged one (`read_run_json`), or one of another shape."""
+def refuse_unfinished(run_dir: Path) -> None:
+    """A SpecError (exit 2) for a folder of codeclm's (its marker) that holds a run's files but no manifest:
+    its run did not finish. A run removes the folder's manifest as it begins and writes its own last, so an
+    interrupted rerun into a finished run's folder leaves the earlier run's files, which read as that run."""
     from ..errors import SpecError
 
+    folder = Path(run_dir)
+    if not (folder / MARKER).is_file() or (folder / ARTIFACTS["manifest"]).exists():
+        return
+    others = OTHER_COMMANDS_FILES | {REPORT}  # evaluate's, compare's and report's files are no run's
+    if any((folder / name).is_file() for name in own_files(folder) - others):
+        raise SpecError(str(folder), "the run did not finish (it has no manifest.json, which a run writes last): "
+                        "its files are an unfinished or an earlier run's", hint="rerun the same command to resume "
+                        "(what finished is cached)")
+
+
+def finished_run_manifest(run_dir: Path, needs: Iterable[str] = (), fix: str = FINISHED_RUN_FIX) -> dict[str, Any]:
+    """The manifest of a run folder that a command needs finished (replay, export, cache export, optimize
+    --from), holding each dotted key of `needs` (its value may be null); else a SpecError, exit 2: a run
+    that did not finish (`refuse_unfinished`), no manifest, an unreadable or damaged one (`read_run_json`),
+    or one of another shape."""
+    from ..errors import SpecError
+
+    refuse_unfinished(run_dir)
     path = Path(run_dir) / ARTIFACTS["manifest"]
     if not path.is_file():
         raise SpecError(str(run_dir), "not a finished run (no manifest.json)", hint=fix)
