@@ -289,6 +289,20 @@ def test_the_mean_iterations_are_those_of_the_records_that_did_not_fail(tmp_path
     assert loop in inspected and loop in html and loop in card
 
 
+def test_a_loop_no_record_reached_is_said_so(tmp_path):
+    """A run its budget stopped before any record reached the loop (the manifest has no row for it) showed
+    "records not counted (a loop inside another)" and "ran to max ?": a loop is never in another's body."""
+    run = shipped_run(tmp_path / "run", "critique_rewrite", {},
+                      {"seeds": {"done": 12, "failed": 0}, "draft": {"done": 12, "failed": 12}}, {})
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "stopped": "budget"}, sort_keys=True))
+    inspected, html, card = shown_by_all(run)
+    for shown in (inspected, html, card):
+        assert "loop improve: no record reached it" in shown and "records not counted" not in shown
+    assert "ran to max" not in inspected + card and "decide" not in inspected + card
+    assert "<td>decide</td>" not in html  # no table of cases none took
+
+
 def test_a_damaged_yaml_copy_of_the_spec_falls_back_to_its_sorted_copy(tmp_path):
     """A manifest's resolved_yaml nested too deep for the parser ended inspect, report and export in a
     RecursionError; they read the JSON copy (sorted), and export says its shipped spec is that one."""

@@ -263,6 +263,7 @@ def flow_section(run: RunData) -> str:
         rows = [[switch, case, row["count"], row["exit"] or "goes on",
                  ", ".join(f"{i}: {n}" for i, n in (row.get("by_iteration") or {}).items()) or None]
                 for switch, cases in loop["switches"].items() for case, row in cases.items()]
+        rows = rows if loop["records"] != 0 else []  # no record reached the loop: nothing was decided
         parts.append(f"<h3>loop {escape(name)}</h3>" + note(loop_line(name, loop))
                      + (table(["switch", "case", "taken", "exit", "taken at iteration"], rows, 2, 3) if rows else ""))
     filters = flow.get("filters") or {}

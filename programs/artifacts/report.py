@@ -148,7 +148,7 @@ def format_flow(flow: dict[str, Any]) -> list[str]:
     lines = []
     for name, loop in (flow.get("loops") or {}).items():
         lines.append(loop_line(name, loop))
-        for switch, cases in loop["switches"].items():
+        for switch, cases in loop["switches"].items() if loop["records"] != 0 else ():
             lines.append(f"  {switch}: " + ", ".join(_case_text(case, row) for case, row in cases.items()))
     for name, row in (flow.get("filters") or {}).items():
         lines.append(f"{row['type']} {name}: removed {row['removed']} of {row['records']}")
@@ -157,8 +157,10 @@ def format_flow(flow: dict[str, Any]) -> list[str]:
 
 def loop_line(name: str, loop: dict[str, Any]) -> str:
     """One loop of `node_flow`: its records, how they left it, and the mean iterations."""
+    if loop["records"] == 0:  # a budget, or failures upstream, stopped every record before it: no figures
+        return f"loop {name}: no record reached it"
     line = f"loop {name}: " + (f"{loop['records']} records" if loop["records"] is not None else
-                               "records not counted (a loop inside another)")
+                               "records not counted (the manifest counts no nodes)")
     line += f", {loop['failed']} failed" if loop["failed"] else ""
     ends = [f"{exit_name} {_count(n)}" for exit_name, n in loop["exits"].items()]
     ends.append(f"ran to max {_count(loop['at_max'])}"

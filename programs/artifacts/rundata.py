@@ -463,7 +463,8 @@ def node_flow(manifest: dict[str, Any]) -> dict[str, Any]:
     names = Counter(case for found in switches.values() for cases in found.values() for case in cases)
     in_rounds = {str(name) for node in nodes.values() if node.get("type") == "rounds"
                  and isinstance(node.get("body"), dict) for name in node["body"]}
-    rows = {name: _loop_stage(name, stages, name in in_rounds) for name in loops}
+    # a manifest without node counts (hand-made, or older) does not say how many records reached a loop
+    rows = {name: _loop_stage(name, stages, name in in_rounds) if "stages" in counts else None for name in loops}
     flow: dict[str, Any] = {}
     loop_rows = {name: _loop_flow(loops[name], switches[name], rows[name], decisions, names)
                  for name in loops if switches[name] or rows[name]}
@@ -489,14 +490,15 @@ def _graph_place(stage: str, names: list[str]) -> tuple[int, int, str]:
     return 0, names.index(stage) if stage in names else len(names), stage
 
 
-def _loop_stage(name: str, stages: dict[str, Any], in_rounds: bool) -> dict[str, int] | None:
-    """A loop's stage row (None for a loop in another's body, which has none). A loop in a rounds body ran
-    as one copy per round (NAME_1, NAME_2, ...): their rows added up, as its decisions are (by case name)."""
+def _loop_stage(name: str, stages: dict[str, Any], in_rounds: bool) -> dict[str, int]:
+    """A loop's stage row. A loop in a rounds body ran as one copy per round (NAME_1, NAME_2, ...): their rows
+    added up, as its decisions are (by case name). A node gets its row when its first record reaches it, so a
+    loop without one had no record (a budget or earlier failures stopped them all before it): none done."""
     if not in_rounds:
-        return stages[name] if isinstance(stages.get(name), dict) else None
+        return stages[name] if isinstance(stages.get(name), dict) else {"done": 0, "failed": 0}
     copies = [row for stage, row in stages.items() if isinstance(row, dict)
               and (parts := str(stage).rpartition("_"))[0] == name and parts[2].isdigit()]
-    return {key: sum(_int(row.get(key)) for row in copies) for key in ("done", "failed")} if copies else None
+    return {key: sum(_int(row.get(key)) for row in copies) for key in ("done", "failed")}
 
 
 def _switches(loop: dict[str, Any]) -> dict[str, dict[str, str | None]]:
