@@ -360,6 +360,14 @@ def test_the_cards_quality_table_leaves_out_what_the_run_has_no_data_for():
 
 
 
+def test_the_card_says_what_the_shipped_manifest_holds():
+    """The card said pipeline/manifest.json holds "time per stage and model"; it holds the run's wall time only."""
+    from codeclm.programs.artifacts.export import _card_replay
+
+    text = "\n".join(_card_replay({"calls": {}, "wall_seconds": 1.0}, {}, None, []))
+    assert "time per stage" not in text and "per node and model" in text and "wall time" in text
+
+
 def test_the_card_counts_one_conversation_in_the_singular():
     from codeclm.programs.artifacts.export import _card_structure
 

@@ -566,7 +566,8 @@ def _card_replay(manifest: dict[str, Any], spec: dict[str, Any], bundle_calls: i
     lines = ["## Replay or rerun it", "",
              f"`{PIPELINE}/` holds the spec as it ran (`spec.yaml`, overrides applied, paths local to the folder), "
              "the templates it rendered (`prompts/`), the seeds, and the run's `manifest.json` (template hashes, "
-             "package versions, the hash of codeclm's code, calls, tokens and time per stage and model).", ""]
+             "package versions, the hash of codeclm's code, the calls, tokens and dollars per node and model, "
+             "the counts, and the run's wall time).", ""]
     if bundle_calls:
         lines += [f"`{BUNDLE}` holds the {bundle_calls} model completions the run used, so the run replays "
                   "bit for bit with no model and no key:", "", "```bash",
