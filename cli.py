@@ -657,7 +657,8 @@ def inspect(run_dir: Path, as_json: bool) -> None:
               "(NAME or ORG/NAME; made if missing) with huggingface_hub. Needs HF_TOKEN or `hf auth login`.")
 @click.option("--private", is_flag=True, help="With --push-to-hub: make a new repo private.")
 @click.option("--license", "license_id", default="unknown", show_default=True,
-              help="The card's license id (apache-2.0, mit, cc-by-4.0, odc-by, other, ...). Mind the models' terms.")
+              help="The card's license id, one the Hub knows (apache-2.0, mit, cc-by-4.0, odc-by, other, ...); "
+                   "another is written with a warning naming the closest. Mind the models' terms.")
 @click.option("--language", "languages", multiple=True, metavar="CODE",
               help="Language of the data, repeatable [default: en].")
 @click.option("--pretty-name", help="The card's title [default: the spec's name].")

@@ -368,6 +368,18 @@ def test_the_card_says_what_the_shipped_manifest_holds():
     assert "time per stage" not in text and "per node and model" in text and "wall time" in text
 
 
+def test_a_license_id_the_hub_may_not_know_is_written_with_a_warning(run, tmp_path):
+    """`--license mit-ish` went into the card's header without a word; `--language english` was refused."""
+    done = export(run["run"], tmp_path / "export", "--license", "mit-ish", "--no-cache-bundle")
+    assert done.exit_code == 0, done.output
+    assert card(tmp_path / "export")[0]["license"] == "mit-ish"
+    assert "note: --license mit-ish is not a license id the Hub knows" in done.output
+    assert "the closest it knows: mit;" in done.output and "`other`" in done.output
+    known = export(run["run"], tmp_path / "known", "--license", "cc-by-nc-sa-4.0", "--no-cache-bundle")
+    assert known.exit_code == 0 and "note: --license" not in known.output
+    assert "written with a warning" in " ".join(CliRunner().invoke(cli.main, ["export", "--help"]).output.split())
+
+
 def test_the_card_counts_one_conversation_in_the_singular():
     from codeclm.programs.artifacts.export import _card_structure
 

@@ -23,6 +23,7 @@ to make its paths local, and to describe its graph in words.
 
 from __future__ import annotations
 
+import difflib
 import glob
 import json
 import os
@@ -65,6 +66,18 @@ SIZE_BUCKETS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), 
                 (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
 REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+# License ids the Hub knows (https://huggingface.co/docs/hub/repositories-licenses; huggingface_hub has no list),
+# the common ones: another id of that shape is written with a warning, since the Hub may not show it.
+HUB_LICENSES = frozenset({
+    "apache-2.0", "mit", "afl-3.0", "agpl-3.0", "artistic-2.0", "bsd", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "bsl-1.0", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
+    "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0",
+    "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cdla-permissive-1.0",
+    "cdla-permissive-2.0", "cdla-sharing-1.0", "ecl-2.0", "epl-1.0", "epl-2.0", "eupl-1.1", "eupl-1.2", "gfdl", "gpl",
+    "gpl-2.0", "gpl-3.0", "isc", "lgpl", "lgpl-2.1", "lgpl-3.0", "mpl-2.0", "odbl", "odc-by", "pddl", "postgresql",
+    "unlicense", "wtfpl", "zlib", "openrail", "openrail++", "bigscience-openrail-m", "creativeml-openrail-m",
+    "bigcode-openrail-m", "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "gemma", "other",
+    "unknown"})
 CITATION = """@inproceedings{wang2024codeclm,
   title     = {CodecLM: Aligning Language Models with Tailored Synthetic Data},
   author    = {Wang, Zifeng and Li, Chun-Liang and Perot, Vincent and Le, Long T. and Miao, Jin and
@@ -654,6 +667,7 @@ def export_run(run_dir: Path, dest: Path, options: ExportOptions) -> ExportResul
     if not LICENSE_ID.match(options.license):
         raise SpecError("--license", f"not a license id: {options.license!r}",
                         hint="a Hub license id such as apache-2.0, mit, cc-by-4.0, odc-by, other or unknown")
+    notes = [note] if (note := license_note(options.license)) else []
     for language in options.languages:
         if not re.fullmatch(r"[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*", language):
             raise SpecError("--language", f"not a language code: {language!r}", hint="an ISO 639 code, e.g. en, fr")
@@ -663,7 +677,8 @@ def export_run(run_dir: Path, dest: Path, options: ExportOptions) -> ExportResul
         raise CodecError(f"{run_dir}: the run kept no rows, so there is nothing to export; `codeclm inspect "
                          f"{run_dir}` says what was dropped or failed")
     earlier = check_dest(dest, run_dir, manifest)
-    spec, sources, notes = pipeline_files(manifest)
+    spec, sources, more = pipeline_files(manifest)
+    notes += more
     table, columns = data_table(rows)
     metrics, note = quality(run_dir)
     if note:
@@ -685,6 +700,17 @@ def export_run(run_dir: Path, dest: Path, options: ExportOptions) -> ExportResul
     except OSError as exc:
         raise SpecError(str(getattr(exc, "filename", None) or dest), f"cannot write the export: {exc.strerror or exc}",
                         hint="free some space or choose a writable DEST; rerun the same command to finish") from None
+
+
+def license_note(license_id: str) -> str | None:
+    """A warning for a license id the Hub may not know (HUB_LICENSES), with the closest it knows, if any."""
+    if license_id in HUB_LICENSES:
+        return None
+    closest = difflib.get_close_matches(license_id, sorted(HUB_LICENSES), n=1)
+    return (f"--license {license_id} is not a license id the Hub knows, so it may not show it"
+            + (f"; the closest it knows: {closest[0]}" if closest else "") + "; for a license of your own, pass "
+            "`other` and add license_name and license_link to the card's header "
+            "(https://huggingface.co/docs/hub/repositories-licenses)")
 
 
 def _write(run_dir: Path, dest: Path, options: ExportOptions, manifest: dict[str, Any], rows: list[dict[str, Any]],
