@@ -195,8 +195,8 @@ class _GraphCheck:
         if not self.checker.unreadable_expressions:  # what one that did not compile reads is unknown
             self.check_params_read()
         self.check_numeric_params()
+        self.check_cycles()  # beside the other errors: a read of a later node is one, and its cycle says why
         self.stop_if_broken()
-        self.check_cycles()
         self.check_used()
 
     # -- names and structure ---------------------------------------------------------------------
@@ -600,29 +600,32 @@ class _GraphCheck:
         return deps - {node.name}
 
     def check_cycles(self) -> None:
+        if self.cycle:
+            node = self.graph.every[self.cycle[0]]
+            self.error(node.where, f"the graph has a cycle: {' -> '.join(self.cycle)}",
+                       "a node may read only what runs before it")
+
+    @cached_property
+    def cycle(self) -> list[str] | None:
+        """The first cycle of the graph's dependencies (`a -> b -> a`), or None."""
         state: dict[str, int] = {}
 
-        def visit(name: str, path: list[str]) -> None:
+        def visit(name: str, path: list[str]) -> list[str] | None:
             if state.get(name) == 2:
-                return
+                return None
             if state.get(name) == 1:
-                cycle = path[path.index(name):] + [name]
-                node = self.graph.every[name]
-                self.error(node.where, f"the graph has a cycle: {' -> '.join(cycle)}",
-                           "a node may read only what runs before it")
-                raise _Stop
+                return path[path.index(name):] + [name]
             state[name] = 1
             node = self.graph.every[name]
-            for dep in sorted(self.dependencies(node)):
-                if not (node.loop and self.graph.every.get(dep) and self.graph.every[dep].name == node.loop):
-                    visit(dep, [*path, name])
+            for dep in sorted(self.dependencies(node) & self.graph.every.keys()):  # an unknown name: its own error
+                if dep != node.loop:  # a body node reads its own loop's fields: no cycle
+                    found = visit(dep, [*path, name])
+                    if found:
+                        return found
             state[name] = 2
+            return None
 
-        try:
-            for name in self.graph.every:
-                visit(name, [])
-        except _Stop:
-            pass
+        return next((found for name in self.graph.every if (found := visit(name, []))), None)
         self.stop_if_broken()
 
     def check_used(self) -> None:
@@ -645,10 +648,6 @@ class _GraphCheck:
             if name not in used:
                 self.error(node.where, f"node '{name}' feeds no output: it would run for nothing",
                            "read its values in an output or a later node, or delete it")
-
-
-class _Stop(Exception):
-    pass
 
 
 # The most a count may be: above these a run would allocate without bound (a mix's records, a
