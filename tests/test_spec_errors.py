@@ -810,3 +810,11 @@ def test_an_expression_in_a_list_item_is_reported_at_its_line(tmp_path, spec_dat
     path = write_spec(tmp_path, spec_data)
     error = only_error(path)
     assert "reads 'nope'" in error.message and error.line == line_of(path, "when: nope.x"), error
+
+
+def test_a_typo_in_template_is_not_also_a_template_not_found(tmp_path, spec_data):
+    """`templte:` said "template '' not found" and listed every template, beside the typo itself."""
+    spec_data["nodes"]["encode"]["templte"] = spec_data["nodes"]["encode"].pop("template")
+    errors = errors_of(write_spec(tmp_path, spec_data))
+    assert any("did you mean 'template'?" in (e.hint or "") for e in errors), [str(e) for e in errors]
+    assert not any("not found" in e.message for e in errors), [str(e) for e in errors]

@@ -129,7 +129,7 @@ def format_report(report: dict[str, Any]) -> str:
     if calls:
         lines.append(f"model calls {calls.get('calls', 0)}, cache hits {calls.get('cache_hits', 0)}, "
                      f"shared {calls.get('shared', 0)}, "
-                     f"retries {calls.get('retries', 0)}, failures {calls.get('failures', 0)}, "
+                     f"retries {calls.get('retries', 0)}, failed calls {calls.get('failures', 0)}, "
                      f"truncated {calls.get('truncated', 0)}")
     reasons = list(report["failure_reasons"].items())
     for reason, count in reasons[:5]:

@@ -483,7 +483,8 @@ class _GraphCheck:
                        f"outputs: {', '.join(node.declared)}")
         if isinstance(node, JudgeNode) and node.pair is None and node.parse.name == "text":
             node.parse.name = "score"  # a pointwise judge reads one score within its scale
-        self.check_template(node)
+        if node.template:  # no template: already said where the node was read
+            self.check_template(node)
 
     def check_template(self, node: LLMNode) -> None:
         store = TemplateStore(self.prompts)
