@@ -6,6 +6,7 @@ Heavy imports (DSPy, llama.cpp) happen inside the commands that need them, so th
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import logging
@@ -198,8 +199,10 @@ def _load(spec_path: str, overrides: tuple[str, ...], roles: tuple[str | None, .
 
     path = resolve_spec(spec_path)
     if not path.exists() and path == Path(spec_path) and not path.suffix and len(path.parts) == 1:  # a name
+        close = difflib.get_close_matches(spec_path, builtin_specs(), n=1)
         raise SpecError(spec_path, "no such spec file, and no shipped spec of that name",
-                        hint=f"give a path, or one of: {', '.join(builtin_specs())} (`codeclm init` copies them)")
+                        hint=(f"did you mean '{close[0]}'? " if close else "")
+                        + f"give a path, or one of: {', '.join(builtin_specs())} (`codeclm init` copies them)")
     named = None if roles is None else [role for role in roles if role]
     return load_spec(str(path), list(overrides), named)
 

@@ -247,3 +247,25 @@ def test_an_empty_folder_option_is_refused_not_read_as_here(tmp_path, monkeypatc
         done = CliRunner().invoke(cli.main, command)
         assert done.exit_code == 2 and "an empty path" in done.output, done.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_shipped_spec_name_with_a_typo_suggests_the_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.main, ["validate", "demoo"])
+    assert result.exit_code == 2 and "no shipped spec of that name" in result.output
+    assert "did you mean 'demo'?" in result.output, result.output
+
+
+def test_a_filter_typo_in_a_template_suggests_the_filter(tmp_path):
+    (tmp_path / "typo.jinja").write_text('{% call message("user") %}{{ x | upperr }}{% endcall %}')
+    with pytest.raises(SpecError) as caught:
+        TemplateStore(tmp_path).get("typo.jinja")
+    assert "No filter named 'upperr'" in caught.value.message and caught.value.hint == "did you mean 'upper'?"
+
+
+def test_an_include_of_a_missing_template_names_the_templates_there(tmp_path):
+    (tmp_path / "main.jinja").write_text('{% include "header.jinja" %}{% call message("user") %}hi{% endcall %}')
+    with pytest.raises(SpecError) as caught:
+        TemplateStore(tmp_path).get("main.jinja").render({})
+    assert "it includes 'header.jinja', which is not in" in caught.value.message
+    assert caught.value.hint == "templates there: main.jinja" and caught.value.line == 1

@@ -11,6 +11,7 @@ the default, and a stage renders `{{ instructions }}` when DSPy changed them.
 
 from __future__ import annotations
 
+import difflib
 import re
 from functools import cached_property, lru_cache, partial
 from pathlib import Path
@@ -68,7 +69,7 @@ def _load(store: TemplateStore, name: str) -> StageTemplate:
                         hint=f"templates in {store.folder}: {', '.join(available) or 'none'}") from None
     except jinja2.TemplateSyntaxError as exc:
         raise SpecError(exc.filename or str(store.path_of(name)), f"template syntax error: {exc.message}",
-                        line=exc.lineno, hint="check the {% %} and {{ }} tags on this line") from None
+                        line=exc.lineno, hint=_syntax_hint(exc.message or "", store.env)) from None
     except UnicodeDecodeError:  # a template that is not UTF-8: the same located error as a spec's
         decode_utf8(store.path_of(name).read_bytes(), str(store.path_of(name)))
         raise
@@ -118,6 +119,11 @@ class StageTemplate:
             line = _template_line(exc)
             raise SpecError(str(self.path), f"template uses an undefined variable: {exc.message}", line=line,
                             hint=self._undefined_hint(exc, variables, line)) from None
+        except jinja2.TemplateNotFound as exc:  # an {% include %} or {% import %} of a file not there
+            available = sorted(p.name for p in self.path.parent.glob("*.jinja"))
+            raise SpecError(str(self.path), f"template failed to render: it includes '{exc.name}', which is not in "
+                            f"{self.path.parent}", line=_template_line(exc),
+                            hint=f"templates there: {', '.join(available) or 'none'}") from None
         except jinja2.TemplateError as exc:
             raise SpecError(str(self.path), f"template failed to render: {exc}", line=_template_line(exc)) from None
         except SpecError:
@@ -168,6 +174,17 @@ class _Undefined(jinja2.StrictUndefined):
         if exc is jinja2.UndefinedError:
             exc = partial(_UndefinedUse, owner=obj, name=name)
         super().__init__(hint, obj, name, exc)
+
+
+def _syntax_hint(message: str, env: jinja2.Environment) -> str:
+    """The fix of a template syntax error: the filter or test meant, for an unknown one; else the tags."""
+    unknown = re.match(r"No (filter|test) named '([^']+)'", message)
+    if unknown:
+        kind, name = unknown.groups()
+        known = env.filters if kind == "filter" else env.tests
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        return f"did you mean '{close[0]}'?" if close else f"{kind}s: {', '.join(sorted(known))}"
+    return "check the {% %} and {{ }} tags on this line"
 
 
 def _owner_of(name: Any, line: str) -> str | None:
