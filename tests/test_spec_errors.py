@@ -818,3 +818,20 @@ def test_a_typo_in_template_is_not_also_a_template_not_found(tmp_path, spec_data
     errors = errors_of(write_spec(tmp_path, spec_data))
     assert any("did you mean 'template'?" in (e.hint or "") for e in errors), [str(e) for e in errors]
     assert not any("not found" in e.message for e in errors), [str(e) for e in errors]
+
+
+def test_a_set_with_no_value_is_reported_at_the_set(tmp_path, spec_data):
+    """`--set params.max_iterations=` (an unset shell variable) read as null, and failed at a line of the
+    spec, where a node computed with it."""
+    errors = errors_of(write_spec(tmp_path, spec_data), ["params.max_iterations="])
+    assert [(e.file, e.line) for e in errors] == [("--set params.max_iterations", None)], [str(e) for e in errors]
+    assert "no value after '='" in errors[0].message and "=null" in errors[0].hint
+
+
+def test_a_role_typo_in_a_set_is_said_once_with_the_role_meant(tmp_path, spec_data):
+    """`--set models.stong.temperature=0` said first that 'stong' "needs a 'model' string", which follows
+    from the typo, then that the role is not in the spec."""
+    with pytest.raises((SpecError, SpecErrors)) as caught:
+        load_spec(write_spec(tmp_path, spec_data), ["models.stong.temperature=0"], ())  # (): as the CLI, roles named
+    errors = getattr(caught.value, "errors", [caught.value])
+    assert len(errors) == 1 and "did you mean 'strong'?" in errors[0].hint, [str(e) for e in errors]

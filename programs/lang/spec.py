@@ -325,6 +325,8 @@ class Checker:
                 continue
             reported.add(role)
             close = difflib.get_close_matches(role, declared, n=1)
+            # what else was said of this role's settings (it "needs a 'model' string") follows from the typo
+            self.errors[:] = [e for e in self.errors if not str(e.file).startswith(f"--set models.{role}.")]
             self.errors.append(SpecError(
                 f"--set {key}", f"model role '{role}' is not in {self.path.name}, and no node reads it",
                 hint=(f"did you mean '{close[0]}'? " if close else "")

@@ -55,6 +55,9 @@ def load_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
 def load_value(text: str, what: str) -> Any:
     """The YAML value of a `--set KEY=VALUE` (`what`: "--set KEY"), with the same checks as a file;
     an error names the --set, not a line of the spec (the value is not in it)."""
+    if not text.strip():  # `--set KEY=` (an unset shell variable, say): YAML's null, which then failed far away
+        raise SpecError(what, "no value after '='", hint=f"give one: {what}=VALUE; for an empty text, {what}=\"''\"; "
+                        f"for null, {what}=null")
     try:
         _, data = _compose_and_construct(text, what, at=tuple(what.removeprefix("--set ").split(".")))
     except SpecError as exc:
