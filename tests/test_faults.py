@@ -166,6 +166,27 @@ def test_openai_compatible_backend_honours_proxy_variables(monkeypatch: pytest.M
     assert completion.text and server.completions == 1
 
 
+def test_a_404_at_a_base_url_without_v1_suggests_it() -> None:
+    """`api_base: http://HOST:PORT` (no /v1) gets 404 from vLLM and llama.cpp: the error says what to try."""
+    from codeclm.programs.models.backends import OpenAICompatibleBackend
+
+    async def ask(base: str) -> Any:
+        backend = OpenAICompatibleBackend(ModelSpec(role="strong", model="hosted_vllm/strong", api_base=base))
+        try:
+            return await backend.complete([{"role": "user", "content": "Say hi."}], CallParams({"max_tokens": 8}))
+        finally:
+            await backend.aclose()
+
+    with FakeOpenAIServer() as server:
+        base = server.url.removesuffix("/v1") + "/api"
+        with pytest.raises(ModelCallError) as caught:
+            asyncio.run(ask(base))
+        assert "HTTP 404" in str(caught.value) and f"did you mean {base}/v1?" in str(caught.value)
+        with pytest.raises(ModelCallError) as caught:
+            asyncio.run(ask(server.url + "/nowhere/v1"))
+        assert "HTTP 404" in str(caught.value) and "did you mean" not in str(caught.value)  # has /v1: no guess
+
+
 def test_a_model_nobody_serves_fails_the_run_with_the_reason(tmp_path: Path, seeds_file: Path) -> None:
     """Refused connections are retried, then recorded; when every encode failed the run stops
     and says why, naming the file with each failure (exit 1, no traceback)."""

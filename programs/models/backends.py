@@ -149,6 +149,12 @@ class OpenAICompatibleBackend:
             )
         return self._sessions[loop_id]
 
+    def _not_found_hint(self, status: int) -> str:
+        """For a 404 at a base URL without /v1, where OpenAI-compatible servers (vLLM, llama.cpp) answer."""
+        base = self.url.removesuffix("/chat/completions")
+        return f" (api_base {base} has no /v1: did you mean {base}/v1?)" if status == 404 and \
+            not base.endswith("/v1") else ""
+
     async def complete(self, messages: list[dict[str, str]], params: CallParams) -> Completion:
         import aiohttp
 
@@ -161,8 +167,8 @@ class OpenAICompatibleBackend:
             raise ModelCallError(f"{self.name}: {type(exc).__name__} {exc}", retryable=True) from None
         if status != 200:
             retryable = status in (408, 409, 429) or status >= 500
-            raise ModelCallError(f"{self.name}: HTTP {status} {raw.decode('utf-8', errors='replace')[:200]}",
-                                 retryable=retryable, retry_after=retry_after)
+            raise ModelCallError(f"{self.name}: HTTP {status} {raw.decode('utf-8', errors='replace')[:200]}"
+                                 + self._not_found_hint(status), retryable=retryable, retry_after=retry_after)
         try:
             data = _response_json(raw)
             choice, usage = data["choices"][0], data.get("usage") or {}
