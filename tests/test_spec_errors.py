@@ -835,3 +835,13 @@ def test_a_role_typo_in_a_set_is_said_once_with_the_role_meant(tmp_path, spec_da
         load_spec(write_spec(tmp_path, spec_data), ["models.stong.temperature=0"], ())  # (): as the CLI, roles named
     errors = getattr(caught.value, "errors", [caught.value])
     assert len(errors) == 1 and "did you mean 'strong'?" in errors[0].hint, [str(e) for e in errors]
+
+
+@pytest.mark.parametrize("key", ["2", "²"])
+def test_an_expression_under_a_number_like_key_is_reported_at_its_line(tmp_path, spec_data, key):
+    """A list item's number in an expression's key is an index, but a mapping key "2" is text: it was
+    reported at `inputs:`, and a key `²` (a digit to isdigit, not to int) was a traceback."""
+    spec_data["nodes"]["encode"]["inputs"][key] = "nope.x"
+    path = write_spec(tmp_path, spec_data)
+    error = next(e for e in errors_of(path) if "reads 'nope'" in e.message)
+    assert error.line == line_of(path, "nope.x"), str(error)

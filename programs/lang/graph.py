@@ -372,7 +372,7 @@ class _GraphCheck:
         joins: dict[str, str] = {}
         for key, ref in node.references():
             scope, roots, state = self.reference_scope(node, key, visible)
-            self.check_reference((*node.where, *_key_path(key)), f"node '{node.name}' {key}", ref, scope, roots,
+            self.check_reference((*node.where, *key.split(".")), f"node '{node.name}' {key}", ref, scope, roots,
                                  state, joins, node.name)
         for collection in node.collections:
             self.check_collection(node, collection)
@@ -448,14 +448,14 @@ class _GraphCheck:
                 continue
             if ref.field not in earlier:
                 when = "by this output" if ref.field == output.name else "after it"
-                self.error((*output.where_path, *_key_path(key)), f"output '{output.name}' {key} reads "
+                self.error((*output.where_path, *key.split(".")), f"output '{output.name}' {key} reads "
                            f"outputs.{ref.field}, which is written {when}, so it has no value",
                            "outputs.NAME reads an output declared above this one: move it up, or read its "
                            "fields from the nodes instead")
                 continue
             other = graph.outputs[ref.field].sources
             if not set(other) & set(output.sources):  # the line the same record wrote there: none ever did
-                self.error((*output.where_path, *_key_path(key)), f"output '{output.name}' {key} reads "
+                self.error((*output.where_path, *key.split(".")), f"output '{output.name}' {key} reads "
                            f"outputs.{ref.field}, which writes records of {', '.join(other)}, not of "
                            f"{', '.join(output.sources)}: it would never have a value",
                            f"read it in an output whose from: shares a node with {ref.field}'s, or read the "
@@ -627,7 +627,6 @@ class _GraphCheck:
             return None
 
         return next((found for name in self.graph.every if (found := visit(name, []))), None)
-        self.stop_if_broken()
 
     def check_used(self) -> None:
         """Every node feeds an output (switches steer their loop, so they count as used)."""
@@ -689,11 +688,6 @@ def _static_problem(kind: str, value: Any) -> str | None:
         ok = isinstance(value, (list, tuple, range, dict)) and len(value) > 0
         return None if ok else "must be a non-empty list, range or mapping (a pick draws one of its items or keys)"
     return None
-
-
-def _key_path(key: str) -> tuple[str | int, ...]:
-    """An expression's key (`cases.2.when`) as the spec's lines are keyed: list items by their index."""
-    return tuple(int(part) if part.isdigit() else part for part in key.split("."))
 
 
 def _visible_hint(visible: dict[str, str], roots: set[str]) -> str:

@@ -228,7 +228,7 @@ class Checker:
                 return SpecError(f"--set {made[0]}", message, hint=hint)
         line = None
         for cut in range(len(where), -1, -1):  # nearest enclosing key that has a line
-            line = self.lines.get(where[:cut])
+            line = self.lines.get(where[:cut]) or self.lines.get(_as_indices(where[:cut]))
             if line:
                 break
         return SpecError(str(self.path), message, line=line, hint=hint)
@@ -450,6 +450,13 @@ class Checker:
                        "(it is not the key itself)", "e.g. api_key_env: OPENAI_API_KEY")
         else:
             register_key_env(env)  # its value is masked in everything codeclm writes
+
+
+def _as_indices(where: Path_) -> Path_:
+    """`where` with its number parts as list indices: an expression's key (`cases.2.when`) names a list
+    item by its number, which the spec's lines key as an int (a mapping key "2" stays text, found first)."""
+    return tuple(int(part) if isinstance(part, str) and part.isdecimal() and part.isascii() else part
+                 for part in where)
 
 
 def _non_finite(value: Any, path: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], float]]:
