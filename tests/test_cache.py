@@ -165,6 +165,36 @@ def test_a_call_asked_again_in_a_run_is_shared_not_a_cache_hit(tmp_path):
     assert len(backend.calls) == 1
 
 
+def test_a_failed_call_counts_a_failure_for_each_ask_as_its_replay_does(tmp_path):
+    """Asks that waited for an identical call in flight which then failed counted nothing: the live run
+    counted fewer failures than its replay, which fails every ask with the recorded error."""
+    from codeclm.programs.errors import ModelCallError
+
+    spec = load_spec(write_spec(tmp_path, base_spec(tmp_path / "unused.jsonl")))
+
+    def refuse(messages):
+        raise ModelCallError("scripted/strong: HTTP 400 bad request", retryable=False)
+
+    messages, params = [{"role": "user", "content": "same question"}], {"temperature": 0.7, "max_tokens": 8}
+
+    def failures(hub: ModelHub) -> int:
+        async def ask() -> None:
+            await asyncio.gather(*(hub.complete("strong", messages, params, CallContext("t", str(i)))
+                                   for i in range(3)), return_exceptions=True)
+            with pytest.raises(ModelCallError):
+                await hub.complete("strong", messages, params, CallContext("t", "later"))
+        asyncio.run(ask())
+        (row,) = hub.summary().values()
+        return row["failures"]
+
+    backend = ScriptedBackend("scripted/strong", answer=refuse, delay=0.05)
+    live = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": backend})
+    assert failures(live) == 4 and len(backend.calls) == 1
+    live.cache.flush()
+    replay = ModelHub(spec.models, CallCache(tmp_path / "cache", mode="replay"), backends={"strong": backend})
+    assert failures(replay) == 4 and len(backend.calls) == 1
+
+
 def counted_writes(cache: CallCache) -> list[int]:
     """The size of each transaction the cache writes, from now on."""
     sizes: list[int] = []

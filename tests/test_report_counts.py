@@ -277,6 +277,23 @@ def test_a_loop_in_a_rounds_body_adds_up_its_rounds(tmp_path):
         assert loop in shown
 
 
+def test_a_node_of_the_spec_named_like_a_rounds_copy_is_not_added_to_the_loop(tmp_path):
+    """improve_3, a node of the spec's own beside two rounds of improve, was added to improve's records."""
+    run = shipped_run(tmp_path / "run", "critique_rewrite", {"kept": 18, "dropped": 6},
+                      {"seeds": {"done": 12, "failed": 0}, "improve_1": {"done": 12, "failed": 0},
+                       "improve_2": {"done": 12, "failed": 0}, "improve_3": {"done": 99, "failed": 0}},
+                      {"good": 18, "out_of_rewrites": 6})
+    manifest = json.loads((run / "manifest.json").read_text())
+    written = yaml.safe_load(manifest["spec"]["resolved_yaml"])
+    for spec in (manifest["spec"]["resolved"], written):
+        body = {name: spec["nodes"].pop(name) for name in ("draft", "improve")}
+        spec["nodes"]["grow"] = {"type": "rounds", "count": 2, "keep": "improve", "body": body}
+        spec["nodes"]["improve_3"] = {"type": "filter", "for_each": "grow", "where": "true"}
+    manifest["spec"]["resolved_yaml"] = yaml.safe_dump(written, sort_keys=False)
+    (run / "manifest.json").write_text(json.dumps(manifest, sort_keys=True))
+    assert run_report(run)["flow"]["loops"]["improve"]["records"] == 24
+
+
 def test_the_mean_iterations_are_those_of_the_records_that_did_not_fail(tmp_path):
     """12 records: 6 failed before the switch, 6 kept at the first judgement; the mean read 0.50."""
     run = shipped_run(tmp_path / "run", "critique_rewrite", {"kept": 6, "failed": 6},

@@ -845,3 +845,11 @@ def test_an_expression_under_a_number_like_key_is_reported_at_its_line(tmp_path,
     path = write_spec(tmp_path, spec_data)
     error = next(e for e in errors_of(path) if "reads 'nope'" in e.message)
     assert error.line == line_of(path, "nope.x"), str(error)
+
+
+def test_a_bare_word_close_to_a_node_suggests_the_node_before_quoting(tmp_path, spec_data):
+    """`instruction: seed` (for `seeds`) led with "quote it", which validates and sends the word 'seed' as
+    every instruction."""
+    spec_data["nodes"]["encode"]["inputs"]["instruction"] = "seed"
+    error = next(e for e in errors_of(write_spec(tmp_path, spec_data)) if "reads 'seed'" in e.message)
+    assert error.hint.startswith("did you mean 'seeds'?") and "quote" not in error.hint, str(error)

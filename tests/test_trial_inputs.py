@@ -363,6 +363,8 @@ def test_a_text_file_read_for_several_fields_is_refused(tmp_path, seeds_file):
         read_records(seeds, {"question": "question", "topic": "topic"})
     assert read_records(seeds, {"question": "question"}) == [  # one field: the line, whatever its name
         {"id": "s00000", "question": "What is a hash map?"}, {"id": "s00001", "question": "What is DNS?"}]
+    both = read_records(seeds, {"question": "text", "original": "text"})  # one field under two names: the line
+    assert both[0] == {"id": "s00000", "question": "What is a hash map?", "original": "What is a hash map?"}
 
 
 @pytest.mark.parametrize(("rows", "message"), [('"What is up?",x,extra', "3 values for 2 columns"),

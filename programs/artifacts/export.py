@@ -68,16 +68,18 @@ REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0
 LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 # License ids the Hub knows (https://huggingface.co/docs/hub/repositories-licenses; huggingface_hub has no list),
 # the common ones: another id of that shape is written with a warning, since the Hub may not show it.
-HUB_LICENSES = frozenset({
-    "apache-2.0", "mit", "afl-3.0", "agpl-3.0", "artistic-2.0", "bsd", "bsd-2-clause", "bsd-3-clause",
-    "bsd-3-clause-clear", "bsl-1.0", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
-    "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0",
-    "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cdla-permissive-1.0",
-    "cdla-permissive-2.0", "cdla-sharing-1.0", "ecl-2.0", "epl-1.0", "epl-2.0", "eupl-1.1", "eupl-1.2", "gfdl", "gpl",
-    "gpl-2.0", "gpl-3.0", "isc", "lgpl", "lgpl-2.1", "lgpl-3.0", "mpl-2.0", "odbl", "odc-by", "pddl", "postgresql",
-    "unlicense", "wtfpl", "zlib", "openrail", "openrail++", "bigscience-openrail-m", "creativeml-openrail-m",
-    "bigcode-openrail-m", "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "gemma", "other",
-    "unknown"})
+HUB_LICENSES = frozenset({  # the Hub's license ids (its API's enum of them, as of 2026)
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
+    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0",
+    "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0",
+    "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cdla-sharing-1.0",
+    "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1",
+    "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "h-research",
+    "intel-research", "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr", "mpl-2.0", "odc-by", "odbl", "openmdw-1.0",
+    "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl", "lgpl-lr",
+    "deepfloyd-if-license", "fair-noncommercial-research-license", "llama2", "llama3", "llama3.1", "llama3.2",
+    "llama3.3", "llama4", "grok2-community", "gemma", "unknown", "other"})
 CITATION = """@inproceedings{wang2024codeclm,
   title     = {CodecLM: Aligning Language Models with Tailored Synthetic Data},
   author    = {Wang, Zifeng and Li, Chun-Liang and Perot, Vincent and Le, Long T. and Miao, Jin and
@@ -707,8 +709,9 @@ def license_note(license_id: str) -> str | None:
     if license_id in HUB_LICENSES:
         return None
     closest = difflib.get_close_matches(license_id, sorted(HUB_LICENSES), n=1)
-    return (f"--license {license_id} is not a license id the Hub knows, so it may not show it"
-            + (f"; the closest it knows: {closest[0]}" if closest else "") + "; for a license of your own, pass "
+    return (f"--license {license_id} is not one of the Hub's license ids, so it may not show it"
+            + (f" (did you mean {closest[0]}? check: a close name can be another license)" if closest else "")
+            + "; for a license of your own, pass "
             "`other` and add license_name and license_link to the card's header "
             "(https://huggingface.co/docs/hub/repositories-licenses)")
 

@@ -349,9 +349,12 @@ def refuse_unfinished(run_dir: Path) -> None:
         return
     others = OTHER_COMMANDS_FILES | {REPORT}  # evaluate's, compare's and report's files are no run's
     if any((folder / name).is_file() for name in own_files(folder) - others):
+        stopped = (folder / ARTIFACTS["failures"]).is_file()
         raise SpecError(str(folder), "the run did not finish (it has no manifest.json, which a run writes last): "
-                        "its files are an unfinished or an earlier run's", hint="rerun the same command to resume "
-                        "(what finished is cached)")
+                        "its files are what it wrote before it stopped, or an earlier run's",
+                        hint=(f"if it stopped on an error, {folder / ARTIFACTS['failures']} holds each failed "
+                              "record's error; " if stopped else "")
+                        + "rerun the same command to resume (what finished is cached)")
 
 
 def finished_run_manifest(run_dir: Path, needs: Iterable[str] = (), fix: str = FINISHED_RUN_FIX) -> dict[str, Any]:
@@ -464,7 +467,8 @@ def node_flow(manifest: dict[str, Any]) -> dict[str, Any]:
     in_rounds = {str(name) for node in nodes.values() if node.get("type") == "rounds"
                  and isinstance(node.get("body"), dict) for name in node["body"]}
     # a manifest without node counts (hand-made, or older) does not say how many records reached a loop
-    rows = {name: _loop_stage(name, stages, name in in_rounds) if "stages" in counts else None for name in loops}
+    rows = {name: _loop_stage(name, stages, name in in_rounds, set(nodes)) if "stages" in counts else None
+            for name in loops}
     flow: dict[str, Any] = {}
     loop_rows = {name: _loop_flow(loops[name], switches[name], rows[name], decisions, names)
                  for name in loops if switches[name] or rows[name]}
@@ -490,13 +494,14 @@ def _graph_place(stage: str, names: list[str]) -> tuple[int, int, str]:
     return 0, names.index(stage) if stage in names else len(names), stage
 
 
-def _loop_stage(name: str, stages: dict[str, Any], in_rounds: bool) -> dict[str, int]:
+def _loop_stage(name: str, stages: dict[str, Any], in_rounds: bool, spec_names: set[str]) -> dict[str, int]:
     """A loop's stage row. A loop in a rounds body ran as one copy per round (NAME_1, NAME_2, ...): their rows
-    added up, as its decisions are (by case name). A node gets its row when its first record reaches it, so a
-    loop without one had no record (a budget or earlier failures stopped them all before it): none done."""
+    added up, as its decisions are (by case name); a node of the spec's own named so is no copy. A node gets
+    its row when its first record reaches it, so a loop without one had no record (a budget or earlier
+    failures stopped them all before it): none done."""
     if not in_rounds:
         return stages[name] if isinstance(stages.get(name), dict) else {"done": 0, "failed": 0}
-    copies = [row for stage, row in stages.items() if isinstance(row, dict)
+    copies = [row for stage, row in stages.items() if isinstance(row, dict) and stage not in spec_names
               and (parts := str(stage).rpartition("_"))[0] == name and parts[2].isdigit()]
     return {key: sum(_int(row.get(key)) for row in copies) for key in ("done", "failed")}
 

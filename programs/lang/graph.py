@@ -322,7 +322,8 @@ class _GraphCheck:
             fields_of = [f"{n}.{ref.root}" for n in sorted(visible) if n in graph.every
                          and ref.root in graph.every[n].outputs()]  # `instruction` for `ask.instruction`
             hint = graph.rounds_hint(ref.root) or (f"a field is read through its node: {' or '.join(fields_of)}?"
-                                                   if fields_of else None)
+                                                   if fields_of else None) \
+                or _close_name_hint(ref.root, visible, roots)  # `seed` for `seeds`: before any quoting
             if hint is None and ref.field is None:  # `style: briefly`, meant as the text 'briefly'
                 hint = f"to pass the text itself, quote it inside the YAML string: \"'{ref.root}'\"; " \
                        + _visible_hint(visible, roots)
@@ -694,6 +695,12 @@ def _visible_hint(visible: dict[str, str], roots: set[str]) -> str:
     """What an expression may read where one read something else: its visible nodes, then its roots."""
     nodes = ", ".join(sorted(visible)) or "none"
     return f"visible here: nodes {nodes}; {', '.join(sorted(roots))}"
+
+
+def _close_name_hint(name: str, visible: dict[str, str], roots: set[str]) -> str | None:
+    """"did you mean" a visible node or root close to `name`, with what is visible; None if none is close."""
+    close = _did_you_mean(name, sorted([*visible, *roots]))
+    return close + _visible_hint(visible, roots) if close else None
 
 
 def _did_you_mean(name: str, names: list[str]) -> str | None:

@@ -215,8 +215,8 @@ def stream_records(path: Path, fields: dict[str, str], id_field: str | None = "i
 
 def _check_one_field(path: Path, file_fields: list[str]) -> None:
     """A text file's line is one field: read for several, it filled each with the whole line."""
-    if _reader(path) is _text and len(file_fields) > 1:
-        names = ", ".join(file_fields)
+    if _reader(path) is _text and len(set(file_fields)) > 1:  # one field read under two names is fine
+        names = ", ".join(dict.fromkeys(file_fields))
         raise SpecError(str(path), f"a text file gives one field per line, and the source reads "
                                    f"{len(file_fields)} ({names})",
                         hint=f"write the records as JSONL (fields {names}) or CSV (columns {names}), "

@@ -159,8 +159,13 @@ class ModelHub:
         state = self._state()
         key = identity.key
         if key in state.inflight:
-            entry = await asyncio.shield(state.inflight[key])
-            self._count(stat, "shared")  # once answered: a failure is the owner's, counted there
+            try:
+                entry = await asyncio.shield(state.inflight[key])
+            except BaseException as exc:
+                if is_recorded_failure(exc):  # a failure per ask, as a replay of the run counts it
+                    self._count(stat, "failures")
+                raise
+            self._count(stat, "shared")
             return entry
         failed = self.failed.get(key)
         if failed is not None:  # failed for good earlier in this run: one outcome per call, as a replay gives
@@ -172,8 +177,8 @@ class ModelHub:
         try:
             completion = await self._with_retries(role, backend, messages, CallParams(params, identity.seed()), stat)
             entry = completion.to_entry()
-            self.cache.put(key, backend.name, entry)
-            self.first_answer(key)  # a later identical call in this run is shared, not a cache hit
+            self.first_answer(key)  # a later identical call in this run is shared, not a cache hit: marked before
+            self.cache.put(key, backend.name, entry)  # the put, after which another thread's lookup finds it
             future.set_result(entry)
             return entry
         except BaseException as exc:
