@@ -205,6 +205,15 @@ def test_a_model_nobody_serves_fails_the_run_with_the_reason(tmp_path: Path, see
     records = read_jsonl(tmp_path / "run" / "metadata.jsonl")
     assert len(records) == 4 and all(r["status"] == "failed" for r in records)
     assert all(r["error"].startswith("hosted_vllm/strong: ClientConnectorError") for r in records)
+    # inspect shows the stopped run and why (it refuses a folder an interrupted rerun left, which has no such record)
+    stopped = json.loads((tmp_path / "run" / "stopped.json").read_text())
+    assert stopped["stopped"] == "error" and "all 4 records failed" in stopped["error"]
+    inspected = CliRunner().invoke(main, ["inspect", str(tmp_path / "run")])
+    assert inspected.exit_code == 0 and "stopped on an error: node 'encode': all 4 records failed" in inspected.output
+    from codeclm.programs.artifacts.store import RunStore
+
+    RunStore(tmp_path / "run").claim()  # a rerun into the folder: the earlier stop is not its own
+    assert not (tmp_path / "run" / "stopped.json").exists()
 
 
 def test_openai_gets_max_completion_tokens_and_servers_get_max_tokens(monkeypatch: pytest.MonkeyPatch) -> None:

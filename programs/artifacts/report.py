@@ -34,7 +34,8 @@ def run_report(run_dir: Path) -> dict[str, Any]:
     manifest = read_run_json(manifest_path) if manifest_path.is_file() else {}
     histories = _codec_histories(run_dir, manifest)
     if histories is None:
-        if not manifest and not (run_dir / ARTIFACTS["instructions"]).is_file():  # no run, or one not finished
+        if not manifest and not (run_dir / ARTIFACTS["instructions"]).is_file() and \
+                not (run_dir / ARTIFACTS["stopped"]).is_file():  # no run, or one not finished
             raise SpecError(str(manifest_path), "not found: not a finished run (a run writes its manifest last; "
                             "one stopped before the end has none)",
                             hint="pass the folder `codeclm run` wrote, e.g. runs/demo; rerun a stopped run to finish "
@@ -60,7 +61,7 @@ def run_report(run_dir: Path) -> dict[str, Any]:
         **_counted(manifest, dict(status)),
         "calls": manifest.get("totals", {}),
         "quality": quality_metrics(run_dir),
-        **_stopped(manifest),
+        **_stopped(manifest, run_dir),
     }
 
 
@@ -89,7 +90,7 @@ def general_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     status = (manifest.get("counts") or {}).get("instructions") or {}
     return {"run": str(run_dir), "instructions": sum(status.values()), "status": dict(status),
             "kept_by_iteration": {}, "mean_gap_at_last_iteration": None, **_counted(manifest, dict(status)),
-            "calls": manifest.get("totals", {}), "quality": quality_metrics(run_dir), **_stopped(manifest)}
+            "calls": manifest.get("totals", {}), "quality": quality_metrics(run_dir), **_stopped(manifest, run_dir)}
 
 
 def _counted(manifest: dict[str, Any], status: dict[str, int]) -> dict[str, Any]:
@@ -100,11 +101,16 @@ def _counted(manifest: dict[str, Any], status: dict[str, int]) -> dict[str, Any]
             "failures_of_causes_left_out": left_out}
 
 
-def _stopped(manifest: dict[str, Any]) -> dict[str, Any]:
-    """A run its budget stopped (budget.py) says so; a finished run has no such keys."""
-    if manifest.get("stopped") != "budget":
-        return {}
-    return {"stopped": "budget", "budget_reached": (manifest.get("budget") or {}).get("reached")}
+def _stopped(manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A run its budget stopped (budget.py), or an error (its stopped.json, beside no manifest), says so;
+    a finished run has no such keys."""
+    if manifest.get("stopped") == "budget":
+        return {"stopped": "budget", "budget_reached": (manifest.get("budget") or {}).get("reached")}
+    stopped = run_dir / ARTIFACTS["stopped"]
+    if not manifest and stopped.is_file():
+        record = read_run_json(stopped)
+        return {"stopped": "error", "error": str(record.get("error") if isinstance(record, dict) else record)}
+    return {}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -125,6 +131,9 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("stopped") == "budget":
         lines.append(f"stopped: budget reached ({report.get('budget_reached')}): the data so far; "
                      "rerun with a higher budget to resume")
+    elif report.get("stopped") == "error":
+        lines.append(f"stopped on an error: {report.get('error')}; the records that finished are here, and "
+                     "failures.jsonl has each failure: fix the cause and rerun to resume")
     calls = report["calls"]
     if calls:
         lines.append(f"model calls {calls.get('calls', 0)}, cache hits {calls.get('cache_hits', 0)}, "

@@ -347,8 +347,11 @@ def refuse_unfinished(run_dir: Path) -> None:
     folder = Path(run_dir)
     if not (folder / MARKER).is_file() or (folder / ARTIFACTS["manifest"]).exists():
         return
+    own = own_files(folder)
+    if ARTIFACTS["stopped"] in own and (folder / ARTIFACTS["stopped"]).is_file():  # stopped on an error: shown
+        return
     others = OTHER_COMMANDS_FILES | {REPORT}  # evaluate's, compare's and report's files are no run's
-    if any((folder / name).is_file() for name in own_files(folder) - others):
+    if any((folder / name).is_file() for name in own - others):
         stopped = (folder / ARTIFACTS["failures"]).is_file()
         raise SpecError(str(folder), "the run did not finish (it has no manifest.json, which a run writes last): "
                         "its files are what it wrote before it stopped, or an earlier run's",

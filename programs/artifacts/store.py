@@ -42,6 +42,7 @@ ARTIFACTS = {
     "failures": "failures.jsonl",  # every record a node failed on, with its error and raw text (every spec)
     "dataset_info": "dataset_info.json",  # LLaMA-Factory's description of dataset.jsonl
     "call_keys": "call_keys.txt",  # the key of every model call the run read or made: what `cache export` bundles
+    "stopped": "stopped.json",  # a run that stopped on an error after writing its finished records: the error
     "manifest": "manifest.json",
 }
 
@@ -403,6 +404,8 @@ class RunStore:
         self._earlier_files = own_files(self.folder)
         note_own(self.folder, self._earlier_files)  # listed before the manifest that names them (older folders) goes
         self.path("manifest").unlink(missing_ok=True)
+        if ARTIFACTS["stopped"] in self._earlier_files:  # an earlier stop's error is not this run's (a user's
+            self.path("stopped").unlink(missing_ok=True)  # file of that name stays)
         self._claimed = True
 
     def hold(self) -> None:

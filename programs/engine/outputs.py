@@ -19,6 +19,7 @@ import jinja2
 from ..artifacts.store import RunStore
 from ..lang.expressions import evaluate_present
 from ..lang.spec import Spec
+from ..redact import redact_text
 from .nodes import NodeFailed
 from .records import Record, View, lineage_scope, nearest_values, record_view
 
@@ -123,6 +124,12 @@ class OutputWriter:
     def abandon(self) -> None:
         if self.store:
             self.store.abandon()
+
+    def write_stopped(self, error: str) -> None:
+        """Beside the records that finished, why the run stopped: `inspect` and `report` show a stopped run's
+        folder (one with no manifest and no such record is an interrupted one, which they refuse)."""
+        if self.store:
+            self.store.write_json("stopped", {"stopped": "error", "error": redact_text(error)})
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         if self.store:

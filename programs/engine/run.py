@@ -325,6 +325,7 @@ class Engine:
                 if not await self.drain():
                     if self.hub.fatal is None and isinstance(self.error, CodecError) and self.outputs.opened:
                         self.outputs.finish()  # the records that did finish (and their failures) say why it stopped
+                        self.outputs.write_stopped(str(self.error))
                     raise self.hub.fatal or self.error
                 if self.hub.fatal:
                     raise self.hub.fatal
