@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -166,20 +167,27 @@ def test_replay_says_first_what_changed_since_the_run(tmp_path, seeds_file):
     assert "warning: changed since the run: templates improve.jinja" in edited.output, edited.output
 
 
-def test_replay_of_a_moved_spec_names_the_recorded_path_and_takes_the_same_file(tmp_path, seeds_file):
-    """The spec moved since the run: replay said "cannot read file", never that the path was the manifest's
-    nor what to do. Now it names the path and the fix; `--spec` takes the same file where it is now, and
-    refuses another (a replay checks the recorded run)."""
+def run_on_the_fake_server(tmp_path: Path, seeds_file: Path, run: Path, cache: str) -> Path:
+    """A small run of the base spec into `run`, every role on the fake OpenAI-compatible server; its spec."""
     from fake_openai_server import FakeOpenAIServer
 
-    invoke = CliRunner().invoke
     data = base_spec(seeds_file)
-    cache, run = str(tmp_path / "cache"), tmp_path / "run"
     with FakeOpenAIServer() as server:
         data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
                           for role in ("strong", "target")}
         spec = write_spec(tmp_path, data)
-        assert invoke(cli.main, ["run", str(spec), "-q", "--out", str(run), "--cache-dir", cache]).exit_code == 0
+        done = CliRunner().invoke(cli.main, ["run", str(spec), "-q", "--out", str(run), "--cache-dir", cache])
+        assert done.exit_code == 0, done.output
+    return spec
+
+
+def test_replay_of_a_moved_spec_names_the_recorded_path_and_takes_the_same_file(tmp_path, seeds_file):
+    """The spec moved since the run: replay said "cannot read file", never that the path was the manifest's
+    nor what to do. Now it names the path and the fix; `--spec` takes the same file where it is now, and
+    refuses another (a replay checks the recorded run)."""
+    invoke = CliRunner().invoke
+    cache, run = str(tmp_path / "cache"), tmp_path / "run"
+    spec = run_on_the_fake_server(tmp_path, seeds_file, run, cache)
     moved = spec.rename(tmp_path / "moved.yaml")
     gone = invoke(cli.main, ["replay", str(run), "--cache-dir", cache])
     assert gone.exit_code == 2 and "Traceback" not in gone.output, gone.output
@@ -198,16 +206,9 @@ def test_replay_of_a_run_written_in_the_older_encoding_finds_the_same_records(tm
     """Lines were json's `{"a": 1, "b": 2}` until orjson wrote them compact: a run recorded before said
     "DIFFERS" on replay (exit 1) and blamed codeclm's parsers. Records equal line for line are the same
     data, said so (exit 0); a record that differs still DIFFERS."""
-    from fake_openai_server import FakeOpenAIServer
-
     invoke = CliRunner().invoke
-    data = base_spec(seeds_file)
     cache, run = str(tmp_path / "cache"), tmp_path / "run"
-    with FakeOpenAIServer() as server:
-        data["models"] = {role: {"model": f"hosted_vllm/{role}", "api_base": server.url}
-                          for role in ("strong", "target")}
-        spec = str(write_spec(tmp_path, data))
-        assert invoke(cli.main, ["run", spec, "-q", "--out", str(run), "--cache-dir", cache]).exit_code == 0
+    run_on_the_fake_server(tmp_path, seeds_file, run, cache)
     dataset = run / "dataset.jsonl"
     records = [json.loads(line) for line in dataset.read_text().splitlines()]
     assert records and '":' in dataset.read_text() and '": ' not in dataset.read_text()  # compact today
