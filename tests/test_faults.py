@@ -210,6 +210,10 @@ def test_a_model_nobody_serves_fails_the_run_with_the_reason(tmp_path: Path, see
     assert stopped["stopped"] == "error" and "all 4 records failed" in stopped["error"]
     inspected = CliRunner().invoke(main, ["inspect", str(tmp_path / "run")])
     assert inspected.exit_code == 0 and "stopped on an error: node 'encode': all 4 records failed" in inspected.output
+    reported = CliRunner().invoke(main, ["report", str(tmp_path / "run")])
+    assert reported.exit_code == 0, reported.output
+    assert "Stopped on an error:</b> node &#x27;encode&#x27;: all 4 records failed" in \
+        (tmp_path / "run" / "report.html").read_text()
     from codeclm.programs.artifacts.store import RunStore
 
     RunStore(tmp_path / "run").claim()  # a rerun into the folder: the earlier stop is not its own

@@ -36,12 +36,14 @@ from .rundata import (
     has_judge,
     node_flow,
     outcomes,
+    read_run_json,
     refuse_unfinished,
     resolved_spec,
     spec_nodes,
     status_label,
 )
 from .store import (
+    ARTIFACTS,
     REPORT,
     is_codeclm_report,
     is_own_run,
@@ -121,7 +123,8 @@ def render(run: RunData) -> str:
     body = "".join(f'<section id="{key}"><h2>{escape(title)}</h2>{content}</section>'
                    for key, title, content in sections)
     missing = sorted(name for name in set(run.missing) if run.declares(name))
-    notes = (f'<p class="muted">Not in this run folder: {escape(", ".join(missing))}.</p>' if missing else "")
+    notes = (f'<p class="muted">Not in this run folder: {escape(", ".join(missing))}.</p>' if missing else "") \
+        + _stopped_note(run)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{csp}">
@@ -135,6 +138,17 @@ def render(run: RunData) -> str:
 <script>{SCRIPT}</script>
 </body></html>
 """
+
+
+def _stopped_note(run: RunData) -> str:
+    """Why a run that stopped on an error stopped (its stopped.json, beside no manifest); else nothing."""
+    stopped = run.folder / ARTIFACTS["stopped"]
+    if run.manifest or not stopped.is_file():
+        return ""
+    record = read_run_json(stopped)
+    error = record.get("error") if isinstance(record, dict) else record
+    return (f'<p class="muted"><b>Stopped on an error:</b> {escape(str(error))}. The records that finished are '
+            "shown; failures.jsonl has each failure. Fix the cause and rerun to resume.</p>")
 
 
 def tiles(run: RunData) -> str:
