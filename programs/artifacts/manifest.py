@@ -77,11 +77,11 @@ def sources(spec: Spec) -> dict[str, Any]:
 def build_manifest(spec: Spec, options: RunOptions, hub: ModelHub, counts: dict[str, int], wall: float,
                    progress: Progress, failure_reasons: dict[str, int] | None = None,
                    without_messages: dict[str, int] | None = None) -> dict[str, Any]:
+    from ..models.hub import STAT_KEYS  # here: the hub is loaded by then, and `inspect` never needs it
+
     hashed = sources(spec)
     calls = hub.summary()
-    totals = {key: sum(row[key] for row in calls.values())
-              for key in ("calls", "cache_hits", "shared", "failures", "retries", "truncated", "prompt_tokens",
-                          "completion_tokens", "cost_usd", "saved_usd")}
+    totals = {key: sum(row[key] for row in calls.values()) for key in (*STAT_KEYS, "cost_usd", "saved_usd")}
     for model in spec.models.values():
         register_key_env(model.api_key_env)
     return redact({  # keys never reach the manifest, however they got into the spec or options

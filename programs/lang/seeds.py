@@ -14,7 +14,7 @@ import codecs
 import csv
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ def _iter_seeds(path: Path, field: str, id_field: str | None, limit: int | None)
             break
 
 
-def _reader(path: Path):
+def _reader(path: Path) -> Callable[[Path, str, str | None], Iterator[tuple[int, dict[str, Any]]]]:
     """The reader for the file's kind, by its suffix: JSONL, CSV, else text (one record per line)."""
     suffix = path.suffix.lower()
     return _jsonl if suffix in (".jsonl", ".json") else _csv if suffix == ".csv" else _text

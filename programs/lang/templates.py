@@ -64,9 +64,8 @@ def _load(store: TemplateStore, name: str) -> StageTemplate:
     try:
         return StageTemplate(name, store.env.get_template(name), store.path_of(name))
     except jinja2.TemplateNotFound:
-        available = sorted(p.name for p in store.folder.glob("*.jinja"))
         raise TemplateMissing(str(store.path_of(name)), f"template '{name}' not found in {store.folder}",
-                        hint=f"templates in {store.folder}: {', '.join(available) or 'none'}") from None
+                              hint=f"templates in {store.folder}: {_templates_in(store.folder)}") from None
     except jinja2.TemplateSyntaxError as exc:
         raise SpecError(exc.filename or str(store.path_of(name)), f"template syntax error: {exc.message}",
                         line=exc.lineno, hint=_syntax_hint(exc.message or "", store.env)) from None
@@ -120,10 +119,9 @@ class StageTemplate:
             raise SpecError(str(self.path), f"template uses an undefined variable: {exc.message}", line=line,
                             hint=self._undefined_hint(exc, variables, line)) from None
         except jinja2.TemplateNotFound as exc:  # an {% include %} or {% import %} of a file not there
-            available = sorted(p.name for p in self.path.parent.glob("*.jinja"))
             raise SpecError(str(self.path), f"template failed to render: it includes '{exc.name}', which is not in "
                             f"{self.path.parent}", line=_template_line(exc),
-                            hint=f"templates there: {', '.join(available) or 'none'}") from None
+                            hint=f"templates there: {_templates_in(self.path.parent)}") from None
         except jinja2.TemplateError as exc:
             raise SpecError(str(self.path), f"template failed to render: {exc}", line=_template_line(exc)) from None
         except SpecError:
@@ -174,6 +172,11 @@ class _Undefined(jinja2.StrictUndefined):
         if exc is jinja2.UndefinedError:
             exc = partial(_UndefinedUse, owner=obj, name=name)
         super().__init__(hint, obj, name, exc)
+
+
+def _templates_in(folder: Path) -> str:
+    """The templates a folder holds, for a hint ("none" for none)."""
+    return ", ".join(sorted(p.name for p in folder.glob("*.jinja"))) or "none"
 
 
 def _syntax_hint(message: str, env: jinja2.Environment) -> str:
