@@ -19,6 +19,7 @@ each turn of the event loop than in a timed run: per-call work is the same, per-
 spread over more calls (the same for both clients).
 
     python benchmarks/instructions.py --http
+    python benchmarks/instructions.py --http --floor-loop uvloop   # the raw client on codeclm's loop too
 
 What it cannot see: the kernel's work (system calls: the cache's SQLite writes, sockets), and
 what a call costs beyond its instructions (cold caches after the event loop sleeps: on a small
@@ -64,11 +65,11 @@ def in_process(without: str, calls: int, latency: float) -> list[str]:
                                                "without": without})]
 
 
-def over_http(client: str, words: int, calls: int, latency: float) -> list[str]:
-    return [__file__, "--child", client, str(calls), str(latency), str(words)]
+def over_http(client: str, words: int, floor_loop: str, calls: int, latency: float) -> list[str]:
+    return [__file__, "--child", client, str(calls), str(latency), str(words), floor_loop]
 
 
-def child(client: str, calls: int, latency: float, words: int) -> None:
+def child(client: str, calls: int, latency: float, words: int, floor_loop: str) -> None:
     """One run over HTTP against throughput.py's fake server: codeclm's paper graph, or the raw
     client making the calls that graph makes per model role (60% strong, 40% target), with
     prompts of `words` words (the paper graph's average, as throughput.py's floor does)."""
@@ -79,7 +80,7 @@ def child(client: str, calls: int, latency: float, words: int) -> None:
     server, url = throughput.start_server(latency)
     work = Path(tempfile.mkdtemp(prefix="codeclm-callgrind-run-"))
     try:
-        config = throughput.Config(calls, 32, latency, str(seeds))
+        config = throughput.Config(calls, 32, latency, str(seeds), floor_loop=floor_loop)
         if client == "codeclm":
             from codeclm.programs.lang.spec import load_spec
 
@@ -116,10 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--without", default="",
                         help="in process: comma-separated parts to switch off, as cpu_parts.py's --without; "
                              "each printed beside the whole")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # internal: CLIENT CALLS LATENCY WORDS
+    parser.add_argument("--floor-loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="with --http: the raw client's event loop (codeclm's: CODECLM_EVENT_LOOP, else uvloop)")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)  # internal: CLIENT CALLS LATENCY WORDS LOOP
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child[0], int(args.child[1]), float(args.child[2]), int(args.child[3]))
+        child(args.child[0], int(args.child[1]), float(args.child[2]), int(args.child[3]), args.child[4])
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt install valgrind)")
@@ -133,10 +136,15 @@ def main(argv: list[str] | None = None) -> None:
             part = f", {without} off: {(whole - figure) / whole:.1%} less" if without else ""
             print(f"instructions per call: {figure:,.0f} ({runs}{part}; {python})")
         return
-    codeclm, runs, printed = per_call(functools.partial(over_http, "codeclm", 0), small, large, args.latency)
-    print(f"codeclm over HTTP: {codeclm:,.0f} instructions per call ({runs}; prompts of {printed['words']} words)")
-    raw, runs, _ = per_call(functools.partial(over_http, "raw", printed["words"]), small, large, args.latency)
-    print(f"raw client:        {raw:,.0f} instructions per call ({runs})")
+    codeclm, runs, printed = per_call(functools.partial(over_http, "codeclm", 0, args.floor_loop), small, large,
+                                      args.latency)
+    from codeclm.programs.engine.event_loop import loop_name
+
+    print(f"codeclm over HTTP: {codeclm:,.0f} instructions per call ({runs}; prompts of {printed['words']} words; "
+          f"on {loop_name()}'s event loop)")
+    raw, runs, _ = per_call(functools.partial(over_http, "raw", printed["words"], args.floor_loop), small, large,
+                            args.latency)
+    print(f"raw client:        {raw:,.0f} instructions per call ({runs}; on {args.floor_loop}'s event loop)")
     print(f"ratio: {codeclm / raw:.2f} ({python})")
 
 

@@ -64,6 +64,7 @@ class Config:
     seeds: str
     trace: bool = False  # tracemalloc on: a separate run, since tracing slows every allocation
     profile: str = ""  # write cProfile stats of the live run here: a separate run, for the same reason
+    floor_loop: str = "asyncio"  # the raw client's event loop: asyncio's (the goal's floor) or uvloop's
 
 
 # -- sizing and wiring ---------------------------------------------------------------------------
@@ -276,7 +277,12 @@ def floor_figures(url: str, figures: dict[str, Any], config: Config) -> dict[str
             await asyncio.gather(*(one(role, i, gates[role]) for role, n in per_role.items() for i in range(n)))
 
     cpu, wall = time.process_time(), time.perf_counter()
-    asyncio.run(all_calls())
+    if config.floor_loop == "uvloop":  # as codeclm's own loop (programs/engine/event_loop.py)
+        import uvloop
+
+        uvloop.run(all_calls())
+    else:  # the standard loop, as a raw aiohttp client is written: the goal's floor
+        asyncio.run(all_calls())
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     calls = sum(per_role.values())
     floor_cpu = 1000 * cpu / max(1, calls)
@@ -358,6 +364,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(e.g. '../shared/benchmarks/*.jsonl')")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per configuration (medians reported)")
     parser.add_argument("--no-trace", action="store_true", help="skip the tracemalloc run per configuration")
+    parser.add_argument("--floor-loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the raw client's event loop (codeclm's is CODECLM_EVENT_LOOP's, uvloop where installed)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--profile", type=Path,
                         help="profile each configuration's live run in one more child; stats to PATH.CALLS.CONC")
@@ -371,7 +379,7 @@ def measure(args: argparse.Namespace, seeds: Path) -> list[dict[str, Any]]:
     rows = []
     for calls in (int(c) for c in args.calls.split(",")):
         for concurrency in (int(c) for c in args.concurrency.split(",")):
-            config = Config(calls, concurrency, args.latency, str(seeds))
+            config = Config(calls, concurrency, args.latency, str(seeds), floor_loop=args.floor_loop)
             runs = [run_child(config) for _ in range(args.repeat)]
             row = {"target": calls, "concurrency": concurrency, **combine(runs)}
             if not args.no_trace:
@@ -402,8 +410,10 @@ def main(argv: list[str] | None = None) -> None:
         rows = measure(args, seeds)
     finally:
         shutil.rmtree(seeds_dir, ignore_errors=True)
-    print(f"latency {args.latency}s, seeds {args.seeds} ({seed_count}), "
-          f"nproc {os.cpu_count()}, python {sys.version.split()[0]}")
+    from codeclm.programs.engine.event_loop import loop_name
+
+    print(f"latency {args.latency}s, seeds {args.seeds} ({seed_count}), nproc {os.cpu_count()}, "
+          f"python {sys.version.split()[0]}, event loop: codeclm {loop_name()}, floor {args.floor_loop}")
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

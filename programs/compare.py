@@ -31,6 +31,7 @@ from .artifacts.store import (
     write_atomic,
     writing_beside_runs,
 )
+from .engine import event_loop
 from .engine.run import RunOptions, run_spec
 from .errors import SpecError
 from .lang.parsers import parse_scores
@@ -106,10 +107,10 @@ def compare(spec_a: Spec, spec_b: Spec, options: CompareOptions, hub_a: ModelHub
         cache = CallCache(cache_dir, options.cache_mode)
         hub = ModelHub(spec_a.models, cache)
     try:
-        verdicts = asyncio.run(_judge_all(spec_a, hub, options, [(i, rows_a[i], rows_b[i]) for i in common]))
+        verdicts = event_loop.run(_judge_all(spec_a, hub, options, [(i, rows_a[i], rows_b[i]) for i in common]))
     finally:
         if cache is not None:
-            asyncio.run(hub.aclose())
+            event_loop.run(hub.aclose())
             cache.close()
         else:  # a hub of the caller's, which may never close its cache: write the last batch now
             hub.cache.flush()

@@ -27,6 +27,7 @@ from .artifacts.store import (
     write_atomic,
     writing_beside_runs,
 )
+from .engine import event_loop
 from .engine.llm import NodeModule, StepResult, build_module
 from .engine.progress import Progress
 from .engine.run import item_window, opened_hub
@@ -97,7 +98,7 @@ def evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None = None) -> E
                         "against itself only measures the judge's position bias",
                         hint="compare two roles, e.g. --candidate target --reference strong")
     _check_out(options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}")  # before any call
-    return asyncio.run(_evaluate(spec, options, hub))
+    return event_loop.run(_evaluate(spec, options, hub))
 
 
 def _check_out(out: Path) -> None:

@@ -56,3 +56,14 @@ def test_a_cache_filled_by_the_old_engine_replays_codeclm_with_no_model_call(tmp
     result = golden_run("codeclm", tmp_path / "run", tmp_path / "cache", "http://127.0.0.1:9/v1", mode="replay")
     assert result.manifest["totals"]["calls"] == 0
     assert_same_artifacts("codeclm", tmp_path / "run")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_either_event_loop_writes_the_same_bytes(tmp_path, monkeypatch, loop):
+    """A run's bytes do not depend on the event loop under it (programs/engine/event_loop.py)."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    monkeypatch.setenv("CODECLM_EVENT_LOOP", loop)
+    with FakeOpenAIServer() as server:
+        golden_run("codeclm", tmp_path / "run", tmp_path / "cache", server.url)
+    assert_same_artifacts("codeclm", tmp_path / "run")

@@ -19,6 +19,7 @@ from dspy.utils.exceptions import AdapterParseError
 from ..lang.parsers import ParseError
 from ..lang.templates import StageTemplate
 from ..models.hub import CURRENT_CALL, CallContext, ModelHub
+from . import event_loop
 
 # The signature's instructions when neither the template nor the node has any: DSPy needs some,
 # and the template renders none (`{% if instructions %}` is false).
@@ -117,7 +118,7 @@ class HubEngine:
     def _background_loop(cls) -> asyncio.AbstractEventLoop:
         with cls._loop_lock:
             if cls._loop is None:
-                cls._loop = asyncio.new_event_loop()
+                cls._loop = event_loop.new_event_loop()
                 threading.Thread(target=cls._loop.run_forever, daemon=True, name="codeclm-hub").start()
             return cls._loop
 

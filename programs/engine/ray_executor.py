@@ -88,6 +88,7 @@ from ..models.backends import CallParams
 from ..models.cache import CallCache, CallIdentity, default_cache_dir
 from ..models.hub import CallContext, ModelHub, _LoopState, is_recorded_failure
 from ..redact import redact_text
+from . import event_loop
 from .llm import build_modules
 from .nodes import NodeRunner, check_source_files
 from .progress import Progress
@@ -747,7 +748,7 @@ def run_on_ray(spec: Spec, options: RunOptions) -> RunResult:
         started = True
     try:
         with run_gc():
-            return asyncio.run(_run(ray, spec, options))
+            return event_loop.run(_run(ray, spec, options))
     finally:
         if started:
             ray.shutdown()

@@ -35,6 +35,7 @@ from ..models.backends import missing_key
 from ..models.budget import BudgetTracker
 from ..models.cache import CallCache, default_cache_dir
 from ..models.hub import ModelHub
+from . import event_loop
 from .drawn import DrawnCollection
 from .llm import build_modules
 from .nodes import NodeRunner, check_source_files
@@ -71,7 +72,7 @@ def run_spec(spec: Spec, options: RunOptions, hub: ModelHub | None = None,
     `observe(node, inputs)`, if given, sees every llm node's inputs (optimize collects them so)."""
     raise_open_file_limit()
     with run_gc():
-        return asyncio.run(_run(spec, options, hub, observe))
+        return event_loop.run(_run(spec, options, hub, observe))
 
 
 def raise_open_file_limit(wanted: int = 8192) -> None:
