@@ -3,6 +3,8 @@ recorded failure, never a traceback or a silent surprise (a paid model called, a
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from codeclm.programs.errors import SpecError, SpecErrors
 from codeclm.programs.lang.seeds import read_records
@@ -393,3 +395,26 @@ def test_an_empty_field_is_called_empty(tmp_path, name, content):
         read_records(seeds, {"question": "question"})
     assert caught.value.line == (2 if name.endswith(".csv") else 1)
     assert caught.value.message == "field 'question' is empty" and "fields here" not in caught.value.hint
+
+
+@pytest.mark.parametrize("name", ["q.jsonl", "q.csv"])
+def test_a_seed_file_is_read_once_to_check_and_once_to_stream(tmp_path, monkeypatch, name):
+    """It was read once per field to check it, once more for its first record, then once per field
+    again to stream it: seven passes over a file of three fields."""
+    from codeclm.programs.lang import seeds as seed_files
+    from codeclm.programs.lang.seeds import stream_records
+
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        path.write_text("id,q,a,t\nx,What is DNS?,A name system.,net\ny,What is TCP?,A protocol.,net\n")
+    else:
+        path.write_text("".join(json.dumps({"id": i, "q": f"Q{i}?", "a": f"A{i}.", "t": "t"}) + "\n" for i in "xy"))
+    passes = []
+    real_lines = seed_files._lines
+    monkeypatch.setattr(seed_files, "_lines", lambda p: passes.append(p) or real_lines(p))
+    count, rows = stream_records(path, {"question": "q", "answer": "a", "topic": "t"})
+    assert (count, len(passes)) == (2, 1)
+    assert next(rows) == {"id": "x", "question": "What is DNS?" if name.endswith(".csv") else "Qx?",
+                          "answer": "A name system." if name.endswith(".csv") else "Ax.",
+                          "topic": "net" if name.endswith(".csv") else "t"}
+    assert len(list(rows)) == 1 and len(passes) == 2

@@ -26,6 +26,16 @@ def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "i
                limit: int | None = None) -> list[dict[str, Any]]:
     """Seeds as [{id, instruction}], ids stable across runs (the record's id, else its position)."""
     path = Path(path)
+    _check_file(path)
+    seeds = [{"id": seed_id, "instruction": texts[field], "line": line}
+             for line, seed_id, texts in _iter_rows(path, (field,), id_field, limit)]
+    if not seeds:
+        raise _no_records(path, field)
+    return seeds
+
+
+def _check_file(path: Path) -> None:
+    """A seed file that is there, a regular file and readable."""
     check_path_text(path, "seed file")
     if path.exists() and not path.is_file():
         raise SpecError(str(path), "not a regular file (a folder, a pipe or a device): not a seed file",
@@ -37,27 +47,30 @@ def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "i
         path.open("rb").close()
     except OSError as exc:
         raise SpecError(str(path), f"cannot read file: {exc.strerror}", hint="check its permissions") from None
-    seeds = list(_iter_seeds(path, field, id_field, limit))
-    if not seeds:
-        raise SpecError(str(path), "no seed instructions found", hint=f"one record per line with a '{field}' field")
-    return seeds
 
 
-def _iter_seeds(path: Path, field: str, id_field: str | None, limit: int | None) -> Iterator[dict[str, Any]]:
-    """`read_seeds`'s rows one at a time (only the ids seen stay in memory)."""
+def _no_records(path: Path, field: str) -> SpecError:
+    return SpecError(str(path), "no seed instructions found", hint=f"one record per line with a '{field}' field")
+
+
+def _iter_rows(path: Path, fields: tuple[str, ...], id_field: str | None,
+               limit: int | None) -> Iterator[tuple[int, str, dict[str, str]]]:
+    """(line, id, {field: text}) for each record, one at a time (only the ids seen stay in memory);
+    every field of a record is read and checked in the one pass over the file."""
     ids: set[str] = set()
-    for line, record in _reader(path)(path, field, id_field):
-        seed_id = str(record.get("id") or f"s{len(ids):05d}")
+    for line, given_id, texts in _reader(path)(path, fields, id_field):
+        seed_id = str(given_id or f"s{len(ids):05d}")
         if seed_id in ids:
             raise SpecError(str(path), f"duplicate seed id {seed_id!r}", line=line, hint="ids must be unique")
         ids.add(seed_id)
-        yield {"id": seed_id, "instruction": record["instruction"], "line": line}
+        yield line, seed_id, texts
         if limit is not None and len(ids) >= limit:
             break
 
 
-def _reader(path: Path) -> Callable[[Path, str, str | None], Iterator[tuple[int, dict[str, Any]]]]:
-    """The reader for the file's kind, by its suffix: JSONL, CSV, else text (one record per line)."""
+def _reader(path: Path) -> Callable[[Path, tuple[str, ...], str | None], Iterator[tuple[int, Any, dict[str, str]]]]:
+    """The reader for the file's kind, by its suffix: JSONL, CSV, else text (one record per line).
+    Each yields (line, the record's id or None, {field: text})."""
     suffix = path.suffix.lower()
     return _jsonl if suffix in (".jsonl", ".json") else _csv if suffix == ".csv" else _text
 
@@ -85,7 +98,7 @@ def _lines(path: Path) -> Iterator[str]:
                 offset += len(raw)
 
 
-def _jsonl(path: Path, field: str, id_field: str | None):
+def _jsonl(path: Path, fields: tuple[str, ...], id_field: str | None):
     for number, text in enumerate(_lines(path), start=1):
         if not text.strip():
             continue
@@ -102,7 +115,7 @@ def _jsonl(path: Path, field: str, id_field: str | None):
         except ValueError as exc:  # an integer of more digits than Python reads
             raise SpecError(str(path), f"unreadable JSON: {first_clause(exc)}", line=number,
                             hint="quote the number if it is text") from None
-        yield number, _pick(record, field, id_field, path, number)
+        yield number, *_pick(record, fields, id_field, path, number)
 
 
 class _DuplicateKey(ValueError):
@@ -117,12 +130,13 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return record
 
 
-def _csv(path: Path, field: str, id_field: str | None):
+def _csv(path: Path, fields: tuple[str, ...], id_field: str | None):
     rows = csv.DictReader(_lines(path), strict=True)  # strict: an unclosed quote is an error, not the rest of the file
     last = 0  # where the last good row (or the header) ended: a bad row starts on the next line
     try:
-        if rows.fieldnames is None or field not in rows.fieldnames:
-            raise SpecError(str(path), f"CSV header has no column '{field}'", line=1,
+        missing = [field for field in fields if field not in (rows.fieldnames or [])]
+        if missing:
+            raise SpecError(str(path), f"CSV header has no column '{missing[0]}'", line=1,
                             hint=f"columns: {', '.join(rows.fieldnames or [])}; map one in the source node's "
                                  "fields: (e.g. fields: {instruction: COLUMN})")
         twice = sorted({name for name in rows.fieldnames if rows.fieldnames.count(name) > 1})
@@ -132,7 +146,7 @@ def _csv(path: Path, field: str, id_field: str | None):
         last = rows.line_num
         for row in rows:
             _check_width(row, len(rows.fieldnames), path, rows.line_num)
-            yield rows.line_num, _pick(row, field, id_field, path, rows.line_num)
+            yield rows.line_num, *_pick(row, fields, id_field, path, rows.line_num)
             last = rows.line_num
     except csv.Error as exc:
         raise SpecError(str(path), f"invalid CSV: {exc}", line=last + 1,
@@ -150,15 +164,28 @@ def _check_width(row: dict[str | None, Any], columns: int, path: Path, line: int
                              "one value per column")
 
 
-def _text(path: Path, field: str, id_field: str | None):
+def _text(path: Path, fields: tuple[str, ...], id_field: str | None):
     for number, text in enumerate(_lines(path), start=1):
-        if text.strip():
-            yield number, {"instruction": text.strip()}
+        if text.strip():  # the line is the one field (stream_records refuses several), whatever its name
+            yield number, None, dict.fromkeys(fields, text.strip())
 
 
-def _pick(record: Any, field: str, id_field: str | None, path: Path, line: int) -> dict[str, Any]:
+def _pick(record: Any, fields: tuple[str, ...], id_field: str | None, path: Path,
+          line: int) -> tuple[Any, dict[str, str]]:
+    """(id or None, {field: text}) of one record, each field checked as a seed's text."""
     if not isinstance(record, dict):
         raise SpecError(str(path), "a seed record must be an object", line=line)
+    texts = {field: _text_field(record, field, path, line) for field in fields}
+    seed_id = record.get(id_field) if id_field else None
+    if seed_id is not None and (isinstance(seed_id, bool) or not isinstance(seed_id, (str, int, float))):
+        raise SpecError(str(path), f"id field '{id_field}' holds a {type(seed_id).__name__}: an id is text or a "
+                        "number", line=line, hint="give each record a plain id, or set the source node's id_field")
+    if isinstance(seed_id, str) and has_surrogate(seed_id):
+        raise _surrogate(path, f"id field '{id_field}'", line)
+    return seed_id, texts
+
+
+def _text_field(record: dict[str, Any], field: str, path: Path, line: int) -> str:
     value = record.get(field)
     if field in record and value is not None and not isinstance(value, str):
         kind = {bool: "true or false", int: "a number", float: "a number"}.get(type(value), f"a {type(value).__name__}")
@@ -172,15 +199,14 @@ def _pick(record: Any, field: str, id_field: str | None, path: Path, line: int) 
         raise SpecError(str(path), f"record has no text in field '{field}'", line=line,
                         hint=f"fields here: {', '.join(map(str, record))}; map one in the source node's fields: "
                              "(e.g. fields: {instruction: FIELD})")
-    seed_id = record.get(id_field) if id_field else None
-    if seed_id is not None and (isinstance(seed_id, bool) or not isinstance(seed_id, (str, int, float))):
-        raise SpecError(str(path), f"id field '{id_field}' holds a {type(seed_id).__name__}: an id is text or a "
-                        "number", line=line, hint="give each record a plain id, or set the source node's id_field")
-    for what, text in ((f"field '{field}'", value), (f"id field '{id_field}'", seed_id)):
-        if isinstance(text, str) and has_surrogate(text):
-            raise SpecError(str(path), f"{what} holds a lone surrogate (a \\ud800-\\udfff escape), not valid "
-                                       "Unicode", line=line, hint="remove the escape, or write the character itself")
-    return {"instruction": value.strip(), "id": seed_id}
+    if has_surrogate(value):
+        raise _surrogate(path, f"field '{field}'", line)
+    return value.strip()
+
+
+def _surrogate(path: Path, what: str, line: int) -> SpecError:
+    return SpecError(str(path), f"{what} holds a lone surrogate (a \\ud800-\\udfff escape), not valid Unicode",
+                     line=line, hint="remove the escape, or write the character itself")
 
 
 def read_records(path: Path, fields: dict[str, str], id_field: str | None = "id",
@@ -195,20 +221,17 @@ def stream_records(path: Path, fields: dict[str, str], id_field: str | None = "i
     """`read_records` for a file of any size: every field of every row is checked now (the same
     errors, before anything runs), then the rows are read again one at a time as they are used, so
     memory does not grow with the file. Returns the row count and the rows."""
-    read_seeds(path, next(iter(fields.values())), id_field, 1)  # the file's checks (exists, readable, not empty)
-    _check_one_field(Path(path), list(fields.values()))
-    count = 0
-    for file_field in fields.values():
-        count = sum(1 for _ in _iter_seeds(Path(path), file_field, id_field, limit))
+    path = Path(path)
+    _check_file(path)
+    _check_one_field(path, list(fields.values()))
+    file_fields = tuple(dict.fromkeys(fields.values()))
+    count = sum(1 for _ in _iter_rows(path, file_fields, id_field, limit))
+    if not count:
+        raise _no_records(path, file_fields[0])
 
     def rows() -> Iterator[dict[str, Any]]:
-        (first, first_field), *others = fields.items()
-        columns = [_iter_seeds(Path(path), f, id_field, limit) for _, f in others]
-        for seed in _iter_seeds(Path(path), first_field, id_field, limit):
-            row = {"id": seed["id"], first: seed["instruction"]}
-            for (name, _), column in zip(others, columns, strict=True):
-                row[name] = next(column)["instruction"]
-            yield row
+        for _, seed_id, texts in _iter_rows(path, file_fields, id_field, limit):
+            yield {"id": seed_id, **{name: texts[field] for name, field in fields.items()}}
 
     return count, rows()
 
