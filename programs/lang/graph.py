@@ -63,10 +63,11 @@ class Graph:
 
     def lineage(self, name: str) -> list[str]:
         """The nodes whose records a record of `name` descends from, nearest first (itself included)."""
-        chain = []
+        chain, seen = [], set()  # the set: membership in a chain of a thousand nodes, at once
         node: str | None = name
-        while node and node not in chain:  # a cycle is refused (check_for_each_cycles), never walked
+        while node and node not in seen:  # a cycle is refused (check_for_each_cycles), never walked
             chain.append(node)
+            seen.add(node)
             current = self.every[node]
             node = current.loop if current.loop else current.for_each
         return chain
@@ -178,6 +179,7 @@ class _GraphCheck:
         self.error = checker.error
         self.problems_before = len(checker.errors)  # problems elsewhere (models) are reported with these
         self.templates_checked: dict[str, Any] = {}
+        self.variables_of: dict[str, set[str]] = {}  # template name -> the variables it reads
 
     def stop_if_broken(self) -> None:
         """The next checks need what the previous ones checked: stop, reporting everything so far."""
@@ -229,13 +231,19 @@ class _GraphCheck:
         """A node whose for_each chain comes back to it (`for_each: itself`, a -> b -> a) has no first
         record; every later check walks these chains, so this one comes first (each cycle once)."""
         every = self.graph.every
+        ends: set[str] = set()  # nodes whose chain ends (no cycle): a long chain is walked once, not per node
         for start in self.graph.nodes:
             chain: list[str] = []
+            on_chain: set[str] = set()
             current: str | None = start
-            while current is not None and current in every and current not in chain:
+            while current is not None and current in every and current not in on_chain and current not in ends:
                 chain.append(current)
+                on_chain.add(current)
                 current = every[current].for_each
-            if current is None or current not in chain or start != min(chain[chain.index(current):]):
+            if current not in on_chain:  # the chain ended, or reached one that ends
+                ends.update(chain)
+                continue
+            if start != min(chain[chain.index(current):]):  # a cycle below start: reported from its least node
                 continue
             cycle = [*chain[chain.index(current):], current]
             self.error((*every[start].where, "for_each"), f"for_each makes a cycle: {' -> '.join(cycle)}",
@@ -260,7 +268,7 @@ class _GraphCheck:
                 if loop.name != node.loop or upto_self:
                     for name in loop.body:
                         seen.setdefault(name, "body")
-        ancestors = [a for a, how in seen.items() if how == "ancestor"]
+        ancestors = {a for a, how in seen.items() if how == "ancestor"}
         later = set() if upto_self else self.runs_after(node)
         for other in graph.nodes.values():
             if other.for_each in ancestors and other.name not in seen and other.name != node.name \
@@ -502,7 +510,7 @@ class _GraphCheck:
         else:
             tree = self.templates_checked[node.template] = store.env.parse(template.source)
             self.check_template_sandbox(template, tree)
-        needed = meta.find_undeclared_variables(tree) - TEMPLATE_BUILTINS - set(jinja2.Environment().globals)
+        needed = self.template_variables(node.template, tree)
         missing = sorted(needed - node.template_variables())
         if missing:
             given = sorted(node.template_variables())
@@ -516,6 +524,13 @@ class _GraphCheck:
                 hint = f"add to inputs: {missing[0]}: <expression>"
             self.error((*node.where, "inputs"), f"template {node.template} uses {', '.join(missing)}, which node "
                        f"'{node.name}' does not provide", hint)
+
+    def template_variables(self, name: str, tree: Any) -> set[str]:
+        """The variables a template reads from its node (not the engine's own), found once per template."""
+        if name not in self.variables_of:
+            self.variables_of[name] = meta.find_undeclared_variables(tree) - TEMPLATE_BUILTINS - \
+                set(jinja2.Environment().globals)
+        return self.variables_of[name]
 
     def check_template_sandbox(self, template: StageTemplate, tree: Any) -> None:
         try:
