@@ -44,26 +44,40 @@ _COMPILED = tuple(re.compile(pattern) for _, pattern in KEY_PATTERNS)
 _PATTERNS = re.compile("|".join(pattern for _, pattern in KEY_PATTERNS))
 
 
-def _finders() -> tuple[tuple[str, re.Pattern[str], tuple[int, ...]], ...]:
-    """(character, regex, rows): together they find which rows of KEY_PATTERNS have a literal in a text.
+def _finders() -> tuple[tuple[str, str | re.Pattern[str], tuple[int, ...]], ...]:
+    """(character, finder, rows): together they find which rows of KEY_PATTERNS have a literal in a text.
 
     One regex of all the literals costs ~7 ns a character: its alternatives start with letters
     common in prose, so the engine stops at every third character to try them. A regex that
     starts with one literal character is scanned for that character alone (~0.25 ns a
-    character), and `character in text` (memchr) is nearly free. So each literal is looked for
-    from its rarest character (the first that is not a lower-case letter, digit or space: the
-    `-` of `sk-`, the `_` of `github_pat_`), the part before it checked by a look-behind, and the
-    literals are grouped by that character: one scan for each such character the text holds.
-    Each alternative ends in an empty group: the match's `lastindex` names its row (`rows[i]`)."""
-    groups: dict[str, tuple[list[str], list[int]]] = {}
+    character), and `character in text` (memchr) is nearly free. So each literal
+    is looked for from its rarest character (the first that is not a lower-case letter, digit or
+    space: the `-` of `sk-`, the `_` of `github_pat_`), the part before it checked by a look-behind,
+    and the literals are grouped by that character: one scan for each such character the text
+    holds. Each alternative ends in an empty group: the match's `lastindex` names its row (`rows[i]`).
+    A group of one literal (`://`, `bearer `) has that literal as its finder, looked for by
+    `literal in text`: str's own search skips ahead, for half a scan's instructions or less."""
+    groups: dict[str, list[tuple[int, str, int]]] = {}  # character -> (row, literal, where it is in it)
     for row, (literals, _) in enumerate(KEY_PATTERNS):
         for literal in literals:
             at = next((i for i, c in enumerate(literal) if not (c.islower() or c.isdigit() or c == " ")), 0)
-            behind = f"(?<={re.escape(literal[:at + 1])})" if at else ""
-            regexes, rows = groups.setdefault(literal[at], ([], [-1]))
-            regexes.append(re.escape(literal[at]) + behind + re.escape(literal[at + 1:]) + "()")
-            rows.append(row)
-    return tuple((char, re.compile("|".join(regexes)), tuple(rows)) for char, (regexes, rows) in groups.items())
+            groups.setdefault(literal[at], []).append((row, literal, at))
+    return tuple((char, members[0][1] if len(members) == 1 else _finder(char, members),
+                  (-1, *(row for row, _, _ in members))) for char, members in groups.items())
+
+
+def _finder(char: str, members: list[tuple[int, str, int]]) -> re.Pattern[str]:
+    """The regex of one character's literals. Where each has characters before it, a first look-behind
+    at the last few they all have turns most occurrences away at once: the keys of every JSON line
+    (`max_tokens`, `seed_ids`) put `_` in it dozens of times, and trying each literal's own
+    look-behind at each of them cost three times the scan."""
+    literals = "|".join((f"(?<={re.escape(literal[:at + 1])})" if at else "") + re.escape(literal[at + 1:]) + "()"
+                        for _, literal, at in members)
+    near = min(at for _, _, at in members)
+    if not near:
+        return re.compile(f"{re.escape(char)}(?:{literals})")
+    tails = "|".join(sorted({re.escape(literal[at - near:at]) for _, literal, at in members}))
+    return re.compile(f"{re.escape(char)}(?<=(?:{tails}){re.escape(char)})(?:{literals})")
 
 
 _FINDERS = _finders()
@@ -73,7 +87,12 @@ def _rows_found(text: str) -> list[int]:
     """The rows of KEY_PATTERNS with a literal in `text`, in the table's order."""
     found: set[int] = set()
     for char, finder, rows in _FINDERS:
-        if char in text:
+        if char not in text:
+            continue
+        if isinstance(finder, str):
+            if finder in text:
+                found.add(rows[1])
+        else:
             found.update(rows[m.lastindex] for m in finder.finditer(text))  # type: ignore[index]
     return sorted(found) if found else []
 
