@@ -397,6 +397,10 @@ def test_call_keys_are_the_sha256_of_the_identity_as_sorted_json():
         assert identity.key == reference(model, messages, params, slot)
     # pinned: the key this call had before keys were composed (caches on disk hold such keys)
     assert CallIdentity.of(*cases[0]).key == "f5d947ab2f1344b8a39ae507a251c55af389f9d2b5e0675cfb544e31c7051746"
+    # equal parameters json writes apart, one after another (the key's text after the messages is remembered)
+    for params in ({"t": 1}, {"t": 1.0}, {"t": True}, {"t": 0.0}, {"t": -0.0}, {"t": 1}, {"t": -0.0}, {"t": [1]}):
+        for slot in (1, True, 1, 1.0):
+            assert CallIdentity.of("m", [], params, slot).key == reference("m", [], params, slot)
 
 
 def test_message_strings_are_encoded_as_json_encodes_them():

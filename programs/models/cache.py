@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from itertools import chain
+from operator import is_
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +63,11 @@ class CallIdentity:
                  slot: int = 0):
         self.model, self.messages, self.params, self.slot = model, messages, params, slot
         # `_json(messages)`, composed: the strings are nearly all of it, and orjson encodes them
-        messages_json = "[" + ", ".join(f"[{_string_json(role)}, {_string_json(content)}]"
-                                        for role, content in messages) + "]"
+        messages_json = "[" + ", ".join([f"[{_ROLES_JSON.get(role) or _string_json(role)}, {_string_json(content)}]"
+                                         for role, content in messages]) + "]"
         # the SHA-256 of {"model", "messages", "params", "slot"} as sorted-key JSON, composed from the
         # parts' JSON texts into exactly the text `json.dumps` would give the dict
-        self.key = _sha256(f'{{"messages": {messages_json}, "model": {_json(model)}, '
-                           f'"params": {_json(params)}, "slot": {_json(slot)}}}')
+        self.key = _sha256(f'{{"messages": {messages_json}, {_rest_json(model, params, slot)}')
         # a short hash of the rendered messages: in every call's provenance, and what a replay miss compares
         self.messages_sha = _sha256(messages_json)[:12]
 
@@ -83,6 +84,9 @@ class CallIdentity:
 _json = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
 
 
+_ROLES_JSON = {role: _json(role) for role in ("system", "user", "assistant")}  # the roles' JSON, once
+
+
 def _string_json(value: Any) -> str:
     """`_json(value)`, by orjson for a str: its encoding of every code point is json's, in an eighth
     of the time (tests/test_cache.py checks them all). json takes anything else, and a lone surrogate."""
@@ -92,6 +96,30 @@ def _string_json(value: Any) -> str:
         except TypeError:  # orjson.JSONEncodeError: a lone surrogate
             pass
     return _json(value)
+
+
+# (model, slot, params) -> (the same, text): the key's text after the messages, for the few sets a run's calls share
+_REST_JSON: dict[tuple[Any, ...], tuple[tuple[Any, ...], str]] = {}
+
+
+def _rest_json(model: str, params: tuple[tuple[str, Any], ...], slot: int) -> str:
+    """`"model": ..., "params": ..., "slot": ...}`, as `_json` writes them, remembered: json's encoder
+    costs more than the rest of the key. A remembered text is used only for the very same objects:
+    equal is not enough (1, 1.0 and True are equal, and 0.0 and -0.0, and json writes each its own way)."""
+    parts = (model, slot, *chain.from_iterable(params))
+    try:
+        remembered = _REST_JSON.get(parts)
+    except TypeError:  # a value that is not hashable (a dict, a list): nothing to remember it by
+        remembered = None
+    if remembered is not None and all(map(is_, remembered[0], parts)):
+        return remembered[1]
+    text = f'"model": {_json(model)}, "params": {_json(params)}, "slot": {_json(slot)}}}'
+    if remembered is None and len(_REST_JSON) < 256 and all(type(part) in _IMMUTABLE for part in parts):
+        _REST_JSON[parts] = (parts, text)
+    return text
+
+
+_IMMUTABLE = {str, int, float, bool, type(None)}  # values an identical object cannot have changed
 
 
 def _sha256(text: str) -> str:
