@@ -198,7 +198,7 @@ class CallCache:
     def get(self, key: str) -> dict[str, Any] | None:
         if self.mode == "refresh":
             return None
-        return self.peek(key)
+        return self._read(key, entry_problem)  # peek's read: once a call
 
     def put(self, key: str, model: str, entry: dict[str, Any], *, strict: bool = False) -> bool:
         """Store an entry (not in the read-only modes), in the next batch; it reads back at once. A

@@ -16,6 +16,9 @@ import sys
 from types import TracebackType
 from typing import Any
 
+# Python 3.11's task cancel counting: a Scope can time the caller's own task out (3.10: asyncio.wait_for)
+TASK_SCOPES = sys.version_info >= (3, 11)
+
 
 class Deadlines:
     """The deadlines of one event loop's calls (create it on that loop)."""
@@ -28,9 +31,9 @@ class Deadlines:
 
     async def within(self, seconds: float, call: Any) -> Any:
         """Await `call`, raising TimeoutError (asyncio.TimeoutError) after `seconds`."""
-        if sys.version_info < (3, 11):  # no task cancel counting: wait_for's task of its own
+        if not TASK_SCOPES:  # no task cancel counting: wait_for's task of its own
             return await asyncio.wait_for(call, seconds)
-        async with Scope(self, seconds):
+        with Scope(self, seconds):
             return await call
 
     def add(self, scope: Scope, deadline: float) -> None:
@@ -55,22 +58,24 @@ class Deadlines:
 
 
 class Scope:
-    """One call's deadline, as `async with asyncio.timeout(seconds)` is one."""
+    """One call's deadline, as `async with asyncio.timeout(seconds)` is one; a plain `with` (in a
+    coroutine, around its await: nothing in it awaits, and a coroutine each to enter and leave cost more
+    than the rest of the scope)."""
 
     __slots__ = ("deadlines", "seconds", "task", "cancelling", "expired")
 
     def __init__(self, deadlines: Deadlines, seconds: float):
         self.deadlines, self.seconds, self.expired = deadlines, seconds, False
 
-    async def __aenter__(self) -> Scope:
+    def __enter__(self) -> Scope:
         task = asyncio.current_task()
         assert task is not None, "a deadline needs a task to cancel"
         self.task, self.cancelling = task, task.cancelling()
         self.deadlines.add(self, self.deadlines.loop.time() + self.seconds)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.deadlines.pending.pop(self, None)
         # asyncio.timeout's rule: a cancel of its own becomes TimeoutError; one from elsewhere stays a cancel
         if self.expired and self.task.uncancel() <= self.cancelling and exc_type is asyncio.CancelledError:

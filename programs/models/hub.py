@@ -22,7 +22,7 @@ from ..redact import redact_text
 from .backends import Backend, CallParams, build_backend
 from .budget import BudgetReached, BudgetTracker
 from .cache import CallCache, CallIdentity
-from .deadlines import Deadlines
+from .deadlines import TASK_SCOPES, Deadlines, Scope
 from .pricing import cost_of
 
 # calls: completions a model gave; cache_hits: calls the cache answered, each call once (its first time in the run);
@@ -59,7 +59,7 @@ class _LoopState:
 
     def __init__(self, models: dict[str, ModelSpec], concurrency: int | None):
         self.semaphores = {role: asyncio.Semaphore(concurrency or spec.concurrency) for role, spec in models.items()}
-        self.inflight: dict[str, asyncio.Future] = {}
+        self.inflight: dict[str, asyncio.Future | None] = {}  # a call in flight: the future its waiters wait on
         self.next_slot_at: dict[str, float] = defaultdict(float)
         self.deadlines = Deadlines()  # every attempt's timeout, one timer between them
 
@@ -92,10 +92,13 @@ class ModelHub:
     # -- the call --------------------------------------------------------------------------
 
     def backend(self, role: str) -> Backend:
-        with self._lock:
-            if role not in self._backends:
-                self._backends[role] = build_backend(self.models[role])
-            return self._backends[role]
+        backend = self._backends.get(role)  # twice a call: the lock only to build one
+        if backend is None:
+            with self._lock:
+                if role not in self._backends:
+                    self._backends[role] = build_backend(self.models[role])
+                backend = self._backends[role]
+        return backend
 
     @staticmethod
     def record_call(backend: Backend, messages: list[dict[str, str]], params: dict[str, Any],
@@ -157,10 +160,13 @@ class ModelHub:
                             stat: tuple[str, str]) -> dict[str, Any]:
         """Identical calls in flight at once reach the model once; the others wait for it."""
         state = self._state()
-        key = identity.key
-        if key in state.inflight:
+        key, inflight = identity.key, state.inflight
+        if key in inflight:
+            future = inflight[key]
+            if future is None:  # the first to wait for this call makes the future the call answers
+                future = inflight[key] = asyncio.get_running_loop().create_future()
             try:
-                entry = await asyncio.shield(state.inflight[key])
+                entry = await asyncio.shield(future)
             except BaseException as exc:
                 if is_recorded_failure(exc):  # a failure per ask, as a replay of the run counts it
                     self._count(stat, "failures")
@@ -171,41 +177,48 @@ class ModelHub:
         if failed is not None:  # failed for good earlier in this run: one outcome per call, as a replay gives
             self._count(stat, "failures")
             raise ModelCallError(failed)
-        self._within_budget(role)  # waiting for an identical call in flight costs nothing; a new one may not start
-        future = asyncio.get_running_loop().create_future()
-        state.inflight[key] = future
+        if self.budget is not None:  # waiting for an identical call in flight costs nothing; a new one may not start
+            self._within_budget(role)
+        inflight[key] = None  # no future until a second caller waits: most calls have none
+        error: BaseException | None = None
         try:
-            completion = await self._with_retries(role, backend, messages, CallParams(params, identity.seed()), stat)
+            completion = await self._with_retries(role, backend, messages, CallParams(params, identity.seed()), stat,
+                                                  state)
             entry = completion.to_entry()
             self.first_answer(key)  # a later identical call in this run is shared, not a cache hit: marked before
             self.cache.put(key, backend.name, entry)  # the put, after which another thread's lookup finds it
-            future.set_result(entry)
             return entry
         except BaseException as exc:
+            error = exc
             if is_recorded_failure(exc):
                 self.failed[key] = redact_text(str(exc))
                 self.cache.put_failure(key, backend.name, self.failed[key])
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters, if any, get it; none is fine too
             raise
         finally:
-            del state.inflight[key]
+            future = inflight.pop(key)
+            if future is not None:  # the waiters get its outcome
+                if error is None:
+                    future.set_result(entry)
+                else:
+                    future.set_exception(error)
+                    future.exception()  # mark retrieved
 
     async def _with_retries(self, role: str, backend: Backend, messages: list[dict[str, str]],
-                            params: CallParams, stat: tuple[str, str]) -> Any:
+                            params: CallParams, stat: tuple[str, str], state: _LoopState | None = None) -> Any:
         spec = self.models[role]
-        state = self._state()
+        state = state if state is not None else self._state()
         budget = None if spec.is_local else CALL_BUDGET * spec.timeout  # seconds waiting on the model
         spent, timeouts, timed_out = 0.0, 0, False
         for attempt in range(spec.retries + 1):
             async with state.semaphores[role]:
-                if attempt == 0:  # a call that waited for its slot while the budget ran out never starts
-                    self._within_budget(role)
+                if attempt == 0 and self.budget is not None:  # one that waited for its slot while the budget
+                    self._within_budget(role)                  # ran out never starts
                 if role in self.unresponsive and role not in self.answered:  # do not wait out the budget again
                     self._count(stat, "failures")
                     raise ModelCallError(f"{self.unresponsive[role]} (not tried: no call to this model has been "
                                          "answered in this run)")
-                await self._respect_rpm(role, spec, state)
+                if spec.rpm:
+                    await self._respect_rpm(role, spec, state)
                 started, timed_out = time.monotonic(), False
                 try:
                     timeout = spec.timeout if budget is None else min(spec.timeout, budget - spent)
@@ -251,6 +264,9 @@ class ModelHub:
         attempt runs in the caller's task (wait_for would wrap every call in a task of its own)."""
         if spec.is_local:  # generation in a thread cannot be cancelled; a timeout would only leak it
             completion = await backend.complete(messages, params)
+        elif TASK_SCOPES:  # `within`, without a coroutine of its own
+            with Scope(deadlines, max(timeout, 0.001)):
+                completion = await backend.complete(messages, params)
         else:
             completion = await deadlines.within(max(timeout, 0.001), backend.complete(messages, params))
         if backend.retry_empty and not completion.text.strip():
@@ -258,8 +274,7 @@ class ModelHub:
         return completion
 
     async def _respect_rpm(self, role: str, spec: ModelSpec, state: _LoopState) -> None:
-        if not spec.rpm:
-            return
+        """Wait for the role's next slot under its `rpm` (called only where it has one)."""
         now = time.monotonic()
         start = max(now, state.next_slot_at[role])
         state.next_slot_at[role] = start + 60.0 / spec.rpm
