@@ -30,6 +30,10 @@ from ..models.hub import CURRENT_CALL, CallContext, ModelHub
 from .adapter import NO_INSTRUCTIONS, TemplateAdapter, hub_lm
 from .samples import AnyValue, output_samples, sample_inputs
 
+# dspy.Module reads every attribute through a Python-level __getattribute__ (it watches for `forward`):
+# the per-call path reads the module's and its Predict's attributes with object's own, a C call.
+_read = object.__getattribute__
+
 # dspy.LM warns on every truncated completion; the hub counts them in the manifest instead.
 logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
 
@@ -102,16 +106,16 @@ class NodeModule(dspy.Module):
         return self
 
     def render(self, inputs: dict[str, Any]) -> list[dict[str, str]]:
-        predict = self.predict
-        return self.adapter.messages(predict.signature, predict.demos, inputs)
+        predict = _read(self, "predict")
+        return _read(self, "adapter").messages(_read(predict, "signature"), _read(predict, "demos"), inputs)
 
     async def run(self, item: str, slot: int, inputs: dict[str, Any]) -> StepResult:
         """The engine's path: render once, look up once, call the model on a miss, parse."""
-        # each read once: a dspy.Module reads every attribute through a Python-level __getattribute__
-        hub, role, params, adapter = self.hub, self.role, self.call_params, self.adapter
-        ctx = CallContext(stage=self.name, item=item, slot=slot)
+        hub, role, params, adapter = (_read(self, "hub"), _read(self, "role"), _read(self, "call_params"),
+                                      _read(self, "adapter"))
+        ctx = CallContext(stage=_read(self, "name"), item=item, slot=slot)
         try:
-            messages = self.render(inputs)
+            messages = _read(self, "render")(inputs)
             identity, entry = hub.lookup(role, messages, params, ctx)
             if entry is None:
                 entry = await hub.fetch(role, identity, messages, params, ctx)
