@@ -52,17 +52,35 @@ _DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
 class _TemplateSandbox(Sandbox):
-    """The expressions' sandbox, with a direct path for `value.name` on a plain dict (a demo, an
-    example): Jinja's getattr tries the attribute first, so each such read raised and caught an
-    AttributeError (most of the read's cost) before it read the key, as this does at once."""
+    """The expressions' sandbox, with direct paths for what every template does: `message(...)`, a
+    call of its own macro, and `value.name` on a plain dict (a demo, an example)."""
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        """Jinja's getattr tries the attribute first: on a dict, each read raised and caught an
+        AttributeError (most of the read's cost) before it read the key, as this does at once."""
         if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
             try:
                 return obj[attribute]
             except (TypeError, LookupError):
                 return self.undefined(obj=obj, name=attribute)
         return super().getattr(obj, attribute)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # Jinja's own signature
+        """`message` as the expressions' sandbox calls codeclm's own callables; a template's macro as
+        Jinja's Context.call does (eval context first): a Macro is Jinja's and always safe to call,
+        and the checks of a foreign callable on the way were most of the call's cost."""
+        kind = type(__obj)
+        if kind is _Messages or kind is Macro:
+            kwargs.pop("_block_vars", None)  # what Jinja's Context.call drops before calling
+            kwargs.pop("_loop_vars", None)
+            if kind is _Messages:
+                return __obj(*args, **kwargs)
+            try:
+                return __obj(__context.eval_ctx, *args, **kwargs)
+            except StopIteration:
+                return __context.environment.undefined(
+                    "value was undefined because a callable raised a StopIteration exception")
+        return super().call(__context, __obj, *args, **kwargs)
 
 
 @lru_cache(maxsize=64)
