@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+import orjson
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
@@ -203,9 +204,22 @@ def checked_size(value: Any, source: str) -> Any:
     text each iteration until the machine ran out of memory. A SecurityError: the node or output
     fails on that record (recorded, with this message), and the run goes on."""
     if (isinstance(value, str) and len(value) > MAX_MADE) or \
-            (isinstance(value, (list, tuple, dict, set, frozenset)) and made_size(value) > MAX_MADE):
+            (isinstance(value, (list, tuple, dict, set, frozenset)) and not _surely_small(value)
+             and made_size(value) > MAX_MADE):
         raise SecurityError(f"{source!r} made a value of more than {MAX_MADE:,} characters and items")
     return value
+
+
+def _surely_small(value: Any) -> bool:
+    """Whether a value's JSON text is at most MAX_MADE bytes, which bounds its `made_size` (a text's
+    characters are at most its bytes; each item, key or number takes at least one byte, and a list's
+    commas and brackets outnumber its items). Serialized in C, it costs a fraction of walking the
+    value in Python, and most computed lists are small (a record's calls); what JSON cannot write
+    (sets, large ints, other objects) is walked."""
+    try:
+        return len(orjson.dumps(value)) <= MAX_MADE
+    except orjson.JSONEncodeError:
+        return False
 
 
 _ENV = Sandbox(undefined=jinja2.StrictUndefined)
