@@ -350,13 +350,13 @@ class LoopRun:
             self.calls += calls
             views = {**_views(body), "state": View(state)}
             loop_view = View({**loop, "calls": calls, **({"failure": failure} if failure else {})})
-            self.trace.append(runner.present(node.trace, {**self.scope, **views, "loop": loop_view}, "trace"))
+            after = {**self.scope, **views, "loop": loop_view}  # what the trace and `next` read
+            self.trace.append(runner.present(node.trace, after, "trace"))
             if node.emit == "each":
                 emitted.append(self.emit(index, exit_name, failure, views, each=True))
             if exit_name or failure:
                 break
-            state = {**state, **{k: runner.value(v, {**self.scope, **views, "loop": loop_view}, f"next.{k}")
-                                 for k, v in node.next.items()}}
+            state = {**state, **{k: runner.value(v, after, f"next.{k}") for k, v in node.next.items()}}
         else:
             exit_name = node.exhausted
         if node.emit == "each":
@@ -380,7 +380,8 @@ class LoopRun:
         node, runner = self.node, self.runner
         done: dict[str, Record] = {}
         item = f"{self.record.id}@{loop['index']}"
-        extra = {"state": View(state), "loop": View(loop)}
+        # state, loop, and a view of each body record a sibling may read, added as each finishes
+        extra: dict[str, Any] = {"state": View(state), "loop": View(loop)}
         segment: list[Node] = []
         for body_node in [*node.body.values(), None]:  # None: the end of the body closes the last segment
             if body_node is not None and not isinstance(body_node, SwitchNode):
@@ -391,8 +392,8 @@ class LoopRun:
             failure = _first_failure(node, done)
             if failure or body_node is None:
                 return done, None, failure, _calls(node, done)
-            (decided,) = await runner.run(body_node, self.record, {**extra, **_views(done)}, item)
-            done[body_node.name] = decided
+            (decided,) = await runner.run(body_node, self.record, extra, item)
+            _finished(done, extra, body_node.name, decided)
             if not decided.ok:
                 return done, None, decided.failure, _calls(node, done)
             exits = decided.status != "ok"
@@ -416,9 +417,9 @@ class LoopRun:
                     await finished[name]
                 if any(done[name].status in ("failed", "blocked") for name in needs):
                     done[body_node.name] = self.record.child(body_node.name, {}, status="blocked")
-                else:
-                    (done[body_node.name],) = await self.runner.run(body_node, self.record,
-                                                                    {**extra, **_views(done)}, item)
+                else:  # its scope is built from `extra` before the node's first pause: what has finished by then
+                    (made,) = await self.runner.run(body_node, self.record, extra, item)
+                    _finished(done, extra, body_node.name, made)
             except BaseException as exc:  # the run stops (a replay miss, Ctrl-C): siblings waiting on it too
                 if not outcome.done():  # a waiter cancelled (Ctrl-C) cancels what it waits on
                     outcome.set_exception(exc)
@@ -491,7 +492,19 @@ def check_seeds_option(spec: Spec) -> None:
 
 
 def _views(done: dict[str, Record]) -> dict[str, View]:
-    return {k: view(r) for k, r in done.items() if r.ok and r.status not in ("skipped", "blocked")}
+    return {k: view(r) for k, r in done.items() if _shown(r)}
+
+
+def _shown(record: Record) -> bool:
+    """Whether a body record is seen by its siblings, the trace and `next` (a skipped or blocked node is not)."""
+    return record.ok and record.status not in ("skipped", "blocked")
+
+
+def _finished(done: dict[str, Record], extra: dict[str, Any], name: str, record: Record) -> None:
+    """A body node's record, and its view in the scope of the siblings that start after it."""
+    done[name] = record
+    if _shown(record):
+        extra[name] = view(record)
 
 
 def _first_failure(node: LoopNode, done: dict[str, Record]) -> dict[str, Any] | None:
