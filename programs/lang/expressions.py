@@ -266,6 +266,7 @@ class Expression:
         # sandbox reads it (an item of a mapping), without a Jinja context per evaluation.
         path = source.strip()
         self._path = path.split(".") if _PATH.match(path) and path not in _CONSTANTS else None
+        self._root, self._fields = (self._path[0], tuple(self._path[1:])) if self._path else ("", ())
         # A literal (`'kept'`, `3`, `true`) has one value: kept, not computed by a Jinja context each time.
         output = tree.body[0]
         literal = output.nodes[0] if isinstance(output, nodes.Output) and len(output.nodes) == 1 else None
@@ -290,11 +291,11 @@ class Expression:
         """As `evaluate`, but ABSENT, not an exception, when a plain path has no value (or names a
         node that did not run): outputs and loop traces leave such keys out, and meet many."""
         if self._path is not None:
-            value = scope.get(self._path[0], ABSENT)
-            if value is ABSENT and self._path[0] not in _ENV.globals:
+            value = scope.get(self._root, ABSENT)
+            if value is ABSENT and self._root not in _ENV.globals:
                 return ABSENT  # Jinja would fail on an undefined name, or on any field of one
-            for name in self._path[1:]:
-                if value is ABSENT or not hasattr(value, "__getitem__") or isinstance(value, (str, list, tuple)):
+            for name in self._fields:
+                if value is ABSENT or not _read_by_item(type(value)):
                     break
                 try:
                     value = value[name]
@@ -308,6 +309,13 @@ class Expression:
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
+
+
+@functools.cache  # per type: a bound `__getitem__` made and dropped for every field read cost more than the read
+def _read_by_item(kind: type) -> bool:
+    """Whether a plain path reads a field of a value of this type as an item, the way the sandbox does; a
+    text, list or tuple has no named fields (`x.upper` is a method: Jinja reads it)."""
+    return hasattr(kind, "__getitem__") and not issubclass(kind, (str, list, tuple))
 
 
 def compile_value(value: Any) -> Expression | Any:
