@@ -121,11 +121,14 @@ def record_view(record: Record) -> View:
 def lineage_scope(record: Record | None) -> dict[str, Any]:
     """Every name a record's lineage shows: each ancestor's values, and what loops left below them."""
     scope: dict[str, Any] = {}
-    for ancestor in (record.lineage() if record else []):
-        for name, value in ancestor.below.items():
-            scope.setdefault(name, value)
-        if ancestor.ok or ancestor.values:
-            scope.setdefault(ancestor.node, view(ancestor))
+    ancestor = record
+    while ancestor is not None:  # the record first, then each parent: the nearest of a name wins
+        if ancestor.below:
+            for name, value in ancestor.below.items():
+                scope.setdefault(name, value)
+        if (ancestor.failure is None or ancestor.values) and ancestor.node not in scope:
+            scope[ancestor.node] = _RecordView(ancestor)
+        ancestor = ancestor.parent
     return scope
 
 
