@@ -38,7 +38,7 @@ from .progress import Progress
 from .records import Record, View, field_of, lineage_scope, rng_for, view
 
 Join = Callable[[str, Record], Awaitable[Record]]
-Iteration = tuple[dict[str, "Record"], str | None, dict[str, Any] | None, list[dict[str, Any]]]
+Iteration = tuple[dict[str, Any], str | None, dict[str, Any] | None, list[dict[str, Any]]]
 
 
 class NodeFailed(Exception):
@@ -343,17 +343,16 @@ class LoopRun:
         maximum = runner.graph.static(node.max)
         state = {k: runner.value(v, self.scope, f"state.{k}") for k, v in node.state.items()}
         emitted: list[Record] = []
-        exit_name, failure, body = None, None, {}
+        exit_name, failure, shown = None, None, {}
         for index in range(1, maximum + 1):
             loop = {"index": index, "first": index == 1, "last": index == maximum, "max": maximum}
-            body, exit_name, failure, calls = await self.iteration(state, loop)
+            shown, exit_name, failure, calls = await self.iteration(state, loop)
             self.calls += calls
-            views = {**_views(body), "state": View(state)}
             loop_view = View({**loop, "calls": calls, **({"failure": failure} if failure else {})})
-            after = {**self.scope, **views, "loop": loop_view}  # what the trace and `next` read
+            after = {**self.scope, **shown, "loop": loop_view}  # what the trace and `next` read
             self.trace.append(runner.present(node.trace, after, "trace"))
             if node.emit == "each":
-                emitted.append(self.emit(index, exit_name, failure, views, each=True))
+                emitted.append(self.emit(index, exit_name, failure, _below(shown, state), each=True))
             if exit_name or failure:
                 break
             state = {**state, **{k: runner.value(v, after, f"next.{k}") for k, v in node.next.items()}}
@@ -361,7 +360,7 @@ class LoopRun:
             exit_name = node.exhausted
         if node.emit == "each":
             return emitted
-        return [self.emit(len(self.trace), exit_name, failure, {**_views(body), "state": View(state)})]
+        return [self.emit(len(self.trace), exit_name, failure, _below(shown, state))]
 
     def emit(self, iteration: int, exit_name: str | None, failure: dict | None, views: dict[str, Any],
              each: bool = False) -> Record:
@@ -376,7 +375,8 @@ class LoopRun:
     async def iteration(self, state: dict[str, Any], loop: dict[str, Any]) -> Iteration:
         """One pass of the body: nodes between checkpoints run concurrently as their inputs allow;
         a switch runs after everything declared before it, and its exit ends the iteration.
-        Returns (body records, exit name, failure, calls), the exit and failure None when absent."""
+        Returns (what it showed: state, loop and the views of the body's records; exit name, failure,
+        calls), the exit and failure None when absent."""
         node, runner = self.node, self.runner
         done: dict[str, Record] = {}
         item = f"{self.record.id}@{loop['index']}"
@@ -391,15 +391,15 @@ class LoopRun:
             segment = []
             failure = _first_failure(node, done)
             if failure or body_node is None:
-                return done, None, failure, _calls(node, done)
+                return extra, None, failure, _calls(node, done)
             (decided,) = await runner.run(body_node, self.record, extra, item)
             _finished(done, extra, body_node.name, decided)
             if not decided.ok:
-                return done, None, decided.failure, _calls(node, done)
+                return extra, None, decided.failure, _calls(node, done)
             exits = decided.status != "ok"
             runner.progress.decide(decided.values["case"] if exits else f"{decided.values['case']}@{loop['index']}")
             if exits:
-                return done, decided.status, None, _calls(node, done)
+                return extra, decided.status, None, _calls(node, done)
         raise AssertionError("unreachable: the body's end returns")
 
     async def run_segment(self, segment: list[Node], done: dict[str, Record], extra: dict[str, Any],
@@ -491,8 +491,9 @@ def check_seeds_option(spec: Spec) -> None:
                         "replaces is not clear", hint=f"--set nodes.{files[0]}.path=FILE, for each file to replace")
 
 
-def _views(done: dict[str, Record]) -> dict[str, View]:
-    return {k: view(r) for k, r in done.items() if _shown(r)}
+def _below(shown: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """What a loop record shows its descendants: the views of its last iteration's body, and its state."""
+    return {**{k: v for k, v in shown.items() if k not in ("state", "loop")}, "state": View(state)}
 
 
 def _shown(record: Record) -> bool:
