@@ -38,8 +38,9 @@ class Record:
 
     def child(self, node: str, values: dict[str, Any], **changes: Any) -> Record:
         """A record of `node` made from this one: same id, order, sources and slot unless changed."""
-        fields = {"id": self.id, "order": self.order, "sources": self.sources, "slot": self.slot, **changes}
-        return Record(node=node, values=values, parent=self, **fields)
+        # positional where it can be: a call by keywords into the dataclass's __init__ cost twice as much
+        return Record(changes.pop("id", self.id), node, values, self, changes.pop("order", self.order),
+                      changes.pop("sources", self.sources), changes.pop("slot", self.slot), **changes)
 
     def lineage(self) -> list[Record]:
         chain, record = [], self
