@@ -2,8 +2,8 @@
 
 A run is one event loop serving every call in flight, and at 32 calls in flight per model the
 loop's own bookkeeping (ready queue, timers, socket callbacks) is a real part of a call's CPU.
-uvloop does that work in C: on the paper graph over HTTP it counts 4% fewer instructions a call
-and more in time (benchmarks/RESULTS.md, tenth pass). It installs with codeclm on Linux and macOS;
+uvloop does that work in C: on the paper graph over HTTP a call counts 5% fewer instructions
+(benchmarks/RESULTS.md, tenth pass). It installs with codeclm on Linux and macOS;
 on Windows, or with CODECLM_EVENT_LOOP=asyncio, the standard loop runs the same code.
 """
 
