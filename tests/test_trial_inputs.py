@@ -291,7 +291,8 @@ def test_range_is_capped_as_in_templates():
 
 
 @pytest.mark.parametrize("source", ["state.s ~ state.s", "state.s + state.s", "[state.s] * 1000",
-                                    "[state.s, state.s] | join"])
+                                    "[state.s, state.s] | join", "[[state.s], [state.s]]",
+                                    "{1: state.s, 2: state.s}"])  # int keys: no JSON bound, walked
 def test_a_computed_value_past_max_made_is_refused(source):
     from codeclm.programs.lang.expressions import Expression
     from jinja2.exceptions import SecurityError
