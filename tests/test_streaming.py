@@ -112,7 +112,7 @@ def test_a_stopped_loop_iteration_stops_the_work_it_started_beside_it():
         _inline_plans: dict = {}
         inline_plan = NodeRunner.inline_plan
 
-        async def run(self, node, record, views, item):
+        async def run(self, node, record, views, item, lineage):
             log.append(("start", node.name))
             try:
                 await asyncio.sleep({"a": 0.3, "b": 0.1}.get(node.name, 0.1))
@@ -125,7 +125,7 @@ def test_a_stopped_loop_iteration_stops_the_work_it_started_beside_it():
     async def stop_an_iteration() -> None:
         body = [SimpleNamespace(name=name) for name in "abc"]
         loop = LoopRun.__new__(LoopRun)
-        loop.runner, loop.record = Runner(), None
+        loop.runner, loop.record, loop.lineage = Runner(), None, {}
         assert loop.runner.inline_plan(body) == (False, True, True)  # a in a task of its own
         iteration = asyncio.ensure_future(loop.run_segment(body, {}, {}, "i"))
         await asyncio.sleep(0.05)

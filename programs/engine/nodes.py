@@ -79,9 +79,14 @@ class NodeRunner:
 
     # -- scopes ---------------------------------------------------------------------------------
 
-    async def scope(self, node_name: str, record: Record | None, extra: dict[str, Any] | None = None) -> dict:
-        """Everything a node's expressions may read for a record: params, the lineage, its joins."""
-        scope = {"params": self.params, **lineage_scope(record), **(extra or {})}
+    async def scope(self, node_name: str, record: Record | None, extra: dict[str, Any] | None = None,
+                    lineage: dict[str, Any] | None = None) -> dict:
+        """Everything a node's expressions may read for a record: params, the lineage, its joins.
+        `lineage`: params and the record's lineage scope, when the caller keeps them (a loop's body)."""
+        if lineage is None:
+            scope = {"params": self.params, **lineage_scope(record), **(extra or {})}
+        else:
+            scope = {**lineage, **(extra or {})}
         for joined, anchor_node in self.graph.joins.get(node_name, {}).items():
             anchor = record.find(anchor_node) if record else None
             if anchor is None:
@@ -116,12 +121,13 @@ class NodeRunner:
     # -- dispatch -------------------------------------------------------------------------------
 
     async def run(self, node: Node, record: Record, extra: dict[str, Any] | None = None,
-                  item: str | None = None) -> list[Record]:
-        """The records `node` makes from `record` (in a loop body, `extra` holds state, loop and siblings)."""
+                  item: str | None = None, lineage: dict[str, Any] | None = None) -> list[Record]:
+        """The records `node` makes from `record` (in a loop body, `extra` holds state, loop and siblings,
+        and `lineage` the loop's params and lineage scope, as `scope` takes them)."""
         if not node.loop:  # body nodes count in their loop's line
             self.progress.expect(node.name, 1)
         try:
-            scope = await self.scope(node.name, record, extra)
+            scope = await self.scope(node.name, record, extra, lineage)
             if node.when is not None and not self.value(node.when, scope, "when"):
                 made = [] if not node.loop else [record.child(node.name, {}, status="skipped")]
                 if not node.loop:  # the record goes no further, as past a filter
@@ -337,6 +343,8 @@ class LoopRun:
         self.runner, self.node, self.record, self.scope = runner, node, record, scope
         self.trace: list[dict[str, Any]] = []
         self.calls: list[dict[str, Any]] = []
+        # every body node's scope starts from the same record's lineage: walked once, not per node and iteration
+        self.lineage = {"params": runner.params, **lineage_scope(record)}
 
     async def run(self) -> list[Record]:
         node, runner = self.node, self.runner
@@ -392,7 +400,7 @@ class LoopRun:
             failure = _first_failure(node, done)
             if failure or body_node is None:
                 return extra, None, failure, _calls(node, done)
-            (decided,) = await runner.run(body_node, self.record, extra, item)
+            (decided,) = await runner.run(body_node, self.record, extra, item, self.lineage)
             _finished(done, extra, body_node.name, decided)
             if not decided.ok:
                 return extra, None, decided.failure, _calls(node, done)
@@ -418,7 +426,7 @@ class LoopRun:
                 if any(done[name].status in ("failed", "blocked") for name in needs):
                     done[body_node.name] = self.record.child(body_node.name, {}, status="blocked")
                 else:  # its scope is built from `extra` before the node's first pause: what has finished by then
-                    (made,) = await self.runner.run(body_node, self.record, extra, item)
+                    (made,) = await self.runner.run(body_node, self.record, extra, item, self.lineage)
                     _finished(done, extra, body_node.name, made)
             except BaseException as exc:  # the run stops (a replay miss, Ctrl-C): siblings waiting on it too
                 if not outcome.done():  # a waiter cancelled (Ctrl-C) cancels what it waits on
