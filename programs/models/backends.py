@@ -36,7 +36,6 @@ OPENAI_COMPATIBLE = {
 
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_RESPONSE_BYTES = 64 << 20  # a completion is kilobytes; a body past this is a broken server, not an answer
-JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 @dataclass
@@ -134,19 +133,25 @@ class OpenAICompatibleBackend:
         # Read once: aiohttp's trust_env would look proxies and netrc up in threads on every request.
         self.proxy = _env_proxy(self.url)
         self._sessions: dict[int, Any] = {}  # one per event loop: a session is bound to the loop that made it
+        self._target: Any = None  # self.url as a yarl.URL, parsed once (aiohttp would look it up per request)
 
     def _session(self) -> Any:
         import aiohttp
+        import yarl
 
         loop_id = id(asyncio.get_running_loop())
         if loop_id not in self._sessions:
+            # Every request's headers and proxy, set once on the session: given per request, aiohttp merges
+            # them into the session's anew for each call.
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            headers["Content-Type"] = "application/json"
             self._sessions[loop_id] = aiohttp.ClientSession(
                 # No timer of aiohttp's own: the hub times every attempt out (models/deadlines.py), and a second
                 # timer per request cost CPU for nothing.
-                headers=headers, timeout=aiohttp.ClientTimeout(),
+                headers=headers, timeout=aiohttp.ClientTimeout(), proxy=self.proxy,
                 connector=aiohttp.TCPConnector(limit=0),  # the hub's semaphore is the concurrency limit
             )
+            self._target = yarl.URL(self.url)
         return self._sessions[loop_id]
 
     def _not_found_hint(self, status: int) -> str:
@@ -160,7 +165,7 @@ class OpenAICompatibleBackend:
 
         body = _request_json(self.request_body(messages, params))
         try:
-            async with self._session().post(self.url, data=body, headers=JSON_HEADERS, proxy=self.proxy) as response:
+            async with self._session().post(self._target, data=body) as response:
                 status, raw = response.status, await self._read_capped(response)
                 retry_after = _retry_after(response.headers.get("retry-after"))
         except aiohttp.ClientError as exc:
