@@ -186,10 +186,15 @@ class OpenAICompatibleBackend:
     async def _read_capped(self, response: Any) -> bytes:
         """The body, or a failed call once it passes MAX_RESPONSE_BYTES: a server that streams without
         end (a broken proxy, the wrong port) must not fill the memory before the timeout."""
-        limit = MAX_RESPONSE_BYTES
-        if response.content_length is not None and response.content_length > limit:
-            raise ModelCallError(f"{self.name} at {self.endpoint}: response body of {response.content_length:,} "
-                                 f"bytes, over the {limit >> 20} MiB a completion can need", retryable=False)
+        limit, length = MAX_RESPONSE_BYTES, response.content_length
+        if length is not None:
+            if length > limit:
+                raise ModelCallError(f"{self.name} at {self.endpoint}: response body of {length:,} "
+                                     f"bytes, over the {limit >> 20} MiB a completion can need", retryable=False)
+            if "Content-Encoding" not in response.headers:
+                # aiohttp's parser stops a plain body at its Content-Length: one read is capped already
+                # (not a compressed one, which can inflate past it).
+                return await response.content.read()
         chunks, size = [], 0
         async for chunk in response.content.iter_chunked(1 << 16):
             size += len(chunk)
