@@ -37,11 +37,20 @@ def generate_once(switches: list[str]) -> tuple[dict, bool]:
         model.close()
 
 
-def test_a_machine_where_repacking_works_keeps_the_fast_path(machine):
+def test_the_first_start_on_this_machine_ends_on_a_path_that_works_and_remembers_it(machine):
+    """The real probe, on whatever machine runs the tests. Where repacking works the fast path stays,
+    silently. On a VM that advertises AMX but traps it (seen on an Intel Xeon VM) the worker really
+    dies with SIGILL: the start still answers, on the safe path, and says why once."""
     switches: list[str] = []
     answer, repack = generate_once(switches)
-    assert answer["text"] and repack and not switches
-    assert read_verdict(machine_fingerprint()) == "fast"
+    assert answer["text"]
+    if repack:
+        assert not switches
+        assert read_verdict(machine_fingerprint()) == "fast"
+    else:
+        assert len(switches) == 1, switches
+        assert "process was killed by SIG" in switches[0] and "switching to the safe path" in switches[0]
+        assert read_verdict(machine_fingerprint()) == "safe"
 
 
 def test_a_machine_where_repacking_crashes_falls_back_and_remembers(machine, monkeypatch):
@@ -58,7 +67,9 @@ def test_a_machine_where_repacking_crashes_falls_back_and_remembers(machine, mon
 
 
 def test_the_safe_path_gives_the_same_tokens(machine, monkeypatch):
-    fast, _ = generate_once([])
+    fast, repack = generate_once([])
+    if not repack:
+        pytest.skip("this machine's fast path crashes (the probe switched to the safe path): nothing to compare")
     monkeypatch.setenv("CODECLM_LLAMA_SAFE", "1")
     safe, repack = generate_once([])
     assert not repack and safe == fast
