@@ -80,6 +80,17 @@ def test_expressions_that_would_fill_the_memory_are_refused(source):
     assert Expression("[1, 2, 3] | slice(2) | list").evaluate({}) == [[1, 2], [3]]
 
 
+@pytest.mark.parametrize("source", ["[1] | batch(999000, 'x' * 50) | list",
+                                    "range(100) | list | slice(99000, 'x' * 50) | list"])
+def test_a_filler_is_counted_as_often_as_it_is_placed(source):
+    """`batch` and `slice` repeat their filler: counted once, `batch(999000, 'x' * 5000)` passed the
+    filter's estimate and made a value of 5 GB as JSON before the final size check refused it."""
+    from jinja2.exceptions import SecurityError
+
+    with pytest.raises(SecurityError, match="would make [0-9,]+ characters, more than 1,000,000"):
+        Expression(source).evaluate({})
+
+
 def test_a_template_that_would_fill_the_memory_is_refused_at_validate(tmp_path, seeds_file):
     spec = spec_with_respond(tmp_path, seeds_file, '{% call message("user") %}{{ "x" * 10**10 }}{% endcall %}')
     done = subprocess.run([sys.executable, "-m", "codeclm.cli", "validate", str(spec)],

@@ -137,7 +137,14 @@ def _batched_size(items: Any, count: Any, fill_with: Any) -> int:
     size, count = made_size(items), _width(count)
     if fill_with is None or count < 1:
         return size
-    return size + count + len(items) // count + 1  # the last batch is filled up to count items
+    # The last batch is filled up to count items, each the filler again (`'x' * 500` counted 500 times).
+    return size + count * (1 + made_size(fill_with)) + len(items) // count + 1
+
+
+def _sliced_size(items: Any, slices: Any, fill_with: Any) -> int:
+    """`slice` makes `slices` lists and pads each short one with the filler once."""
+    width = _width(slices)
+    return made_size(items) + width * (1 + (made_size(fill_with) if fill_with is not None else 0))
 
 
 def _formatted_size(text: Any, *args: Any, **kwargs: Any) -> int:
@@ -157,7 +164,7 @@ _FILTER_SIZES: dict[str, Callable[..., int]] = {
     "format": _formatted_size,
     # `[1] | batch(10**9, 'x')` fills one batch up to 10**9 items; `[1] | slice(10**9)` makes 10**9 lists
     "batch": lambda items, count, fill_with=None: _batched_size(items, count, fill_with),
-    "slice": lambda _ctx, items, slices, fill_with=None: made_size(items) + _width(slices),
+    "slice": lambda _ctx, items, slices, fill_with=None: _sliced_size(items, slices, fill_with),
 }
 _STR_METHOD_SIZES: dict[str, Callable[..., int]] = {
     **{name: (lambda text, width, *_: max(len(text), _width(width))) for name in ("center", "ljust", "rjust")},
@@ -227,7 +234,9 @@ def _surely_small(value: Any) -> bool:
     characters are at most its bytes; each item, key or number takes at least one byte, and a list's
     commas and brackets outnumber its items). Serialized in C, it costs a fraction of walking the
     value in Python, and most computed lists are small (a record's calls); what JSON cannot write
-    (sets, large ints, other objects) is walked."""
+    (sets, large ints, other objects) is walked. The text is made whole before it is measured, so it
+    relies on every filter that repeats a value (`*`, `batch`, `slice`) refusing past MAX_MADE first:
+    what is left to repeat an input is the expression's own literal items."""
     try:
         return len(orjson.dumps(value)) <= MAX_MADE
     except orjson.JSONEncodeError:
