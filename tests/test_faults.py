@@ -187,6 +187,27 @@ def test_a_404_at_a_base_url_without_v1_suggests_it() -> None:
         assert "HTTP 404" in str(caught.value) and "did you mean" not in str(caught.value)  # has /v1: no guess
 
 
+def test_a_host_that_cannot_be_encoded_fails_each_call_as_a_model_error() -> None:
+    """The spec check refuses such an api_base (test_issue9_checks); a backend made without it (a library
+    user's ModelSpec) fails every call with a ModelCallError, recorded, never a traceback."""
+    from codeclm.programs.models.backends import OpenAICompatibleBackend
+
+    async def ask_twice() -> list[str]:
+        backend = OpenAICompatibleBackend(ModelSpec(role="strong", model="hosted_vllm/m", api_base="http://\u00e4..b/v1"))
+        errors = []
+        try:
+            for _ in range(2):
+                with pytest.raises(ModelCallError) as caught:
+                    await backend.complete([{"role": "user", "content": "Hi"}], CallParams({"max_tokens": 8}))
+                errors.append(str(caught.value))
+        finally:
+            await backend.aclose()
+        return errors
+
+    errors = asyncio.run(ask_twice())
+    assert all("is not a valid URL" in e and "idna" in e for e in errors), errors
+
+
 def test_a_model_nobody_serves_fails_the_run_with_the_reason(tmp_path: Path, seeds_file: Path) -> None:
     """Refused connections are retried, then recorded; when every encode failed the run stops
     and says why, naming the file with each failure (exit 1, no traceback)."""

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import yarl
+
 from ..errors import SpecError, SpecErrors
 from ..models.budget import check_budget, check_price
 from .yaml_lines import Path_, has_surrogate, load_value, load_with_lines
@@ -110,6 +112,10 @@ def _url_problem(url: Any) -> str | None:
         return f"is not a valid URL ({exc})"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must be an http:// or https:// URL with a host"
+    try:
+        yarl.URL(url.strip())  # as the backend will send to it: a host that IDNA cannot encode fails only here
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
     return None
 
 

@@ -140,6 +140,12 @@ class OpenAICompatibleBackend:
         import yarl
 
         loop_id = id(asyncio.get_running_loop())
+        if self._target is None:
+            try:
+                self._target = yarl.URL(self.url)
+            except ValueError as exc:  # a host IDNA cannot encode (UnicodeError): the spec check misses no other
+                raise ModelCallError(f"{self.name}: api_base {self.endpoint} is not a valid URL ({exc})",
+                                     retryable=False) from None
         if loop_id not in self._sessions:
             # Every request's headers and proxy, set once on the session: given per request, aiohttp merges
             # them into the session's anew for each call.
@@ -151,7 +157,6 @@ class OpenAICompatibleBackend:
                 headers=headers, timeout=aiohttp.ClientTimeout(), proxy=self.proxy,
                 connector=aiohttp.TCPConnector(limit=0),  # the hub's semaphore is the concurrency limit
             )
-            self._target = yarl.URL(self.url)
         return self._sessions[loop_id]
 
     def _not_found_hint(self, status: int) -> str:
