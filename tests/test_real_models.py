@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from codeclm.programs.engine.run import RunOptions, run_spec
 from codeclm.programs.lang.spec import load_spec
-from codeclm.programs.models.local_model import local_model_path
+from codeclm.programs.models.local_model import LocalModel, local_model_path
 from conftest import REPO, base_spec, write_spec
 
 pytestmark = pytest.mark.slow
@@ -61,11 +61,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def this_machine_repacks() -> bool:
+    """Whether llama.cpp's weight repacking works here, as the embedded model's probe finds (and
+    remembers): on a VM that advertises AMX but traps it, llama.cpp's own server dies with SIGILL
+    at its first prompt, as the worker does."""
+    model = LocalModel(local_model_path(), 512, on_switch=lambda _message: None)
+    try:
+        model.generate({"messages": [{"role": "user", "content": "Hi"}], "temperature": 0.0, "top_p": 1.0,
+                        "max_tokens": 2, "seed": 0})
+        return model._worker.repack
+    finally:
+        model.close()
+
+
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     port = free_port()
     log = (tmp_path_factory.mktemp("llama") / "server.log").open("w+")  # a pipe would fill up and block it
-    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(local_model_path()),
+    server = ["-m", "llama_cpp.server"] if this_machine_repacks() else \
+        ["-c", "import runpy; from codeclm.programs.models.local_model import set_repacking; "
+               "set_repacking(False); "
+               "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)"]
+    process = subprocess.Popen([sys.executable, *server, "--model", str(local_model_path()),
                                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"

@@ -286,22 +286,30 @@ class LocalModel:
 # -- the child side ----------------------------------------------------------------------------
 
 
-def _load(config: dict[str, Any]) -> Any:
+def set_repacking(enabled: bool) -> None:
+    """Whether every llama_cpp.Llama loaded in this process from now on repacks its weights (False:
+    the safe path). Llama() builds its model parameters inside __init__ and loads at once, with no
+    argument for use_extra_bufts, so the default parameters are patched: only for a process that
+    exists to hold a model (the worker; the tests' llama_cpp.server on a machine that needs it)."""
     import llama_cpp
     import llama_cpp.llama as llama_module
 
-    if config["repack"] and os.environ.get("CODECLM_LLAMA_FAULT") == "crash-on-repack":
-        os.kill(os.getpid(), signal.SIGILL)  # what an AMX VM does to the repacked path
     default_params = llama_cpp.llama_model_default_params
 
     def model_params() -> Any:
         params = default_params()
-        params.use_extra_bufts = bool(config["repack"])  # False: the safe path, no weight repacking
+        params.use_extra_bufts = enabled
         return params
 
-    # Llama() builds its model parameters inside __init__ and loads at once, with no argument
-    # for use_extra_bufts; this process exists only to hold one model, so patching it here is safe.
     llama_module.llama_cpp.llama_model_default_params = model_params
+
+
+def _load(config: dict[str, Any]) -> Any:
+    import llama_cpp.llama as llama_module
+
+    if config["repack"] and os.environ.get("CODECLM_LLAMA_FAULT") == "crash-on-repack":
+        os.kill(os.getpid(), signal.SIGILL)  # what an AMX VM does to the repacked path
+    set_repacking(bool(config["repack"]))
     threads = int(config["threads"])
     return llama_module.Llama(model_path=config["path"], n_ctx=int(config["n_ctx"]), n_threads=threads,
                               n_threads_batch=threads, verbose=False)
