@@ -143,7 +143,7 @@ class OpenAICompatibleBackend:
         if self._target is None:
             try:
                 self._target = yarl.URL(self.url)
-            except ValueError as exc:  # a host IDNA cannot encode (UnicodeError): the spec check misses no other
+            except ValueError as exc:  # a host IDNA cannot encode: refused by the spec check, not by a ModelSpec
                 raise ModelCallError(f"{self.name}: api_base {self.endpoint} is not a valid URL ({exc})",
                                      retryable=False) from None
         if loop_id not in self._sessions:
