@@ -166,6 +166,43 @@ def test_openai_compatible_backend_honours_proxy_variables(monkeypatch: pytest.M
     assert completion.text and server.completions == 1
 
 
+def test_the_api_key_goes_to_the_server_never_to_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp sends a session's own headers to the proxy too (an https tunnel's CONNECT, as
+    Proxy-Authorization): where a proxy is used, the key goes with each request instead, inside the
+    tunnel, for the server alone. A plain-http request through a proxy still carries it."""
+    from codeclm.programs.models.backends import OpenAICompatibleBackend
+
+    seen: list[bytes] = []
+
+    async def through_a_proxy(api_base: str | None) -> None:
+        async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+        for scheme in ("HTTPS_PROXY", "HTTP_PROXY"):
+            monkeypatch.setenv(scheme, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        backend = OpenAICompatibleBackend(ModelSpec(role="strong", model="openai/gpt-4o-mini", api_base=api_base))
+        try:
+            with pytest.raises(ModelCallError):
+                await backend.complete([{"role": "user", "content": "Hi"}], CallParams({"max_tokens": 8}))
+        finally:
+            await backend.aclose()
+            server.close()
+
+    for name in ("NO_PROXY", "no_proxy", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-for-proxies")
+    asyncio.run(through_a_proxy(None))  # https://api.openai.com/v1: a tunnel
+    asyncio.run(through_a_proxy("http://models.example/v1"))  # plain http: the proxy forwards the request itself
+    assert len(seen) == 2 and seen[0].startswith(b"CONNECT api.openai.com:443 "), seen
+    assert b"sk-test-not-for-proxies" not in seen[0] and b"authorization" not in seen[0].lower()
+    assert seen[1].startswith(b"POST http://models.example/v1/chat/completions ")
+    assert b"\r\nAuthorization: Bearer sk-test-not-for-proxies\r\n" in seen[1]
+
+
 def test_a_404_at_a_base_url_without_v1_suggests_it() -> None:
     """`api_base: http://HOST:PORT` (no /v1) gets 404 from vLLM and llama.cpp: the error says what to try."""
     from codeclm.programs.models.backends import OpenAICompatibleBackend

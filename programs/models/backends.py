@@ -132,6 +132,8 @@ class OpenAICompatibleBackend:
         self.api_key = os.environ.get(key_env) if key_env else None
         # Read once: aiohttp's trust_env would look proxies and netrc up in threads on every request.
         self.proxy = _env_proxy(self.url)
+        self._auth = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._request_headers = self._auth if self.proxy and self._auth else None  # the key per request, if a proxy
         self._sessions: dict[int, Any] = {}  # one per event loop: a session is bound to the loop that made it
         self._target: Any = None  # self.url as a yarl.URL, parsed once (aiohttp would look it up per request)
 
@@ -148,9 +150,9 @@ class OpenAICompatibleBackend:
                                      retryable=False) from None
         if loop_id not in self._sessions:
             # Every request's headers and proxy, set once on the session: given per request, aiohttp merges
-            # them into the session's anew for each call.
-            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-            headers["Content-Type"] = "application/json"
+            # them into the session's anew for each call. Not the key where a proxy is used: aiohttp sends a
+            # session's headers to the proxy too (in an https tunnel's CONNECT), and the key is the server's.
+            headers = {"Content-Type": "application/json", **({} if self.proxy else self._auth)}
             self._sessions[loop_id] = aiohttp.ClientSession(
                 # No timer of aiohttp's own: the hub times every attempt out (models/deadlines.py), and a second
                 # timer per request cost CPU for nothing.
@@ -170,7 +172,7 @@ class OpenAICompatibleBackend:
 
         body = _request_json(self.request_body(messages, params))
         try:
-            async with self._session().post(self._target, data=body) as response:
+            async with self._session().post(self._target, data=body, headers=self._request_headers) as response:
                 status, raw = response.status, await self._read_capped(response)
                 retry_after = _retry_after(response.headers.get("retry-after"))
         except aiohttp.ClientError as exc:
