@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from itertools import chain
-from operator import is_
 from pathlib import Path
 from typing import Any
 
@@ -98,24 +97,24 @@ def _string_json(value: Any) -> str:
     return _json(value)
 
 
-# (model, slot, params) -> (the same, text): the key's text after the messages, for the few sets a run's calls share
-_REST_JSON: dict[tuple[Any, ...], tuple[tuple[Any, ...], str]] = {}
+# the identities of (model, slot, params) -> (the same objects, text): the key's text after the messages,
+# for the few sets a run's calls share. By identity, not equality: 1, 1.0 and True are equal, and 0.0 and
+# -0.0, and json writes each its own way. The objects are kept, so no identity is reused while remembered.
+_REST_JSON: dict[tuple[int, ...], tuple[tuple[Any, ...], str]] = {}
 
 
 def _rest_json(model: str, params: tuple[tuple[str, Any], ...], slot: int) -> str:
-    """`"model": ..., "params": ..., "slot": ...}`, as `_json` writes them, remembered: json's encoder
-    costs more than the rest of the key. A remembered text is used only for the very same objects:
-    equal is not enough (1, 1.0 and True are equal, and 0.0 and -0.0, and json writes each its own way)."""
+    """`"model": ..., "params": ..., "slot": ...}`, as `_json` writes them, remembered for the very same
+    objects (immutable ones): json's encoder costs more than the rest of the key. Each node holds its own
+    equal parameters (its own 2048), so each set is remembered per object, not per value."""
     parts = (model, slot, *chain.from_iterable(params))
-    try:
-        remembered = _REST_JSON.get(parts)
-    except TypeError:  # a value that is not hashable (a dict, a list): nothing to remember it by
-        remembered = None
-    if remembered is not None and all(map(is_, remembered[0], parts)):
+    identities = tuple(map(id, parts))
+    remembered = _REST_JSON.get(identities)
+    if remembered is not None:
         return remembered[1]
     text = f'"model": {_json(model)}, "params": {_json(params)}, "slot": {_json(slot)}}}'
-    if remembered is None and len(_REST_JSON) < 256 and all(type(part) in _IMMUTABLE for part in parts):
-        _REST_JSON[parts] = (parts, text)
+    if len(_REST_JSON) < 256 and all(type(part) in _IMMUTABLE for part in parts):
+        _REST_JSON[identities] = (parts, text)
     return text
 
 
