@@ -316,7 +316,7 @@ class Expression:
             if value is ABSENT and self._root not in _ENV.globals:
                 return ABSENT  # Jinja would fail on an undefined name, or on any field of one
             for name in self._fields:
-                if value is ABSENT or not _read_by_item(type(value)):
+                if not _READ_BY_ITEM[type(value)]:  # ABSENT too: a bare object has no items
                     break
                 try:
                     value = value[name]
@@ -340,11 +340,30 @@ def _attribute_free(kind: type, attribute: str) -> bool:
         and not kind.__dictoffset__ and not hasattr(kind, attribute)
 
 
-@functools.cache  # per type: a bound `__getitem__` made and dropped for every field read cost more than the read
+class _PerType(dict):
+    """`memo[kind]`: `compute(kind)`, computed once per type. A dict's own item lookup costs half a
+    functools.cache call (which makes and hashes a key tuple for every call), and a plain path reads
+    one per field, some ten per served call."""
+
+    __slots__ = ("compute",)
+
+    def __init__(self, compute: Callable[[type], Any]):
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, kind: type) -> Any:
+        self[kind] = found = self.compute(kind)
+        return found
+
+
 def _read_by_item(kind: type) -> bool:
     """Whether a plain path reads a field of a value of this type as an item, the way the sandbox does; a
     text, list or tuple has no named fields (`x.upper` is a method: Jinja reads it)."""
     return hasattr(kind, "__getitem__") and not issubclass(kind, (str, list, tuple))
+
+
+# per type: a bound `__getitem__` made and dropped for every field read cost more than the read
+_READ_BY_ITEM = _PerType(_read_by_item)
 
 
 def compile_value(value: Any) -> Expression | Any:
