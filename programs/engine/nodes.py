@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 
 from ..errors import CodecError, SpecError, SpecErrors
-from ..lang.expressions import evaluate_present, evaluate_value
+from ..lang.expressions import Expression, evaluate_present, evaluate_value
 from ..lang.nodes import (
     DedupNode,
     FilterNode,
@@ -83,10 +83,19 @@ class NodeRunner:
                     lineage: dict[str, Any] | None = None) -> dict:
         """Everything a node's expressions may read for a record: params, the lineage, its joins.
         `lineage`: params and the record's lineage scope, when the caller keeps them (a loop's body)."""
+        scope = self.unjoined_scope(record, extra, lineage)
+        await self.add_joins(node_name, record, scope)
+        return scope
+
+    def unjoined_scope(self, record: Record | None, extra: dict[str, Any] | None,
+                       lineage: dict[str, Any] | None) -> dict:
+        """`scope` before its joins."""
         if lineage is None:
-            scope = {"params": self.params, **lineage_scope(record), **(extra or {})}
-        else:
-            scope = {**lineage, **(extra or {})}
+            return {"params": self.params, **lineage_scope(record), **(extra or {})}
+        return {**lineage, **(extra or {})}
+
+    async def add_joins(self, node_name: str, record: Record | None, scope: dict[str, Any]) -> None:
+        """The views of the node's joins, each made on first need, added to its scope."""
         for joined, anchor_node in self.graph.joins.get(node_name, {}).items():
             anchor = record.find(anchor_node) if record else None
             if anchor is None:
@@ -95,15 +104,14 @@ class NodeRunner:
             if not made.ok:
                 raise NodeFailed(made.failure or {})
             scope[joined] = view(made)
-        return scope
 
     async def output_joins(self, output: str, record: Record) -> dict[str, Any]:
         return await self.scope(f"output:{output}", record)
 
     @staticmethod
     def value(expression: Any, scope: dict[str, Any], what: str) -> Any:
-        try:
-            return evaluate_value(expression, scope)
+        try:  # most values are one expression: evaluated without evaluate_value's frame and checks
+            return expression.evaluate(scope) if type(expression) is Expression else evaluate_value(expression, scope)
         except jinja2.UndefinedError as exc:
             raise NodeFailed({"error": f"{what}: {exc.message}", "raw": None}) from None
         except (TypeError, ValueError, ArithmeticError, jinja2.TemplateError) as exc:  # 1/0, 2.0 ** 10**8
@@ -127,24 +135,31 @@ class NodeRunner:
         if not node.loop:  # body nodes count in their loop's line
             self.progress.expect(node.name, 1)
         try:
-            scope = await self.scope(node.name, record, extra, lineage)
+            scope = self.unjoined_scope(record, extra, lineage)
+            if self.graph.joins.get(node.name):  # most nodes have none: no coroutine made for them
+                await self.add_joins(node.name, record, scope)
             if node.when is not None and not self.value(node.when, scope, "when"):
                 made = [] if not node.loop else [record.child(node.name, {}, status="skipped")]
                 if not node.loop:  # the record goes no further, as past a filter
                     self.progress.remove(node.name)
             else:
-                made = await self._run(node, record, scope, item or record.id)
+                made = self._run(node, record, scope, item or record.id)
+                if not isinstance(made, list):
+                    made = await made
         except NodeFailed as failed:
             made = [record.child(node.name, {}, failure={"stage": node.name, **failed.failure}, status="failed")]
         if not node.loop:
             self.progress.advance(node.name, all(r.ok for r in made))
         return made
 
-    async def _run(self, node: Node, record: Record, scope: dict[str, Any], item: str) -> list[Record]:
+    def _run(self, node: Node, record: Record, scope: dict[str, Any],
+             item: str) -> list[Record] | Awaitable[list[Record]]:
+        """The records the node makes, or for a node that calls models or loops, the coroutine that makes
+        them: awaited by `run` itself, since every pause of a model call passes through each frame above it."""
         if isinstance(node, JudgeNode):
-            return [await self.judge(node, record, scope, item)]
+            return self.judge(node, record, scope, item)
         if isinstance(node, LLMNode):
-            return await self.llm(node, record, scope, item)
+            return self.llm(node, record, scope, item)
         if isinstance(node, PickNode):
             return [self.pick(node, record, scope)]
         if isinstance(node, FilterNode):
@@ -156,7 +171,7 @@ class NodeRunner:
         if isinstance(node, SwitchNode):
             return [self.switch(node, record, scope)]
         if isinstance(node, LoopNode):
-            return await LoopRun(self, node, record, scope).run()
+            return LoopRun(self, node, record, scope).run()
         raise CodecError(f"node '{node.name}' of type {node.type} cannot run per record")
 
     # -- model calls ----------------------------------------------------------------------------
@@ -164,11 +179,12 @@ class NodeRunner:
     def inputs(self, node: LLMNode, scope: dict[str, Any]) -> dict[str, Any]:
         return {name: self.value(expr, scope, f"input '{name}'") for name, expr in node.inputs.items()}
 
-    async def call(self, node: LLMNode, item: str, slot: int, inputs: dict[str, Any]) -> StepResult:
-        """One model call of a node (an observer, such as `optimize`, sees its inputs first)."""
+    def call(self, node: LLMNode, item: str, slot: int, inputs: dict[str, Any]) -> Awaitable[StepResult]:
+        """One model call of a node, to await (an observer, such as `optimize`, sees its inputs now): the
+        module's own coroutine, not one around it, since every pause of a call passes through each frame."""
         if self.observe:
             self.observe(node.name, inputs)
-        return await self.modules[node.name].run(item, slot, inputs)
+        return self.modules[node.name].run(item, slot, inputs)
 
     async def llm(self, node: LLMNode, record: Record, scope: dict[str, Any], item: str) -> list[Record]:
         result = await self.call(node, item, record.slot, self.inputs(node, scope))
@@ -187,21 +203,22 @@ class NodeRunner:
                              order=(*record.order, j), slot=0, calls=result.calls)
                 for j, text in enumerate(items)]
 
-    async def judge(self, node: JudgeNode, record: Record, scope: dict[str, Any], item: str) -> Record:
+    async def judge(self, node: JudgeNode, record: Record, scope: dict[str, Any], item: str) -> list[Record]:
         """Pointwise: one score. Pairwise: the pair scored in each order, the scores averaged, and
-        gap = a - b; `unparsable: tie` turns an unparsable judgement into a gap of 0."""
+        gap = a - b; `unparsable: tie` turns an unparsable judgement into a gap of 0. One record, as a list."""
         low, high = self.graph.static(node.scale)
         inputs = {**self.inputs(node, scope), "scale_low": low, "scale_high": high}
         if not node.pair:
             result = await self.call(node, item, record.slot, inputs)
-            return record.child(node.name, result.values, calls=result.calls) if result.ok else \
-                _failed(record, node.name, result)
+            return [record.child(node.name, result.values, calls=result.calls) if result.ok else
+                    _failed(record, node.name, result)]
         a, b = (self.value(p, scope, "pair") for p in node.pair)
+        first = self.call(node, item, record.slot, {**inputs, "answer_1": a, "answer_2": b})  # observed first
         swapped = None  # the second order beside the first, in a task of its own; the first in this one
         if self.graph.static(node.both_orders):
             swapped = _background(self.call(node, item, record.slot, {**inputs, "answer_1": b, "answer_2": a}))
         try:
-            results = [await self.call(node, item, record.slot, {**inputs, "answer_1": a, "answer_2": b})]
+            results = [await first]
             if swapped is not None:
                 results.append(await swapped)
         except BaseException:
@@ -212,15 +229,15 @@ class NodeRunner:
         if bad is not None:
             if self.graph.static(node.unparsable) == "tie":
                 values = {"a": None, "b": None, "gap": 0.0, "a_first": None, "b_first": None}
-                return record.child(node.name, values, calls=calls)
-            return _failed(record, node.name, StepResult(False, error=bad.error, raw=bad.raw, calls=calls))
+                return [record.child(node.name, values, calls=calls)]
+            return [_failed(record, node.name, StepResult(False, error=bad.error, raw=bad.raw, calls=calls))]
         pairs = [(r.values["score_1"], r.values["score_2"]) for r in results]
         a_scores = [pairs[0][0], *([pairs[1][1]] if len(pairs) > 1 else [])]
         b_scores = [pairs[0][1], *([pairs[1][0]] if len(pairs) > 1 else [])]
         a_mean, b_mean = sum(a_scores) / len(a_scores), sum(b_scores) / len(b_scores)
         values = {"a": a_mean, "b": b_mean, "gap": a_mean - b_mean, "a_first": list(pairs[0]),
                   "b_first": list(pairs[1]) if len(pairs) > 1 else None}
-        return record.child(node.name, values, calls=calls)
+        return [record.child(node.name, values, calls=calls)]
 
     # -- seeded draws and checks ----------------------------------------------------------------
 
@@ -423,7 +440,7 @@ class LoopRun:
                 needs = self.runner.reads[body_node.name] & finished.keys()
                 for name in needs:
                     await finished[name]
-                if any(done[name].status in ("failed", "blocked") for name in needs):
+                if needs and any(done[name].status in ("failed", "blocked") for name in needs):
                     done[body_node.name] = self.record.child(body_node.name, {}, status="blocked")
                 else:  # its scope is built from `extra` before the node's first pause: what has finished by then
                     (made,) = await self.runner.run(body_node, self.record, extra, item, self.lineage)
