@@ -40,6 +40,30 @@ def test_expressions_read_names_and_compute_native_values():
     assert Expression("ceil(7 / 2)").evaluate({}) == 4
 
 
+@pytest.mark.parametrize("source", ["judge.gap > params.threshold", "judge.gap < -params.threshold",
+                                    "state.actions + [action.value]", "[]", "n - -2.5", "'x' in s", "3 not in d",
+                                    "[d.k, d.items]", "d.keys == 1", "d.items.real >= 0", "judge.nothing > 1",
+                                    "nosuch - 1", "s - 1", "-s", "-judge", "self > 1", "range + 1", "s.upper == s"])
+def test_a_comparison_or_sum_computed_directly_is_what_jinja_computes(source):
+    """Such an expression is computed without Jinja's context; where a name or field has no value, or the
+    sandbox would read an attribute (a dict's `items`), Jinja computes it. The value, or the error, is the same."""
+    from codeclm.programs.engine.records import View
+
+    scope = {"d": {"items": 2, "k": 1}, "judge": View({"gap": 4.5}), "params": View({"threshold": 3}),
+             "state": View({"actions": ["a"]}), "action": View({"value": "b"}), "s": "text", "n": 1}
+
+    def outcome(compute):
+        try:
+            return "value", compute(scope)
+        except Exception as exc:  # noqa: BLE001 - the error itself is compared
+            return type(exc), str(exc)
+
+    expression = Expression(source)
+    assert outcome(expression.present) == outcome(expression._compiled)
+    if source == "judge.gap > params.threshold":
+        assert expression._direct is not None
+
+
 def test_a_sandbox_escape_in_a_spec_exits_2_with_its_line(tmp_path, seeds_file):
     data = base_spec(seeds_file)
     data["nodes"]["refine"]["next"]["actions"] = "state.actions.__class__"
