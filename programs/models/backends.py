@@ -47,11 +47,16 @@ class Completion:
 
     def __post_init__(self) -> None:
         # A server can send a lone surrogate ("\ud800" in its JSON): not text, and it would crash
-        # every later write. It becomes U+FFFD here, the one door completions come in through.
-        self.text = LONE_SURROGATE.sub("\ufffd", self.text)
+        # every later write. It becomes U+FFFD here, the one door completions come in through. ASCII text
+        # has none (isascii reads a flag; the regex walks every character, most of a completion's cost).
+        if not self.text.isascii():
+            self.text = LONE_SURROGATE.sub("\ufffd", self.text)
         # Token counts as a server sent them: NaN, negative or text would be written to the manifest and the
-        # cache (whose entries then read as damaged) and counted against a budget. Such a count is 0.
-        self.prompt_tokens, self.completion_tokens = _count(self.prompt_tokens), _count(self.completion_tokens)
+        # cache (whose entries then read as damaged) and counted against a budget. Such a count is 0; two
+        # counts of 0 or more, the usual, are kept as they are, as `_count` would keep them.
+        prompt, completion = self.prompt_tokens, self.completion_tokens
+        if not (type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0):
+            self.prompt_tokens, self.completion_tokens = _count(prompt), _count(completion)
 
     def to_entry(self) -> dict[str, Any]:
         return {"text": self.text, "finish_reason": self.finish_reason,
