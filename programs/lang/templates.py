@@ -148,9 +148,17 @@ class StageTemplate:
     def render(self, variables: dict[str, Any]) -> list[dict[str, str]]:
         """Render to chat messages. Variables are data: their text is never evaluated as Jinja."""
         messages = _Messages(self.path)
+        template = self.template
         ranged = RANGED.set([0]) if self.counts_ranges else None  # counted together: expressions.bounded_range
         try:
-            self.template.render({**variables, "message": messages})
+            # Template.render's own steps, with the context's variables copied once, here, not three times
+            # (ours, render's dict(), new_context's dict(globals, **vars)): shared=True takes this dict as the
+            # context's parent as it is, and it holds what that parent would, the globals overlaid by the vars.
+            context = template.new_context({**template.globals, **variables, "message": messages}, shared=True)
+            try:
+                template.environment.concat(template.root_render_func(context))
+            except Exception:  # noqa: BLE001 - re-raised by Jinja with the template's lines in its traceback
+                template.environment.handle_exception()
         except jinja2.UndefinedError as exc:
             line = _template_line(exc)
             raise SpecError(str(self.path), f"template uses an undefined variable: {exc.message}", line=line,
