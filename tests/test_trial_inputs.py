@@ -350,6 +350,32 @@ def test_a_loop_state_or_an_output_that_grows_without_bound_is_a_recorded_failur
     assert errors[1].startswith("output counts: its fields or where: failed: OverflowError: Range too big")
 
 
+
+def test_a_loop_whose_next_fails_keeps_its_iterations_and_calls(tmp_path, scripted):
+    """`next` reading a body node that did not run (its when: false) failed the loop record as a bare
+    failure: no iterations, no exit, no calls, though the body's calls were made and paid for."""
+    from conftest import REPO, ScriptedBackend
+    from fake_openai_server import answer_text
+
+    def judge(messages):  # every answer is rated 3: below good_enough, so the loop goes on to `next`
+        text = messages[-1]["content"]
+        return "3\nMeh." if "Rate the answer" in text else answer_text(messages, "scripted/judge")
+
+    scripted.backends = {"writer": ScriptedBackend("scripted/writer"),
+                         "judge": ScriptedBackend("scripted/judge", judge)}
+    result = scripted(REPO / "specs" / "critique_rewrite.yaml", overrides=["nodes.improve.body.rewrite.when=false"])
+    histories = [json.loads(line) for line in (result.out / "histories.jsonl").read_text().splitlines()]
+    assert histories and all(h["status"] == "failed" for h in histories)
+    for history in histories:
+        assert history["failure"]["stage"] == "improve"
+        assert history["failure"]["error"].startswith("next.answer: 'rewrite' is undefined")
+        (iteration,) = history["iterations"]  # the iteration that ran, with its failure and calls
+        assert iteration["score"] == 3 and iteration["decision"] == "rewrite"
+        assert iteration["failure"]["error"] == history["failure"]["error"]
+        assert [call["stage"] for call in iteration["calls"]] == ["judge", "critique"]
+    failures = [json.loads(line) for line in (result.out / "failures.jsonl").read_text().splitlines()]
+    assert {len(f["calls"]) for f in failures if f["node"] == "improve"} == {2}
+
 # -- seed files: a text file read for several fields, a CSV row of extra values, an empty field ----
 
 

@@ -373,14 +373,24 @@ class LoopRun:
             loop = {"index": index, "first": index == 1, "last": index == maximum, "max": maximum}
             shown, exit_name, failure, calls = await self.iteration(state, loop)
             self.calls += calls
-            loop_view = View({**loop, "calls": calls, **({"failure": failure} if failure else {})})
-            after = {**self.scope, **shown, "loop": loop_view}  # what the trace and `next` read
-            self.trace.append(runner.present(node.trace, after, "trace"))
+            after = {**self.scope, **shown, "loop": View({**loop, "calls": calls})}  # what `next` and the trace read
+            following = None
+            if not (exit_name or failure):
+                try:
+                    following = {**state, **{k: runner.value(v, after, f"next.{k}") for k, v in node.next.items()}}
+                except NodeFailed as failed:  # fails the record, which keeps the iterations that ran and their calls
+                    failure = {"stage": node.name, **failed.failure}
+            if failure:
+                after["loop"] = View({**loop, "calls": calls, "failure": failure})
+            try:
+                self.trace.append(runner.present(node.trace, after, "trace"))
+            except NodeFailed as failed:
+                failure = failure or {"stage": node.name, **failed.failure}
             if node.emit == "each":
                 emitted.append(self.emit(index, exit_name, failure, _below(shown, state), each=True))
             if exit_name or failure:
                 break
-            state = {**state, **{k: runner.value(v, after, f"next.{k}") for k, v in node.next.items()}}
+            state = following
         else:
             exit_name = node.exhausted
         if node.emit == "each":
