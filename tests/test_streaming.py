@@ -137,3 +137,49 @@ def test_a_stopped_loop_iteration_stops_the_work_it_started_beside_it():
         assert ("end", "a") not in log
 
     asyncio.run(stop_an_iteration())
+
+
+def _main_task() -> asyncio.Task:
+    """The task running the run (Ctrl-C cancels it): the one whose chain of awaits holds `_run`."""
+    for task in asyncio.all_tasks():
+        coroutine = task.get_coro()
+        while coroutine is not None and hasattr(coroutine, "cr_await"):
+            if coroutine.__qualname__ == "_run":
+                return task
+            coroutine = coroutine.cr_await
+    raise AssertionError("no task runs _run")
+
+
+def test_a_stopped_run_cancels_the_joins_in_flight_before_it_closes_its_files(scripted, seeds_file, monkeypatch):
+    """A join (CodecLM's rubrics, made on first need) runs in a task of its own, shared by the records that
+    need it. When a run stopped (Ctrl-C, a fatal error) its records' tasks were cancelled but not the joins:
+    a join answered after the journals were closed wrote to them ("Task exception was never retrieved ...
+    KeyError: 'failures'"), or into a folder already removed, and left call_keys.txt.partial behind."""
+    from codeclm.programs.engine.outputs import OutputWriter
+    from conftest import ScriptedBackend
+
+    asked = {"rubrics": 0}
+
+    class Stopping(ScriptedBackend):
+        async def complete(self, messages, params):
+            if "generate domain specific rubrics" in messages[0]["content"]:
+                asked["rubrics"] += 1
+                _main_task().cancel()  # as Ctrl-C does, while this join is in flight
+                await asyncio.sleep(3600)
+            return await super().complete(messages, params)
+
+    running_at_abandon: list[str] = []
+    abandon = OutputWriter.abandon
+
+    def noting_abandon(self):
+        running_at_abandon.extend(t.get_coro().__qualname__ for t in asyncio.all_tasks()
+                                  if t is not asyncio.current_task() and not t.done())
+        abandon(self)
+
+    monkeypatch.setattr(OutputWriter, "abandon", noting_abandon)
+    scripted.backends["strong"] = Stopping("scripted/strong")
+    with pytest.raises(asyncio.CancelledError):
+        scripted(write_spec(scripted.tmp_path, base_spec(seeds_file)))
+    assert asked["rubrics"], "no rubrics call was made: the test shows nothing"
+    assert running_at_abandon == [], running_at_abandon
+    assert not list((scripted.tmp_path / "run").glob("*.partial"))

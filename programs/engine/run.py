@@ -361,9 +361,12 @@ class Engine:
         return False
 
     async def cancel_tasks(self) -> None:
-        for task in self.tasks:
+        """Stop every record's task, and the joins they started (each in a task of its own, shared): a join
+        left running made its call after the run had stopped and wrote to the journals it had closed."""
+        running = [*self.tasks, *(join for join in self.joined.values() if not join.done())]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
 
     def spawn(self, work: Any) -> None:
         """Run `work` as a task of this run: the first task that raises stops the run."""
