@@ -52,6 +52,29 @@ def test_a_broken_seed_file_leaves_a_foreign_folder_as_it_was(tmp_path, seeds_fi
     assert sorted(p.name for p in folder.iterdir()) == ["dataset.jsonl"]
 
 
+def test_a_refused_run_folder_makes_no_cache_folder(tmp_path, seeds_file):
+    """The cache was opened (its folder and cache.db made) before the run folder was checked."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "dataset.jsonl").write_text(USER_DATA)
+    result = codeclm("run", str(unreachable_spec(tmp_path, seeds_file)), "-q", "--out", str(folder),
+                     "--cache-dir", str(tmp_path / "new-cache"))
+    assert result.exit_code == 2 and "is not empty and is not a codeclm run" in result.output, result.output
+    assert not (tmp_path / "new-cache").exists()
+
+
+@pytest.mark.parametrize("cache", ["cache", "."])
+def test_a_cache_folder_inside_the_run_folder_is_refused_before_either_is_made(tmp_path, seeds_file, cache):
+    """A cache made in the run folder made it a folder of files the run did not write: the run refused it
+    (blaming the user's folder) on every try, the cache left behind."""
+    out = tmp_path / "runs" / "x"
+    result = codeclm("run", str(unreachable_spec(tmp_path, seeds_file)), "-q", "--out", str(out),
+                     "--cache-dir", str(out / cache))
+    assert result.exit_code == 2, result.output
+    assert "the cache folder is inside the run folder" in result.output and "--cache-dir outside" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
 @pytest.mark.parametrize("state", ["new", "empty"])
 def test_a_broken_seed_file_does_not_touch_a_new_or_empty_folder(tmp_path, seeds_file, state):
     folder = tmp_path / "out"

@@ -27,7 +27,7 @@ from typing import Any
 from ..artifacts.bundle import recorded_calls
 from ..artifacts.manifest import build_manifest, code_sha
 from ..artifacts.rundata import read_run_json
-from ..artifacts.store import RunStore
+from ..artifacts.store import RunStore, check_out_folder
 from ..errors import CodecError, SpecError, SpecErrors
 from ..lang.nodes import DedupNode, LLMNode, MixNode, Node, SourceNode
 from ..lang.spec import Spec
@@ -128,6 +128,9 @@ def freeze_imports() -> None:
 
 async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: Any) -> RunResult:
     check_source_files(spec, options.seeds)
+    if not options.dry_run:  # before the cache folder is made: a refused run leaves nothing behind
+        check_run_folders(run_folder(spec, options), None if hub else options.cache_dir or spec.cache_dir
+                          or default_cache_dir(), options.recorded_run)
     if options.cache_mode in ("live", "refresh") and not options.dry_run and hub is None:  # a hub given is the caller's
         check_keys(spec)
     async with opened_hub(spec, options.cache_dir, options.cache_mode, options.concurrency, hub,
@@ -141,6 +144,23 @@ async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: A
             live_hub.recorded_stop = recorded.get("stopped")
         live_hub.budget = BudgetTracker(spec.budget) if spec.budget and not options.dry_run else None
         return await Engine(spec, options, live_hub, observe).run()
+
+
+def run_folder(spec: Spec, options: RunOptions) -> Path:
+    return options.out or Path("runs") / spec.name
+
+
+def check_run_folders(out: Path, cache_dir: Path | None, recorded_run: Path | None) -> None:
+    """The run folder may be written (check_out_folder), and the cache folder is not inside it: a run folder
+    holds the run's own files, so a cache made in it made the folder one codeclm would not write into."""
+    check_out_folder(out, recorded_run)
+    if cache_dir is None:
+        return
+    cache, run = Path(cache_dir).expanduser().resolve(), Path(out).expanduser().resolve()
+    if cache == run or run in cache.parents:
+        raise SpecError(str(cache_dir), f"the cache folder is inside the run folder {out}: a run folder holds "
+                        "only the run's own files", hint="pass a --cache-dir outside it (e.g. runs/.cache), "
+                        f"or leave it out (the shared cache: {default_cache_dir()})")
 
 
 def check_keys(spec: Spec) -> None:
@@ -293,7 +313,7 @@ class Engine:
     def __init__(self, spec: Spec, options: RunOptions, hub: ModelHub, observe: Any = None):
         self.spec, self.options, self.hub, self.graph = spec, options, hub, spec.graph
         self.progress = options.progress or Progress(stream=None)
-        store = None if options.dry_run else RunStore(options.out or Path("runs") / spec.name,
+        store = None if options.dry_run else RunStore(run_folder(spec, options),
                                                       protect=options.recorded_run)
         if store is not None:
             store.check_outputs(self.graph.outputs)
