@@ -212,3 +212,32 @@ def test_inspect_leaves_out_the_seed_line_of_a_run_without_seeds():
     assert not any(line.startswith("closeness to seeds") for line in lines)
     lines = quality.format_quality({"seed_closeness": {"rouge_l_mean": 0.25, "rouge_l_max": 0.5}})
     assert "closeness to seeds  ROUGE-L to the nearest seed mean 0.250 max 0.500" in lines
+
+
+def test_rouge_l_reads_the_first_max_tokens_of_long_texts(tmp_path, monkeypatch):
+    """300 kept instructions of 3,000 words took minutes (a comparison costs len(a) x len(b) / 64 steps):
+    each comparison now reads at most MAX_TOKENS tokens of each text, and a note says so."""
+    rng = random.Random(1)
+    vocab = [f"w{i}" for i in range(5000)]
+    texts = [" ".join(rng.choice(vocab) for _ in range(3000)) for _ in range(6)]
+    read: list[int] = []
+
+    def counted(a, b):
+        read.append(max(len(a), len(b)))
+        return rouge_l(a, b)
+
+    monkeypatch.setattr(quality, "rouge_l", counted)
+    found = pairwise_rouge(texts)
+    assert found["pairs_compared"] == 15 and found["exact_duplicates"] == 0
+    assert seed_closeness(texts, texts[:2])["rouge_l_max"] == 1.0  # the first tokens of the same text
+    assert len(read) == 15 + 12 and max(read) == quality.MAX_TOKENS
+
+
+def test_the_metrics_note_texts_longer_than_compared(tmp_path):
+    long = " ".join(f"w{i}" for i in range(quality.MAX_TOKENS + 1))
+    write_jsonl(tmp_path / "dataset.jsonl", [{"messages": [{"role": "user", "content": text},
+                                                           {"role": "assistant", "content": "ok"}]}
+                                             for text in (long, "a short one")])
+    notes = quality_metrics(tmp_path, embeddings=False)["notes"]
+    assert f"ROUGE-L on the first {quality.MAX_TOKENS} tokens of each text (1 kept instructions and 0 seeds " \
+           "are longer)" in notes

@@ -39,7 +39,7 @@ import yaml
 from ..errors import CodecError, SpecError
 from ..redact import redact_text
 from .manifest import template_sha
-from .quality import quality_metrics
+from .quality import MAX_TOKENS, quality_metrics
 from .report import format_flow
 from .rundata import (
     FINISHED_RUN_FIX,
@@ -538,7 +538,8 @@ def _card_quality(metrics: dict[str, Any] | None) -> list[str]:
     notes = metrics.get("notes") if isinstance(metrics.get("notes"), list) else []
     return ["## Quality", "", "Measured by `codeclm` on the kept rows (and their seeds): diversity (distinct-n, "
             "pairwise ROUGE-L), near duplicates, closeness to the seeds, metadata coverage and the judge's "
-            "consistency, where the run has what each needs.", "",
+            f"consistency, where the run has what each needs. ROUGE-L reads the first {MAX_TOKENS} tokens of each "
+            "text.", "",
             "| metric | value |", "| --- | --- |",
             *[f"| {key} | {_figure(value)} |" for key, value in rows], "",
             *[f"- {_figure(note)}" for note in notes], *([""] if notes else [])]

@@ -28,7 +28,7 @@ from ..errors import SpecError
 from ..lang.rouge import words
 from . import charts
 from .charts import PALETTE
-from .quality import MAX_PAIRS, NEAR_DUPLICATE, quality_metrics
+from .quality import MAX_PAIRS, MAX_TOKENS, NEAR_DUPLICATE, quality_metrics
 from .report import loop_line
 from .rundata import (
     RunData,
@@ -496,7 +496,8 @@ QUALITY_ROWS = (
                                                      "(lower: more varied)"),
     ("pairwise ROUGE-L, max", ("rouge_l", "max"), "the closest pair"),
     ("pairs compared", ("rouge_l", "pairs_compared"), f"all pairs, or a deterministic sample of {MAX_PAIRS:,} "
-                                                       f"above {MAX_PAIRS:,}"),
+                                                       f"above {MAX_PAIRS:,}; ROUGE-L reads the first {MAX_TOKENS} "
+                                                       "tokens of each text"),
     ("near-duplicate pairs", ("near_duplicates", "near_duplicate_pairs"),
      f"pairs with ROUGE-L >= {NEAR_DUPLICATE} (Self-Instruct's filter)"),
     ("instructions in a near-duplicate pair", ("near_duplicates", "near_duplicate_instructions"), ""),

@@ -25,7 +25,10 @@ rouge-score's on ASCII text, and other scripts count too (rouge-score drops them
 Pairwise ROUGE-L costs n^2/2 comparisons: above MAX_PAIRS pairs, a deterministic sample of
 MAX_PAIRS distinct pairs is compared (`sampled: true`, and `pairs_compared` says how many); the
 near-duplicate counts are then counts among the sampled pairs. Closeness to seeds is bounded the
-same way (a deterministic sample of kept instructions, each against every seed).
+same way (a deterministic sample of kept instructions, each against every seed). A comparison costs
+about len(a) x len(b) / 64 steps, so both measures compare the first MAX_TOKENS tokens of each
+text (a note says how many texts are longer): a second per measure at worst, where 3,000-word
+texts took minutes. Exact duplicates compare whole texts.
 
 Memory does not grow with the seeds, and grows with the dataset only by its instruction tokens
 (as integer ids): the artifacts are streamed, the sampled pairs are generated, never stored (an
@@ -50,7 +53,8 @@ from .rundata import Judged, RunData, has_judge
 from .store import ARTIFACTS
 
 NEAR_DUPLICATE = 0.7  # Self-Instruct drops a new instruction whose ROUGE-L to any kept one is >= 0.7
-MAX_PAIRS = 20_000  # ROUGE-L comparisons per measure, at most (a deterministic sample above it): about a second
+MAX_PAIRS = 20_000  # ROUGE-L comparisons per measure, at most (a deterministic sample above it)
+MAX_TOKENS = 100  # tokens of each text a ROUGE-L comparison reads: MAX_PAIRS comparisons take about a second
 EMBED_CHUNK = 256  # texts embedded at once: the model's intermediates grow with it (2,048 took ~60 MB)
 SAMPLE_SEED = 0
 
@@ -106,7 +110,7 @@ def pairwise_rouge(texts: Sequence[str], max_pairs: int = MAX_PAIRS,
     pairs, compared, sampled = _pairs(len(toks), max_pairs)
     total, best, near, members = 0.0, None, 0, set()
     for i, j in pairs:
-        score = rouge_l(toks[i], toks[j])
+        score = rouge_l(toks[i][:MAX_TOKENS], toks[j][:MAX_TOKENS])
         total += score
         best = score if best is None or score > best else best
         if score >= threshold:
@@ -131,7 +135,7 @@ def seed_closeness(texts: Sequence[str], seeds: Iterable[str], max_pairs: int = 
     if seed_count and len(indices) * seed_count > max_pairs:
         keep = max(1, max_pairs // seed_count)
         indices, sampled = sorted(random.Random(SAMPLE_SEED).sample(indices, keep)), True
-    chosen = [tokens(texts[i]) for i in indices] if seed_count else []
+    chosen = [tokens(texts[i])[:MAX_TOKENS] for i in indices] if seed_count else []
     nearest = [0.0] * len(chosen)
     counted = 0
     for seed in seeds if chosen else []:
@@ -140,7 +144,7 @@ def seed_closeness(texts: Sequence[str], seeds: Iterable[str], max_pairs: int = 
             continue
         counted += 1
         for k, text in enumerate(chosen):
-            score = rouge_l(text, words)
+            score = rouge_l(text, words[:MAX_TOKENS])
             if score > nearest[k]:
                 nearest[k] = score
     return {"seeds": seed_count, "compared": len(nearest), "sampled": sampled,
@@ -280,12 +284,15 @@ def quality_metrics(run_dir: Path | str | RunData, embeddings: bool = True) -> d
     def seeds() -> Iterator[str]:  # read again each time it is needed: never all seeds in memory
         return (s["text"] for s in (loaded["seeds"] if "seeds" in loaded else run.iter_seeds()))
 
-    any_seed, seed_count = False, 0
+    any_seed, seed_count, long_seeds = False, 0, 0
     for text in seeds():
         any_seed = True
-        seed_count += bool(tokens(text))
+        size = len(tokens(text))
+        seed_count += bool(size)
+        long_seeds += size > MAX_TOKENS
     notes = []
-    rouge = pairwise_rouge(texts, toks=_token_ids(texts))
+    toks = _token_ids(texts)
+    rouge = pairwise_rouge(texts, toks=toks)
     closeness = seed_closeness(texts, seeds(), seed_count=seed_count)
     if embeddings:
         closeness.update(embedding_closeness(texts, seeds()))
@@ -293,6 +300,10 @@ def quality_metrics(run_dir: Path | str | RunData, embeddings: bool = True) -> d
         notes.append(closeness.pop("note"))
     if rouge["sampled"] or closeness["sampled"]:
         notes.append(f"ROUGE-L on a deterministic sample of at most {MAX_PAIRS} pairs")
+    long_texts = sum(len(t) > MAX_TOKENS for t in toks)
+    if long_texts or long_seeds:
+        notes.append(f"ROUGE-L on the first {MAX_TOKENS} tokens of each text ({long_texts} kept instructions"
+                     f" and {long_seeds} seeds are longer)")
     if not any_seed:
         notes.append("no seed texts in this run (metadata.jsonl absent or hand-written metadata)")
     pool = run.pool
