@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -82,16 +82,21 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                         fg="yellow", err=True)
             sys.exit(1)
         except KeyboardInterrupt as exc:
-            terminated = isinstance(exc, Terminated) or getattr(_on_sigterm, "received", False)
             resume = ("every finished call is cached; run the same command again to resume."
                       if command.__name__ in CALLS_MODELS else "run the command again.")
-            click.secho(f"\ninterrupted{' (SIGTERM)' if terminated else ''}: {resume}", fg="yellow", err=True)
-            sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+            _exit_interrupted(exc, resume)
         finally:
             if installed:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     return wrapper
+
+
+def _exit_interrupted(exc: KeyboardInterrupt, what_now: str) -> NoReturn:
+    """Say what an interruption (Ctrl-C, or SIGTERM) left and what to do, and exit 130 (143)."""
+    terminated = isinstance(exc, Terminated) or getattr(_on_sigterm, "received", False)
+    click.secho(f"\ninterrupted{' (SIGTERM)' if terminated else ''}: {what_now}", fg="yellow", err=True)
+    sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 def reads_run(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -325,6 +330,9 @@ def _write_report(run_dir: Path) -> Path | None:
         click.secho(f"warning: report.html not written ({type(exc).__name__}: {exc}); "
                     f"try `codeclm report {run_dir}`", fg="yellow", err=True)
         return None
+    except KeyboardInterrupt as exc:  # the run is complete: nothing to resume, only the report to write
+        _exit_interrupted(exc, f"the run finished ({run_dir} has its dataset and manifest); report.html was not "
+                               f"written: `codeclm report {run_dir}` writes it.")
 
 
 @main.command()

@@ -618,3 +618,24 @@ def test_a_rerun_keeps_what_evaluate_and_compare_wrote_in_its_folder(tmp_path, s
     scripted(spec, out="run")
     assert all((run / name).read_text() == "results\n" for name in ("eval.json", "eval.jsonl", "compare.txt"))
     assert {"eval.json", "compare.txt"} <= set(json.loads((run / MARKER).read_text())["written"])
+
+
+def test_ctrl_c_during_the_end_of_run_report_says_the_run_finished(tmp_path, seeds_file):
+    """Interrupted while writing report.html, a finished run said "run the same command again to resume"."""
+    from types import SimpleNamespace
+
+    from codeclm.programs.artifacts import html_report
+    from codeclm.programs.engine import run as engine_run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    spec, out = write_spec(tmp_path, base_spec(seeds_file)), tmp_path / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine_run, "run_spec", lambda loaded, options: SimpleNamespace(out=out))
+        patch.setattr(html_report, "write_report", interrupted)
+        result = codeclm("run", str(spec), "--out", str(out), "-q")
+    assert result.exit_code == 130, result.output
+    assert f"interrupted: the run finished ({out} has its dataset and manifest); report.html was not written: " \
+           f"`codeclm report {out}` writes it." in result.output
+    assert "resume" not in result.output
