@@ -445,3 +445,19 @@ def test_the_cards_cost_says_which_figures_are_this_runs_alone():
     both = {"totals": {"calls": 3, "cache_hits": 1, "shared": 2}}
     assert _cost(both)[0] == ("| model calls behind the data | 4 (1 call served from the cache in this run; asked 6 "
                               "times: identical calls were answered once) |")
+
+
+def test_the_cards_models_give_a_nodes_own_decoding_where_it_differs_from_its_roles():
+    """The card said the judge of codeclm.yaml ran at its role's temperature 0.7; the node sets 0.0."""
+    from codeclm.programs.artifacts.export import _models
+
+    spec = yaml.safe_load((REPO / "specs" / "codeclm.yaml").read_text())
+    spec["models"]["strong"]["model"] = "hosted_vllm/strong"
+    manifest = {"calls": {"judge/strong": {"calls": 700, "cache_hits": 22}, "encode/strong": {"calls": 20}}}
+    table = "\n".join(_models(spec, manifest))
+    assert "| strong | `hosted_vllm/strong` | temperature 0.7, max_tokens 2048 | encode (20), judge (722; " \
+           "temperature 0.0) |" in table
+    demo = yaml.safe_load((REPO / "specs" / "demo.yaml").read_text())
+    manifest = {"calls": {"judge/strong": {"calls": 4}, "answer_strong/strong": {"calls": 2}}}
+    table = "\n".join(_models(demo, manifest))
+    assert "answer_strong (2)" in table and "judge (4; temperature 1.0, max_tokens 12)" in table

@@ -359,21 +359,29 @@ def _models(spec: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     """Models per role, with the stages that called each: model names and decoding parameters only (never an
     endpoint, a key variable or `extra`)."""
     calls = manifest.get("calls") if isinstance(manifest.get("calls"), dict) else {}
+    models = {role: conf if isinstance(conf, dict) else {"model": conf}
+              for role, conf in (spec.get("models") if isinstance(spec.get("models"), dict) else {}).items()}
+    nodes = dict(spec_nodes(spec))
     stages_of: dict[str, list[str]] = {}
     for name, row in calls.items():
         stage, _, role = str(name).rpartition("/")
         if stage and isinstance(row, dict):
             used = sum(row.get(key) or 0 for key in ("calls", "cache_hits"))  # a resumed run's calls are hits
-            stages_of.setdefault(role, []).append(f"{stage} ({used})")
-    models = spec.get("models") if isinstance(spec.get("models"), dict) else {}
+            own = _own_decoding(nodes.get(stage, {}), models.get(role, {}))
+            stages_of.setdefault(role, []).append(f"{stage} ({used}{'; ' + own if own else ''})")
     lines = ["| role | model | decoding | used by (calls, live or cached) |", "| --- | --- | --- | --- |"]
     for role, conf in models.items():
-        conf = conf if isinstance(conf, dict) else {"model": conf}
         decoding = ", ".join(f"{key} {conf[key]}" for key in ("temperature", "top_p", "max_tokens")
                              if conf.get(key) is not None) or "defaults"
         used = ", ".join(sorted(stages_of.get(role, []))) or "-"
         lines.append(f"| {role} | `{_figure(conf.get('model'))}` | {decoding} | {used} |")
     return lines
+
+
+def _own_decoding(node: dict[str, Any], role: dict[str, Any]) -> str:
+    """A node's own temperature and max_tokens where they differ from its role's: the calls ran with them."""
+    return ", ".join(f"{key} {node[key]}" for key in ("temperature", "max_tokens")
+                     if node.get(key) is not None and node[key] != role.get(key))
 
 
 def _counts(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any], rows: int) -> list[str]:
