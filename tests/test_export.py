@@ -461,3 +461,17 @@ def test_the_cards_models_give_a_nodes_own_decoding_where_it_differs_from_its_ro
     manifest = {"calls": {"judge/strong": {"calls": 4}, "answer_strong/strong": {"calls": 2}}}
     table = "\n".join(_models(demo, manifest))
     assert "answer_strong (2)" in table and "judge (4; temperature 1.0, max_tokens 12)" in table
+
+
+def test_the_cards_counts_add_up_to_the_records_of_a_filter_spec(tmp_path):
+    """An AlpaGasus run's card said `instructions 3 | kept 3 | filtered out 7` where 10 pairs were rated:
+    it counted the statuses of the filter's output alone."""
+    from codeclm.programs.artifacts.export import _counts
+
+    spec = yaml.safe_load((REPO / "specs" / "alpagasus.yaml").read_text())
+    manifest = {"spec": {"resolved": spec}, "calls": {}, "counts": {
+        "instructions": {"kept": 3}, "stages": {"pairs": {"done": 10, "failed": 0}, "rate": {"done": 10, "failed": 0},
+                                                "keep": {"done": 10, "failed": 0, "removed": 7}}}}
+    table = "\n".join(_counts(tmp_path, manifest, spec, 3))
+    assert "| records (all outcomes below) | 10 |" in table and "| instructions |" not in table
+    assert "| kept (rows here) | 3 |" in table and "| filtered out | 7 |" in table

@@ -391,10 +391,11 @@ def _counts(pipeline_dir: Path, manifest: dict[str, Any], spec: dict[str, Any], 
     lines = ["| | count |", "| --- | --- |"]
     if seeds is not None:
         lines.append(f"| seeds | {seeds} |")
-    if status:
-        lines.append(f"| instructions | {sum(v for v in status.values() if isinstance(v, int))} |")
+    counted = outcomes(manifest, {k: v for k, v in status.items() if isinstance(v, int)})
+    if status:  # every record the outcomes count, a filter's removed ones too: the dataset node's alone were fewer
+        lines.append(f"| records (all outcomes below) | {sum(counted.values())} |")
     lines.append(f"| kept (rows here) | {rows} |")
-    for name, count in outcomes(manifest, {k: v for k, v in status.items() if isinstance(v, int)}).items():
+    for name, count in counted.items():
         if name != "kept":
             lines.append(f"| {name} | {count} |")
     lines += _cost(manifest)
