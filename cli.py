@@ -738,12 +738,15 @@ def report(run_dir: Path, out: str | None, open_it: bool) -> None:
       funnel        records per node: made, kept, dropped, failed, filtered
       loops and     each loop's exits, mean iterations and switch cases (per
       filters       iteration); what each filter or dedup removed
-      kept pairs    by iteration, and whose answer was kept (a loop's dataset)
+      kept pairs    by iteration, where the dataset's provenance has an
+                    `iteration` (CodecLM's; write LOOP.iteration in yours),
+                    and whose answer was kept
       judge         gap histogram with the threshold, each answer's score shown
                     first and second (position bias), order agreement
       coverage      use cases and skills in the pool against the kept pairs
                     (CodecLM's metadata)
-      lengths       instructions and answers (by iteration, in a loop)
+      lengths       instructions and answers (by iteration: CodecLM's
+                    instruction histories)
       data quality  diversity, near duplicates, closeness to seeds (quality.py)
       calls         calls, cache hits, shared calls (asked again in the run,
                     answered once), tokens, dollars per node and model

@@ -286,3 +286,30 @@ def test_an_export_of_no_calls_writes_no_bundle(hostile, tmp_path):
     done = CliRunner().invoke(cli.main, ["cache", "export", str(hostile), str(target),
                                          "--cache-dir", str(tmp_path / "empty-cache")])
     assert done.exit_code == 1 and "nothing exported" in done.output and not target.exists()
+
+
+def test_a_users_loop_gets_its_kept_pairs_by_iteration(tmp_path, seeds_file):
+    """`inspect --json` gave `"kept_by_iteration": {}` for a user's loop whose every kept pair came from
+    iteration 3: it read CodecLM's instruction histories only. Now the dataset's provenance `iteration`."""
+    import yaml
+    from conftest import REPO
+    from fake_openai_server import FakeOpenAIServer
+
+    data = yaml.safe_load((REPO / "specs" / "critique_rewrite.yaml").read_text())
+    data.update(prompts=str(REPO / "prompts"))
+    data["nodes"]["seeds"]["path"] = str(seeds_file)
+    data["outputs"]["dataset"]["fields"]["provenance"]["iteration"] = "improve.iteration"
+    spec, out = write_spec(tmp_path, data), tmp_path / "run"
+    with FakeOpenAIServer() as server:
+        models = [f"--set=models.{role}.{key}={value}" for role in ("writer", "judge")
+                  for key, value in (("model", f"hosted_vllm/{role}"), ("api_base", server.url))]
+        ran = CliRunner().invoke(cli.main, ["run", str(spec), "-q", "--no-report", "--out", str(out),
+                                            "--cache-dir", str(tmp_path / "cache"), *models])
+    assert ran.exit_code == 0, ran.output
+    iterations = [json.loads(line)["provenance"]["iteration"] for line in (out / "dataset.jsonl").open()]
+    shown = CliRunner().invoke(cli.main, ["inspect", str(out), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["kept_by_iteration"] == {str(i): iterations.count(i) for i in set(iterations)}
+    text = CliRunner().invoke(cli.main, ["inspect", str(out)]).output
+    first = min(iterations)
+    assert iterations and f"kept by iteration   {first}: {iterations.count(first)} (" in text

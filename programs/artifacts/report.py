@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import SpecError
 from .quality import format_quality, quality_metrics
 from .rundata import (
+    RunData,
     check_intact,
     damaged_run,
     declares_histories,
@@ -89,8 +90,17 @@ def general_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Any spec's figures: the statuses of the records its dataset reads, calls, failures, quality."""
     status = (manifest.get("counts") or {}).get("instructions") or {}
     return {"run": str(run_dir), "instructions": sum(status.values()), "status": dict(status),
-            "kept_by_iteration": {}, "mean_gap_at_last_iteration": None, **_counted(manifest, dict(status)),
+            "kept_by_iteration": _kept_by_iteration(run_dir), "mean_gap_at_last_iteration": None,
+            **_counted(manifest, dict(status)),
             "calls": manifest.get("totals", {}), "quality": quality_metrics(run_dir), **_stopped(manifest, run_dir)}
+
+
+def _kept_by_iteration(run_dir: Path) -> dict[int, int]:
+    """Kept pairs per iteration, where the dataset's provenance has an `iteration` (a loop's `NODE.iteration`),
+    as the HTML report counts them; {} when it has none."""
+    found = Counter(pair["iteration"] for pair in RunData.open(run_dir).iter_kept()
+                    if isinstance(pair.get("iteration"), int) and not isinstance(pair["iteration"], bool))
+    return dict(sorted(found.items()))
 
 
 def _counted(manifest: dict[str, Any], status: dict[str, int]) -> dict[str, Any]:
@@ -118,8 +128,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [_records_line(report)]
     if kept:
         by_iteration = ", ".join(f"{it}: {n} ({100 * n / kept:.0f}%)" for it, n in report["kept_by_iteration"].items())
-        lines += [f"kept by iteration   {by_iteration}",
-                  "answer kept from    " + ", ".join(f"{k} {v}" for k, v in report["kept_answer_from"].items()),
+        lines.append(f"kept by iteration   {by_iteration}")
+    if kept and "kept_answer_from" in report:  # CodecLM's histories: whose answer, the gaps, the use cases
+        lines += ["answer kept from    " + ", ".join(f"{k} {v}" for k, v in report["kept_answer_from"].items()),
                   (f"mean |gap| of kept  {_figure(report['mean_abs_gap_of_kept'])}   "
                    if report["mean_abs_gap_of_kept"] is not None else "")  # no judge, no gap (the ablations)
                   + f"actions per kept pair {report['actions_per_kept_pair']:.2f}",
