@@ -3,6 +3,7 @@ template variables; and `codeclm graph`."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -164,9 +165,33 @@ def test_graph_prints_words_and_mermaid():
     assert "decide: switch: keep_strong when judge.gap > params.threshold -> exit kept" in words.output
     mermaid = CliRunner().invoke(cli.main, ["graph", str(REPO / "specs" / "codeclm.yaml"), "--mermaid"])
     assert mermaid.exit_code == 0 and mermaid.output.startswith("flowchart TD")
-    assert 'subgraph refine["refine: loop"]' in mermaid.output and "encode ==> augment" in mermaid.output
+    ids = mermaid_ids(mermaid.output)
+    assert f'subgraph {ids["refine"]}["refine: loop"]' in mermaid.output
+    assert f"{ids['encode']} ==> {ids['augment']}" in mermaid.output
     critique = CliRunner().invoke(cli.main, ["graph", str(REPO / "specs" / "critique_rewrite.yaml"), "--mermaid"])
-    assert "decide -.-> critique" in critique.output  # a body switch is a checkpoint for the nodes after it
+    ids = mermaid_ids(critique.output)  # a body switch is a checkpoint for the nodes after it
+    assert f"{ids['decide']} -.-> {ids['critique']}" in critique.output
+
+
+def mermaid_ids(chart: str) -> dict[str, str]:
+    """Each node's generated Mermaid id, by the name its label starts with."""
+    return {name: ident for ident, name in re.findall(r'^\s*(?:subgraph )?(n\d+)[\[{]"([^<":]+)', chart, re.M)}
+
+
+def test_mermaid_ids_are_generated_and_names_only_in_escaped_labels(tmp_path):
+    """A node named `answer v2` or `end` went into Mermaid as an id: `end --> answer v2`, not a valid chart."""
+    spec = write_spec(tmp_path, {
+        "name": "odd-names", "prompts": str(REPO / "prompts"), "models": {"m": {"model": "local"}},
+        "nodes": {"end": {"type": "source", "records": [{"instruction": "say hi"}]},
+                  'answer "v2"': {"type": "llm", "for_each": "end", "model": "m", "template": "respond.jinja",
+                                  "inputs": {"instruction": "end.instruction"}, "outputs": ["answer"]}},
+        "outputs": {"dataset": {"from": 'answer "v2"', "fields": {"messages": [
+            {"role": "'user'", "content": "end.instruction"},
+            {"role": "'assistant'", "content": "end.instruction"}]}}}})
+    chart = CliRunner().invoke(cli.main, ["graph", str(spec), "--mermaid"])
+    assert chart.exit_code == 0, chart.output
+    assert chart.output.splitlines()[1:] == ['  n0["end<br/>source"]', '  n1["answer #quot;v2#quot;<br/>llm (m)"]',
+                                             "  n0 --> n1", '  n1 --> n2[("dataset.jsonl")]']
 
 
 def test_dry_run_bounds_come_from_the_graph(tmp_path, seeds_file):

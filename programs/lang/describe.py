@@ -65,12 +65,28 @@ def words(graph: Graph) -> str:
     return "\n".join(lines)
 
 
+def _label(text: str) -> str:
+    """Text inside a quoted Mermaid label: its quotes and markup as Mermaid's entity codes (`#` first,
+    which starts one), so a name's `"` or `<` cannot end the label or add markup."""
+    for char, code in (("#", "#35;"), ('"', "#quot;"), ("<", "#lt;"), (">", "#gt;")):
+        text = text.replace(char, code)
+    return text
+
+
 def mermaid(graph: Graph) -> str:
+    """The graph as a Mermaid flowchart. Ids are generated (n0, n1, ...): a node name may hold spaces or be
+    a Mermaid keyword (`end`), so names appear only in quoted labels."""
     lines = ["flowchart TD"]
+    ids: dict[tuple[str, ...], str] = {}
+
+    def ident(*key: str) -> str:
+        return ids.setdefault(key, f"n{len(ids)}")
 
     def shape(node: Node) -> str:
-        label = f"{node.name}<br/>{node.type}" + (f" ({node.model})" if isinstance(node, LLMNode) else "")
-        return f'{node.name}["{label}"]' if not isinstance(node, SwitchNode) else f'{node.name}{{"{label}"}}'
+        label = f"{_label(node.name)}<br/>{node.type}" + (f" ({_label(node.model)})" if isinstance(node, LLMNode)
+                                                           else "")
+        return f'{ident(node.name)}["{label}"]' if not isinstance(node, SwitchNode) else \
+            f'{ident(node.name)}{{"{label}"}}'
 
     current = None
     for node in graph.nodes.values():
@@ -78,9 +94,10 @@ def mermaid(graph: Graph) -> str:
             lines += ["  end"] if current else []
             current = node.unrolled
             if current:
-                lines.append(f'  subgraph {current[0]}_round_{current[1]}["{current[0]}: round {current[1]}"]')
+                lines.append(f'  subgraph {ident("round", current[0], str(current[1]))}'
+                             f'["{_label(current[0])}: round {current[1]}"]')
         if isinstance(node, LoopNode):
-            lines.append(f'  subgraph {node.name}["{node.name}: loop"]')
+            lines.append(f'  subgraph {ident(node.name)}["{_label(node.name)}: loop"]')
             lines += [f"    {shape(body)}" for body in node.body.values()]
             lines.append("  end")
         else:
@@ -90,14 +107,15 @@ def mermaid(graph: Graph) -> str:
         for source in _reads(graph, node):
             if source != node.loop:
                 arrow = "==>" if source in node.collections else "-->"
-                lines.append(f"  {source} {arrow} {node.name}")
+                lines.append(f"  {ident(source)} {arrow} {ident(node.name)}")
     for node in graph.every.values():  # a body switch is a checkpoint: the body nodes after it wait for it
         if isinstance(node, LoopNode):
             body = list(node.body.values())
             for i, switch in enumerate(body):
                 if isinstance(switch, SwitchNode):
-                    lines += [f"  {switch.name} -.-> {later.name}" for later in body[i + 1:]
+                    lines += [f"  {ident(switch.name)} -.-> {ident(later.name)}" for later in body[i + 1:]
                               if switch.name not in _reads(graph, later)]
     for output in graph.outputs.values():
-        lines += [f'  {source} --> out_{output.name}[("{output.name}.jsonl")]' for source in output.sources]
+        lines += [f'  {ident(source)} --> {ident("output", output.name)}[("{_label(output.name)}.jsonl")]'
+                  for source in output.sources]
     return "\n".join(lines)
