@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import io
 import json
+import shlex
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -51,6 +52,7 @@ from .tuning.metrics import MetricRunner, Score
 
 OPTIMIZERS = ("gepa", "mipro", "bootstrap")
 SPLIT = (0.4, 0.3, 0.3)  # train, validation, held-out
+_UNSET = object()  # a key one spec has and the other has not
 
 
 @dataclass
@@ -106,11 +108,7 @@ def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) 
     cache_dir = options.cache_dir or _run_cache(options.run_dir) or spec.cache_dir or default_cache_dir()
     inputs = _dedupe(node_inputs(spec, node, options, cache_dir, hub))[: options.examples]
     if len(inputs) < 3:
-        hint = ("the run made the node this few inputs: rerun it with more records reaching the node (more "
-                "seeds, or larger counts in params), then pass --from again") if options.run_dir else \
-            "run the spec first, then pass --from runs/NAME (its cache holds the inputs), or pass more seeds"
-        raise SpecError(str(options.run_dir or spec.path), f"node '{node.name}': {len(inputs)} example input(s), "
-                        "need at least 3", hint=hint)
+        raise _too_few_inputs(spec, node, len(inputs), options.run_dir)
     train, val, held = split(inputs, spec.seed)
     cache = None
     if hub is None:
@@ -389,6 +387,37 @@ def _run_cache(run_dir: Path | None) -> Path | None:
         raise SpecError(str(run_dir / "manifest.json"), "the manifest names no cache folder (options.cache_dir)",
                         hint="pass --from a folder `codeclm run` finished, or --cache-dir DIR")
     return Path(cache_dir)
+
+
+def _too_few_inputs(spec: Spec, node: LLMNode, count: int, run_dir: Path | None) -> SpecError:
+    """Too few example inputs. With --from, a spec unlike the run's comes first: its calls have other cache
+    keys (another model, other settings), so the run's answers are not found, however many it made."""
+    problem = f"node '{node.name}': {count} example input(s), need at least 3"
+    if run_dir is None:
+        return SpecError(str(spec.path), problem, hint="run the spec first, then pass --from runs/NAME (its cache "
+                                                        "holds the inputs), or pass more seeds")
+    manifest = finished_run_manifest(run_dir, ("spec.resolved", "options.overrides"))
+    differ = _differences(manifest["spec"]["resolved"], json.loads(json.dumps(spec.raw)))
+    if not differ:
+        return SpecError(str(run_dir), problem, hint="the run made the node this few inputs: rerun it with more "
+                                                     "records reaching the node (more seeds, or larger counts in "
+                                                     "params), then pass --from again")
+    overrides = [str(item) for item in manifest["options"]["overrides"] or []]
+    same = ("the same --set: " + " ".join(shlex.quote(f"--set={item}") for item in overrides) if overrides
+            else "no --set (the run had none)")
+    return SpecError(str(run_dir), f"{problem}: the spec is not the one the run ran ({'; '.join(differ[:3])}"
+                     + (f"; {len(differ) - 3} more" if len(differ) > 3 else "") + "), so the run's calls are "
+                     "not found in the cache", hint=f"optimize the spec as the run ran it: the same file and {same}")
+
+
+def _differences(run: Any, here: Any, path: str = "") -> list[str]:
+    """Where a spec differs from the run's recorded one, key by key: `models.strong.model: 'x' in the run, 'y'
+    here` (a list or value whole)."""
+    if isinstance(run, dict) and isinstance(here, dict):
+        return [found for key in {**run, **here} for found in
+                _differences(run.get(key, _UNSET), here.get(key, _UNSET), f"{path}.{key}" if path else str(key))]
+    shown = ["unset" if value is _UNSET else repr(value) for value in (run, here)]
+    return [] if run == here else [f"{path}: {shown[0]} in the run, {shown[1]} here"]
 
 
 def node_inputs(spec: Spec, node: LLMNode, options: OptimizeOptions, cache_dir: Path,

@@ -143,6 +143,22 @@ def test_optimize_from_a_run_with_too_few_inputs_does_not_ask_for_from_again(tmp
     assert "--from runs/NAME" not in caught.value.hint and "more records reaching the node" in caught.value.hint
 
 
+def test_optimize_from_a_run_of_another_spec_says_what_differs(tmp_path, scripted, seeds_file):
+    """Without the run's --set, optimize --from found 0 inputs and blamed the run ("rerun it with more
+    records"), though it gave the node many: the spec's models differed, so its cache keys did."""
+    from codeclm.programs.errors import SpecError
+    from codeclm.programs.optimize import OptimizeOptions, optimize
+
+    path = write_spec(tmp_path, base_spec(seeds_file))
+    run = scripted(load_spec(path))
+    spec = load_spec(path, ["models.strong.max_tokens=99"])
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends=scripted.backends)
+    with pytest.raises(SpecError, match="0 example input") as caught:
+        optimize(spec, OptimizeOptions(stage="judge", run_dir=run.out, out=tmp_path / "judge.json"), hub)
+    assert "the spec is not the one the run ran (models.strong.max_tokens: 64 in the run, 99 here)" in str(caught.value)
+    assert "more records" not in caught.value.hint and "no --set (the run had none)" in caught.value.hint
+
+
 def test_optimize_judge_from_a_finished_run(tmp_path, scripted, seeds_file):
     from codeclm.programs.optimize import OptimizeOptions, optimize
 
