@@ -189,6 +189,25 @@ def test_embedding_closeness_with_wordllama():
     assert found["embedding_mean"] < 1.0
 
 
+def test_embeddings_read_the_first_embed_words_of_long_texts(monkeypatch):
+    """WordLlama pads a batch to its longest text: one 2 MB line made every text of its batch that long."""
+    import numpy as np
+
+    embedded: list[str] = []
+
+    class Model:
+        def embed(self, texts, norm):
+            embedded.extend(texts)
+            return np.ones((len(texts), 4)) / 2
+
+    monkeypatch.setattr(quality, "_wordllama", Model)
+    long = " ".join(f"w{i}" for i in range(3 * quality.EMBED_WORDS))
+    found = quality.embedding_closeness([long, "write  a poem"], [long])
+    assert found["embedding_max"] == 1.0
+    assert [len(text.split()) for text in embedded] == [quality.EMBED_WORDS, 3, quality.EMBED_WORDS]
+    assert embedded[1] == "write  a poem"  # a text within the limit is embedded as it is
+
+
 def test_inspect_computes_the_metrics_the_run_does_not(tmp_path, seeds_file, scripted):
     """A run writes the data, not a report on it: no embedding model is loaded by `run`;
     `inspect --json` (and report, export) compute the metrics from the files."""

@@ -28,7 +28,8 @@ near-duplicate counts are then counts among the sampled pairs. Closeness to seed
 same way (a deterministic sample of kept instructions, each against every seed). A comparison costs
 about len(a) x len(b) / 64 steps, so both measures compare the first MAX_TOKENS tokens of each
 text (a note says how many texts are longer): a second per measure at worst, where 3,000-word
-texts took minutes. Exact duplicates compare whole texts.
+texts took minutes. Exact duplicates compare whole texts. Embeddings read the first EMBED_WORDS
+words of each text.
 
 Memory does not grow with the seeds, and grows with the dataset only by its instruction tokens
 (as integer ids): the artifacts are streamed, the sampled pairs are generated, never stored (an
@@ -55,6 +56,7 @@ from .store import ARTIFACTS
 NEAR_DUPLICATE = 0.7  # Self-Instruct drops a new instruction whose ROUGE-L to any kept one is >= 0.7
 MAX_PAIRS = 20_000  # ROUGE-L comparisons per measure, at most (a deterministic sample above it)
 MAX_TOKENS = 100  # tokens of each text a ROUGE-L comparison reads: MAX_PAIRS comparisons take about a second
+EMBED_WORDS = 500  # words of each text embedded: the cost grows with the longest text of a batch
 EMBED_CHUNK = 256  # texts embedded at once: the model's intermediates grow with it (2,048 took ~60 MB)
 SAMPLE_SEED = 0
 
@@ -176,13 +178,13 @@ def embedding_closeness(texts: Sequence[str], seeds: Sequence[str]) -> dict[str,
                                            "(pip install 'codeclm[quality]') to measure it offline"}
     import numpy as np
 
-    texts = [t for t in texts if t.strip()]
+    texts = [_first_words(t) for t in texts if t.strip()]
     result: dict[str, Any] = {"embedding": "wordllama l2_supercat 256"}
     if not texts:
         return result
     kept = np.vstack([model.embed(chunk, norm=True) for chunk in _chunks(texts, EMBED_CHUNK)])
     nearest = None
-    for chunk in _chunks((s for s in seeds if s.strip()), EMBED_CHUNK):  # never all seeds' vectors at once
+    for chunk in _chunks((_first_words(s) for s in seeds if s.strip()), EMBED_CHUNK):  # never all seeds at once
         best = (kept @ model.embed(chunk, norm=True).T).max(axis=1)
         nearest = best if nearest is None else np.maximum(nearest, best)
     if nearest is not None:
@@ -193,6 +195,13 @@ def embedding_closeness(texts: Sequence[str], seeds: Sequence[str]) -> dict[str,
         off_diagonal = float(summed @ summed) - float(np.einsum("ij,ij->", kept, kept, dtype=np.float64))
         result["embedding_mean_pairwise"] = _round(off_diagonal / (n * (n - 1)))
     return result
+
+
+def _first_words(text: str) -> str:
+    """The first EMBED_WORDS words of a text: WordLlama pads a batch to its longest text, so one 2 MB
+    text made every text of its batch that long (minutes, and gigabytes)."""
+    words = text.split(maxsplit=EMBED_WORDS)
+    return text if len(words) <= EMBED_WORDS else " ".join(words[:EMBED_WORDS])
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
