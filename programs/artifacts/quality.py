@@ -27,7 +27,7 @@ MAX_PAIRS distinct pairs is compared (`sampled: true`, and `pairs_compared` says
 near-duplicate counts are then counts among the sampled pairs. Closeness to seeds is bounded the
 same way (a deterministic sample of kept instructions, each against every seed). A comparison costs
 about len(a) x len(b) / 64 steps, so both measures compare the first MAX_TOKENS tokens of each
-text (a note says how many texts are longer): a second per measure at worst, where 3,000-word
+text (a note says how many texts are longer): a few seconds per measure at worst, where 3,000-word
 texts took minutes. Exact duplicates compare whole texts. Embeddings read the first EMBED_WORDS
 words of each text.
 
@@ -55,7 +55,8 @@ from .store import ARTIFACTS
 
 NEAR_DUPLICATE = 0.7  # Self-Instruct drops a new instruction whose ROUGE-L to any kept one is >= 0.7
 MAX_PAIRS = 20_000  # ROUGE-L comparisons per measure, at most (a deterministic sample above it)
-MAX_TOKENS = 100  # tokens of each text a ROUGE-L comparison reads: MAX_PAIRS comparisons take about a second
+MAX_TOKENS = 256  # tokens of each text a ROUGE-L comparison reads: nearly every instruction whole; MAX_PAIRS
+# comparisons of such long texts take some 2.5 s (100 tokens: 1 s, but longer instructions compared by a prefix)
 EMBED_WORDS = 500  # words of each text embedded: the cost grows with the longest text of a batch
 EMBED_CHUNK = 256  # texts embedded at once: the model's intermediates grow with it (2,048 took ~60 MB)
 SAMPLE_SEED = 0
