@@ -425,6 +425,21 @@ def test_read_seeds_missing_and_empty(tmp_path):
         read_seeds(tmp_path / "empty.txt")
 
 
+def test_ndjson_is_jsonl_and_jsonl_under_another_name_is_refused(tmp_path):
+    """A JSONL file named .ndjson, or with no suffix, was read as text: each prompt the raw JSON line."""
+    from codeclm.programs.lang.seeds import read_seeds
+
+    (tmp_path / "seeds.ndjson").write_text('{"id": "a", "instruction": "Hi"}\n')
+    assert [s["instruction"] for s in read_seeds(tmp_path / "seeds.ndjson")] == ["Hi"]
+    for name in ("seeds", "seeds.txt"):
+        (tmp_path / name).write_text('\n{"id": "a", "instruction": "Hi"}\n')
+        with pytest.raises(SpecError, match="first line is a JSON object") as caught:
+            read_seeds(tmp_path / name)
+        assert caught.value.line == 2 and "rename it to seeds.jsonl" in str(caught.value)
+    (tmp_path / "braces.txt").write_text("{not json} is a fine instruction\n")
+    assert read_seeds(tmp_path / "braces.txt")[0]["instruction"] == "{not json} is a fine instruction"
+
+
 # -- --set overrides -----------------------------------------------------------------------
 
 

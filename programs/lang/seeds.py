@@ -68,11 +68,14 @@ def _iter_rows(path: Path, fields: tuple[str, ...], id_field: str | None,
             break
 
 
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
 def _reader(path: Path) -> Callable[[Path, tuple[str, ...], str | None], Iterator[tuple[int, Any, dict[str, str]]]]:
     """The reader for the file's kind, by its suffix: JSONL, CSV, else text (one record per line).
     Each yields (line, the record's id or None, {field: text})."""
     suffix = path.suffix.lower()
-    return _jsonl if suffix in (".jsonl", ".json") else _csv if suffix == ".csv" else _text
+    return _jsonl if suffix in JSONL_SUFFIXES else _csv if suffix == ".csv" else _text
 
 
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # universal newlines: \n, \r\n, and a lone \r end a line
@@ -165,9 +168,27 @@ def _check_width(row: dict[str | None, Any], columns: int, path: Path, line: int
 
 
 def _text(path: Path, fields: tuple[str, ...], id_field: str | None):
+    first = True
     for number, text in enumerate(_lines(path), start=1):
         if text.strip():  # the line is the one field (stream_records refuses several), whatever its name
+            if first:
+                _refuse_json_lines(path, text, number)
+                first = False
             yield number, None, dict.fromkeys(fields, text.strip())
+
+
+def _refuse_json_lines(path: Path, text: str, line: int) -> None:
+    """A text file whose first record is a JSON object is JSONL under another name (`.txt`, none):
+    read as text, every prompt would be the raw JSON line, and paid for. Refused rather than read as
+    JSONL, since the suffix is all that tells the two apart and a guess either way could be wrong."""
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError):
+        return
+    if isinstance(record, dict):
+        raise SpecError(str(path), "a text file (one record per line), but its first line is a JSON object: "
+                                   "read as text, each record would be the whole JSON line", line=line,
+                        hint=f"rename it to {path.stem}.jsonl to read it as JSONL (one object per line)")
 
 
 def _pick(record: Any, fields: tuple[str, ...], id_field: str | None, path: Path,
