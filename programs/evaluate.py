@@ -107,10 +107,23 @@ def _check_out(out: Path) -> None:
     refuse_foreign(out, FILES, "evaluate")
 
 
+def _remove_results(out: Path) -> None:
+    """Before the first call, as a run removes its manifest: the previous evaluation's results go, so
+    an evaluation that then fails (a replay's miss, Ctrl-C) never leaves them to be read as its own.
+    `_check_out` has made sure codeclm wrote any that are there."""
+    if not out.is_dir():
+        return
+    with writing_beside_runs(out):
+        for name in ("eval.json", "eval.jsonl"):  # the summary first: without it, no result is claimed
+            (out / name).unlink(missing_ok=True)
+
+
 async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> EvalResult:
     started = time.time()
     items = [{**item, "benchmark": path.stem} for path in options.benchmarks
              for item in read_seeds(path, "instruction", "id", limit=options.limit)]
+    out = options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}"
+    _remove_results(out)
     progress = options.progress or Progress(stream=None)
     progress.expect("evaluate", len(items))
     async with opened_hub(spec, options.cache_dir, options.cache_mode, options.concurrency, hub) as live_hub:
@@ -131,7 +144,6 @@ async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> E
     summary = {name: tally([r["verdict"] for r in records if r["benchmark"] == name])
                for name in dict.fromkeys(r["benchmark"] for r in records)}
     summary["all"] = tally([r["verdict"] for r in records])
-    out = options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}"
     _check_out(out)  # again: the folder may have changed while the calls ran
     out = claim_folder(out)
     report = {"candidate": evaluator.describe(options.candidate), "reference": evaluator.describe(options.reference),
@@ -140,7 +152,7 @@ async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> E
     with writing_beside_runs(out):
         note_own(out, FILES)
         write_atomic(out / "eval.jsonl", "".join(dumps(r) + "\n" for r in records))
-        write_atomic(out / "eval.json", dumps(report) + "\n")
+        write_atomic(out / "eval.json", dumps(report) + "\n")  # last: its presence says the evaluation finished
     if summary["all"]["crr"] is None:
         raise CodecError(f"no item could be judged: every one failed; see {out / 'eval.jsonl'}")
     return EvalResult(out, summary, calls)

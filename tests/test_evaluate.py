@@ -123,6 +123,17 @@ def test_a_second_evaluation_comes_from_the_cache(tmp_path):
     assert not backends["strong"].calls and not backends["target"].calls
 
 
+def test_a_failed_evaluation_leaves_no_earlier_results_behind(tmp_path):
+    """A replay that missed (exit 3) left the previous evaluation's eval.json to be read as its own."""
+    from codeclm.programs.errors import ReplayMiss
+
+    run_eval(tmp_path, better(CANDIDATE), items=2)
+    assert (tmp_path / "eval" / "eval.json").is_file()
+    with pytest.raises(ReplayMiss):
+        run_eval(tmp_path, better(CANDIDATE), items=4, mode="replay")
+    assert not (tmp_path / "eval" / "eval.json").exists() and not (tmp_path / "eval" / "eval.jsonl").exists()
+
+
 def test_unknown_role_is_a_spec_error(tmp_path, seeds_file):
     from codeclm.programs.errors import SpecError
 
