@@ -53,19 +53,25 @@ class SpecErrors(CodecError):
         self.errors = errors
 
 
+# What to do about a replay's miss, per command: the calls are made by the same command without --replay.
+RUN_REPLAY_FIX = ("run the spec live (`codeclm run SPEC`, no --replay) to make the missing calls, or import the "
+                  "run's cache bundle (`codeclm cache import`)")
+EVALUATE_REPLAY_FIX = ("run the same `codeclm evaluate` command without --replay to make the missing calls, or "
+                       "import a cache bundle that holds them (`codeclm cache import`)")
+
+
 class ReplayMiss(CodecError):
     """Replay (read-only cache) needed a model call that was never recorded."""
 
     exit_code = EXIT_REPLAY_MISS
 
-    def __init__(self, stage: str, item: str, model: str, reason: str):
+    def __init__(self, stage: str, item: str, model: str, reason: str, fix: str = RUN_REPLAY_FIX):
         super().__init__(
             f"replay: no cached completion for stage '{stage}', item '{item}' (model {model}).\n"
             f"  what changed: {reason}\n"
-            "  fix: run the spec live (`codeclm run SPEC`, no --replay) to make the missing calls, or import the "
-            "run's cache bundle (`codeclm cache import`)"
+            f"  fix: {fix}"
         )
-        self.stage, self.item, self.model, self.reason = stage, item, model, reason
+        self.stage, self.item, self.model, self.reason, self.fix = stage, item, model, reason, fix
 
 
 class ModelCrashed(CodecError):

@@ -31,7 +31,7 @@ from .engine import event_loop
 from .engine.llm import NodeModule, StepResult, build_module
 from .engine.progress import Progress
 from .engine.run import item_window, opened_hub
-from .errors import CodecError, SpecError
+from .errors import EVALUATE_REPLAY_FIX, CodecError, SpecError
 from .lang.nodes import JudgeNode
 from .lang.seeds import read_seeds
 from .lang.spec import Spec
@@ -127,6 +127,7 @@ async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> E
     progress = options.progress or Progress(stream=None)
     progress.expect("evaluate", len(items))
     async with opened_hub(spec, options.cache_dir, options.cache_mode, options.concurrency, hub) as live_hub:
+        live_hub.replay_fix = EVALUATE_REPLAY_FIX
         evaluator = Evaluator(spec, options, live_hub)
         window = asyncio.Semaphore(item_window(spec, options.concurrency))
 

@@ -134,6 +134,18 @@ def test_a_failed_evaluation_leaves_no_earlier_results_behind(tmp_path):
     assert not (tmp_path / "eval" / "eval.json").exists() and not (tmp_path / "eval" / "eval.jsonl").exists()
 
 
+def test_a_replay_miss_in_evaluate_gives_evaluate_s_fix(tmp_path):
+    """It told the user to run the spec live (`codeclm run SPEC`) and spoke of a recorded run there is none of."""
+    from codeclm.programs.errors import ReplayMiss
+
+    run_eval(tmp_path, better(CANDIDATE), items=2)
+    with pytest.raises(ReplayMiss) as caught:
+        run_eval(tmp_path, better(CANDIDATE), items=3, mode="replay")
+    message = str(caught.value)
+    assert "fix: run the same `codeclm evaluate` command without --replay" in message
+    assert "codeclm run SPEC" not in message and "recorded run" not in message
+
+
 def test_unknown_role_is_a_spec_error(tmp_path, seeds_file):
     from codeclm.programs.errors import SpecError
 

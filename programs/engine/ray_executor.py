@@ -547,7 +547,7 @@ class UnitEngine(Engine):
 def _portable(exc: BaseException) -> tuple[str, Any]:
     """An error that stops the run, in a form that crosses processes (ReplayMiss has its own init)."""
     if isinstance(exc, ReplayMiss):
-        return "replay", (exc.stage, exc.item, exc.model, exc.reason)
+        return "replay", (exc.stage, exc.item, exc.model, exc.reason, exc.fix)
     if isinstance(exc, CodecError):
         return "codec", (type(exc).__name__, str(exc))
     return "other", f"{type(exc).__name__}: {exc}"

@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CodecError, ModelCallError, ModelCrashed, ReplayMiss
+from ..errors import RUN_REPLAY_FIX, CodecError, ModelCallError, ModelCrashed, ReplayMiss
 from ..lang.spec import ModelSpec
 from ..redact import redact_text
 from .backends import Backend, CallParams, build_backend
@@ -76,7 +76,9 @@ class ModelHub:
         self.saved: dict[tuple[str, str], float] = defaultdict(float)
         self.served: set[int] = set()  # hash() of each call key answered in this run: a repeat is shared
         self.fatal: CodecError | None = None  # a replay miss: the runner stops on it
-        self.recorded: dict[tuple[str, str], list[dict[str, Any]]] = {}  # a recorded run's calls, for misses
+        # a recorded run's calls, to compare a miss with (None: there is no recorded run, as in `evaluate`)
+        self.recorded: dict[tuple[str, str], list[dict[str, Any]]] | None = None
+        self.replay_fix = RUN_REPLAY_FIX  # what a miss tells the user to do: the command's own words
         self.code_changed = False  # whether codeclm's code changed since that run (its manifest's code_sha256)
         self.recorded_stop: str | None = None  # why that run stopped early ("budget"), if it did
         self.backoff_base = 0.5
@@ -143,7 +145,7 @@ class ModelHub:
                 self._count((ctx.stage, role), "failures")
                 raise ModelCallError(failed["error"])
             self.fatal = self.fatal or ReplayMiss(ctx.stage, ctx.item, backend.name,
-                                                  self._what_changed(identity, ctx))
+                                                  self._what_changed(identity, ctx), self.replay_fix)
             raise self.fatal
         if self.dry_run:
             raise DryRunMiss(f"{ctx.stage} {ctx.item}")
@@ -334,6 +336,9 @@ class ModelHub:
             return "the cache is empty: nothing was recorded in this cache folder"
         if identity.key in self.cache.damaged_keys:
             return "nothing: the cache holds this call, but its entry is damaged and cannot be read"
+        if self.recorded is None:
+            return ("no earlier call to compare it with: this cache holds no answer for it (another input, model, "
+                    "parameter or template, another --limit, or another cache folder)")
         recorded = self.recorded.get((ctx.stage, ctx.item), [])
         made = any(call["key"] == identity.key for call in recorded)  # the very call, asked for by the recorded run
         if self.recorded_stop == "budget" and (made or not recorded):
