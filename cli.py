@@ -357,6 +357,7 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None, moved_spec: 
     from codeclm.programs.artifacts.rundata import finished_run_manifest
     from codeclm.programs.engine.progress import Progress
     from codeclm.programs.engine.run import RunOptions, run_spec
+    from codeclm.programs.lang.seeds import check_file, recorded_seed_file
 
     manifest_path = run_dir / "manifest.json"
     manifest = finished_run_manifest(run_dir, ("options.cache_dir", "options.overrides", "options.seeds",
@@ -368,6 +369,8 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None, moved_spec: 
     if changed:  # said first: a miss (exit 3) or a different dataset is then no surprise
         click.secho("warning: changed since the run: " + "; ".join(changed) + ". The replay reads them as they are "
                     "now, so it may miss the cache (exit 3) or give another dataset", fg="yellow", err=True)
+    if recorded["seeds"]:  # the run's --seeds FILE: replay has no --seeds, so its fix is to put the file back
+        check_file(Path(recorded["seeds"]), recorded_seed_file(Path(recorded["seeds"])))
     base = run_dir if run_dir.name else run_dir.resolve()  # `replay .` names the folder it is in
     out = out or base.with_name(base.name + "-replay")
     options = RunOptions(out=out, cache_dir=cache_dir or Path(recorded["cache_dir"]), cache_mode="replay",

@@ -33,7 +33,7 @@ from .engine.progress import Progress
 from .engine.run import item_window, opened_hub
 from .errors import EVALUATE_REPLAY_FIX, CodecError, SpecError
 from .lang.nodes import JudgeNode
-from .lang.seeds import read_seeds
+from .lang.seeds import BENCHMARK_FILE, read_seeds
 from .lang.spec import Spec
 from .models.hub import ModelHub
 
@@ -121,7 +121,7 @@ def _remove_results(out: Path) -> None:
 async def _evaluate(spec: Spec, options: EvalOptions, hub: ModelHub | None) -> EvalResult:
     started = time.time()
     items = [{**item, "benchmark": path.stem} for path in options.benchmarks
-             for item in read_seeds(path, "instruction", "id", limit=options.limit)]
+             for item in read_seeds(path, "instruction", "id", limit=options.limit, kind=BENCHMARK_FILE)]
     out = options.out or Path("runs") / f"{spec.name}-eval-{options.candidate}"
     _remove_results(out)
     progress = options.progress or Progress(stream=None)

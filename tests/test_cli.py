@@ -142,6 +142,19 @@ def test_replay_names_the_manifest_for_an_error_in_a_recorded_set(tmp_path):
     assert "run it again rather than replay it" in replayed.output and "Traceback" not in replayed.output
 
 
+def test_replay_of_a_run_whose_seeds_file_is_gone_says_to_put_it_back(tmp_path):
+    """It said "pass --seeds FILE", an option replay does not have."""
+    run_dir, seeds = tmp_path / "run", tmp_path / "gone.jsonl"
+    run_dir.mkdir()
+    manifest = {"spec": {"path": str(REPO / "specs" / "demo.yaml")},
+                "options": {"cache_dir": str(tmp_path / "cache"), "overrides": [], "seeds": str(seeds), "limit": None}}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    replayed = CliRunner().invoke(cli.main, ["replay", str(run_dir)])
+    assert replayed.exit_code == 2, replayed.output
+    assert f"{seeds}: seed file not found\n  fix: put the file the run read back at {seeds}" in replayed.output
+    assert "--seeds" not in replayed.output
+
+
 def test_replay_says_first_what_changed_since_the_run(tmp_path, seeds_file):
     """An edited template made the replay miss (exit 3) blaming "an input upstream"; the manifest's hashes
     say which file changed, and the replay now says so before it starts."""

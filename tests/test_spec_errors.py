@@ -440,6 +440,27 @@ def test_ndjson_is_jsonl_and_jsonl_under_another_name_is_refused(tmp_path):
     assert read_seeds(tmp_path / "braces.txt")[0]["instruction"] == "{not json} is a fine instruction"
 
 
+def test_a_bad_benchmark_file_is_named_as_one_with_evaluate_s_fix(tmp_path):
+    """A benchmark file's errors spoke of seeds ("pass --seeds FILE"), and a non-object record had no fix."""
+    import os
+
+    from codeclm.programs.lang.seeds import BENCHMARK_FILE, read_seeds
+
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "array.json").write_text('[{"instruction": "Hi"}]\n')
+    found = {}
+    for name in ("fifo.jsonl", "empty.jsonl", "array.json", "gone.jsonl"):
+        with pytest.raises(SpecError) as caught:
+            read_seeds(tmp_path / name, kind=BENCHMARK_FILE)
+        found[name] = str(caught.value)
+        assert "\n  fix: " in found[name] and "seed" not in found[name], found[name]
+    assert "not a benchmark file" in found["fifo.jsonl"] and "BENCHMARKS argument" in found["fifo.jsonl"]
+    assert "no benchmark items found" in found["empty.jsonl"]
+    assert 'a record must be an object, not a list\n  fix: one JSON object per line' in found["array.json"]
+    assert "benchmark file not found" in found["gone.jsonl"]
+
+
 # -- --set overrides -----------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ import csv
 import json
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,35 +23,57 @@ from ..errors import SpecError, first_clause
 from .yaml_lines import check_path_text, has_surrogate
 
 
+@dataclass(frozen=True)
+class FileKind:
+    """What a file is read as, for its errors: its name, its records', and how the command that reads
+    it is given another file (a spec's source, `replay`'s recorded seeds, `evaluate`'s argument)."""
+
+    name: str
+    records: str
+    fix: str
+
+
+SEED_FILE = FileKind("seed file", "seed instructions",
+                     "set the source node's path: (relative to the spec), or pass --seeds FILE")
+BENCHMARK_FILE = FileKind("benchmark file", "benchmark items",
+                          "name a JSONL file of benchmark items (one object a line, with an 'instruction' field) "
+                          "as evaluate's BENCHMARKS argument")
+
+
+def recorded_seed_file(path: Path) -> FileKind:
+    """The seed file a recorded run read (`run --seeds`), as `replay` reads it again: no option names another."""
+    return FileKind("seed file", "seed instructions",
+                    f"put the file the run read back at {path}: a replay reads the run's own seeds")
+
+
 def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "id",
-               limit: int | None = None) -> list[dict[str, Any]]:
+               limit: int | None = None, kind: FileKind = SEED_FILE) -> list[dict[str, Any]]:
     """Seeds as [{id, instruction}], ids stable across runs (the record's id, else its position)."""
     path = Path(path)
-    _check_file(path)
+    check_file(path, kind)
     seeds = [{"id": seed_id, "instruction": texts[field], "line": line}
              for line, seed_id, texts in _iter_rows(path, (field,), id_field, limit)]
     if not seeds:
-        raise _no_records(path, field)
+        raise _no_records(path, field, kind)
     return seeds
 
 
-def _check_file(path: Path) -> None:
-    """A seed file that is there, a regular file and readable."""
-    check_path_text(path, "seed file")
+def check_file(path: Path, kind: FileKind = SEED_FILE) -> None:
+    """A seed (or benchmark) file that is there, a regular file and readable."""
+    check_path_text(path, kind.name)
     if path.exists() and not path.is_file():
-        raise SpecError(str(path), "not a regular file (a folder, a pipe or a device): not a seed file",
-                        hint="set the source node's path: (relative to the spec), or pass --seeds FILE")
+        raise SpecError(str(path), f"not a regular file (a folder, a pipe or a device): not a {kind.name}",
+                        hint=kind.fix)
     if not path.is_file():
-        raise SpecError(str(path), "seed file not found",
-                        hint="set the source node's path: (relative to the spec), or pass --seeds FILE")
+        raise SpecError(str(path), f"{kind.name} not found", hint=kind.fix)
     try:
         path.open("rb").close()
     except OSError as exc:
         raise SpecError(str(path), f"cannot read file: {exc.strerror}", hint="check its permissions") from None
 
 
-def _no_records(path: Path, field: str) -> SpecError:
-    return SpecError(str(path), "no seed instructions found", hint=f"one record per line with a '{field}' field")
+def _no_records(path: Path, field: str, kind: FileKind) -> SpecError:
+    return SpecError(str(path), f"no {kind.records} found", hint=f"one record per line with a '{field}' field")
 
 
 def _iter_rows(path: Path, fields: tuple[str, ...], id_field: str | None,
@@ -195,7 +218,8 @@ def _pick(record: Any, fields: tuple[str, ...], id_field: str | None, path: Path
           line: int) -> tuple[Any, dict[str, str]]:
     """(id or None, {field: text}) of one record, each field checked as a seed's text."""
     if not isinstance(record, dict):
-        raise SpecError(str(path), "a seed record must be an object", line=line)
+        raise SpecError(str(path), f"a record must be an object, not {_kind_of(record)}", line=line,
+                        hint=f'one JSON object per line, e.g. {{"{fields[0]}": "..."}}')
     texts = {field: _text_field(record, field, path, line) for field in fields}
     seed_id = record.get(id_field) if id_field else None
     if seed_id is not None and (isinstance(seed_id, bool) or not isinstance(seed_id, (str, int, float))):
@@ -206,10 +230,16 @@ def _pick(record: Any, fields: tuple[str, ...], id_field: str | None, path: Path
     return seed_id, texts
 
 
+def _kind_of(value: Any) -> str:
+    """A JSON value's kind, as a user wrote it."""
+    return {list: "a list", str: "text", bool: "true or false", int: "a number", float: "a number"}.get(
+        type(value), "null" if value is None else f"a {type(value).__name__}")
+
+
 def _text_field(record: dict[str, Any], field: str, path: Path, line: int) -> str:
     value = record.get(field)
     if field in record and value is not None and not isinstance(value, str):
-        kind = {bool: "true or false", int: "a number", float: "a number"}.get(type(value), f"a {type(value).__name__}")
+        kind = _kind_of(value)
         raise SpecError(str(path), f"field '{field}' holds {kind}, not text: a seed file's fields are text",
                         line=line, hint="write it as text in the file (quoted, in JSON), or write the records in the "
                                         "spec (records:), where a field may hold any YAML value")
@@ -243,12 +273,12 @@ def stream_records(path: Path, fields: dict[str, str], id_field: str | None = "i
     errors, before anything runs), then the rows are read again one at a time as they are used, so
     memory does not grow with the file. Returns the row count and the rows."""
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     _check_one_field(path, list(fields.values()))
     file_fields = tuple(dict.fromkeys(fields.values()))
     count = sum(1 for _ in _iter_rows(path, file_fields, id_field, limit))
     if not count:
-        raise _no_records(path, file_fields[0])
+        raise _no_records(path, file_fields[0], SEED_FILE)
 
     def rows() -> Iterator[dict[str, Any]]:
         for _, seed_id, texts in _iter_rows(path, file_fields, id_field, limit):
