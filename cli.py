@@ -350,8 +350,15 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None, moved_spec: 
     """Re-run a finished run from the cache alone: no model, no key, same bytes.
 
     Takes the spec and options RUN_DIR's manifest recorded, reads the cache read-only,
-    and compares the replayed dataset with the recorded one. To run an edited spec from
-    the cache instead, use `codeclm run SPEC --replay`.
+    and compares the replayed dataset with the recorded one. The spec file must be the
+    run's, unedited (else exit 2); to run an edited spec from the cache instead, use
+    `codeclm run SPEC --replay`.
+
+    \b
+    Exit codes: 0 the dataset is the recorded one; 1 it DIFFERS (what changed since the
+    run is said: templates, programs, codeclm's code) or is empty; 2 a spec file edited
+    or gone, a seed file gone, a bad option; 3 the cache lacks a call the replay needs;
+    130 and 143 interrupted (Ctrl-C, SIGTERM).
     """
     from codeclm.programs.artifacts.manifest import sources
     from codeclm.programs.artifacts.rundata import finished_run_manifest
@@ -407,22 +414,23 @@ def _same_records(recorded: Path, replayed: Path) -> bool:
 
 def _recorded_spec(manifest: dict[str, Any], manifest_path: Path, moved: Path | None) -> str:
     """The spec file a replay runs: the one the manifest names, or the same file where it is now (`--spec`).
-    A replay checks the recorded run, so a file of other bytes is refused, not replayed (SpecError)."""
+    A replay checks the recorded run, so a file of other bytes is refused, not replayed (SpecError), at
+    its recorded path as at another: an edited spec is `run SPEC --replay`'s."""
     from codeclm.programs.artifacts.manifest import spec_sha
     from codeclm.programs.errors import SpecError
 
     recorded = str(manifest["spec"]["path"])
-    if moved is None:
-        if not Path(recorded).is_file():
-            raise SpecError(str(manifest_path), f"the run's spec file {recorded} is no longer there",
-                            hint=f"put it back at that path, or name where it is now: "
-                                 f"codeclm replay {manifest_path.parent} --spec PATH")
-        return recorded
-    if spec_sha(moved) != manifest["spec"].get("sha256"):
-        raise SpecError(str(moved), f"not the spec file the run used (its hash is not the one {manifest_path} "
-                        "recorded)", hint=f"name the run's own spec file (it was {recorded}); to run an edited spec "
-                                          "from the cache, use `codeclm run SPEC --replay`")
-    return str(moved)
+    if moved is None and not Path(recorded).is_file():
+        raise SpecError(str(manifest_path), f"the run's spec file {recorded} is no longer there",
+                        hint=f"put it back at that path, or name where it is now: "
+                             f"codeclm replay {manifest_path.parent} --spec PATH")
+    path = moved or Path(recorded)
+    if spec_sha(path) != manifest["spec"].get("sha256"):  # edited where it is, or another file
+        raise SpecError(str(path), f"not the spec file the run used: edited since, or another file (its hash is not "
+                        f"the one {manifest_path} recorded)",
+                        hint=f"name the run's own spec file, unedited (it was {recorded}); to run an edited spec "
+                             "from the cache, use `codeclm run SPEC --replay`")
+    return str(path)
 
 
 def _load_recorded(spec_path: str, overrides: tuple[str, ...], manifest_path: Path) -> Any:
@@ -445,11 +453,9 @@ def _load_recorded(spec_path: str, overrides: tuple[str, ...], manifest_path: Pa
 
 
 def _changed_since(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """What differs between a run's manifest and its replay's: the spec file, templates, tuned
-    programs, codeclm's code (its parsers read the cached text anew)."""
+    """What differs between a run's manifest and its replay's: templates, tuned programs, codeclm's
+    code (its parsers read the cached text anew). Not the spec file: `_recorded_spec` refuses an edited one."""
     changed = []
-    if (recorded.get("spec") or {}).get("sha256") != now["spec"]["sha256"]:
-        changed.append(f"the spec file {now['spec']['path']}")
     for kind in ("templates", "programs"):
         before, after = recorded.get(kind) or {}, now.get(kind) or {}
         names = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))

@@ -132,7 +132,10 @@ def test_replay_names_the_manifest_for_an_error_in_a_recorded_set(tmp_path):
     """The user typed no --set: an override the run recorded that no longer applies is the run's."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    manifest = {"spec": {"path": str(REPO / "specs" / "demo.yaml")},
+    from codeclm.programs.artifacts.manifest import spec_sha
+
+    demo = REPO / "specs" / "demo.yaml"
+    manifest = {"spec": {"path": str(demo), "sha256": spec_sha(demo)},
                 "options": {"cache_dir": str(tmp_path / "cache"), "overrides": ["params.no_such_param=3"],
                             "seeds": None, "limit": None}}
     (run_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
@@ -144,9 +147,11 @@ def test_replay_names_the_manifest_for_an_error_in_a_recorded_set(tmp_path):
 
 def test_replay_of_a_run_whose_seeds_file_is_gone_says_to_put_it_back(tmp_path):
     """It said "pass --seeds FILE", an option replay does not have."""
-    run_dir, seeds = tmp_path / "run", tmp_path / "gone.jsonl"
+    from codeclm.programs.artifacts.manifest import spec_sha
+
+    run_dir, seeds, demo = tmp_path / "run", tmp_path / "gone.jsonl", REPO / "specs" / "demo.yaml"
     run_dir.mkdir()
-    manifest = {"spec": {"path": str(REPO / "specs" / "demo.yaml")},
+    manifest = {"spec": {"path": str(demo), "sha256": spec_sha(demo)},
                 "options": {"cache_dir": str(tmp_path / "cache"), "overrides": [], "seeds": str(seeds), "limit": None}}
     (run_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     replayed = CliRunner().invoke(cli.main, ["replay", str(run_dir)])
@@ -212,6 +217,19 @@ def test_replay_of_a_moved_spec_names_the_recorded_path_and_takes_the_same_file(
     edited = invoke(cli.main, ["replay", str(run), "--spec", str(moved), "--out", str(tmp_path / "edited"),
                                "--cache-dir", cache])
     assert edited.exit_code == 2 and f"{moved}: not the spec file the run used" in edited.output, edited.output
+    assert "codeclm run SPEC --replay" in edited.output and not (tmp_path / "edited").exists()
+
+
+def test_replay_refuses_a_spec_edited_where_the_run_left_it(tmp_path, seeds_file):
+    """It warned, replayed the edited spec and exited 1 (DIFFERS), where `--spec` with the same file
+    refused it: an edited spec is refused either way (exit 2, before any call), as documented."""
+    invoke = CliRunner().invoke
+    cache, run = str(tmp_path / "cache"), tmp_path / "run"
+    spec = run_on_the_fake_server(tmp_path, seeds_file, run, cache)
+    spec.write_text(spec.read_text() + "# edited\n")
+    edited = invoke(cli.main, ["replay", str(run), "--out", str(tmp_path / "edited"), "--cache-dir", cache])
+    assert edited.exit_code == 2, edited.output
+    assert f"{spec.resolve()}: not the spec file the run used: edited since" in edited.output
     assert "codeclm run SPEC --replay" in edited.output and not (tmp_path / "edited").exists()
 
 
