@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -233,7 +234,7 @@ def init(folder: Path) -> None:
     if kept:
         shown = ", ".join(map(str, kept[:10])) + (f", ... and {len(kept) - 10} more" if len(kept) > 10 else "")
         click.echo(f"kept {len(kept)} file{'' if len(kept) == 1 else 's'} you have: {shown}")
-    click.echo(f"next: cd {folder} && codeclm run specs/demo.yaml" if str(folder) != "." else
+    click.echo(f"next: cd {shlex.quote(str(folder))} && codeclm run specs/demo.yaml" if str(folder) != "." else
                "next: codeclm run specs/demo.yaml")
 
 

@@ -27,6 +27,20 @@ def test_init_writes_an_editable_project_that_validates(tmp_path, monkeypatch):
         assert prompts == (project / "prompts").resolve()
 
 
+def test_init_s_next_step_quotes_a_folder_with_spaces_for_the_shell(tmp_path):
+    """`next: cd /tmp/new proj é && ...` failed when pasted into a shell."""
+    import shlex
+    import subprocess
+
+    folder = tmp_path / "new proj é"
+    result = CliRunner().invoke(main, ["init", str(folder)])
+    assert result.exit_code == 0, result.output
+    command = result.output.splitlines()[-1].removeprefix("next: ")
+    assert command == f"cd {shlex.quote(str(folder))} && codeclm run specs/demo.yaml"
+    cd = command.partition(" && ")[0]
+    assert subprocess.run(["sh", "-c", f"{cd} && pwd"], capture_output=True, text=True).stdout.strip() == str(folder)
+
+
 def test_init_writes_what_is_missing_and_keeps_what_you_have(tmp_path):
     """init into a folder holding some of its files refused as a whole: a deleted spec could not be had back."""
     project = tmp_path / "project"
