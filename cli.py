@@ -894,10 +894,12 @@ def cache_stats(cache_dir: Path | None) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask before deleting.")
 @reports_errors
 def cache_clear(model: str | None, cache_dir: Path | None, yes: bool) -> None:
-    """Delete cached completions: all, or one model's."""
+    """Delete cached completions: all, or one model's. A folder that holds no cache, or a
+    model it holds no entry of, exits 2 and deletes nothing."""
     from codeclm.programs.models.cache import CallCache, default_cache_dir
 
-    folder = cache_dir or default_cache_dir()
+    folder = (cache_dir or default_cache_dir()).expanduser()
+    _check_clear(folder, model)
     if not yes:
         what = f"{model}'s cached completions" if model else "every cached completion"
         click.confirm(f"Delete {what} in {folder}?", abort=True)
@@ -907,6 +909,28 @@ def cache_clear(model: str | None, cache_dir: Path | None, yes: bool) -> None:
     finally:
         cache.close()
     click.echo(f"removed {removed} entries (answers, and failed calls kept for replay)")
+
+
+def _check_clear(folder: Path, model: str | None) -> None:
+    """What `cache clear` is to clear is there (SpecError): a cache in the folder (a mistyped --cache-dir
+    made an empty one and said "removed 0 entries"), and entries of the model named."""
+    from codeclm.programs.errors import SpecError
+    from codeclm.programs.models.cache import DB_NAME, CallCache
+
+    if not (folder / DB_NAME).is_file():
+        raise SpecError(str(folder), f"no cache here (no {DB_NAME}): nothing to clear",
+                        hint="name the cache folder with --cache-dir (the one a run used is in its manifest), "
+                             "or leave it out for the default")
+    if model is None:
+        return
+    cache = CallCache(folder, "read")
+    try:
+        models = cache.stats()["per_model"]
+    finally:
+        cache.close()
+    if model not in models:
+        raise SpecError("--model", f"the cache in {folder} holds no entry of model '{model}'",
+                        hint=f"name one it holds, as `cache stats` does: {', '.join(sorted(models)) or 'none'}")
 
 
 @cache.command("export")

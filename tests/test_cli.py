@@ -63,6 +63,20 @@ def test_cache_stats_clear(tmp_path, seeds_file, scripted):
     assert "removed 1 entries (answers, and failed calls kept for replay)" in cleared.output
 
 
+def test_cache_clear_of_no_cache_or_an_unknown_model_says_so_and_makes_nothing(tmp_path, seeds_file, scripted):
+    """A mistyped --cache-dir made an empty cache and said "removed 0 entries", as did an unknown --model."""
+    typo = tmp_path / "typo"
+    cleared = CliRunner().invoke(cli.main, ["cache", "clear", "--cache-dir", str(typo)], input="y\n")
+    assert cleared.exit_code == 2 and f"{typo}: no cache here (no cache.db): nothing to clear" in cleared.output
+    assert "fix: " in cleared.output and not typo.exists()
+    scripted(write_spec(tmp_path, base_spec(seeds_file)))
+    cleared = CliRunner().invoke(cli.main, ["cache", "clear", "--model", "hosted_vllm/nope", "--yes",
+                                            "--cache-dir", str(scripted.cache_dir)])
+    assert cleared.exit_code == 2, cleared.output
+    assert "holds no entry of model 'hosted_vllm/nope'" in cleared.output
+    assert "scripted/strong, scripted/target" in cleared.output
+
+
 def test_templates_render_in_a_sandbox(tmp_path):
     (tmp_path / "evil.jinja").write_text('{% call message("user") %}{{ "".__class__.__mro__ }}{% endcall %}')
     with pytest.raises(SpecError) as caught:
