@@ -956,11 +956,12 @@ def cache_export(run_dir: Path, bundle: Path, cache_dir: Path | None) -> None:
 @click.option("--cache-dir", type=FOLDER, help=SHARED_CACHE_HELP)
 @reports_errors
 def cache_import(bundle: Path, cache_dir: Path | None) -> None:
-    """Load a bundle written by `cache export` into the cache."""
+    """Load a bundle written by `cache export` into the cache; says how many calls were new to it."""
     from codeclm.programs.artifacts.bundle import import_bundle
 
-    count = import_bundle(bundle, cache_dir)
-    click.echo(f"imported {count} calls")
+    imported = import_bundle(bundle, cache_dir)
+    click.echo(f"imported {imported.calls} calls: {imported.new} new, {imported.calls - imported.new} the cache "
+               "held already")
 
 
 def _shared(totals: dict[str, Any]) -> str:

@@ -537,7 +537,7 @@ def test_export_and_import_round_trip_and_a_damaged_manifest(tmp_path, seeds_fil
     bundle = tmp_path / "b.jsonl.gz"
     count = export_bundle(first.out, bundle)
     assert count == first.manifest["totals"]["calls"] and snapshot(scripted.cache_dir) == before
-    assert import_bundle(bundle, tmp_path / "other") == count
+    assert import_bundle(bundle, tmp_path / "other") == (count, count)
     (first.out / "manifest.json").write_text("{not json")
     for command in (["cache", "export", str(first.out), str(tmp_path / "x.jsonl")], ["replay", str(first.out)],
                     ["optimize", str(spec), "encode", "--from", str(first.out)]):  # one reader, one message

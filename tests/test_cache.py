@@ -325,6 +325,20 @@ def test_dry_run_counts_bound_the_real_run(tmp_path, seeds_file, scripted):
         assert row["cached"] == made, name
 
 
+def test_importing_a_bundle_twice_says_nothing_new_was_added(tmp_path, seeds_file, scripted):
+    """The second import said "imported N calls" again, as if it had added them."""
+    from click.testing import CliRunner
+    from codeclm.cli import main
+
+    first = scripted(write_spec(tmp_path, base_spec(seeds_file)), out="live")
+    bundle = tmp_path / "b.jsonl.gz"
+    count = export_bundle(first.out, bundle)
+    args = ["cache", "import", str(bundle), "--cache-dir", str(tmp_path / "other")]
+    once, twice = (CliRunner().invoke(main, args) for _ in range(2))
+    assert once.exit_code == 0 and f"imported {count} calls: {count} new, 0 the cache held already" in once.output
+    assert twice.exit_code == 0 and f"imported {count} calls: 0 new, {count} the cache held already" in twice.output
+
+
 def test_export_import_bundle_replays_elsewhere(tmp_path, seeds_file, scripted):
     spec = write_spec(tmp_path, base_spec(seeds_file))
     first = scripted(spec, out="live")
@@ -332,7 +346,7 @@ def test_export_import_bundle_replays_elsewhere(tmp_path, seeds_file, scripted):
     exported = export_bundle(first.out, bundle)
     assert exported == first.manifest["totals"]["calls"]
     scripted.cache_dir = tmp_path / "colleague-cache"
-    assert import_bundle(bundle, scripted.cache_dir) == exported
+    assert import_bundle(bundle, scripted.cache_dir) == (exported, exported)
     scripted.backends = {role: Unreachable(b.name) for role, b in scripted.backends.items()}
     second = scripted(spec, out="colleague", mode="replay")
     assert (first.out / "dataset.jsonl").read_bytes() == (second.out / "dataset.jsonl").read_bytes()

@@ -73,7 +73,7 @@ def test_pipeline_cache_bundle_replays_in_a_fresh_cache(runs, spec, tmp_path):
     live = runs[spec]
     exported = export_bundle(live.out, tmp_path / "bundle.jsonl.gz")
     assert exported == live.manifest["totals"]["calls"] > 0
-    assert import_bundle(tmp_path / "bundle.jsonl.gz", tmp_path / "fresh") == exported
+    assert import_bundle(tmp_path / "bundle.jsonl.gz", tmp_path / "fresh") == (exported, exported)
     sets = on_server(spec, "http://127.0.0.1:9/v1")
     replay = run_spec(load_spec(REPO / "specs" / f"{spec}.yaml", sets),
                       RunOptions(out=tmp_path / "replay", cache_dir=tmp_path / "fresh", cache_mode="replay",

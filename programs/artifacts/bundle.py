@@ -8,7 +8,7 @@ import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import SpecError, first_clause
 from ..lang.yaml_lines import has_surrogate
@@ -201,17 +201,26 @@ def _is_bundle(path: Path) -> bool:
         return False
 
 
-def import_bundle(bundle: Path, cache_dir: Path | None = None) -> int:
-    """Check every line first, then store them: a damaged bundle imports nothing."""
+class Imported(NamedTuple):
+    calls: int  # the bundle's calls, every one stored
+    new: int  # of them, those the cache held nothing for before (the others were there already)
+
+
+def import_bundle(bundle: Path, cache_dir: Path | None = None) -> Imported:
+    """Check every line first, then store them: a damaged bundle imports nothing. Counts the calls
+    that are new to the cache, so that importing the same bundle twice says nothing was added."""
     records = [_record(bundle, number, line) for number, line in _read_lines(bundle) if line.strip()]
     cache = CallCache(cache_dir or default_cache_dir())
+    new = 0
     try:
         for key, entry in records:
             model = str(entry.get("model") or "?")
             if "error" in entry:
+                new += cache.failure(key) is None
                 cache.put_failure(key, model, entry["error"], strict=True)
             else:
+                new += cache.peek(key) is None
                 cache.put(key, model, entry, strict=True)
     finally:
         cache.close()
-    return len(records)
+    return Imported(len(records), new)
