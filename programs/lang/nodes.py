@@ -646,6 +646,9 @@ class NodeReader:
                 body[str(name)] = node
         if not body:
             self.checker.error(where, "a loop needs a body: the nodes each iteration runs")
+        if "max" not in raw:  # a default of 1 ran the body once, its rewrites and next never used
+            self.checker.error(where, f"loop '{common['name']}' needs max: (the most iterations per record)",
+                               "e.g. max: 3, or max: params.max_iterations")
         if raw.get("emit", "last") not in ("last", "each"):
             self.checker.error((*where, "emit"), "emit must be last or each")
         if not isinstance(raw.get("exhausted", "dropped"), str) or not str(raw.get("exhausted", "dropped")).strip():
