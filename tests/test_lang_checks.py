@@ -27,3 +27,36 @@ def test_a_loop_without_max_is_refused_at_its_line(tmp_path, seeds_file):
     [error] = errors_of(path)
     assert "loop 'refine' needs max:" in error.message and error.line == line_of(path, "refine:")
     assert "max: 3" in error.hint
+
+
+SECOND_OPINION = {"type": "judge", "model": "strong", "template": "judge.jinja",
+                  "inputs": {"instruction": "state.instruction"}, "pair": ["answer_target.answer",
+                                                                           "answer_strong.answer"]}
+
+
+def test_a_loop_body_node_nothing_reads_feeds_no_output(tmp_path, seeds_file):
+    """Reaching the loop counted every body node as used: its calls were made and paid for, for nothing."""
+    data = base_spec(seeds_file)
+    body = data["nodes"]["refine"]["body"]
+    data["nodes"]["refine"]["body"] = {**{k: v for k, v in body.items() if k != "decide"},
+                                       "second_opinion": SECOND_OPINION, "decide": body["decide"]}
+    path = write_spec(tmp_path, data)
+    [error] = errors_of(path)
+    assert error.message == "node 'second_opinion' feeds no output: it would run for nothing"
+    assert error.line == line_of(path, "second_opinion:") and "next: or trace: of 'refine'" in error.hint
+
+
+@pytest.mark.parametrize("reader", ["when", "trace", "case"])
+def test_a_loop_body_node_read_by_a_used_node_or_the_loop_is_used(tmp_path, seeds_file, reader):
+    data = base_spec(seeds_file)
+    loop = data["nodes"]["refine"]
+    body = loop["body"]
+    loop["body"] = {**{k: v for k, v in body.items() if k != "decide"}, "second_opinion": SECOND_OPINION,
+                    "decide": body["decide"]}
+    if reader == "when":  # read only by a when: of a node that is used
+        loop["body"]["improve"] = {**loop["body"].pop("improve"), "when": "second_opinion.gap < 0"}  # after it
+    elif reader == "trace":
+        loop["trace"]["second_gap"] = "second_opinion.gap"
+    else:
+        body["decide"]["cases"][0]["when"] = "judge.gap > params.threshold and second_opinion.gap < 0"
+    load_spec(write_spec(tmp_path, data))

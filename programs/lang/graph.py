@@ -645,7 +645,9 @@ class _GraphCheck:
         return next((found for name in self.graph.every if (found := visit(name, []))), None)
 
     def check_used(self) -> None:
-        """Every node feeds an output (switches steer their loop, so they count as used)."""
+        """Every node feeds an output. A loop's body node is used when something reads it (its loop's
+        next or trace, a used sibling, a node or output below the loop), not because its loop runs:
+        otherwise its calls were made and paid for, for nothing. Switches steer their loop: used."""
         graph = self.graph
         used: set[str] = set()
         todo = [name for o in graph.outputs.values() for name in o.sources]
@@ -656,14 +658,22 @@ class _GraphCheck:
                 continue
             used.add(name)
             node = graph.every[name]
-            todo += list(self.dependencies(node))
+            todo += list(self.dependencies(node) - self.unread_body(node))
             todo += list(graph.joins.get(name, {}))
-            if isinstance(node, LoopNode):
-                todo += [b for b, n in node.body.items() if isinstance(n, SwitchNode)]
         for name, node in graph.every.items():
             if name not in used:
                 self.error(node.where, f"node '{name}' feeds no output: it would run for nothing",
+                           f"read its values in a later node of the body, the next: or trace: of '{node.loop}', "
+                           "an output, or delete it" if node.loop else
                            "read its values in an output or a later node, or delete it")
+
+    @staticmethod
+    def unread_body(node: Node) -> set[str]:
+        """A loop's body nodes that neither its next nor its trace reads (switches steer it: read)."""
+        if not isinstance(node, LoopNode):
+            return set()
+        read = {r.root for _, r in node.references()}
+        return {b for b, n in node.body.items() if b not in read and not isinstance(n, SwitchNode)}
 
 
 # The most a count may be: above these a run would allocate without bound (a mix's records, a
