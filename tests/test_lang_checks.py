@@ -60,3 +60,15 @@ def test_a_loop_body_node_read_by_a_used_node_or_the_loop_is_used(tmp_path, seed
     else:
         body["decide"]["cases"][0]["when"] = "judge.gap > params.threshold and second_opinion.gap < 0"
     load_spec(write_spec(tmp_path, data))
+
+
+def test_a_switch_case_setting_a_key_nothing_reads_is_refused(tmp_path, seeds_file):
+    """A switch's fields are every case's keys: a typo passed, and each record taking the case failed."""
+    data = base_spec(seeds_file)
+    case = data["nodes"]["refine"]["body"]["decide"]["cases"][1]
+    case["set"] = {"respnse": case["set"]["response"], "response_from": case["set"]["response_from"]}
+    path = write_spec(tmp_path, data)
+    [error] = errors_of(path)
+    assert error.message == "switch 'decide' case 'keep_target' sets 'respnse', which nothing reads: it would " \
+                            "change nothing"
+    assert error.line == line_of(path, "respnse:") and error.hint == "did you mean 'response'?"

@@ -196,6 +196,7 @@ class _GraphCheck:
             self.check_output(output)
         if not self.checker.unreadable_expressions:  # what one that did not compile reads is unknown
             self.check_params_read()
+            self.check_switch_fields_read()
         self.check_numeric_params()
         self.check_cycles()  # beside the other errors: a read of a later node is one, and its cycle says why
         self.stop_if_broken()
@@ -587,6 +588,29 @@ class _GraphCheck:
                 self.error(("params", name), f"params.{name} is read by no node or output: it would change nothing",
                            f"did you mean '{close[0]}'?" if close else "read it in an expression "
                            f"(params.{name}), or delete it")
+
+    def check_switch_fields_read(self) -> None:
+        """A case's `set:` key nothing reads is a typo or a leftover: the switch's fields are every case's
+        keys, so `set: {hnit: ...}` passed, and each record taking that case failed where `hint` was read."""
+        graph = self.graph
+        refs = [r for n in graph.every.values() for _, r in n.references()]
+        refs += [r for o in graph.outputs.values() for _, r in o.references()]
+        lineage = {r.field for r in refs if r.root == "lineage"}  # an output's lineage.NAME: any node's NAME
+        for switch in (n for n in graph.every.values() if isinstance(n, SwitchNode)):
+            read = {r.field for r in refs if r.root == switch.name} | lineage
+            read |= {d.field for n in graph.every.values() if isinstance(n, MixNode) for d in n.draws.values()
+                     if switch.name in d.nodes}
+            read |= {f for n in graph.every.values() if isinstance(n, DedupNode) for o, f in n.against
+                     if o == switch.name}
+            if None in read:  # the record read whole
+                continue
+            for i, case in enumerate(switch.cases):
+                for key in case.set.keys() - read:
+                    close = _did_you_mean(key, sorted(f for f in read if f))
+                    hint = close.strip() if close else f"read it as {switch.name}.{key} (a later node, next:, " \
+                        "trace:, an output), or delete it"
+                    self.error((*switch.where, "cases", i, "set", key), f"switch '{switch.name}' case '{case.name}' "
+                               f"sets '{key}', which nothing reads: it would change nothing", hint)
 
     def check_numeric_params(self) -> None:
         """A param an expression compares (`judge.gap > params.threshold`) or computes with must be a
