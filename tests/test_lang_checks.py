@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from codeclm.programs.errors import SpecError, SpecErrors
 from codeclm.programs.lang.spec import load_spec
-from conftest import base_spec, write_spec
+from conftest import REPO, base_spec, write_spec
 
 
 def errors_of(path: Path, overrides: list[str] | None = None) -> list[SpecError]:
@@ -72,3 +73,27 @@ def test_a_switch_case_setting_a_key_nothing_reads_is_refused(tmp_path, seeds_fi
     assert error.message == "switch 'decide' case 'keep_target' sets 'respnse', which nothing reads: it would " \
                             "change nothing"
     assert error.line == line_of(path, "respnse:") and error.hint == "did you mean 'response'?"
+
+
+def spec_with_template(tmp_path: Path, seeds_file: Path, name: str, text: str) -> Path:
+    """The base spec, its prompts folder the shipped one with template `name` replaced by `text`."""
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "prompts", prompts)
+    (prompts / name).write_text(text)
+    data = base_spec(seeds_file)
+    data["prompts"] = str(prompts)
+    return write_spec(tmp_path, data)
+
+
+@pytest.mark.parametrize("call, fix", [("len(instruction)", "{{ instruction | length }}"),
+                                       ("words(instruction)", "{{ instruction | wordcount }}"),
+                                       ("rouge_l(instruction, 'x')", "compute it in the node's inputs")])
+def test_an_expression_helper_in_a_template_points_to_the_jinja_filter(tmp_path, seeds_file, call, fix):
+    """`{{ len(question) }}` was told `fix: add to inputs: len: <expression>`."""
+    path = spec_with_template(tmp_path, seeds_file, "respond.jinja",
+                              '{% call message("user") %}\n{{ instruction }} ({{ ' + call + ' }})\n{% endcall %}')
+    [error] = errors_of(path)
+    helper = call.split("(")[0]
+    assert error.file.endswith("respond.jinja") and error.line == 2
+    assert error.message == f"{helper}() is a helper of the spec's expressions, which templates do not have"
+    assert fix in error.hint

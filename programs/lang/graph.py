@@ -22,7 +22,7 @@ import jinja2
 from jinja2 import meta
 
 from ..errors import SpecError
-from .expressions import Expression, ExpressionError, check_sandbox, evaluate_value, tree_references
+from .expressions import HELPERS, Expression, ExpressionError, check_sandbox, evaluate_value, tree_references
 from .nodes import (
     LOOP_FIELDS,
     RECORD_FIELDS,
@@ -511,8 +511,10 @@ class _GraphCheck:
         else:
             tree = self.templates_checked[node.template] = store.env.parse(template.source)
             self.check_template_sandbox(template, tree)
+            self.check_template_helpers(template, tree, self.template_variables(node.template, tree))
         needed = self.template_variables(node.template, tree)
         missing = sorted(needed - node.template_variables())
+        missing = [name for name in missing if name not in HELPERS]  # said once per template, at its line
         if missing:
             given = sorted(node.template_variables())
             close = difflib.get_close_matches(missing[0], given, n=1)
@@ -532,6 +534,17 @@ class _GraphCheck:
             self.variables_of[name] = meta.find_undeclared_variables(tree) - TEMPLATE_BUILTINS - \
                 set(jinja2.Environment().globals)
         return self.variables_of[name]
+
+    def check_template_helpers(self, template: StageTemplate, tree: jinja2.nodes.Template,
+                               undeclared: set[str]) -> None:
+        """`{{ len(question) }}`: the spec's expressions have len(), words() and the like; templates do not,
+        and were told to take `len` as an input. (A name the template defines itself is its own.)"""
+        for call in tree.find_all(jinja2.nodes.Call):
+            helper = call.node.name if isinstance(call.node, jinja2.nodes.Name) else None
+            if helper in HELPERS and helper in undeclared:
+                self.checker.errors.append(SpecError(
+                    str(template.path), f"{helper}() is a helper of the spec's expressions, which templates do "
+                    "not have", line=call.lineno, hint=_template_helper_hint(helper, call)))
 
     def check_template_sandbox(self, template: StageTemplate, tree: Any) -> None:
         try:
@@ -738,6 +751,21 @@ def _static_problem(kind: str, value: Any) -> str | None:
         ok = isinstance(value, (list, tuple, range, dict)) and len(value) > 0
         return None if ok else "must be a non-empty list, range or mapping (a pick draws one of its items or keys)"
     return None
+
+
+# Jinja's filter for each expression helper a template may reach for (`{{ len(question) }}`)
+HELPER_FILTERS = {"len": "length", "words": "wordcount", "ceil": "round(method='ceil')",
+                  "floor": "round(method='floor')", "round": "round", "abs": "abs", "min": "min", "max": "max",
+                  "sum": "sum", "sorted": "sort"}  # rouge_l has none: computed in an input
+
+
+def _template_helper_hint(helper: str, call: jinja2.nodes.Call) -> str:
+    """The fix for a helper a template calls: Jinja's filter on what it was given, or an input computing it."""
+    first = call.args[0] if call.args else None
+    value = first.name if isinstance(first, jinja2.nodes.Name) else "VALUE"
+    compute = f"or compute it in the node's inputs: NAME: {helper}(...), and write {{{{ NAME }}}}"
+    filter_ = HELPER_FILTERS.get(helper)
+    return f"use Jinja's filter: {{{{ {value} | {filter_} }}}}; {compute}" if filter_ else compute
 
 
 def _visible_hint(visible: dict[str, str], roots: set[str]) -> str:
