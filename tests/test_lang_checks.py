@@ -97,3 +97,15 @@ def test_an_expression_helper_in_a_template_points_to_the_jinja_filter(tmp_path,
     assert error.file.endswith("respond.jinja") and error.line == 2
     assert error.message == f"{helper}() is a helper of the spec's expressions, which templates do not have"
     assert fix in error.hint
+
+
+def test_a_typo_in_an_input_name_is_said_at_the_input(tmp_path, seeds_file):
+    """`topci` for the `topic` the template reads was blamed on the template ("a typo in the template?")."""
+    data = base_spec(seeds_file)
+    inputs = data["nodes"]["decode"]["inputs"]
+    inputs["use_cse"] = inputs.pop("use_case")
+    path = write_spec(tmp_path, data)
+    [error] = errors_of(path)
+    assert error.message == "inputs.use_cse: template decode.jinja reads use_case, not use_cse"
+    assert error.hint == "did you mean 'use_case'? write use_case: augment.use_case"
+    assert error.line == line_of(path, "use_cse:")

@@ -515,6 +515,7 @@ class _GraphCheck:
         needed = self.template_variables(node.template, tree)
         missing = sorted(needed - node.template_variables())
         missing = [name for name in missing if name not in HELPERS]  # said once per template, at its line
+        missing = self.check_misnamed_inputs(node, store, tree, missing)
         if missing:
             given = sorted(node.template_variables())
             close = difflib.get_close_matches(missing[0], given, n=1)
@@ -527,6 +528,43 @@ class _GraphCheck:
                 hint = f"add to inputs: {missing[0]}: <expression>"
             self.error((*node.where, "inputs"), f"template {node.template} uses {', '.join(missing)}, which node "
                        f"'{node.name}' does not provide", hint)
+
+    def check_misnamed_inputs(self, node: LLMNode, store: TemplateStore, tree: Any, missing: list[str]) -> list[str]:
+        """An input the template never reads, close to a variable it reads and no input gives, is a typo in
+        the input (`topci` for `topic`), which was blamed on the template: said at the input. Returns the
+        missing variables left to report. (An unread input alone is let be: the shipped CodecLM specs give
+        improve.jinja use_case and skills, which it does not show.)"""
+        reads = self.template_reads(store, node.template, tree) if missing else None
+        if reads is None:  # nothing missing; or a template pulled in by a computed name reads what it will
+            return missing
+        for name in sorted(set(node.inputs) - reads):
+            meant = difflib.get_close_matches(name, missing, n=1)
+            if meant:
+                missing = [m for m in missing if m != meant[0]]
+                self.error((*node.where, "inputs", name), f"inputs.{name}: template {node.template} reads "
+                           f"{meant[0]}, not {name}", f"did you mean '{meant[0]}'? write {meant[0]}: "
+                           + getattr(node.inputs[name], "source", "EXPRESSION"))
+        return missing
+
+    def template_reads(self, store: TemplateStore, name: str, tree: Any, seen: frozenset[str] = frozenset()) \
+            -> set[str] | None:
+        """Every name a template might read of its variables: its own, those of the templates it includes,
+        extends or imports, and any field read by name (`demo.topic`, a demo holding the input); None
+        where a template is pulled in by a computed name, or cannot be read (its own error)."""
+        found = set(meta.find_undeclared_variables(tree)) | {n.attr for n in tree.find_all(jinja2.nodes.Getattr)}
+        for other in meta.find_referenced_templates(tree):
+            if other is None:
+                return None
+            if other in seen or other == name:
+                continue
+            try:
+                more = self.template_reads(store, other, store.env.parse(store.get(other).source), seen | {name})
+            except SpecError:  # not found, or broken: said where it is checked
+                return None
+            if more is None:
+                return None
+            found |= more
+        return found
 
     def template_variables(self, name: str, tree: Any) -> set[str]:
         """The variables a template reads from its node (not the engine's own), found once per template."""
