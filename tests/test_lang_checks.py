@@ -109,3 +109,12 @@ def test_a_typo_in_an_input_name_is_said_at_the_input(tmp_path, seeds_file):
     assert error.message == "inputs.use_cse: template decode.jinja reads use_case, not use_cse"
     assert error.hint == "did you mean 'use_case'? write use_case: augment.use_case"
     assert error.line == line_of(path, "use_cse:")
+
+
+@pytest.mark.parametrize("value", ["0.0", "-0.0", "0.5", "2.0", "0"])
+def test_concurrency_is_a_whole_number_from_1(tmp_path, seeds_file, value):
+    """`concurrency: 0.0` passed every check and the run waited forever at 0 calls (a semaphore of 0)."""
+    path = write_spec(tmp_path, base_spec(seeds_file))
+    [error] = errors_of(path, [f"models.strong.concurrency={value}"])
+    assert error.file == "--set models.strong.concurrency"
+    assert error.message == f"concurrency must be a whole number at least 1, got {float(value) if '.' in value else 0}"

@@ -420,7 +420,9 @@ class Checker:
                 reported.add(key)
         # no model writes or reads a million tokens at once; more only made the dry run's estimate
         # build that much text (an OverflowError past the index size)
+        # concurrency: asyncio.Semaphore(0.0) let no call through, and the run waited forever at 0 calls
         for key, whole, low, high in (("max_tokens", True, 1, 1_000_000), ("retries", True, 0, 100),
+                                      ("concurrency", True, 1, None),
                                       ("n_ctx", True, 1, 1_000_000), ("timeout", False, 0, None),
                                       ("top_p", False, 0, 1), ("rpm", False, 0, None)):
             value = getattr(spec, key)
@@ -433,8 +435,6 @@ class Checker:
                     f"{'above' if key in ('timeout', 'rpm') else 'at least'} {low}"
                 self.error((*where, key), f"{key} must be {'a whole number' if whole else 'a number'} {span}, "
                            f"got {value!r}")
-        if isinstance(spec.concurrency, int) and spec.concurrency < 1 and "concurrency" not in reported:
-            self.error((*where, "concurrency"), "concurrency must be at least 1")
 
     def credentials(self, where: Path_, conf: dict[str, Any]) -> None:
         """Keys come from the environment only: refuse one in `extra:` (any key named like a
