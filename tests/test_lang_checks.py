@@ -118,3 +118,23 @@ def test_concurrency_is_a_whole_number_from_1(tmp_path, seeds_file, value):
     [error] = errors_of(path, [f"models.strong.concurrency={value}"])
     assert error.file == "--set models.strong.concurrency"
     assert error.message == f"concurrency must be a whole number at least 1, got {float(value) if '.' in value else 0}"
+
+
+@pytest.mark.parametrize("node, key, value, kind", [("decode", "instructions", ["a", "b"], "a list of text"),
+                                                    ("decode", "instructions", 3, "a number"),
+                                                    ("augment", "id_prefix", {"a": 1}, "a mapping")])
+def test_instructions_and_id_prefix_are_text(tmp_path, seeds_file, node, key, value, kind):
+    """`instructions: [a, b]` sent the system prompt "['a', 'b']"; `id_prefix: {a: 1}` made ids of its str()."""
+    data = base_spec(seeds_file)
+    data["nodes"][node][key] = value
+    path = write_spec(tmp_path, data)
+    [error] = errors_of(path)
+    assert error.message == f"{key} must be text, got {kind}" and error.line == line_of(path, f"{key}:")
+
+
+@pytest.mark.parametrize("node, key, default", [("decode", "instructions", ""), ("augment", "id_prefix", "m")])
+def test_instructions_or_id_prefix_left_empty_is_as_absent(tmp_path, seeds_file, node, key, default):
+    """Left empty (YAML's null), it was str()-ed: the system prompt "None", ids starting with None."""
+    data = base_spec(seeds_file)
+    data["nodes"][node][key] = None
+    assert getattr(load_spec(write_spec(tmp_path, data)).graph.every[node], key) == default

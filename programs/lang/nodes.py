@@ -475,6 +475,18 @@ class NodeReader:
                                    f"{node.name} again, or drop 'program:'")
                 return  # one demo said: the others are most likely the same
 
+    def _text(self, raw: dict[str, Any], where: Path_, key: str, default: str, example: str) -> str:
+        """A key whose value is text; left empty (null) it is absent. `str()` of anything else sent the
+        system prompt "None" or "['a', 'b']", and made ids starting with None."""
+        value = raw.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.checker.error((*where, key), f"{key} must be text, got {_json_kind(value)}",
+                               f"e.g. {example} (quoted), or leave it out")
+            return default
+        return value
+
     def _flag(self, raw: dict[str, Any], where: Path_, key: str) -> bool:
         if not isinstance(raw.get(key, False), bool):
             self.checker.error((*where, key), f"{key} must be true or false, got {raw[key]!r}")
@@ -523,7 +535,7 @@ class NodeReader:
                 "explode": self._explode(raw.get("explode"), (*where, "explode")),
                 "lazy": self._flag(raw, where, "lazy"),
                 "temperature": raw.get("temperature"), "max_tokens": raw.get("max_tokens"), "program": program,
-                "instructions": str(raw.get("instructions", ""))}
+                "instructions": self._text(raw, where, "instructions", "", "instructions: \"Answer briefly.\"")}
 
     def _parse(self, raw: Any, where: Path_) -> ParseSpec | None:
         args = {}
@@ -565,7 +577,7 @@ class NodeReader:
             self.checker.error(where, "a mix needs fields: each one a choice: or a sample: of NODE.FIELD")
         return MixNode(**common, sources=[str(s) for s in sources],
                        count=self.expr((*where, "count"), raw.get("count", 1)), draws=draws,
-                       id_prefix=str(raw.get("id_prefix", "m")))
+                       id_prefix=self._text(raw, where, "id_prefix", "m", "id_prefix: \"m\""))
 
     def _draw(self, conf: Any, where: Path_) -> Draw | None:
         conf = self.checker.mapping(where, conf, "a mix field")
