@@ -138,3 +138,16 @@ def test_instructions_or_id_prefix_left_empty_is_as_absent(tmp_path, seeds_file,
     data = base_spec(seeds_file)
     data["nodes"][node][key] = None
     assert getattr(load_spec(write_spec(tmp_path, data)).graph.every[node], key) == default
+
+
+def test_a_message_role_typo_names_the_template_line_and_the_role_meant(tmp_path, seeds_file):
+    path = spec_with_template(tmp_path, seeds_file, "respond.jinja",
+                              '{#- a respond -#}\n{% call message("sytem") %}Be brief.{% endcall %}\n'
+                              '{% call message("user") %}{{ instruction }}{% endcall %}')
+    from codeclm.programs.engine.llm import check_templates
+
+    with pytest.raises(SpecError) as caught:  # as validate renders each template once
+        check_templates(load_spec(path))
+    error = caught.value
+    assert error.file.endswith("respond.jinja") and error.line == 2, str(error)
+    assert "message role 'sytem'" in error.message and error.hint.startswith("did you mean 'system'?")

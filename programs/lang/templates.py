@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from functools import cached_property, lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -255,7 +256,10 @@ class _Messages:
 
     def __call__(self, role: str, caller: Any) -> str:
         if role not in ROLES:
-            raise SpecError(str(self.path), f"message role {role!r} is not one of {ROLES}")
+            close = difflib.get_close_matches(str(role), list(ROLES), n=1)
+            raise SpecError(str(self.path), f"message role {role!r} is not one of {ROLES}", line=_calling_line(),
+                            hint=(f"did you mean '{close[0]}'? " if close else "")
+                            + f"write {{% call message(\"{close[0] if close else ROLES[0]}\") %}}...{{% endcall %}}")
         # A call block's body that takes nothing and escapes nothing is called directly: Jinja's
         # Macro.__call__ would only sort its (no) arguments and return the body's text, at a third
         # of the cost of the whole `message(...)` call.
@@ -267,6 +271,17 @@ class _Messages:
         if content:
             self.made.append({"role": role, "content": content})
         return ""
+
+
+def _calling_line() -> int | None:
+    """The template line of the template code calling now (as Jinja's debug rewriting finds it)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        template = frame.f_globals.get("__jinja_template__")
+        if template is not None:
+            return template.get_corresponding_lineno(frame.f_lineno)
+        frame = frame.f_back
+    return None
 
 
 def _block_line(template: jinja2.Template, exc: BaseException) -> int | None:
