@@ -151,3 +151,22 @@ def test_a_message_role_typo_names_the_template_line_and_the_role_meant(tmp_path
     error = caught.value
     assert error.file.endswith("respond.jinja") and error.line == 2, str(error)
     assert "message role 'sytem'" in error.message and error.hint.startswith("did you mean 'system'?")
+
+
+@pytest.mark.parametrize("node, key, value, message, fix", [
+    ("judge", "scale", "1-10", "node 'judge' scale must be [low, high], got 1-10 (= -9)", "scale: [1, 10]"),
+    ("novel", "threshold", 70, "must be a number above 0 and at most 1 (a ROUGE-L F-score), got 70", "threshold: 0.7"),
+    ("mix", "fields", {"use_case": {"choice": "seeds.instruction", "sample": "seeds.instruction"}},
+     "a mix field is a choice: (one value) or a sample: (k values), not both",
+     "keep one: {choice: seeds.instruction}, or {sample: seeds.instruction, k: 2}")])
+def test_a_scale_threshold_or_mix_field_error_says_what_was_written_and_the_fix(tmp_path, seeds_file, node, key,
+                                                                                value, message, fix):
+    data = base_spec(seeds_file)
+    data["nodes"]["novel"] = {"type": "dedup", "for_each": "seeds", "field": "seeds.instruction", "threshold": 0.7}
+    data["nodes"]["mix"] = {"type": "mix", "from": "seeds", "fields": {"use_case": {"choice": "seeds.instruction"}}}
+    data["outputs"]["more"] = {"from": ["novel"], "fields": {"id": "record.id"}}
+    data["outputs"]["mixed"] = {"from": ["mix"], "fields": {"id": "record.id"}}
+    (data["nodes"]["refine"]["body"] if node == "judge" else data["nodes"])[node][key] = value
+    path = write_spec(tmp_path, data)
+    [error] = [e for e in errors_of(path) if message in e.message]
+    assert fix in (error.hint or ""), str(error)

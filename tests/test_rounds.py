@@ -212,7 +212,7 @@ BROKEN = {
     "count-too-large": ("rounds: 3", "rounds: 101", "rounds: 101", "params.rounds must be at most 100",
                         "records, iterations or rounds"),
     "count-computed": ("count: params.rounds", "count: params.rounds * 50", "count: params.rounds",
-                       "node 'grow' count must be at most 100, got 150", "split the job"),
+                       "node 'grow' count must be at most 100, got params.rounds * 50 (= 150)", "split the job"),
     "pool-outside": ("    from: grow\n", "    from: pool\n", "from: pool", "reads 'pool'",
                      "pool is what earlier rounds kept"),
     "pool-per-record": ("count: 2}", "count: pool.instruction}", "inputs: {examples", "reads 'pool'",

@@ -162,15 +162,21 @@ def static_value(checker: Checker, params: dict[str, Any], node: Node, key: str,
     problem = _static_problem(kind, result) or too_large
     if not problem:
         return result
-    hint = None if problem != too_large else (
+    hint = STATIC_HINTS.get(kind) if problem != too_large else (
         "these are records, iterations or rounds made per run or per record, each held while it is worked on: "
         "lower it, or split the job into several runs (the cache shares their calls)")
+    written = value.source.strip() if isinstance(value, Expression) else None
+    got = f"{written} (= {result!r})" if written and written != repr(result) else repr(result)  # `1-10` is -9
     if refs and isinstance(value, Expression) and value.source.strip() == f"params.{refs[0].field}":
         checker.error(("params", refs[0].field), f"params.{refs[0].field} {problem} (node '{node.name}' {key}), "
                       f"got {result!r}", hint)
     else:
-        checker.error(where, f"node '{node.name}' {key} {problem}, got {result!r}", hint)
+        checker.error(where, f"node '{node.name}' {key} {problem}, got {got}", hint)
     return None
+
+
+STATIC_HINTS = {"scale": "scale: [1, 10] (a YAML list: 1-10 is a subtraction)",
+                "fraction": "a fraction, not a percentage: e.g. threshold: 0.7 (Self-Instruct's)"}
 
 
 class _GraphCheck:

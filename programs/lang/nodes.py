@@ -583,7 +583,8 @@ class NodeReader:
         conf = self.checker.mapping(where, conf, "a mix field")
         self.checker.check_keys(where, conf, {"choice", "sample", "k", "flatten", "unique"})
         if "choice" in conf and "sample" in conf:  # the sample was silently ignored
-            self.checker.error(where, "a mix field is a choice: (one value) or a sample: (k values), not both")
+            self.checker.error(where, "a mix field is a choice: (one value) or a sample: (k values), not both",
+                               f"keep one: {{choice: {conf['choice']}}}, or {{sample: {conf['sample']}, k: 2}}")
             return None
         kind = "choice" if "choice" in conf else "sample" if "sample" in conf else None
         path = conf.get(kind) if kind else None
