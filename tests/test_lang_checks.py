@@ -170,3 +170,15 @@ def test_a_scale_threshold_or_mix_field_error_says_what_was_written_and_the_fix(
     path = write_spec(tmp_path, data)
     [error] = [e for e in errors_of(path) if message in e.message]
     assert fix in (error.hint or ""), str(error)
+
+
+@pytest.mark.parametrize("where, fix", [("judge.gap is not None and judge.gap > 0", "x is not none"),
+                                        ("judge.gap > 0 && judge.a > 1", "and, not &&"),
+                                        ("judge.gap > 0 || judge.a > 1", "or, not ||"),
+                                        ("!judge.gap", "not x, not !x")])
+def test_a_python_spelling_in_an_expression_gets_jinjas(tmp_path, seeds_file, where, fix):
+    data = base_spec(seeds_file)
+    data["nodes"]["refine"]["body"]["decide"]["cases"][0]["when"] = where
+    path = write_spec(tmp_path, data)
+    [error] = [e for e in errors_of(path) if "does not parse" in e.message]
+    assert fix in error.hint and error.line == line_of(path, "name: keep_strong") + 1, str(error)  # its when:

@@ -363,8 +363,8 @@ class NodeReader:
         try:
             return compile_tree(value) if tree else compile_value(value)
         except ExpressionError as exc:
-            self.checker.error(where, str(exc), "expressions are Jinja without braces; quote literal strings: "
-                                                "\"'text'\"")
+            self.checker.error(where, str(exc), _python_hint(str(exc)) or "expressions are Jinja without braces; "
+                                                "quote literal strings: \"'text'\"")
             self.checker.unreadable_expressions += 1
             return None
 
@@ -748,6 +748,20 @@ class NodeReader:
                                "e.g. where: \"record.status == 'kept'\"")
             return None
         return self.expr(where, value)
+
+
+# Python's spellings in an expression that does not parse, and Jinja's: `x is not None`, `a && b`
+PYTHONISMS = (("No test named 'None'", "Jinja's tests are lowercase: x is none, x is not none"),
+              ("No test named 'True'", "Jinja's tests are lowercase: x is true"),
+              ("No test named 'False'", "Jinja's tests are lowercase: x is false"),
+              ("unexpected char '&'", "Jinja writes and, not &&"),
+              ("got '|'", "Jinja writes or, not || (one | applies a filter)"),
+              ("unexpected char '!'", "Jinja writes not x, not !x (a != b is fine)"))
+
+
+def _python_hint(message: str) -> str | None:
+    """The fix for a Python or C spelling Jinja does not read; None for any other problem."""
+    return next((hint for error, hint in PYTHONISMS if error in message), None)
 
 
 def _word(value: Any) -> Any:
