@@ -115,6 +115,15 @@ def test_unclosed_flow_mapping_names_a_line(tmp_path):
     assert "invalid YAML" in error.message and error.line in (3, 4)
 
 
+def test_an_unquoted_question_in_a_flow_mapping_is_told_to_quote_it(tmp_path):
+    """`{question: Why is the sky blue?}` got the generic indentation hint; questions are what users write."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: x\nnodes:\n  q:\n    type: source\n    records: [{question: Why is the sky blue?}]\n")
+    error = only_error(path)
+    assert "invalid YAML" in error.message and error.line == 5
+    assert "quote it" in error.hint and '"Why is the sky blue?"' in error.hint
+
+
 def test_a_spec_that_is_not_a_mapping(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("- just\n- a list\n")

@@ -118,6 +118,9 @@ def _compose_and_construct(text: str, file: str, what: str = "", at: Path_ = ())
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         line, hint = (mark.line + 1 if mark else None), YAML_HINT
+        if "flow" in str(getattr(exc, "context", "")) and problem.endswith(("got '?'", "got ':'")):
+            hint = ("inside [...] or {...} a text holding ?, : or , is read as YAML syntax: quote it, "
+                    'e.g. {question: "Why is the sky blue?"}')
         if isinstance(exc, yaml.reader.ReaderError):
             line = text.count("\n", 0, exc.position) + 1
             problem = f"control character U+{exc.character:04X} is not allowed in YAML"
