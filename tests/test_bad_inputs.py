@@ -216,6 +216,16 @@ def test_set_values_that_are_not_valid(tmp_path, seeds_file, override, message):
     assert message in str(error) and "--set" in str(error) and error.line is None
 
 
+def test_a_number_yaml_reads_as_text_and_nodes_set_to_nothing_get_a_fix(tmp_path, seeds_file):
+    """`1.0e400` is text to YAML 1.1 (an exponent needs its sign): the error said so nowhere. And with no node
+    left (`--set nodes=1`), each output's fix line was an empty list of node names, `fix: nodes: `."""
+    path = write_spec(tmp_path, base_spec(seeds_file))
+    assert_reports(cli("validate", str(path), "--set", "models.strong.temperature=1.0e400"),
+                   "got '1.0e400'", "write the exponent with its sign")
+    done = cli("validate", str(path), "--set", "nodes=1")
+    assert "fix: nodes: \n" not in done.stderr and "declare the node under nodes:" in done.stderr, done.stderr
+
+
 def test_set_alias_bomb_and_bad_bytes_through_the_cli(tmp_path, seeds_file):
     path = write_spec(tmp_path, base_spec(seeds_file))
     bomb = "[" + ", ".join(f"&{n} [" + ", ".join(["*" + p] * 9) + "]" for p, n in zip("abcdefgh", "bcdefghi",

@@ -229,7 +229,7 @@ class _GraphCheck:
                 self.error((*node.where, "for_each"), f"for_each names {node.for_each!r}, which is not a "
                            "top-level node",
                            graph.rounds_hint(node.for_each) or (_did_you_mean(node.for_each, list(graph.nodes))
-                                                                or "") + f"nodes: {', '.join(graph.nodes)}")
+                                                                or "") + _node_names(graph))
                 continue
             graph.children.setdefault(node.for_each, []).append(node.name)
         self.check_for_each_cycles()
@@ -426,7 +426,7 @@ class _GraphCheck:
         target = graph.every.get(collection)
         if target is None:
             self.error(node.where, f"node '{node.name}' reads all of {collection!r}, which is not a node",
-                       graph.rounds_hint(collection) or f"nodes: {', '.join(graph.nodes)}")
+                       graph.rounds_hint(collection) or _node_names(graph))
         elif target.loop:
             self.error(node.where, f"node '{node.name}' reads all of '{collection}', which is inside a loop body")
         elif node.name in graph.lineage(collection):
@@ -442,7 +442,7 @@ class _GraphCheck:
             if source is None or source.loop:
                 self.error((*output.where_path, "from"), f"output '{output.name}' reads {name!r}, which is not "
                            "a top-level node", graph.rounds_hint(name) or
-                           f"nodes: {', '.join(graph.nodes)}")
+                           _node_names(graph))
                 continue
             visible = self.visible(source, upto_self=True)
             joins: dict[str, str] = {}
@@ -822,6 +822,11 @@ def _close_name_hint(name: str, visible: dict[str, str], roots: set[str]) -> str
     """"did you mean" a visible node or root close to `name`, with what is visible; None if none is close."""
     close = _did_you_mean(name, sorted([*visible, *roots]))
     return close + _visible_hint(visible, roots) if close else None
+
+
+def _node_names(graph: Graph) -> str:
+    """The nodes a name could have meant, as a fix line (none declared: say where nodes go)."""
+    return f"nodes: {', '.join(graph.nodes)}" if graph.nodes else "declare the node under nodes:"
 
 
 def _did_you_mean(name: str, names: list[str]) -> str | None:

@@ -202,6 +202,17 @@ class NewRoles:
     named: set[str]
 
 
+def _text_number(value: Any) -> str | None:
+    """The fix for a number YAML read as text: YAML 1.1 takes an exponent only with its sign (1.0e400 is text)."""
+    if not isinstance(value, str) or "e" not in value.lower():
+        return None
+    try:
+        float(value)
+    except ValueError:
+        return None
+    return "YAML reads this as text: write the exponent with its sign (1.0e+2), or the number in full"
+
+
 class Checker:
     """Collects every problem in a spec, each located by its YAML key path, then raises them together."""
 
@@ -416,7 +427,7 @@ class Checker:
         for key in ("temperature", "max_tokens", "concurrency", "timeout", "retries"):
             value = getattr(spec, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
-                self.error((*where, key), f"{key} must be a non-negative number, got {value!r}")
+                self.error((*where, key), f"{key} must be a non-negative number, got {value!r}", _text_number(value))
                 reported.add(key)
         # no model writes or reads a million tokens at once; more only made the dry run's estimate
         # build that much text (an OverflowError past the index size)
