@@ -33,7 +33,7 @@ from .artifacts.store import (
 )
 from .engine import event_loop
 from .engine.run import RunOptions, run_spec
-from .errors import SpecError
+from .errors import COMPARE_REPLAY_FIX, SpecError
 from .lang.parsers import parse_scores
 from .lang.spec import Spec
 from .lang.templates import TemplateStore
@@ -87,7 +87,8 @@ def compare(spec_a: Spec, spec_b: Spec, options: CompareOptions, hub_a: ModelHub
     sides = {}
     for name, spec, hub in (("a", spec_a, hub_a), ("b", spec_b, hub_b)):
         run = run_spec(spec, RunOptions(out=options.out / name, cache_dir=cache_dir, cache_mode=options.cache_mode,
-                                        seeds=options.seeds, limit=options.limit), hub)
+                                        seeds=options.seeds, limit=options.limit, replay_fix=COMPARE_REPLAY_FIX),
+                       hub)
         totals = run.manifest.get("totals", {})
         quality = quality_metrics(options.out / name, embeddings=False)
         sides[name] = {"spec": str(spec.path), "run": str(options.out / name), **loop_figures(options.out / name),
@@ -106,6 +107,7 @@ def compare(spec_a: Spec, spec_b: Spec, options: CompareOptions, hub_a: ModelHub
     if hub is None:
         cache = CallCache(cache_dir, options.cache_mode)
         hub = ModelHub(spec_a.models, cache)
+    hub.replay_fix = COMPARE_REPLAY_FIX
     try:
         verdicts = event_loop.run(_judge_all(spec_a, hub, options, [(i, rows_a[i], rows_b[i]) for i in common]))
     finally:

@@ -58,6 +58,8 @@ RUN_REPLAY_FIX = ("run the spec live (`codeclm run SPEC`, no --replay) to make t
                   "run's cache bundle (`codeclm cache import`)")
 EVALUATE_REPLAY_FIX = ("run the same `codeclm evaluate` command without --replay to make the missing calls, or "
                        "import a cache bundle that holds them (`codeclm cache import`)")
+COMPARE_REPLAY_FIX = ("run the same `codeclm compare` command without --replay to make the missing calls, or "
+                      "import a cache bundle that holds them (`codeclm cache import`)")
 
 
 class ReplayMiss(CodecError):

@@ -273,6 +273,19 @@ def test_compare_finds_the_better_spec(tmp_path, scripted):
     assert scripted.calls() == calls and again.interval == result.interval
 
 
+def test_a_replay_miss_in_compare_gives_compare_s_fix(tmp_path, scripted):
+    """It told the user to run the spec live (`codeclm run SPEC`): compare's own command makes its calls."""
+    from codeclm.programs.compare import CompareOptions, compare
+    from codeclm.programs.errors import ReplayMiss
+
+    path = answer_spec(tmp_path)
+    better, worse = load_spec(path), load_spec(path, ["nodes.answer.model=target"])
+    with pytest.raises(ReplayMiss) as caught:
+        compare(better, worse, CompareOptions(judge="strong", out=tmp_path / "cmp", cache_dir=tmp_path / "cache",
+                                              cache_mode="replay"))
+    assert "fix: run the same `codeclm compare` command without --replay" in str(caught.value)
+
+
 def test_compare_of_identical_specs_includes_zero(tmp_path, scripted):
     spec = load_spec(answer_spec(tmp_path))
     result = run_compare(tmp_path, spec, spec, scripted)

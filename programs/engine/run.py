@@ -28,7 +28,7 @@ from ..artifacts.bundle import recorded_calls
 from ..artifacts.manifest import build_manifest, code_sha
 from ..artifacts.rundata import read_run_json
 from ..artifacts.store import RunStore, check_out_folder
-from ..errors import CodecError, SpecError, SpecErrors
+from ..errors import RUN_REPLAY_FIX, CodecError, SpecError, SpecErrors
 from ..lang.nodes import DedupNode, LLMNode, MixNode, Node, SourceNode
 from ..lang.spec import Spec
 from ..models.backends import missing_key
@@ -56,6 +56,7 @@ class RunOptions:
     overrides: list[str] = field(default_factory=list)
     progress: Progress | None = None
     recorded_run: Path | None = None  # in replay, a run to compare a cache miss with
+    replay_fix: str = RUN_REPLAY_FIX  # what a replay's miss tells the user to do: the command's own words
 
 
 @dataclass
@@ -135,6 +136,7 @@ async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: A
         check_keys(spec)
     async with opened_hub(spec, options.cache_dir, options.cache_mode, options.concurrency, hub,
                           dry_run=options.dry_run) as live_hub:
+        live_hub.replay_fix = options.replay_fix
         manifest = options.recorded_run / "manifest.json" if options.recorded_run else None
         if manifest and manifest.is_file():
             live_hub.recorded = recorded_calls(options.recorded_run)
