@@ -117,7 +117,8 @@ def test_a_filler_is_counted_as_often_as_it_is_placed(source):
 
 
 def test_a_template_that_would_fill_the_memory_is_refused_at_validate(tmp_path, seeds_file):
-    spec = spec_with_respond(tmp_path, seeds_file, '{% call message("user") %}{{ "x" * 10**10 }}{% endcall %}')
+    spec = spec_with_respond(tmp_path, seeds_file, '{% call message("user") %}{{ instruction }}{{ "x" * 10**10 }}'
+                                                   '{% endcall %}')
     done = subprocess.run([sys.executable, "-m", "codeclm.cli", "validate", str(spec)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
@@ -239,14 +240,19 @@ def test_seeds_option_needs_a_spec_that_reads_one_file(tmp_path, seeds_file, scr
 
 
 def numbers_spec(tmp_path: Path, template: str) -> Path:
-    """A source of inline records, an llm node on it and a pointwise judge, whose `write.jinja` is `template`."""
+    """A source of inline records, an llm node on it and a pointwise judge, whose `write.jinja` is `template`;
+    `write` gets the inputs of these the template reads (an input it never reads is an error of its own)."""
+    from jinja2 import Environment, meta
+
+    reads = meta.find_undeclared_variables(Environment().parse(template))
     prompts = tmp_path / "prompts"
     prompts.mkdir(exist_ok=True)
     (prompts / "write.jinja").write_text(template)
     (prompts / "rate.jinja").write_text('{% call message("user") %}Rate {{ text }} from {{ scale_low }} to '
                                         '{{ scale_high }}.{% endcall %}')
     (prompts / "shape.jinja").write_text('{% call message("user") %}Describe {{ text }} as JSON.{% endcall %}')
-    data = {"name": "numbers", "prompts": str(prompts), "params": {"limit": 5, "nums": [1, 2, 3]},
+    params = {k: v for k, v in (("limit", 5), ("nums", [1, 2, 3])) if k in reads}
+    data = {"name": "numbers", "prompts": str(prompts), "params": params,
             "models": {"w": {"model": "hosted_vllm/w", "api_base": "http://127.0.0.1:9/v1"}},
             "nodes": {"items": {"type": "source", "records": [{"id": "a", "text": "hi", "n": 2}]},
                       "rate": {"type": "judge", "for_each": "items", "model": "w", "template": "rate.jinja",
@@ -255,8 +261,10 @@ def numbers_spec(tmp_path: Path, template: str) -> Path:
                                 "inputs": {"text": "items.text"}, "parse": "json", "outputs": ["size"]},
                       "write": {"type": "llm", "for_each": "shape", "model": "w", "template": "write.jinja",
                                 "parse": "json", "outputs": ["out", "size"],
-                                "inputs": {"n": "items.n", "limit": "params.limit", "score": "rate.score",
-                                           "size": "shape.size", "tags": "['x', 'y']", "nums": "params.nums"}}},
+                                "inputs": {name: value for name, value in (
+                                    ("n", "items.n"), ("limit", "params.limit"), ("score", "rate.score"),
+                                    ("size", "shape.size"), ("tags", "['x', 'y']"), ("nums", "params.nums"))
+                                    if name in reads}}},
             "outputs": {"dataset": {"from": "write", "fields": {"out": "write.out"}}}}
     return write_spec(tmp_path, data)
 

@@ -111,6 +111,17 @@ def test_a_typo_in_an_input_name_is_said_at_the_input(tmp_path, seeds_file):
     assert error.line == line_of(path, "use_cse:")
 
 
+def test_an_input_the_template_never_reads_is_refused_at_the_input(tmp_path, seeds_file):
+    """`tone: "'friendly'"` for a template with no {{ tone }} validated: the user believed the prompt had a tone."""
+    data = base_spec(seeds_file)
+    data["nodes"]["decode"]["inputs"]["tone"] = "'friendly'"
+    path = write_spec(tmp_path, data)
+    [error] = errors_of(path)
+    assert error.message == "inputs.tone: template decode.jinja never reads tone: it would change nothing"
+    assert error.hint == "write {{ tone }} in the template, or remove the input"
+    assert error.line == line_of(path, "tone:")
+
+
 @pytest.mark.parametrize("value", ["0.0", "-0.0", "0.5", "2.0", "0"])
 def test_concurrency_is_a_whole_number_from_1(tmp_path, seeds_file, value):
     """`concurrency: 0.0` passed every check and the run waited forever at 0 calls (a semaphore of 0)."""

@@ -521,7 +521,7 @@ class _GraphCheck:
         needed = self.template_variables(node.template, tree)
         missing = sorted(needed - node.template_variables())
         missing = [name for name in missing if name not in HELPERS]  # said once per template, at its line
-        missing = self.check_misnamed_inputs(node, store, tree, missing)
+        missing = self.check_unread_inputs(node, store, tree, missing)
         if missing:
             given = sorted(node.template_variables())
             close = difflib.get_close_matches(missing[0], given, n=1)
@@ -535,13 +535,13 @@ class _GraphCheck:
             self.error((*node.where, "inputs"), f"template {node.template} uses {', '.join(missing)}, which node "
                        f"'{node.name}' does not provide", hint)
 
-    def check_misnamed_inputs(self, node: LLMNode, store: TemplateStore, tree: Any, missing: list[str]) -> list[str]:
-        """An input the template never reads, close to a variable it reads and no input gives, is a typo in
-        the input (`topci` for `topic`), which was blamed on the template: said at the input. Returns the
-        missing variables left to report. (An unread input alone is let be: the shipped CodecLM specs give
-        improve.jinja use_case and skills, which it does not show.)"""
-        reads = self.template_reads(store, node.template, tree) if missing else None
-        if reads is None:  # nothing missing; or a template pulled in by a computed name reads what it will
+    def check_unread_inputs(self, node: LLMNode, store: TemplateStore, tree: Any, missing: list[str]) -> list[str]:
+        """An input the template never reads is an error at the input: close to a variable the template reads
+        and no input gives, a typo (`topci` for `topic`, which was blamed on the template); else an input that
+        would change nothing (`tone:` with no {{ tone }}: the prompt has no tone). Returns the missing
+        variables left to report."""
+        reads = self.template_reads(store, node.template, tree)
+        if reads is None:  # a template pulled in by a computed name reads what it will
             return missing
         for name in sorted(set(node.inputs) - reads):
             meant = difflib.get_close_matches(name, missing, n=1)
@@ -550,6 +550,10 @@ class _GraphCheck:
                 self.error((*node.where, "inputs", name), f"inputs.{name}: template {node.template} reads "
                            f"{meant[0]}, not {name}", f"did you mean '{meant[0]}'? write {meant[0]}: "
                            + getattr(node.inputs[name], "source", "EXPRESSION"))
+            else:
+                self.error((*node.where, "inputs", name), f"inputs.{name}: template {node.template} never reads "
+                           f"{name}: it would change nothing", f"write {{{{ {name} }}}} in the template, or remove "
+                           "the input")
         return missing
 
     def template_reads(self, store: TemplateStore, name: str, tree: Any, seen: frozenset[str] = frozenset()) \

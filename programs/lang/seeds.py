@@ -73,7 +73,7 @@ def check_file(path: Path, kind: FileKind = SEED_FILE) -> None:
 
 
 def _no_records(path: Path, field: str, kind: FileKind) -> SpecError:
-    return SpecError(str(path), f"no {kind.records} found", hint=f"one record per line with a '{field}' field")
+    return SpecError(str(path), f"no {kind.records} found", hint=f"one record per line, with the field '{field}'")
 
 
 def _iter_rows(path: Path, fields: tuple[str, ...], id_field: str | None,
