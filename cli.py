@@ -379,6 +379,8 @@ def replay(run_dir: Path, out: Path | None, cache_dir: Path | None, moved_spec: 
                     "now, so it may miss the cache (exit 3) or give another dataset", fg="yellow", err=True)
     if recorded["seeds"]:  # the run's --seeds FILE: replay has no --seeds, so its fix is to put the file back
         check_file(Path(recorded["seeds"]), recorded_seed_file(Path(recorded["seeds"])))
+    for missing in loaded.missing_files:  # a file the spec reads: the same fix (not --set, not --seeds)
+        missing.hint = "put the file the run read back at that path: a replay reads the run's own files"
     base = run_dir if run_dir.name else run_dir.resolve()  # `replay .` names the folder it is in
     out = out or base.with_name(base.name + "-replay")
     options = RunOptions(out=out, cache_dir=cache_dir or Path(recorded["cache_dir"]), cache_mode="replay",

@@ -174,6 +174,24 @@ def test_replay_of_a_run_whose_seeds_file_is_gone_says_to_put_it_back(tmp_path):
     assert "--seeds" not in replayed.output
 
 
+def test_replay_of_a_run_whose_spec_source_file_is_gone_says_to_put_it_back(tmp_path, seeds_file):
+    """The fix said "--set nodes.seeds.path=FILE (run: --seeds FILE)": a replay takes neither."""
+    from codeclm.programs.artifacts.manifest import spec_sha
+
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    seeds_file.unlink()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    manifest = {"spec": {"path": str(spec), "sha256": spec_sha(spec)},
+                "options": {"cache_dir": str(tmp_path / "cache"), "overrides": [], "seeds": None, "limit": None}}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    replayed = CliRunner().invoke(cli.main, ["replay", str(run_dir)])
+    assert replayed.exit_code == 2, replayed.output
+    assert f"reads {seeds_file}, which does not exist\n  fix: put the file the run read back at that path" \
+        in replayed.output
+    assert "--seeds" not in replayed.output and "--set" not in replayed.output
+
+
 def test_replay_says_first_what_changed_since_the_run(tmp_path, seeds_file):
     """An edited template made the replay miss (exit 3) blaming "an input upstream"; the manifest's hashes
     say which file changed, and the replay now says so before it starts."""
