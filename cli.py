@@ -432,7 +432,9 @@ def _recorded_spec(manifest: dict[str, Any], manifest_path: Path, moved: Path | 
         raise SpecError(str(path), f"not the spec file the run used: edited since, or another file (its hash is not "
                         f"the one {manifest_path} recorded)",
                         hint=f"name the run's own spec file, unedited (it was {recorded}); to run an edited spec "
-                             "from the cache, use `codeclm run SPEC --replay`")
+                             "from the cache, use `codeclm run SPEC --replay`; the spec as the run ran it (after an "
+                             f"upgrade changed a shipped one, say): `codeclm export {manifest_path.parent} DIR`, "
+                             "then `codeclm run DIR/pipeline/spec.yaml --replay`")
     return str(path)
 
 

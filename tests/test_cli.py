@@ -263,6 +263,14 @@ def test_replay_refuses_a_spec_edited_where_the_run_left_it(tmp_path, seeds_file
     assert edited.exit_code == 2, edited.output
     assert f"{spec.resolve()}: not the spec file the run used: edited since" in edited.output
     assert "codeclm run SPEC --replay" in edited.output and not (tmp_path / "edited").exists()
+    # the way it offers to the spec as the run ran it: export, then a replay of the exported spec, no model
+    assert f"`codeclm export {run} DIR`, then `codeclm run DIR/pipeline/spec.yaml --replay`" in edited.output
+    exported = invoke(cli.main, ["export", str(run), str(tmp_path / "export"), "--cache-dir", cache])
+    assert exported.exit_code == 0, exported.output
+    replayed = invoke(cli.main, ["run", str(tmp_path / "export" / "pipeline" / "spec.yaml"), "--replay", "-q",
+                                 "--no-report", "--out", str(tmp_path / "again"), "--cache-dir", cache])
+    assert replayed.exit_code == 0, replayed.output
+    assert (tmp_path / "again" / "dataset.jsonl").read_bytes() == (run / "dataset.jsonl").read_bytes()
 
 
 def test_replay_of_a_run_written_in_the_older_encoding_finds_the_same_records(tmp_path, seeds_file):
