@@ -209,6 +209,13 @@ def _load(spec_path: str, overrides: tuple[str, ...], roles: tuple[str | None, .
         raise SpecError(spec_path, "no such spec file, and no shipped spec of that name",
                         hint=(f"did you mean '{close[0]}'? " if close else "")
                         + f"give a path, or one of: {', '.join(builtin_specs())} (`codeclm init` copies them)")
+    if not path.exists() and not path.is_symlink() and path.stem in builtin_specs():
+        # `specs/codeclm.yaml`, as the help writes it, is a checkout's or an init project's path: an installed
+        # codeclm run elsewhere has the spec by its name
+        command = click.get_current_context().info_name
+        raise SpecError(spec_path, "no such spec file",
+                        hint=f"the shipped spec of that name is `codeclm {command} {path.stem}` (by name, from any "
+                             "folder); `codeclm init DIR` copies the specs to edit")
     named = None if roles is None else [role for role in roles if role]
     return load_spec(str(path), list(overrides), named)
 
@@ -626,7 +633,7 @@ def compare(spec_a: str, spec_b: str | None, set_both: tuple[str, ...], set_a: t
     codeclm did not write is never replaced (exit 2 before any call).
 
     \b
-    After editing a template, against the committed one:
+    Edited templates against the spec's own (cp -r prompts prompts-edited, edit; prompts= is relative to the spec):
       codeclm compare specs/demo.yaml --set-b prompts=../prompts-edited --judge strong
     Two settings of one spec (records are matched by id: two specs must make the same ids):
       codeclm compare specs/demo.yaml --set-a params.threshold=2 --set-b params.threshold=4 --judge strong

@@ -125,3 +125,16 @@ def test_a_folder_named_like_a_shipped_spec_does_not_hide_it(tmp_path, monkeypat
     (tmp_path / "mine").mkdir()
     result = CliRunner().invoke(main, ["validate", "mine"])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_a_missing_path_to_a_shipped_spec_names_it_by_name(tmp_path, monkeypatch):
+    """`codeclm validate specs/codeclm.yaml`, as `--help` shows, from a folder with no specs/ (an installed
+    codeclm) said only "cannot read file ... fix: check the path"."""
+    monkeypatch.chdir(tmp_path)
+    for given in ("specs/codeclm.yaml", "codeclm.yaml"):
+        result = CliRunner().invoke(main, ["validate", given])
+        assert result.exit_code == 2 and f"error: {given}: no such spec file" in result.output, result.output
+        assert "fix: the shipped spec of that name is `codeclm validate codeclm` (by name, from any folder); " \
+               "`codeclm init DIR` copies the specs to edit" in result.output
+    result = CliRunner().invoke(main, ["validate", "specs/mine.yaml"])  # no shipped spec of that name
+    assert result.exit_code == 2 and "fix: check the path" in result.output
