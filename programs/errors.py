@@ -53,6 +53,12 @@ class SpecErrors(CodecError):
         self.errors = errors
 
 
+# Where hints send a user for more, in words true for a checkout and for an installed codeclm alike
+# (pip installs neither docs/ nor specs/ in the working folder: `codeclm init DIR` copies them there).
+SPEC_REFERENCE = "the spec reference, docs/spec.md (in a checkout, or copied by `codeclm init DIR`)"
+CODECLM_README = "codeclm's README, on its project page or as README.md in a checkout"
+
+
 # What to do about a replay's miss, per command: the calls are made by the same command without --replay.
 RUN_REPLAY_FIX = ("run the spec live (`codeclm run SPEC`, no --replay) to make the missing calls, or import the "
                   "run's cache bundle (`codeclm cache import`)")

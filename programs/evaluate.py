@@ -165,7 +165,8 @@ def pairwise_judge(spec: Spec) -> tuple[JudgeNode, Any]:
     answer = judges[0].pair[0].references()[0].root if judges and judges[0].pair[0].references() else None
     if not judges or answer not in spec.graph.every:
         raise SpecError(str(spec.path), "evaluation needs a pairwise judge node whose pair names the nodes "
-                        "that answer", hint="evaluate with specs/codeclm.yaml, overriding its models with --set")
+                        "that answer", hint="evaluate with the shipped spec by name (`codeclm evaluate codeclm ...`), "
+                        "overriding its models with --set")
     return judges[0], spec.graph.every[answer]
 
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 from codeclm.cli import main
+from codeclm.programs.errors import SpecError, SpecErrors
+from codeclm.programs.evaluate import pairwise_judge
+from codeclm.programs.lang.spec import load_spec
+from codeclm.programs.models.local_model import LocalModel, WorkerDied
 from codeclm.programs.starter import PACKAGE_ROOT, builtin_specs, starter_files
+from codeclm.programs.tuning.config import pick_metric
 
 
 def test_init_writes_an_editable_project_that_validates(tmp_path, monkeypatch):
@@ -138,3 +144,42 @@ def test_a_missing_path_to_a_shipped_spec_names_it_by_name(tmp_path, monkeypatch
                "`codeclm init DIR` copies the specs to edit" in result.output
     result = CliRunner().invoke(main, ["validate", "specs/mine.yaml"])  # no shipped spec of that name
     assert result.exit_code == 2 and "fix: check the path" in result.output
+
+
+def _names_only_a_checkout(hint: str) -> bool:
+    """A hint sends an installed user to a file they do not have: a spec by path, docs/spec.md or the README
+    without saying where it is (a checkout; `codeclm init DIR` copies the specs and the reference)."""
+    return "specs/" in hint or ("docs/spec.md" in hint and "codeclm init" not in hint) \
+        or ("README" in hint and "checkout" not in hint)
+
+
+@pytest.mark.parametrize("text", [
+    "- a list, not a mapping\n",
+    "models: {strong: local}\nstages: []\n",
+    "models: {strong: local}\n",
+    "models: {strong: local}\nnodes: {seeds: {type: sourc}}\n",
+    "models: {strong: gpt4}\nnodes: {seeds: {type: source, records: [{instruction: x}]}}\n",
+])
+def test_hints_name_what_an_installed_codeclm_has(tmp_path, text):
+    """"see docs/spec.md and specs/codeclm.yaml", "(README: Models)": files a pip install does not put in
+    the user's folder."""
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "specs").mkdir()
+    spec = tmp_path / "specs" / "mine.yaml"
+    spec.write_text(text)
+    with pytest.raises((SpecError, SpecErrors)) as caught:
+        load_spec(spec)
+    errors = caught.value.errors if isinstance(caught.value, SpecErrors) else [caught.value]
+    hints = [error.hint for error in errors if error.hint]
+    assert hints and not [hint for hint in hints if _names_only_a_checkout(hint)], hints
+
+
+def test_evaluate_optimize_and_a_crash_name_what_an_installed_codeclm_has():
+    with pytest.raises(SpecError) as caught:
+        pairwise_judge(load_spec(builtin_specs()["self_instruct"]))  # no pairwise judge
+    assert not _names_only_a_checkout(caught.value.hint), caught.value.hint
+    with pytest.raises(SpecError) as caught:
+        pick_metric(load_spec(builtin_specs()["demo"]), "encode", "nope")
+    assert "no metric named 'nope'" in caught.value.message and not _names_only_a_checkout(caught.value.hint)
+    crashed = LocalModel._crashed(None, WorkerDied(-9, ""))  # type: ignore[arg-type]  # reads nothing of self
+    assert not _names_only_a_checkout(str(crashed).partition("fix:")[2]), str(crashed)

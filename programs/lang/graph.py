@@ -122,7 +122,8 @@ def build_graph(checker: Checker, models: dict[str, ModelSpec], params: dict[str
     reader = NodeReader(checker)
     raw_nodes = checker.mapping(("nodes",), checker.data.get("nodes"), "nodes")
     if not raw_nodes:
-        checker.error(("nodes",), "no nodes declared", "start from specs/codeclm.yaml or docs/spec.md")
+        checker.error(("nodes",), "no nodes declared",
+                      "start from a shipped spec (`codeclm init DIR` copies them and the spec reference, docs/spec.md)")
     nodes = {}
     for name, raw in raw_nodes.items():
         node = reader.read(str(name), raw, ("nodes", name))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import SPEC_REFERENCE
 from .expressions import Expression, ExpressionError, Reference, compile_tree, compile_value, tree_references
 from .parsing import PARSERS
 from .yaml_lines import Path_
@@ -383,7 +384,7 @@ class NodeReader:
                                f"node '{name}' has unknown type {kind!r}" if kind else f"node '{name}' needs a type",
                                f"did you mean node '{close[0]}'?" if close else
                                (f"did you mean '{close_type[0]}'? " if close_type else "")
-                               + f"types: {', '.join(NODE_KEYS)} (docs/spec.md)")
+                               + f"types: {', '.join(NODE_KEYS)}; see {SPEC_REFERENCE}")
             return None
         if kind == "judge" and "outputs" in raw:  # a judge's outputs are fixed: say which, not "inputs?"
             self.checker.error((*where, "outputs"), f"a judge declares no outputs: node '{name}' gives score "

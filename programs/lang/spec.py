@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import yarl
 
-from ..errors import SpecError, SpecErrors
+from ..errors import CODECLM_README, SPEC_REFERENCE, SpecError, SpecErrors
 from ..models.budget import check_budget, check_price
 from .yaml_lines import Path_, has_surrogate, load_value, load_with_lines
 
@@ -146,7 +146,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, named_roles:
     path = Path(path)
     data, lines = load_with_lines(path)
     if not isinstance(data, dict):
-        raise SpecError(str(path), "a spec must be a YAML mapping", line=1, hint="start from specs/demo.yaml")
+        raise SpecError(str(path), "a spec must be a YAML mapping", line=1,
+                        hint="start from the shipped spec `demo` (`codeclm init DIR` copies it)")
     declared = set(data["models"]) if isinstance(data.get("models"), dict) else set()
     data = apply_overrides(data, overrides or [], str(path))
     checker = Checker(path, data, lines, [item.partition("=")[0] for item in overrides or []])
@@ -284,7 +285,7 @@ class Checker:
         if "stages" in data or "refine" in data:
             self.error(("stages",) if "stages" in data else ("refine",),
                        "'stages:' and 'refine:' are the old CodecLM-only format",
-                       "write the graph under 'nodes:' (see docs/spec.md and specs/codeclm.yaml)")
+                       f"write the graph under 'nodes:', as the shipped spec `codeclm` does; see {SPEC_REFERENCE}")
         models = self.models(self.mapping(("models",), data.get("models"), "models"))
         params = self.mapping(("params",), data.get("params"), "params")
         for path, value in _non_finite(params, ("params",)):  # `.nan`: every comparison with it is false
@@ -415,7 +416,7 @@ class Checker:
         if (problem := _provider_problem(model)) is not None:
             self.error((*where, "model"), f"model '{role}': {problem}",
                        "local (the embedded model), openai/gpt-4o-mini, hosted_vllm/NAME with api_base, "
-                       "ollama/NAME, gemini/..., anthropic/... (README: Models)")
+                       f"ollama/NAME, gemini/..., anthropic/... (Models in {CODECLM_README})")
         elif model.startswith("hosted_vllm/") and not conf.get("api_base"):
             self.error(where, f"model '{role}' ({model}) needs api_base", "e.g. api_base: http://127.0.0.1:8000/v1")
         elif conf.get("api_base") is not None and (problem := _url_problem(conf["api_base"])):

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import CodecError, ModelCallError, ModelCrashed
+from ..errors import CODECLM_README, CodecError, ModelCallError, ModelCrashed
 
 LOCAL_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_THREADS = 8  # a 135M model gains little past this; more threads only contend
@@ -274,7 +274,7 @@ class LocalModel:
             f"the embedded model's process {died}, on llama.cpp's safe path (no weight repacking).{tail}\n"
             "  every finished call is cached: run the same command again to resume.\n"
             "  fix: if it recurs, run the models on a server instead (models.ROLE.model: hosted_vllm/NAME with "
-            "api_base, or ollama/NAME; see the README's Models table)")
+            f"api_base, or ollama/NAME; see Models in {CODECLM_README})")
 
     def close(self) -> None:
         with self._lock:

@@ -157,7 +157,7 @@ def tuning_for(spec: Any, node: str) -> NodeTuning:
 
 def pick_metric(spec: Any, node: str, name: str | None) -> MetricSpec:
     """The metric `--metric NAME` names (default: the node's `metric:`), or a SpecError."""
-    from ..errors import SpecError
+    from ..errors import SPEC_REFERENCE, SpecError
 
     tuning = tuning_for(spec, node)
     name = name or tuning.metric
@@ -166,5 +166,5 @@ def pick_metric(spec: Any, node: str, name: str | None) -> MetricSpec:
     if name not in tuning.metrics:
         raise SpecError(str(spec.path), f"node '{node}' has no metric named {name!r}",
                         hint=f"metrics: {', '.join(['parse', *tuning.metrics])}; declare one under "
-                        f"optimize.{node}.metrics (docs/spec.md: optimize)")
+                        f"optimize.{node}.metrics; see optimize in {SPEC_REFERENCE}")
     return tuning.metrics[name]
