@@ -333,6 +333,16 @@ def test_missing_prompts_folder(tmp_path, spec_data):
     path = write_spec(tmp_path, spec_data)
     error = only_error(path)
     assert error.line == line_of(path, "prompts:") and "does not exist" in error.message
+    assert "default" not in error.message  # the spec's own prompts: key
+
+
+def test_missing_default_prompts_folder_says_it_is_the_default(tmp_path, spec_data):
+    """docs/spec.md's first spec, saved alone in a folder, said "prompts folder .../prompts does not exist"
+    though the spec names no prompts folder: the default ../prompts was applied, unsaid."""
+    del spec_data["prompts"]
+    error = only_error(write_spec(tmp_path, spec_data))
+    assert error.message == f"prompts folder {tmp_path.parent / 'prompts'} does not exist (the default, " \
+                            "../prompts, relative to the spec)", error.message
 
 
 def test_missing_template_lists_the_available_ones(tmp_path, spec_data):

@@ -294,7 +294,9 @@ class Checker:
                        "write a number, e.g. 3 or 0.5")
         prompts_dir = self.relative(str(data.get("prompts", "../prompts")))
         if not prompts_dir.is_dir():
-            self.error(("prompts",), f"prompts folder {prompts_dir} does not exist",
+            # without the key, say so: the user named no folder, and a spec saved alone has no ../prompts
+            default = "" if "prompts" in data else " (the default, ../prompts, relative to the spec)"
+            self.error(("prompts",), f"prompts folder {prompts_dir} does not exist{default}",
                        "set 'prompts:' to the folder of templates, relative to the spec")
         if data.get("executor", "local") not in EXECUTORS:
             self.error(("executor",), f"executor must be one of {', '.join(EXECUTORS)}, got {data['executor']!r}")
