@@ -199,9 +199,9 @@ def _cache_mode(replay: bool, refresh: bool) -> str | None:
 def _load(spec_path: str, overrides: tuple[str, ...], roles: tuple[str | None, ...] | None = None) -> Any:
     """SPEC is a path, or the name of a shipped spec (`demo`, `codeclm`, ...). `roles`: the model roles
     the command reads by name; given, a `--set models.ROLE...` that nothing reads is refused (a typo)."""
-    from codeclm.programs.errors import SpecError
+    from codeclm.programs.errors import SpecError, SpecErrors
     from codeclm.programs.lang.spec import load_spec
-    from codeclm.programs.starter import builtin_specs, resolve_spec
+    from codeclm.programs.starter import builtin_specs, resolve_spec, told_not_to_edit
 
     path = resolve_spec(spec_path)
     if not path.exists() and path == Path(spec_path) and not path.suffix and len(path.parts) == 1:  # a name
@@ -217,7 +217,10 @@ def _load(spec_path: str, overrides: tuple[str, ...], roles: tuple[str | None, .
                         hint=f"the shipped spec of that name is `codeclm {command} {path.stem}` (by name, from any "
                              "folder); `codeclm init DIR` copies the specs to edit")
     named = None if roles is None else [role for role in roles if role]
-    return load_spec(str(path), list(overrides), named)
+    try:
+        return load_spec(str(path), list(overrides), named)
+    except (SpecError, SpecErrors) as exc:
+        raise SpecErrors(told_not_to_edit(path, exc.errors if isinstance(exc, SpecErrors) else [exc])) from None
 
 
 @main.command()

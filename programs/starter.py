@@ -14,6 +14,7 @@ from .errors import SpecError, SpecErrors
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 STARTER_FOLDERS = ("specs", "prompts", "seeds", "docs")
+SHIPPED_SPEC_FIX = "a shipped spec: pass --set KEY=VALUE, or `codeclm init DIR` for an editable copy"
 FIRST_STEPS = """\
 # A codeclm project
 
@@ -55,6 +56,17 @@ def resolve_spec(name_or_path: str) -> Path:
     if path.is_file() or path.suffix in {".yaml", ".yml"} or len(path.parts) > 1:
         return path
     return builtin_specs().get(name_or_path, path)
+
+
+def told_not_to_edit(spec: Path, errors: list[SpecError]) -> list[SpecError]:
+    """`errors` of loading `spec`; where it is a shipped spec (inside the package: site-packages, once
+    installed), each located in it says how to change it without editing it, a fix once for all checks."""
+    if spec.resolve() not in {path.resolve() for path in builtin_specs().values()}:
+        return errors
+    for error in errors:
+        if error.file == str(spec):
+            error.hint = f"{error.hint} ({SHIPPED_SPEC_FIX})" if error.hint else SHIPPED_SPEC_FIX
+    return errors
 
 
 def starter_files() -> list[Path]:

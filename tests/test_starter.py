@@ -183,3 +183,18 @@ def test_evaluate_optimize_and_a_crash_name_what_an_installed_codeclm_has():
     assert "no metric named 'nope'" in caught.value.message and not _names_only_a_checkout(caught.value.hint)
     crashed = LocalModel._crashed(None, WorkerDied(-9, ""))  # type: ignore[arg-type]  # reads nothing of self
     assert not _names_only_a_checkout(str(crashed).partition("fix:")[2]), str(crashed)
+
+
+def test_an_error_in_a_shipped_spec_says_how_to_change_it_without_editing_it(tmp_path, monkeypatch):
+    """`codeclm run demo --set models.strong.model=hosted_vllm/x` said `.../site-packages/codeclm/specs/demo.yaml:14:
+    ... fix: e.g. api_base: ...`: a file inside the installed package, not the user's to edit."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["run", "demo", "--set", "models.strong.model=hosted_vllm/x", "--dry-run"])
+    assert result.exit_code == 2 and f"{builtin_specs()['demo']}:" in result.output, result.output
+    assert "fix: e.g. api_base: http://127.0.0.1:8000/v1 (a shipped spec: pass --set KEY=VALUE, or `codeclm init " \
+           "DIR` for an editable copy)" in result.output
+    assert CliRunner().invoke(main, ["init", "mine"]).exit_code == 0  # the copy is the user's: no such clause
+    result = CliRunner().invoke(main, ["run", "mine/specs/demo.yaml", "--set", "models.strong.model=hosted_vllm/x",
+                                       "--dry-run"])
+    assert result.exit_code == 2 and "fix: e.g. api_base: http://127.0.0.1:8000/v1\n" in result.output
+
