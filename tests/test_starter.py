@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,13 @@ def test_an_error_in_a_shipped_spec_says_how_to_change_it_without_editing_it(tmp
                                        "--dry-run"])
     assert result.exit_code == 2 and "fix: e.g. api_base: http://127.0.0.1:8000/v1\n" in result.output
 
+
+def test_the_reference_init_copies_names_only_what_the_project_has_or_says_where_it_is(tmp_path):
+    """docs/spec.md, copied into a project, sent the user to "(README: Models)" (the project's README is
+    init's first steps) and to tests/test_spec_reference.py (a checkout's)."""
+    assert CliRunner().invoke(main, ["init", str(tmp_path)]).exit_code == 0
+    text = (tmp_path / "docs" / "spec.md").read_text()
+    assert "tests/" not in text
+    for mention in re.finditer(r"\bREADME: ", text):  # a section of a README: codeclm's, said where it is
+        assert text[mention.start() - len("codeclm's "):mention.start()] == "codeclm's ", text[mention.start() - 80:]
+    assert "on its project page\nor as README.md in a checkout" in text
