@@ -1067,8 +1067,11 @@ def _budget_stop(result: Any) -> None:
     click.secho(f"stopped: budget reached ({budget['reached']}); with the calls then in flight, new calls used "
                 f"{spent['tokens']:,} tokens, ${spent['usd']:.4f}; {budget['calls_not_made']} calls not started",
                 fg="yellow", err=True)
+    # --refresh calls everything again: its advice to resume must drop it, or the rerun pays for every call again
+    rerun = "without --refresh and with a higher budget" if result.manifest["options"]["cache_mode"] == "refresh" \
+        else "with a higher budget"
     click.secho(f"the data so far is in {result.out} (manifest: stopped: budget; records the budget cut short are "
-                "in failures.jsonl as 'not called: budget reached'). Rerun with a higher budget (--budget-usd, "
+                f"in failures.jsonl as 'not called: budget reached'). Rerun {rerun} (--budget-usd, "
                 "--budget-tokens or --set budget.usd=...) to resume: cached calls are free", fg="yellow", err=True)
     sys.exit(EXIT_BUDGET)
 

@@ -220,3 +220,21 @@ def test_prices_and_the_tracker():
     assert tracker.reached == "budget.per_model.strong.tokens 100: 100 tokens spent"
     assert tracker.refuse("target").startswith("not called: budget reached")
     assert tracker.report()["calls_not_made"] == 1 and tracker.report()["spent"]["usd"] == pytest.approx(0.6)
+
+
+def _stop_message(result, capsys) -> str:
+    """What the CLI says of a run its budget stopped (it exits 4)."""
+    with pytest.raises(SystemExit) as stopped:
+        cli._budget_stop(result)
+    assert stopped.value.code == EXIT_BUDGET
+    return capsys.readouterr().err
+
+
+def test_a_refresh_run_stopped_by_its_budget_says_to_resume_without_refresh(tmp_path, seeds_file, scripted, capsys):
+    """Rerunning with --refresh, as the stop advised, made every call again instead of resuming."""
+    data = base_spec(seeds_file)
+    data["budget"] = {"tokens": 50}
+    refreshed = _stop_message(scripted(write_spec(tmp_path, data), mode="refresh", concurrency=1), capsys)
+    assert "Rerun without --refresh and with a higher budget" in refreshed
+    live = _stop_message(scripted(write_spec(tmp_path, data), out="live", concurrency=1), capsys)
+    assert "Rerun with a higher budget" in live and "--refresh" not in live
