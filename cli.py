@@ -1064,16 +1064,26 @@ def _budget_stop(result: Any) -> None:
 
     budget = result.manifest["budget"]
     spent = budget["spent"]
+    limit = budget["reached_limit"]  # budget.usd, budget.tokens or budget.per_model.ROLE.usd|tokens
+    role = limit.removeprefix("budget.per_model.").rpartition(".")[0] if "per_model" in limit else None
+    by_role = spent["per_model"].get(role, {"tokens": 0, "usd": 0.0}) if role else None
     click.secho(f"stopped: budget reached ({budget['reached']}); with the calls then in flight, new calls used "
-                f"{spent['tokens']:,} tokens, ${spent['usd']:.4f}; {budget['calls_not_made']} calls not started",
-                fg="yellow", err=True)
+                f"{spent['tokens']:,} tokens, ${spent['usd']:.4f}"
+                + (f" ({role}: {by_role['tokens']:,} tokens, ${by_role['usd']:.4f})" if by_role else "")
+                + f"; {budget['calls_not_made']} calls not started", fg="yellow", err=True)
     # --refresh calls everything again: its advice to resume must drop it, or the rerun pays for every call again
     rerun = "without --refresh and with a higher budget" if result.manifest["options"]["cache_mode"] == "refresh" \
         else "with a higher budget"
     click.secho(f"the data so far is in {result.out} (manifest: stopped: budget; records the budget cut short are "
-                f"in failures.jsonl as 'not called: budget reached'). Rerun {rerun} (--budget-usd, "
-                "--budget-tokens or --set budget.usd=...) to resume: cached calls are free", fg="yellow", err=True)
+                f"in failures.jsonl as 'not called: budget reached'). Rerun {rerun} ({_raise_limit(limit)}) "
+                "to resume: cached calls are free", fg="yellow", err=True)
     sys.exit(EXIT_BUDGET)
+
+
+def _raise_limit(limit: str) -> str:
+    """How to raise the limit that stopped a run (not another one, which would stop it again)."""
+    option = {"budget.usd": "--budget-usd or ", "budget.tokens": "--budget-tokens or "}.get(limit, "")
+    return f"{option}--set {limit}=..."
 
 
 def _dry_run(spec: Any, options: Any, as_json: bool = False) -> None:

@@ -238,3 +238,15 @@ def test_a_refresh_run_stopped_by_its_budget_says_to_resume_without_refresh(tmp_
     assert "Rerun without --refresh and with a higher budget" in refreshed
     live = _stop_message(scripted(write_spec(tmp_path, data), out="live", concurrency=1), capsys)
     assert "Rerun with a higher budget" in live and "--refresh" not in live
+
+
+def test_a_per_model_budget_stop_says_to_raise_that_limit_and_shows_its_spend(tmp_path, seeds_file, scripted, capsys):
+    """It said to raise --budget-usd, --budget-tokens or budget.usd, none of which had stopped the run."""
+    data = base_spec(seeds_file)
+    data["budget"] = {"tokens": 10**9, "per_model": {"target": {"tokens": 1}}}
+    result = scripted(write_spec(tmp_path, data), concurrency=1)
+    assert result.manifest["budget"]["reached_limit"] == "budget.per_model.target.tokens"
+    said = _stop_message(result, capsys)
+    target = result.manifest["budget"]["spent"]["per_model"]["target"]
+    assert f"(target: {target['tokens']:,} tokens, $0.0000)" in said
+    assert "(--set budget.per_model.target.tokens=...) to resume" in said and "--budget-tokens" not in said

@@ -145,6 +145,7 @@ class BudgetTracker:
         self.tokens: Counter = Counter()
         self.not_made: Counter = Counter()
         self.reached: str | None = None  # the first limit reached, in words
+        self.reached_limit: str | None = None  # its key path (budget.per_model.strong.usd): what to raise
         self._lock = threading.Lock()
 
     def refuse(self, role: str) -> str | None:
@@ -160,18 +161,19 @@ class BudgetTracker:
             self.usd[role] += usd
             self.tokens[role] += tokens
             if self.reached is None:
-                self.reached = self._over()
+                self.reached_limit, self.reached = self._over()
 
-    def _over(self) -> str | None:
+    def _over(self) -> tuple[str | None, str | None]:
+        """The first limit reached: its key path, and it in words; (None, None) while none is."""
         checks = [("budget", self.budget.total, sum(self.usd.values()), sum(self.tokens.values()))]
         checks += [(f"budget.per_model.{role}", lim, self.usd[role], self.tokens[role])
                    for role, lim in self.budget.per_model.items()]
         for name, lim, usd, tokens in checks:
             if lim.usd is not None and usd >= lim.usd:
-                return f"{name}.usd ${lim.usd:g}: ${usd:.4f} spent"
+                return f"{name}.usd", f"{name}.usd ${lim.usd:g}: ${usd:.4f} spent"
             if lim.tokens is not None and tokens >= lim.tokens:
-                return f"{name}.tokens {lim.tokens:,}: {tokens:,} tokens spent"
-        return None
+                return f"{name}.tokens", f"{name}.tokens {lim.tokens:,}: {tokens:,} tokens spent"
+        return None, None
 
     def report(self) -> dict[str, Any]:
         """The manifest's `budget`: the limits, what this run spent on new calls, what stopped it."""
@@ -179,5 +181,5 @@ class BudgetTracker:
         return {"limits": self.budget.as_dict(),
                 "spent": {"usd": round(sum(self.usd.values()), 6), "tokens": sum(self.tokens.values()),
                           "per_model": {r: {"usd": round(self.usd[r], 6), "tokens": self.tokens[r]} for r in roles}},
-                "reached": self.reached,
+                "reached": self.reached, "reached_limit": self.reached_limit,
                 "calls_not_made": sum(self.not_made.values())}
