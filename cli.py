@@ -1070,14 +1070,31 @@ def _budget_stop(result: Any) -> None:
     click.secho(f"stopped: budget reached ({budget['reached']}); with the calls then in flight, new calls used "
                 f"{spent['tokens']:,} tokens, ${spent['usd']:.4f}"
                 + (f" ({role}: {by_role['tokens']:,} tokens, ${by_role['usd']:.4f})" if by_role else "")
-                + f"; {budget['calls_not_made']} calls not started", fg="yellow", err=True)
+                + f"; {budget['calls_not_made']} calls not started" + _nodes_not_started(budget), fg="yellow", err=True)
     # --refresh calls everything again: its advice to resume must drop it, or the rerun pays for every call again
     rerun = "without --refresh and with a higher budget" if result.manifest["options"]["cache_mode"] == "refresh" \
         else "with a higher budget"
-    click.secho(f"the data so far is in {result.out} (manifest: stopped: budget; records the budget cut short are "
-                f"in failures.jsonl as 'not called: budget reached'). Rerun {rerun} ({_raise_limit(limit)}) "
-                "to resume: cached calls are free", fg="yellow", err=True)
+    cut = _budget_failures(result.out / "failures.jsonl")
+    click.secho(f"the data so far is in {result.out} (manifest: stopped: budget"
+                + (f"; the {cut} record(s) the budget cut short are in failures.jsonl as 'not called: budget reached'"
+                   if cut else "")
+                + f"). Rerun {rerun} ({_raise_limit(limit)}) to resume: cached calls are free", fg="yellow", err=True)
     sys.exit(EXIT_BUDGET)
+
+
+def _nodes_not_started(budget: dict[str, Any]) -> str:
+    """The mixes and dedups the stop kept from starting: the records no call was refused for."""
+    nodes = budget["nodes_not_started"]
+    return f"; not started: {', '.join(nodes)} (and the nodes after them), whose collections it may have cut short" \
+        if nodes else ""
+
+
+def _budget_failures(failures: Path) -> int:
+    """How many lines of failures.jsonl a budget stop wrote (none when every started record finished)."""
+    if not failures.is_file():
+        return 0
+    with failures.open(encoding="utf-8") as lines:
+        return sum("not called: budget reached" in line for line in lines)
 
 
 def _raise_limit(limit: str) -> str:

@@ -250,3 +250,21 @@ def test_a_per_model_budget_stop_says_to_raise_that_limit_and_shows_its_spend(tm
     target = result.manifest["budget"]["spent"]["per_model"]["target"]
     assert f"(target: {target['tokens']:,} tokens, $0.0000)" in said
     assert "(--set budget.per_model.target.tokens=...) to resume" in said and "--budget-tokens" not in said
+
+
+def test_a_budget_stop_names_the_mix_it_kept_from_starting(tmp_path, seeds_file, scripted, capsys):
+    """The seed's one call spent the budget, then the augment mix did not start: the stop said '0 calls not
+    started' and sent the user to an empty failures.jsonl."""
+    seeds_file.write_text(seeds_file.read_text().splitlines()[0] + "\n")
+    data = base_spec(seeds_file)
+    data["budget"] = {"tokens": 1}
+    result = scripted(write_spec(tmp_path, data), concurrency=1)
+    assert result.manifest["budget"]["nodes_not_started"] == ["augment"]
+    assert result.manifest["budget"]["calls_not_made"] == 0 and not (result.out / "failures.jsonl").read_text()
+    said = _stop_message(result, capsys)
+    assert "0 calls not started; not started: augment (and the nodes after them)" in said
+    assert "failures.jsonl" not in said
+    seeds_file.write_text(seeds_file.read_text() + json.dumps({"id": "s1", "instruction": "Say hello."}) + "\n")
+    scripted.cache_dir = tmp_path / "empty-cache"  # a second seed: its call is refused, its record cut short
+    said = _stop_message(scripted(write_spec(tmp_path, data), out="two", concurrency=1), capsys)
+    assert "1 calls not started" in said and "the 1 record(s) the budget cut short are in failures.jsonl" in said

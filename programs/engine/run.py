@@ -413,6 +413,7 @@ class Engine:
                 await self.done[name].wait()
         if not isinstance(node, SourceNode) and self.hub.budget is not None and self.hub.budget.reached:
             records = []  # the budget stopped the run: the collection may lack records, so do not draw from it
+            self.hub.budget.nodes_not_started.add(node.name)  # the stop message and the manifest name it
         elif isinstance(node, SourceNode):
             records = self.nodes.source(node, self.options)
         elif isinstance(node, MixNode):

@@ -144,6 +144,7 @@ class BudgetTracker:
         self.usd: dict[str, float] = defaultdict(float)
         self.tokens: Counter = Counter()
         self.not_made: Counter = Counter()
+        self.nodes_not_started: set[str] = set()  # mixes and dedups the stop kept from drawing on a cut collection
         self.reached: str | None = None  # the first limit reached, in words
         self.reached_limit: str | None = None  # its key path (budget.per_model.strong.usd): what to raise
         self._lock = threading.Lock()
@@ -182,4 +183,4 @@ class BudgetTracker:
                 "spent": {"usd": round(sum(self.usd.values()), 6), "tokens": sum(self.tokens.values()),
                           "per_model": {r: {"usd": round(self.usd[r], 6), "tokens": self.tokens[r]} for r in roles}},
                 "reached": self.reached, "reached_limit": self.reached_limit,
-                "calls_not_made": sum(self.not_made.values())}
+                "calls_not_made": sum(self.not_made.values()), "nodes_not_started": sorted(self.nodes_not_started)}
