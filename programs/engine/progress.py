@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -54,7 +55,9 @@ class Progress:
             return
         self._last = now
         if self.tty:
-            self.stream.write("\r\033[K" + self.line()[:200])
+            # a line wider than the terminal wraps, and \033[K clears only its last row: every update left the rest
+            width = shutil.get_terminal_size().columns - 1
+            self.stream.write("\r\033[K" + self.line()[:width])
         else:
             self.stream.write(self.line() + "\n")
         self.stream.flush()
