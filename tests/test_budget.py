@@ -268,3 +268,25 @@ def test_a_budget_stop_names_the_mix_it_kept_from_starting(tmp_path, seeds_file,
     scripted.cache_dir = tmp_path / "empty-cache"  # a second seed: its call is refused, its record cut short
     said = _stop_message(scripted(write_spec(tmp_path, data), out="two", concurrency=1), capsys)
     assert "1 calls not started" in said and "the 1 record(s) the budget cut short are in failures.jsonl" in said
+
+
+def test_the_dry_run_after_a_finished_run_has_nothing_to_call(tmp_path, seeds_file, scripted):
+    """It showed the graph's upper bound less the cached calls (a loop counted at its max) as calls to make."""
+    from codeclm.programs.engine.estimate import estimate
+    from codeclm.programs.engine.run import RunOptions
+    from codeclm.programs.models.cache import CallCache
+    from codeclm.programs.models.hub import ModelHub
+
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+
+    def dry() -> dict:
+        loaded = load_spec(spec)
+        hub = ModelHub(loaded.models, CallCache(scripted.cache_dir), backends=scripted.backends)
+        return estimate(loaded, RunOptions(cache_dir=scripted.cache_dir), hub).as_dict()["total"]
+
+    empty = dry()
+    assert empty["cached"] == 0 and empty["to_call"] == empty["calls_upper_bound"]
+    scripted(spec)
+    total = dry()
+    assert total["calls_upper_bound"] > total["cached"] == scripted.calls()  # the loop stopped before its max
+    assert total["to_call"] == 0 and total["input_tokens"] == total["output_tokens"] == 0

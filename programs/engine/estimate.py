@@ -3,7 +3,9 @@ graph), how many are cached, input and output tokens and dollars, before anythin
 
 - **Calls**: `lang/bounds.py`'s upper bound (a loop counted at its `max`; it may stop early), and
   the cached ones, found by walking the run against the cache with no model (`engine/dryrun.py`).
-  Only the calls not cached are priced: a cached call costs nothing.
+  Only the calls not cached are priced: a cached call costs nothing. A walk where the cache answered
+  every call and no record failed went the whole way (a finished run): a rerun makes no call,
+  whatever the bound says.
 - **Input tokens per call**: the mean over the node's real prompts where the walk renders them (the
   walk goes as far as cached calls take it, so a node fed by the seeds always has its real
   prompts), else its template rendered on sample inputs, where an input that reads another model
@@ -32,6 +34,7 @@ from ..lang.spec import Spec
 from ..models.cache import CallCache, default_cache_dir
 from ..models.hub import ModelHub
 from ..models.pricing import model_price
+from .progress import Progress
 
 EXPECTED_OUTPUT_SHARE = 0.25  # of max_tokens, for a node with no cached completion to measure
 PROMPTS_COUNTED = 256  # prompts tokenized per node and role: their mean stands for the rest (big runs walk fast)
@@ -91,10 +94,11 @@ class Row:
     output_from: str
     price: tuple[float, float] | None
     price_from: str
+    walked_all: bool = False  # nothing stopped the walk: its cached calls are every call a rerun would make
 
     @property
     def to_call(self) -> int:
-        return max(0, self.calls - self.cached)
+        return 0 if self.walked_all else max(0, self.calls - self.cached)
 
     def figures(self) -> dict[str, Any]:
         n = self.to_call
@@ -137,9 +141,11 @@ class _Watch:
         self.prompts: dict[tuple[str, str], list[int]] = defaultdict(list)
         self.outputs: dict[tuple[str, str], list[int]] = defaultdict(list)
         self.seen: Counter = Counter()  # prompts rendered per (node, role), counted or not
+        self.missed = 0  # calls the cache did not hold: the walk stopped there
 
     def __call__(self, stage: str, role: str, messages: list[dict[str, str]], entry: dict[str, Any] | None) -> None:
         self.seen[(stage, role)] += 1
+        self.missed += entry is None
         if len(self.prompts[(stage, role)]) < PROMPTS_COUNTED:
             self.prompts[(stage, role)].append(count_messages(messages))
         if entry is not None:
@@ -158,12 +164,15 @@ def estimate(spec: Spec, options: Any, hub: ModelHub | None = None) -> Estimate:
         hub = ModelHub(spec.models, cache, concurrency=options.concurrency, dry_run=True)
     watch = _Watch()
     hub.on_lookup = watch
+    # its failures tell a walk cut short from one that went the whole way (a missing API key fails before any lookup)
+    options.progress = options.progress or Progress(stream=None)
     try:
         counts = dry_run(spec, options, hub)
     finally:
         hub.on_lookup = None
         if cache is not None:
             cache.close()
+    walked_all = not watch.missed and not any(options.progress.failed.values())
     nodes = {n.name: n for n in spec.graph.model_nodes()}
     expected: dict[str, float] = {}  # node -> expected output tokens per call (for sample inputs downstream)
     for node in nodes.values():
@@ -187,7 +196,8 @@ def estimate(spec: Spec, options: Any, hub: ModelHub | None = None) -> Estimate:
         price, price_from = model_price(model.model, model.price)
         rows.append(Row(node_name, role, model.model, row["upper_bound"], row["cached"], input_per_call, input_from,
                         out_max, sum(seen) / len(seen) if seen else EXPECTED_OUTPUT_SHARE * out_max,
-                        f"{len(seen)} cached" if seen else f"{EXPECTED_OUTPUT_SHARE:.0%} of max", price, price_from))
+                        f"{len(seen)} cached" if seen else f"{EXPECTED_OUTPUT_SHARE:.0%} of max", price, price_from,
+                        walked_all=walked_all))
     return Estimate(rows, spec.budget.as_dict() if spec.budget else None)
 
 
