@@ -1085,8 +1085,8 @@ def _budget_stop(result: Any) -> None:
 def _nodes_not_started(budget: dict[str, Any]) -> str:
     """The mixes and dedups the stop kept from starting: the records no call was refused for."""
     nodes = budget["nodes_not_started"]
-    return f"; not started: {', '.join(nodes)} (and the nodes after them), whose collections it may have cut short" \
-        if nodes else ""
+    return f"; nodes not started: {', '.join(nodes)} and those after them (a mix or dedup draws on whole " \
+        "collections, which the stop may have cut short)" if nodes else ""
 
 
 def _budget_failures(failures: Path) -> int:

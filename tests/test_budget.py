@@ -262,7 +262,7 @@ def test_a_budget_stop_names_the_mix_it_kept_from_starting(tmp_path, seeds_file,
     assert result.manifest["budget"]["nodes_not_started"] == ["augment"]
     assert result.manifest["budget"]["calls_not_made"] == 0 and not (result.out / "failures.jsonl").read_text()
     said = _stop_message(result, capsys)
-    assert "0 calls not started; not started: augment (and the nodes after them)" in said
+    assert "0 calls not started; nodes not started: augment and those after them (a mix or dedup" in said
     assert "failures.jsonl" not in said
     seeds_file.write_text(seeds_file.read_text() + json.dumps({"id": "s1", "instruction": "Say hello."}) + "\n")
     scripted.cache_dir = tmp_path / "empty-cache"  # a second seed: its call is refused, its record cut short
