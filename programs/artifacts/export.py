@@ -12,7 +12,7 @@ DEST/
   pipeline/prompts/*.jinja              the templates the run used
   pipeline/seeds/FILE                   the seed file it read (a replay renders the seeds again)
   pipeline/programs/*.json              any optimized stage programs
-  pipeline/manifest.json                the run's manifest
+  pipeline/manifest.json                the run's manifest, with no local path (portable_manifest)
   pipeline/calls.jsonl.gz               the cache bundle of every call the run made (when the cache is there)
   .codeclm-export                       what was exported from where, and which files are codeclm's
 
@@ -198,6 +198,33 @@ def _inside(name: str) -> bool:
 
 
 # -- the pipeline folder: spec, templates, seeds, programs, manifest ---------------------------------------------
+
+
+def portable_manifest(manifest: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The run's manifest as an export ships it: its spec is the shipped one (paths inside pipeline/), and it
+    names no place of the machine that ran it (the cache folder, the spec's and the seeds' folders), which
+    `--push-to-hub` published, a home folder's user name with them. Any other absolute path is cut to its name."""
+    portable = _names_only({key: value for key, value in manifest.items() if key != "spec"})
+    recorded = manifest.get("spec") if isinstance(manifest.get("spec"), dict) else {}
+    portable["spec"] = {**recorded, "path": "spec.yaml", "resolved": json.loads(json.dumps(spec)),
+                        "resolved_yaml": yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)}
+    if isinstance(portable.get("options"), dict):
+        portable["options"].update({key: None for key in ("cache_dir", "seeds") if key in portable["options"]})
+    return portable
+
+
+def _names_only(value: Any) -> Any:
+    """`value` with each text that is an absolute path cut to its last part (`/home/me/runs/x` -> `x`)."""
+    if isinstance(value, dict):
+        return {key: _names_only(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_names_only(item) for item in value]
+    if isinstance(value, str) and _LOCAL_PATH.match(value):
+        return Path(value).name
+    return value
+
+
+_LOCAL_PATH = re.compile(r"(?:/|~/|[A-Za-z]:[\\/])")  # POSIX, home-relative and Windows absolute paths
 
 
 def _template_files(prompts_dir: Path, names: list[str]) -> dict[str, Path]:
@@ -756,7 +783,8 @@ def _write(run_dir: Path, dest: Path, options: ExportOptions, manifest: dict[str
         f"# The spec of the run {manifest['spec'].get('name')!r} as it ran (overrides applied), exported by codeclm.\n"
         "# Paths are relative to this file. Rerun: codeclm run pipeline/spec.yaml; replay: see ../README.md\n"
         + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)))
-    put(f"{PIPELINE}/manifest.json", source=run_dir / ARTIFACTS["manifest"])
+    put(f"{PIPELINE}/manifest.json", json.dumps(portable_manifest(manifest, spec), indent=2, ensure_ascii=False,
+                                                sort_keys=True) + "\n")
     report = _report(run_dir, dest)
     if report is None:
         written.append(REPORT)
