@@ -130,8 +130,8 @@ def freeze_imports() -> None:
 async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: Any) -> RunResult:
     check_source_files(spec, options.seeds)
     if not options.dry_run:  # before the cache folder is made: a refused run leaves nothing behind
-        check_run_folders(run_folder(spec, options), None if hub else options.cache_dir or spec.cache_dir
-                          or default_cache_dir(), options.recorded_run)
+        check_run_folders(run_folder(spec, options), None if hub else cache_folder(spec, options.cache_dir),
+                          options.recorded_run)
     if options.cache_mode in ("live", "refresh") and not options.dry_run and hub is None:  # a hub given is the caller's
         check_keys(spec)
     async with opened_hub(spec, options.cache_dir, options.cache_mode, options.concurrency, hub,
@@ -150,6 +150,11 @@ async def _run(spec: Spec, options: RunOptions, hub: ModelHub | None, observe: A
 
 def run_folder(spec: Spec, options: RunOptions) -> Path:
     return options.out or Path("runs") / spec.name
+
+
+def cache_folder(spec: Spec, cache_dir: Path | None) -> Path:
+    """The cache a run opens: --cache-dir, else the spec's `cache:`, else the shared one."""
+    return cache_dir or spec.cache_dir or default_cache_dir()
 
 
 def check_run_folders(out: Path, cache_dir: Path | None, recorded_run: Path | None) -> None:
@@ -182,7 +187,7 @@ async def opened_hub(spec: Spec, cache_dir: Path | None, cache_mode: str, concur
     """The given hub, or one on the spec's cache; closed (connections, cache) at the end."""
     cache = None
     if hub is None:
-        cache = CallCache(cache_dir or spec.cache_dir or default_cache_dir(), cache_mode)
+        cache = CallCache(cache_folder(spec, cache_dir), cache_mode)
         hub = ModelHub(spec.models, cache, concurrency=concurrency, dry_run=dry_run)
     try:
         yield hub
