@@ -325,3 +325,23 @@ def test_a_value_no_json_line_can_hold_fails_its_record_not_the_run(scripted, tm
     assert [json.loads(line)["x"] for line in (result.out / "dataset.jsonl").read_text().splitlines()] == [1.0]
     (failure,) = lines(result.out / "failures.jsonl")
     assert "not JSON compliant" in failure["error"] and failure["node"] == "answer"
+
+
+def test_a_field_a_switch_case_does_not_set_fails_with_its_node_and_case(scripted, tmp_path):
+    """`where: decide.label == 'short'` on a record whose case set no label failed with "'codeclm.programs.
+    engine.records._RecordView object' has no attribute 'label'": a class of ours, not the spec's words."""
+    spec = {"name": "cases", "prompts": str(REPO / "prompts"), "models": {"strong": {"model": "local"}},
+            "nodes": {"items": {"type": "source", "records": [{"text": "a"}, {"text": "bb"}]},
+                      "decide": {"type": "switch", "for_each": "items", "cases": [
+                          {"name": "short", "when": "len(items.text) < 2", "set": {"label": "'short'"}},
+                          {"name": "other"}]},
+                      "keep": {"type": "filter", "for_each": "decide", "where": "decide.label == 'short'"}},
+            "outputs": {"dataset": {"from": "keep", "where": "record.status == 'ok'",
+                                    "fields": {"text": "items.text"}}}}
+    path = tmp_path / "cases.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = scripted(path)
+    assert lines(result.out / "dataset.jsonl") == [{"text": "a"}]
+    (failure,) = lines(result.out / "failures.jsonl")
+    assert failure["error"] == "where: decide has no field 'label' on record r0001 (it has 'case', 'id', 'calls'): " \
+        "its case 'other' sets no 'label' (set it in that case too, or read it only where decide.case says it is set)"

@@ -71,6 +71,10 @@ class View:
     def __contains__(self, key: str) -> bool:
         return key in self._values
 
+    def missing_field(self, name: str) -> str:
+        """The message of an expression reading a field this view lacks."""
+        return f"no field {name!r} here"
+
 
 class _RecordView(View):
     """`view(record)`: the record's values and its `id` and `calls`, read from the record, which never
@@ -90,6 +94,16 @@ class _RecordView(View):
 
     def __contains__(self, key: str) -> bool:
         return key in ("id", "calls") or key in self._record.values
+
+    def missing_field(self, name: str) -> str:
+        record = self._record
+        fields = ", ".join(repr(k) for k in (*record.values, "id", "calls"))
+        message = f"{record.node} has no field {name!r} on record {record.id} (it has {fields})"
+        case = record.values.get("case")  # a switch: its fields are what the case taken sets
+        if not isinstance(case, str):
+            return message
+        return f"{message}: its case {case!r} sets no {name!r} (set it in that case too, or read it only where " \
+            f"{record.node}.case says it is set)"
 
 
 def view(record: Record) -> View:

@@ -244,7 +244,22 @@ def _surely_small(value: Any) -> bool:
         return False
 
 
-_ENV = Sandbox(undefined=jinja2.StrictUndefined)
+class _Undefined(jinja2.StrictUndefined):
+    """Jinja's strict undefined, whose message for a field a record lacks names the record's node
+    and field (its object's `missing_field`) instead of the class codeclm keeps records in:
+    "'codeclm.programs.engine.records._RecordView object' has no attribute 'label'"."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        describe = getattr(type(self._undefined_obj), "missing_field", None)
+        if self._undefined_hint is None and describe is not None and isinstance(self._undefined_name, str):
+            return describe(self._undefined_obj, self._undefined_name)
+        return super()._undefined_message
+
+
+_ENV = Sandbox(undefined=_Undefined)
 _ENV.globals.update(HELPERS)
 
 
