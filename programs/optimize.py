@@ -373,7 +373,9 @@ def model_node(spec: Spec, name: str) -> LLMNode:
     if not isinstance(node, LLMNode):
         names = [n.name for n in spec.graph.model_nodes()]
         raise SpecError(str(spec.path), f"no llm node named '{name}'",
-                        hint=spec.graph.rounds_hint(name) or f"llm nodes: {', '.join(names)}")
+                        hint=spec.graph.rounds_hint(name) or (f"llm nodes: {', '.join(names)}" if names else
+                                                              "this spec has none: optimize tunes the prompt of "
+                                                              "a node that calls a model"))
     return node
 
 

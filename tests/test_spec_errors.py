@@ -908,3 +908,22 @@ def test_a_bare_word_close_to_a_node_suggests_the_node_before_quoting(tmp_path, 
     spec_data["nodes"]["encode"]["inputs"]["instruction"] = "seed"
     error = next(e for e in errors_of(write_spec(tmp_path, spec_data)) if "reads 'seed'" in e.message)
     assert error.hint.startswith("did you mean 'seeds'?") and "quote" not in error.hint, str(error)
+
+
+def test_a_spec_calling_no_model_needs_no_models_and_no_prompts_folder(tmp_path):
+    """A spec that only reads, filters and dedups records was refused: "no models declared" and "prompts
+    folder .../prompts does not exist", though it has no model to call and no template to read."""
+    path = tmp_path / "clean.yaml"  # alone in its folder: no ../prompts beside it
+    path.write_text("name: clean\nnodes:\n  mine:\n    type: source\n"
+                    "    records: [{text: Write a poem.}, {text: Write a poem!}, {text: Name a prime.}]\n"
+                    "  novel: {type: dedup, for_each: mine, field: mine.text}\n"
+                    "outputs:\n  cleaned: {from: novel, fields: {instruction: mine.text}}\n")
+    done = cli("run", str(path), "--out", str(tmp_path / "run"), "--no-report", "-q")
+    assert done.returncode == 0, done.stderr
+    kept = [json.loads(line)["instruction"] for line in (tmp_path / "run" / "cleaned.jsonl").read_text().splitlines()]
+    assert kept == ["Write a poem.", "Name a prime."]
+    path.write_text(path.read_text().replace("outputs:", "  answer: {type: llm, for_each: novel, model: strong, "
+                                             "template: respond.jinja, inputs: {instruction: mine.text}, "
+                                             "outputs: [answer]}\noutputs:").replace("from: novel", "from: answer"))
+    messages = [e.message for e in errors_of(path)]  # a node that calls a model: both are needed again
+    assert "no models declared" in messages and any("prompts folder" in m for m in messages), messages

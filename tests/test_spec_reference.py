@@ -45,7 +45,7 @@ def test_example_validates_runs_and_replays(folder, text):
     path.write_text(text)
     load_spec(path)  # valid as written
     with FakeOpenAIServer() as server:
-        sets = [f"models.{role}.{key}" for role in data["models"]
+        sets = [f"models.{role}.{key}" for role in data.get("models", {})
                 for key in (f"model=hosted_vllm/{role}", f"api_base={server.url}")]
         result = run_spec(load_spec(path, sets), RunOptions(out=folder / data["name"], overrides=sets,
                                                            cache_dir=folder / f"{data['name']}-cache"))

@@ -286,14 +286,15 @@ class Checker:
             self.error(("stages",) if "stages" in data else ("refine",),
                        "'stages:' and 'refine:' are the old CodecLM-only format",
                        f"write the graph under 'nodes:', as the shipped spec `codeclm` does; see {SPEC_REFERENCE}")
-        models = self.models(self.mapping(("models",), data.get("models"), "models"))
+        calls_models = _calls_models(data.get("nodes"))
+        models = self.models(self.mapping(("models",), data.get("models"), "models"), calls_models)
         params = self.mapping(("params",), data.get("params"), "params")
         for path, value in _non_finite(params, ("params",)):  # `.nan`: every comparison with it is false
             self.error(path, f"{'.'.join(map(str, path))} must be a finite number, got {value!r}: a filter or "
                        "case comparing with NaN is always false, and no count or scale is infinite",
                        "write a number, e.g. 3 or 0.5")
         prompts_dir = self.relative(str(data.get("prompts", "../prompts")))
-        if not prompts_dir.is_dir():
+        if not prompts_dir.is_dir() and (calls_models or "prompts" in data):
             # without the key, say so: the user named no folder, and a spec saved alone has no ../prompts
             default = "" if "prompts" in data else " (the default, ../prompts, relative to the spec)"
             self.error(("prompts",), f"prompts folder {prompts_dir} does not exist{default}",
@@ -312,7 +313,7 @@ class Checker:
         elif len(name.encode("utf-8", "replace")) > 200:  # runs/NAME-eval-ROLE must stay a file name (255 bytes)
             self.error(("name",), f"name is {len(name.encode('utf-8', 'replace'))} bytes long: it names the run "
                        "folder runs/NAME, and a file name holds 255 bytes", "shorten it to 200 bytes or less")
-        if not prompts_dir.is_dir():
+        if not prompts_dir.is_dir() and calls_models:
             self.raise_errors()
         graph = build_graph(self, models, params, prompts_dir)
         budget = check_budget(self, data.get("budget"), models)
@@ -364,9 +365,9 @@ class Checker:
                    "or delete the line to use the file's name")
         return self.path.stem
 
-    def models(self, raw: dict[str, Any]) -> dict[str, ModelSpec]:
+    def models(self, raw: dict[str, Any], needed: bool) -> dict[str, ModelSpec]:
         models = {}
-        if not raw:
+        if not raw and needed:
             self.error(("models",), "no models declared", "declare at least `models: {strong: {model: local}}`")
         for role, conf in raw.items():
             spec = self.model(role, conf)
@@ -488,3 +489,17 @@ def _non_finite(value: Any, path: tuple[Any, ...]) -> list[tuple[tuple[Any, ...]
     if isinstance(value, list):
         return [found for index, item in enumerate(value) for found in _non_finite(item, (*path, index))]
     return []
+
+
+def _calls_models(nodes: Any) -> bool:
+    """Whether a spec's nodes call models (an llm or judge node, or anything with a template, loop
+    bodies too). A spec that only reads, mixes, filters and dedups records needs no models: and no
+    prompts folder. Nodes this cannot read are taken to call models (their own errors say why)."""
+    if isinstance(nodes, list):
+        return any(_calls_models(item) for item in nodes)
+    if not isinstance(nodes, dict):
+        return nodes is not None and not isinstance(nodes, (str, int, float, bool))
+    if nodes.get("type") in ("llm", "judge") or "template" in nodes or "model" in nodes:
+        return True
+    return any(_calls_models(value) for key, value in nodes.items()
+               if isinstance(value, (dict, list)) and key != "records")  # a source's inline records are data
