@@ -30,6 +30,15 @@ def test_a_loop_without_max_is_refused_at_its_line(tmp_path, seeds_file):
     assert "max: 3" in error.hint
 
 
+def test_a_node_without_for_each_is_told_the_node_it_reads(tmp_path, seeds_file):
+    """`needs for_each:` came with no fix line."""
+    data = base_spec(seeds_file)
+    del data["nodes"]["decode"]["for_each"]
+    path = write_spec(tmp_path, data)
+    error = next(e for e in errors_of(path) if "'decode' needs for_each:" in e.message)
+    assert error.hint == "e.g. for_each: augment (the last node it reads)", str(error)
+
+
 SECOND_OPINION = {"type": "judge", "model": "strong", "template": "judge.jinja",
                   "inputs": {"instruction": "state.instruction"}, "pair": ["answer_target.answer",
                                                                            "answer_strong.answer"]}

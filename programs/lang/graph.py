@@ -223,7 +223,8 @@ class _GraphCheck:
             if node.for_each is None:
                 needs = node.type in ("llm", "judge", "filter", "dedup", "loop") and not node.loop
                 if needs:
-                    self.error(node.where, f"node '{node.name}' needs for_each: (the node whose records it runs on)")
+                    self.error(node.where, f"node '{node.name}' needs for_each: (the node whose records it runs on)",
+                               _for_each_hint(node, graph))
                 continue
             parent = graph.every.get(node.for_each)
             if parent is None or parent.loop:
@@ -855,3 +856,10 @@ def _expressions_in(tree: Any) -> list[Expression]:
     if isinstance(tree, dict):
         return [e for v in tree.values() for e in _expressions_in(v)]
     return []
+
+
+def _for_each_hint(node: Node, graph: Graph) -> str:
+    """for_each: the last declared top-level node the node reads (most often the one meant), else the nodes."""
+    reads = {ref.root for _, ref in node.references()}
+    read = [name for name in graph.nodes if name in reads and name != node.name]
+    return f"e.g. for_each: {read[-1]} (the last node it reads)" if read else "for_each: NODE; " + _node_names(graph)
