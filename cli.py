@@ -297,7 +297,7 @@ def run(spec: str, seeds: Path | None, out: Path | None, overrides: tuple[str, .
     new calls have spent it: the data so far is written, and it exits 4; rerun with a
     higher budget to resume from the cache.
     """
-    from codeclm.programs.engine.llm import check_templates
+    from codeclm.programs.engine.checks import check_templates
     from codeclm.programs.engine.progress import Progress
     from codeclm.programs.engine.run import RunOptions, run_spec
     from codeclm.programs.errors import SpecError
@@ -512,7 +512,7 @@ def evaluate(spec: str, benchmarks: tuple[Path, ...], candidate: str, reference:
         --set models.tuned.model=hosted_vllm/my-model \\
         --set models.tuned.api_base=http://127.0.0.1:8000/v1
     """
-    from codeclm.programs.engine.llm import check_templates
+    from codeclm.programs.engine.checks import check_templates
     from codeclm.programs.engine.progress import Progress
     from codeclm.programs.evaluate import EvalOptions
     from codeclm.programs.evaluate import evaluate as run_evaluation
@@ -585,7 +585,7 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
     """
     if quiet:  # DSPy's own progress bars, read by tqdm from the environment when DSPy first imports it
         os.environ["TQDM_DISABLE"] = "1"
-    from codeclm.programs.engine.llm import check_templates
+    from codeclm.programs.engine.checks import check_templates
     from codeclm.programs.optimize import OptimizeOptions
     from codeclm.programs.optimize import optimize as run_optimizer
 
@@ -805,8 +805,7 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
 
     On success it prints the graph in words, as `codeclm graph SPEC` does.
     """
-    from codeclm.programs.engine.llm import check_templates
-    from codeclm.programs.engine.nodes import check_source_files
+    from codeclm.programs.engine.checks import check_source_files, check_templates
     from codeclm.programs.lang.describe import words
 
     loaded = _load(spec, overrides, roles=())
@@ -829,10 +828,9 @@ def render(spec: str, node: str, input_json: str, overrides: tuple[str, ...]) ->
     from codeclm.programs.errors import SpecError, first_clause
     from codeclm.programs.lang.templates import TemplateStore
     from codeclm.programs.lang.yaml_lines import has_surrogate
-    from codeclm.programs.optimize import model_node
 
     loaded = _load(spec, overrides, roles=())
-    llm_node = model_node(loaded, node)
+    llm_node = loaded.model_node(node)
     try:
         given = json.loads(input_json)
     except json.JSONDecodeError as exc:

@@ -90,7 +90,7 @@ class OptimizeResult:
 
 
 def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) -> OptimizeResult:
-    node = model_node(spec, options.stage)
+    node = spec.model_node(options.stage)
     path = program_path(spec, node, options)  # checked before any call: never a foreign file
     if options.optimizer not in OPTIMIZERS:
         raise SpecError(str(spec.path), f"unknown optimizer {options.optimizer!r}", hint=", ".join(OPTIMIZERS))
@@ -365,18 +365,6 @@ def _is_program_file(path: Path) -> bool:
         return path.is_file() and "codeclm" in json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError, RecursionError):
         return False
-
-
-def model_node(spec: Spec, name: str) -> LLMNode:
-    """The llm or judge node `name`, or a SpecError listing the ones there are."""
-    node = spec.graph.every.get(name)
-    if not isinstance(node, LLMNode):
-        names = [n.name for n in spec.graph.model_nodes()]
-        raise SpecError(str(spec.path), f"no llm node named '{name}'",
-                        hint=spec.graph.rounds_hint(name) or (f"llm nodes: {', '.join(names)}" if names else
-                                                              "this spec has none: optimize tunes the prompt of "
-                                                              "a node that calls a model"))
-    return node
 
 
 def _run_cache(run_dir: Path | None) -> Path | None:

@@ -164,7 +164,7 @@ def test_a_message_role_typo_names_the_template_line_and_the_role_meant(tmp_path
     path = spec_with_template(tmp_path, seeds_file, "respond.jinja",
                               '{#- a respond -#}\n{% call message("sytem") %}Be brief.{% endcall %}\n'
                               '{% call message("user") %}{{ instruction }}{% endcall %}')
-    from codeclm.programs.engine.llm import check_templates
+    from codeclm.programs.engine.checks import check_templates
 
     with pytest.raises(SpecError) as caught:  # as validate renders each template once
         check_templates(load_spec(path))

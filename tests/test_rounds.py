@@ -130,12 +130,10 @@ def test_a_body_node_may_not_share_a_name_with_a_node_outside_the_body(tmp_path)
 
 
 def test_render_and_optimize_name_a_round_s_copy(tmp_path):
-    from codeclm.programs.optimize import model_node
-
     spec = load_spec(write(tmp_path))
-    assert model_node(spec, "generate_2") is spec.graph.nodes["generate_2"]
+    assert spec.model_node("generate_2") is spec.graph.nodes["generate_2"]
     with pytest.raises(SpecError) as caught:
-        model_node(spec, "generate")
+        spec.model_node("generate")
     assert "copies it per round as generate_1 to generate_3" in caught.value.hint
 
 

@@ -9,7 +9,8 @@ from ..lang.nodes import SourceNode
 from ..lang.seeds import stream_records
 from ..lang.spec import Spec
 from ..models.hub import ModelHub
-from .nodes import check_source_files, seed_file
+from .checks import check_source_files
+from .nodes import seed_file
 from .run import RunOptions, run_spec
 
 

@@ -28,7 +28,6 @@ from ..lang.spec import Spec
 from ..lang.templates import StageTemplate, TemplateStore
 from ..models.hub import CURRENT_CALL, CallContext, ModelHub
 from .adapter import NO_INSTRUCTIONS, TemplateAdapter, hub_lm
-from .samples import AnyValue, output_samples, sample_inputs
 
 # dspy.Module reads every attribute through a Python-level __getattribute__ (it watches for `forward`):
 # the per-call path reads the module's and its Predict's attributes with object's own, a C call.
@@ -213,29 +212,3 @@ def build_module(node: LLMNode, spec: Spec, hub: ModelHub, role: str | None = No
 def build_modules(spec: Spec, hub: ModelHub) -> dict[str, NodeModule]:
     """One module per model-calling node, keyed by node name (DSPy optimizers can take any of them)."""
     return {node.name: build_module(node, spec, hub) for node in spec.graph.model_nodes()}
-
-
-def check_templates(spec: Spec) -> None:
-    """Render every llm node's template with sample inputs, without and with a demo (a demo holds
-    the inputs and the outputs): undefined variables, bad roles, templates that render nothing."""
-    store = TemplateStore(spec.prompts_dir)
-    for node in spec.graph.model_nodes():
-        template = store.get(node.template)
-        inputs, unknown = sample_inputs(node, spec.graph)
-        outputs, unknown_outputs = output_samples(node, node.call_outputs())
-        instructions = node.instructions or template.default_instructions
-        first_error: SpecError | None = None
-        # a value whose kind the spec does not say: first as AnyValue, then as a "<name>" text (|tojson)
-        for stand_in in (AnyValue, None):
-            given = {**inputs, **{n: stand_in(n) for n in unknown}} if stand_in else inputs
-            demo = {**given, **outputs, **({n: stand_in(n) for n in unknown_outputs} if stand_in else {})}
-            try:
-                for demos in ([], [demo]):
-                    template.render({**given, "instructions": instructions, "demos": demos})
-                break
-            except SpecError as exc:
-                first_error = first_error or exc
-                if not (unknown & template.variables or unknown_outputs):
-                    raise
-        else:
-            raise first_error  # type: ignore[misc]

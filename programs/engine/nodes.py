@@ -14,7 +14,7 @@ from typing import Any
 
 import jinja2
 
-from ..errors import CodecError, SpecError, SpecErrors
+from ..errors import CodecError
 from ..lang.expressions import Expression, evaluate_present, evaluate_value
 from ..lang.nodes import (
     DedupNode,
@@ -32,6 +32,7 @@ from ..lang.rouge import rouge_l, tokens
 from ..lang.seeds import stream_records
 from ..lang.spec import Spec
 from ..models.hub import ModelHub
+from .checks import check_seeds_option
 from .drawn import chained
 from .llm import NodeModule, StepResult
 from .progress import Progress
@@ -501,29 +502,6 @@ def seed_file(spec: Spec, node: SourceNode, replacement: Path | None) -> Path:
         return node.path
     check_seeds_option(spec)
     return replacement
-
-
-def check_source_files(spec: Spec, seeds: Path | None) -> None:
-    """Every file the spec reads is there before anything runs, each error at its `path:` line (or
-    its --set); `--seeds FILE` replaces the spec's one file, which then need not exist."""
-    if seeds is not None:
-        check_seeds_option(spec)
-    elif len(spec.missing_files) == 1:
-        raise spec.missing_files[0]
-    elif spec.missing_files:
-        raise SpecErrors(spec.missing_files)
-
-
-def check_seeds_option(spec: Spec) -> None:
-    """`--seeds FILE` replaces the one file the spec reads: with none or several, it is exit 2 (it was
-    ignored when every source is written in the spec)."""
-    files = [n.name for n in spec.graph.nodes.values() if isinstance(n, SourceNode) and n.path is not None]
-    if not files:
-        raise SpecError("--seeds", "the spec reads no file: its sources' records are written in it (records:)",
-                        hint="drop --seeds, or give a source a path: to read a file")
-    if len(files) > 1:
-        raise SpecError("--seeds", f"the spec reads {len(files)} files ({', '.join(files)}): which one --seeds "
-                        "replaces is not clear", hint=f"--set nodes.{files[0]}.path=FILE, for each file to replace")
 
 
 def _below(shown: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:

@@ -89,8 +89,9 @@ from ..models.cache import CallCache, CallIdentity, default_cache_dir
 from ..models.hub import CallContext, ModelHub, _LoopState, is_recorded_failure
 from ..redact import redact_text
 from . import event_loop
+from .checks import check_source_files
 from .llm import build_modules
-from .nodes import NodeRunner, check_source_files
+from .nodes import NodeRunner
 from .progress import Progress
 from .records import Record
 from .run import Engine, RunOptions, RunResult, Window, check_keys, gc_for_runs, raise_open_file_limit, run_gc

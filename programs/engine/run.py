@@ -36,9 +36,10 @@ from ..models.budget import BudgetTracker
 from ..models.cache import CallCache, default_cache_dir
 from ..models.hub import ModelHub
 from . import event_loop
+from .checks import check_source_files
 from .drawn import DrawnCollection
 from .llm import build_modules
-from .nodes import NodeRunner, check_source_files
+from .nodes import NodeRunner
 from .outputs import OutputWriter
 from .progress import Progress
 from .records import Record

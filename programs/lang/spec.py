@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yarl
@@ -23,6 +23,9 @@ import yarl
 from ..errors import CODECLM_README, SPEC_REFERENCE, SpecError, SpecErrors
 from ..models.budget import check_budget, check_price
 from .yaml_lines import Path_, has_surrogate, load_value, load_with_lines
+
+if TYPE_CHECKING:
+    from .nodes import LLMNode
 
 TOP_KEYS = {"name", "seed", "prompts", "cache", "models", "params", "nodes", "outputs", "description", "budget",
             "optimize", "executor"}
@@ -71,6 +74,19 @@ class Spec:
     # Sources whose file is not there, each located at its `path:`: an error for `validate` and for a
     # run that reads them, not for one whose --seeds FILE replaces the file (check_source_files).
     missing_files: list[SpecError] = field(default_factory=list)
+
+    def model_node(self, name: str) -> LLMNode:
+        """The llm or judge node `name` (`render`, `optimize`), or a SpecError listing the ones there are."""
+        from .nodes import LLMNode  # with the rest of the language, below
+
+        node = self.graph.every.get(name)
+        if not isinstance(node, LLMNode):
+            names = [n.name for n in self.graph.model_nodes()]
+            raise SpecError(str(self.path), f"no llm node named '{name}'",
+                            hint=self.graph.rounds_hint(name) or (f"llm nodes: {', '.join(names)}" if names else
+                                                                 "this spec has none: optimize tunes the prompt of "
+                                                                 "a node that calls a model"))
+        return node
 
 
 # Providers a `model:` names without LiteLLM being asked: codeclm's own and the most used of
