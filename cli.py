@@ -602,8 +602,12 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
     click.echo(result.table)
     click.echo(f"{node}: {result.optimizer} for {result.metric}; {result.demos} demos; instructions: "
                f"{result.instructions[:200]!r}")
-    click.echo(f"saved {result.path} (scores: {result.path.with_suffix('.scores.txt')}); "
-               f"use it with --set {loaded.graph.spec_path(node)}.program={result.path.resolve()}"
+    saved = f"saved {result.path} (scores: {result.path.with_suffix('.scores.txt')})"
+    if result.unchanged:  # the file holds the prompt as it was: running with it changes nothing
+        click.echo(f"{saved}: the prompt as it was, no demos added")
+        click.secho(f"warning: {result.unchanged}", fg="yellow", err=True)
+        return
+    click.echo(f"{saved}; use it with --set {loaded.graph.spec_path(node)}.program={result.path.resolve()}"
                + (" (the body of every round)" if loaded.graph.every[node].unrolled else ""))
 
 

@@ -87,6 +87,7 @@ class OptimizeResult:
     instructions: str = ""
     calls: dict[str, int] = field(default_factory=dict)  # model calls, cache hits, shared of the whole optimization
     table: str = ""
+    unchanged: str = ""  # why the search kept the prompt it started from, and the fix; "" when it changed it
 
 
 def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) -> OptimizeResult:
@@ -148,7 +149,7 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
 
     def metric_fn(example: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
         result = score(example, pred)
-        tracker.record(pred.instructions, result.value)
+        tracker.record(pred.instructions, result.value, result.feedback)
         if options.optimizer == "gepa":
             return dspy.Prediction(score=result.value, feedback=result.feedback)
         if options.optimizer == "bootstrap" and trace is not None:
@@ -163,6 +164,8 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
     with quiet_copies(), contextlib.redirect_stdout(options.progress or io.StringIO()):
         tuned = _compile(options, spec, node, hub, student, trainset, valset, metric_fn)
     tuned.node.predict.set_lm(original.predict.lm)  # compile may reset the copy's LM
+    same = not tuned.node.predict.demos and tuned.node.predict.signature.instructions == \
+        original.predict.signature.instructions
     after = _evaluate(tuned, held, score)
     calls_all = {k: v - calls_before.get(k, 0) for k, v in _calls(hub).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +188,8 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
     path.with_suffix(".scores.txt").write_text(table + "\n")
     return OptimizeResult(path, len(tuned.node.predict.demos), len(held), metric.name, options.optimizer,
                           _mean(before), _mean(after),
-                          tuned.node.predict.signature.instructions, calls_all, table)
+                          tuned.node.predict.signature.instructions, calls_all, table,
+                          _unchanged(options, node, tracker) if same else "")
 
 
 def _compile(options: OptimizeOptions, spec: Spec, node: LLMNode, hub: ModelHub, student: Tuned,
@@ -220,6 +224,32 @@ def _compile(options: OptimizeOptions, spec: Spec, node: LLMNode, hub: ModelHub,
                          "(--reflection ROLE), or use --optimizer gepa, which skips such answers") from None
 
 
+def _unchanged(options: OptimizeOptions, node: LLMNode, tracker: Tracker) -> str:
+    """Why the search ended with the prompt it started from, and the fix: a saved program that is the
+    untuned prompt, with no word of it, reads as tuned."""
+    scored = f"the best of {tracker.calls} scored {tracker.top[0]:.3f}: {tracker.top[1]}" if tracker.top else "none"
+    if tracker.top and tracker.lowest == 1.0:
+        why, fix = (f"every output already scores 1 on the metric ({tracker.calls} scored)",
+                    "tune for a stricter metric (--metric NAME, declared under the spec's optimize.NODE.metrics)")
+    elif options.optimizer == "bootstrap" and tracker.top and tracker.top[0] == 0.0:
+        why, fix = (f"every output scored 0 ({tracker.calls} scored; one said: {tracker.top[1]})",
+                    "mend what that says (`codeclm render SPEC NODE` shows the prompt the model answered), or let "
+                    "another model write the demos (--teacher ROLE)")
+    elif options.optimizer == "bootstrap":
+        why, fix = (f"no output scored at least --threshold {options.threshold:g} to become a demo ({scored})",
+                    "lower --threshold to a score outputs reach, or let a stronger model write the demos "
+                    "(--teacher ROLE)")
+    elif len(tracker.scores) <= 1:
+        why, fix = (f"no new instructions were proposed: the '{options.reflection or node.model}' model's answers "
+                    "could not be read as a proposal (without -q, DSPy's log says why)",
+                    "propose with a stronger model (--reflection ROLE)")
+    else:
+        why, fix = (f"none of the {len(tracker.scores) - 1} proposed instructions scored above the current ones "
+                    f"({scored})", "give the search a larger budget (--max-metric-calls N, --auto medium) or a "
+                    "stronger proposal model (--reflection ROLE)")
+    return f"{options.optimizer} left node '{node.name}' as it was: {why}\n  fix: {fix}"
+
+
 def _threads(spec: Spec, node: LLMNode) -> int:
     """Evaluation threads: as many calls at once as the node's model takes (scores are kept by
     position, and proposals are sequential, so the result does not depend on it)."""
@@ -242,17 +272,23 @@ class Tuned(dspy.Module):
 
 class Tracker:
     """Counts metric calls and prints the best mean so far of any candidate scored on at least as
-    many examples as the validation set holds."""
+    many examples as the validation set holds; keeps the best single score with its feedback and
+    the lowest, which say why a search changed nothing."""
 
     def __init__(self, stream: TextIO | None, width: int):
         self.stream, self.width = stream, max(1, width)
         self.scores: dict[str, list[float]] = {}
         self.calls, self.best = 0, None
+        self.top: tuple[float, str] | None = None
+        self.lowest = 1.0
         self.lock = threading.Lock()
 
-    def record(self, instructions: str, value: float) -> None:
+    def record(self, instructions: str, value: float, feedback: str = "") -> None:
         with self.lock:
             self.calls += 1
+            if self.top is None or value > self.top[0]:
+                self.top = (value, " ".join(feedback.split())[:200])
+            self.lowest = min(self.lowest, value)
             scores = self.scores.setdefault(instructions, [])
             scores.append(value)
             means = [sum(s) / len(s) for s in self.scores.values() if len(s) >= self.width]

@@ -185,6 +185,7 @@ def test_cli_optimize_prints_the_table_and_progress(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "held-out" in result.output and "marker" in result.output
     assert gepa.exit_code == 0, gepa.output
+    assert "warning: gepa left node 'answer' as it was: no new instructions were proposed" in gepa.output
     assert "metric calls" in gepa.output and "best so far" in gepa.output  # progress while it runs
     assert "Failed to deep copy" not in gepa.output
     bad = CliRunner().invoke(main, ["optimize", str(spec_path), "answer", "--metric", "nope"])
@@ -477,6 +478,24 @@ def test_bootstrap_keeps_demos_the_metric_scores_above_the_threshold(tmp_path, t
                                             threshold=threshold, out=tmp_path / "b.json"), hub)
     assert (result.demos > 0) == has_demos  # the judge gives 3 of 10 (0.22) to every answer here
     assert json.loads(result.path.read_text())["codeclm"]["budget"]["threshold"] == threshold
+
+
+def test_a_search_that_changes_nothing_says_why_with_the_fix(tmp_path, monkeypatch):
+    """No answer reached --threshold 1: bootstrap kept no demo and printed 'saved ...; use it with --set', exit 0,
+    a program that is the untuned prompt; now it says the prompt is as it was, why, and the fix."""
+    from codeclm.cli import main
+
+    monkeypatch.setattr(fake_openai_server, "answer_text", lambda messages, model: judging_model(messages))
+    with FakeOpenAIServer() as server:
+        overrides = ["--set", "models.strong.model=hosted_vllm/judging",
+                     "--set", f"models.strong.api_base={server.url}"]
+        result = CliRunner().invoke(main, ["optimize", str(judged_spec(tmp_path)), "answer", *overrides,
+                                           "--metric", "quality", "--out", str(tmp_path / "b.json"),
+                                           "--cache-dir", str(tmp_path / "c"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "the prompt as it was, no demos added" in result.output and "use it with --set" not in result.output
+    assert "warning: bootstrap left node 'answer' as it was: no output scored at least --threshold 1" in result.output
+    assert "scored 0.222: the judge scored it 3" in result.output and "fix: lower --threshold" in result.output
 
 
 def test_the_same_reflection_prompt_asked_again_is_a_new_sample_and_a_rerun_replays_both(tmp_path):
