@@ -26,10 +26,11 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import shlex
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -161,7 +162,7 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
     calls_before = _calls(hub)
     before = _evaluate(student, held, score)
     # DSPy prints its own progress ("Bootstrapped 4 full traces ..."): with the progress lines, or nowhere
-    with quiet_copies(), contextlib.redirect_stdout(options.progress or io.StringIO()):
+    with quiet_copies(), one_line_logs(), contextlib.redirect_stdout(options.progress or io.StringIO()):
         tuned = _compile(options, spec, node, hub, student, trainset, valset, metric_fn)
     tuned.node.predict.set_lm(original.predict.lm)  # compile may reset the copy's LM
     same = not tuned.node.predict.demos and tuned.node.predict.signature.instructions == \
@@ -248,6 +249,32 @@ def _unchanged(options: OptimizeOptions, node: LLMNode, tracker: Tracker) -> str
                     f"({scored})", "give the search a larger budget (--max-metric-calls N, --auto medium) or a "
                     "stronger proposal model (--reflection ROLE)")
     return f"{options.optimizer} left node '{node.name}' as it was: {why}\n  fix: {fix}"
+
+
+class _OneLine(logging.Filter):
+    """GEPA logs each proposal it could not read with Python's whole traceback (INFO, on DSPy's own
+    handler): a reflection model answering in another format printed thousands of lines that read as
+    a crash. A traceback is dropped; any other message is cut to one line, which still says what failed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Traceback (most recent call last)"):
+            return False
+        record.msg, record.args = " ".join(message.split())[:300], None
+        return True
+
+
+@contextlib.contextmanager
+def one_line_logs() -> Iterator[None]:
+    """DSPy's log lines one line each, while an optimizer runs."""
+    handlers, short = logging.getLogger("dspy").handlers, _OneLine()
+    for handler in handlers:
+        handler.addFilter(short)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(short)
 
 
 def _threads(spec: Spec, node: LLMNode) -> int:

@@ -192,6 +192,28 @@ def test_cli_optimize_prints_the_table_and_progress(tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "no metric named 'nope'" in bad.output
 
 
+def test_gepa_logs_an_unreadable_proposal_in_one_line_without_a_traceback(tmp_path):
+    """A reflection model answering in another format: GEPA logged each failed proposal with Python's whole
+    traceback on DSPy's handler (1,700 lines, 18 tracebacks for --max-metric-calls 60), read as a crash."""
+    import io
+    import logging
+
+    seen, dspy_log = io.StringIO(), logging.getLogger("dspy")
+    handler, level = logging.StreamHandler(seen), dspy_log.level  # `optimize -q` in another test raised the level
+    dspy_log.addHandler(handler)
+    dspy_log.setLevel(logging.INFO)
+    try:
+        reflect = ScriptedBackend("scripted/reflect", answer=lambda messages: "Not JSON at all.")
+        with FakeOpenAIServer() as server:
+            run_gepa(marker_spec(tmp_path, server.url), tmp_path / "cache", tmp_path / "a.json", reflect)
+    finally:
+        dspy_log.removeHandler(handler)
+        dspy_log.setLevel(level)
+    text = seen.getvalue()
+    assert reflect.calls and "reflection failed" in text  # it still says what failed, in one line
+    assert "Traceback" not in text and 'File "' not in text
+
+
 # -- codec fidelity as a metric, scripted models ----------------------------------------------------
 
 
