@@ -107,6 +107,12 @@ def optimize(spec: Spec, options: OptimizeOptions, hub: ModelHub | None = None) 
                         hint=f"rename the input (inputs: {{draft: ...}}) and use {{{{ draft }}}} in {node.template}: "
                              "the rendered prompt, and so the cache, stays the same")
     metric = pick_metric(spec, node.name, options.metric)
+    same_writer = not options.teacher or (options.teacher == node.model and not node.program)  # as the baseline
+    if options.optimizer == "bootstrap" and metric.type == "pairwise" and same_writer:
+        raise SpecError(str(spec.path), f"bootstrap writes demos with the node's own prompt and model, which the "
+                        f"pairwise metric '{metric.name}' compares with that same output: every one scores 0.5 "
+                        "(a tie), so none is better", hint="let another model write the demos (--teacher ROLE), or "
+                        "tune the instructions for it (--optimizer gepa)")
     cache_dir = options.cache_dir or _run_cache(options.run_dir) or spec.cache_dir or default_cache_dir()
     inputs = _dedupe(node_inputs(spec, node, options, cache_dir, hub))[: options.examples]
     if len(inputs) < 3:

@@ -407,6 +407,23 @@ def test_gepa_with_a_judge_metric(tmp_path, metric, before, after):
     assert judge in {key.split("/")[0] for key in hub.summary()}  # the judge node's calls, through the hub
 
 
+def test_bootstrap_for_a_pairwise_metric_needs_another_teacher(tmp_path):
+    """Bootstrap's demos are the node's own outputs, which a pairwise metric judges against themselves: every
+    one tied at 0.5, so the default --threshold 1 kept none, after every call was made, exit 0."""
+    from codeclm.programs.optimize import OptimizeOptions, optimize
+
+    spec = load_spec(judged_spec(tmp_path))
+    strong = ScriptedBackend("scripted/strong", judging_model)
+    hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": strong, "target": strong})
+    with pytest.raises(SpecError) as caught:
+        optimize(spec, OptimizeOptions(stage="answer", metric="prefer", out=tmp_path / "b.json"), hub)
+    assert caught.value.exit_code == 2 and "every one scores 0.5 (a tie)" in str(caught.value)
+    assert "fix: let another model write the demos (--teacher ROLE)" in str(caught.value) and not strong.calls
+    result = optimize(spec, OptimizeOptions(stage="answer", metric="prefer", teacher="target", threshold=0.5,
+                                            out=tmp_path / "b.json"), hub)
+    assert result.metric == "prefer"
+
+
 def test_mipro_without_optuna_says_what_to_install(tmp_path, monkeypatch):
     import builtins
 
