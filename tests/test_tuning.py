@@ -69,6 +69,15 @@ def test_optimize_section_errors_have_lines_and_fixes(tmp_path, seeds_file):
     assert "spec.yaml:2" in text and "fix:" in text  # file:line and the fix
 
 
+def test_a_judge_metric_naming_a_pairwise_judge_is_told_the_type_that_fits(tmp_path):
+    """The fix read 'a pointwise judge node (no pair:)s in this spec: none' where the spec's one judge is pairwise."""
+    spec = REPO / "specs" / "demo.yaml"
+    with pytest.raises((SpecError, SpecErrors)) as caught:
+        load_spec(spec, ["optimize.encode.metrics.q={type: judge, judge: judge}"])
+    assert "fix: this spec has no pointwise judge nodes (no pair:): add one" in str(caught.value)
+    assert "to name judge, write type: pairwise" in str(caught.value) and ":)s" not in str(caught.value)
+
+
 def test_a_valid_optimize_section_loads(tmp_path, seeds_file):
     data = base_spec(seeds_file)
     data["optimize"] = {"encode": {"metric": "fidelity",

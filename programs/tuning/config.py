@@ -117,9 +117,8 @@ def _check_metric(checker: Any, spot: tuple, node: Any, kind: str, settings: dic
         pairwise = kind == "pairwise"
         if not isinstance(judge, JudgeNode) or bool(judge.pair) != pairwise:
             what = "a pairwise judge node (with pair:)" if pairwise else "a pointwise judge node (no pair:)"
-            names = [n.name for n in graph.model_nodes() if isinstance(n, JudgeNode) and bool(n.pair) == pairwise]
             checker.error((*spot, "judge"), f"judge: {settings.get('judge')!r} is not {what}",
-                          f"{what}s in this spec: {', '.join(names) or 'none'}")
+                          _judges_hint(graph, pairwise))
             return
         mapping = settings.get("inputs") or {}
         if not isinstance(mapping, dict):
@@ -149,6 +148,22 @@ def _check_metric(checker: Any, spot: tuple, node: Any, kind: str, settings: dic
             checker.error((*spot, "encode"), f"encode node '{encode.name}' must read 'instruction'")
     elif kind == "contains" and (not isinstance(settings.get("text"), str) or not settings.get("text")):
         checker.error((*spot, "text"), "contains: text must be a non-empty string", "e.g. text: Step 1")
+
+
+def _judges_hint(graph: Any, pairwise: bool) -> str:
+    """The judge nodes a metric of this kind may name, and those of the other kind with the metric type
+    that names them: a spec with only a pairwise judge is told `type: pairwise`."""
+    from ..errors import SPEC_REFERENCE
+
+    judges = [n for n in graph.model_nodes() if isinstance(n, JudgeNode)]
+    names = [n.name for n in judges if bool(n.pair) == pairwise]
+    others = [n.name for n in judges if bool(n.pair) != pairwise]
+    kind = "pairwise judge nodes (with pair:)" if pairwise else "pointwise judge nodes (no pair:)"
+    hint = (f"{kind} in this spec: {', '.join(names)}" if names
+            else f"this spec has no {kind}: add one (see judge in {SPEC_REFERENCE})")
+    if others:
+        hint += f"; to name {', '.join(others)}, write {'type: judge' if pairwise else 'type: pairwise'}"
+    return hint
 
 
 def tuning_for(spec: Any, node: str) -> NodeTuning:
