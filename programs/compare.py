@@ -81,6 +81,8 @@ def compare(spec_a: Spec, spec_b: Spec, options: CompareOptions, hub_a: ModelHub
     if options.judge not in spec_a.models:
         raise SpecError(str(spec_a.path), f"no model role '{options.judge}' to judge with",
                         hint=f"roles in models: {', '.join(spec_a.models)}")
+    for spec in (spec_a, spec_b):
+        check_judgeable(spec)
     check_folder(options.out)
     cache_dir = options.cache_dir or spec_a.cache_dir or default_cache_dir()
     claim_folder(options.out)
@@ -133,6 +135,24 @@ def compare(spec_a: Spec, spec_b: Spec, options: CompareOptions, hub_a: ModelHub
         write_atomic(options.out / "compare.json", json.dumps(summary, indent=2, ensure_ascii=False))
         write_atomic(options.out / "compare.txt", format_table(result) + "\n")
     return result
+
+
+def check_judgeable(spec: Spec) -> None:
+    """compare judges each record's instruction and response, which it reads from the `dataset` output's
+    `messages` (a user and an assistant message) or its `instruction` and `response` fields (else from
+    CodecLM's `instructions` histories): a dataset of other fields ran both specs, then judged nothing
+    and said 'A and B kept no rows' of two full datasets."""
+    outputs = spec.graph.outputs
+    fields = set(outputs["dataset"].fields) if "dataset" in outputs else set()
+    if "messages" in fields or {"instruction", "response"} <= fields or ("dataset" not in outputs
+                                                                           and "instructions" in outputs):
+        return
+    what = (f"its fields are {', '.join(sorted(fields))}" if "dataset" in outputs
+            else f"it has no output named dataset (its outputs: {', '.join(outputs)})")
+    raise SpecError(str(spec.path), "compare judges each record's instruction and response, read from the output "
+                    f"dataset's messages, or its instruction and response fields: {what}",
+                    hint="give outputs.dataset the fields instruction: NODE.FIELD and response: NODE.FIELD (and "
+                         "provenance: {id: record.id}, to match records by id)")
 
 
 def check_folder(out: Path) -> None:

@@ -318,6 +318,20 @@ def test_a_replay_miss_in_compare_gives_compare_s_fix(tmp_path, scripted):
     assert "fix: run the same `codeclm compare` command without --replay" in str(caught.value)
 
 
+def test_compare_refuses_a_dataset_without_instruction_and_response_before_any_call(tmp_path, scripted):
+    """A pipeline of one's own writing {topic, tip}: both specs ran, then 'nothing was judged: A and B kept no
+    rows' of two datasets of 10 rows each, exit 1; now exit 2 before any call, naming the fields compare reads."""
+    data = yaml.safe_load(answer_spec(tmp_path).read_text())
+    data["outputs"]["dataset"]["fields"] = {"question": "questions.instruction", "reply": "answer.answer"}
+    spec = load_spec(write_spec(tmp_path, data, "mine.yaml"))
+    with pytest.raises(SpecError) as caught:
+        run_compare(tmp_path, spec, spec, scripted)
+    text = str(caught.value)
+    assert caught.value.exit_code == 2 and "mine.yaml: compare judges each record's instruction and response" in text
+    assert "its fields are question, reply" in text and "fix: give outputs.dataset the fields instruction:" in text
+    assert scripted.calls() == 0 and not (tmp_path / "cmp").exists()
+
+
 def test_compare_of_identical_specs_includes_zero(tmp_path, scripted):
     spec = load_spec(answer_spec(tmp_path))
     result = run_compare(tmp_path, spec, spec, scripted)
