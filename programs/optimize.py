@@ -156,7 +156,7 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
 
     def metric_fn(example: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
         result = score(example, pred)
-        tracker.record(pred.instructions, result.value, result.feedback)
+        tracker.record(pred.instructions, result.value, result.feedback, example.item)
         if options.optimizer == "gepa":
             return dspy.Prediction(score=result.value, feedback=result.feedback)
         if options.optimizer == "bootstrap" and trace is not None:
@@ -246,12 +246,12 @@ def _unchanged(options: OptimizeOptions, node: LLMNode, tracker: Tracker) -> str
         why, fix = (f"no output scored at least --threshold {options.threshold:g} to become a demo ({scored})",
                     "lower --threshold to a score outputs reach, or let a stronger model write the demos "
                     "(--teacher ROLE)")
-    elif len(tracker.scores) <= 1:
+    elif len(tracker.candidates) <= 1:
         why, fix = (f"no new instructions were proposed: the '{options.reflection or node.model}' model's answers "
                     "could not be read as a proposal (without -q, DSPy's log says why)",
                     "propose with a stronger model (--reflection ROLE)")
     else:
-        why, fix = (f"none of the {len(tracker.scores) - 1} proposed instructions scored above the current ones "
+        why, fix = (f"none of the {len(tracker.candidates) - 1} proposed instructions scored above the current ones "
                     f"({scored})", "give the search a larger budget (--max-metric-calls N, --auto medium) or a "
                     "stronger proposal model (--reflection ROLE)")
     return f"{options.optimizer} left node '{node.name}' as it was: {why}\n  fix: {fix}"
@@ -304,31 +304,34 @@ class Tuned(dspy.Module):
 
 
 class Tracker:
-    """Counts metric calls and prints the best mean so far of any candidate scored on at least as
-    many examples as the validation set holds; keeps the best single score with its feedback and
-    the lowest, which say why a search changed nothing."""
+    """Counts metric calls and prints the best validation mean so far: a candidate's mean over the
+    validation inputs once it is scored on all of them (GEPA also scores candidates on training
+    minibatches, which joined the mean and moved a 'best' of one unchanged prompt up and down). Keeps
+    the best single score with its feedback and the lowest, which say why a search changed nothing."""
 
     def __init__(self, stream: TextIO | None, width: int):
         self.stream, self.width = stream, max(1, width)
-        self.scores: dict[str, list[float]] = {}
+        self.candidates: set[str] = set()
+        self.validation: dict[str, dict[str, float]] = {}  # candidate -> validation item -> score
         self.calls, self.best = 0, None
         self.top: tuple[float, str] | None = None
         self.lowest = 1.0
         self.lock = threading.Lock()
 
-    def record(self, instructions: str, value: float, feedback: str = "") -> None:
+    def record(self, instructions: str, value: float, feedback: str = "", item: str = "val") -> None:
         with self.lock:
             self.calls += 1
+            self.candidates.add(instructions)
             if self.top is None or value > self.top[0]:
                 self.top = (value, " ".join(feedback.split())[:200])
             self.lowest = min(self.lowest, value)
-            scores = self.scores.setdefault(instructions, [])
-            scores.append(value)
-            means = [sum(s) / len(s) for s in self.scores.values() if len(s) >= self.width]
+            if item.startswith("val"):
+                self.validation.setdefault(instructions, {})[item] = value
+            means = [sum(s.values()) / len(s) for s in self.validation.values() if len(s) >= self.width]
             best = max(means) if means else None
             if self.stream is not None and (self.calls % self.width == 0 or best != self.best):
                 shown = "-" if best is None else f"{best:.3f}"
-                print(f"optimize: {self.calls} metric calls, {len(self.scores)} candidate prompt(s), "
+                print(f"optimize: {self.calls} metric calls, {len(self.candidates)} candidate prompt(s), "
                       f"best so far {shown}", file=self.stream, flush=True)
             self.best = best
 
