@@ -156,7 +156,8 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
 
     def metric_fn(example: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
         result = score(example, pred)
-        tracker.record(pred.instructions, result.value, result.feedback, example.item)
+        if pred_name is None:  # GEPA asks again, per predictor, for the feedback: not a call its budget counts
+            tracker.record(pred.instructions, result.value, result.feedback, example.item)
         if options.optimizer == "gepa":
             return dspy.Prediction(score=result.value, feedback=result.feedback)
         if options.optimizer == "bootstrap" and trace is not None:

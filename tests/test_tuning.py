@@ -149,6 +149,8 @@ def test_gepa_over_http_tunes_for_a_marker_and_replays_from_a_warm_cache(tmp_pat
         assert meta["optimizer"] == "gepa" and meta["metric"] == {"name": "marker", "type": "contains",
                                                                   "text": MARKER}
         assert meta["budget"]["max_metric_calls"] == 30 and meta["reflection"] == "reflect"
+        # the calls GEPA's budget counts, not its second ask of some for feedback (which made it 33 of 30)
+        assert 20 < meta["scores"]["metric_calls"] <= 30, meta["scores"]["metric_calls"]
         assert meta["scores"]["held_out"] == {"items": 3, "before": 0.0, "after": 1.0}
         assert "before" in result.table and result.path.with_suffix(".scores.txt").read_text().strip() == result.table
 
