@@ -78,6 +78,19 @@ def test_a_judge_metric_naming_a_pairwise_judge_is_told_the_type_that_fits(tmp_p
     assert "to name judge, write type: pairwise" in str(caught.value) and ":)s" not in str(caught.value)
 
 
+def test_optimize_and_render_name_the_kind_of_a_node_that_sends_no_prompt():
+    """`optimize demo.yaml augment` (a mix) said "no llm node named 'augment'", as if there were no such node."""
+    from codeclm.cli import main
+
+    spec = str(REPO / "specs" / "demo.yaml")
+    for command in (["optimize", spec, "augment"], ["render", spec, "augment"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2 and "'augment' is a mix node, which sends no prompt" in result.output
+        assert "fix: llm nodes: encode, rubrics, decode" in result.output and "Traceback" not in result.output
+    missing = CliRunner().invoke(main, ["optimize", spec, "nope"])
+    assert missing.exit_code == 2 and "no llm node named 'nope'" in missing.output
+
+
 def test_a_valid_optimize_section_loads(tmp_path, seeds_file):
     data = base_spec(seeds_file)
     data["optimize"] = {"encode": {"metric": "fidelity",

@@ -82,7 +82,9 @@ class Spec:
         node = self.graph.every.get(name)
         if not isinstance(node, LLMNode):
             names = [n.name for n in self.graph.model_nodes()]
-            raise SpecError(str(self.path), f"no llm node named '{name}'",
+            problem = (f"'{name}' is a {node.type} node, which sends no prompt: only an llm or judge node does"
+                       if node is not None else f"no llm node named '{name}'")
+            raise SpecError(str(self.path), problem,
                             hint=self.graph.rounds_hint(name) or (f"llm nodes: {', '.join(names)}" if names else
                                                                  "this spec has none: optimize tunes the prompt of "
                                                                  "a node that calls a model"))
