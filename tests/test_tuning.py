@@ -91,6 +91,15 @@ def test_optimize_and_render_name_the_kind_of_a_node_that_sends_no_prompt():
     assert missing.exit_code == 2 and "no llm node named 'nope'" in missing.output
 
 
+def test_a_metric_without_a_type_names_the_keys_yaml_read():
+    """`{type:judge,judge:judge}` (no space after the colons) is YAML for two keys without values: the error
+    read "metric 'q': unknown type None"."""
+    with pytest.raises((SpecError, SpecErrors)) as caught:
+        load_spec(REPO / "specs" / "demo.yaml", ["optimize.encode.metrics.q={type:judge,judge:judge}"])
+    assert "metric 'q' has no type (its keys: 'type:judge', 'judge:judge')" in str(caught.value)
+    assert "None" not in str(caught.value)
+
+
 def test_a_valid_optimize_section_loads(tmp_path, seeds_file):
     data = base_spec(seeds_file)
     data["optimize"] = {"encode": {"metric": "fidelity",

@@ -88,8 +88,7 @@ def check_optimize(checker: Any, raw: Any, graph: Any, models: dict[str, Any]) -
             body = checker.mapping(spot, body, f"metric '{metric_name}'")
             kind = body.get("type")
             if kind not in METRIC_TYPES:
-                checker.error(spot, f"metric '{metric_name}': unknown type {kind!r}",
-                              "; ".join(METRIC_HELP.values()))
+                checker.error(spot, _no_type(metric_name, body), "; ".join(METRIC_HELP.values()))
                 continue
             checker.check_keys(spot, body, METRIC_TYPES[kind] | {"type"}, f"metric '{metric_name}'")
             settings = {k: v for k, v in body.items() if k != "type"}
@@ -148,6 +147,15 @@ def _check_metric(checker: Any, spot: tuple, node: Any, kind: str, settings: dic
             checker.error((*spot, "encode"), f"encode node '{encode.name}' must read 'instruction'")
     elif kind == "contains" and (not isinstance(settings.get("text"), str) or not settings.get("text")):
         checker.error((*spot, "text"), "contains: text must be a non-empty string", "e.g. text: Step 1")
+
+
+def _no_type(name: str, body: dict[str, Any]) -> str:
+    """A metric whose type is missing or unknown; a missing one names the keys there are, which shows
+    `{type:judge,judge:rate}` (no space after the colons: YAML's two keys without values), once read as
+    'unknown type None'."""
+    if "type" in body:
+        return f"metric '{name}': unknown type {body['type']!r}"
+    return f"metric '{name}' has no type" + (f" (its keys: {', '.join(repr(str(k)) for k in body)})" if body else "")
 
 
 def _judges_hint(graph: Any, pairwise: bool) -> str:
