@@ -341,3 +341,15 @@ def test_an_include_of_a_missing_template_names_the_templates_there(tmp_path):
         TemplateStore(tmp_path).get("main.jinja").render({})
     assert "it includes 'header.jinja', which is not in" in caught.value.message
     assert caught.value.hint == "templates there: main.jinja" and caught.value.line == 1
+
+
+def test_readme_lists_every_option_of_optimize():
+    """README's synopsis of optimize left out --threshold (the score a bootstrapped demo needs, 1 by default),
+    --seeds, --out, --set, --cache-dir and -q, and said nowhere that bootstrap is the default optimizer."""
+    from codeclm.cli import main
+
+    readme = (REPO / "README.md").read_text()
+    synopsis = readme.split("codeclm optimize SPEC NODE", 1)[1].split("\ncodeclm compare", 1)[0]
+    options = [min(p.opts, key=len) for p in main.commands["optimize"].params if p.opts[0].startswith("-")]
+    assert [o for o in options if o not in synopsis and o != "-h"] == []
+    assert "| `bootstrap` (default) |" in readme
