@@ -172,8 +172,7 @@ def _optimize(spec: Spec, node: LLMNode, options: OptimizeOptions, metric: Metri
     with quiet_copies(), one_line_logs(), contextlib.redirect_stdout(options.progress or io.StringIO()):
         tuned = _compile(options, spec, node, hub, student, trainset, valset, metric_fn)
     tuned.node.predict.set_lm(original.predict.lm)  # compile may reset the copy's LM
-    same = not tuned.node.predict.demos and tuned.node.predict.signature.instructions == \
-        original.predict.signature.instructions
+    same = _prompt(tuned.node) == _prompt(original)
     after = _evaluate(tuned, held, score)
     calls_all = {k: v - calls_before.get(k, 0) for k, v in _calls(hub).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,6 +229,12 @@ def _compile(options: OptimizeOptions, spec: Spec, node: LLMNode, hub: ModelHub,
         raise CodecError(f"MIPROv2 stopped: the '{options.reflection or node.model}' model's proposal could not "
                          f"be read ({str(exc).splitlines()[0][:160]}); propose with a stronger model "
                          "(--reflection ROLE), or use --optimizer gepa, which skips such answers") from None
+
+
+def _prompt(module: NodeModule) -> tuple[str, str]:
+    """What tuning changes: the instructions and the demos (a node with a `program:` starts with its demos)."""
+    demos = [demo.toDict() if isinstance(demo, dspy.Example) else demo for demo in module.predict.demos]
+    return module.predict.signature.instructions, json.dumps(demos, sort_keys=True, default=str)
 
 
 def _unchanged(options: OptimizeOptions, node: LLMNode, tracker: Tracker) -> str:

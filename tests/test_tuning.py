@@ -601,6 +601,24 @@ def test_a_search_that_changes_nothing_says_why_with_the_fix(tmp_path, monkeypat
     assert "scored 0.222: the judge scored it 3" in result.output and "fix: lower --threshold" in result.output
 
 
+def test_a_search_that_drops_a_program_s_demos_is_not_told_as_it_was(tmp_path):
+    """A node whose program: holds demos, bootstrapped again to none: the warning said the prompt was as it
+    was, though the saved program has lost the demos the node ran with."""
+    from codeclm.programs.optimize import OptimizeOptions, optimize
+
+    strong = ScriptedBackend("scripted/strong", judging_model)
+    path = judged_spec(tmp_path)
+    results = []
+    for overrides, threshold in (([], 0.2), ([f"nodes.answer.program={tmp_path / 'first.json'}"], 1.0)):
+        spec = load_spec(path, overrides)
+        hub = ModelHub(spec.models, CallCache(tmp_path / "cache"), backends={"strong": strong, "target": strong})
+        results.append(optimize(spec, OptimizeOptions(stage="answer", metric="quality", threshold=threshold,
+                                                      out=tmp_path / ("first.json" if not results else "b.json")),
+                                hub))
+    first, second = results
+    assert first.demos > 0 and second.demos == 0 and second.unchanged == ""
+
+
 def test_the_same_reflection_prompt_asked_again_is_a_new_sample_and_a_rerun_replays_both(tmp_path):
     """DSPy strips rollout_id before a request reaches codeclm: the n-th ask of one prompt is slot n."""
     from codeclm.programs.optimize import reflection_lm
