@@ -43,7 +43,7 @@ from .engine.adapter import AsyncHubEngine, HubEngine, run_on_hub_loop
 from .engine.llm import NodeModule, build_module, quiet_copies
 from .engine.run import RunOptions, run_spec
 from .errors import CodecError, SpecError
-from .lang.nodes import LLMNode
+from .lang.nodes import LLMNode, SourceNode
 from .lang.spec import Spec
 from .lang.templates import StageTemplate, TemplateStore
 from .models.cache import CallCache, default_cache_dir
@@ -461,6 +461,10 @@ def _too_few_inputs(spec: Spec, node: LLMNode, count: int, run_dir: Path | None)
     """Too few example inputs. With --from, a spec unlike the run's comes first: its calls have other cache
     keys (another model, other settings), so the run's answers are not found, however many it made."""
     problem = f"node '{node.name}': {count} example input(s), need at least 3"
+    source = spec.graph.every.get(node.for_each or "")
+    if run_dir is None and isinstance(source, SourceNode):  # its inputs are the source's records: no run makes more
+        return SpecError(str(spec.path), problem, hint=f"give source '{source.name}' at least 3 distinct records "
+                                                        "(or --seeds FILE, where it reads a file)")
     if run_dir is None:
         return SpecError(str(spec.path), problem, hint="run the spec first, then pass --from runs/NAME (its cache "
                                                         "holds the inputs), or pass more seeds")

@@ -619,6 +619,20 @@ def test_a_search_that_drops_a_program_s_demos_is_not_told_as_it_was(tmp_path):
     assert first.demos > 0 and second.demos == 0 and second.unchanged == ""
 
 
+def test_too_few_inputs_from_a_source_says_to_give_it_more_records(tmp_path):
+    """A node fed by a source of 2 records was told to 'run the spec first, then pass --from', which makes no
+    more inputs: they are the source's records."""
+    from codeclm.cli import main
+
+    two = tmp_path / "two.jsonl"
+    two.write_text('{"instruction": "Say hi."}\n{"instruction": "Say bye."}\n')
+    result = CliRunner().invoke(main, ["optimize", str(answer_spec(tmp_path)), "answer", "--seeds", str(two),
+                                       "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 2 and "node 'answer': 2 example input(s), need at least 3" in result.output
+    assert "fix: give source 'questions' at least 3 distinct records" in result.output
+    assert "--from" not in result.output
+
+
 def test_the_same_reflection_prompt_asked_again_is_a_new_sample_and_a_rerun_replays_both(tmp_path):
     """DSPy strips rollout_id before a request reaches codeclm: the n-th ask of one prompt is slot n."""
     from codeclm.programs.optimize import reflection_lm
