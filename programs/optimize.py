@@ -430,6 +430,10 @@ def program_path(spec: Spec, node: LLMNode, options: OptimizeOptions) -> Path:
     path = options.out or Path("runs") / f"{spec.name}-optimize"
     if path.suffix != ".json":  # a folder (DSPy saves a program only as .json): the node's file in it
         path = path / f"{node.name}.json"
+    above = next(folder for folder in path.parents if folder.exists() or folder.is_symlink())
+    if not above.is_dir():  # found now, not by the folder's mkdir after every call was made
+        raise SpecError(str(above), "--out needs a folder here, and this is a file",
+                        hint=f"give --out a .json file to write, or a folder (where {node.name}.json is written)")
     ours = _is_program_file(path)
     for target in (path, path.with_suffix(".scores.txt")):
         if (target.exists() or target.is_symlink()) and not ours:

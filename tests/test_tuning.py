@@ -666,6 +666,20 @@ def test_optimize_never_writes_over_a_file_it_did_not_make(tmp_path, seeds_file)
     assert not (tmp_path / "cache").exists()  # refused before the cache was opened, let alone a model
 
 
+def test_optimize_refuses_an_out_inside_a_file_before_any_call(tmp_path, seeds_file):
+    """--out naming a user's spec.yaml (not .json: read as a folder) made every call, then failed on the folder's
+    mkdir: 'error: ...: File exists', exit 1, 'a run resumes'."""
+    from codeclm.cli import main
+
+    spec_path = write_spec(tmp_path, base_spec(seeds_file))
+    result = CliRunner().invoke(main, ["optimize", str(spec_path), "encode", "--out", str(spec_path),
+                                       "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 2, result.output
+    assert f"{spec_path}: --out needs a folder here, and this is a file" in result.output
+    assert "fix: give --out a .json file to write, or a folder (where encode.json is written)" in result.output
+    assert not (tmp_path / "cache").exists()  # before the cache was opened, let alone a model
+
+
 def test_optimize_quiet_prints_only_its_result_and_out_may_be_a_folder(tmp_path, seeds_file):
     """`-q` still printed DSPy's INFO lines, tqdm bars and "Bootstrapped ..." (that one on stdout, with the
     result); `--out DIR` crashed in DSPy's save ("path must end with .json") with a traceback."""
