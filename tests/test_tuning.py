@@ -666,6 +666,22 @@ def test_optimize_never_writes_over_a_file_it_did_not_make(tmp_path, seeds_file)
     assert not (tmp_path / "cache").exists()  # refused before the cache was opened, let alone a model
 
 
+def test_a_program_path_relative_to_here_is_told_it_is_read_from_the_spec_s_folder(tmp_path, monkeypatch):
+    """optimize prints where it saved from the current folder; --set nodes.NODE.program=runs/... is read from the
+    spec's folder, and the error's fix said to make one with codeclm optimize, which the user just did."""
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    spec = answer_spec(folder)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "answer.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((SpecError, SpecErrors)) as caught:
+        load_spec(spec, ["nodes.answer.program=runs/answer.json"])
+    assert f"optimized program {folder / 'runs' / 'answer.json'} not found" in str(caught.value)
+    assert ("fix: a relative program: is read from the spec's folder, and runs/answer.json is in the current "
+            f"folder: give its full path, {tmp_path / 'runs' / 'answer.json'}") in str(caught.value)
+
+
 def test_optimize_refuses_an_out_inside_a_file_before_any_call(tmp_path, seeds_file):
     """--out naming a user's spec.yaml (not .json: read as a folder) made every call, then failed on the folder's
     mkdir: 'error: ...: File exists', exit 1, 'a run resumes'."""

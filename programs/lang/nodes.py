@@ -7,6 +7,7 @@ This module knows what a node *says*; `programs/lang/graph.py` checks how nodes 
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -451,8 +452,7 @@ class NodeReader:
         if program is None:
             return node
         if not program.is_file():
-            self.checker.error(where, f"optimized program {program} not found",
-                               "make one with codeclm optimize SPEC NODE, or drop 'program:'")
+            self.checker.error(where, f"optimized program {program} not found", self._missing_program_fix(program))
             return node
         predictor = _saved_predictor(program)
         if isinstance(predictor, str):
@@ -462,6 +462,15 @@ class NodeReader:
         else:
             self._check_demos(node, predictor.get("demos", []), where)
         return node
+
+    def _missing_program_fix(self, program: Path) -> str:
+        """optimize prints where it saved, from the current folder (runs/NAME-optimize/NODE.json), and a
+        relative `program:` is read from the spec's folder: the same words name two files."""
+        given = Path(os.path.relpath(program, self.checker.path.parent))
+        if not given.is_absolute() and given.is_file():
+            return (f"a relative program: is read from the spec's folder, and {given} is in the current folder: "
+                    f"give its full path, {given.resolve()}")
+        return "make one with codeclm optimize SPEC NODE, or drop 'program:'"
 
     def _check_demos(self, node: LLMNode, demos: list[dict[str, Any]], where: Path_) -> None:
         outputs = node.call_outputs()
