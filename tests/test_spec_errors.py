@@ -124,6 +124,18 @@ def test_an_unquoted_question_in_a_flow_mapping_is_told_to_quote_it(tmp_path):
     assert "quote it" in error.hint and '"Why is the sky blue?"' in error.hint
 
 
+def test_a_colon_glued_to_its_value_in_a_flow_mapping_is_named(tmp_path):
+    """`{type:judge, judge:rate}` (no space after the colons) is two keys with no values in YAML: the checks
+    then said "unknown type None" or "needs for_each"; the text with the missing space is what to fix."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: x\nnodes:\n  q: {type:source, records: [{instruction: 'hi: there'}]}\n")
+    error = only_error(path)
+    assert error.line == 3 and error.message == "'type:source' is read as one key with no value: a colon needs a " \
+        "space after it" and error.hint == "write type: source", str(error)
+    path.write_text("name: x\nnodes:\n  q: {type: source, records: [{'a:b': 1, url: 'http://x:80'}]}\n")
+    assert all("colon" not in e.message for e in errors_of(path))  # quoted, or with a value: as written
+
+
 def test_a_spec_that_is_not_a_mapping(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("- just\n- a list\n")

@@ -96,7 +96,10 @@ def test_a_metric_without_a_type_names_the_keys_yaml_read():
     read "metric 'q': unknown type None"."""
     with pytest.raises((SpecError, SpecErrors)) as caught:
         load_spec(REPO / "specs" / "demo.yaml", ["optimize.encode.metrics.q={type:judge,judge:judge}"])
-    assert "metric 'q' has no type (its keys: 'type:judge', 'judge:judge')" in str(caught.value)
+    assert "'type:judge' is read as one key with no value: a colon needs a space after it" in str(caught.value)
+    with pytest.raises((SpecError, SpecErrors)) as caught:
+        load_spec(REPO / "specs" / "demo.yaml", ["optimize.encode.metrics.q={judge: judge}"])
+    assert "metric 'q' has no type (its keys: 'judge')" in str(caught.value)
     assert "None" not in str(caught.value)
 
 

@@ -16,6 +16,7 @@ which refuse, as a located SpecError, what PyYAML would accept silently or choke
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,7 @@ def _compose_and_construct(text: str, file: str, what: str = "", at: Path_ = ())
 MERGE_TAG = "tag:yaml.org,2002:merge"
 INT_TAG = "tag:yaml.org,2002:int"
 STR_TAG = "tag:yaml.org,2002:str"
+NULL_TAG = "tag:yaml.org,2002:null"
 MAX_INT_DIGITS = sys.get_int_max_str_digits() or 4300  # int() refuses longer digit strings (a ValueError)
 
 
@@ -178,6 +180,10 @@ class _Checker:
         for key, value in node.value:
             if key.tag not in (STR_TAG, MERGE_TAG) and not numbers:
                 self.refuse_key(key)
+            if node.flow_style and _glued(key, value):
+                name, _, rest = key.value.partition(":")
+                raise self.error(key, f"{key.value[:60]!r} is read as one key with no value: a colon needs a "
+                                      "space after it", f"write {name}: {rest[:60]}")
             self.check_keys(value, (*at, str(key.value) if isinstance(key, yaml.ScalarNode) else "?"), seen)
 
     def refuse_key(self, key: yaml.Node) -> None:
@@ -229,6 +235,18 @@ class _Checker:
         self.open.discard(id(node))
         self.sizes[id(node)] = total
         return total
+
+
+_GLUED = re.compile(r"[A-Za-z_][\w.-]*:[^\s:/]")
+
+
+def _glued(key: yaml.Node, value: yaml.Node) -> bool:
+    """`{type:judge, judge:rate}`: in a flow mapping, a colon with no space after it is part of a plain
+    key, which then has no value (two keys of null, which each section's checks blamed on what was
+    missing: 'unknown type None')."""
+    return (isinstance(key, yaml.ScalarNode) and key.style is None and key.tag == STR_TAG
+            and isinstance(value, yaml.ScalarNode) and value.tag == NULL_TAG and value.value == ""
+            and _GLUED.match(key.value) is not None)
 
 
 def _written(root: yaml.Node) -> int:
