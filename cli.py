@@ -600,8 +600,8 @@ def optimize(spec: str, node: str, run_dir: Path | None, seeds: Path | None, opt
     check_templates(loaded)  # every check `validate` makes, before the first call
     result = run_optimizer(loaded, options)
     click.echo(result.table)
-    click.echo(f"{node}: {result.optimizer} for {result.metric}; {result.demos} demos; instructions: "
-               f"{result.instructions[:200]!r}")
+    demos = f"{result.demos} demo{'' if result.demos == 1 else 's'}"
+    click.echo(f"{node}: {result.optimizer} for {result.metric}; {demos}; instructions: {result.instructions[:200]!r}")
     saved = f"saved {result.path} (scores: {result.path.with_suffix('.scores.txt')})"
     if result.unchanged:  # the file holds the prompt as it was: running with it changes nothing
         click.echo(f"{saved}: the prompt as it was, no demos added")
