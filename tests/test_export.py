@@ -482,3 +482,24 @@ def test_the_cards_counts_add_up_to_the_records_of_a_filter_spec(tmp_path):
     table = "\n".join(_counts(tmp_path, manifest, spec, 3))
     assert "| records (all outcomes below) | 10 |" in table and "| instructions |" not in table
     assert "| kept (rows here) | 3 |" in table and "| filtered out | 7 |" in table
+
+
+def test_a_spec_that_calls_no_model_exports_and_its_pipeline_replays(tmp_path, monkeypatch):
+    """A spec of sources alone (pairs of one's own, put in the chat format): the card showed an empty table of
+    models, and pipeline/spec.yaml named a prompts folder the export did not ship, so its replay was refused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conv.yaml").write_text(
+        "name: conv\nnodes:\n  pairs:\n    type: source\n    records: [{instruction: Say hi., response: Hi!}]\n"
+        "outputs:\n  dataset:\n    from: pairs\n    fields:\n      messages:\n"
+        "        - {role: \"'user'\", content: pairs.instruction}\n"
+        "        - {role: \"'assistant'\", content: pairs.response}\n")
+    invoke = CliRunner().invoke
+    assert invoke(cli.main, ["run", "conv.yaml", "-q", "--no-report", "--out", "run"]).exit_code == 0
+    assert export("run", "export").exit_code == 0
+    _, body = card(tmp_path / "export")
+    assert "## Models\n\nNone: no node of the spec calls a model; the rows come from its sources.\n" in body
+    assert "| role | model |" not in body
+    replayed = invoke(cli.main, ["run", "export/pipeline/spec.yaml", "--replay", "-q", "--no-report", "--out", "again"])
+    assert replayed.exit_code == 0, replayed.output
+    shipped = (tmp_path / "export" / "data" / "train.jsonl").read_bytes()
+    assert (tmp_path / "again" / "dataset.jsonl").read_bytes() == shipped

@@ -280,6 +280,8 @@ def pipeline_files(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
         if name in templates and template_sha(path) != templates[name]:
             notes.append(f"template {name} changed since the run: the copy is the current file, so a replay "
                          "of it may miss the cache")
+    if not files and not spec.get("models"):  # a spec that calls no model needs no prompts folder, nor ships one
+        del spec["prompts"]
     missing = [name for name in templates if f"prompts/{name}" not in files]
     if missing:
         notes.append(f"templates not found in {prompts_dir}: {', '.join(missing)} (not shipped)")
@@ -558,9 +560,10 @@ def _card_how_made(spec: dict[str, Any], manifest: dict[str, Any], pipeline_dir:
     lines = ["## How it was made", ""]
     if isinstance(description, str) and description.strip():
         lines += [description.strip(), ""]
-    return lines + ["The spec's graph:", "", *_graph(spec), "", "## Models", "", *_models(spec, manifest), "",
-                    "Keys are not part of it: codeclm never writes one to the spec or the manifest. The models' "
-                    "endpoints (`api_base`) are, in pipeline/spec.yaml and pipeline/manifest.json.",
+    models = [*_models(spec, manifest), "", "Keys are not part of it: codeclm never writes one to the spec or the "
+              "manifest. The models' endpoints (`api_base`) are, in pipeline/spec.yaml and pipeline/manifest.json."] \
+        if spec.get("models") else ["None: no node of the spec calls a model; the rows come from its sources."]
+    return lines + ["The spec's graph:", "", *_graph(spec), "", "## Models", "", *models,
                     "", "## Counts", "", *_counts(pipeline_dir, manifest, spec, rows), ""]
 
 
