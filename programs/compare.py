@@ -80,7 +80,8 @@ def compare(spec_a: Spec, spec_b: Spec, options: CompareOptions, hub_a: ModelHub
             hub_b: ModelHub | None = None) -> CompareResult:
     if options.judge not in spec_a.models:
         raise SpecError(str(spec_a.path), f"no model role '{options.judge}' to judge with",
-                        hint=f"roles in models: {', '.join(spec_a.models)}")
+                        hint=f"roles in models: {', '.join(spec_a.models)}" if spec_a.models else
+                        "the spec declares no models: add the judge's, e.g. models: {strong: {model: local}}")
     for spec in (spec_a, spec_b):
         check_judgeable(spec)
     check_folder(options.out)

@@ -934,6 +934,8 @@ def test_a_spec_calling_no_model_needs_no_models_and_no_prompts_folder(tmp_path)
     assert done.returncode == 0, done.stderr
     kept = [json.loads(line)["instruction"] for line in (tmp_path / "run" / "cleaned.jsonl").read_text().splitlines()]
     assert kept == ["Write a poem.", "Name a prime."]
+    done = cli("compare", str(path), "--judge", "strong", "--out", str(tmp_path / "compare"))
+    assert done.returncode == 2 and "the spec declares no models: add the judge's" in done.stderr, done.stderr
     path.write_text(path.read_text().replace("outputs:", "  answer: {type: llm, for_each: novel, model: strong, "
                                              "template: respond.jinja, inputs: {instruction: mine.text}, "
                                              "outputs: [answer]}\noutputs:").replace("from: novel", "from: answer"))
