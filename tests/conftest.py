@@ -75,6 +75,14 @@ def hand_written(data: dict[str, Any], records: list[dict[str, Any]]) -> dict[st
     return data
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a codeclm child process: this checkout's folder first (`import cli`), then the
+    caller's PYTHONPATH, which names the checkout whose `codeclm` the tests import (a git worktree's, not
+    the installed one: with PYTHONPATH set to the checkout alone, a worktree's children ran the installed code)."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 @pytest.fixture
 def seeds_file(tmp_path: Path) -> Path:
     path = tmp_path / "seeds.jsonl"

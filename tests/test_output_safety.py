@@ -17,7 +17,7 @@ from codeclm import cli
 from codeclm.programs.artifacts.store import ARTIFACTS, MARKER, RunStore
 from codeclm.programs.errors import SpecError, SpecErrors
 from codeclm.programs.lang.spec import load_spec
-from conftest import REPO, base_spec, write_spec
+from conftest import REPO, base_spec, child_env, write_spec
 from fake_openai_server import FakeOpenAIServer
 
 USER_DATA = '{"mine": "a dataset I made by hand"}\n'
@@ -227,7 +227,7 @@ def test_sigterm_outside_the_event_loop_also_exits_143(tmp_path):
             "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
             "cli.main(['sleepy'])\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env=child_env())
     assert done.returncode == 143, done.stderr
     assert "interrupted" in done.stderr and "Traceback" not in done.stderr
     assert "cached" not in done.stderr  # a command that calls no model has no calls to keep

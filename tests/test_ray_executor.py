@@ -16,7 +16,7 @@ import yaml
 from codeclm.programs.engine.run import RunOptions, run_spec
 from codeclm.programs.errors import CodecError, SpecErrors
 from codeclm.programs.lang.spec import load_spec
-from conftest import REPO, base_spec, write_spec
+from conftest import REPO, base_spec, child_env, write_spec
 from fake_openai_server import FakeOpenAIServer, FaultPlan
 
 try:
@@ -191,7 +191,7 @@ def test_cli_executor_ray_connects_to_ray_address(local_ray, tmp_path, seeds_fil
         if chosen == "spec":
             spec.write_text(spec.read_text() + "executor: ray\n")
         address = ray.get_runtime_context().gcs_address
-        env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": address}
+        env = child_env(RAY_ADDRESS=address)
         flag = ["--executor", "ray"] if chosen == "--executor" else []
         done = subprocess.run([sys.executable, "-m", "codeclm.cli", "run", str(spec), "--no-report", *flag,
                                "--out", str(tmp_path / "ray"), "--cache-dir", str(tmp_path / "cache-ray")],

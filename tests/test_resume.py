@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
 import sys
 import time
 
-from conftest import REPO, base_spec, write_spec
+from conftest import base_spec, child_env, write_spec
 from fake_openai_server import FakeOpenAIServer
 
 
@@ -23,7 +22,7 @@ def http_spec(tmp_path, seeds_file, url: str):
 def codeclm_run(spec, out, cache) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "codeclm.cli", "run", str(spec), "-q", "--out", str(out),
                              "--cache-dir", str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env=child_env())
 
 
 def reference_run(spec, tmp_path, server: FakeOpenAIServer) -> int:
