@@ -36,21 +36,11 @@ EXIT_TERMINATED = 143  # SIGTERM (128 + 15), e.g. `kill`, a job scheduler, `dock
 CALLS_MODELS = frozenset({"run", "replay", "evaluate", "optimize", "compare"})
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread: stops the run the way Ctrl-C does."""
-
-
 def _on_sigterm(signum: int, frame: Any) -> None:
-    """Stop as Ctrl-C does: hand the signal to the SIGINT handler in place (asyncio's, while a run is
-    going: it cancels the run, which then raises KeyboardInterrupt), else raise KeyboardInterrupt here."""
-    import signal
+    """Stop as Ctrl-C does, outside an event loop (inside one, `event_loop.run` cancels the run instead)."""
+    from codeclm.programs.errors import Terminated
 
-    _on_sigterm.received = True  # type: ignore[attr-defined]
-    on_sigint = signal.getsignal(signal.SIGINT)
-    if callable(on_sigint) and on_sigint is not signal.default_int_handler:
-        on_sigint(signal.SIGINT, frame)
-    else:
-        raise Terminated()
+    raise Terminated()
 
 
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -66,7 +56,6 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
         installed, previous = False, None
         if threading.current_thread() is threading.main_thread():
-            _on_sigterm.received = False  # type: ignore[attr-defined]
             previous, installed = signal.signal(signal.SIGTERM, _on_sigterm), True
         try:
             return command(*args, **kwargs)
@@ -95,7 +84,9 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _exit_interrupted(exc: KeyboardInterrupt, what_now: str) -> NoReturn:
     """Say what an interruption (Ctrl-C, or SIGTERM) left and what to do, and exit 130 (143)."""
-    terminated = isinstance(exc, Terminated) or getattr(_on_sigterm, "received", False)
+    from codeclm.programs.errors import Terminated
+
+    terminated = isinstance(exc, Terminated)
     click.secho(f"\ninterrupted{' (SIGTERM)' if terminated else ''}: {what_now}", fg="yellow", err=True)
     sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 

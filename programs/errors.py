@@ -20,6 +20,10 @@ def first_clause(exc: BaseException) -> str:
     return str(exc).split(";")[0]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stops a command the way Ctrl-C does (the CLI exits 143 instead of 130)."""
+
+
 class CodecError(Exception):
     """Base class: an error the CLI reports as a message and an exit code."""
 

@@ -233,6 +233,28 @@ def test_sigterm_outside_the_event_loop_also_exits_143(tmp_path):
     assert "cached" not in done.stderr  # a command that calls no model has no calls to keep
 
 
+def test_sigterm_where_ctrl_c_is_ignored_cancels_the_run_without_a_traceback(tmp_path):
+    """Under nohup or `codeclm run ... &` in a script, SIGINT is ignored and asyncio installs no Ctrl-C handler.
+    A SIGTERM then raised inside whatever task ran at that moment (an HTTP request's write, here `side`):
+    "Task exception was never retrieved" and a traceback on the terminal. It must cancel the run instead."""
+    code = ("import asyncio, os, signal, cli\n"
+            "from codeclm.programs.engine import event_loop\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "async def side_task():\n    os.kill(os.getpid(), signal.SIGTERM); await asyncio.sleep(5)\n"
+            "async def work():\n    side = asyncio.ensure_future(side_task())\n"
+            "    try:\n        await asyncio.sleep(5)\n"
+            "    except asyncio.CancelledError:\n"
+            "        print('the stop was raised in another task' if side.done() else 'the run was cancelled')\n"
+            "        side.cancel(); raise\n"
+            "@cli.main.command('run')\n@cli.reports_errors\ndef run():\n    event_loop.run(work())\n"
+            "cli.main(['run'])\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env=child_env())
+    assert done.returncode == 143, done.stderr
+    assert done.stdout == "the run was cancelled\n", done.stdout + done.stderr
+    assert "interrupted (SIGTERM)" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 def test_an_interrupted_validate_does_not_speak_of_cached_calls(tmp_path, seeds_file):
     """validate and graph call no model: interrupted, they said "every finished call is cached"."""
     from codeclm.programs.lang import spec as spec_module

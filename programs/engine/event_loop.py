@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from ..errors import SpecError
+from ..errors import SpecError, Terminated
 
 T = TypeVar("T")
 CHOICES = ("uvloop", "asyncio")
@@ -43,17 +44,43 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run(coroutine)` on the chosen loop (the same Ctrl-C handling and clean-up)."""
+    """`asyncio.run(coroutine)` on the chosen loop (the same Ctrl-C handling and clean-up); SIGTERM
+    cancels it as Ctrl-C does, then raises Terminated."""
     try:
         name = loop_name()
     except SpecError:
         coroutine.close()  # never started: no "never awaited" warning after the message
         raise
-    if name == "uvloop":
-        import uvloop
+    terminated: list[int] = []
+    try:
+        if name == "uvloop":
+            import uvloop
 
-        return uvloop.run(coroutine)
-    return asyncio.run(coroutine)
+            return uvloop.run(_cancelled_by_sigterm(coroutine, terminated))
+        return asyncio.run(_cancelled_by_sigterm(coroutine, terminated))
+    except asyncio.CancelledError:
+        if terminated:
+            raise Terminated() from None
+        raise
+
+
+async def _cancelled_by_sigterm(coroutine: Coroutine[Any, Any, T], terminated: list[int]) -> T:
+    """Await `coroutine`, cancelled by SIGTERM in the loop's own time. A handler raising at the signal
+    raises inside whatever task runs at that moment, and where Ctrl-C is ignored (nohup, `codeclm run &`
+    in a script) asyncio installs no Ctrl-C handler to hand it to: the stop landed in an HTTP request's
+    task ("Task exception was never retrieved", a traceback) instead of cancelling the run."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        loop.add_signal_handler(signal.SIGTERM, lambda: (terminated.append(signal.SIGTERM), task.cancel()))
+    except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not the main thread
+        return await coroutine
+    try:
+        return await coroutine
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)  # which sets SIG_DFL: the CLI's handler comes back
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _factory() -> Callable[[], asyncio.AbstractEventLoop]:
