@@ -591,6 +591,36 @@ def test_a_run_killed_mid_way_still_owns_what_it_began(tmp_path):
                                                                 "manifest.json"])
 
 
+DEAD_PID = 4194305  # above Linux's largest PID (2**22): no process has it
+
+
+def test_the_rerun_removes_the_temporary_files_of_a_run_killed_while_writing(tmp_path):
+    """SIGKILL between writing `.dataset_info.json.PID.tmp` and renaming it left the file for good: the
+    rerun writes under its own PID. It goes on the rerun; a living writer's and the user's files stay."""
+    folder = tmp_path / "run"
+    killed = RunStore(folder)
+    killed.write_jsonl("dataset", [{"id": "d"}])
+    killed.write_dataset_info("dataset")
+    killed.release()
+    dead = [f".dataset_info.json.{DEAD_PID}.tmp", f".{MARKER}.{DEAD_PID}.tmp", ".dataset.jsonl.tmp"]
+    kept = [f".report.html.{os.getpid()}.tmp", f".notes.txt.{DEAD_PID}.tmp", "mine.tmp"]
+    for name in dead + kept:
+        (folder / name).write_text("half written")
+    resume = RunStore(folder)
+    resume.write_dataset_info("dataset")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MARKER, "dataset.jsonl", "dataset_info.json", *kept])
+
+
+def test_a_run_killed_while_writing_its_first_marker_resumes_into_its_folder(tmp_path, seeds_file, scripted):
+    """A folder holding only the marker's temporary file was "not empty and not a codeclm run": the rerun
+    was refused, and the user told to empty a folder codeclm had made."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / f".{MARKER}.{DEAD_PID}.tmp").write_text('{"written_by": "codeclm"}')
+    scripted(write_spec(tmp_path, base_spec(seeds_file)), out="run")
+    assert (folder / "dataset.jsonl").is_file() and not list(folder.glob("*.tmp")) + list(folder.glob(".*.tmp"))
+
+
 @pytest.mark.parametrize("folder_kind", ["foreign", "own"])
 def test_compare_never_replaces_a_file_it_did_not_write(tmp_path, seeds_file, folder_kind):
     """The trial's repro: `compare --out mydir` over the user's compare.txt and compare.json replaced them.

@@ -5,7 +5,7 @@ run is going, each output's records stream to a `.partial` journal, so memory st
 each journal is sorted into its final file at the end, giving the same bytes whatever
 order records finished in. A run that stops on an error or Ctrl-C removes the journals and
 temporary files it began (a rerun rebuilds them from the cache); only SIGKILL (or a power
-loss) leaves them, for its rerun to replace.
+loss) leaves them, for its rerun to replace or remove.
 
 A run writes only into a folder that is new, empty or one of codeclm's own runs (marked by
 `.codeclm-run`, or a codeclm manifest), never into the root, the home folder or the run a
@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -108,6 +109,35 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 MARKER = ".codeclm-run"  # written first into every run folder: what makes a folder codeclm's own
+_TEMPORARY = re.compile(r"\.(.+?)(?:\.(\d+))?\.tmp")  # write_atomic's .NAME.PID.tmp, _AtomicFile's .NAME.tmp
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporary files of codeclm writers killed mid-write (SIGKILL, power loss): NAME one of
+    codeclm's files in `folder`, PID no longer running. No later writer replaced them (write_atomic's name
+    holds its PID), so they stayed for good. The caller holds the folder, so no run is writing a `.NAME.tmp`."""
+    names = own_files(folder) | {MARKER}
+    for path in folder.iterdir():
+        if _stale_temporary(path.name, names):
+            path.unlink(missing_ok=True)
+
+
+def _stale_temporary(name: str, owned: set[str]) -> bool:
+    match = _TEMPORARY.fullmatch(name)
+    return bool(match) and match[1] in owned and (match[2] is None or not _running(int(match[2])))
+
+
+def _running(pid: int) -> bool:
+    """Whether a process `pid` exists (True where that cannot be asked: Windows's os.kill would end it)."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
 
 
 REPORT = "report.html"  # the run's report (`codeclm report`), written into the run folder by default
@@ -304,8 +334,8 @@ def check_out_folder(folder: Path, protect: Path | None = None) -> Path:
     if problem:
         raise SpecError(where, f"the run folder cannot be written: {problem}", hint=fix)
     if folder.is_dir() and not is_own_run(folder):
-        try:
-            empty = next(folder.iterdir(), None) is None
+        try:  # a run killed while it wrote its first marker left only that marker's temporary file
+            empty = all(_stale_temporary(path.name, {MARKER}) for path in folder.iterdir())
         except OSError as exc:
             raise SpecError(where, f"cannot read the run folder: {exc.strerror}", hint=fix) from None
         if not empty:
@@ -401,6 +431,7 @@ class RunStore:
         self._made_marker = not (self.folder / MARKER).is_file()
         claim_folder(self.folder, self.protect)
         self.hold()
+        remove_stale_temporaries(self.folder)
         self._earlier_files = own_files(self.folder)
         note_own(self.folder, self._earlier_files)  # listed before the manifest that names them (older folders) goes
         self.path("manifest").unlink(missing_ok=True)
