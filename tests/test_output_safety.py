@@ -578,7 +578,7 @@ def test_a_run_killed_mid_way_still_owns_what_it_began(tmp_path):
     killed.write_jsonl("metadata", [{"id": "m"}])
     killed.open_journal("dataset")
     killed.append("dataset", (0,), {"id": "d"})
-    killed.note_calls([{"key": "k1"}])
+    killed.note_calls((0,), [{"key": "k1"}])
     killed.release()  # the process is gone: no manifest, the journals left behind
     resume = RunStore(folder)
     resume.check_outputs(["dataset", "metadata"])

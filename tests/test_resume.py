@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import random
 import signal
 import subprocess
 import sys
 import time
 
-from conftest import base_spec, child_env, write_spec
+from conftest import ScriptedBackend, ScriptedRun, base_spec, child_env, write_spec
 from fake_openai_server import FakeOpenAIServer
 
 
@@ -97,3 +99,28 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path, seeds_file):
     assert resumed_calls <= uninterrupted_calls + 8
     assert (tmp_path / "resumed" / "dataset.jsonl").read_bytes() == \
         (tmp_path / "reference" / "dataset.jsonl").read_bytes()
+
+
+class _Staggered(ScriptedBackend):
+    """Answers after a delay drawn from the call's text: `flip` reverses which calls come back first."""
+
+    def __init__(self, name: str, flip: bool):
+        super().__init__(name)
+        self.flip = flip
+
+    async def complete(self, messages, params):
+        share = int(hashlib.sha256(str(messages).encode()).hexdigest()[:4], 16) / 0xFFFF
+        await asyncio.sleep(0.02 * (1 - share if self.flip else share))
+        return await super().complete(messages, params)
+
+
+def test_call_keys_are_the_same_whatever_order_calls_finish_in(tmp_path, seeds_file):
+    """call_keys.txt listed keys as calls finished: two runs of one spec (a resumed one and the reference
+    included) wrote it in different orders whenever calls ran concurrently. It is sorted like the outputs."""
+    spec = write_spec(tmp_path, base_spec(seeds_file))
+    for flip in (False, True):
+        run = ScriptedRun(tmp_path / f"run-{flip}")
+        run.backends = {role: _Staggered(f"scripted/{role}", flip) for role in ("strong", "target")}
+        run(spec, concurrency=8)
+    first, second = ((tmp_path / f"run-{flip}" / "run" / "call_keys.txt").read_bytes() for flip in (False, True))
+    assert first == second and first.count(b"\n") > 20

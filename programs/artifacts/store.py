@@ -414,7 +414,6 @@ class RunStore:
         self._written: set[str] = set()
         self._journals: dict[str, _Journal] = {}
         self._index: dict[str, OrderedSpill] = {}  # each journal's line offsets, under the lines' orders
-        self._call_log: BinaryIO | None = None
         self._earlier_files: set[str] = set()  # what codeclm had written in the folder before this run
         # what this run made, for a failed run that wrote nothing else to leave the folder as it was
         self._made_folders: list[Path] = []  # the run folder and the parents it made, deepest first
@@ -529,25 +528,20 @@ class RunStore:
         with the line's offset on disk, not in memory); the orders of one artifact must compare with each other."""
         self._index[artifact].add(order, self._journals[artifact].write(dumps(record) + "\n"))
 
-    def note_calls(self, calls: list[dict[str, Any]]) -> None:
-        """The keys of a finished record's calls, to call_keys.txt: every call of the run, whatever
-        its outputs list (a record a filter drops lists its calls nowhere else). Duplicates are kept
-        (an explode's records share their call); readers keep each key once."""
+    def note_calls(self, order: tuple, calls: list[dict[str, Any]]) -> None:
+        """The keys of a finished record's calls, to call_keys.txt at `order` (as an output's lines, so the
+        file is the same whatever order calls finished in): every call of the run, whatever its outputs
+        list (a record a filter drops lists its calls nowhere else). Duplicates are kept (an explode's
+        records share their call); readers keep each key once."""
         if not calls:
             return
-        if self._call_log is None:
-            self.claim()
-            note_own(self.folder, {self.journal_path("call_keys").name, self.path("call_keys").name})
-            self._call_log = self.journal_path("call_keys").open("wb", buffering=_Journal.BUFFER)
-        self._call_log.write("".join(call["key"] + "\n" for call in calls).encode("ascii"))
+        if "call_keys" not in self._journals:
+            self.open_journal("call_keys")
+        for call in calls:
+            self._index["call_keys"].add(order, self._journals["call_keys"].write(call["key"] + "\n"))
 
     def finish_journals(self) -> dict[str, int]:
         """Sort every journal into its file, whatever order records finished in; lines per file."""
-        if self._call_log is not None:
-            self._call_log.close()
-            self._call_log = None
-            os.replace(self.journal_path("call_keys"), self.path("call_keys"))
-            self._written.add("call_keys")
         lines = {}
         for artifact, journal in self._journals.items():
             journal.close()
@@ -567,9 +561,6 @@ class RunStore:
         the cache), and the marker (and folder) it made if it wrote nothing else there. Only this run's
         files go: the finished files it wrote, an earlier run's and the user's stay. Never raises, so
         the error that stopped the run is the one reported."""
-        if self._call_log is not None:
-            _discard(self._call_log, self.journal_path("call_keys"))
-            self._call_log = None
         for artifact, journal in self._journals.items():
             _discard(journal.handle, self.journal_path(artifact))
         self._journals.clear()

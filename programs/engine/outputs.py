@@ -65,7 +65,7 @@ class OutputWriter:
                 self.statuses[record.status] += 1
             return
         self.open()
-        self.store.note_calls(record.calls)
+        self.store.note_calls((record.order, node), record.calls)
         if not record.ok:
             self._fail((record.order, node), node, record, record.failure or {})
         lines: dict[str, Any] = {}
