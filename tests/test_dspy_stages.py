@@ -127,7 +127,7 @@ def test_optimize_later_stages_needs_a_run(tmp_path, scripted, seeds_file):
     assert result.exit_code == 2 and "0 example input(s)" in result.output
     assert "--from runs/NAME" in result.output
     result = CliRunner().invoke(main, ["optimize", str(spec), "augment"])
-    assert result.exit_code == 2 and "no llm node named 'augment'" in result.output
+    assert result.exit_code == 2 and "'augment' is a mix node, which sends no prompt" in result.output
 
 
 def test_optimize_from_a_run_with_too_few_inputs_does_not_ask_for_from_again(tmp_path, scripted, seeds_file):
