@@ -125,6 +125,8 @@ def test_the_pipeline_folder_replays_the_run_offline(run, tmp_path):
                                                                      dest / "pipeline" / "manifest.json"))
     for local in (recorded["spec"]["path"], recorded["options"]["cache_dir"], str(Path.home()), "/tmp/"):
         assert local not in json.dumps(shipped), local
+    report = (dest / "report.html").read_text()  # the export's report names the run folder by its name alone
+    assert str(Path(run["run"]).resolve()) not in report and f"run folder {Path(run['run']).name}" in report
     assert shipped["spec"]["path"] == "spec.yaml" and shipped["spec"]["resolved"] == spec
     assert yaml.safe_load(shipped["spec"]["resolved_yaml"]) == spec
     assert shipped["templates"] == recorded["templates"] and shipped["calls"] == recorded["calls"]

@@ -816,7 +816,7 @@ def _report(run_dir: Path, dest: Path) -> str | None:
     try:
         from .html_report import write_report
 
-        write_report(run_dir, dest / REPORT)
+        write_report(run_dir, dest / REPORT, shown_folder=f"run folder {Path(run_dir).resolve().name}")
     except Exception as exc:  # noqa: BLE001 - the report is a courtesy beside the data
         (dest / REPORT).unlink(missing_ok=True)
         return f"no report.html shipped ({type(exc).__name__}: {exc})"

@@ -61,9 +61,11 @@ STATUS_COLORS = {"kept": PALETTE[2], "dropped": PALETTE[5], "failed": PALETTE[3]
                  "decoded": PALETTE[4]}
 
 
-def write_report(run_dir: Path, out: Path | str | None = None) -> Path:
+def write_report(run_dir: Path, out: Path | str | None = None, shown_folder: str | None = None) -> Path:
     """Write RUN_DIR's report (default RUN_DIR/report.html) and return its path. `out` names the file, or a
-    folder to write report.html into: one that exists, or a path ending in a slash (made if missing)."""
+    folder to write report.html into: one that exists, or a path ending in a slash (made if missing).
+    `shown_folder`: what the page names the run folder (default its full path; an export, which may be
+    published, names no place of the machine that ran it)."""
     run = RunData.open(run_dir)
     refuse_unfinished(Path(run_dir))  # an interrupted rerun's folder holds the earlier run's files: never shown as it
     if not Path(run_dir).is_dir() or not run.exists():
@@ -79,7 +81,7 @@ def write_report(run_dir: Path, out: Path | str | None = None) -> Path:
     refuse_replacing(path, is_codeclm_report, "a codeclm report",
                      "pass --out a new path (or a report this command wrote)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    page = render(run)
+    page = render(run, shown_folder)
     if path.name == REPORT and path.parent.resolve() == Path(run_dir).resolve() and is_own_run(Path(run_dir)):
         with writing_beside_runs(path.parent):  # the run's files: a later run that writes no report removes it
             note_own(Path(run_dir), {path.name})
@@ -92,7 +94,7 @@ def write_report(run_dir: Path, out: Path | str | None = None) -> Path:
 # -- the page ------------------------------------------------------------------------------
 
 
-def render(run: RunData) -> str:
+def render(run: RunData, shown_folder: str | None = None) -> str:
     metrics = quality_metrics(run)
     name = (run.manifest.get("spec") or {}).get("name") or run.folder.resolve().name
     sections = [
@@ -132,7 +134,7 @@ def render(run: RunData) -> str:
 <title>codeclm report: {escape(str(name))}</title>
 <style>{STYLE}</style></head>
 <body><header><h1>codeclm run <span class="name">{escape(str(name))}</span></h1>
-<p class="muted">{escape(str(run.folder.resolve()))}</p>{tiles(run)}{notes}<nav>{nav}</nav></header>
+<p class="muted">{escape(shown_folder or str(run.folder.resolve()))}</p>{tiles(run)}{notes}<nav>{nav}</nav></header>
 <main>{body}</main>
 <script type="application/json" id="run-data">{data}</script>
 <script>{SCRIPT}</script>
