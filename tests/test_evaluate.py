@@ -210,3 +210,21 @@ def test_a_benchmark_named_all_is_refused(tmp_path, seeds_file):
     spec = load_spec(write_spec(tmp_path, base_spec(seeds_file)))
     with pytest.raises(SpecError, match="named 'all'"):
         evaluate(spec, EvalOptions(benchmarks=[bench], candidate="target"))
+
+
+@pytest.mark.parametrize(("name", "text", "where"), [
+    ("bench.jsonl", '{"prompt": "Say hi."}\n', "field"),
+    ("bench.csv", "prompt\nSay hi.\n", "column"),
+])
+def test_a_benchmark_without_an_instruction_field_is_told_to_rename_it(tmp_path, seeds_file, name, text, where):
+    """evaluate has no source node whose fields: could map another field: the fix said to map one there."""
+    from codeclm.programs.errors import SpecError
+
+    bench = tmp_path / name
+    bench.write_text(text)
+    spec = load_spec(write_spec(tmp_path, base_spec(seeds_file)))
+    with pytest.raises(SpecError) as caught:
+        evaluate(spec, EvalOptions(benchmarks=[bench], candidate="target"))
+    assert caught.value.file == str(bench) and caught.value.line == 1
+    assert "source node" not in caught.value.hint
+    assert f"rename the {where} that holds the instructions to 'instruction'" in caught.value.hint

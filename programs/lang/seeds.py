@@ -31,13 +31,17 @@ class FileKind:
     name: str
     records: str
     fix: str
+    take_field: str = "map one in the source node's fields: (e.g. fields: {{instruction: {name}}})"
+    """How to have another {unit} ({name}: FIELD or COLUMN) read: only a spec's source can map one."""
 
 
 SEED_FILE = FileKind("seed file", "seed instructions",
                      "set the source node's path: (relative to the spec), or pass --seeds FILE")
 BENCHMARK_FILE = FileKind("benchmark file", "benchmark items",
                           "name a JSONL file of benchmark items (one object a line, with an 'instruction' field) "
-                          "as evaluate's BENCHMARKS argument")
+                          "as evaluate's BENCHMARKS argument",
+                          "evaluate reads the {unit} 'instruction' and no other: rename the {unit} that holds "
+                          "the instructions to 'instruction', in a copy of the file")
 
 
 def recorded_seed_file(path: Path) -> FileKind:
@@ -52,7 +56,7 @@ def read_seeds(path: Path, field: str = "instruction", id_field: str | None = "i
     path = Path(path)
     check_file(path, kind)
     seeds = [{"id": seed_id, "instruction": texts[field], "line": line}
-             for line, seed_id, texts in _iter_rows(path, (field,), id_field, limit)]
+             for line, seed_id, texts in _iter_rows(path, (field,), id_field, limit, kind)]
     if not seeds:
         raise _no_records(path, field, kind)
     return seeds
@@ -76,12 +80,12 @@ def _no_records(path: Path, field: str, kind: FileKind) -> SpecError:
     return SpecError(str(path), f"no {kind.records} found", hint=f"one record per line, with the field '{field}'")
 
 
-def _iter_rows(path: Path, fields: tuple[str, ...], id_field: str | None,
-               limit: int | None) -> Iterator[tuple[int, str, dict[str, str]]]:
+def _iter_rows(path: Path, fields: tuple[str, ...], id_field: str | None, limit: int | None,
+               kind: FileKind = SEED_FILE) -> Iterator[tuple[int, str, dict[str, str]]]:
     """(line, id, {field: text}) for each record, one at a time (only the ids seen stay in memory);
     every field of a record is read and checked in the one pass over the file."""
     ids: set[str] = set()
-    for line, given_id, texts in _reader(path)(path, fields, id_field):
+    for line, given_id, texts in _reader(path)(path, fields, id_field, kind):
         seed_id = str(given_id or f"s{len(ids):05d}")
         if seed_id in ids:
             raise SpecError(str(path), f"duplicate seed id {seed_id!r}", line=line, hint="ids must be unique")
@@ -94,7 +98,10 @@ def _iter_rows(path: Path, fields: tuple[str, ...], id_field: str | None,
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
-def _reader(path: Path) -> Callable[[Path, tuple[str, ...], str | None], Iterator[tuple[int, Any, dict[str, str]]]]:
+Reader = Callable[[Path, tuple[str, ...], str | None, "FileKind"], Iterator[tuple[int, Any, dict[str, str]]]]
+
+
+def _reader(path: Path) -> Reader:
     """The reader for the file's kind, by its suffix: JSONL, CSV, else text (one record per line).
     Each yields (line, the record's id or None, {field: text})."""
     suffix = path.suffix.lower()
@@ -124,7 +131,7 @@ def _lines(path: Path) -> Iterator[str]:
                 offset += len(raw)
 
 
-def _jsonl(path: Path, fields: tuple[str, ...], id_field: str | None):
+def _jsonl(path: Path, fields: tuple[str, ...], id_field: str | None, kind: FileKind):
     for number, text in enumerate(_lines(path), start=1):
         if not text.strip():
             continue
@@ -141,7 +148,7 @@ def _jsonl(path: Path, fields: tuple[str, ...], id_field: str | None):
         except ValueError as exc:  # an integer of more digits than Python reads
             raise SpecError(str(path), f"unreadable JSON: {first_clause(exc)}", line=number,
                             hint="quote the number if it is text") from None
-        yield number, *_pick(record, fields, id_field, path, number)
+        yield number, *_pick(record, fields, id_field, path, number, kind)
 
 
 class _DuplicateKey(ValueError):
@@ -156,15 +163,15 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return record
 
 
-def _csv(path: Path, fields: tuple[str, ...], id_field: str | None):
+def _csv(path: Path, fields: tuple[str, ...], id_field: str | None, kind: FileKind):
     rows = csv.DictReader(_lines(path), strict=True)  # strict: an unclosed quote is an error, not the rest of the file
     last = 0  # where the last good row (or the header) ended: a bad row starts on the next line
     try:
         missing = [field for field in fields if field not in (rows.fieldnames or [])]
         if missing:
             raise SpecError(str(path), f"CSV header has no column '{missing[0]}'", line=1,
-                            hint=f"columns: {', '.join(rows.fieldnames or [])}; map one in the source node's "
-                                 "fields: (e.g. fields: {instruction: COLUMN})")
+                            hint=f"columns: {', '.join(rows.fieldnames or [])}; "
+                                 + kind.take_field.format(name="COLUMN", unit="column"))
         twice = sorted({name for name in rows.fieldnames if rows.fieldnames.count(name) > 1})
         if twice:
             raise SpecError(str(path), f"CSV header names column '{twice[0]}' twice", line=1,
@@ -172,7 +179,7 @@ def _csv(path: Path, fields: tuple[str, ...], id_field: str | None):
         last = rows.line_num
         for row in rows:
             _check_width(row, len(rows.fieldnames), path, rows.line_num)
-            yield rows.line_num, *_pick(row, fields, id_field, path, rows.line_num)
+            yield rows.line_num, *_pick(row, fields, id_field, path, rows.line_num, kind)
             last = rows.line_num
     except csv.Error as exc:
         raise SpecError(str(path), f"invalid CSV: {exc}", line=last + 1,
@@ -190,7 +197,7 @@ def _check_width(row: dict[str | None, Any], columns: int, path: Path, line: int
                              "one value per column")
 
 
-def _text(path: Path, fields: tuple[str, ...], id_field: str | None):
+def _text(path: Path, fields: tuple[str, ...], id_field: str | None, kind: FileKind):
     first = True
     for number, text in enumerate(_lines(path), start=1):
         if text.strip():  # the line is the one field (stream_records refuses several), whatever its name
@@ -215,12 +222,12 @@ def _refuse_json_lines(path: Path, text: str, line: int) -> None:
 
 
 def _pick(record: Any, fields: tuple[str, ...], id_field: str | None, path: Path,
-          line: int) -> tuple[Any, dict[str, str]]:
+          line: int, kind: FileKind) -> tuple[Any, dict[str, str]]:
     """(id or None, {field: text}) of one record, each field checked as a seed's text."""
     if not isinstance(record, dict):
         raise SpecError(str(path), f"a record must be an object, not {_kind_of(record)}", line=line,
                         hint=f'one JSON object per line, e.g. {{"{fields[0]}": "..."}}')
-    texts = {field: _text_field(record, field, path, line) for field in fields}
+    texts = {field: _text_field(record, field, path, line, kind) for field in fields}
     seed_id = record.get(id_field) if id_field else None
     if seed_id is not None and (isinstance(seed_id, bool) or not isinstance(seed_id, (str, int, float))):
         raise SpecError(str(path), f"id field '{id_field}' holds a {type(seed_id).__name__}: an id is text or a "
@@ -236,11 +243,11 @@ def _kind_of(value: Any) -> str:
         type(value), "null" if value is None else f"a {type(value).__name__}")
 
 
-def _text_field(record: dict[str, Any], field: str, path: Path, line: int) -> str:
+def _text_field(record: dict[str, Any], field: str, path: Path, line: int, kind: FileKind) -> str:
     value = record.get(field)
     if field in record and value is not None and not isinstance(value, str):
-        kind = _kind_of(value)
-        raise SpecError(str(path), f"field '{field}' holds {kind}, not text: a seed file's fields are text",
+        held = _kind_of(value)
+        raise SpecError(str(path), f"field '{field}' holds {held}, not text: a seed file's fields are text",
                         line=line, hint="write it as text in the file (quoted, in JSON), or write the records in the "
                                         "spec (records:), where a field may hold any YAML value")
     if field in record and (value is None or not value.strip()):
@@ -248,8 +255,8 @@ def _text_field(record: dict[str, Any], field: str, path: Path, line: int) -> st
                         hint=f"give the record text in '{field}', or leave the record out")
     if not isinstance(value, str):
         raise SpecError(str(path), f"record has no text in field '{field}'", line=line,
-                        hint=f"fields here: {', '.join(map(str, record))}; map one in the source node's fields: "
-                             "(e.g. fields: {instruction: FIELD})")
+                        hint=f"fields here: {', '.join(map(str, record))}; "
+                             + kind.take_field.format(name="FIELD", unit="field"))
     if has_surrogate(value):
         raise _surrogate(path, f"field '{field}'", line)
     return value.strip()
