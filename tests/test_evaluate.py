@@ -228,3 +228,18 @@ def test_a_benchmark_without_an_instruction_field_is_told_to_rename_it(tmp_path,
     assert caught.value.file == str(bench) and caught.value.line == 1
     assert "source node" not in caught.value.hint
     assert f"rename the {where} that holds the instructions to 'instruction'" in caught.value.hint
+
+
+@pytest.mark.parametrize("text", ['{"id": {"n": 1}, "instruction": "Say hi."}\n', '{"instruction": ["Say hi."]}\n'])
+def test_a_benchmark_s_bad_value_is_not_told_to_change_a_spec(tmp_path, seeds_file, text):
+    """An id or instruction that is not text was told to set a source node's id_field or write records: in
+    the spec, neither of which evaluate reads."""
+    from codeclm.programs.errors import SpecError
+
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(text)
+    spec = load_spec(write_spec(tmp_path, base_spec(seeds_file)))
+    with pytest.raises(SpecError) as caught:
+        evaluate(spec, EvalOptions(benchmarks=[bench], candidate="target"))
+    assert caught.value.file == str(bench) and caught.value.line == 1
+    assert "source node" not in caught.value.hint and "records:" not in caught.value.hint

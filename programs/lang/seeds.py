@@ -31,17 +31,15 @@ class FileKind:
     name: str
     records: str
     fix: str
-    take_field: str = "map one in the source node's fields: (e.g. fields: {{instruction: {name}}})"
-    """How to have another {unit} ({name}: FIELD or COLUMN) read: only a spec's source can map one."""
+    spec_read: bool = True
+    """Read by a spec's source node, whose fields:, id_field: and records: are remedies; evaluate has none."""
 
 
 SEED_FILE = FileKind("seed file", "seed instructions",
                      "set the source node's path: (relative to the spec), or pass --seeds FILE")
 BENCHMARK_FILE = FileKind("benchmark file", "benchmark items",
                           "name a JSONL file of benchmark items (one object a line, with an 'instruction' field) "
-                          "as evaluate's BENCHMARKS argument",
-                          "evaluate reads the {unit} 'instruction' and no other: rename the {unit} that holds "
-                          "the instructions to 'instruction', in a copy of the file")
+                          "as evaluate's BENCHMARKS argument", spec_read=False)
 
 
 def recorded_seed_file(path: Path) -> FileKind:
@@ -171,7 +169,7 @@ def _csv(path: Path, fields: tuple[str, ...], id_field: str | None, kind: FileKi
         if missing:
             raise SpecError(str(path), f"CSV header has no column '{missing[0]}'", line=1,
                             hint=f"columns: {', '.join(rows.fieldnames or [])}; "
-                                 + kind.take_field.format(name="COLUMN", unit="column"))
+                                 + _take_field(kind, "column"))
         twice = sorted({name for name in rows.fieldnames if rows.fieldnames.count(name) > 1})
         if twice:
             raise SpecError(str(path), f"CSV header names column '{twice[0]}' twice", line=1,
@@ -231,7 +229,8 @@ def _pick(record: Any, fields: tuple[str, ...], id_field: str | None, path: Path
     seed_id = record.get(id_field) if id_field else None
     if seed_id is not None and (isinstance(seed_id, bool) or not isinstance(seed_id, (str, int, float))):
         raise SpecError(str(path), f"id field '{id_field}' holds a {type(seed_id).__name__}: an id is text or a "
-                        "number", line=line, hint="give each record a plain id, or set the source node's id_field")
+                        "number", line=line,
+                        hint="give each record a plain id" + (", or set the source node's id_field" * kind.spec_read))
     if isinstance(seed_id, str) and has_surrogate(seed_id):
         raise _surrogate(path, f"id field '{id_field}'", line)
     return seed_id, texts
@@ -247,19 +246,28 @@ def _text_field(record: dict[str, Any], field: str, path: Path, line: int, kind:
     value = record.get(field)
     if field in record and value is not None and not isinstance(value, str):
         held = _kind_of(value)
-        raise SpecError(str(path), f"field '{field}' holds {held}, not text: a seed file's fields are text",
-                        line=line, hint="write it as text in the file (quoted, in JSON), or write the records in the "
-                                        "spec (records:), where a field may hold any YAML value")
+        raise SpecError(str(path), f"field '{field}' holds {held}, not text: a {kind.name}'s fields are text",
+                        line=line, hint="write it as text in the file (quoted, in JSON)" + (
+                            ", or write the records in the spec (records:), where a field may hold any YAML value"
+                            * kind.spec_read))
     if field in record and (value is None or not value.strip()):
         raise SpecError(str(path), f"field '{field}' is empty", line=line,
                         hint=f"give the record text in '{field}', or leave the record out")
     if not isinstance(value, str):
         raise SpecError(str(path), f"record has no text in field '{field}'", line=line,
                         hint=f"fields here: {', '.join(map(str, record))}; "
-                             + kind.take_field.format(name="FIELD", unit="field"))
+                             + _take_field(kind, "field"))
     if has_surrogate(value):
         raise _surrogate(path, f"field '{field}'", line)
     return value.strip()
+
+
+def _take_field(kind: FileKind, unit: str) -> str:
+    """How to have another field (or column) read as the text: only a spec's source node can map one."""
+    if kind.spec_read:
+        return f"map one in the source node's fields: (e.g. fields: {{instruction: {unit.upper()}}})"
+    return (f"a {kind.name} is read by its {unit} 'instruction' and no other: rename the {unit} that holds "
+            "the instructions to 'instruction', in a copy of the file")
 
 
 def _surrogate(path: Path, what: str, line: int) -> SpecError:
