@@ -220,14 +220,19 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_resumes(tmp_path, seeds_file):
         assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
 
 
+def python_code(code: str) -> subprocess.CompletedProcess:
+    """`code` run by a fresh interpreter in the checkout (where `import cli` is codeclm's)."""
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env=child_env())
+
+
 def test_sigterm_outside_the_event_loop_also_exits_143(tmp_path):
     """A SIGTERM while no run is going (here: during a slow command's own code) still prints and exits 143."""
     code = ("import os, signal, sys, time, click, cli\n"
             "@cli.main.command('sleepy')\n@cli.reports_errors\ndef sleepy():\n"
             "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
             "cli.main(['sleepy'])\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env=child_env())
+    done = python_code(code)
     assert done.returncode == 143, done.stderr
     assert "interrupted" in done.stderr and "Traceback" not in done.stderr
     assert "cached" not in done.stderr  # a command that calls no model has no calls to keep
@@ -248,8 +253,7 @@ def test_sigterm_where_ctrl_c_is_ignored_cancels_the_run_without_a_traceback(tmp
             "        side.cancel(); raise\n"
             "@cli.main.command('run')\n@cli.reports_errors\ndef run():\n    event_loop.run(work())\n"
             "cli.main(['run'])\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env=child_env())
+    done = python_code(code)
     assert done.returncode == 143, done.stderr
     assert done.stdout == "the run was cancelled\n", done.stdout + done.stderr
     assert "interrupted (SIGTERM)" in done.stderr and "Traceback" not in done.stderr, done.stderr
